@@ -1,0 +1,34 @@
+"""Shared fixtures. The real ISBI 2012 data is read from ../shared/data/isbi2012 (never copied here).
+
+With CI=true a missing data set fails the run loudly instead of silently skipping the tests that
+need it.
+"""
+import os
+import pathlib
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import utils  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
+
+ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+
+
+def isbi_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("ISBI_DATA_DIR", REPO.parent / "shared" / "data" / "isbi2012"))
+
+
+@pytest.fixture(scope="session")
+def isbi_data_dir() -> pathlib.Path:
+    """Directory holding the three ISBI 2012 TIFF stacks."""
+    path = isbi_dir()
+    missing = [f for f in ISBI_FILES if not (path / f).is_file()]
+    if missing:
+        msg = f"ISBI 2012 data missing in {path}: {', '.join(missing)} (set ISBI_DATA_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
