@@ -1,0 +1,30 @@
+"""U-Net medical image segmentation: one entry point for every exec mode.
+
+    python main.py --exec_mode train_and_evaluate --data_dir DATA --model_dir RESULTS [flags]
+    python main.py --config run.yaml --exec_mode predict
+
+Parses flags (and an optional YAML file) into one frozen Config, then hands it to utils.runner.
+"""
+from __future__ import annotations
+
+import sys
+
+import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from utils.config import parse_config
+from utils.errors import UNetError
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(argv)
+        from utils.runner import run  # imports TensorFlow: only after the flags are known to be good
+
+        run(cfg)
+    except UNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Flags, YAML and validation: bad input stops with one message naming the flag or file."""
+import pytest
+
+from utils.config import Config, load_yaml, parse_config
+from utils.errors import UNetError
+
+
+def test_defaults_and_flags():
+    cfg = parse_config(["--exec_mode", "train", "--batch_size", "4", "--no-augment", "--padding", "same"])
+    assert cfg.exec_mode == "train" and cfg.batch_size == 4 and cfg.augment is False and cfg.padding == "same"
+    assert cfg.base_filters == 64 and cfg.depth == 4
+
+
+def test_yaml_then_flags_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("batch_size: 8\nlearning-rate: 0.001\naugment: false\n")
+    cfg = parse_config(["--config", str(path), "--batch_size", "2"])
+    assert cfg.batch_size == 2 and cfg.learning_rate == 0.001 and cfg.augment is False
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--exec_mode", "dance"], "--exec_mode"),
+    (["--padding", "full"], "--padding"),
+    (["--batch_size", "0"], "--batch_size"),
+    (["--fold", "5", "--num_folds", "5"], "--fold"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--num_folds", "1"], "--num_folds"),
+    (["--batch_size", "two"], "--batch_size"),
+    (["--no_such_flag", "1"], "--no_such_flag"),
+])
+def test_bad_flags_name_the_flag(argv, needle):
+    with pytest.raises(UNetError, match=needle):
+        parse_config(argv)
+
+
+@pytest.mark.parametrize("text,needle", [("colour: red\n", "unknown key 'colour'"),
+                                         ("batch_size: [1\n", "not valid YAML"),
+                                         ("- 1\n- 2\n", "expected a mapping"),
+                                         ("augment: maybe\n", "augment")])
+def test_bad_yaml_names_the_file(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UNetError, match=needle) as info:
+        load_yaml(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_yaml():
+    with pytest.raises(UNetError, match="nope.yaml: file not found"):
+        parse_config(["--config", "nope.yaml"])
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        Config().batch_size = 3

@@ -1,0 +1,206 @@
+"""Every run option in one frozen dataclass: flag definitions, YAML loading and validation.
+
+Precedence: defaults < `--config FILE.yaml` < flags given on the command line. YAML keys are the flag
+names (dashes or underscores). The resolved configuration is written into `model_dir` by main.py.
+Nothing here imports TensorFlow, so `--help` and flag errors are instant.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from utils.errors import UNetError
+
+EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict")
+
+
+def _field(default: Any, help: str, **meta: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One run of main.py. Field names are the flag names (`--batch_size`, ...)."""
+
+    # --- what to do, where
+    exec_mode: str = _field("train_and_evaluate", "what to run", choices=EXEC_MODES)
+    model_dir: str = _field("results", "checkpoints, logs, evaluation and predictions go here")
+    data_dir: str = _field("data/synthetic", "ISBI layout (train-volume.tif, train-labels.tif, "
+                           "test-volume.tif) or images/ + masks/ folders")
+    log_dir: str | None = _field(None, "where the JSON-lines log goes (default: model_dir)")
+    image_stack: str | None = _field(None, "training image TIFF stack inside data_dir (generic layout)")
+    mask_stack: str | None = _field(None, "training mask TIFF stack inside data_dir (generic layout)")
+    images_dir: str = _field("images", "folder of training images inside data_dir (folder layout)")
+    masks_dir: str = _field("masks", "folder of masks inside data_dir, paired with images by file name")
+    num_classes: int | None = _field(None, "number of classes for N-class masks (default: binary)")
+    input: str | None = _field(None, "predict: a TIFF stack, an image or a folder "
+                               "(default: data_dir/test-volume.tif)")
+    # --- training
+    batch_size: int = _field(1, "images per step (per worker)")
+    learning_rate: float = _field(1e-4, "peak Adam learning rate")
+    weight_decay: float = _field(0.0, "decoupled weight decay (AdamW) per step, relative to the learning rate")
+    max_steps: int = _field(1000, "training steps in total (a resumed run counts from its checkpoint)")
+    warmup_steps: int = _field(0, "linear learning-rate warm-up steps")
+    lr_schedule: str = _field("constant", "after warm-up: constant or cosine decay to 0 at max_steps",
+                              choices=("constant", "cosine"))
+    dice_weight: float = _field(1.0, "weight of the soft Dice term next to cross-entropy")
+    fold: int = _field(0, "which contiguous block of slices is held out for validation")
+    num_folds: int = _field(5, "number of cross-validation folds (contiguous blocks)")
+    seed: int = _field(0, "seed of weights, batches, crops and augmentation")
+    augment: bool = _field(True, "random flips and crops (--no-augment: crops only)")
+    resume_training: bool = _field(False, "continue from model_dir/checkpoints/last.npz")
+    log_every: int = _field(10, "log loss and throughput every N steps")
+    evaluate_every: int = _field(0, "evaluate on the held-out fold every N steps (0: at the end only)")
+    checkpoint_every: int = _field(50, "write the resumable checkpoint every N steps")
+    # --- model
+    padding: str = _field("valid", "valid: the paper's U-Net; same: output size = input size",
+                          choices=("valid", "same"))
+    base_filters: int = _field(64, "filters of the first level (64 = paper), doubled per level")
+    depth: int = _field(4, "number of 2x2 poolings (4 = paper)")
+    batch_norm: bool = _field(False, "Conv -> BatchNorm -> ReLU blocks")
+    dropout: float = _field(0.5, "dropout rate at the bottleneck (0 disables)")
+    crop_size: int = _field(572, "training input tile (572 = paper; valid padding shrinks the output)")
+    # --- inference
+    tile_size: int | None = _field(None, "inference input tile (default: smallest valid tile covering the "
+                                   "image, at most max_tile_size)")
+    max_tile_size: int = _field(1024, "largest automatic inference tile (bounds memory)")
+    tile_context: int | None = _field(None, "pixels of each same-padding tile's border thrown away "
+                                      "(default 16 for same padding, 0 for valid)")
+    tta: bool = _field(False, "test-time augmentation: average over the 8 flips/rotations")
+    checkpoint: str = _field("best", "weights used by evaluate/predict: best or last",
+                             choices=("best", "last"))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(condition: bool, flag: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise UNetError(f"--{flag}={value!r}: expected {expected}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise UNetError naming the flag for any value out of range (before any heavy work starts)."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices is not None:
+            _check(getattr(cfg, f.name) in choices, f.name, getattr(cfg, f.name), f"one of {', '.join(choices)}")
+    _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
+    _check(cfg.learning_rate > 0, "learning_rate", cfg.learning_rate, "a number > 0")
+    _check(cfg.weight_decay >= 0, "weight_decay", cfg.weight_decay, "a number >= 0")
+    _check(cfg.max_steps >= 0, "max_steps", cfg.max_steps, "an integer >= 0")
+    _check(0 <= cfg.warmup_steps, "warmup_steps", cfg.warmup_steps, "an integer >= 0")
+    _check(cfg.num_folds >= 2, "num_folds", cfg.num_folds, "an integer >= 2")
+    _check(0 <= cfg.fold < cfg.num_folds, "fold", cfg.fold, f"0 <= fold < num_folds ({cfg.num_folds})")
+    _check(cfg.log_every >= 1, "log_every", cfg.log_every, "an integer >= 1")
+    _check(cfg.evaluate_every >= 0, "evaluate_every", cfg.evaluate_every, "an integer >= 0")
+    _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
+    _check(cfg.base_filters >= 1, "base_filters", cfg.base_filters, "an integer >= 1")
+    _check(1 <= cfg.depth <= 8, "depth", cfg.depth, "an integer from 1 to 8")
+    _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "a rate in [0, 1)")
+    _check(cfg.crop_size >= 8, "crop_size", cfg.crop_size, "an integer >= 8")
+    _check(cfg.dice_weight >= 0, "dice_weight", cfg.dice_weight, "a number >= 0")
+    _check(cfg.num_classes is None or cfg.num_classes >= 2, "num_classes", cfg.num_classes, "an integer >= 2")
+    _check(cfg.tile_size is None or cfg.tile_size >= 8, "tile_size", cfg.tile_size, "an integer >= 8")
+    _check(cfg.max_tile_size >= 8, "max_tile_size", cfg.max_tile_size, "an integer >= 8")
+    _check(cfg.tile_context is None or cfg.tile_context >= 0, "tile_context", cfg.tile_context, "an integer >= 0")
+
+
+def _flag_type(f: dataclasses.Field) -> Any:
+    hint = str(f.type)
+    if "bool" in hint:
+        return bool
+    if "int" in hint:
+        return int
+    if "float" in hint:
+        return float
+    return str
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UNetError (one clear message) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UNetError(f"{message} (see main.py --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="main.py", description="U-Net medical image segmentation (TensorFlow 2, Keras 2 API)",
+        argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML file whose keys are these flag names")
+    for f in dataclasses.fields(Config):
+        kind = _flag_type(f)
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, choices=f.metadata.get("choices"),
+                                metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_text)
+    return parser
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    f = fields[name]
+    if value is None:
+        return None
+    kind = _flag_type(f)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise UNetError(f"{source}: {name}={value!r}: expected true or false")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UNetError(f"{source}: {name}={value!r}: expected a {kind.__name__}") from None
+
+
+def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
+    """Read a YAML config; keys are flag names. UNetError for a missing file, bad YAML, unknown keys."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UNetError(f"--config {path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UNetError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, Mapping):
+        raise UNetError(f"--config {path}: expected a mapping of flag names to values")
+    known = {f.name for f in dataclasses.fields(Config)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise UNetError(f"--config {path}: unknown key {key!r}")
+        out[name] = _coerce(name, value, f"--config {path}")
+    return out
+
+
+def parse_config(argv: Sequence[str] | None = None) -> Config:
+    """Flags (and an optional YAML file) -> validated Config. Bad input raises UNetError."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = args.pop("config", None)
+    if config_file:
+        values.update(load_yaml(config_file))
+    values.update(args)
+    return Config(**values)
+
+
+def save_config(cfg: Config, path: str | pathlib.Path) -> None:
+    """Write the resolved configuration as YAML (atomically: a crash never leaves half a file)."""
+    from utils.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,42 @@
+"""Atomic file writes: a crash, SIGKILL or full disk never leaves a half-written artefact.
+
+Each writer writes a temporary file in the destination's folder, flushes it to disk, then renames it
+over the destination (rename is atomic on POSIX file systems). If writing fails, the temporary file
+is removed and the previous version of the destination is left untouched.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> pathlib.Path:
+    """Call `write(tmp_path)` to produce the file, then atomically move it to `path`."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))

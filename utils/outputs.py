@@ -1,0 +1,81 @@
+"""Writing predictions: float32 probability TIFFs and PNG overlays a person can look at."""
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Sequence
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from utils.fileio import atomic_write
+
+# Overlay colour of each class index (class 0 is the ISBI membrane): RGB.
+_PALETTE = np.array([[255, 40, 40], [40, 200, 255], [60, 220, 60], [255, 200, 0], [200, 80, 255],
+                     [255, 128, 0], [0, 255, 200], [255, 0, 160]], np.float32)
+
+
+def probability_maps(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """What goes into a probability TIFF for one image: (H, W) for two classes, (K, H, W) otherwise.
+
+    Two classes: the probability of class 1, which for ISBI EM data is the challenge's submission
+    convention (0 = certainly membrane, 1 = certainly not membrane).
+    """
+    if len(class_names) == 2:
+        return probs[..., 1].astype(np.float32)
+    return np.moveaxis(probs, -1, 0).astype(np.float32)
+
+
+def write_tiff(path: pathlib.Path, array: np.ndarray) -> pathlib.Path:
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, photometric="minisblack"))
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45, skip_class: int | None = None
+            ) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the image in grey with each predicted class tinted by its palette colour.
+
+    `image` is normalized float (H, W, C) in [0, 1]; `labels` (H, W) class ids; `skip_class` is left
+    untinted (the background / interior class).
+    """
+    grey = image.mean(axis=-1) if image.ndim == 3 else image
+    rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
+    colours = _PALETTE[labels % len(_PALETTE)]
+    tint = np.ones(labels.shape, bool) if skip_class is None else labels != skip_class
+    rgb[tint] = (1 - alpha) * rgb[tint] + alpha * colours[tint]
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def write_png(path: pathlib.Path, rgb: np.ndarray) -> pathlib.Path:
+    return atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+
+
+def write_predictions(out_dir: pathlib.Path, probs: Sequence[np.ndarray], images: Sequence[np.ndarray],
+                      names: Sequence[str], class_names: Sequence[str], stack_name: str | None,
+                      max_overlays: int = 30) -> list[pathlib.Path]:
+    """Write probabilities (one stack `<stack_name>-probabilities.tif` when the input was a stack of
+    equal-size slices, else one TIFF per image) and PNG overlays. Returns the written paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    maps = [probability_maps(p, class_names) for p in probs]
+    same_shape = len({m.shape for m in maps}) == 1
+    if stack_name is not None and same_shape:
+        written.append(write_tiff(out_dir / f"{stack_name}-probabilities.tif", np.stack(maps)))
+    else:
+        for name, m in zip(names, maps):
+            written.append(write_tiff(out_dir / f"{_stem(name)}-probabilities.tif", m))
+    # The interior/background class (1 of 2) is left untinted so membranes/foreground stand out.
+    skip = 1 if class_names == ("membrane", "interior") else 0
+    for i, (name, p, image) in enumerate(zip(names, probs, images)):
+        if i >= max_overlays:
+            break
+        written.append(write_png(out_dir / "overlays" / f"{_stem(name)}.png",
+                                 overlay(image, p.argmax(-1), skip_class=skip)))
+    return written
+
+
+def _stem(name: str) -> str:
+    """A file-system-safe stem: 'test-volume.tif[3]' -> 'test-volume_003', 'a/b.png' -> 'b'."""
+    match = re.fullmatch(r"(.*)\[(\d+)\]", name)
+    stem = f"{pathlib.Path(match.group(1)).stem}_{int(match.group(2)):03d}" if match else pathlib.Path(name).stem
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)

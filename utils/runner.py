@@ -1,0 +1,163 @@
+"""Exec modes as compositions of the same few pieces: data -> model -> train loop / inference path."""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import numpy as np
+
+import dllogger
+from model.complexity import total_macs, total_params
+from model.unet import UNetSpec, build_unet, is_valid_input_size, output_size
+from utils import checkpoint as ckpt
+from utils import distributed
+from utils.artifacts import (EVAL_RESULTS, PREDICTIONS, RUN_CONFIG, ModelInfo, load_model_info,
+                             save_model_info, write_json)
+from utils.config import Config, save_config
+from utils.data_loader import SegmentationData, fold_split, load_test_data, load_training_data, normalize_image
+from utils.errors import UNetError
+from utils.inference import keras_predictor, predict_images
+from utils.metrics import segmentation_metrics
+from utils.outputs import write_predictions
+from utils.pipeline import CropGeometry
+
+
+def make_logger(cfg: Config, rank: int) -> dllogger.Logger:
+    """stdout + JSON lines (log_dir/log.json) + TensorBoard (model_dir/tensorboard); rank 0 only."""
+    log_dir = pathlib.Path(cfg.log_dir or cfg.model_dir)
+    backends = [dllogger.StdOutBackend(), dllogger.JSONStreamBackend(str(log_dir / "log.json")),
+                dllogger.TensorBoardBackend(str(pathlib.Path(cfg.model_dir) / "tensorboard"))]
+    return dllogger.Logger(backends, rank=rank)
+
+
+def load_training_set(cfg: Config) -> SegmentationData:
+    return load_training_data(cfg.data_dir, image_stack=cfg.image_stack, mask_stack=cfg.mask_stack,
+                              images_dir=cfg.images_dir, masks_dir=cfg.masks_dir, num_classes=cfg.num_classes)
+
+
+def spec_for(cfg: Config, data: SegmentationData) -> UNetSpec:
+    return UNetSpec(n_classes=len(data.class_names), in_channels=int(data.images[0].shape[-1]),
+                    base_filters=cfg.base_filters, depth=cfg.depth, padding=cfg.padding,
+                    batch_norm=cfg.batch_norm, dropout=cfg.dropout)
+
+
+def check_crop_size(spec: UNetSpec, crop_size: int) -> CropGeometry:
+    if not is_valid_input_size(spec, crop_size):
+        lower = next(s for s in range(crop_size, 0, -1) if is_valid_input_size(spec, s))
+        upper = next(s for s in range(crop_size, crop_size + 4096) if is_valid_input_size(spec, s))
+        raise UNetError(f"--crop_size={crop_size} is not a valid input size for a {spec.padding}-padding "
+                        f"U-Net of depth {spec.depth} (nearest valid: {lower} or {upper})")
+    return CropGeometry(crop_size, output_size(spec, crop_size))
+
+
+def restore_model(cfg: Config) -> tuple[Any, UNetSpec, ModelInfo]:
+    """Rebuild the trained network from model_dir/model.json and load the chosen checkpoint."""
+    info = load_model_info(cfg.model_dir)
+    spec = UNetSpec(**info.spec)
+    model = build_unet(spec)
+    path = ckpt.checkpoint_dir(cfg.model_dir) / (ckpt.BEST if cfg.checkpoint == "best" else ckpt.LAST)
+    loaded = ckpt.load_checkpoint(path, model)
+    return model, spec, dataclasses.replace(info, extra={**info.extra, "step": loaded.step})
+
+
+def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarray],
+                    masks: list[np.ndarray], class_names: tuple[str, ...]) -> dict[str, Any]:
+    """Metrics of the tiled, native-resolution prediction of `images` against `masks`."""
+    probs = predict_images(keras_predictor(model), spec, images, tile_size=cfg.tile_size,
+                           max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
+                           batch_size=cfg.batch_size, tta=cfg.tta)
+    return segmentation_metrics(probs, masks, class_names)
+
+
+def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val_idx: np.ndarray,
+                        logger: dllogger.Logger):
+    images = [normalize_image(data.images[i]) for i in val_idx]
+    masks = [data.masks[i] for i in val_idx]
+
+    def evaluate(model: Any, step: int) -> dict[str, Any]:
+        metrics = evaluate_images(cfg, model, spec, images, masks, data.class_names)
+        results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
+                   "num_images": len(images), "tta": cfg.tta}
+        write_json(pathlib.Path(cfg.model_dir) / EVAL_RESULTS, results)
+        logger.log(("eval", int(step)), {k: v for k, v in results.items() if isinstance(v, (int, float))})
+        return results
+
+    return evaluate
+
+
+def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, Any] | None:
+    from utils.training import train
+
+    data = load_training_set(cfg)
+    spec = spec_for(cfg, data)
+    geometry = check_crop_size(spec, cfg.crop_size)
+    train_idx, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
+    model = build_unet(spec)
+    logger.log("PARAMETER", {"parameters": total_params(model), "input_size": geometry.input_size,
+                             "output_size": geometry.output_size,
+                             "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9,
+                             "train_images": len(train_idx), "validation_images": len(val_idx),
+                             "classes": ",".join(data.class_names)})
+    if dist.is_chief:
+        save_model_info(cfg.model_dir, ModelInfo(spec=dataclasses.asdict(spec), class_names=data.class_names))
+    augment = None
+    if cfg.augment:
+        from utils.augment import AugmentConfig, build_augment_fn
+        augment = build_augment_fn(AugmentConfig())
+    # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
+    wants_eval = cfg.exec_mode != "train" or cfg.evaluate_every > 0
+    evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger) if wants_eval else None
+    state = train(cfg, model, train_images=[normalize_image(data.images[i]) for i in train_idx],
+                  train_masks=[data.masks[i] for i in train_idx],
+                  train_names=[data.names[i] for i in train_idx], geometry=geometry,
+                  n_classes=spec.n_classes, logger=logger, dist=dist, evaluate=evaluate, augment=augment)
+    return state.last_eval
+
+
+def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:
+    model, spec, info = restore_model(cfg)
+    data = load_training_set(cfg)
+    if tuple(data.class_names) != tuple(info.class_names):
+        raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
+    _, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
+    evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger)
+    return evaluate(model, info.extra["step"])
+
+
+def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
+    model, spec, info = restore_model(cfg)
+    data = load_test_data(cfg.data_dir, input_path=cfg.input)
+    images = [normalize_image(im) for im in data.images]
+    if images[0].shape[-1] != spec.in_channels:
+        raise UNetError(f"{data.source}: images have {images[0].shape[-1]} channels, the model expects "
+                        f"{spec.in_channels}")
+    probs = predict_images(keras_predictor(model), spec, images, tile_size=cfg.tile_size,
+                           max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
+                           batch_size=cfg.batch_size, tta=cfg.tta)
+    source = pathlib.Path(data.source)
+    stack_name = source.name.split(".")[0] if source.suffix.lower() in (".tif", ".tiff") else None
+    written = write_predictions(pathlib.Path(cfg.model_dir) / PREDICTIONS, probs, images, data.names,
+                                info.class_names, stack_name)
+    logger.log("PREDICT", {"images": len(images), "output": str(written[0]), "step": info.extra["step"]})
+    return written
+
+
+def run(cfg: Config) -> None:
+    """Execute cfg.exec_mode."""
+    model_dir = pathlib.Path(cfg.model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    dist = distributed.create()
+    logger = make_logger(cfg, dist.rank)
+    if dist.is_chief:
+        save_config(cfg, model_dir / RUN_CONFIG)
+    logger.log("PARAMETER", {k: v for k, v in cfg.to_dict().items() if v is not None})
+    try:
+        if cfg.exec_mode in ("train", "train_and_evaluate", "train_and_predict"):
+            run_training(cfg, logger, dist)
+        if cfg.exec_mode == "evaluate":
+            run_evaluation(cfg, logger)
+        if cfg.exec_mode in ("predict", "train_and_predict") and dist.is_chief:
+            run_prediction(cfg, logger)
+    finally:
+        logger.flush()

@@ -1,0 +1,165 @@
+"""The one training loop (every exec mode and every model variant goes through it).
+
+Custom `tf.function` step with GradientTape, so Horovod's and tf.distribute's gradient reductions fit
+the same loop (utils.distributed). Checkpoints are single atomic files (utils.checkpoint); the input
+stream is a pure function of (seed, step) (utils.pipeline), so `--resume_training` after a crash or
+SIGKILL continues to the same weights as a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import time
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from utils import checkpoint as ckpt
+from utils.config import Config
+from utils.errors import UNetError
+from utils.losses import cross_entropy_dice_loss
+from utils.pipeline import AugmentFn, CropGeometry, make_train_dataset
+
+
+class TrainingDiverged(UNetError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+@keras.saving.register_keras_serializable(package="unet")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then constant or cosine decay to 0."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, decay: str = "constant"):
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.decay = decay
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * tf.minimum(1.0, (step + 1.0) / float(max(1, self.warmup_steps)))
+        if self.decay == "cosine":
+            span = float(max(1, self.total_steps - self.warmup_steps))
+            progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+            return tf.where(step < self.warmup_steps, warm, self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress)))
+        return warm
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                "decay": self.decay}
+
+
+def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
+    """Adam (AdamW when --weight_decay > 0) on the warm-up schedule."""
+    schedule = WarmupSchedule(cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule)
+    if cfg.weight_decay > 0:
+        return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    return keras.optimizers.Adam(schedule)
+
+
+@dataclasses.dataclass
+class TrainState:
+    step: int
+    best_score: float | None
+    last_eval: dict[str, Any] | None
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classes: int,
+                    dice_weight: float, dist: Any) -> Callable:
+    """One compiled optimization step: forward, CE + soft Dice loss, reduced gradients, update."""
+
+    @tf.function
+    def train_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = cross_entropy_dice_loss(logits, labels, n_classes, dice_weight=dice_weight)
+            if model.losses:
+                loss += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+        grads = tape.gradient(loss, model.trainable_variables)
+        grads = dist.reduce_gradients(grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return train_step
+
+
+def train(cfg: Config, model: keras.Model, *, train_images: list[np.ndarray], train_masks: list[np.ndarray],
+          train_names: list[str], geometry: CropGeometry, n_classes: int, logger: Any, dist: Any,
+          evaluate: Callable[[keras.Model, int], dict[str, Any]] | None,
+          augment: AugmentFn | None, score_key: str = "mean_dice") -> TrainState:
+    """Train `model` to cfg.max_steps, evaluating every cfg.evaluate_every steps and at the end.
+
+    `evaluate(model, step)` returns metrics (it also writes eval_results.json); the checkpoint with
+    the highest `score_key` is kept as best.npz, the newest as last.npz.
+    """
+    directory = ckpt.checkpoint_dir(cfg.model_dir)
+    last_path, best_path = directory / ckpt.LAST, directory / ckpt.BEST
+    optimizer = make_optimizer(cfg)
+    optimizer.build(model.trainable_variables)
+    state = TrainState(step=0, best_score=None, last_eval=None)
+    if last_path.exists():
+        if not cfg.resume_training:
+            info = ckpt.read_header(last_path)
+            raise UNetError(
+                f"{last_path} already holds a checkpoint at step {info.step}: pass --resume_training to "
+                "continue it, or choose a new --model_dir (nothing in model_dir is ever overwritten "
+                "from scratch)")
+        info = ckpt.load_checkpoint(last_path, model, optimizer)
+        state.step, state.best_score = info.step, info.meta.get("best_score")
+        logger.log("PARAMETER", {"resumed_from": str(last_path), "resumed_step": info.step})
+    dist.broadcast_variables(list(model.variables) + list(optimizer.variables))
+
+    def save(path: pathlib.Path, with_optimizer: bool) -> None:
+        if dist.is_chief:
+            ckpt.save_checkpoint(path, model, optimizer if with_optimizer else None, step=state.step,
+                                 meta={"best_score": state.best_score, "fold": cfg.fold})
+
+    def run_evaluation() -> None:
+        if evaluate is None or not dist.is_chief:
+            return
+        results = evaluate(model, state.step)
+        state.last_eval = results
+        score = results.get(score_key)
+        if score is not None and (state.best_score is None or score > state.best_score):
+            state.best_score = float(score)
+            save(best_path, with_optimizer=False)
+
+    if state.step >= cfg.max_steps:
+        logger.log("PARAMETER", {"message": f"checkpoint is already at step {state.step} >= max_steps"})
+        return state
+
+    dataset = make_train_dataset(train_images, train_masks, train_names, geometry,
+                                 batch_size=cfg.batch_size, seed=cfg.seed, start_step=state.step,
+                                 max_steps=cfg.max_steps, augment=augment, rank=dist.rank,
+                                 world_size=dist.size)
+    train_step = make_train_step(model, optimizer, n_classes, cfg.dice_weight, dist)
+    window_start, window_images, losses = time.perf_counter(), 0, []
+    for images, labels in dataset:
+        loss = float(train_step(images, labels))
+        state.step += 1
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {loss} at step {state.step}; stopped. The last good checkpoint "
+                f"({last_path if last_path.exists() else 'none yet'}) is kept; lower --learning_rate "
+                "or check the data")
+        losses.append(loss)
+        window_images += int(images.shape[0]) * dist.size
+        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            elapsed = time.perf_counter() - window_start
+            lr = float(optimizer.learning_rate(optimizer.iterations)) if callable(optimizer.learning_rate) \
+                else float(optimizer.learning_rate)
+            logger.log(state.step, {"loss": float(np.mean(losses)), "img_per_s": window_images / elapsed,
+                                    "learning_rate": lr})
+            window_start, window_images, losses = time.perf_counter(), 0, []
+        if cfg.evaluate_every and state.step % cfg.evaluate_every == 0 and state.step < cfg.max_steps:
+            run_evaluation()
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+            save(last_path, with_optimizer=True)
+    run_evaluation()
+    if state.best_score is None:  # no evaluation ran: the final weights are the best we know
+        save(best_path, with_optimizer=False)
+    save(last_path, with_optimizer=True)
+    return state
