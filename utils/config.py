@@ -15,7 +15,7 @@ import yaml
 
 from utils.errors import UNetError
 
-EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict")
+EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export")
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -56,6 +56,9 @@ class Config:
     log_every: int = _field(10, "log loss and throughput every N steps")
     evaluate_every: int = _field(0, "evaluate on the held-out fold every N steps (0: at the end only)")
     checkpoint_every: int = _field(50, "write the resumable checkpoint every N steps")
+    deterministic: bool = _field(False, "deterministic TF ops: two runs give bit-identical weights")
+    amp: bool = _field(False, "mixed precision: float16 with loss scaling on GPU, bfloat16 on CPU")
+    xla: bool = _field(False, "compile the training step with XLA (jit_compile)")
     # --- model
     padding: str = _field("valid", "valid: the paper's U-Net; same: output size = input size",
                           choices=("valid", "same"))
@@ -71,8 +74,31 @@ class Config:
     tile_context: int | None = _field(None, "pixels of each same-padding tile's border thrown away "
                                       "(default 16 for same padding, 0 for valid)")
     tta: bool = _field(False, "test-time augmentation: average over the 8 flips/rotations")
-    checkpoint: str = _field("best", "weights used by evaluate/predict: best or last",
-                             choices=("best", "last"))
+    checkpoint: str = _field("last", "weights used by evaluate/predict/export: last (final) or best "
+                             "(highest validation mean Dice)", choices=("best", "last"))
+    model_path: str | None = _field(None, "predict/benchmark/evaluate with an exported model (SavedModel "
+                                    "folder, .onnx or .tflite) instead of model_dir's checkpoint")
+    # --- scale-out
+    distribution: str = _field("single", "single process, tf.distribute (mirrored: one node; "
+                               "multi_worker: TF_CONFIG) or horovod (horovodrun)",
+                               choices=("single", "mirrored", "multi_worker", "horovod"))
+    lr_scaling: str = _field("none", "scale --learning_rate with the number of workers: none, linear "
+                             "(Goyal et al. 2017) or sqrt", choices=("none", "linear", "sqrt"))
+    # --- benchmark
+    benchmark: bool = _field(False, "with --exec_mode train/predict: run the benchmark instead (NVIDIA's "
+                             "recipes' spelling of --exec_mode benchmark)")
+    benchmark_mode: str = _field("predict", "what --exec_mode benchmark times",
+                                 choices=("train", "predict"))
+    bench_warmup_steps: int = _field(3, "benchmark steps run before timing starts")
+    bench_steps: int = _field(10, "timed benchmark steps")
+    bench_input: str = _field("synthetic", "benchmark input: synthetic tensors (model only) or real data "
+                              "through the pipeline / tiled inference (end to end)",
+                              choices=("synthetic", "real"))
+    # --- export
+    export_format: str = _field("savedmodel", "--exec_mode export target",
+                                choices=("savedmodel", "tftrt", "onnx", "tflite", "packed"))
+    export_precision: str = _field("fp32", "export precision (int8 calibrates on training slices)",
+                                   choices=("fp32", "fp16", "int8"))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -113,6 +139,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.num_classes is None or cfg.num_classes >= 2, "num_classes", cfg.num_classes, "an integer >= 2")
     _check(cfg.tile_size is None or cfg.tile_size >= 8, "tile_size", cfg.tile_size, "an integer >= 8")
     _check(cfg.max_tile_size >= 8, "max_tile_size", cfg.max_tile_size, "an integer >= 8")
+    _check(cfg.bench_warmup_steps >= 0, "bench_warmup_steps", cfg.bench_warmup_steps, "an integer >= 0")
+    _check(cfg.bench_steps >= 1, "bench_steps", cfg.bench_steps, "an integer >= 1")
     _check(cfg.tile_context is None or cfg.tile_context >= 0, "tile_context", cfg.tile_context, "an integer >= 0")
 
 

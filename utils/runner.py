@@ -21,6 +21,7 @@ from utils.inference import keras_predictor, predict_images
 from utils.metrics import segmentation_metrics
 from utils.outputs import write_predictions
 from utils.pipeline import CropGeometry
+from utils.precision import configure_precision, configure_seeds
 
 
 def make_logger(cfg: Config, rank: int) -> dllogger.Logger:
@@ -93,8 +94,11 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
     spec = spec_for(cfg, data)
     geometry = check_crop_size(spec, cfg.crop_size)
     train_idx, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
-    model = build_unet(spec)
-    logger.log("PARAMETER", {"parameters": total_params(model), "input_size": geometry.input_size,
+    configure_seeds(cfg.seed, cfg.deterministic)
+    policy = configure_precision(cfg.amp)
+    with dist.scope():
+        model = build_unet(spec)
+    logger.log("PARAMETER", {"precision": policy, "parameters": total_params(model), "input_size": geometry.input_size,
                              "output_size": geometry.output_size,
                              "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9,
                              "train_images": len(train_idx), "validation_images": len(val_idx),
@@ -147,7 +151,7 @@ def run(cfg: Config) -> None:
     """Execute cfg.exec_mode."""
     model_dir = pathlib.Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    dist = distributed.create()
+    dist = distributed.create(cfg.distribution)
     logger = make_logger(cfg, dist.rank)
     if dist.is_chief:
         save_config(cfg, model_dir / RUN_CONFIG)

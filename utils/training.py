@@ -52,12 +52,24 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "decay": self.decay}
 
 
-def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
+def scaled_learning_rate(base: float, world_size: int, rule: str) -> float:
+    """--lr_scaling: W workers average gradients over a W times larger global batch; `linear`
+    (Goyal et al. 2017) multiplies the rate by W, `sqrt` by sqrt(W), `none` keeps it."""
+    factor = {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[rule]
+    return base * factor
+
+
+def make_optimizer(cfg: Config, world_size: int = 1) -> keras.optimizers.Optimizer:
     """Adam (AdamW when --weight_decay > 0) on the warm-up schedule."""
-    schedule = WarmupSchedule(cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule)
+    peak = scaled_learning_rate(cfg.learning_rate, world_size, cfg.lr_scaling)
+    schedule = WarmupSchedule(peak, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule)
     if cfg.weight_decay > 0:
-        return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
-    return keras.optimizers.Adam(schedule)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    if keras.mixed_precision.global_policy().compute_dtype == "float16":
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)  # dynamic loss scaling
+    return optimizer
 
 
 @dataclasses.dataclass
@@ -68,22 +80,29 @@ class TrainState:
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classes: int,
-                    dice_weight: float, dist: Any) -> Callable:
-    """One compiled optimization step: forward, CE + soft Dice loss, reduced gradients, update."""
+                    dice_weight: float, dist: Any, xla: bool = False) -> Callable:
+    """One compiled optimization step: forward, CE + soft Dice loss, reduced gradients, update.
 
-    @tf.function
+    Under a float16 policy the optimizer is a LossScaleOptimizer: the loss is scaled before the
+    gradient and the gradients unscaled after, so small float16 gradients do not flush to zero.
+    """
+    scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+
     def train_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             loss = cross_entropy_dice_loss(logits, labels, n_classes, dice_weight=dice_weight)
             if model.losses:
                 loss += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
-        grads = tape.gradient(loss, model.trainable_variables)
+            target = optimizer.get_scaled_loss(loss) if scaled else loss
+        grads = tape.gradient(target, model.trainable_variables)
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
         grads = dist.reduce_gradients(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    return train_step
+    return dist.compile_step(train_step, xla=xla)
 
 
 def train(cfg: Config, model: keras.Model, *, train_images: list[np.ndarray], train_masks: list[np.ndarray],
@@ -97,8 +116,9 @@ def train(cfg: Config, model: keras.Model, *, train_images: list[np.ndarray], tr
     """
     directory = ckpt.checkpoint_dir(cfg.model_dir)
     last_path, best_path = directory / ckpt.LAST, directory / ckpt.BEST
-    optimizer = make_optimizer(cfg)
-    optimizer.build(model.trainable_variables)
+    with dist.scope():
+        optimizer = make_optimizer(cfg, dist.size)
+        optimizer.build(model.trainable_variables)
     state = TrainState(step=0, best_score=None, last_eval=None)
     if last_path.exists():
         if not cfg.resume_training:
@@ -135,7 +155,7 @@ def train(cfg: Config, model: keras.Model, *, train_images: list[np.ndarray], tr
                                  batch_size=cfg.batch_size, seed=cfg.seed, start_step=state.step,
                                  max_steps=cfg.max_steps, augment=augment, rank=dist.rank,
                                  world_size=dist.size)
-    train_step = make_train_step(model, optimizer, n_classes, cfg.dice_weight, dist)
+    train_step = make_train_step(model, optimizer, n_classes, cfg.dice_weight, dist, xla=cfg.xla)
     window_start, window_images, losses = time.perf_counter(), 0, []
     for images, labels in dataset:
         loss = float(train_step(images, labels))
