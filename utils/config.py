@@ -15,7 +15,8 @@ import yaml
 
 from utils.errors import UNetError
 
-EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export")
+EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
+              "compress")
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -78,6 +79,12 @@ class Config:
                              "(highest validation mean Dice)", choices=("best", "last"))
     model_path: str | None = _field(None, "predict/benchmark/evaluate with an exported model (SavedModel "
                                     "folder, .onnx or .tflite) instead of model_dir's checkpoint")
+    init_from: str | None = _field(None, "start from the model and weights of this training run's folder "
+                                   "(fine-tuning, compression, quantization of a trained model)")
+    # --- post-training Tucker compression (--exec_mode compress)
+    rank_factor: float | None = _field(None, "Tucker ranks = ceil(channels x factor), e.g. 0.3")
+    rank: int | None = _field(None, "fixed Tucker rank for both channel modes")
+    rank_min: int = _field(8, "smallest Tucker rank")
     # --- scale-out
     distribution: str = _field("single", "single process, tf.distribute (mirrored: one node; "
                                "multi_worker: TF_CONFIG) or horovod (horovodrun)",
@@ -139,6 +146,13 @@ def validate(cfg: Config) -> None:
     _check(cfg.num_classes is None or cfg.num_classes >= 2, "num_classes", cfg.num_classes, "an integer >= 2")
     _check(cfg.tile_size is None or cfg.tile_size >= 8, "tile_size", cfg.tile_size, "an integer >= 8")
     _check(cfg.max_tile_size >= 8, "max_tile_size", cfg.max_tile_size, "an integer >= 8")
+    _check(cfg.rank_factor is None or 0 < cfg.rank_factor <= 1, "rank_factor", cfg.rank_factor, "a factor in (0, 1]")
+    _check(cfg.rank is None or cfg.rank >= 1, "rank", cfg.rank, "an integer >= 1")
+    _check(cfg.rank_min >= 1, "rank_min", cfg.rank_min, "an integer >= 1")
+    if cfg.exec_mode == "compress":
+        _check(cfg.init_from is not None, "init_from", cfg.init_from, "the folder of a trained model to compress")
+        _check((cfg.rank_factor is None) != (cfg.rank is None), "rank_factor", cfg.rank_factor,
+               "exactly one of --rank_factor and --rank for --exec_mode compress")
     _check(cfg.bench_warmup_steps >= 0, "bench_warmup_steps", cfg.bench_warmup_steps, "an integer >= 0")
     _check(cfg.bench_steps >= 1, "bench_steps", cfg.bench_steps, "an integer >= 1")
     _check(cfg.tile_context is None or cfg.tile_context >= 0, "tile_context", cfg.tile_context, "an integer >= 0")

@@ -17,11 +17,12 @@ from utils.artifacts import (EVAL_RESULTS, PREDICTIONS, RUN_CONFIG, ModelInfo, l
 from utils.config import Config, save_config
 from utils.data_loader import SegmentationData, fold_split, load_test_data, load_training_data, normalize_image
 from utils.errors import UNetError
-from utils.inference import keras_predictor, predict_images
+from utils.inference import predict_images
 from utils.metrics import segmentation_metrics
 from utils.outputs import write_predictions
 from utils.pipeline import CropGeometry
 from utils.precision import configure_precision, configure_seeds
+from utils.runtimes import as_predictor, load_exported
 
 
 def make_logger(cfg: Config, rank: int) -> dllogger.Logger:
@@ -52,20 +53,73 @@ def check_crop_size(spec: UNetSpec, crop_size: int) -> CropGeometry:
     return CropGeometry(crop_size, output_size(spec, crop_size))
 
 
-def restore_model(cfg: Config) -> tuple[Any, UNetSpec, ModelInfo]:
-    """Rebuild the trained network from model_dir/model.json and load the chosen checkpoint."""
-    info = load_model_info(cfg.model_dir)
-    spec = UNetSpec(**info.spec)
-    model = build_unet(spec)
-    path = ckpt.checkpoint_dir(cfg.model_dir) / (ckpt.BEST if cfg.checkpoint == "best" else ckpt.LAST)
+def model_from_info(info: ModelInfo) -> Any:
+    """The network described by model.json: its stored architecture (any variant: Tucker-compressed,
+    quantized, ...) or, for files without one, the plain U-Net of its spec."""
+    import tf_keras as keras
+
+    architecture = info.extra.get("architecture")
+    if architecture is None:
+        return build_unet(UNetSpec(**info.spec))
+    return keras.models.model_from_json(architecture)
+
+
+def load_trained(run_dir: str | pathlib.Path, which: str) -> tuple[Any, UNetSpec, ModelInfo, int]:
+    """Rebuild a training run's network from run_dir/model.json and load its best or last weights."""
+    info = load_model_info(run_dir)
+    model = model_from_info(info)
+    path = ckpt.checkpoint_dir(run_dir) / (ckpt.BEST if which == "best" else ckpt.LAST)
     loaded = ckpt.load_checkpoint(path, model)
-    return model, spec, dataclasses.replace(info, extra={**info.extra, "step": loaded.step})
+    return model, UNetSpec(**info.spec), info, loaded.step
+
+
+def restore_model(cfg: Config) -> tuple[Any, UNetSpec, ModelInfo]:
+    model, spec, info, step = load_trained(cfg.model_dir, cfg.checkpoint)
+    return model, spec, dataclasses.replace(info, extra={**info.extra, "step": step})
+
+
+def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: dllogger.Logger) -> Any:
+    """Tucker-2 decomposition of every eligible conv; the per-layer report goes to the log and
+    model_dir/tucker_report.csv."""
+    from model.tucker import report_table, tucker_compress, write_report_csv
+
+    compressed, report = tucker_compress(model, rank_factor=cfg.rank_factor, rank=cfg.rank,
+                                         rank_min=cfg.rank_min, input_hw=(geometry.input_size,) * 2)
+    write_report_csv(report, pathlib.Path(cfg.model_dir) / "tucker_report.csv")
+    print(report_table(report), flush=True)
+    logger.log("PARAMETER", {
+        "tucker_layers_decomposed": sum(not r.kept for r in report),
+        "tucker_params_before": sum(r.params_before for r in report),
+        "tucker_params_after": sum(r.params_after for r in report),
+        "tucker_macs_before": sum(r.macs_before for r in report),
+        "tucker_macs_after": sum(r.macs_after for r in report)})
+    return compressed
+
+
+def make_model(cfg: Config, data: SegmentationData, logger: dllogger.Logger) -> tuple[Any, UNetSpec, CropGeometry]:
+    """The network to train: a new U-Net, or a trained one (--init_from), then the requested
+    transforms (Tucker compression). Every variant is an ordinary Keras model to the training loop."""
+    if cfg.init_from:
+        model, spec, info, step = load_trained(cfg.init_from, cfg.checkpoint)
+        if info.class_names != data.class_names or spec.in_channels != data.images[0].shape[-1]:
+            raise UNetError(f"--init_from {cfg.init_from}: its model has classes {info.class_names} and "
+                            f"{spec.in_channels} channels; the data in {cfg.data_dir} has {data.class_names} "
+                            f"and {data.images[0].shape[-1]}")
+        logger.log("PARAMETER", {"init_from": str(cfg.init_from), "init_step": step})
+    else:
+        spec = spec_for(cfg, data)
+        model = build_unet(spec)
+    geometry = check_crop_size(spec, cfg.crop_size)
+    if cfg.rank_factor is not None or cfg.rank is not None:
+        model = compress_model(cfg, model, geometry, logger)
+    return model, spec, geometry
 
 
 def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarray],
                     masks: list[np.ndarray], class_names: tuple[str, ...]) -> dict[str, Any]:
     """Metrics of the tiled, native-resolution prediction of `images` against `masks`."""
-    probs = predict_images(keras_predictor(model), spec, images, tile_size=cfg.tile_size,
+    predictor, tile_size = as_predictor(model, cfg.tile_size)
+    probs = predict_images(predictor, spec, images, tile_size=tile_size,
                            max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
                            batch_size=cfg.batch_size, tta=cfg.tta)
     return segmentation_metrics(probs, masks, class_names)
@@ -91,20 +145,19 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
     from utils.training import train
 
     data = load_training_set(cfg)
-    spec = spec_for(cfg, data)
-    geometry = check_crop_size(spec, cfg.crop_size)
     train_idx, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
     configure_seeds(cfg.seed, cfg.deterministic)
     policy = configure_precision(cfg.amp)
     with dist.scope():
-        model = build_unet(spec)
+        model, spec, geometry = make_model(cfg, data, logger)
     logger.log("PARAMETER", {"precision": policy, "parameters": total_params(model), "input_size": geometry.input_size,
                              "output_size": geometry.output_size,
                              "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9,
                              "train_images": len(train_idx), "validation_images": len(val_idx),
                              "classes": ",".join(data.class_names)})
     if dist.is_chief:
-        save_model_info(cfg.model_dir, ModelInfo(spec=dataclasses.asdict(spec), class_names=data.class_names))
+        save_model_info(cfg.model_dir, ModelInfo(spec=dataclasses.asdict(spec), class_names=data.class_names,
+                                                 extra={"architecture": model.to_json()}))
     augment = None
     if cfg.augment:
         from utils.augment import AugmentConfig, build_augment_fn
@@ -112,6 +165,9 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
     # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
     wants_eval = cfg.exec_mode != "train" or cfg.evaluate_every > 0
     evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger) if wants_eval else None
+    if cfg.exec_mode == "compress" and dist.is_chief:
+        before = evaluate(model, 0)  # the compressed model before fine-tuning
+        write_json(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
     state = train(cfg, model, train_images=[normalize_image(data.images[i]) for i in train_idx],
                   train_masks=[data.masks[i] for i in train_idx],
                   train_names=[data.names[i] for i in train_idx], geometry=geometry,
@@ -136,7 +192,8 @@ def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
     if images[0].shape[-1] != spec.in_channels:
         raise UNetError(f"{data.source}: images have {images[0].shape[-1]} channels, the model expects "
                         f"{spec.in_channels}")
-    probs = predict_images(keras_predictor(model), spec, images, tile_size=cfg.tile_size,
+    predictor, tile_size = as_predictor(model, cfg.tile_size)
+    probs = predict_images(predictor, spec, images, tile_size=tile_size,
                            max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
                            batch_size=cfg.batch_size, tta=cfg.tta)
     source = pathlib.Path(data.source)
@@ -157,11 +214,20 @@ def run(cfg: Config) -> None:
         save_config(cfg, model_dir / RUN_CONFIG)
     logger.log("PARAMETER", {k: v for k, v in cfg.to_dict().items() if v is not None})
     try:
-        if cfg.exec_mode in ("train", "train_and_evaluate", "train_and_predict"):
+        if cfg.exec_mode == "benchmark" or cfg.benchmark:
+            from utils.benchmark import run_benchmark
+
+            run_benchmark(cfg, logger, dist)
+            return
+        if cfg.exec_mode in ("train", "train_and_evaluate", "train_and_predict", "compress"):
             run_training(cfg, logger, dist)
         if cfg.exec_mode == "evaluate":
             run_evaluation(cfg, logger)
         if cfg.exec_mode in ("predict", "train_and_predict") and dist.is_chief:
             run_prediction(cfg, logger)
+        if cfg.exec_mode == "export" and dist.is_chief:
+            from utils.export import run_export
+
+            run_export(cfg, logger)
     finally:
         logger.flush()
