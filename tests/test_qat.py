@@ -1,0 +1,167 @@
+"""TF-MOT 8-bit QAT: annotation of custom layers, .h5 round trip, int8 TFLite parity with Keras."""
+import importlib.util
+
+import numpy as np
+import pytest
+
+import utils  # noqa: F401
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from model.qat import (NoOpQuantizeConfig, convert_qat_to_tflite, load_qat_model, quantize_model_qat,
+                       run_tflite, save_qat_model)
+from model.quantization import QuantizationConfig, quantize_unet
+from utils.errors import UNetError
+
+SIZE = 64
+
+
+@keras.saving.register_keras_serializable(package="test_qat")
+class Halve(keras.layers.Layer):
+    """A custom layer TF-MOT does not know."""
+
+    def call(self, inputs):
+        return inputs * 0.5
+
+
+def conv_bn_relu(x, filters, name):
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def tiny_bn_unet(custom_layer: bool = False) -> keras.Model:
+    """Same-padding Conv-BN-ReLU U-Net of depth 1, base 4 filters, softmax head."""
+    inputs = keras.Input((SIZE, SIZE, 1), name="image")
+    skip = conv_bn_relu(conv_bn_relu(inputs, 4, "enc1"), 4, "enc2")
+    x = keras.layers.MaxPooling2D(name="pool")(skip)
+    x = conv_bn_relu(x, 8, "bottom")
+    if custom_layer:
+        x = Halve(name="halve")(x)
+    x = keras.layers.Conv2DTranspose(4, 2, strides=2, name="upconv")(x)
+    x = keras.layers.Concatenate(name="concat")([skip, x])
+    x = conv_bn_relu(x, 4, "dec")
+    outputs = keras.layers.Conv2D(2, 1, activation="softmax", name="head")(x)
+    return keras.Model(inputs, outputs)
+
+
+def random_data(count: int = 4):
+    rng = np.random.default_rng(0)
+    labels = (rng.uniform(size=(count, SIZE, SIZE)) > 0.5).astype(np.int32)
+    # Two well-separated grey levels: a target a few QAT steps can learn, so that the class scores
+    # separate and the comparison is not dominated by near-ties of an untrained network.
+    images = 0.2 + 0.6 * labels + rng.normal(scale=0.05, size=labels.shape)
+    return images[..., None].astype(np.float32), labels
+
+
+def qat_train(model: keras.Model, images, labels, from_logits: bool = False) -> None:
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    model.fit(images, labels, batch_size=1, epochs=3, verbose=0)
+
+
+def assert_tflite_agrees(model: keras.Model, flatbuffer: bytes, images) -> None:
+    keras_out = model.predict(images, verbose=0)
+    tflite_out = run_tflite(flatbuffer, images)
+    agreement = np.mean(keras_out.argmax(-1) == tflite_out.argmax(-1))
+    print(f"TFLite int8 vs Keras QAT: argmax agreement {agreement:.5f}, "
+          f"max output difference {np.abs(keras_out - tflite_out).max():.5f}")
+    assert tflite_out.shape == keras_out.shape
+    assert agreement >= 0.99
+
+
+@pytest.fixture(scope="module")
+def data():
+    return random_data()
+
+
+@pytest.fixture(scope="module")
+def trained_qat(data):
+    keras.utils.set_random_seed(0)
+    model = quantize_unet(tiny_bn_unet(), QuantizationConfig("QAT_INT8"))
+    qat_train(model, *data)
+    return model
+
+
+@pytest.fixture(scope="module")
+def flatbuffer(trained_qat, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tflite") / "unet_int8.tflite"
+    content = convert_qat_to_tflite(trained_qat, path, (SIZE, SIZE, 1))
+    assert path.read_bytes() == content
+    return content
+
+
+def test_qat_model_structure(trained_qat):
+    names = [layer.name for layer in trained_qat.layers]
+    assert "quantize_layer" in names and "quant_upconv" in names and "quant_head" in names
+    wrapped = trained_qat.get_layer("quant_enc1_conv")
+    assert isinstance(wrapped, tfmot.quantization.keras.QuantizeWrapperV2)
+
+
+def test_tflite_int8_matches_keras_qat(trained_qat, flatbuffer, data):
+    assert_tflite_agrees(trained_qat, flatbuffer, data[0])
+    interpreter = tf.lite.Interpreter(model_content=flatbuffer)
+    dtypes = {detail["dtype"] for detail in interpreter.get_tensor_details()}
+    assert np.int8 in dtypes  # weights and activations are int8 inside the float I/O
+
+
+def test_run_tflite_from_a_file_and_checks_shapes(flatbuffer, data, tmp_path):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(flatbuffer)
+    np.testing.assert_array_equal(run_tflite(path, data[0][:2]), run_tflite(flatbuffer, data[0][:2]))
+    with pytest.raises(UNetError, match="expects batches of shape"):
+        run_tflite(flatbuffer, np.zeros((1, 32, 32, 1), np.float32))
+    with pytest.raises(UNetError, match="not found"):
+        run_tflite(tmp_path / "missing.tflite", data[0])
+
+
+def test_custom_layers_stay_float_and_round_trip_h5(data, tmp_path):
+    keras.utils.set_random_seed(1)
+    model = quantize_model_qat(tiny_bn_unet(custom_layer=True))
+    halve = model.get_layer("quant_halve")
+    assert isinstance(halve.quantize_config, NoOpQuantizeConfig) and isinstance(halve.layer, Halve)
+    model(data[0][:1], training=True)  # give the quantizers ranges
+    path = tmp_path / "qat.h5"
+    save_qat_model(model, path)
+    loaded = load_qat_model(path)
+    np.testing.assert_array_equal(loaded.predict(data[0], verbose=0), model.predict(data[0], verbose=0))
+
+
+def test_save_and_load_errors(trained_qat, tmp_path):
+    with pytest.raises(UNetError, match=".h5"):
+        save_qat_model(trained_qat, tmp_path / "saved_model")
+    with pytest.raises(UNetError, match="not found"):
+        load_qat_model(tmp_path / "missing.h5")
+    with pytest.raises(UNetError, match="input_shape"):
+        convert_qat_to_tflite(trained_qat, tmp_path / "x.tflite", (SIZE, SIZE))
+
+
+def test_qat_rejects_fake_quantized_and_subclassed_models():
+    fixed = quantize_unet(tiny_bn_unet(), QuantizationConfig("FIXED"))
+    with pytest.raises(UNetError, match="already fake-quantized"):
+        quantize_model_qat(fixed)
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(UNetError, match="Functional"):
+        quantize_model_qat(Subclassed())
+
+
+def test_project_unet_qat_to_tflite(data):
+    if importlib.util.find_spec("model.unet") is None:
+        pytest.skip("model/unet.py not written yet")
+    from model.layers import SeededDropout
+    from model.unet import UNetSpec, build_unet
+
+    keras.utils.set_random_seed(2)
+    float_unet = build_unet(UNetSpec(padding="same", batch_norm=True, base_filters=4, depth=2, dropout=0.5))
+    model = quantize_model_qat(float_unet)
+    dropout = model.get_layer("quant_bottleneck_dropout")
+    assert isinstance(dropout.layer, SeededDropout)
+    assert isinstance(dropout.quantize_config, NoOpQuantizeConfig)
+    qat_train(model, *data, from_logits=True)
+    flatbuffer = convert_qat_to_tflite(model, "/dev/null", (SIZE, SIZE, 1))
+    assert_tflite_agrees(model, flatbuffer, data[0])
