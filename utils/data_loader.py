@@ -305,7 +305,14 @@ def to_class_ids(mask: np.ndarray, num_classes: int | None, source: str) -> np.n
     Returns:
         uint8 class ids, same shape.
     """
+    if mask.size == 0:
+        raise UNetError(f"{source}: empty mask (shape {mask.shape}); expected a labelled image")
+    if not (mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)
+            or np.issubdtype(mask.dtype, np.floating)):
+        raise UNetError(f"{source}: unsupported mask dtype {mask.dtype}; expected integer class ids")
     values = mask_values(mask)
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise UNetError(f"{source}: mask holds NaN or infinite values; expected integer class ids")
     binary = num_classes in (None, 2)
     if binary and set(values.tolist()) <= {0, 255}:
         return (mask == 255).astype(np.uint8)

@@ -9,7 +9,7 @@ import numpy as np
 
 import dllogger
 from model.complexity import total_macs, total_params
-from model.unet import UNetSpec, build_unet, is_valid_input_size, output_size
+from model.unet import UNetSpec, build_unet, output_size
 from utils import checkpoint as ckpt
 from utils import distributed
 from utils.artifacts import (EVAL_RESULTS, PREDICTIONS, RUN_CONFIG, ModelInfo, load_model_info,
@@ -45,12 +45,10 @@ def spec_for(cfg: Config, data: SegmentationData) -> UNetSpec:
 
 
 def check_crop_size(spec: UNetSpec, crop_size: int) -> CropGeometry:
-    if not is_valid_input_size(spec, crop_size):
-        lower = next(s for s in range(crop_size, 0, -1) if is_valid_input_size(spec, s))
-        upper = next(s for s in range(crop_size, crop_size + 4096) if is_valid_input_size(spec, s))
-        raise UNetError(f"--crop_size={crop_size} is not a valid input size for a {spec.padding}-padding "
-                        f"U-Net of depth {spec.depth} (nearest valid: {lower} or {upper})")
-    return CropGeometry(crop_size, output_size(spec, crop_size))
+    try:
+        return CropGeometry(crop_size, output_size(spec, crop_size))
+    except UNetError as exc:
+        raise UNetError(f"--crop_size={crop_size}: {exc}") from None
 
 
 def model_from_info(info: ModelInfo) -> Any:
