@@ -16,7 +16,12 @@ import yaml
 from utils.errors import UNetError
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
-              "compress")
+              "compress", "visualize")
+QUANTIZATION_MODES = ("NONE", "FIXED", "INT", "BNN", "TERNARY", "QAT_INT8")
+# The MICCAI 2019 fixed-point U-Net paper's YAML keys that are not flag names, and what they mean here.
+PAPER_KEYS = {"lr": "learning_rate"}
+OPERATION_MODES = {"normal": "train_and_evaluate", "retrain": "train_and_evaluate", "inference": "evaluate",
+                   "visualize": "visualize"}
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -85,6 +90,25 @@ class Config:
     rank_factor: float | None = _field(None, "Tucker ranks = ceil(channels x factor), e.g. 0.3")
     rank: int | None = _field(None, "fixed Tucker rank for both channel modes")
     rank_min: int = _field(8, "smallest Tucker rank")
+    # --- quantization (MICCAI 2019 fixed-point U-Net grid; TF-MOT int8 QAT)
+    quantization: str = _field("NONE", "weight/activation quantization of every conv (first and last kept "
+                               "float unless --no-keep_first_float/--no-keep_last_float)",
+                               choices=QUANTIZATION_MODES)
+    weight_i_width: int = _field(0, "FIXED weights: integer bits i of Qi.f (the paper's counting: i + f bits "
+                                 "in all, sign included)")
+    weight_f_width: int = _field(4, "FIXED weights: fractional bits f of Qi.f")
+    activation_i_width: int = _field(6, "FIXED activations: integer bits")
+    activation_f_width: int = _field(0, "FIXED activations: fractional bits")
+    weight_bits: int = _field(8, "INT weights: bits (symmetric, per output channel)")
+    activation_bits: int = _field(8, "INT activations: bits (moving-average range)")
+    keep_first_float: bool = _field(True, "keep the first conv in float (as the paper did)")
+    keep_last_float: bool = _field(True, "keep the last (1x1 head) conv in float (as the paper did)")
+    num_epochs: int | None = _field(None, "train for this many passes over the training slices instead of "
+                                    "--max_steps (the paper's YAML key)")
+    experiment_name: str | None = _field(None, "write into model_dir/experiment_name")
+    operation_mode: str | None = _field(None, "the paper's YAML key: normal/retrain (train_and_evaluate; "
+                                        "retrain starts from --init_from), inference (evaluate), visualize "
+                                        "(weight histograms as PNG)", choices=tuple(OPERATION_MODES))
     # --- scale-out
     distribution: str = _field("single", "single process, tf.distribute (mirrored: one node; "
                                "multi_worker: TF_CONFIG) or horovod (horovodrun)",
@@ -126,7 +150,7 @@ def validate(cfg: Config) -> None:
     """Raise UNetError naming the flag for any value out of range (before any heavy work starts)."""
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
-        if choices is not None:
+        if choices is not None and not (f.default is None and getattr(cfg, f.name) is None):
             _check(getattr(cfg, f.name) in choices, f.name, getattr(cfg, f.name), f"one of {', '.join(choices)}")
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
     _check(cfg.learning_rate > 0, "learning_rate", cfg.learning_rate, "a number > 0")
@@ -146,6 +170,14 @@ def validate(cfg: Config) -> None:
     _check(cfg.num_classes is None or cfg.num_classes >= 2, "num_classes", cfg.num_classes, "an integer >= 2")
     _check(cfg.tile_size is None or cfg.tile_size >= 8, "tile_size", cfg.tile_size, "an integer >= 8")
     _check(cfg.max_tile_size >= 8, "max_tile_size", cfg.max_tile_size, "an integer >= 8")
+    _check(cfg.num_epochs is None or cfg.num_epochs >= 1, "num_epochs", cfg.num_epochs, "an integer >= 1")
+    for flag in ("weight_i_width", "weight_f_width", "activation_i_width", "activation_f_width"):
+        _check(0 <= getattr(cfg, flag) <= 16, flag, getattr(cfg, flag), "an integer from 0 to 16")
+    _check(2 <= cfg.weight_bits <= 16, "weight_bits", cfg.weight_bits, "an integer from 2 to 16")
+    _check(2 <= cfg.activation_bits <= 16, "activation_bits", cfg.activation_bits, "an integer from 2 to 16")
+    if cfg.operation_mode == "retrain":
+        _check(cfg.init_from is not None, "init_from", cfg.init_from,
+               "the folder of the trained float model to retrain (operation_mode: retrain)")
     _check(cfg.rank_factor is None or 0 < cfg.rank_factor <= 1, "rank_factor", cfg.rank_factor, "a factor in (0, 1]")
     _check(cfg.rank is None or cfg.rank >= 1, "rank", cfg.rank, "an integer >= 1")
     _check(cfg.rank_min >= 1, "rank_min", cfg.rank_min, "an integer >= 1")
@@ -222,7 +254,7 @@ def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(Config)}
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        name = str(key).replace("-", "_")
+        name = PAPER_KEYS.get(str(key), str(key).replace("-", "_"))
         if name not in known:
             raise UNetError(f"--config {path}: unknown key {key!r}")
         out[name] = _coerce(name, value, f"--config {path}")
@@ -238,6 +270,11 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     if config_file:
         values.update(load_yaml(config_file))
     values.update(args)
+    mode = values.get("operation_mode")
+    if mode is not None and "exec_mode" not in args:  # a flag still wins over the paper's YAML key
+        values["exec_mode"] = OPERATION_MODES[mode]
+    if values.get("experiment_name"):
+        values["model_dir"] = str(pathlib.Path(values.get("model_dir", Config.model_dir)) / values["experiment_name"])
     return Config(**values)
 
 

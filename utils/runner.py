@@ -59,6 +59,14 @@ def model_from_info(info: ModelInfo) -> Any:
     architecture = info.extra.get("architecture")
     if architecture is None:
         return build_unet(UNetSpec(**info.spec))
+    if info.extra.get("quantization", "NONE") == "QAT_INT8":
+        # TF-MOT's wrappers do not rebuild the same variables from JSON: rebuild the float model and
+        # wrap it again, exactly as training did.
+        from model.qat import quantize_model_qat
+
+        return quantize_model_qat(keras.models.model_from_json(architecture))
+    import model.quantization  # noqa: F401  (registers the quantized layers for deserialization)
+
     return keras.models.model_from_json(architecture)
 
 
@@ -110,7 +118,25 @@ def make_model(cfg: Config, data: SegmentationData, logger: dllogger.Logger) -> 
     geometry = check_crop_size(spec, cfg.crop_size)
     if cfg.rank_factor is not None or cfg.rank is not None:
         model = compress_model(cfg, model, geometry, logger)
+    float_architecture = model.to_json()
+    if cfg.quantization == "QAT_INT8":
+        from model.qat import quantize_model_qat
+        model = quantize_model_qat(model)
+        model.float_architecture = float_architecture
+    elif cfg.quantization != "NONE":
+        from model.quantization import quantize_unet
+        model = quantize_unet(model, quantization_config(cfg))
     return model, spec, geometry
+
+
+def quantization_config(cfg: Config):
+    from model.quantization import QuantizationConfig
+
+    return QuantizationConfig(
+        quantization=cfg.quantization, weight_i_width=cfg.weight_i_width, weight_f_width=cfg.weight_f_width,
+        activation_i_width=cfg.activation_i_width, activation_f_width=cfg.activation_f_width,
+        weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
+        keep_first_float=cfg.keep_first_float, keep_last_float=cfg.keep_last_float)
 
 
 def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarray],
@@ -144,6 +170,8 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
 
     data = load_training_set(cfg)
     train_idx, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
+    if cfg.num_epochs is not None:  # an epoch = one pass over the training images, one crop each
+        cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))
     configure_seeds(cfg.seed, cfg.deterministic)
     policy = configure_precision(cfg.amp)
     with dist.scope():
@@ -155,7 +183,9 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
                              "classes": ",".join(data.class_names)})
     if dist.is_chief:
         save_model_info(cfg.model_dir, ModelInfo(spec=dataclasses.asdict(spec), class_names=data.class_names,
-                                                 extra={"architecture": model.to_json()}))
+                                                 extra={"architecture": getattr(model, "float_architecture", None)
+                                                        or model.to_json(),
+                                                        "quantization": cfg.quantization}))
     augment = None
     if cfg.augment:
         from utils.augment import AugmentConfig, build_augment_fn
