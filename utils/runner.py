@@ -251,6 +251,12 @@ def run(cfg: Config) -> None:
             run_training(cfg, logger, dist)
         if cfg.exec_mode == "evaluate":
             run_evaluation(cfg, logger)
+        if cfg.exec_mode == "visualize" and dist.is_chief:
+            from utils.visualize import write_weight_histograms
+
+            model, _, _ = restore_model(cfg)
+            written = write_weight_histograms(model, pathlib.Path(cfg.model_dir) / "visualize")
+            logger.log("VISUALIZE", {"histograms": len(written) - 1, "grid": str(written[0])})
         if cfg.exec_mode in ("predict", "train_and_predict") and dist.is_chief:
             run_prediction(cfg, logger)
         if cfg.exec_mode == "export" and dist.is_chief:
