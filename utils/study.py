@@ -36,7 +36,8 @@ from utils.fileio import atomic_write_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DONE = "done.json"
-COLUMNS = ("name", "quantization", "weight_bits", "rank_factor", "parameters", "stored_bytes", "stored_format",
+COLUMNS = ("name", "quantization", "weight_bits", "rank_factor", "parameters", "gmac_per_tile", "stored_bytes",
+           "stored_format",
            "latency_ms_p50", "latency_ms_p90", "score", "membrane_dice", "interior_dice", "mean_dice", "v_rand",
            "v_info", "pixel_error", "score_before_finetune", "train_seconds", "step")
 
@@ -165,7 +166,7 @@ def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tu
     """Load every variant in this one process; time one tile prediction round-robin; sizes."""
     import numpy as np
 
-    from model.complexity import total_params
+    from model.complexity import total_macs, total_params
     from utils.inference import keras_predictor, plan_tiles
     from utils.runner import load_trained
 
@@ -180,7 +181,8 @@ def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tu
             predictor(tile)
         size, fmt = stored_size(model, info, variant_dir(results_dir, v.name), plan.tile_size)
         loaded[v.name] = {"predictor": predictor, "tile": tile, "times": [], "stored_bytes": size,
-                          "stored_format": fmt, "parameters": total_params(model), "step": step}
+                          "stored_format": fmt, "parameters": total_params(model), "step": step,
+                          "gmac_per_tile": total_macs(model, (plan.tile_size,) * 2) / 1e9}
     for _ in range(rounds):
         for entry in loaded.values():
             start = time.perf_counter()
@@ -188,7 +190,7 @@ def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tu
             entry["times"].append((time.perf_counter() - start) * 1e3)
     return {name: {"latency_ms_p50": float(np.percentile(e["times"], 50)),
                    "latency_ms_p90": float(np.percentile(e["times"], 90)),
-                   **{k: e[k] for k in ("stored_bytes", "stored_format", "parameters", "step")}}
+                   **{k: e[k] for k in ("stored_bytes", "stored_format", "parameters", "step", "gmac_per_tile")}}
             for name, e in loaded.items()}
 
 
@@ -232,11 +234,12 @@ def write_outputs(results_dir: pathlib.Path, rows: list[dict[str, Any]], metric:
         writer.writerow({k: row.get(k) for k in COLUMNS})
     atomic_write_text(results_dir / "study.csv", buf.getvalue())
     fmt = lambda x, spec: "" if x is None else format(x, spec)  # noqa: E731
-    lines = [f"| variant | weights | bits/weight | stored | latency p50 (ms) | {metric} | V_rand | V_info | "
-             f"{metric} before fine-tune |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| variant | weights | bits/weight | parameters | GMAC/tile | stored | latency p50 (ms) | {metric} | "
+             f"V_rand | V_info | {metric} before fine-tune |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['quantization']}{' tucker ' + str(r['rank_factor']) if r['rank_factor'] else ''}"
-                     f" | {r['weight_bits']} | {r['stored_bytes'] / 1e6:.3f} MB ({r['stored_format']}) | "
+                     f" | {r['weight_bits']} | {r['parameters']:,} | {r['gmac_per_tile']:.2f}"
+                     f" | {r['stored_bytes'] / 1e6:.3f} MB ({r['stored_format']}) | "
                      f"{r['latency_ms_p50']:.1f} | {fmt(r['score'], '.4f')} | {fmt(r['v_rand'], '.4f')} | "
                      f"{fmt(r['v_info'], '.4f')} | {fmt(r['score_before_finetune'], '.4f')} |")
     atomic_write_text(results_dir / "study.md", "\n".join(lines) + "\n")

@@ -148,7 +148,11 @@ def train(cfg: Config, model: keras.Model, *, train_images: list[np.ndarray], tr
             save(best_path, with_optimizer=False)
 
     if state.step >= cfg.max_steps:
-        logger.log("PARAMETER", {"message": f"checkpoint is already at step {state.step} >= max_steps"})
+        logger.log("PARAMETER", {"message": f"already at step {state.step} >= max_steps: nothing to train"})
+        if not last_path.exists():  # --max_steps 0: evaluate and save the model as it is
+            run_evaluation()
+            save(best_path, with_optimizer=False)
+            save(last_path, with_optimizer=True)
         return state
 
     dataset = make_train_dataset(train_images, train_masks, train_names, geometry,
