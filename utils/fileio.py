@@ -22,6 +22,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> pathl
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -40,3 +41,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

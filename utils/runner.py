@@ -185,7 +185,8 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
         save_model_info(cfg.model_dir, ModelInfo(spec=dataclasses.asdict(spec), class_names=data.class_names,
                                                  extra={"architecture": getattr(model, "float_architecture", None)
                                                         or model.to_json(),
-                                                        "quantization": cfg.quantization}))
+                                                        "quantization": cfg.quantization,
+                                                        "quantization_config": quantization_config(cfg).to_dict()}))
     augment = None
     if cfg.augment:
         from utils.augment import AugmentConfig, build_augment_fn
