@@ -176,7 +176,7 @@ def test_load_errors_name_the_path(tmp_path):
     with pytest.raises(UNetError, match="not found"):
         load_exported(tmp_path / "missing.onnx")
     (tmp_path / "model.bin").write_bytes(b"x")
-    with pytest.raises(UNetError, match=r"\.onnx or a \.tflite"):
+    with pytest.raises(UNetError, match=r"\.onnx, a \.tflite or a packed \.npz"):
         load_exported(tmp_path / "model.bin")
     (tmp_path / "model.tflite").write_bytes(b"x")
     with pytest.raises(UNetError, match="export.json"):

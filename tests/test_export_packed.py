@@ -20,9 +20,10 @@ def test_packed_export_and_predict(tmp_path, isbi_data_dir):
     stack = tmp_path / "three.tif"
     with tifffile.TiffFile(isbi_data_dir / "test-volume.tif") as tif:
         tifffile.imwrite(stack, np.stack([p.asarray() for p in tif.pages[:3]]), photometric="minisblack")
+    serve_dir = tmp_path / "serve"  # no checkpoint here: predict must run the packed file itself
     assert main.main(["--exec_mode", "predict", "--model_path", str(tmp_path / "export" / "model_packed.npz"),
-                      "--input", str(stack), *common]) == 0
-    probs = tifffile.imread(tmp_path / "predictions" / "three-probabilities.tif")
+                      "--input", str(stack), "--model_dir", str(serve_dir)]) == 0
+    probs = tifffile.imread(serve_dir / "predictions" / "three-probabilities.tif")
     assert probs.shape == (3, 512, 512) and probs.dtype == np.float32 and 0 <= probs.min() <= probs.max() <= 1
 
 

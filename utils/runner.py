@@ -70,9 +70,27 @@ def model_from_info(info: ModelInfo) -> Any:
     return keras.models.model_from_json(architecture)
 
 
-def load_trained(run_dir: str | pathlib.Path, which: str) -> tuple[Any, UNetSpec, ModelInfo, int]:
-    """Rebuild a training run's network from run_dir/model.json and load its best or last weights."""
+def with_global_policy(architecture: str) -> str:
+    """The architecture JSON with every layer's stored dtype policy dropped (the float32 head kept),
+    so the layers take the current global policy: how --amp applies to a model trained in float32.
+    Weights are float32 variables under either policy, so the checkpoint loads unchanged."""
+    import json
+
+    graph = json.loads(architecture)
+    for layer in graph["config"]["layers"]:
+        if layer["config"].get("name") != "head":
+            layer["config"].pop("dtype", None)
+    return json.dumps(graph)
+
+
+def load_trained(run_dir: str | pathlib.Path, which: str, amp: bool = False
+                 ) -> tuple[Any, UNetSpec, ModelInfo, int]:
+    """Rebuild a training run's network from run_dir/model.json and load its best or last weights
+    (with `amp`, in the mixed precision policy that utils.precision.configure_precision set)."""
     info = load_model_info(run_dir)
+    if amp and "architecture" in info.extra:
+        info = dataclasses.replace(info, extra={**info.extra,
+                                                "architecture": with_global_policy(info.extra["architecture"])})
     model = model_from_info(info)
     path = ckpt.checkpoint_dir(run_dir) / (ckpt.BEST if which == "best" else ckpt.LAST)
     loaded = ckpt.load_checkpoint(path, model)
@@ -80,7 +98,13 @@ def load_trained(run_dir: str | pathlib.Path, which: str) -> tuple[Any, UNetSpec
 
 
 def restore_model(cfg: Config) -> tuple[Any, UNetSpec, ModelInfo]:
-    model, spec, info, step = load_trained(cfg.model_dir, cfg.checkpoint)
+    """The model to evaluate/predict/export with: an exported artefact (--model_path; an ExportedModel
+    that utils.runtimes.as_predictor runs) or model_dir's checkpoint."""
+    if cfg.model_path:
+        exported = load_exported(cfg.model_path)
+        return exported, exported.spec, exported.info
+    policy = configure_precision(cfg.amp)
+    model, spec, info, step = load_trained(cfg.model_dir, cfg.checkpoint, amp=policy != "float32")
     return model, spec, dataclasses.replace(info, extra={**info.extra, "step": step})
 
 
@@ -264,5 +288,6 @@ def run(cfg: Config) -> None:
             from utils.export import run_export
 
             run_export(cfg, logger)
+        dist.barrier()  # workers leave together: none exits while the chief still evaluates or saves
     finally:
         logger.flush()

@@ -173,8 +173,8 @@ def train(cfg: Config, model: keras.Model, *, train_images: list[np.ndarray], tr
         window_images += int(images.shape[0]) * dist.size
         if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
             elapsed = time.perf_counter() - window_start
-            lr = float(optimizer.learning_rate(optimizer.iterations)) if callable(optimizer.learning_rate) \
-                else float(optimizer.learning_rate)
+            # The schedule's current value; a distributed variable under tf.distribute, hence the tensor.
+            lr = float(tf.convert_to_tensor(optimizer.learning_rate))
             logger.log(state.step, {"loss": float(np.mean(losses)), "img_per_s": window_images / elapsed,
                                     "learning_rate": lr})
             window_start, window_images, losses = time.perf_counter(), 0, []

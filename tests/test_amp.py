@@ -1,0 +1,74 @@
+"""--amp and --xla through the real training loop (main.main in-process, tiny net, real ISBI crops).
+
+On a CPU, --amp means mixed_bfloat16: convolutions compute in bfloat16 while variables, the head's
+logits and the loss stay float32 (utils.precision). These tests check correctness, not speed.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import main
+import utils.runner as runner
+
+FLAGS = ["--exec_mode", "train", "--padding", "same", "--base_filters", "4", "--depth", "2",
+         "--crop_size", "64", "--batch_size", "4", "--dropout", "0", "--no-augment", "--max_steps", "12",
+         "--log_every", "1", "--checkpoint_every", "100", "--learning_rate", "1e-2", "--seed", "5"]
+
+
+@pytest.fixture
+def float32_policy_afterwards():
+    """The Keras dtype policy is process-wide: leave it as the other tests expect it."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture
+def built_models(monkeypatch) -> list[keras.Model]:
+    """Every model run_training builds, so a test can inspect the network that was trained."""
+    models: list[keras.Model] = []
+    build = runner.build_unet
+
+    def recording_build(spec):
+        models.append(build(spec))
+        return models[-1]
+
+    monkeypatch.setattr(runner, "build_unet", recording_build)
+    return models
+
+
+def logged_losses(model_dir: pathlib.Path) -> list[float]:
+    losses = []
+    for line in (model_dir / "log.json").read_text().splitlines():
+        record = json.loads(line.removeprefix("DLLL").strip())
+        data = record.get("data", {})
+        if isinstance(record.get("step"), int) and "loss" in data:
+            losses.append(float(data["loss"]))
+    return losses
+
+
+@pytest.mark.parametrize("extra, compute_dtype", [
+    (["--amp"], "bfloat16"),
+    (["--xla"], "float32"),
+    (["--amp", "--xla"], "bfloat16"),
+])
+def test_training_runs_and_learns(isbi_data_dir, tmp_path, built_models, float32_policy_afterwards,
+                                  extra, compute_dtype):
+    assert main.main([*FLAGS, *extra, "--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path)]) == 0
+    losses = logged_losses(tmp_path)
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < losses[0] - 0.02, losses
+
+    model = built_models[0]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and layer.name != "head"]
+    assert convs and all(layer.compute_dtype == compute_dtype for layer in convs)
+    assert model.get_layer("head").compute_dtype == "float32"  # logits and loss in float32
+    assert all(v.dtype == tf.float32 for v in model.trainable_variables)  # master weights stay float32
+    logits = model(tf.zeros((1, 64, 64, 1)), training=False)
+    assert logits.dtype == tf.float32
+    assert np.isfinite(logits.numpy()).all()

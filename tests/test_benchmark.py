@@ -1,0 +1,159 @@
+"""Benchmark mode (statistics and CPU-peak arithmetic, tiny end-to-end runs), the examples/ recipes and
+the cross-validation summary they print (utils.fold_summary)."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import statistics
+import subprocess
+
+import pytest
+
+import main
+from utils import benchmark, fold_summary
+from utils.config import Config
+from utils.errors import UNetError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REQUIRED_KEYS = {"mode", "batch_size", "img_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+                 "gflop_per_img", "peak_gflops", "peak_fraction", "latency_ms_p95", "latency_ms_mean",
+                 "precision", "input_size"}
+
+
+def test_latency_stats_match_linear_interpolation_quantiles():
+    seconds = [0.013, 0.011, 0.052, 0.020, 0.017, 0.015, 0.031, 0.012]
+    ms = [s * 1e3 for s in seconds]
+    # statistics' "inclusive" method is the linear interpolation numpy uses by default.
+    cuts = statistics.quantiles(ms, n=100, method="inclusive")
+    stats = benchmark.latency_stats(seconds)
+    assert stats["latency_ms_mean"] == pytest.approx(statistics.fmean(ms))
+    for p in (50, 90, 95, 99):
+        assert stats[f"latency_ms_p{p}"] == pytest.approx(cuts[p - 1])
+
+
+def test_throughput_counts_all_images_over_all_time_and_per_step():
+    rates = benchmark.throughput(images_per_step=2, seconds=[1.0, 0.5])
+    assert rates["img_per_s"] == pytest.approx(4 / 1.5)
+    assert rates["img_per_s_step_mean"] == pytest.approx((2 / 1.0 + 2 / 0.5) / 2)
+
+
+def _cpuinfo(n_logical: int, cores: list[int], mhz: list[float], flags: str) -> str:
+    blocks = [f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {cores[i]}\ncpu MHz\t\t: {mhz[i]:.3f}\n"
+              f"flags\t\t: {flags}\n" for i in range(n_logical)]
+    return "\n".join(blocks) + "\n"
+
+
+def test_cpu_peak_counts_physical_cores_and_fma_width():
+    # 4 logical CPUs = 2 cores x 2 SMT threads, AVX2 + FMA: 8 lanes x 2 (FMA) x 2 units = 32 FLOP/cycle.
+    text = _cpuinfo(4, cores=[0, 0, 1, 1], mhz=[3000.0, 3000.0, 2800.0, 2800.0], flags="sse avx avx2 fma")
+    peak = benchmark.cpu_peak_from_cpuinfo(text)
+    assert (peak.cores, peak.flop_per_cycle) == (2, 32)
+    assert peak.gflops == pytest.approx(2 * 2.9 * 32)
+    assert "2 cores" in peak.derivation() and "32 FLOP/cycle" in peak.derivation()
+    only_first = benchmark.cpu_peak_from_cpuinfo(text, usable={0, 1})
+    assert only_first.cores == 1 and only_first.gflops == pytest.approx(3.0 * 32)
+
+
+@pytest.mark.parametrize("flags, isa, flop_per_cycle", [
+    ("sse avx avx2 fma avx512f avx512bw", "avx512f", 64),
+    ("sse avx avx2 fma", "avx2+fma", 32),
+    ("sse avx", "avx", 16),
+    ("sse sse2", "sse", 8),
+])
+def test_flop_per_cycle_follows_the_widest_vector_extension(flags, isa, flop_per_cycle):
+    peak = benchmark.cpu_peak_from_cpuinfo(_cpuinfo(1, [0], [1000.0], flags))
+    assert (peak.isa, peak.flop_per_cycle) == (isa, flop_per_cycle)
+
+
+def test_cpuinfo_without_a_clock_gives_no_peak():
+    assert benchmark.cpu_peak_from_cpuinfo("processor\t: 0\nflags\t\t: avx2 fma\n") is None
+
+
+def test_benchmark_flag_needs_train_or_predict():
+    with pytest.raises(UNetError, match="--benchmark"):
+        benchmark.resolve_mode(Config(exec_mode="evaluate", benchmark=True))
+    assert benchmark.resolve_mode(Config(exec_mode="predict", benchmark=True)) == "predict"
+    assert benchmark.resolve_mode(Config(exec_mode="benchmark", benchmark_mode="train")) == "train"
+
+
+TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--crop_size", "64", "--batch_size", "2",
+        "--bench_warmup_steps", "1", "--bench_steps", "2", "--dropout", "0", "--no-augment"]
+
+
+@pytest.mark.parametrize("mode_flags, mode, bench_input", [
+    (["--exec_mode", "benchmark", "--benchmark_mode", "train"], "train", "synthetic"),
+    (["--exec_mode", "predict", "--benchmark"], "predict", "synthetic"),
+    (["--exec_mode", "benchmark", "--benchmark_mode", "predict", "--bench_input", "real"], "predict", "real"),
+    (["--exec_mode", "train", "--benchmark", "--bench_input", "real"], "train", "real"),
+])
+def test_tiny_benchmark_writes_sane_results(isbi_data_dir, tmp_path, mode_flags, mode, bench_input):
+    argv = [*mode_flags, *TINY, "--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path)]
+    assert main.main(argv) == 0
+    results = json.loads((tmp_path / benchmark.RESULTS_FILE).read_text())
+    assert REQUIRED_KEYS <= results.keys()
+    assert (results["mode"], results["bench_input"], results["batch_size"]) == (mode, bench_input, 2)
+    assert results["steps"] == 2 and results["precision"] == "float32"
+    assert results["img_per_s"] > 0 and results["img_per_s_step_mean"] > 0
+    assert 0 < results["latency_ms_p50"] <= results["latency_ms_p90"] <= results["latency_ms_p95"] \
+        <= results["latency_ms_p99"]
+    assert results["gflop_per_img"] > 0
+    if results["peak_gflops"] is not None:  # CPU: the fraction is consistent with its parts
+        assert 0 < results["peak_fraction"] < 1
+        assert results["peak_fraction"] == pytest.approx(
+            results["img_per_s"] * results["gflop_per_img"] / results["peak_gflops"])
+        assert results["gemm_gflops"] > 0 and "FLOP/cycle" in results["peak"]["derivation"]
+    if bench_input == "real" and mode == "predict":  # one image per step, tiles counted
+        assert results["latency_per"] == "image" and results["tiles_per_image"] >= 1
+    if mode == "train":  # a training step is counted as three forward passes
+        assert results["gflop_per_img"] == pytest.approx(3 * results["gflop_per_img_forward"])
+    assert math.isfinite(results["latency_ms_mean"])
+
+
+# --------------------------------------------------------------------------- examples/ support
+
+EXAMPLES = REPO / "examples"
+NEW_RECIPES = ("unet_FP32_1GPU.sh", "unet_FP32_8GPU.sh", "unet_TF-AMP_1GPU.sh", "unet_TF-AMP_8GPU.sh",
+               "unet_TRAIN_FULL.sh", "unet_TRAIN_BENCHMARK.sh", "unet_TRAIN_BENCHMARK_TF-AMP.sh", "unet_INFER.sh",
+               "unet_INFER_TF-AMP.sh", "unet_INFER_BENCHMARK.sh", "unet_INFER_BENCHMARK_TF-AMP.sh",
+               "unet_CPU_BENCHMARK.sh", "unet_CPU_2WORKERS.sh")
+
+
+@pytest.mark.parametrize("name", NEW_RECIPES)
+def test_recipe_is_valid_bash_and_passes_extra_flags_through(name):
+    path = EXAMPLES / name
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    text = path.read_text()
+    assert '"$1"' in text and '"$2' in text and '"${@:3}"' in text
+
+
+def _write_fold(root, k, **metrics):
+    folder = root / f"fold_{k}"
+    folder.mkdir()
+    (folder / "eval_results.json").write_text(json.dumps({**metrics, "fold": k}))
+
+
+def test_fold_summary_mean_and_sample_std(tmp_path, capsys):
+    values = {"membrane_dice": [0.80, 0.84, 0.78], "v_rand": [0.90, 0.93, 0.91],
+              "v_info": [0.95, 0.97, 0.96], "pixel_error": [0.07, 0.06, 0.08]}
+    for k in range(3):
+        _write_fold(tmp_path, k, **{name: v[k] for name, v in values.items()})
+    assert fold_summary.main([str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / fold_summary.SUMMARY_FILE).read_text())
+    assert summary["folds"] == [0, 1, 2]
+    for name, v in values.items():
+        assert summary["metrics"][name]["mean"] == pytest.approx(statistics.fmean(v))
+        assert summary["metrics"][name]["std"] == pytest.approx(statistics.stdev(v))
+    table = capsys.readouterr().out
+    assert "mean +- std" in table and f"{statistics.fmean(values['v_rand']):.4f}" in table
+
+
+def test_fold_summary_names_the_missing_results(tmp_path, capsys):
+    _write_fold(tmp_path, 0, membrane_dice=0.8, v_rand=0.9, v_info=0.9, pixel_error=0.1)
+    (tmp_path / "fold_1").mkdir()
+    assert fold_summary.main([str(tmp_path)]) == 2
+    assert "fold_1" in capsys.readouterr().err
+    with pytest.raises(UNetError, match="no fold_"):
+        fold_summary.read_fold_results(tmp_path / "fold_1")
+    with pytest.raises(UNetError, match="v_info"):
+        fold_summary.summarize({0: {"membrane_dice": 0.8, "v_rand": 0.9, "pixel_error": 0.1}})

@@ -1,0 +1,333 @@
+"""Throughput and latency of the training step and of inference (--exec_mode benchmark, --benchmark).
+
+What is timed is what the project runs, nothing re-implemented:
+    train    the compiled step of utils.training.make_train_step (forward, CE + Dice loss, gradient,
+             reduction over workers, Adam update) on synthetic tensors (model only) or on batches
+             of the tf.data pipeline (--bench_input real: crops, augmentation, input included);
+    predict  utils.inference.keras_predictor on synthetic tiles (model only: one call per batch of
+             tiles), or --bench_input real: utils.inference.tiled_predict on the test images (end
+             to end: normalization, mirror padding, tiling, stitching; one image per step).
+The network is built from the flags (--padding, --base_filters, --depth, ...) with random weights:
+speed does not depend on the weights. `bench_warmup_steps` untimed steps (tracing, autotuning)
+come first, then `bench_steps` timed ones; each step ends when its result is on the host.
+
+Reported (logger and MODEL_DIR/benchmark_results.json): img/s over the whole timed run and the mean
+of per-step rates, latency mean and p50/p90/p95/p99 in ms, GFLOP per image (FLOPs = 2 x MACs of
+model.complexity; a training step is counted as 3 forward passes, since the backward pass costs
+about twice the forward one), and on CPU the fraction of the FP32 peak reached. The peak is
+cores x clock x FLOP/cycle with the clock read from /proc/cpuinfo and FLOP/cycle from the widest
+vector FMA the CPU reports; a measured large matrix product is stored next to it as a practical
+ceiling. No peak is claimed for GPUs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import tensorflow as tf
+
+from model.complexity import total_macs
+from model.unet import UNetSpec, build_unet
+from utils.artifacts import write_json
+from utils.config import Config
+from utils.errors import UNetError
+
+RESULTS_FILE = "benchmark_results.json"
+PERCENTILES = (50, 90, 95, 99)
+# Backward pass ~ 2 forward passes (gradients w.r.t. activations and w.r.t. weights).
+TRAIN_FORWARD_EQUIVALENTS = 3
+# FMA units per core are not visible in /proc/cpuinfo; server x86 cores since Haswell/Zen 2 have two.
+FMA_UNITS_ASSUMED = 2
+
+
+# --------------------------------------------------------------------------- statistics (pure)
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """Mean and p50/p90/p95/p99 of per-step wall times; input in seconds, output in milliseconds."""
+    ms = np.asarray(seconds, np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no timed steps")
+    stats = {"latency_ms_mean": float(ms.mean())}
+    for p in PERCENTILES:
+        stats[f"latency_ms_p{p}"] = float(np.percentile(ms, p))
+    return stats
+
+
+def throughput(images_per_step: int, seconds: Sequence[float]) -> dict[str, float]:
+    """img_per_s: all images / all time; img_per_s_step_mean: mean over steps of images / step time."""
+    s = np.asarray(seconds, np.float64)
+    return {"img_per_s": float(images_per_step * s.size / s.sum()),
+            "img_per_s_step_mean": float(np.mean(images_per_step / s))}
+
+
+# --------------------------------------------------------------------------- CPU peak (pure + probe)
+
+@dataclasses.dataclass(frozen=True)
+class CpuPeak:
+    """Theoretical FP32 peak: cores x clock x FLOP/cycle per core.
+
+    cores: physical cores this process may run on; ghz: clock in GHz; isa: the vector extension
+    the FLOP/cycle figure assumes; lanes: float32 lanes per vector register.
+    """
+
+    cores: int
+    ghz: float
+    lanes: int
+    fma: bool
+    isa: str
+    clock_source: str
+
+    @property
+    def flop_per_cycle(self) -> int:
+        """Per core: lanes x 2 (an FMA is a multiply and an add) x FMA units; without FMA, one
+        add and one multiply unit give the same 2 x lanes per unit pair."""
+        return self.lanes * 2 * (FMA_UNITS_ASSUMED if self.fma else 1)
+
+    @property
+    def gflops(self) -> float:
+        return self.cores * self.ghz * self.flop_per_cycle
+
+    def derivation(self) -> str:
+        units = f"{FMA_UNITS_ASSUMED} FMA units (assumed)" if self.fma else "1 add + 1 mul unit"
+        return (f"{self.cores} cores x {self.ghz:.3f} GHz ({self.clock_source}) x {self.flop_per_cycle} "
+                f"FLOP/cycle ({self.isa}: {self.lanes} float32 lanes x 2 x {units}) = {self.gflops:.1f} GFLOP/s")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cores": self.cores, "ghz": self.ghz, "flop_per_cycle": self.flop_per_cycle, "isa": self.isa,
+                "fma_units_assumed": FMA_UNITS_ASSUMED if self.fma else 0, "clock_source": self.clock_source,
+                "derivation": self.derivation()}
+
+
+def parse_cpuinfo(text: str) -> list[dict[str, str]]:
+    """/proc/cpuinfo text -> one {field: value} dict per logical processor."""
+    processors, current = [], {}
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                processors.append(current)
+            current = {}
+            continue
+        key, _, value = line.partition(":")
+        current[key.strip()] = value.strip()
+    if current:
+        processors.append(current)
+    return processors
+
+
+def vector_isa(flags: Iterable[str]) -> tuple[str, int, bool]:
+    """(name, float32 lanes, has FMA) of the widest floating-point vector extension in `flags`."""
+    flags = set(flags)
+    if "avx512f" in flags:
+        return "avx512f", 16, True
+    if "avx2" in flags and "fma" in flags:
+        return "avx2+fma", 8, True
+    if "avx" in flags:
+        return "avx", 8, False
+    return "sse", 4, False
+
+
+def cpu_peak_from_cpuinfo(text: str, usable: set[int] | None = None) -> CpuPeak | None:
+    """The FP32 peak of the processors in `usable` (logical ids; None: all) described by `text`.
+
+    Cores are distinct (physical id, core id) pairs, so SMT siblings, which share FMA units, count
+    once. The clock is the mean "cpu MHz" of those processors. None if the text has no clock.
+    """
+    processors = [p for p in parse_cpuinfo(text) if "processor" in p]
+    if usable is not None:
+        processors = [p for p in processors if int(p["processor"]) in usable]
+    clocks = [float(p["cpu MHz"]) for p in processors if "cpu MHz" in p]
+    if not processors or not clocks:
+        return None
+    cores = len({(p.get("physical id", "0"), p.get("core id", p["processor"])) for p in processors})
+    isa, lanes, fma = vector_isa(processors[0].get("flags", "").split())
+    return CpuPeak(cores=cores, ghz=float(np.mean(clocks)) / 1e3, lanes=lanes, fma=fma, isa=isa,
+                   clock_source="/proc/cpuinfo cpu MHz")
+
+
+def this_cpu_peak() -> CpuPeak | None:
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return cpu_peak_from_cpuinfo(text, set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+
+
+def measured_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Best float32 GFLOP/s of an n x n matrix product in TensorFlow (2 n^3 FLOPs each)."""
+    a = tf.random.uniform((n, n), dtype=tf.float32)
+    b = tf.random.uniform((n, n), dtype=tf.float32)
+    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
+    float(matmul(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        float(matmul(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+# --------------------------------------------------------------------------- timing
+
+def time_steps(step: Callable[[int], Any], warmup: int, steps: int) -> list[float]:
+    """Run step(i) for i in 0..warmup+steps-1; return the wall times (s) of the last `steps` calls.
+
+    `step` must return only when its work is done (e.g. after copying a result to the host).
+    """
+    for i in range(warmup):
+        step(i)
+    times = []
+    for i in range(warmup, warmup + steps):
+        start = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def resolve_mode(cfg: Config) -> str:
+    """'train' or 'predict': --benchmark_mode with --exec_mode benchmark, else the exec mode itself."""
+    if cfg.exec_mode == "benchmark":
+        return cfg.benchmark_mode
+    if cfg.exec_mode in ("train", "predict"):
+        return cfg.exec_mode
+    raise UNetError(f"--benchmark works with --exec_mode train or predict, not --exec_mode {cfg.exec_mode} "
+                    "(or use --exec_mode benchmark --benchmark_mode train|predict)")
+
+
+def benchmark_spec(cfg: Config, in_channels: int = 1) -> UNetSpec:
+    return UNetSpec(n_classes=cfg.num_classes or 2, in_channels=in_channels, base_filters=cfg.base_filters,
+                    depth=cfg.depth, padding=cfg.padding, batch_norm=cfg.batch_norm, dropout=cfg.dropout)
+
+
+def _train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any]]:
+    from utils.pipeline import make_train_dataset
+    from utils.runner import check_crop_size, load_training_set
+    from utils.data_loader import normalize_image
+    from utils.training import make_optimizer, make_train_step
+
+    data = load_training_set(cfg) if cfg.bench_input == "real" else None
+    spec = benchmark_spec(cfg, int(data.images[0].shape[-1]) if data else 1)
+    if data is not None:
+        spec = dataclasses.replace(spec, n_classes=len(data.class_names))
+    geometry = check_crop_size(spec, cfg.crop_size)
+    with dist.scope():
+        model = build_unet(spec)
+        optimizer = make_optimizer(cfg, dist.size)
+        optimizer.build(model.trainable_variables)
+    dist.broadcast_variables(list(model.variables) + list(optimizer.variables))
+    step_fn = make_train_step(model, optimizer, spec.n_classes, cfg.dice_weight, dist, xla=cfg.xla)
+    total = cfg.bench_warmup_steps + cfg.bench_steps
+    if data is not None:
+        batches = iter(make_train_dataset(
+            [normalize_image(im) for im in data.images], list(data.masks), list(data.names), geometry,
+            batch_size=cfg.batch_size, seed=cfg.seed, start_step=0, max_steps=total, augment=_augment(cfg),
+            rank=dist.rank, world_size=dist.size))
+        step = lambda i: float(step_fn(*next(batches)))  # noqa: E731
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        images = tf.constant(rng.random((cfg.batch_size, geometry.input_size, geometry.input_size,
+                                         spec.in_channels), np.float32))
+        labels = tf.constant(rng.integers(0, spec.n_classes, (cfg.batch_size, geometry.output_size,
+                                                              geometry.output_size), np.int32))
+        step = lambda i: float(step_fn(images, labels))  # noqa: E731
+    times = time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps)
+    forward = 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9
+    return times, {"images_per_step": cfg.batch_size * dist.size, "latency_per": "step",
+                   "input_size": geometry.input_size, "output_size": geometry.output_size,
+                   "gflop_per_img_forward": forward, "gflop_per_img": TRAIN_FORWARD_EQUIVALENTS * forward,
+                   "flop_count": f"{TRAIN_FORWARD_EQUIVALENTS} x forward", "xla": cfg.xla,
+                   "workers": dist.size, "distribution": dist.name, "spec": dataclasses.asdict(spec)}
+
+
+def _augment(cfg: Config) -> Any:
+    if not cfg.augment:
+        return None
+    from utils.augment import AugmentConfig, build_augment_fn
+
+    return build_augment_fn(AugmentConfig())
+
+
+def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
+    from utils.data_loader import load_test_data, normalize_image
+    from utils.inference import keras_predictor, plan_tiles, tile_starts, tiled_predict
+    from utils.runner import check_crop_size
+
+    if cfg.bench_input == "real":
+        data = load_test_data(cfg.data_dir, input_path=cfg.input)
+        spec = benchmark_spec(cfg, int(data.images[0].shape[-1]))
+        model = build_unet(spec)
+        predictor = keras_predictor(model)
+        plans = [plan_tiles(spec, im.shape[:2], tile_size=cfg.tile_size, max_tile_size=cfg.max_tile_size,
+                            context=cfg.tile_context) for im in data.images]
+
+        def step(i: int) -> None:
+            k = i % len(data.images)
+            tiled_predict(predictor, normalize_image(data.images[k]), plans[k], batch_size=cfg.batch_size,
+                          tta=cfg.tta)
+
+        times = time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps)
+        tiles = [len(tile_starts(im.shape[0], p.core)) * len(tile_starts(im.shape[1], p.core)) * (8 if cfg.tta else 1)
+                 for im, p in zip(data.images, plans)]
+        per_tile = {p.tile_size: 2 * total_macs(model, (p.tile_size,) * 2) / 1e9 for p in set(plans)}
+        gflop = float(np.mean([n * per_tile[p.tile_size] for n, p in zip(tiles, plans)]))
+        return times, {"images_per_step": 1, "latency_per": "image", "input_size": plans[0].tile_size,
+                       "tiles_per_image": float(np.mean(tiles)), "tiles_per_call": cfg.batch_size,
+                       "image_size": list(data.images[0].shape[:2]), "tta": cfg.tta, "gflop_per_img": gflop,
+                       "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec)}
+    spec = benchmark_spec(cfg)
+    size = cfg.tile_size or cfg.crop_size
+    geometry = check_crop_size(spec, size)
+    model = build_unet(spec)
+    predictor = keras_predictor(model)
+    tiles = np.random.default_rng(cfg.seed).random((cfg.batch_size, size, size, spec.in_channels), np.float32)
+    times = time_steps(lambda i: predictor(tiles), cfg.bench_warmup_steps, cfg.bench_steps)
+    return times, {"images_per_step": cfg.batch_size, "latency_per": "batch", "input_size": size,
+                   "output_size": geometry.output_size, "gflop_per_img": 2 * total_macs(model, (size, size)) / 1e9,
+                   "flop_count": "forward", "spec": dataclasses.asdict(spec)}
+
+
+def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
+    """Time cfg's mode; log and (on rank 0) write MODEL_DIR/benchmark_results.json. Returns the results."""
+    from utils.precision import configure_precision, configure_seeds, gpu_available
+
+    mode = resolve_mode(cfg)
+    if cfg.model_path:
+        raise UNetError(f"--model_path={cfg.model_path}: the benchmark builds the network from the flags "
+                        "(--padding, --base_filters, --depth, ...) with random weights; it does not load "
+                        "exported models")
+    if mode == "predict" and cfg.xla:
+        logger.log("PARAMETER", {"message": "--xla compiles the training step only; the predict "
+                                            "benchmark runs without it"})
+    configure_seeds(cfg.seed, cfg.deterministic)
+    policy = configure_precision(cfg.amp)
+    if mode == "train":
+        times, info = _train_benchmark(cfg, dist)
+    else:
+        times, info = _predict_benchmark(cfg)
+    results: dict[str, Any] = {"mode": mode, "bench_input": cfg.bench_input, "batch_size": cfg.batch_size,
+                               "precision": policy, "warmup_steps": cfg.bench_warmup_steps,
+                               "steps": cfg.bench_steps}
+    results.update(throughput(info.pop("images_per_step"), times))
+    results.update(latency_stats(times))
+    results.update(info)
+    if gpu_available():
+        results.update(peak_gflops=None, peak_fraction=None, peak_note="no peak figure is claimed for GPUs")
+    else:
+        peak = this_cpu_peak()
+        gemm = measured_gemm_gflops()
+        achieved = results["img_per_s"] * results["gflop_per_img"]
+        results.update(peak_gflops=peak.gflops if peak else None,
+                       peak_fraction=achieved / peak.gflops if peak else None,
+                       peak=peak.as_dict() if peak else None, achieved_gflops=achieved,
+                       gemm_gflops=gemm, gemm_fraction=achieved / gemm,
+                       peak_precision="float32")
+        if peak:
+            logger.log("PARAMETER", {"cpu_peak": peak.derivation(), "gemm_gflops": gemm})
+    logger.log("BENCHMARK", {k: v for k, v in results.items() if isinstance(v, (int, float, str)) or v is None})
+    if dist.is_chief:
+        write_json(pathlib.Path(cfg.model_dir) / RESULTS_FILE, results)
+    return results
