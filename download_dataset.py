@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from utils import data_loader, synthetic
-from utils.errors import UNetError
+from utils.errors import UNetError, run_cli
 from utils.fileio import atomic_write
 
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
@@ -341,19 +341,18 @@ def main(argv: list[str] | None = None, *, fetch: Fetch | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verify is None and args.data_dir is None:
         parser.error("--data_dir is required (or use --verify DIR)")
-    try:
+
+    def run() -> int:
         if args.verify is not None:
             return 0 if verify_dir(args.verify) else 1
         if args.synthetic:
             write_synthetic(args.data_dir, args.num_slices, args.size, args.seed)
-            return 0
-        timeout = args.timeout
-        download_isbi(args.data_dir, fetch=fetch or (lambda url, dest: fetch_url(url, dest, timeout)))
+        else:
+            timeout = args.timeout
+            download_isbi(args.data_dir, fetch=fetch or (lambda url, dest: fetch_url(url, dest, timeout)))
         return 0
-    except UNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
+    return run_cli(run)
 
 if __name__ == "__main__":
     sys.exit(main())

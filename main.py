@@ -11,19 +11,17 @@ import sys
 
 import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from utils.config import parse_config
-from utils.errors import UNetError
+from utils.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def run_main() -> None:
         cfg = parse_config(argv)
         from utils.runner import run  # imports TensorFlow: only after the flags are known to be good
 
         run(cfg)
-    except UNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(run_main)
 
 
 if __name__ == "__main__":

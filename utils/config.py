@@ -240,15 +240,20 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise UNetError(f"{source}: {name}={value!r}: expected a {kind.__name__}") from None
 
 
-def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
-    """Read a YAML config; keys are flag names. UNetError for a missing file, bad YAML, unknown keys."""
+def read_yaml_file(path: str | pathlib.Path) -> Any:
+    """The parsed content of a --config YAML file (an empty file is {}); UNetError if missing or invalid."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise UNetError(f"--config {path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UNetError(f"--config {path}: not valid YAML ({exc})") from None
+
+
+def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
+    """Read a YAML config; keys are flag names. UNetError for a missing file, bad YAML, unknown keys."""
+    raw = read_yaml_file(path)
     if not isinstance(raw, Mapping):
         raise UNetError(f"--config {path}: expected a mapping of flag names to values")
     known = {f.name for f in dataclasses.fields(Config)}

@@ -43,7 +43,7 @@ BACKENDS = ("single", "mirrored", "multi_worker", "horovod")
 
 
 class SingleProcess:
-    """One process, one device: reductions are identities."""
+    """One process, one device: reductions are identities. The other backends extend it."""
 
     name = "single"
     rank = 0
@@ -110,7 +110,7 @@ def _sync_on_write(next_creator: Callable[..., tf.Variable], **kwargs: Any) -> t
     return next_creator(**kwargs)
 
 
-class TFDistributeBackend:
+class TFDistributeBackend(SingleProcess):
     """tf.distribute: MirroredStrategy (one process, all local devices) or MultiWorkerMirroredStrategy.
 
     Keras optimizers all-reduce the gradients with a SUM over all replicas inside apply_gradients
@@ -125,10 +125,6 @@ class TFDistributeBackend:
         self.size = size
         self.replicas = int(strategy.num_replicas_in_sync)
         self.local_replicas = self.replicas // size
-
-    @property
-    def is_chief(self) -> bool:
-        return self.rank == 0
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -208,7 +204,7 @@ class TFDistributeBackend:
             count().numpy()
 
 
-class HorovodBackend:
+class HorovodBackend(SingleProcess):
     """Horovod (launched by horovodrun): one process per device, gradients averaged by allreduce."""
 
     name = "horovod"
@@ -228,13 +224,6 @@ class HorovodBackend:
             gpu = gpus[hvd.local_rank() % len(gpus)]
             tf.config.experimental.set_memory_growth(gpu, True)
             tf.config.set_visible_devices(gpu, "GPU")
-
-    @property
-    def is_chief(self) -> bool:
-        return self.rank == 0
-
-    def scope(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
 
     def compile_step(self, step_fn: Callable[..., tf.Tensor], xla: bool = False) -> Callable[..., tf.Tensor]:
         if xla and not (tf.config.list_physical_devices("GPU") and os.environ.get("HOROVOD_ENABLE_XLA_OPS") == "1"):

@@ -30,8 +30,8 @@ import yaml
 
 import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from utils.artifacts import EVAL_RESULTS, write_json
-from utils.config import Config
-from utils.errors import UNetError
+from utils.config import Config, read_yaml_file
+from utils.errors import UNetError, run_cli
 from utils.fileio import atomic_write_text
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -51,12 +51,9 @@ class Variant:
 def load_study(path: str | pathlib.Path) -> tuple[dict[str, Any], list[Variant]]:
     """Read and check a study YAML: every flag must be a main.py flag, names unique, references known."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise UNetError(f"--config {path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UNetError(f"--config {path}: not valid YAML ({exc})") from None
+    raw = read_yaml_file(path)
+    if not isinstance(raw, dict):
+        raise UNetError(f"--config {path}: expected a mapping with 'base' and 'variants'")
     base = dict(raw.get("base") or {})
     entries = raw.get("variants")
     if not isinstance(entries, list) or not entries:
@@ -287,23 +284,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency_image", type=int, default=512, help="latency input: an N x N image")
     parser.add_argument("--latency_rounds", type=int, default=10)
     args = parser.parse_args(argv)
-    try:
-        base, variants = load_study(args.config)
-        results_dir = pathlib.Path(args.results_dir)
-        results_dir.mkdir(parents=True, exist_ok=True)
-        for v in variants:
-            if (variant_dir(results_dir, v.name) / DONE).exists():
-                print(f"study: skipping {v.name} (done)", flush=True)
-                continue
-            run_variant(v, base, args.data_dir, results_dir)
-        measured = measure(results_dir, variants, (args.latency_image,) * 2, args.latency_rounds)
-        rows = summarize(results_dir, base, variants, measured, args.metric)
-        write_outputs(results_dir, rows, args.metric)
-        print((results_dir / "study.md").read_text())
-    except UNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run_study(args))
+
+
+def run_study(args: argparse.Namespace) -> None:
+    base, variants = load_study(args.config)
+    results_dir = pathlib.Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for v in variants:
+        if (variant_dir(results_dir, v.name) / DONE).exists():
+            print(f"study: skipping {v.name} (done)", flush=True)
+            continue
+        run_variant(v, base, args.data_dir, results_dir)
+    measured = measure(results_dir, variants, (args.latency_image,) * 2, args.latency_rounds)
+    rows = summarize(results_dir, base, variants, measured, args.metric)
+    write_outputs(results_dir, rows, args.metric)
+    print((results_dir / "study.md").read_text())
 
 
 if __name__ == "__main__":
