@@ -17,6 +17,10 @@ def test_packed_export_and_predict(tmp_path, isbi_data_dir):
     entry = json.loads((tmp_path / "export" / "export.json").read_text())["artifacts"]["model_packed.npz"]
     assert entry["size_bytes"] == (tmp_path / "export" / "model_packed.npz").stat().st_size
     assert entry["size_ratio_vs_float32"] > 1.5 and entry["max_abs_logit_diff"] <= 1e-5
+    assert entry["latency"]["median_ms"] > 0
+    card = (tmp_path / "export" / "MODEL_CARD.md").read_text()  # beside every exported model
+    assert "`model_packed.npz` | packed | FIXED" in card and '"weight_f_width": 4' in card
+    assert "fold 9 of 10 held out" in card and "TensorFlow 2.21.0" in card
     stack = tmp_path / "three.tif"
     with tifffile.TiffFile(isbi_data_dir / "test-volume.tif") as tif:
         tifffile.imwrite(stack, np.stack([p.asarray() for p in tif.pages[:3]]), photometric="minisblack")

@@ -532,9 +532,24 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
     for key, report in entry.get("parity", {}).items():
         logger.log("EXPORT", {"artifact": entry["file"], "check": key, "label_agreement": report["label_agreement"],
                               "max_abs_prob_diff": report["max_abs_prob_diff"], "threshold": report["threshold"]})
+    entry = finish_artifact(cfg, entry, entry["parity_tile_size"], spec.in_channels)
     logger.log("EXPORT", {"artifact": str(pathlib.Path(cfg.model_dir) / EXPORT_DIR / entry["file"]),
                           "format": entry["format"], "precision": entry["precision"],
-                          "tile_size": entry["parity_tile_size"], "size_bytes": entry["size_bytes"]})
+                          "tile_size": entry["parity_tile_size"], "size_bytes": entry["size_bytes"],
+                          "latency_ms_median": entry["latency"]["median_ms"]})
+    return entry
+
+
+def finish_artifact(cfg: Any, entry: dict[str, Any], tile_size: int, channels: int) -> dict[str, Any]:
+    """Time the written artefact on one tile, record that in export.json, and rewrite the model card."""
+    from utils.model_card import measure_latency_ms, write_model_card
+
+    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
+    exported = load_exported(export_dir / entry["file"])
+    tile = np.random.default_rng(0).random((1, tile_size, tile_size, channels), dtype=np.float32)
+    entry = {**entry, "latency": measure_latency_ms(exported, tile)}
+    record_artifact(export_dir, entry)
+    write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON))
     return entry
 
 
@@ -570,6 +585,7 @@ def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
              "size_ratio_vs_float32": float_bytes / path.stat().st_size, "max_abs_logit_diff": max_diff,
              "quantization_config": qconfig, "step": info.extra.get("step")}
     record_artifact(export_dir, entry)
+    entry = finish_artifact(cfg, entry, size, spec.in_channels)
     logger.log("EXPORT", {"artifact": str(path), "format": "packed", "size_bytes": entry["size_bytes"],
                           "float32_weights_bytes": float_bytes,
                           "size_ratio_vs_float32": round(entry["size_ratio_vs_float32"], 3)})

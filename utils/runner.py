@@ -25,6 +25,9 @@ from utils.precision import configure_precision, configure_seeds
 from utils.runtimes import as_predictor, load_exported
 
 
+TRAINING_MODES = ("train", "train_and_evaluate", "train_and_predict", "compress")
+
+
 def make_logger(cfg: Config, rank: int) -> dllogger.Logger:
     """stdout + JSON lines (log_dir/log.json) + TensorBoard (model_dir/tensorboard); rank 0 only."""
     log_dir = pathlib.Path(cfg.log_dir or cfg.model_dir)
@@ -263,8 +266,9 @@ def run(cfg: Config) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     dist = distributed.create(cfg.distribution)
     logger = make_logger(cfg, dist.rank)
-    if dist.is_chief:
-        save_config(cfg, model_dir / RUN_CONFIG)
+    if dist.is_chief:  # the training run's configuration stays in config.yaml; other modes beside it
+        mode = "benchmark" if cfg.benchmark else cfg.exec_mode
+        save_config(cfg, model_dir / (RUN_CONFIG if mode in TRAINING_MODES else f"config_{mode}.yaml"))
     logger.log("PARAMETER", {k: v for k, v in cfg.to_dict().items() if v is not None})
     try:
         if cfg.exec_mode == "benchmark" or cfg.benchmark:
@@ -272,7 +276,7 @@ def run(cfg: Config) -> None:
 
             run_benchmark(cfg, logger, dist)
             return
-        if cfg.exec_mode in ("train", "train_and_evaluate", "train_and_predict", "compress"):
+        if cfg.exec_mode in TRAINING_MODES:
             run_training(cfg, logger, dist)
         if cfg.exec_mode == "evaluate":
             run_evaluation(cfg, logger)
