@@ -72,3 +72,21 @@ def test_training_runs_and_learns(isbi_data_dir, tmp_path, built_models, float32
     logits = model(tf.zeros((1, 64, 64, 1)), training=False)
     assert logits.dtype == tf.float32
     assert np.isfinite(logits.numpy()).all()
+
+
+def test_amp_applies_to_a_model_trained_in_float32(isbi_data_dir, tmp_path, float32_policy_afterwards):
+    """--amp with --init_from (fine-tuning) and at inference must not silently keep float32 layers."""
+    float_dir, amp_dir = tmp_path / "float", tmp_path / "amp"
+    common = [*FLAGS, "--max_steps", "2", "--data_dir", str(isbi_data_dir)]
+    assert main.main([*common, "--model_dir", str(float_dir)]) == 0
+    keras.mixed_precision.set_global_policy("float32")
+    assert main.main([*common, "--amp", "--init_from", str(float_dir), "--model_dir", str(amp_dir)]) == 0
+    layers = json.loads(json.loads((amp_dir / "model.json").read_text())["extra"]["architecture"])["config"]["layers"]
+    policies = {layer["config"]["name"]: json.dumps(layer["config"].get("dtype")) for layer in layers}
+    assert "mixed_bfloat16" in policies["enc1_conv1"] and "float32" in policies["head"]
+    keras.mixed_precision.set_global_policy("float32")
+    from utils.config import parse_config
+
+    model, _, _ = runner.restore_model(parse_config(["--model_dir", str(float_dir), "--amp"]))
+    assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("head").compute_dtype == "float32"

@@ -133,7 +133,10 @@ def make_model(cfg: Config, data: SegmentationData, logger: dllogger.Logger) -> 
     """The network to train: a new U-Net, or a trained one (--init_from), then the requested
     transforms (Tucker compression). Every variant is an ordinary Keras model to the training loop."""
     if cfg.init_from:
-        model, spec, info, step = load_trained(cfg.init_from, cfg.checkpoint)
+        import tf_keras as keras
+
+        mixed = keras.mixed_precision.global_policy().name != "float32"  # --amp applies to loaded models too
+        model, spec, info, step = load_trained(cfg.init_from, cfg.checkpoint, amp=mixed)
         if info.class_names != data.class_names or spec.in_channels != data.images[0].shape[-1]:
             raise UNetError(f"--init_from {cfg.init_from}: its model has classes {info.class_names} and "
                             f"{spec.in_channels} channels; the data in {cfg.data_dir} has {data.class_names} "
