@@ -53,3 +53,23 @@ def test_missing_yaml():
 def test_config_is_frozen():
     with pytest.raises(Exception):
         Config().batch_size = 3
+
+
+def test_augment_params_flag_and_yaml(tmp_path):
+    from utils.config import augment_config
+
+    cfg = parse_config(["--augment_params", "elastic_prob=0.8,elastic_grid=4,scale_range=0.9:1.1"])
+    aug = augment_config(cfg)
+    assert aug.elastic_prob == 0.8 and aug.elastic_grid == 4 and aug.scale_range == (0.9, 1.1)
+    assert aug.flip_h_prob == 0.5  # untouched defaults
+    path = tmp_path / "run.yaml"
+    path.write_text("augment_params:\n  noise_prob: 0.0\n  gamma_range: [0.9, 1.1]\n")
+    aug = augment_config(parse_config(["--config", str(path)]))
+    assert aug.noise_prob == 0.0 and aug.gamma_range == (0.9, 1.1)
+
+
+@pytest.mark.parametrize("text,needle", [("wobble=1", "unknown key"), ("elastic_prob=2", "elastic_prob"),
+                                         ("elastic_prob", "not key=value"), ("noise_std=loud", "noise_std")])
+def test_bad_augment_params(text, needle):
+    with pytest.raises(UNetError, match=needle):
+        parse_config(["--augment_params", text])

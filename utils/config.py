@@ -57,7 +57,11 @@ class Config:
     fold: int = _field(0, "which contiguous block of slices is held out for validation")
     num_folds: int = _field(5, "number of cross-validation folds (contiguous blocks)")
     seed: int = _field(0, "seed of weights, batches, crops and augmentation")
-    augment: bool = _field(True, "random flips and crops (--no-augment: crops only)")
+    augment: bool = _field(True, "data augmentation: flips, rotations, elastic deformation, crop-resize, "
+                           "intensity, noise (--no-augment: random crops only)")
+    augment_params: str | None = _field(None, "augmentation probabilities/strengths as key=value pairs, e.g. "
+                                        "'elastic_prob=0.8,elastic_sigma=12,scale_range=0.9:1.1' (keys: "
+                                        "utils.augment.AugmentConfig; in YAML also a mapping)")
     resume_training: bool = _field(False, "continue from model_dir/checkpoints/last.npz")
     log_every: int = _field(10, "log loss and throughput every N steps")
     evaluate_every: int = _field(0, "evaluate on the held-out fold every N steps (0: at the end only)")
@@ -141,6 +145,36 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def parse_augment_params(text: str) -> dict[str, Any]:
+    """'a=1,b=0.5:0.9' -> {'a': 1.0, 'b': (0.5, 0.9)}; integers stay int (elastic_grid)."""
+    params: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UNetError(f"--augment_params: {item!r} is not key=value")
+        try:
+            numbers = [int(v) if v.strip().lstrip("-").isdigit() else float(v) for v in value.split(":")]
+        except ValueError:
+            raise UNetError(f"--augment_params: {key.strip()}={value!r}: expected a number or low:high") from None
+        params[key.strip()] = tuple(numbers) if len(numbers) > 1 else numbers[0]
+    return params
+
+
+def augment_config(cfg: "Config") -> Any:
+    """The utils.augment.AugmentConfig for this run: defaults, overridden by --augment_params."""
+    from utils.augment import AugmentConfig  # imports TensorFlow: only when augmentation is configured
+
+    params = parse_augment_params(cfg.augment_params or "")
+    known = {f.name for f in dataclasses.fields(AugmentConfig)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise UNetError(f"--augment_params: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    try:
+        return AugmentConfig(**params)
+    except UNetError as exc:
+        raise UNetError(f"--augment_params: {exc}") from None
+
+
 def _check(condition: bool, flag: str, value: Any, expected: str) -> None:
     if not condition:
         raise UNetError(f"--{flag}={value!r}: expected {expected}")
@@ -175,6 +209,8 @@ def validate(cfg: Config) -> None:
         _check(0 <= getattr(cfg, flag) <= 16, flag, getattr(cfg, flag), "an integer from 0 to 16")
     _check(2 <= cfg.weight_bits <= 16, "weight_bits", cfg.weight_bits, "an integer from 2 to 16")
     _check(2 <= cfg.activation_bits <= 16, "activation_bits", cfg.activation_bits, "an integer from 2 to 16")
+    if cfg.augment_params is not None:
+        augment_config(cfg)  # raises UNetError naming the bad key or value
     if cfg.operation_mode == "retrain":
         _check(cfg.init_from is not None, "init_from", cfg.init_from,
                "the folder of the trained float model to retrain (operation_mode: retrain)")
@@ -262,6 +298,9 @@ def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
         name = PAPER_KEYS.get(str(key), str(key).replace("-", "_"))
         if name not in known:
             raise UNetError(f"--config {path}: unknown key {key!r}")
+        if name == "augment_params" and isinstance(value, Mapping):  # the YAML form: a mapping
+            value = ",".join(f"{k}={':'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                             for k, v in value.items())
         out[name] = _coerce(name, value, f"--config {path}")
     return out
 

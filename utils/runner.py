@@ -14,7 +14,7 @@ from utils import checkpoint as ckpt
 from utils import distributed
 from utils.artifacts import (EVAL_RESULTS, PREDICTIONS, RUN_CONFIG, ModelInfo, load_model_info,
                              save_model_info, write_json)
-from utils.config import Config, save_config
+from utils.config import Config, augment_config, save_config
 from utils.data_loader import SegmentationData, fold_split, load_test_data, load_training_data, normalize_image
 from utils.errors import UNetError
 from utils.inference import predict_images
@@ -219,8 +219,8 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
                                                         "quantization_config": quantization_config(cfg).to_dict()}))
     augment = None
     if cfg.augment:
-        from utils.augment import AugmentConfig, build_augment_fn
-        augment = build_augment_fn(AugmentConfig())
+        from utils.augment import build_augment_fn
+        augment = build_augment_fn(augment_config(cfg))
     # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
     wants_eval = cfg.exec_mode != "train" or cfg.evaluate_every > 0
     evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger) if wants_eval else None
