@@ -29,6 +29,13 @@ def test_packed_export_and_predict(tmp_path, isbi_data_dir):
                       "--input", str(stack), "--model_dir", str(serve_dir)]) == 0
     probs = tifffile.imread(serve_dir / "predictions" / "three-probabilities.tif")
     assert probs.shape == (3, 512, 512) and probs.dtype == np.float32 and 0 <= probs.min() <= probs.max() <= 1
+    # The benchmark runs the exported file through the same inference path.
+    assert main.main(["--exec_mode", "benchmark", "--benchmark_mode", "predict", "--bench_input", "real",
+                      "--input", str(stack), "--bench_warmup_steps", "1", "--bench_steps", "2",
+                      "--model_path", str(tmp_path / "export" / "model_packed.npz"),
+                      "--model_dir", str(serve_dir)]) == 0
+    results = json.loads((serve_dir / "benchmark_results.json").read_text())
+    assert results["mode"] == "predict" and results["img_per_s"] > 0 and results["tiles_per_image"] >= 1
 
 
 def test_packed_export_of_a_float_model_is_a_clear_error(tmp_path, isbi_data_dir, capsys):

@@ -246,22 +246,36 @@ def _train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any
 def _augment(cfg: Config) -> Any:
     if not cfg.augment:
         return None
-    from utils.augment import AugmentConfig, build_augment_fn
+    from utils.augment import build_augment_fn
+    from utils.config import augment_config
 
-    return build_augment_fn(AugmentConfig())
+    return build_augment_fn(augment_config(cfg))
+
+
+def _predictor(cfg: Config, in_channels: int) -> tuple[UNetSpec, Any, Any, int | None]:
+    """(spec, predictor, Keras model whose MACs are counted, fixed tile or None): the network built from
+    the flags with random weights, or an exported model (--model_path) run by its own runtime."""
+    from utils.inference import keras_predictor
+
+    if cfg.model_path:
+        from utils.runtimes import load_exported
+
+        exported = load_exported(cfg.model_path)
+        return exported.spec, exported, build_unet(exported.spec), exported.tile_size_for(cfg.tile_size)
+    spec = benchmark_spec(cfg, in_channels)
+    model = build_unet(spec)
+    return spec, keras_predictor(model), model, cfg.tile_size
 
 
 def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
     from utils.data_loader import load_test_data, normalize_image
-    from utils.inference import keras_predictor, plan_tiles, tile_starts, tiled_predict
+    from utils.inference import plan_tiles, tile_starts, tiled_predict
     from utils.runner import check_crop_size
 
     if cfg.bench_input == "real":
         data = load_test_data(cfg.data_dir, input_path=cfg.input)
-        spec = benchmark_spec(cfg, int(data.images[0].shape[-1]))
-        model = build_unet(spec)
-        predictor = keras_predictor(model)
-        plans = [plan_tiles(spec, im.shape[:2], tile_size=cfg.tile_size, max_tile_size=cfg.max_tile_size,
+        spec, predictor, model, tile_size = _predictor(cfg, int(data.images[0].shape[-1]))
+        plans = [plan_tiles(spec, im.shape[:2], tile_size=tile_size, max_tile_size=cfg.max_tile_size,
                             context=cfg.tile_context) for im in data.images]
 
         def step(i: int) -> None:
@@ -278,11 +292,9 @@ def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
                        "tiles_per_image": float(np.mean(tiles)), "tiles_per_call": cfg.batch_size,
                        "image_size": list(data.images[0].shape[:2]), "tta": cfg.tta, "gflop_per_img": gflop,
                        "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec)}
-    spec = benchmark_spec(cfg)
-    size = cfg.tile_size or cfg.crop_size
+    spec, predictor, model, tile_size = _predictor(cfg, 1)
+    size = tile_size or cfg.crop_size
     geometry = check_crop_size(spec, size)
-    model = build_unet(spec)
-    predictor = keras_predictor(model)
     tiles = np.random.default_rng(cfg.seed).random((cfg.batch_size, size, size, spec.in_channels), np.float32)
     times = time_steps(lambda i: predictor(tiles), cfg.bench_warmup_steps, cfg.bench_steps)
     return times, {"images_per_step": cfg.batch_size, "latency_per": "batch", "input_size": size,
@@ -295,10 +307,9 @@ def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
     from utils.precision import configure_precision, configure_seeds, gpu_available
 
     mode = resolve_mode(cfg)
-    if cfg.model_path:
-        raise UNetError(f"--model_path={cfg.model_path}: the benchmark builds the network from the flags "
-                        "(--padding, --base_filters, --depth, ...) with random weights; it does not load "
-                        "exported models")
+    if cfg.model_path and mode == "train":
+        raise UNetError(f"--model_path={cfg.model_path}: an exported model can be benchmarked for predict "
+                        "only (--benchmark_mode predict); training benchmarks build the network from the flags")
     if mode == "predict" and cfg.xla:
         logger.log("PARAMETER", {"message": "--xla compiles the training step only; the predict "
                                             "benchmark runs without it"})
