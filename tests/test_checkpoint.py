@@ -1,5 +1,4 @@
 """Checkpoints: atomic single files, exact round trip, clear errors on mismatch or corruption."""
-import os
 
 import numpy as np
 import pytest

@@ -1,13 +1,11 @@
 """Reliability: bit-identical --deterministic runs, and hostile files and arrays that may only ever
 produce the project's own error type (property-based with hypothesis)."""
 import io
-import os
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 import tifffile
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
