@@ -37,6 +37,7 @@ import tf_keras as keras
 from model.quantization import (QUANTIZED_LAYERS, QuantizationConfig, QuantSpec, dequantize_codes,
                                 fixed_point_range, int_code_limits, quantized_codes)
 from utils.errors import UNetError
+from utils.fileio import atomic_savez
 
 FORMAT = "unet-packed-v1"
 PathLike = Union[str, os.PathLike]
@@ -138,11 +139,22 @@ def save_packed(model: keras.Model, config: QuantizationConfig, path: PathLike) 
     header = {"format": FORMAT, "config": config.to_dict(), "layers": layers}
     arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     arrays["architecture"] = np.frombuffer(model.to_json().encode("utf-8"), dtype=np.uint8)
+    return _write(path, arrays)
+
+
+def save_float32(model: keras.Model, path: PathLike) -> int:
+    """Write `model` in the same container with every weight as float32: the reference a packed
+    file's size is compared with. Returns the bytes written."""
+    arrays = {f"w{i:04d}": np.asarray(w, np.float32) for i, w in enumerate(model.get_weights())}
+    arrays["architecture"] = np.frombuffer(model.to_json().encode("utf-8"), dtype=np.uint8)
+    return _write(path, arrays)
+
+
+def _write(path: PathLike, arrays: dict[str, np.ndarray]) -> int:
     try:
-        with open(path, "wb") as handle:
-            np.savez(handle, **arrays)
+        atomic_savez(path, arrays)
     except OSError as error:
-        raise UNetError(f"packed model file {path}: cannot write ({error})") from error
+        raise UNetError(f"model file {path}: cannot write ({error})") from error
     return os.path.getsize(path)
 
 

@@ -205,7 +205,7 @@ def benchmark_spec(cfg: Config, in_channels: int = 1) -> UNetSpec:
 
 def _train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any]]:
     from utils.pipeline import make_train_dataset
-    from utils.runner import check_crop_size, load_training_set
+    from utils.runner import check_crop_size, load_training_set, make_augment
     from utils.data_loader import normalize_image
     from utils.training import make_optimizer, make_train_step
 
@@ -224,7 +224,7 @@ def _train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any
     if data is not None:
         batches = iter(make_train_dataset(
             [normalize_image(im) for im in data.images], list(data.masks), list(data.names), geometry,
-            batch_size=cfg.batch_size, seed=cfg.seed, start_step=0, max_steps=total, augment=_augment(cfg),
+            batch_size=cfg.batch_size, seed=cfg.seed, start_step=0, max_steps=total, augment=make_augment(cfg),
             rank=dist.rank, world_size=dist.size))
         step = lambda i: float(step_fn(*next(batches)))  # noqa: E731
     else:
@@ -241,15 +241,6 @@ def _train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any
                    "gflop_per_img_forward": forward, "gflop_per_img": TRAIN_FORWARD_EQUIVALENTS * forward,
                    "flop_count": f"{TRAIN_FORWARD_EQUIVALENTS} x forward", "xla": cfg.xla,
                    "workers": dist.size, "distribution": dist.name, "spec": dataclasses.asdict(spec)}
-
-
-def _augment(cfg: Config) -> Any:
-    if not cfg.augment:
-        return None
-    from utils.augment import build_augment_fn
-    from utils.config import augment_config
-
-    return build_augment_fn(augment_config(cfg))
 
 
 def _predictor(cfg: Config, in_channels: int) -> tuple[UNetSpec, Any, Any, int | None]:

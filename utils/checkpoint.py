@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from utils.errors import UNetError
-from utils.fileio import atomic_write
+from utils.fileio import atomic_savez
 
 LAST = "last.npz"
 BEST = "best.npz"
@@ -57,11 +57,7 @@ def save_checkpoint(path: str | pathlib.Path, model: Any, optimizer: Any | None 
     header = {"step": int(step), "meta": meta or {}, "names": names}
     arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    return atomic_write(path, write)
+    return atomic_savez(path, arrays)
 
 
 def read_header(path: str | pathlib.Path) -> CheckpointInfo:

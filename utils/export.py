@@ -594,10 +594,8 @@ def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
 
 def _float32_weights_bytes(model: Any, scratch: pathlib.Path) -> int:
     """Bytes of the model's weights written as float32 in the same container (architecture + npz)."""
-    arrays = {f"w{i:04d}": np.asarray(w, np.float32) for i, w in enumerate(model.get_weights())}
-    arrays["architecture"] = np.frombuffer(model.to_json().encode("utf-8"), np.uint8)
-    with open(scratch, "wb") as fh:
-        np.savez(fh, **arrays)
-    size = scratch.stat().st_size
+    from model.packing import save_float32
+
+    size = save_float32(model, scratch)
     scratch.unlink()
     return size

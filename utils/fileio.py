@@ -31,6 +31,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> pathl
     return path
 
 
+def atomic_savez(path: str | os.PathLike, arrays: dict) -> pathlib.Path:
+    """np.savez(**arrays) to `path` atomically (uncompressed, so sizes reflect the stored dtypes)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare path
+            np.savez(fh, **arrays)
+
+    return atomic_write(path, write)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:

@@ -41,6 +41,15 @@ def load_training_set(cfg: Config) -> SegmentationData:
                               images_dir=cfg.images_dir, masks_dir=cfg.masks_dir, num_classes=cfg.num_classes)
 
 
+def make_augment(cfg: Config) -> Any:
+    """The training augmentation (utils.augment, set by --augment_params), or None with --no-augment."""
+    if not cfg.augment:
+        return None
+    from utils.augment import build_augment_fn
+
+    return build_augment_fn(augment_config(cfg))
+
+
 def spec_for(cfg: Config, data: SegmentationData) -> UNetSpec:
     return UNetSpec(n_classes=len(data.class_names), in_channels=int(data.images[0].shape[-1]),
                     base_filters=cfg.base_filters, depth=cfg.depth, padding=cfg.padding,
@@ -217,10 +226,7 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
                                                         or model.to_json(),
                                                         "quantization": cfg.quantization,
                                                         "quantization_config": quantization_config(cfg).to_dict()}))
-    augment = None
-    if cfg.augment:
-        from utils.augment import build_augment_fn
-        augment = build_augment_fn(augment_config(cfg))
+    augment = make_augment(cfg)
     # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
     wants_eval = cfg.exec_mode != "train" or cfg.evaluate_every > 0
     evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger) if wants_eval else None

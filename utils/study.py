@@ -26,7 +26,6 @@ import sys
 import time
 from typing import Any, Sequence
 
-import yaml
 
 import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from utils.artifacts import EVAL_RESULTS, write_json
@@ -149,34 +148,16 @@ def _stored_file(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tup
         return path, "tflite int8"
     if quantization != "NONE":
         from model.packing import save_packed
-        from utils.config import Config as _Config
-        from utils.runner import quantization_config
+        from model.quantization import QuantizationConfig
 
-        cfg = _Config(**{k: v for k, v in _read_run_config(out_dir).items() if k in _config_fields()})
         path = export / "model_packed.npz"
-        save_packed(model, quantization_config(cfg), path)
+        save_packed(model, QuantizationConfig.from_mapping(info.extra["quantization_config"]), path)
         return path, "bit-packed"
-    import numpy as np
+    from model.packing import save_float32
 
-    from utils.fileio import atomic_write
-
-    # Like the packed file: the architecture JSON plus every weight (here all float32).
-    arrays = {f"w{i:04d}": w for i, w in enumerate(model.get_weights())}
-    arrays["architecture"] = np.frombuffer(model.to_json().encode("utf-8"), np.uint8)
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare path
-            np.savez(fh, **arrays)
-
-    path = atomic_write(export / "model_fp32.npz", write)
+    path = export / "model_fp32.npz"
+    save_float32(model, path)  # the same container as the packed file, all weights float32
     return path, "float32 npz"
-
-
-def _config_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(Config)}
-
-
-def _read_run_config(out_dir: pathlib.Path) -> dict[str, Any]:
-    return yaml.safe_load((out_dir / "config.yaml").read_text())
 
 
 def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tuple[int, int],
