@@ -33,9 +33,10 @@ from typing import Callable
 
 import numpy as np
 
-from utils import data_loader, synthetic
+from utils.data import synthetic
 from utils.errors import UNetError, run_cli
 from utils.fileio import atomic_write
+from utils.data import readers
 
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
 
@@ -151,7 +152,7 @@ def file_digest(path: pathlib.Path, algorithm: str) -> str:
 
 def pixel_sha256(path: pathlib.Path) -> str:
     """SHA-256 of a stack's decoded pixels: dtype name and shape, then the C-order pixel bytes."""
-    stack = data_loader.read_stack(path)
+    stack = readers.read_stack(path)
     digest = hashlib.sha256(f"{stack.dtype.name}{stack.shape}".encode())
     digest.update(np.ascontiguousarray(stack).tobytes())
     return digest.hexdigest()
@@ -312,7 +313,7 @@ def _download_from_mirrors(name: str, dest: pathlib.Path, accepted: Accepted, so
 
 def write_synthetic(data_dir: str | os.PathLike, num_slices: int, size: int, seed: int,
                     log: Log = print) -> list[pathlib.Path]:
-    """Write the synthetic ISBI layout (utils.synthetic) and log the files written."""
+    """Write the synthetic ISBI layout (utils.data.synthetic) and log the files written."""
     written = list(synthetic.write_isbi_layout(data_dir, num_slices=num_slices, size=size, seed=seed).values())
     for path in written:
         log(f"{path}: written (synthetic, {num_slices}x{size}x{size}, seed {seed})")

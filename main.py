@@ -3,21 +3,21 @@
     python main.py --exec_mode train_and_evaluate --data_dir DATA --model_dir RESULTS [flags]
     python main.py --config run.yaml --exec_mode predict
 
-Parses flags (and an optional YAML file) into one frozen Config, then hands it to utils.runner.
+Parses flags (and an optional YAML file) into one frozen Config, then hands it to runtime.modes.
 """
 from __future__ import annotations
 
 import sys
 
 import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from utils.config import parse_config
+from runtime.config import parse_config
 from utils.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
     def run_main() -> None:
         cfg = parse_config(argv)
-        from utils.runner import run  # imports TensorFlow: only after the flags are known to be good
+        from runtime.modes import run  # imports TensorFlow: only after the flags are known to be good
 
         run(cfg)
 

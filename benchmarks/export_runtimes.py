@@ -30,10 +30,11 @@ import tensorflow as tf  # noqa: E402
 
 from model.complexity import total_macs, total_params  # noqa: E402
 from model.unet import UNetSpec, build_unet  # noqa: E402
-from utils.data_loader import load_training_data, normalize_image  # noqa: E402
-from utils.export import ExportInputs, export_model  # noqa: E402
-from utils.inference import keras_predictor  # noqa: E402
-from utils.runtimes import load_exported  # noqa: E402
+from utils.data.layouts import load_training_data
+from utils.data.normalize import normalize_image  # noqa: E402
+from utils.export.formats import ExportInputs, export_model  # noqa: E402
+from utils.inference.tiling import keras_predictor  # noqa: E402
+from utils.inference.runtimes import load_exported  # noqa: E402
 
 RUNTIMES = [("SavedModel (TF)", "savedmodel", "fp32"), ("ONNX Runtime", "onnx", "fp32"),
             ("ONNX Runtime", "onnx", "int8"), ("TFLite (XNNPACK)", "tflite", "fp32"),

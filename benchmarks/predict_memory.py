@@ -21,7 +21,7 @@ import utils  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
 from model.unet import UNetSpec, build_unet  # noqa: E402
-from utils.inference import keras_predictor, plan_tiles, tile_starts, tiled_predict  # noqa: E402
+from utils.inference.tiling import keras_predictor, plan_tiles, tile_starts, tiled_predict  # noqa: E402
 
 
 def peak_rss_mb() -> float:

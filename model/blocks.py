@@ -7,7 +7,6 @@ All tensors are NHWC; convolutions use He-normal initialization (Ronneberger et 
 """
 from __future__ import annotations
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 import tf_keras as keras
 

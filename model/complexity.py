@@ -25,7 +25,6 @@ import inspect
 
 import numpy as np
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 import tf_keras as keras
 

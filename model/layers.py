@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 import tf_keras as keras
 

@@ -30,12 +30,11 @@ from typing import Union
 
 import numpy as np
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 import tf_keras as keras
 
-from model.quantization import (QUANTIZED_LAYERS, QuantizationConfig, QuantSpec, dequantize_codes,
-                                fixed_point_range, int_code_limits, quantized_codes)
+from model.quantized_layers import QUANTIZED_LAYERS
+from model.quantizers import QuantizationConfig, QuantSpec, dequantize_codes, fixed_point_range, int_code_limits, quantized_codes
 from utils.errors import UNetError
 from utils.fileio import atomic_savez
 

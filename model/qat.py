@@ -19,13 +19,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from model.packing import import_project_layers
-from model.quantization import QUANTIZED_LAYERS
+from model.quantized_layers import QUANTIZED_LAYERS
 from utils.errors import UNetError
 
 PathLike = Union[str, os.PathLike]

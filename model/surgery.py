@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 import tf_keras as keras
 

@@ -29,7 +29,6 @@ import math
 import os
 from typing import Optional, Sequence
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras

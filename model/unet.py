@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tf_keras as keras
 
 from model.blocks import (

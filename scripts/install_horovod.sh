@@ -14,7 +14,7 @@
 # Debian packages, no root). The same sources then compile for CPU and GPU (HOROVOD_GPU_OPERATIONS).
 # horovod's Keras callbacks (`from keras import backend`, Keras 3) are left as they are: this
 # project never imports horovod.tensorflow.keras; it calls hvd.allreduce/broadcast_variables from
-# its own training loop (utils/distributed.py).
+# its own training loop (utils/training/distributed.py).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$here/.venv/bin/python}"

@@ -14,7 +14,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 import main
-import utils.runner as runner
+from runtime import assemble
+pass
 
 FLAGS = ["--exec_mode", "train", "--padding", "same", "--base_filters", "4", "--depth", "2",
          "--crop_size", "64", "--batch_size", "4", "--dropout", "0", "--no-augment", "--max_steps", "12",
@@ -32,13 +33,13 @@ def float32_policy_afterwards():
 def built_models(monkeypatch) -> list[keras.Model]:
     """Every model run_training builds, so a test can inspect the network that was trained."""
     models: list[keras.Model] = []
-    build = runner.build_unet
+    build = assemble.build_unet
 
     def recording_build(spec):
         models.append(build(spec))
         return models[-1]
 
-    monkeypatch.setattr(runner, "build_unet", recording_build)
+    monkeypatch.setattr(assemble, "build_unet", recording_build)
     return models
 
 
@@ -85,8 +86,8 @@ def test_amp_applies_to_a_model_trained_in_float32(isbi_data_dir, tmp_path, floa
     policies = {layer["config"]["name"]: json.dumps(layer["config"].get("dtype")) for layer in layers}
     assert "mixed_bfloat16" in policies["enc1_conv1"] and "float32" in policies["head"]
     keras.mixed_precision.set_global_policy("float32")
-    from utils.config import parse_config
+    from runtime.config import parse_config
 
-    model, _, _ = runner.restore_model(parse_config(["--model_dir", str(float_dir), "--amp"]))
+    model, _, _ = assemble.restore_model(parse_config(["--model_dir", str(float_dir), "--amp"]))
     assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
     assert model.get_layer("head").compute_dtype == "float32"

@@ -1,4 +1,4 @@
-"""utils.augment: exactness of flips/rot90, geometry against NumPy/scikit-image, label safety,
+"""utils.data.augment: exactness of flips/rot90, geometry against NumPy/scikit-image, label safety,
 seeding, graph mode inside tf.data with unknown shapes, config validation and the preview CLI."""
 import dataclasses
 
@@ -7,10 +7,12 @@ import pytest
 import tensorflow as tf
 from skimage.transform import resize as sk_resize
 
-from utils import augment as A
-from utils.augment import AugmentConfig, build_augment_fn
+pass
+from utils.data.augment import AugmentConfig, build_augment_fn
 from utils.errors import UNetError
-from utils.warp import affine_flow, dense_image_warp
+from utils.data.warp import affine_flow, dense_image_warp
+from runtime import augment_tool
+from utils.data import augment
 
 SEEDS = [tf.constant([0, s], tf.int64) for s in range(24)]
 
@@ -38,7 +40,7 @@ def run(fn, image, mask, seed):
                                           (0.0, 0.0, lambda x: x)])
 def test_flip_is_exact(h, v, expected):
     image, mask = sample((6, 9), channels=2, classes=3)
-    out_image, out_mask = run(lambda i, m, s: A.random_flip(i, m, s, h, v), image, mask, SEEDS[0])
+    out_image, out_mask = run(lambda i, m, s: augment.random_flip(i, m, s, h, v), image, mask, SEEDS[0])
     np.testing.assert_array_equal(out_image, expected(image))
     np.testing.assert_array_equal(out_mask, expected(mask))
 
@@ -49,7 +51,7 @@ def test_flip_at_half_probability_reaches_all_four_outcomes():
                   "hv": lambda x: np.flip(np.flip(x, 0), 1)}
     seen = set()
     for seed in SEEDS:
-        out_image, out_mask = run(A.random_flip, image, mask, seed)
+        out_image, out_mask = run(augment.random_flip, image, mask, seed)
         name = next(k for k, f in candidates.items() if np.array_equal(out_image, f(image)))
         np.testing.assert_array_equal(out_mask, candidates[name](mask))
         seen.add(name)
@@ -60,7 +62,7 @@ def test_rot90_is_exact_and_reaches_every_quarter_turn():
     image, mask = sample((8, 8), channels=2, classes=3)
     seen = set()
     for seed in SEEDS:
-        out_image, out_mask = run(lambda i, m, s: A.random_rot90(i, m, s, prob=1.0), image, mask, seed)
+        out_image, out_mask = run(lambda i, m, s: augment.random_rot90(i, m, s, prob=1.0), image, mask, seed)
         k = next(k for k in (1, 2, 3) if np.array_equal(out_image, np.rot90(image, k)))
         np.testing.assert_array_equal(out_mask, np.rot90(mask, k))
         seen.add(k)
@@ -70,7 +72,7 @@ def test_rot90_is_exact_and_reaches_every_quarter_turn():
 def test_rot90_keeps_size_of_non_square_images():
     image, mask = sample((6, 10))
     for seed in SEEDS[:8]:
-        out_image, out_mask = run(lambda i, m, s: A.random_rot90(i, m, s, prob=1.0), image, mask, seed)
+        out_image, out_mask = run(lambda i, m, s: augment.random_rot90(i, m, s, prob=1.0), image, mask, seed)
         np.testing.assert_array_equal(out_image, np.rot90(image, 2))
         np.testing.assert_array_equal(out_mask, np.rot90(mask, 2))
 
@@ -80,13 +82,13 @@ def test_rot90_keeps_size_of_non_square_images():
 @pytest.mark.parametrize("size", [9, 10])
 def test_rotation_matrix_quarter_turn_equals_np_rot90(size):
     image, _ = sample((size, size))
-    flow = affine_flow((size, size), A.rotation_matrix((size, size), np.pi / 2))
+    flow = affine_flow((size, size), augment.rotation_matrix((size, size), np.pi / 2))
     np.testing.assert_allclose(dense_image_warp(image, flow).numpy(), np.rot90(image), atol=1e-4)
 
 
 def test_rotation_by_zero_degrees_is_identity():
     image, mask = sample((12, 17), classes=3)
-    out_image, out_mask = run(lambda i, m, s: A.random_rotate(i, m, s, prob=1.0, max_deg=0.0),
+    out_image, out_mask = run(lambda i, m, s: augment.random_rotate(i, m, s, prob=1.0, max_deg=0.0),
                               image, mask, SEEDS[3])
     np.testing.assert_allclose(out_image, image, atol=1e-5)
     np.testing.assert_array_equal(out_mask, mask)
@@ -95,7 +97,7 @@ def test_rotation_by_zero_degrees_is_identity():
 def test_crop_resize_matrix_matches_skimage_resize_of_the_window():
     # Zoom x2 on the top-left quadrant: window rows/cols 0..7 of a 16 x 16 image.
     image = np.random.default_rng(2).random((16, 16, 1)).astype(np.float32)
-    matrix = A.crop_resize_matrix((16, 16), 2.0, tf.constant([-4.0, -4.0]))
+    matrix = augment.crop_resize_matrix((16, 16), 2.0, tf.constant([-4.0, -4.0]))
     out = dense_image_warp(image, affine_flow((16, 16), matrix)).numpy()
     ref = sk_resize(image[:8, :8], (16, 16, 1), order=1, mode="symmetric", anti_aliasing=False)
     # The outermost output pixels sample just outside the window, where the full image (used here)
@@ -106,16 +108,16 @@ def test_crop_resize_matrix_matches_skimage_resize_of_the_window():
 def test_crop_resize_at_scale_one_is_identity():
     image, mask = sample((10, 14))
     out_image, out_mask = run(
-        lambda i, m, s: A.random_crop_resize(i, m, s, prob=1.0, scale_range=(1.0, 1.0)),
+        lambda i, m, s: augment.random_crop_resize(i, m, s, prob=1.0, scale_range=(1.0, 1.0)),
         image, mask, SEEDS[1])
     np.testing.assert_allclose(out_image, image, atol=1e-5)
     np.testing.assert_array_equal(out_mask, mask)
 
 
 GEOMETRIC = {
-    "rotate": lambda i, m, s: A.random_rotate(i, m, s, prob=1.0, max_deg=180.0),
-    "crop_resize": lambda i, m, s: A.random_crop_resize(i, m, s, prob=1.0, scale_range=(0.7, 1.4)),
-    "elastic": lambda i, m, s: A.elastic_deform(i, m, s, prob=1.0, grid=3, sigma=4.0),
+    "rotate": lambda i, m, s: augment.random_rotate(i, m, s, prob=1.0, max_deg=180.0),
+    "crop_resize": lambda i, m, s: augment.random_crop_resize(i, m, s, prob=1.0, scale_range=(0.7, 1.4)),
+    "elastic": lambda i, m, s: augment.elastic_deform(i, m, s, prob=1.0, grid=3, sigma=4.0),
     "all_on": build_augment_fn(AugmentConfig.all_on()),
 }
 
@@ -156,7 +158,7 @@ def test_geometric_transforms_keep_uint8_masks():
 def test_intensity_gamma_alone_matches_numpy_power():
     image, mask = sample((8, 8))
     out_image, out_mask = run(
-        lambda i, m, s: A.random_intensity(i, m, s, 1.0, (0.0, 0.0), (1.0, 1.0), (2.0, 2.0)),
+        lambda i, m, s: augment.random_intensity(i, m, s, 1.0, (0.0, 0.0), (1.0, 1.0), (2.0, 2.0)),
         image, mask, SEEDS[0])
     np.testing.assert_allclose(out_image, image ** 2, atol=1e-6)
     np.testing.assert_array_equal(out_mask, mask)
@@ -164,8 +166,8 @@ def test_intensity_gamma_alone_matches_numpy_power():
 
 def test_intensity_and_noise_stay_in_unit_range():
     image, mask = sample((16, 16))
-    strong = lambda i, m, s: A.random_intensity(i, m, s, 1.0, (-0.5, 0.5), (0.0, 3.0), (0.3, 3.0))
-    noisy = lambda i, m, s: A.random_noise(i, m, s, 1.0, 0.5)
+    strong = lambda i, m, s: augment.random_intensity(i, m, s, 1.0, (-0.5, 0.5), (0.0, 3.0), (0.3, 3.0))
+    noisy = lambda i, m, s: augment.random_noise(i, m, s, 1.0, 0.5)
     for fn in (strong, noisy):
         outputs = [run(fn, image, mask, seed)[0] for seed in SEEDS[:8]]
         assert all(0.0 <= o.min() and o.max() <= 1.0 for o in outputs)
@@ -174,7 +176,7 @@ def test_intensity_and_noise_stay_in_unit_range():
 
 def test_noise_has_the_requested_standard_deviation():
     image = np.full((64, 64, 1), 0.5, np.float32)
-    out, _ = run(lambda i, m, s: A.random_noise(i, m, s, 1.0, 0.05), image,
+    out, _ = run(lambda i, m, s: augment.random_noise(i, m, s, 1.0, 0.05), image,
                  np.zeros((64, 64), np.int32), SEEDS[0])
     assert 0.045 < (out - image).std() < 0.055 and abs((out - image).mean()) < 0.005
 
@@ -272,22 +274,22 @@ def test_config_presets_and_yaml_lists():
 def test_preview_writes_a_grid_of_the_isbi_slice(isbi_data_dir, tmp_path):
     from PIL import Image
 
-    out = A.write_preview(tmp_path / "preview.png", isbi_data_dir, n=2, seed=1, preset="all_on", tile=64)
+    out = augment_tool.write_preview(tmp_path / "preview.png", isbi_data_dir, n=2, seed=1, preset="all_on", tile=64)
     with Image.open(out) as sheet:
         assert sheet.size == (3 * 64, 64) and sheet.mode == "RGB"
 
 
 def test_cli_reports_missing_data_as_user_error(tmp_path, capsys):
-    assert A.main(["--preview", str(tmp_path / "p.png"), "--data_dir", str(tmp_path)]) == 2
+    assert augment_tool.main(["--preview", str(tmp_path / "p.png"), "--data_dir", str(tmp_path)]) == 2
     assert "train-volume.tif not found" in capsys.readouterr().err
 
 
 def test_benchmark_dataset_yields_augmented_crops():
     volume = (np.random.default_rng(0).random((3, 20, 20)) * 255).astype(np.uint8)
     masks = (volume > 100).astype(np.int32)
-    batches = A.augment_dataset(volume, masks, 24, build_augment_fn(AugmentConfig.all_on())).take(2)
+    batches = augment_tool.augment_dataset(volume, masks, 24, build_augment_fn(AugmentConfig.all_on())).take(2)
     for image, mask in batches:
         assert image.shape == (1, 24, 24, 1) and mask.shape == (1, 24, 24)
         assert set(np.unique(mask.numpy())) <= {0, 1}
-    stats = A.benchmark_augment(volume, masks, 16, AugmentConfig.all_on(), warmup=1, batches=3)
+    stats = augment_tool.benchmark_augment(volume, masks, 16, AugmentConfig.all_on(), warmup=1, batches=3)
     assert stats["img_per_s"] > 0 and stats["p50_ms"] <= stats["p99_ms"]

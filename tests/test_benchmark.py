@@ -1,5 +1,5 @@
 """Benchmark mode (statistics and CPU-peak arithmetic, tiny end-to-end runs), the examples/ recipes and
-the cross-validation summary they print (utils.fold_summary)."""
+the cross-validation summary they print (utils.score.cv)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,11 @@ import subprocess
 import pytest
 
 import main
-from utils import benchmark, fold_summary
-from utils.config import Config
+from utils.score import cv as fold_summary
+from runtime.config import Config
 from utils.errors import UNetError
+from runtime import benchmark
+from utils import timing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {"mode", "batch_size", "img_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
@@ -26,14 +28,14 @@ def test_latency_stats_match_linear_interpolation_quantiles():
     ms = [s * 1e3 for s in seconds]
     # statistics' "inclusive" method is the linear interpolation numpy uses by default.
     cuts = statistics.quantiles(ms, n=100, method="inclusive")
-    stats = benchmark.latency_stats(seconds)
+    stats = timing.latency_stats(seconds)
     assert stats["latency_ms_mean"] == pytest.approx(statistics.fmean(ms))
     for p in (50, 90, 95, 99):
         assert stats[f"latency_ms_p{p}"] == pytest.approx(cuts[p - 1])
 
 
 def test_throughput_counts_all_images_over_all_time_and_per_step():
-    rates = benchmark.throughput(images_per_step=2, seconds=[1.0, 0.5])
+    rates = timing.throughput(images_per_step=2, seconds=[1.0, 0.5])
     assert rates["img_per_s"] == pytest.approx(4 / 1.5)
     assert rates["img_per_s_step_mean"] == pytest.approx((2 / 1.0 + 2 / 0.5) / 2)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from utils import checkpoint as ckpt
+from utils.training import checkpoint as ckpt
 from utils.errors import UNetError
 
 

@@ -1,4 +1,4 @@
-"""utils.data_loader: layouts, decoding, validation errors, folds and normalization."""
+"""utils.data.layouts: layouts, decoding, validation errors, folds and normalization."""
 from __future__ import annotations
 
 import pathlib
@@ -11,8 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from utils import data_loader as dl
+pass
 from utils.errors import UNetError
+from utils.data import folds
+from utils.data import layouts
+from utils.data import normalize
+from utils.data import readers
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -39,7 +43,7 @@ def _write_stack_pair(folder: pathlib.Path, n_images: int = 4, n_masks: int = 4,
 
 # --------------------------------------------------------------------------- ISBI on the real data
 def test_isbi_layout_on_real_data(isbi_data_dir):
-    data = dl.load_training_data(isbi_data_dir)
+    data = layouts.load_training_data(isbi_data_dir)
     assert len(data) == 30 and len(data.masks) == 30 and len(data.names) == 30
     assert all(im.shape == (512, 512, 1) and im.dtype == np.uint8 for im in data.images)
     assert all(m.shape == (512, 512) and m.dtype == np.uint8 for m in data.masks)
@@ -57,7 +61,7 @@ def test_isbi_layout_on_real_data(isbi_data_dir):
 
 
 def test_isbi_test_volume_on_real_data(isbi_data_dir):
-    data = dl.load_test_data(isbi_data_dir)
+    data = layouts.load_test_data(isbi_data_dir)
     assert len(data) == 30 and data.masks is None
     assert data.images[0].shape == (512, 512, 1) and data.names[-1] == "test-volume.tif[29]"
     assert data.source.endswith("test-volume.tif")
@@ -78,7 +82,7 @@ def test_folder_layout_grayscale_png_tiff_gif_of_different_sizes(tmp_path):
     tifffile.imwrite(tmp_path / "masks" / "slice10.tiff", m10)
     Image.fromarray(m1).save(tmp_path / "masks" / "slice1.png")
 
-    data = dl.load_training_data(tmp_path)
+    data = layouts.load_training_data(tmp_path)
     assert data.names == ["slice1.gif", "slice2.png", "slice10.tif"]  # natural order
     assert data.class_names == ("background", "foreground")
     assert [im.shape for im in data.images] == [(16, 16, 1), (20, 30, 1), (25, 18, 1)]
@@ -108,7 +112,7 @@ def test_folder_layout_rgb_rgba_palette_and_jpeg_images(tmp_path):
     for stem in "abcde":
         Image.fromarray(_binary_mask((12, 14), ord(stem))).save(masks / f"{stem}.png")
 
-    data = dl.load_training_data(tmp_path, images_dir="imgs", masks_dir="labels")
+    data = layouts.load_training_data(tmp_path, images_dir="imgs", masks_dir="labels")
     assert all(im.shape == (12, 14, 3) and im.dtype == np.uint8 for im in data.images)
     np.testing.assert_array_equal(data.images[0], rgb)
     np.testing.assert_array_equal(data.images[1], rgb)  # alpha dropped
@@ -123,13 +127,13 @@ def test_n_class_masks_need_num_classes(tmp_path):
     ids = _rng(9).integers(0, 4, (10, 10), dtype=np.uint8)
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "images" / "x.png")
     Image.fromarray(ids).save(tmp_path / "masks" / "x.png")
-    data = dl.load_training_data(tmp_path, num_classes=4)
+    data = layouts.load_training_data(tmp_path, num_classes=4)
     assert data.class_names == ("class0", "class1", "class2", "class3")
     np.testing.assert_array_equal(data.masks[0], ids)
     with pytest.raises(UNetError, match=r"x\.png.*num_classes=4"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
     with pytest.raises(UNetError, match=r"x\.png.*0\.\.2"):
-        dl.load_training_data(tmp_path, num_classes=3)
+        layouts.load_training_data(tmp_path, num_classes=3)
 
 
 def test_colour_palette_mask_keeps_indices_as_class_ids(tmp_path):
@@ -140,7 +144,7 @@ def test_colour_palette_mask_keeps_indices_as_class_ids(tmp_path):
     mask.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))  # PASCAL VOC style colours
     mask.save(tmp_path / "masks" / "voc.png")
     Image.fromarray(np.zeros((9, 11), np.uint8)).save(tmp_path / "images" / "voc.jpg")
-    data = dl.load_training_data(tmp_path, num_classes=3)
+    data = layouts.load_training_data(tmp_path, num_classes=3)
     np.testing.assert_array_equal(data.masks[0], ids)
 
 
@@ -148,41 +152,41 @@ def test_named_stacks_and_float_and_bool_inputs(tmp_path):
     images = _rng(11).random((3, 8, 8)).astype(np.float32)
     _imwrite_stack(tmp_path / "em.tif", images)
     _imwrite_stack(tmp_path / "em_masks.tif", _rng(12).random((3, 8, 8)) < 0.5)
-    data = dl.load_training_data(tmp_path, image_stack="em.tif", mask_stack="em_masks.tif")
+    data = layouts.load_training_data(tmp_path, image_stack="em.tif", mask_stack="em_masks.tif")
     assert data.names == ["em.tif[0]", "em.tif[1]", "em.tif[2]"]
     assert data.images[0].dtype == np.uint16  # float in [0, 1] is stored as uint16
-    np.testing.assert_allclose(dl.normalize_image(data.images[1])[..., 0], images[1], atol=1 / 65535)
+    np.testing.assert_allclose(normalize.normalize_image(data.images[1])[..., 0], images[1], atol=1 / 65535)
     assert data.class_names == ("background", "foreground")
 
 
 # --------------------------------------------------------------------------- errors
 def test_missing_data_dir_and_empty_dir(tmp_path):
     with pytest.raises(UNetError, match="nowhere"):
-        dl.load_training_data(tmp_path / "nowhere")
+        layouts.load_training_data(tmp_path / "nowhere")
     with pytest.raises(UNetError, match=r"train-volume\.tif.*images/"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 def test_isbi_layout_with_one_file_missing(tmp_path):
     _write_stack_pair(tmp_path)
     (tmp_path / "train-labels.tif").unlink()
     with pytest.raises(UNetError, match=r"train-volume\.tif but not train-labels\.tif"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 def test_missing_named_stack_and_half_given_flags(tmp_path):
     _write_stack_pair(tmp_path, names=("em.tif", "em_masks.tif"))
     with pytest.raises(UNetError, match=r"gone\.tif"):
-        dl.load_training_data(tmp_path, image_stack="em.tif", mask_stack="gone.tif")
+        layouts.load_training_data(tmp_path, image_stack="em.tif", mask_stack="gone.tif")
     with pytest.raises(UNetError, match="mask_stack"):
-        dl.load_training_data(tmp_path, image_stack="em.tif")
+        layouts.load_training_data(tmp_path, image_stack="em.tif")
 
 
 def test_corrupt_tiff_of_random_bytes(tmp_path):
     _write_stack_pair(tmp_path)
     (tmp_path / "train-volume.tif").write_bytes(_rng(13).bytes(5000))
     with pytest.raises(UNetError, match=r"train-volume\.tif.*corrupt"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.97])
@@ -192,7 +196,7 @@ def test_truncated_tiff(tmp_path, keep):
     content = path.read_bytes()
     path.write_bytes(content[:int(len(content) * keep)])
     with pytest.raises(UNetError, match=r"train-labels\.tif"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 def test_truncated_png(tmp_path):
@@ -203,13 +207,13 @@ def test_truncated_png(tmp_path):
     (tmp_path / "images" / "p.png").write_bytes(content[:len(content) // 2])
     Image.fromarray(_binary_mask((64, 64), 15)).save(tmp_path / "masks" / "p.png")
     with pytest.raises(UNetError, match=r"p\.png.*corrupt"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 def test_count_mismatch_names_both_stacks(tmp_path):
     _write_stack_pair(tmp_path, n_images=4, n_masks=3)
     with pytest.raises(UNetError, match=r"train-volume\.tif holds 4 .*train-labels\.tif holds 3"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 def test_shape_mismatch_names_both_files(tmp_path):
@@ -218,7 +222,7 @@ def test_shape_mismatch_names_both_files(tmp_path):
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "images" / "s.png")
     Image.fromarray(_binary_mask((32, 30), 16)).save(tmp_path / "masks" / "s.tif")
     with pytest.raises(UNetError, match=r"s\.png is \(32, 32\) but s\.tif is \(32, 30\)"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 def test_bad_label_values_name_file_and_values(tmp_path):
@@ -227,7 +231,7 @@ def test_bad_label_values_name_file_and_values(tmp_path):
     labels[2, 5, 5] = 7
     _imwrite_stack(tmp_path / "train-labels.tif", labels)
     with pytest.raises(UNetError, match=r"train-labels\.tif\[2\].*\{0, 7, 255\}"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 def test_unpaired_names_are_listed(tmp_path):
@@ -238,7 +242,7 @@ def test_unpaired_names_are_listed(tmp_path):
     for stem in ("a", "c"):
         Image.fromarray(_binary_mask((8, 8), 17)).save(tmp_path / "masks" / f"{stem}.png")
     with pytest.raises(UNetError, match=r"images without a mask: b\.png.*masks without an image: c\.png"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 def test_folder_layout_rejections(tmp_path):
@@ -249,64 +253,64 @@ def test_folder_layout_rejections(tmp_path):
     Image.fromarray(_binary_mask((8, 8), 18)).save(tmp_path / "masks" / "g.png")
     Image.fromarray(_binary_mask((8, 8), 19)).save(tmp_path / "masks" / "h.png")
     with pytest.raises(UNetError, match=r"g\.png has 1 channel.*h\.png has 3"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
     Image.fromarray(_binary_mask((8, 8), 20)).save(tmp_path / "masks" / "h.jpg")
     with pytest.raises(UNetError, match=r"h\.jpg.*JPEG"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
     (tmp_path / "masks" / "h.jpg").unlink()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "images" / "g.tif")
     with pytest.raises(UNetError, match=r"g\.(png|tif) and g\.(png|tif) share the stem"):
-        dl.load_training_data(tmp_path)
+        layouts.load_training_data(tmp_path)
 
 
 def test_image_validation_rules():
     with pytest.raises(UNetError, match="img.tif.*shape"):
-        dl.as_image(np.zeros((4, 4, 5), np.uint8), "img.tif")
+        readers.as_image(np.zeros((4, 4, 5), np.uint8), "img.tif")
     with pytest.raises(UNetError, match="img.tif.*shape"):
-        dl.as_image(np.zeros((2, 4, 4, 1), np.uint8), "img.tif")
+        readers.as_image(np.zeros((2, 4, 4, 1), np.uint8), "img.tif")
     with pytest.raises(UNetError, match=r"img.tif.*\[-0.5, 1.0\]"):
-        dl.as_image(np.array([[-0.5, 1.0]], np.float32), "img.tif")
+        readers.as_image(np.array([[-0.5, 1.0]], np.float32), "img.tif")
     with pytest.raises(UNetError, match="img.tif.*NaN"):
-        dl.as_image(np.array([[np.nan, 0.5]]), "img.tif")
+        readers.as_image(np.array([[np.nan, 0.5]]), "img.tif")
     with pytest.raises(UNetError, match="img.tif.*complex"):
-        dl.as_image(np.zeros((3, 3), np.complex64), "img.tif")
+        readers.as_image(np.zeros((3, 3), np.complex64), "img.tif")
     with pytest.raises(UNetError, match="img.tif.*0..65535"):
-        dl.as_image(np.array([[70000, 1]], np.int32), "img.tif")
-    assert dl.as_image(np.array([[0, 300]], np.int32), "i").dtype == np.uint16  # Pillow's 'I' mode
-    assert dl.as_image(np.ones((2, 2), bool), "b").max() == 255
+        readers.as_image(np.array([[70000, 1]], np.int32), "img.tif")
+    assert readers.as_image(np.array([[0, 300]], np.int32), "i").dtype == np.uint16  # Pillow's 'I' mode
+    assert readers.as_image(np.ones((2, 2), bool), "b").max() == 255
     with pytest.raises(UNetError, match="m.png.*colour"):
-        dl.as_mask(np.stack([np.zeros((3, 3)), np.ones((3, 3)), np.zeros((3, 3))], -1).astype(np.uint8), "m.png")
+        readers.as_mask(np.stack([np.zeros((3, 3)), np.ones((3, 3)), np.zeros((3, 3))], -1).astype(np.uint8), "m.png")
     gray_as_rgb = np.repeat(_binary_mask((3, 3), 21)[..., None], 3, axis=-1)
-    np.testing.assert_array_equal(dl.as_mask(gray_as_rgb, "m.png"), gray_as_rgb[..., 0])
+    np.testing.assert_array_equal(readers.as_mask(gray_as_rgb, "m.png"), gray_as_rgb[..., 0])
 
 
 def test_to_class_ids_reference_mapping():
-    np.testing.assert_array_equal(dl.to_class_ids(np.array([[0, 255]], np.uint8), None, "m"), [[0, 1]])
-    np.testing.assert_array_equal(dl.to_class_ids(np.array([[0, 1]], np.uint16), 2, "m"), [[0, 1]])
-    np.testing.assert_array_equal(dl.to_class_ids(np.array([[True, False]]), None, "m"), [[1, 0]])
-    np.testing.assert_array_equal(dl.to_class_ids(np.array([[0.0, 1.0]]), None, "m"), [[0, 1]])
+    np.testing.assert_array_equal(readers.to_class_ids(np.array([[0, 255]], np.uint8), None, "m"), [[0, 1]])
+    np.testing.assert_array_equal(readers.to_class_ids(np.array([[0, 1]], np.uint16), 2, "m"), [[0, 1]])
+    np.testing.assert_array_equal(readers.to_class_ids(np.array([[True, False]]), None, "m"), [[1, 0]])
+    np.testing.assert_array_equal(readers.to_class_ids(np.array([[0.0, 1.0]]), None, "m"), [[0, 1]])
     with pytest.raises(UNetError, match=r"m: .*\{0.0, 0.5\}"):
-        dl.to_class_ids(np.array([[0.0, 0.5]]), None, "m")
+        readers.to_class_ids(np.array([[0.0, 0.5]]), None, "m")
     with pytest.raises(UNetError, match=r"m: .*\{-1, 0\}"):
-        dl.to_class_ids(np.array([[-1, 0]], np.int16), 3, "m")
+        readers.to_class_ids(np.array([[-1, 0]], np.int16), 3, "m")
     with pytest.raises(UNetError, match="num_classes"):
-        dl.load_training_data(".", num_classes=1)
+        layouts.load_training_data(".", num_classes=1)
 
 
 def test_single_class_masks_warn(tmp_path):
     _write_stack_pair(tmp_path)
     _imwrite_stack(tmp_path / "train-labels.tif", np.full((4, 24, 24), 255, np.uint8))
-    with pytest.warns(dl.DataWarning, match="all-interior"):
-        dl.load_training_data(tmp_path)
+    with pytest.warns(readers.DataWarning, match="all-interior"):
+        layouts.load_training_data(tmp_path)
     labels = np.stack([_binary_mask((24, 24), i) for i in range(4)])
     labels[1] = 0
     _imwrite_stack(tmp_path / "train-labels.tif", labels)
-    with pytest.warns(dl.DataWarning, match=r"1 of 4 masks.*train-volume\.tif\[1\]"):
-        dl.load_training_data(tmp_path)
+    with pytest.warns(readers.DataWarning, match=r"1 of 4 masks.*train-volume\.tif\[1\]"):
+        layouts.load_training_data(tmp_path)
     _imwrite_stack(tmp_path / "train-labels.tif", np.stack([_binary_mask((24, 24), i) for i in range(4)]))
     with warnings.catch_warnings():
-        warnings.simplefilter("error", dl.DataWarning)
-        dl.load_training_data(tmp_path)
+        warnings.simplefilter("error", readers.DataWarning)
+        layouts.load_training_data(tmp_path)
 
 
 # --------------------------------------------------------------------------- test data, readers
@@ -316,30 +320,30 @@ def test_load_test_data_from_file_folder_and_stack(tmp_path):
     for i in (10, 2, 1):
         Image.fromarray(np.full((6, 7), i, np.uint8)).save(folder / f"img{i}.png")
     (folder / "notes.txt").write_text("not an image")
-    data = dl.load_test_data(tmp_path, input_path=folder)
+    data = layouts.load_test_data(tmp_path, input_path=folder)
     assert data.names == ["img1.png", "img2.png", "img10.png"] and data.masks is None
     assert [int(im[0, 0, 0]) for im in data.images] == [1, 2, 10]
-    single = dl.load_test_data(tmp_path, input_path=folder / "img2.png")
+    single = layouts.load_test_data(tmp_path, input_path=folder / "img2.png")
     assert single.names == ["img2.png"] and single.images[0].shape == (6, 7, 1)
     rgb = _rng(22).integers(0, 256, (5, 6, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
-    rgb_data = dl.load_test_data(tmp_path, input_path="rgb.tif")  # relative: found inside data_dir
+    rgb_data = layouts.load_test_data(tmp_path, input_path="rgb.tif")  # relative: found inside data_dir
     np.testing.assert_array_equal(rgb_data.images[0], rgb)
     _imwrite_stack(tmp_path / "test-volume.tif", np.zeros((3, 6, 6), np.uint8))
-    assert dl.load_test_data(tmp_path).names == ["test-volume.tif[0]", "test-volume.tif[1]", "test-volume.tif[2]"]
+    assert layouts.load_test_data(tmp_path).names == ["test-volume.tif[0]", "test-volume.tif[1]", "test-volume.tif[2]"]
     with pytest.raises(UNetError, match="missing.png"):
-        dl.load_test_data(tmp_path, input_path="missing.png")
+        layouts.load_test_data(tmp_path, input_path="missing.png")
     with pytest.raises(UNetError, match="other.tif"):
-        dl.load_test_data(tmp_path, test_stack="other.tif")
+        layouts.load_test_data(tmp_path, test_stack="other.tif")
 
 
 def test_read_image_file_rejects_a_stack(tmp_path):
     _imwrite_stack(tmp_path / "s.tif", np.zeros((2, 4, 4), np.uint8))
-    assert dl.read_stack(tmp_path / "s.tif").shape == (2, 4, 4)
+    assert readers.read_stack(tmp_path / "s.tif").shape == (2, 4, 4)
     with pytest.raises(UNetError, match=r"s\.tif.*2 images"):
-        dl.read_image_file(tmp_path / "s.tif")
+        readers.read_image_file(tmp_path / "s.tif")
     with pytest.raises(UNetError, match="nothing.png"):
-        dl.read_image_file(tmp_path / "nothing.png")
+        readers.read_image_file(tmp_path / "nothing.png")
 
 
 # --------------------------------------------------------------------------- folds, normalization
@@ -350,7 +354,7 @@ def test_fold_split_properties(n_and_k):
     validated = []
     sizes = []
     for fold in range(num_folds):
-        train_idx, val_idx = dl.fold_split(num_items, num_folds, fold)
+        train_idx, val_idx = folds.fold_split(num_items, num_folds, fold)
         assert len(val_idx) > 0 and np.all(np.diff(val_idx) == 1)  # one contiguous block
         assert not set(train_idx) & set(val_idx)
         assert sorted(np.concatenate([train_idx, val_idx]).tolist()) == list(range(num_items))
@@ -365,16 +369,16 @@ def test_fold_split_properties(n_and_k):
                                          ((10, 5, -1), "fold=-1"), ((3, 4, 0), "only 3 images")])
 def test_fold_split_errors(args, match):
     with pytest.raises(UNetError, match=match):
-        dl.fold_split(*args)
+        folds.fold_split(*args)
 
 
 def test_normalize_image():
     u8 = np.array([[0, 128, 255]], np.uint8)
     u16 = np.array([[0, 32768, 65535]], np.uint16)
     for image, scale in ((u8, 255.0), (u16, 65535.0)):
-        out = dl.normalize_image(image)
+        out = normalize.normalize_image(image)
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, image / scale, rtol=1e-6)
-    assert dl.normalize_image(np.array([0.25], np.float64)).dtype == np.float32
+    assert normalize.normalize_image(np.array([0.25], np.float64)).dtype == np.float32
     with pytest.raises(TypeError):
-        dl.normalize_image(np.array([1], np.int64))
+        normalize.normalize_image(np.array([1], np.int64))

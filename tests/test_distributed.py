@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils import distributed
+from utils.training import distributed
 from utils.errors import UNetError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ if cpus > 1:
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * cpus)
 import main
-import utils.runner as runner
+import runtime.assemble as runner
 rank = int(os.environ.get("HOROVOD_RANK", os.environ.get("UNET_TEST_RANK", "0")))
 build = runner.build_unet
 def perturbed_build(spec):

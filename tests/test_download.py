@@ -17,8 +17,9 @@ import pytest
 import tifffile
 
 import download_dataset as dd
-from utils import data_loader
+pass
 from utils.errors import UNetError
+from utils.data import layouts
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -156,7 +157,7 @@ def test_synthetic_flag_writes_a_loadable_layout(tmp_path, capsys):
     argv = ["--synthetic", "--data_dir", str(out), "--num_slices", "2", "--size", "32", "--seed", "7"]
     assert dd.main(argv) == 0
     assert capsys.readouterr().out.count("written (synthetic") == 3
-    data = data_loader.load_training_data(out)
+    data = layouts.load_training_data(out)
     assert len(data) == 2 and data.images[0].shape == (32, 32, 1)
 
 

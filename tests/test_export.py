@@ -12,13 +12,16 @@ import tifffile
 
 import main
 from model.unet import UNetSpec, build_unet, is_valid_input_size
-from utils import export
-from utils.config import parse_config
-from utils.data_loader import fold_split, normalize_image
+pass
+from runtime.config import parse_config
+from utils.data.folds import fold_split
+from utils.data.normalize import normalize_image
 from utils.errors import UNetError
-from utils.inference import keras_predictor, predict_images
-from utils.runner import load_training_set, restore_model
-from utils.runtimes import load_exported, load_predictor
+from utils.inference.tiling import keras_predictor, predict_images
+from runtime.assemble import load_training_set, restore_model
+from utils.inference.runtimes import load_exported, load_predictor
+from utils.export import formats
+from utils.export import parity
 
 TILE = 128  # small tiles keep int8 calibration and parity fast; 512 slices need 6 x 6 tiles
 TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--batch_norm", "--dropout", "0",
@@ -52,7 +55,7 @@ def exported(run, export_format, precision) -> pathlib.Path:
     if key not in run["cache"]:
         args = ["--exec_mode", "export", "--export_format", export_format, "--export_precision", precision]
         assert main.main([*args, *run["common"]]) == 0
-        run["cache"][key] = run["dir"] / "export" / export.artifact_name(export_format, precision)
+        run["cache"][key] = run["dir"] / "export" / formats.artifact_name(export_format, precision)
     return run["cache"][key]
 
 
@@ -106,7 +109,7 @@ def test_serving_signature_takes_raw_images_of_two_sizes(run):
 def test_valid_padding_serving_handles_any_size(hw):
     spec = UNetSpec(padding="valid", base_filters=4, depth=2, dropout=0.0)
     model = build_unet(spec)
-    module = export.UNetServingModule(model, spec, context=0)
+    module = formats.UNetServingModule(model, spec, context=0)
     image = np.random.default_rng(3).integers(0, 256, (1, *hw, 1), dtype=np.uint8)
     probs = module.serve(tf.constant(image))["probabilities"].numpy()[0]
     expected = predict_images(keras_predictor(model), spec, [normalize_image(image[0])], max_tile_size=WHOLE_IMAGE)[0]
@@ -115,7 +118,7 @@ def test_valid_padding_serving_handles_any_size(hw):
 
 
 def test_tftrt_without_tensorrt_is_one_clear_error(run, capsys):
-    if not export.tensorrt_problems():
+    if not formats.tensorrt_problems():
         pytest.skip("this TensorFlow has TensorRT and a GPU: TF-TRT export can run here")
     args = ["--exec_mode", "export", "--export_format", "tftrt", "--export_precision", "int8", *run["common"]]
     assert main.main(args) == 2
@@ -130,7 +133,7 @@ def test_failed_parity_leaves_no_artifact(run, tmp_path, monkeypatch):
     # neither the artefact, nor its metadata, nor a staging folder.
     shutil.copytree(run["dir"] / "checkpoints", tmp_path / "checkpoints")
     shutil.copy(run["dir"] / "model.json", tmp_path / "model.json")
-    monkeypatch.setitem(export.PARITY_THRESHOLDS, "fp16", 1.01)
+    monkeypatch.setitem(parity.PARITY_THRESHOLDS, "fp16", 1.01)
     args = ["--exec_mode", "export", "--export_format", "tflite", "--export_precision", "fp16",
             *run["common"], "--model_dir", str(tmp_path)]
     assert main.main(args) == 2
@@ -169,7 +172,7 @@ def test_fixed_tile_runtime_rejects_another_tile_size(run):
                                                      ("packed", "fp32")])
 def test_unavailable_combinations_fail_before_any_work(export_format, precision):
     with pytest.raises(UNetError, match=export_format):
-        export.check_export_request(export_format, precision)
+        formats.check_export_request(export_format, precision)
 
 
 def test_load_errors_name_the_path(tmp_path):
@@ -187,14 +190,14 @@ def test_load_errors_name_the_path(tmp_path):
 @pytest.mark.parametrize("before,after", [(0, 0), (2, 1), (5, 9), (20, 3)])
 def test_mirror_pad_matches_numpy_reflect(length, before, after):
     x = np.arange(length * 4, dtype=np.float32).reshape(1, length, 4, 1)
-    got = export.mirror_pad(tf.constant(x), before, after, 3, 6).numpy()
+    got = formats.mirror_pad(tf.constant(x), before, after, 3, 6).numpy()
     np.testing.assert_array_equal(got, np.pad(x, ((0, 0), (before, after), (3, 6), (0, 0)), mode="reflect"))
 
 
 @pytest.mark.parametrize("spec", [UNetSpec(padding="valid", depth=2), UNetSpec(padding="valid"),
                                   UNetSpec(padding="same", depth=3)])
 def test_valid_size_progression_lists_exactly_the_valid_sizes(spec):
-    first, step = export.valid_size_progression(spec)
+    first, step = formats.valid_size_progression(spec)
     for size in range(1, first + 6 * step):
         assert is_valid_input_size(spec, size) == (size >= first and (size - first) % step == 0), size
 
@@ -202,13 +205,13 @@ def test_valid_size_progression_lists_exactly_the_valid_sizes(spec):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_in_graph_normalization_is_normalize_image(dtype):
     image = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, (5, 7, 1), dtype=dtype)
-    np.testing.assert_array_equal(export.normalize_integer_images(tf.constant(image)).numpy(), normalize_image(image))
+    np.testing.assert_array_equal(formats.normalize_integer_images(tf.constant(image)).numpy(), normalize_image(image))
 
 
 def test_compare_probabilities_by_hand():
     ref = np.array([[[0.9, 0.1], [0.4, 0.6]]], np.float32)      # labels 0, 1
     cand = np.array([[[0.8, 0.2], [0.55, 0.45]]], np.float32)   # labels 0, 0
-    report = export.compare_probabilities([ref], [cand], threshold=0.5)
+    report = parity.compare_probabilities([ref], [cand], threshold=0.5)
     assert report.label_agreement == 0.5 and report.pixels == 2 and report.passed
     assert report.max_abs_prob_diff == pytest.approx(0.15)
     assert report.mean_abs_prob_diff == pytest.approx((0.1 + 0.1 + 0.15 + 0.15) / 4)

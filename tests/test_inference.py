@@ -4,7 +4,7 @@ import pytest
 
 from model.unet import UNetSpec
 from utils.errors import UNetError
-from utils.inference import TilePlan, plan_tiles, predict_tiles, tile_starts, tiled_predict
+from utils.inference.tiling import TilePlan, plan_tiles, predict_tiles, tile_starts, tiled_predict
 
 
 def pointwise_probs(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""utils.losses against TensorFlow's own cross-entropy and a NumPy soft-Dice reference."""
+"""utils.training.losses against TensorFlow's own cross-entropy and a NumPy soft-Dice reference."""
 import numpy as np
 import pytest
 
@@ -6,7 +6,7 @@ import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from utils.errors import UNetError
-from utils.losses import cross_entropy_dice_loss
+from utils.training.losses import cross_entropy_dice_loss
 
 NUM_CLASSES = 3
 

@@ -1,4 +1,4 @@
-"""utils.metrics against hand-computed values, a plain NumPy reference and scikit-image."""
+"""utils.score.metrics against hand-computed values, a plain NumPy reference and scikit-image."""
 import json
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import tifffile
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from utils import metrics
+from utils.score import metrics
 from utils.errors import UNetError
 
 

@@ -9,8 +9,9 @@ import utils  # noqa: F401
 import tf_keras as keras
 
 from model.packing import code_offset_and_stride, load_packed, pack_bits, save_packed, unpack_bits
-from model.quantization import (QUANTIZED_LAYERS, QuantizationConfig, QuantSpec,
-                                model_storage_report, quantize_unet, quantized_codes)
+from model.quantized_layers import QUANTIZED_LAYERS
+from model.quantizers import QuantizationConfig, QuantSpec, quantized_codes
+from model.quantization import model_storage_report, quantize_unet
 from utils.errors import UNetError
 
 

@@ -1,7 +1,7 @@
 """The training input stream: a pure function of (seed, step), aligned crops, exact sharding."""
 import numpy as np
 
-from utils.pipeline import CropGeometry, make_train_dataset, pad_stack
+from utils.data.pipeline import CropGeometry, make_train_dataset, pad_stack
 
 
 def toy_data(n=5, hw=(40, 36)):

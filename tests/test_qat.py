@@ -11,7 +11,8 @@ import tf_keras as keras
 
 from model.qat import (NoOpQuantizeConfig, convert_qat_to_tflite, load_qat_model, quantize_model_qat,
                        run_tflite, save_qat_model)
-from model.quantization import QuantizationConfig, quantize_unet
+from model.quantizers import QuantizationConfig
+from model.quantization import quantize_unet
 from utils.errors import UNetError
 
 SIZE = 64

@@ -8,9 +8,9 @@ import utils  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from model.quantization import (QuantConv2D, QuantConv2DTranspose, QuantizationConfig, QuantSpec,
-                                boundary_convs, model_storage_report, quantize_fixed, quantize_int,
-                                quantize_unet, weight_storage_bits)
+from model.quantized_layers import QuantConv2D, QuantConv2DTranspose
+from model.quantizers import QuantizationConfig, QuantSpec, quantize_fixed, quantize_int
+from model.quantization import boundary_convs, model_storage_report, quantize_unet, weight_storage_bits
 from utils.errors import UNetError
 
 

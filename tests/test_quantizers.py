@@ -9,9 +9,8 @@ from hypothesis.extra import numpy as hnp
 import utils  # noqa: F401
 import tensorflow as tf
 
-from model.quantization import (QuantizationConfig, QuantSpec, dequantize_codes, get_quantizer,
-                                quantize_binary, quantize_fixed, quantize_int, quantize_none,
-                                quantize_ternary, quantized_codes, weight_storage_bits)
+from model.quantizers import QuantizationConfig, QuantSpec, dequantize_codes, get_quantizer, quantize_binary, quantize_fixed, quantize_int, quantize_none, quantize_ternary, quantized_codes
+from model.quantization import weight_storage_bits
 from utils.errors import UNetError
 
 

@@ -1,4 +1,4 @@
-"""utils.synthetic: geometry helpers against independent references, and the generated stacks."""
+"""utils.data.synthetic: geometry helpers against independent references, and the generated stacks."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,9 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage import transform
 
-from utils import data_loader, synthetic
+from utils.data import synthetic
 from utils.errors import UNetError
+from utils.data import layouts
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +117,10 @@ def test_written_layout_goes_through_the_loader(tmp_path):
     written = synthetic.write_isbi_layout(tmp_path / "syn", num_slices=3, size=48, seed=4)
     assert sorted(written) == ["test-volume.tif", "train-labels.tif", "train-volume.tif"]
     images, labels = synthetic.make_em_stack(num_slices=3, size=48, seed=4)
-    data = data_loader.load_training_data(tmp_path / "syn")
+    data = layouts.load_training_data(tmp_path / "syn")
     assert data.class_names == ("membrane", "interior") and len(data) == 3
     np.testing.assert_array_equal(np.stack(data.images)[..., 0], images)
     np.testing.assert_array_equal(np.stack(data.masks), (labels == 255).astype(np.uint8))
-    test = data_loader.load_test_data(tmp_path / "syn")
+    test = layouts.load_test_data(tmp_path / "syn")
     assert len(test) == 3 and not np.array_equal(test.images[0], data.images[0])
     assert sorted(p.name for p in (tmp_path / "syn").iterdir()) == sorted(written)  # no temp files left

@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 import main
-from utils import checkpoint as ckpt
-from utils.config import parse_config
+from utils.training import checkpoint as ckpt
+from runtime.config import parse_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--batch_norm", "--dropout", "0",
@@ -83,9 +83,10 @@ def test_refuses_to_train_over_an_existing_checkpoint(tmp_path, isbi_data_dir, c
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, isbi_data_dir, monkeypatch):
-    import utils.training as training
-    from utils.runner import make_logger, run_training
-    from utils import distributed
+    import utils.training.loop as training
+    from runtime.assemble import make_logger
+    from runtime.modes import run_training
+    from utils.training import distributed
 
     original = training.cross_entropy_dice_loss
     calls = tf.Variable(0)

@@ -1,9 +1,10 @@
 """Weight histograms (operation_mode: visualize) show the kernels the forward pass really uses."""
 import numpy as np
 
-from model.quantization import QuantizationConfig, quantize_unet
+from model.quantizers import QuantizationConfig
+from model.quantization import quantize_unet
 from model.unet import UNetSpec, build_unet
-from utils.visualize import conv_kernels, write_weight_histograms
+from runtime.visualize import conv_kernels, write_weight_histograms
 
 
 def test_histograms_of_a_q04_model(tmp_path):

@@ -1,4 +1,4 @@
-"""utils.warp against scipy.ndimage: bilinear/nearest warps, mirrored and zero borders, affine maps,
+"""utils.data.warp against scipy.ndimage: bilinear/nearest warps, mirrored and zero borders, affine maps,
 and the statistics of the paper's coarse-grid displacement field."""
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import tensorflow as tf
 from scipy import ndimage
 
 from utils.errors import UNetError
-from utils.warp import affine_flow, coarse_displacement, dense_image_warp
+from utils.data.warp import affine_flow, coarse_displacement, dense_image_warp
 
 SCIPY_MODE = {"reflect": "mirror", "constant": "grid-constant"}
 SHAPES = [(16, 16), (13, 21), (1, 9)]  # square, non-square, single-row (mirror period 0)

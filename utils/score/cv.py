@@ -1,6 +1,6 @@
 """Cross-validation summary: mean +- standard deviation of each fold's held-out metrics.
 
-    python -m utils.fold_summary RESULTS_DIR
+    python -m utils.score.cv RESULTS_DIR
 
 reads RESULTS_DIR/fold_<k>/eval_results.json (written by train_and_evaluate for fold k, see
 examples/unet_TRAIN_FULL.sh), prints one row per fold and a mean +- std row, and writes the same
@@ -79,7 +79,7 @@ def format_table(results: Mapping[int, Mapping[str, Any]], summary: Mapping[str,
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m utils.fold_summary RESULTS_DIR", file=sys.stderr)
+        print("usage: python -m utils.score.cv RESULTS_DIR", file=sys.stderr)
         return 2
     try:
         results = read_fold_results(args[0])

@@ -54,7 +54,7 @@ def machine_description() -> str:
 
 
 def _fold_spread(model_dir: pathlib.Path) -> str | None:
-    from utils.fold_summary import read_fold_results, summarize
+    from utils.score.cv import read_fold_results, summarize
 
     try:
         results = read_fold_results(model_dir.parent)

@@ -3,12 +3,12 @@
 Every format is built from one `UNetServingModule`, so every format computes the same thing:
 
 - `tile` (float32 tiles (B, T, T, C) in [0, 1] -> {"probabilities": (B, O, O, K) float32}): the
-  network plus softmax, i.e. a `utils.inference.Predictor`. ONNX, TFLite and TF-TRT are converted
-  from it, and `utils.runtimes` runs every artefact through `utils.inference.predict_images`, the
+  network plus softmax, i.e. a `utils.inference.tiling.Predictor`. ONNX, TFLite and TF-TRT are converted
+  from it, and `utils.inference.runtimes` runs every artefact through `utils.inference.predict_images`, the
   same overlap-tile path as the Keras model.
 - `serving_default` (SavedModel only; raw images (B, H, W, C) uint8 (uint16 if the training data
   was) of any H, W -> {"probabilities": (B, H, W, K) float32, "labels": (B, H, W) class ids}):
-  normalization inside (the rule of `utils.data_loader.normalize_image`), then ONE tile covering the
+  normalization inside (the rule of `utils.data.normalize.normalize_image`), then ONE tile covering the
   image, exactly as `utils.inference.tiled_predict` builds it when an image fits one tile: mirror
   padding of margin + context pixels per side (margin = the pixels a valid-padding network loses,
   0 for same padding; context = the zero-padded border a same-padding tile throws away), extra
@@ -24,7 +24,7 @@ Artefacts, under MODEL_DIR/export/ (names from `artifact_name`):
                          integer kernels (float32 input/output), calibrated on training tiles
     tftrt_{fp32,fp16,int8}/         TF-TRT SavedModel of `tile` (needs TensorFlow built with TensorRT)
     export.json          per artefact: UNetSpec, class names, tile size, precision, checkpoint step,
-                         parity results; what `utils.runtimes` needs to plan tiles.
+                         parity results; what `utils.inference.runtimes` needs to plan tiles.
 
 Parity: after writing an artefact, the held-out fold's training slices are predicted through the
 tiled path by the Keras model and by the artefact; the predicted labels must agree on >= 99.5 % of
@@ -44,22 +44,38 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 
 from model.blocks import POOL_SIZE
 from model.unet import UNetSpec, margin as model_margin, smallest_valid_input
 from utils.artifacts import write_json
-from utils.data_loader import normalize_image
 from utils.errors import UNetError
-from utils.inference import keras_predictor, plan_tiles, predict_images
-from utils.runtimes import EXPORT_JSON, PROBABILITIES, TILE_SIGNATURE, load_exported
+from utils.inference.runtimes import EXPORT_JSON, PROBABILITIES, TILE_SIGNATURE
+from utils.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabilities
+from utils.data.normalize import normalize_image
+from utils.inference.tiling import keras_predictor, plan_tiles, predict_images
+from utils.inference.runtimes import load_exported
+
 
 EXPORT_DIR = "export"
+
+
+
 SERVING_SIGNATURE = "serving_default"
+
+
+
 TILE_INPUT = "tiles"
+
+
+
 SERVING_INPUT = "images"
+
+
+
 LABELS = "labels"
+
+
 
 FORMAT_PRECISIONS = {
     "savedmodel": ("fp32",),
@@ -67,14 +83,24 @@ FORMAT_PRECISIONS = {
     "tflite": ("fp32", "fp16", "int8"),
     "tftrt": ("fp32", "fp16", "int8"),
 }
-# Minimum fraction of pixels whose predicted label must equal the Keras model's.
-PARITY_THRESHOLDS = {"fp32": 0.995, "fp16": 0.995, "int8": 0.99}
+
+
+
 CALIBRATION_TILES = 16
+
+
+
 ONNX_OPSET = 17
+
+
+
 _UNBOUNDED_TILE = 1 << 30  # max_tile_size that makes plan_tiles choose one tile per image
+
+
 
 # The largest value of each integer image dtype: normalize_image's one rule per dtype.
 _IMAGE_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
 
 
 # ----------------------------------------------------------------------------- what can be exported
@@ -91,6 +117,7 @@ def artifact_name(export_format: str, precision: str) -> str:
     raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
 
 
+
 def tensorrt_problems() -> list[str]:
     """What is missing for TF-TRT on this machine (empty list: TF-TRT can run)."""
     problems = []
@@ -101,6 +128,7 @@ def tensorrt_problems() -> list[str]:
     if not tf.config.list_physical_devices("GPU"):
         problems.append("no NVIDIA GPU is visible to TensorFlow")
     return problems
+
 
 
 def check_export_request(export_format: str, precision: str) -> None:
@@ -124,8 +152,10 @@ def check_export_request(export_format: str, precision: str) -> None:
                             "pip install -r requirements.txt")
 
 
+
 def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
 
 
 # ----------------------------------------------------------------------------- in-graph tile geometry
@@ -138,12 +168,14 @@ def valid_size_progression(spec: UNetSpec) -> tuple[int, int]:
     return smallest_valid_input(spec, 1), POOL_SIZE ** spec.depth
 
 
+
 def normalize_integer_images(images: tf.Tensor) -> tf.Tensor:
-    """uint8 / 255 or uint16 / 65535 as float32: the in-graph twin of utils.data_loader.normalize_image."""
+    """uint8 / 255 or uint16 / 65535 as float32: the in-graph twin of utils.data.normalize.normalize_image."""
     scale = _IMAGE_SCALE.get(np.dtype(images.dtype.as_numpy_dtype))
     if scale is None:
         raise UNetError(f"serving images must be uint8 or uint16, got {images.dtype.name}")
     return tf.cast(images, tf.float32) / tf.constant(scale, tf.float32)
+
 
 
 def reflect_indices(length: tf.Tensor, before: tf.Tensor, after: tf.Tensor) -> tf.Tensor:
@@ -159,6 +191,7 @@ def reflect_indices(length: tf.Tensor, before: tf.Tensor, after: tf.Tensor) -> t
     return tf.where(folded >= length, period - folded, folded)
 
 
+
 def mirror_pad(images: tf.Tensor, top: tf.Tensor, bottom: tf.Tensor, left: tf.Tensor,
                right: tf.Tensor) -> tf.Tensor:
     """Mirror-pad (B, H, W, C) images by the given pixel counts (np.pad "reflect" semantics)."""
@@ -166,6 +199,7 @@ def mirror_pad(images: tf.Tensor, top: tf.Tensor, bottom: tf.Tensor, left: tf.Te
     rows = reflect_indices(shape[1], top, bottom)
     cols = reflect_indices(shape[2], left, right)
     return tf.gather(tf.gather(images, rows, axis=1), cols, axis=2)
+
 
 
 class UNetServingModule(tf.Module):
@@ -221,6 +255,7 @@ class UNetServingModule(tf.Module):
         return {PROBABILITIES: probs, LABELS: tf.cast(tf.argmax(probs, axis=-1), self._label_dtype)}
 
 
+
 # ----------------------------------------------------------------------------- writers, one per format
 def calibration_tiles(images: Sequence[np.ndarray], tile_size: int, border: int, count: int = CALIBRATION_TILES,
                       seed: int = 0) -> np.ndarray:
@@ -245,11 +280,13 @@ def calibration_tiles(images: Sequence[np.ndarray], tile_size: int, border: int,
     return np.stack(tiles).astype(np.float32)
 
 
+
 def write_savedmodel(module: UNetServingModule, path: pathlib.Path) -> None:
     """SavedModel with the `serving_default` (raw images) and `tile` (float tiles) signatures."""
     tf.saved_model.save(module, str(path), signatures={
         SERVING_SIGNATURE: module.serve.get_concrete_function(),
         TILE_SIGNATURE: module.tile.get_concrete_function()})
+
 
 
 def write_onnx(module: UNetServingModule, path: pathlib.Path) -> None:
@@ -263,6 +300,7 @@ def write_onnx(module: UNetServingModule, path: pathlib.Path) -> None:
         raise UNetError(f"tf2onnx could not convert the model to ONNX ({type(exc).__name__}: {exc})") from exc
 
 
+
 class _TileReader:
     """onnxruntime CalibrationDataReader over calibration tiles, one tile per batch."""
 
@@ -271,6 +309,7 @@ class _TileReader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
+
 
 
 def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.ndarray) -> None:
@@ -291,6 +330,7 @@ def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.nda
                                      weight_type=quantization.QuantType.QInt8)
 
 
+
 def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
                  tiles: np.ndarray | None) -> None:
     """TFLite of `tile` at a fixed tile size: fp32, fp16 (float16 weights) or full-integer int8."""
@@ -306,6 +346,7 @@ def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, 
         # Every kernel integer; the float32 input/output are quantized/dequantized at the ends.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     path.write_bytes(converter.convert())
+
 
 
 def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
@@ -332,6 +373,7 @@ def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, t
         converter.save(str(path))
 
 
+
 def write_artifact(module: UNetServingModule, export_format: str, precision: str, path: pathlib.Path, *,
                    tile_size: int, tiles: np.ndarray | None) -> None:
     """Write one artefact to `path` (a file or a folder, see artifact_name)."""
@@ -346,37 +388,6 @@ def write_artifact(module: UNetServingModule, export_format: str, precision: str
     else:
         raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
 
-
-# ----------------------------------------------------------------------------- parity
-@dataclasses.dataclass(frozen=True)
-class ParityReport:
-    """How an artefact's predictions compare with the Keras model's on the same images."""
-
-    label_agreement: float      # fraction of pixels with the same argmax class
-    max_abs_prob_diff: float    # largest |p_export - p_keras| over pixels and classes
-    mean_abs_prob_diff: float
-    threshold: float            # required label_agreement
-    pixels: int
-
-    @property
-    def passed(self) -> bool:
-        return self.label_agreement >= self.threshold
-
-
-def compare_probabilities(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
-                          threshold: float) -> ParityReport:
-    """Parity of two lists of (H, W, K) probability maps (same shapes, pairwise)."""
-    same = total = 0
-    max_diff, sum_diff, count = 0.0, 0.0, 0
-    for ref, cand in zip(reference, candidate, strict=True):
-        if ref.shape != cand.shape:
-            raise UNetError(f"exported model output shape {cand.shape} differs from the Keras model's {ref.shape}")
-        same += int(np.count_nonzero(ref.argmax(-1) == cand.argmax(-1)))
-        total += ref.shape[0] * ref.shape[1]
-        diff = np.abs(ref.astype(np.float64) - cand)
-        max_diff, sum_diff, count = max(max_diff, float(diff.max())), sum_diff + float(diff.sum()), count + diff.size
-    return ParityReport(label_agreement=same / total, max_abs_prob_diff=max_diff,
-                        mean_abs_prob_diff=sum_diff / count, threshold=threshold, pixels=total)
 
 
 # ----------------------------------------------------------------------------- the entry point
@@ -393,6 +404,7 @@ class ExportInputs:
     tile_size: int
     context: int
     max_tile_size: int = 1024
+
 
 
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,
@@ -451,6 +463,7 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     return entry
 
 
+
 def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[str, Any],
                    inputs: ExportInputs) -> dict[str, ParityReport]:
     """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving")."""
@@ -480,6 +493,7 @@ def record_artifact(export_dir: pathlib.Path, entry: dict[str, Any]) -> pathlib.
     return write_json(path, {"artifacts": artifacts})
 
 
+
 def read_export_json(path: pathlib.Path) -> dict[str, dict[str, Any]]:
     """The artefact entries of an export.json ({} if the file does not exist)."""
     if not path.is_file():
@@ -490,6 +504,7 @@ def read_export_json(path: pathlib.Path) -> dict[str, dict[str, Any]]:
         raise UNetError(f"{path} is corrupt ({exc}); delete it and export again") from None
 
 
+
 def _remove(path: pathlib.Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -497,105 +512,9 @@ def _remove(path: pathlib.Path) -> None:
         path.unlink()
 
 
+
 def _size_bytes(path: pathlib.Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
-
-def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
-    """--exec_mode export: the checkpoint of cfg.model_dir -> MODEL_DIR/export/<artefact> + export.json."""
-    from utils.data_loader import fold_split
-    from utils.runner import load_training_set, restore_model
-
-    if cfg.model_path:
-        raise UNetError(f"--model_path={cfg.model_path}: export reads model_dir's checkpoint "
-                        "(--model_dir, --checkpoint); --model_path is for predict/evaluate/benchmark")
-    if cfg.export_format == "packed":
-        return run_packed_export(cfg, logger)
-    check_export_request(cfg.export_format, cfg.export_precision)
-    model, spec, info = restore_model(cfg)
-    data = load_training_set(cfg)
-    if tuple(data.class_names) != tuple(info.class_names):
-        raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
-    train_idx, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
-    largest = (max(im.shape[0] for im in data.images), max(im.shape[1] for im in data.images))
-    plan = plan_tiles(spec, largest, tile_size=cfg.tile_size, max_tile_size=cfg.max_tile_size,
-                      context=cfg.tile_context)
-    inputs = ExportInputs(parity_images=[data.images[i] for i in val_idx],
-                          calibration_images=[normalize_image(data.images[i]) for i in train_idx],
-                          tile_size=plan.tile_size, context=plan.context, max_tile_size=cfg.max_tile_size)
-    entry = export_model(model, spec, info.class_names, pathlib.Path(cfg.model_dir) / EXPORT_DIR,
-                         cfg.export_format, cfg.export_precision, inputs,
-                         extra={"checkpoint": cfg.checkpoint, "step": info.extra.get("step"),
-                                "parity_images": [data.names[i] for i in val_idx]})
-    for key, report in entry.get("parity", {}).items():
-        logger.log("EXPORT", {"artifact": entry["file"], "check": key, "label_agreement": report["label_agreement"],
-                              "max_abs_prob_diff": report["max_abs_prob_diff"], "threshold": report["threshold"]})
-    entry = finish_artifact(cfg, entry, entry["parity_tile_size"], spec.in_channels)
-    logger.log("EXPORT", {"artifact": str(pathlib.Path(cfg.model_dir) / EXPORT_DIR / entry["file"]),
-                          "format": entry["format"], "precision": entry["precision"],
-                          "tile_size": entry["parity_tile_size"], "size_bytes": entry["size_bytes"],
-                          "latency_ms_median": entry["latency"]["median_ms"]})
-    return entry
-
-
-def finish_artifact(cfg: Any, entry: dict[str, Any], tile_size: int, channels: int) -> dict[str, Any]:
-    """Time the written artefact on one tile, record that in export.json, and rewrite the model card."""
-    from utils.model_card import measure_latency_ms, write_model_card
-
-    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
-    exported = load_exported(export_dir / entry["file"])
-    tile = np.random.default_rng(0).random((1, tile_size, tile_size, channels), dtype=np.float32)
-    entry = {**entry, "latency": measure_latency_ms(exported, tile)}
-    record_artifact(export_dir, entry)
-    write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON))
-    return entry
-
-
-def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
-    """--export_format packed: a quantized model's weights bit-packed at their bit width (model/packing.py).
-
-    The reported size is the file's size on disk, next to the float32 weights of the same network
-    written the same way; the reloaded model must reproduce the fake-quantized model exactly.
-    """
-    from model.packing import load_packed, save_packed
-    from model.quantization import QuantizationConfig
-    from utils.runner import restore_model
-
-    model, spec, info = restore_model(cfg)
-    qconfig = info.extra.get("quantization_config")
-    if not qconfig or qconfig.get("quantization") in ("NONE", "QAT_INT8"):
-        raise UNetError(f"--export_format=packed: {cfg.model_dir} holds a "
-                        f"{(qconfig or {}).get('quantization', 'float')} model; packing needs a FIXED, INT, BNN "
-                        "or TERNARY model (train with --quantization ...); for QAT_INT8 export tflite int8")
-    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
-    export_dir.mkdir(parents=True, exist_ok=True)
-    path = export_dir / "model_packed.npz"
-    save_packed(model, QuantizationConfig.from_mapping(qconfig), path)
-    float_bytes = _float32_weights_bytes(model, export_dir / ".model_fp32_reference.npz")
-    size = smallest_valid_input(spec, 32)
-    tile = np.random.default_rng(0).random((1, size, size, spec.in_channels), dtype=np.float32)
-    max_diff = float(np.max(np.abs(load_packed(path)(tile).numpy() - model(tile).numpy())))
-    if max_diff > 1e-5:
-        raise UNetError(f"{path}: the reloaded packed model differs from the trained one by {max_diff}")
-    entry = {"file": path.name, "format": "packed", "precision": qconfig["quantization"],
-             "spec": dataclasses.asdict(spec), "class_names": list(info.class_names), "tile_size": None,
-             "size_bytes": path.stat().st_size, "float32_weights_bytes": float_bytes,
-             "size_ratio_vs_float32": float_bytes / path.stat().st_size, "max_abs_logit_diff": max_diff,
-             "quantization_config": qconfig, "step": info.extra.get("step")}
-    record_artifact(export_dir, entry)
-    entry = finish_artifact(cfg, entry, size, spec.in_channels)
-    logger.log("EXPORT", {"artifact": str(path), "format": "packed", "size_bytes": entry["size_bytes"],
-                          "float32_weights_bytes": float_bytes,
-                          "size_ratio_vs_float32": round(entry["size_ratio_vs_float32"], 3)})
-    return entry
-
-
-def _float32_weights_bytes(model: Any, scratch: pathlib.Path) -> int:
-    """Bytes of the model's weights written as float32 in the same container (architecture + npz)."""
-    from model.packing import save_float32
-
-    size = save_float32(model, scratch)
-    scratch.unlink()
-    return size

@@ -25,47 +25,32 @@ import dataclasses
 import os
 import pathlib
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 
 from model.complexity import total_macs
 from model.unet import UNetSpec, build_unet
 from utils.artifacts import write_json
-from utils.config import Config
+from runtime.config import Config
 from utils.errors import UNetError
+from utils.timing import latency_stats, throughput, time_steps
+
 
 RESULTS_FILE = "benchmark_results.json"
-PERCENTILES = (50, 90, 95, 99)
+
+
+
 # Backward pass ~ 2 forward passes (gradients w.r.t. activations and w.r.t. weights).
 TRAIN_FORWARD_EQUIVALENTS = 3
+
+
+
 # FMA units per core are not visible in /proc/cpuinfo; server x86 cores since Haswell/Zen 2 have two.
 FMA_UNITS_ASSUMED = 2
 
 
-# --------------------------------------------------------------------------- statistics (pure)
-
-def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
-    """Mean and p50/p90/p95/p99 of per-step wall times; input in seconds, output in milliseconds."""
-    ms = np.asarray(seconds, np.float64) * 1e3
-    if ms.size == 0:
-        raise ValueError("no timed steps")
-    stats = {"latency_ms_mean": float(ms.mean())}
-    for p in PERCENTILES:
-        stats[f"latency_ms_p{p}"] = float(np.percentile(ms, p))
-    return stats
-
-
-def throughput(images_per_step: int, seconds: Sequence[float]) -> dict[str, float]:
-    """img_per_s: all images / all time; img_per_s_step_mean: mean over steps of images / step time."""
-    s = np.asarray(seconds, np.float64)
-    return {"img_per_s": float(images_per_step * s.size / s.sum()),
-            "img_per_s_step_mean": float(np.mean(images_per_step / s))}
-
-
-# --------------------------------------------------------------------------- CPU peak (pure + probe)
 
 @dataclasses.dataclass(frozen=True)
 class CpuPeak:
@@ -103,6 +88,7 @@ class CpuPeak:
                 "derivation": self.derivation()}
 
 
+
 def parse_cpuinfo(text: str) -> list[dict[str, str]]:
     """/proc/cpuinfo text -> one {field: value} dict per logical processor."""
     processors, current = [], {}
@@ -119,6 +105,7 @@ def parse_cpuinfo(text: str) -> list[dict[str, str]]:
     return processors
 
 
+
 def vector_isa(flags: Iterable[str]) -> tuple[str, int, bool]:
     """(name, float32 lanes, has FMA) of the widest floating-point vector extension in `flags`."""
     flags = set(flags)
@@ -129,6 +116,7 @@ def vector_isa(flags: Iterable[str]) -> tuple[str, int, bool]:
     if "avx" in flags:
         return "avx", 8, False
     return "sse", 4, False
+
 
 
 def cpu_peak_from_cpuinfo(text: str, usable: set[int] | None = None) -> CpuPeak | None:
@@ -149,12 +137,14 @@ def cpu_peak_from_cpuinfo(text: str, usable: set[int] | None = None) -> CpuPeak 
                    clock_source="/proc/cpuinfo cpu MHz")
 
 
+
 def this_cpu_peak() -> CpuPeak | None:
     try:
         text = pathlib.Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
     return cpu_peak_from_cpuinfo(text, set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+
 
 
 def measured_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
@@ -171,22 +161,6 @@ def measured_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
     return 2.0 * n ** 3 / best / 1e9
 
 
-# --------------------------------------------------------------------------- timing
-
-def time_steps(step: Callable[[int], Any], warmup: int, steps: int) -> list[float]:
-    """Run step(i) for i in 0..warmup+steps-1; return the wall times (s) of the last `steps` calls.
-
-    `step` must return only when its work is done (e.g. after copying a result to the host).
-    """
-    for i in range(warmup):
-        step(i)
-    times = []
-    for i in range(warmup, warmup + steps):
-        start = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - start)
-    return times
-
 
 def resolve_mode(cfg: Config) -> str:
     """'train' or 'predict': --benchmark_mode with --exec_mode benchmark, else the exec mode itself."""
@@ -198,16 +172,18 @@ def resolve_mode(cfg: Config) -> str:
                     "(or use --exec_mode benchmark --benchmark_mode train|predict)")
 
 
+
 def benchmark_spec(cfg: Config, in_channels: int = 1) -> UNetSpec:
     return UNetSpec(n_classes=cfg.num_classes or 2, in_channels=in_channels, base_filters=cfg.base_filters,
                     depth=cfg.depth, padding=cfg.padding, batch_norm=cfg.batch_norm, dropout=cfg.dropout)
 
 
+
 def _train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any]]:
-    from utils.pipeline import make_train_dataset
-    from utils.runner import check_crop_size, load_training_set, make_augment
-    from utils.data_loader import normalize_image
-    from utils.training import make_optimizer, make_train_step
+    from utils.data.pipeline import make_train_dataset
+    from runtime.assemble import check_crop_size, load_training_set, make_augment
+    from utils.data.normalize import normalize_image
+    from utils.training.loop import make_optimizer, make_train_step
 
     data = load_training_set(cfg) if cfg.bench_input == "real" else None
     spec = benchmark_spec(cfg, int(data.images[0].shape[-1]) if data else 1)
@@ -243,13 +219,14 @@ def _train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any
                    "workers": dist.size, "distribution": dist.name, "spec": dataclasses.asdict(spec)}
 
 
+
 def _predictor(cfg: Config, in_channels: int) -> tuple[UNetSpec, Any, Any, int | None]:
     """(spec, predictor, Keras model whose MACs are counted, fixed tile or None): the network built from
     the flags with random weights, or an exported model (--model_path) run by its own runtime."""
-    from utils.inference import keras_predictor
+    from utils.inference.tiling import keras_predictor
 
     if cfg.model_path:
-        from utils.runtimes import load_exported
+        from utils.inference.runtimes import load_exported
 
         exported = load_exported(cfg.model_path)
         return exported.spec, exported, build_unet(exported.spec), exported.tile_size_for(cfg.tile_size)
@@ -258,10 +235,12 @@ def _predictor(cfg: Config, in_channels: int) -> tuple[UNetSpec, Any, Any, int |
     return spec, keras_predictor(model), model, cfg.tile_size
 
 
+
 def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
-    from utils.data_loader import load_test_data, normalize_image
-    from utils.inference import plan_tiles, tile_starts, tiled_predict
-    from utils.runner import check_crop_size
+    from utils.data.layouts import load_test_data
+    from utils.data.normalize import normalize_image
+    from utils.inference.tiling import plan_tiles, tile_starts, tiled_predict
+    from runtime.assemble import check_crop_size
 
     if cfg.bench_input == "real":
         data = load_test_data(cfg.data_dir, input_path=cfg.input)
@@ -291,6 +270,7 @@ def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
     return times, {"images_per_step": cfg.batch_size, "latency_per": "batch", "input_size": size,
                    "output_size": geometry.output_size, "gflop_per_img": 2 * total_macs(model, (size, size)) / 1e9,
                    "flop_count": "forward", "spec": dataclasses.asdict(spec)}
+
 
 
 def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
@@ -333,3 +313,4 @@ def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
     if dist.is_chief:
         write_json(pathlib.Path(cfg.model_dir) / RESULTS_FILE, results)
     return results
+

@@ -61,7 +61,7 @@ class Config:
                            "intensity, noise (--no-augment: random crops only)")
     augment_params: str | None = _field(None, "augmentation probabilities/strengths as key=value pairs, e.g. "
                                         "'elastic_prob=0.8,elastic_sigma=12,scale_range=0.9:1.1' (keys: "
-                                        "utils.augment.AugmentConfig; in YAML also a mapping)")
+                                        "utils.data.augment.AugmentConfig; in YAML also a mapping)")
     resume_training: bool = _field(False, "continue from model_dir/checkpoints/last.npz")
     log_every: int = _field(10, "log loss and throughput every N steps")
     evaluate_every: int = _field(0, "evaluate on the held-out fold every N steps (0: at the end only)")
@@ -161,8 +161,8 @@ def parse_augment_params(text: str) -> dict[str, Any]:
 
 
 def augment_config(cfg: "Config") -> Any:
-    """The utils.augment.AugmentConfig for this run: defaults, overridden by --augment_params."""
-    from utils.augment import AugmentConfig  # imports TensorFlow: only when augmentation is configured
+    """The utils.data.augment.AugmentConfig for this run: defaults, overridden by --augment_params."""
+    from utils.data.augment import AugmentConfig  # imports TensorFlow: only when augmentation is configured
 
     params = parse_augment_params(cfg.augment_params or "")
     known = {f.name for f in dataclasses.fields(AugmentConfig)}

@@ -1,6 +1,6 @@
 """The compression study: which variant should I deploy? One command, one table, one plot.
 
-    python -m utils.study --config examples/study_cpu.yaml --data_dir DATA --results_dir RESULTS
+    python -m runtime.study --config examples/study_cpu.yaml --data_dir DATA --results_dir RESULTS
 
 The YAML file has `base:` (main.py flags shared by every variant) and `variants:` (a list; each has a
 `name` and the flags it changes: quantization grid, Tucker ranks, AMP, ...). `init_from: "@name"`
@@ -27,9 +27,8 @@ import time
 from typing import Any, Sequence
 
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from utils.artifacts import EVAL_RESULTS, write_json
-from utils.config import Config, read_yaml_file
+from runtime.config import Config, read_yaml_file
 from utils.errors import UNetError, run_cli
 from utils.fileio import atomic_write_text
 
@@ -118,11 +117,11 @@ def deployable(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple
     an int8 TFLite model for QAT_INT8 (run by TFLite: its latency is the int8 kernels'), bit-packed
     weights for fixed-point/INT/BNN/ternary (rebuilt with dequantized float weights, as a deployment
     without integer kernels would run them), float32 weights otherwise (Keras)."""
-    from utils.inference import keras_predictor
+    from utils.inference.tiling import keras_predictor
 
     quantization = info.extra.get("quantization", "NONE")
     if quantization == "QAT_INT8":
-        from utils.runtimes import tflite_predictor
+        from utils.inference.runtimes import tflite_predictor
 
         path, fmt = _stored_file(model, info, out_dir, tile)
         return path, fmt, tflite_predictor(path)
@@ -148,7 +147,7 @@ def _stored_file(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tup
         return path, "tflite int8"
     if quantization != "NONE":
         from model.packing import save_packed
-        from model.quantization import QuantizationConfig
+        from model.quantizers import QuantizationConfig
 
         path = export / "model_packed.npz"
         save_packed(model, QuantizationConfig.from_mapping(info.extra["quantization_config"]), path)
@@ -166,8 +165,8 @@ def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tu
     import numpy as np
 
     from model.complexity import total_macs, total_params
-    from utils.inference import plan_tiles
-    from utils.runner import load_trained
+    from utils.inference.tiling import plan_tiles
+    from runtime.assemble import load_trained
 
     loaded = {}
     for v in variants:

@@ -20,7 +20,6 @@ Usage:
 """
 from __future__ import annotations
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 
 from utils.errors import UNetError

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from utils.errors import UNetError

@@ -1,4 +1,4 @@
-"""Exported models as `utils.inference.Predictor`s: SavedModel (and TF-TRT), ONNX Runtime, TFLite.
+"""Exported models as `utils.inference.tiling.Predictor`s: SavedModel (and TF-TRT), ONNX Runtime, TFLite.
 
 Every runtime runs the exported `tile` function: float32 tiles (B, T, T, C) in [0, 1] -> float32
 probabilities (B, O, O, K), exactly what `keras_predictor` returns for the Keras model, so
@@ -25,7 +25,7 @@ import numpy as np
 from model.unet import UNetSpec
 from utils.artifacts import ModelInfo
 from utils.errors import UNetError
-from utils.inference import Predictor
+from utils.inference.tiling import Predictor
 
 EXPORT_JSON = "export.json"
 TILE_SIGNATURE = "tile"
@@ -156,7 +156,7 @@ def _from_tensor_dtype(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
 def packed_predictor(path: str | os.PathLike) -> Predictor:
     """A bit-packed quantized model (model/packing.py), rebuilt as a Keras model."""
     from model.packing import load_packed
-    from utils.inference import keras_predictor
+    from utils.inference.tiling import keras_predictor
 
     return keras_predictor(load_packed(path))
 
@@ -229,6 +229,6 @@ def as_predictor(model: Any, tile_size: int | None) -> tuple[Predictor, int | No
     """(Predictor, tile size) for a Keras model or an ExportedModel, for utils.inference.predict_images."""
     if isinstance(model, ExportedModel):
         return model, model.tile_size_for(tile_size)
-    from utils.inference import keras_predictor
+    from utils.inference.tiling import keras_predictor
 
     return keras_predictor(model), tile_size

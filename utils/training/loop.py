@@ -1,8 +1,8 @@
 """The one training loop (every exec mode and every model variant goes through it).
 
 Custom `tf.function` step with GradientTape, so Horovod's and tf.distribute's gradient reductions fit
-the same loop (utils.distributed). Checkpoints are single atomic files (utils.checkpoint); the input
-stream is a pure function of (seed, step) (utils.pipeline), so `--resume_training` after a crash or
+the same loop (utils.training.distributed). Checkpoints are single atomic files (utils.training.checkpoint); the input
+stream is a pure function of (seed, step) (utils.data.pipeline), so `--resume_training` after a crash or
 SIGKILL continues to the same weights as a run that was never interrupted.
 """
 from __future__ import annotations
@@ -11,17 +11,37 @@ import dataclasses
 import math
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from utils import checkpoint as ckpt
-from utils.config import Config
+from utils.training import checkpoint as ckpt
 from utils.errors import UNetError
-from utils.losses import cross_entropy_dice_loss
-from utils.pipeline import AugmentFn, CropGeometry, make_train_dataset
+from utils.training.losses import cross_entropy_dice_loss
+from utils.data.pipeline import AugmentFn, CropGeometry, make_train_dataset
+
+
+class TrainSettings(Protocol):
+    """The settings the loop reads (runtime.config.Config provides them; the loop never imports it)."""
+
+    model_dir: str
+    resume_training: bool
+    fold: int
+    max_steps: int
+    batch_size: int
+    seed: int
+    dice_weight: float
+    xla: bool
+    log_every: int
+    evaluate_every: int
+    checkpoint_every: int
+    learning_rate: float
+    lr_scaling: str
+    warmup_steps: int
+    lr_schedule: str
+    weight_decay: float
 
 
 class TrainingDiverged(UNetError):
@@ -59,7 +79,7 @@ def scaled_learning_rate(base: float, world_size: int, rule: str) -> float:
     return base * factor
 
 
-def make_optimizer(cfg: Config, world_size: int = 1) -> keras.optimizers.Optimizer:
+def make_optimizer(cfg: TrainSettings, world_size: int = 1) -> keras.optimizers.Optimizer:
     """Adam (AdamW when --weight_decay > 0) on the warm-up schedule."""
     peak = scaled_learning_rate(cfg.learning_rate, world_size, cfg.lr_scaling)
     schedule = WarmupSchedule(peak, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule)
@@ -105,7 +125,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n
     return dist.compile_step(train_step, xla=xla)
 
 
-def train(cfg: Config, model: keras.Model, *, train_images: list[np.ndarray], train_masks: list[np.ndarray],
+def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarray], train_masks: list[np.ndarray],
           train_names: list[str], geometry: CropGeometry, n_classes: int, logger: Any, dist: Any,
           evaluate: Callable[[keras.Model, int], dict[str, Any]] | None,
           augment: AugmentFn | None, score_key: str = "mean_dice") -> TrainState:

@@ -16,7 +16,7 @@ backend runs the same loop:
                              tf.distribute's coordination service)
 
 Process-level batch: `rank` and `size` count processes, not devices. Every process takes its own
-`--batch_size` images per step from the input stream (utils.pipeline shards by rank), so the global
+`--batch_size` images per step from the input stream (utils.data.pipeline shards by rank), so the global
 batch is size x batch_size and `--lr_scaling` scales by `size`. With MirroredStrategy one process
 drives every local device: its batch is split evenly over them (batch_size must be a multiple of
 the number of local devices), so `mirrored` over 8 GPUs at --batch_size 64 trains like 8 Horovod
@@ -34,7 +34,6 @@ import json
 import os
 from typing import Any, Callable, Iterator, Sequence
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import tensorflow as tf
 
 from utils.errors import UNetError

@@ -1,0 +1,182 @@
+"""What every exec mode assembles from the stages: the logger, the data of a run, its model (new,
+--init_from, restored from model_dir or --model_path) and its transforms. No mode calls another.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+
+import dllogger
+from model.unet import UNetSpec, build_unet, output_size
+from utils.training import checkpoint as ckpt
+from utils.artifacts import (ModelInfo, load_model_info)
+from runtime.config import Config, augment_config
+from utils.data.layouts import SegmentationData, load_training_data
+from utils.errors import UNetError
+from utils.data.pipeline import CropGeometry
+from utils.precision import configure_precision
+from utils.inference.runtimes import load_exported
+
+
+def make_logger(cfg: Config, rank: int) -> dllogger.Logger:
+    """stdout + JSON lines (log_dir/log.json) + TensorBoard (model_dir/tensorboard); rank 0 only."""
+    log_dir = pathlib.Path(cfg.log_dir or cfg.model_dir)
+    backends = [dllogger.StdOutBackend(), dllogger.JSONStreamBackend(str(log_dir / "log.json")),
+                dllogger.TensorBoardBackend(str(pathlib.Path(cfg.model_dir) / "tensorboard"))]
+    return dllogger.Logger(backends, rank=rank)
+
+
+
+def load_training_set(cfg: Config) -> SegmentationData:
+    return load_training_data(cfg.data_dir, image_stack=cfg.image_stack, mask_stack=cfg.mask_stack,
+                              images_dir=cfg.images_dir, masks_dir=cfg.masks_dir, num_classes=cfg.num_classes)
+
+
+
+def make_augment(cfg: Config) -> Any:
+    """The training augmentation (utils.data.augment, set by --augment_params), or None with --no-augment."""
+    if not cfg.augment:
+        return None
+    from utils.data.augment import build_augment_fn
+
+    return build_augment_fn(augment_config(cfg))
+
+
+
+def spec_for(cfg: Config, data: SegmentationData) -> UNetSpec:
+    return UNetSpec(n_classes=len(data.class_names), in_channels=int(data.images[0].shape[-1]),
+                    base_filters=cfg.base_filters, depth=cfg.depth, padding=cfg.padding,
+                    batch_norm=cfg.batch_norm, dropout=cfg.dropout)
+
+
+
+def check_crop_size(spec: UNetSpec, crop_size: int) -> CropGeometry:
+    try:
+        return CropGeometry(crop_size, output_size(spec, crop_size))
+    except UNetError as exc:
+        raise UNetError(f"--crop_size={crop_size}: {exc}") from None
+
+
+
+def model_from_info(info: ModelInfo) -> Any:
+    """The network described by model.json: its stored architecture (any variant: Tucker-compressed,
+    quantized, ...) or, for files without one, the plain U-Net of its spec."""
+    import tf_keras as keras
+
+    architecture = info.extra.get("architecture")
+    if architecture is None:
+        return build_unet(UNetSpec(**info.spec))
+    if info.extra.get("quantization", "NONE") == "QAT_INT8":
+        # TF-MOT's wrappers do not rebuild the same variables from JSON: rebuild the float model and
+        # wrap it again, exactly as training did.
+        from model.qat import quantize_model_qat
+
+        return quantize_model_qat(keras.models.model_from_json(architecture))
+    pass  # noqa: F401  (registers the quantized layers for deserialization)
+
+    return keras.models.model_from_json(architecture)
+
+
+
+def with_global_policy(architecture: str) -> str:
+    """The architecture JSON with every layer's stored dtype policy dropped (the float32 head kept),
+    so the layers take the current global policy: how --amp applies to a model trained in float32.
+    Weights are float32 variables under either policy, so the checkpoint loads unchanged."""
+    import json
+
+    graph = json.loads(architecture)
+    for layer in graph["config"]["layers"]:
+        if layer["config"].get("name") != "head":
+            layer["config"].pop("dtype", None)
+    return json.dumps(graph)
+
+
+
+def load_trained(run_dir: str | pathlib.Path, which: str, amp: bool = False
+                 ) -> tuple[Any, UNetSpec, ModelInfo, int]:
+    """Rebuild a training run's network from run_dir/model.json and load its best or last weights
+    (with `amp`, in the mixed precision policy that utils.precision.configure_precision set)."""
+    info = load_model_info(run_dir)
+    if amp and "architecture" in info.extra:
+        info = dataclasses.replace(info, extra={**info.extra,
+                                                "architecture": with_global_policy(info.extra["architecture"])})
+    model = model_from_info(info)
+    path = ckpt.checkpoint_dir(run_dir) / (ckpt.BEST if which == "best" else ckpt.LAST)
+    loaded = ckpt.load_checkpoint(path, model)
+    return model, UNetSpec(**info.spec), info, loaded.step
+
+
+
+def restore_model(cfg: Config) -> tuple[Any, UNetSpec, ModelInfo]:
+    """The model to evaluate/predict/export with: an exported artefact (--model_path; an ExportedModel
+    that utils.inference.runtimes.as_predictor runs) or model_dir's checkpoint."""
+    if cfg.model_path:
+        exported = load_exported(cfg.model_path)
+        return exported, exported.spec, exported.info
+    policy = configure_precision(cfg.amp)
+    model, spec, info, step = load_trained(cfg.model_dir, cfg.checkpoint, amp=policy != "float32")
+    return model, spec, dataclasses.replace(info, extra={**info.extra, "step": step})
+
+
+
+def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: dllogger.Logger) -> Any:
+    """Tucker-2 decomposition of every eligible conv; the per-layer report goes to the log and
+    model_dir/tucker_report.csv."""
+    from model.tucker import report_table, tucker_compress, write_report_csv
+
+    compressed, report = tucker_compress(model, rank_factor=cfg.rank_factor, rank=cfg.rank,
+                                         rank_min=cfg.rank_min, input_hw=(geometry.input_size,) * 2)
+    write_report_csv(report, pathlib.Path(cfg.model_dir) / "tucker_report.csv")
+    print(report_table(report), flush=True)
+    logger.log("PARAMETER", {
+        "tucker_layers_decomposed": sum(not r.kept for r in report),
+        "tucker_params_before": sum(r.params_before for r in report),
+        "tucker_params_after": sum(r.params_after for r in report),
+        "tucker_macs_before": sum(r.macs_before for r in report),
+        "tucker_macs_after": sum(r.macs_after for r in report)})
+    return compressed
+
+
+
+def make_model(cfg: Config, data: SegmentationData, logger: dllogger.Logger) -> tuple[Any, UNetSpec, CropGeometry]:
+    """The network to train: a new U-Net, or a trained one (--init_from), then the requested
+    transforms (Tucker compression). Every variant is an ordinary Keras model to the training loop."""
+    if cfg.init_from:
+        import tf_keras as keras
+
+        mixed = keras.mixed_precision.global_policy().name != "float32"  # --amp applies to loaded models too
+        model, spec, info, step = load_trained(cfg.init_from, cfg.checkpoint, amp=mixed)
+        if info.class_names != data.class_names or spec.in_channels != data.images[0].shape[-1]:
+            raise UNetError(f"--init_from {cfg.init_from}: its model has classes {info.class_names} and "
+                            f"{spec.in_channels} channels; the data in {cfg.data_dir} has {data.class_names} "
+                            f"and {data.images[0].shape[-1]}")
+        logger.log("PARAMETER", {"init_from": str(cfg.init_from), "init_step": step})
+    else:
+        spec = spec_for(cfg, data)
+        model = build_unet(spec)
+    geometry = check_crop_size(spec, cfg.crop_size)
+    if cfg.rank_factor is not None or cfg.rank is not None:
+        model = compress_model(cfg, model, geometry, logger)
+    float_architecture = model.to_json()
+    if cfg.quantization == "QAT_INT8":
+        from model.qat import quantize_model_qat
+        model = quantize_model_qat(model)
+        model.float_architecture = float_architecture
+    elif cfg.quantization != "NONE":
+        from model.quantization import quantize_unet
+        model = quantize_unet(model, quantization_config(cfg))
+    return model, spec, geometry
+
+
+
+def quantization_config(cfg: Config):
+    from model.quantizers import QuantizationConfig
+
+    return QuantizationConfig(
+        quantization=cfg.quantization, weight_i_width=cfg.weight_i_width, weight_f_width=cfg.weight_f_width,
+        activation_i_width=cfg.activation_i_width, activation_f_width=cfg.activation_f_width,
+        weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
+        keep_first_float=cfg.keep_first_float, keep_last_float=cfg.keep_last_float)
+
