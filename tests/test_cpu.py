@@ -1,0 +1,202 @@
+"""utils.cpu: /proc/cpuinfo parsing, the FLOP/cycle table, peak report and precision choice.
+
+The CPUs are fake /proc/cpuinfo texts, so every rule is checked whatever machine runs the tests;
+two tests read this machine (model name, a small SGEMM).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from utils.cpu import (CpuInfo, choose_precision, describe, flags_summary, fp32_flops_per_cycle,
+                       measure_clock_ghz, measure_sgemm_gflops, peak_report, read_cpu_info)
+from utils.errors import UNetError
+
+BASE_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat clflush mmx fxsr sse sse2 ht syscall nx lm"
+
+
+def cpuinfo(vendor: str, name: str, family: int, model: int, flags: str, cores: int = 4, smt: int = 2) -> str:
+    """A /proc/cpuinfo text with `cores` physical cores of `smt` threads each."""
+    blocks = []
+    for i in range(cores * smt):
+        blocks.append("\n".join([
+            f"processor\t: {i}", f"vendor_id\t: {vendor}", f"cpu family\t: {family}", f"model\t\t: {model}",
+            f"model name\t: {name}", "stepping\t: 1", "cpu MHz\t\t: 2400.000", "physical id\t: 0",
+            f"siblings\t: {cores * smt}", f"core id\t\t: {i % cores}", f"cpu cores\t: {cores}",
+            f"flags\t\t: {BASE_FLAGS} {flags}", "bogomips\t: 4800.00", ""]))
+    return "\n".join(blocks)
+
+
+AVX2 = "ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi2"
+AVX512 = f"{AVX2} avx512f avx512dq avx512cd avx512bw avx512vl"
+TEXTS = {
+    "zen3": cpuinfo("AuthenticAMD", "AMD EPYC 7763 64-Core Processor", 25, 1, AVX2),
+    "zen4": cpuinfo("AuthenticAMD", "AMD EPYC 9654 96-Core Processor", 25, 17,
+                    f"{AVX512} avx512_bf16 avx512_vnni"),
+    "spr": cpuinfo("GenuineIntel", "Intel(R) Xeon(R) Platinum 8480+", 6, 143,
+                   f"{AVX512} avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8"),
+    "cascade": cpuinfo("GenuineIntel", "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", 6, 85, f"{AVX512} avx512_vnni"),
+    "avx": cpuinfo("GenuineIntel", "Intel(R) Xeon(R) CPU E5-2670 0 @ 2.60GHz", 6, 45, "ssse3 sse4_1 sse4_2 avx"),
+    "sse": cpuinfo("GenuineIntel", "Intel(R) Core(TM)2 Duo CPU E8400 @ 3.00GHz", 6, 23, "ssse3 sse4_1", smt=1),
+    "garbage": "this is not\x00 a cpuinfo file\n:::\nmodel\t: not-a-number\n",
+}
+CPUS = {k: read_cpu_info(v) for k, v in TEXTS.items()}
+
+FLOPS = {"zen3": 32, "zen4": 32, "spr": 64, "cascade": 64, "avx": 16, "sse": 8, "garbage": 0}
+AUTO_CPU = {"zen3": "float32", "zen4": "mixed_bfloat16", "spr": "mixed_bfloat16", "cascade": "float32",
+            "avx": "float32", "sse": "float32", "garbage": "float32"}
+A100 = [{"compute_capability": (8, 0), "device_name": "NVIDIA A100-SXM4-40GB"}]
+P100_LIKE = [{"compute_capability": (6, 1), "device_name": "NVIDIA GeForce GTX 1080 Ti"}]
+
+
+def test_parse_fields():
+    spr = CPUS["spr"]
+    assert (spr.vendor, spr.family, spr.model) == ("GenuineIntel", 6, 143)
+    assert spr.model_name == "Intel(R) Xeon(R) Platinum 8480+"
+    assert {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"} <= spr.flags
+    assert (spr.logical_cores, spr.physical_cores) == (8, 4)
+    assert (CPUS["sse"].logical_cores, CPUS["sse"].physical_cores) == (4, 4)
+    assert CPUS["zen4"].vendor == "AuthenticAMD"
+    assert "avx512f" not in CPUS["zen3"].flags
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spr.model = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("text", ["", TEXTS["garbage"], "\n\n\n", "processor : x\nflags :\n"])
+def test_empty_or_garbage_text_gives_empty_info(text):
+    info = read_cpu_info(text)
+    assert info.flags == frozenset()
+    assert info.vendor == "other" and info.family is None and info.model is None
+    assert fp32_flops_per_cycle(info)[0] == 0
+    assert "unknown" in describe(info) or "no SIMD" in describe(info)
+
+
+def test_unknown_vendor_is_other():
+    info = read_cpu_info(cpuinfo("HygonGenuine", "Hygon C86", 24, 1, AVX2))
+    assert info.vendor == "other"
+    assert fp32_flops_per_cycle(info)[0] == 32  # generic AVX2+FMA rule
+
+
+@pytest.mark.parametrize("name", sorted(FLOPS))
+def test_flops_per_cycle(name):
+    flops, reason = fp32_flops_per_cycle(CPUS[name])
+    assert flops == FLOPS[name]
+    assert reason and "\n" not in reason
+
+
+def test_flop_reasons_name_the_rule():
+    assert fp32_flops_per_cycle(CPUS["zen4"])[1].startswith("AMD Zen 4")
+    assert "two 256-bit halves" in fp32_flops_per_cycle(CPUS["zen4"])[1]
+    assert fp32_flops_per_cycle(CPUS["zen3"])[1].startswith("AMD Zen 2/Zen 3")
+    assert "512-bit FMA" in fp32_flops_per_cycle(CPUS["cascade"])[1]
+    assert "no FMA" in fp32_flops_per_cycle(CPUS["avx"])[1]
+    # Rocket Lake reports AVX-512 but has one 512-bit FMA unit
+    rkl = read_cpu_info(cpuinfo("GenuineIntel", "11th Gen Intel(R) Core(TM) i9-11900K", 6, 167, AVX512))
+    assert fp32_flops_per_cycle(rkl)[0] == 32
+    # Zen 1 splits 256-bit ops on 128-bit pipes
+    zen1 = read_cpu_info(cpuinfo("AuthenticAMD", "AMD EPYC 7601 32-Core Processor", 23, 1, AVX2))
+    assert fp32_flops_per_cycle(zen1)[0] == 16
+
+
+def test_describe_and_summary():
+    assert describe(CPUS["spr"]) == ("Intel(R) Xeon(R) Platinum 8480+ (GenuineIntel family 6 model 143; "
+                                     "AVX-512, VNNI, BF16, FP16, AMX-BF16, AMX-INT8)")
+    assert flags_summary(CPUS["zen3"]) == "AVX2, FMA"
+    assert flags_summary(CPUS["cascade"]) == "AVX-512, VNNI"
+    assert flags_summary(CPUS["avx"]) == "AVX"
+    assert flags_summary(CPUS["sse"]) == "SSE2"
+    assert "\n" not in describe(CPUS["garbage"])
+
+
+@pytest.mark.parametrize("name", sorted(AUTO_CPU))
+def test_auto_on_cpu(name):
+    policy, reason = choose_precision("auto", CPUS[name], [])
+    assert policy == AUTO_CPU[name]
+    assert choose_precision("auto", CPUS[name], 0)[0] == policy
+    if policy == "float32":
+        assert "no AVX512_BF16/AMX" in reason and "emulated" in reason
+
+
+@pytest.mark.parametrize("name", sorted(AUTO_CPU))
+def test_auto_with_gpus(name):
+    policy, reason = choose_precision("auto", CPUS[name], A100)
+    assert policy == "mixed_float16" and "8.0" in reason and "loss scaling" in reason
+    # Pascal: no tensor cores; the model runs on the GPU, so the CPU's BF16 does not matter
+    policy, reason = choose_precision("auto", CPUS[name], P100_LIKE)
+    assert policy == "float32" and "6.1" in reason
+    # a count without capabilities: not assumed to have tensor cores
+    assert choose_precision("auto", CPUS[name], 2)[0] == "float32"
+    # mixed GPUs: the weakest decides
+    assert choose_precision("auto", CPUS[name], A100 + P100_LIKE)[0] == "float32"
+    assert choose_precision("auto", CPUS[name], [{"compute_capability": "7.5"}])[0] == "mixed_float16"
+
+
+def test_forced_values_are_honoured():
+    zen3, spr = CPUS["zen3"], CPUS["spr"]
+    for cpu in (zen3, spr):
+        for gpus in ([], A100, P100_LIKE):
+            assert choose_precision("fp32", cpu, gpus) == ("float32", "forced by --precision fp32")
+            assert choose_precision("fp16", cpu, gpus)[0] == "mixed_float16"
+            assert choose_precision("bf16", cpu, gpus)[0] == "mixed_bfloat16"
+    _, reason = choose_precision("fp16", zen3, [])
+    assert "CPU" in reason and "slower" in reason
+    _, reason = choose_precision("bf16", zen3, [])
+    assert "no AVX512_BF16/AMX" in reason and "emulated" in reason
+    _, reason = choose_precision("bf16", spr, [])
+    assert "AVX512_BF16/AMX-BF16" in reason and "emulated" not in reason
+    assert "tensor cores" in choose_precision("fp16", zen3, A100)[1]
+    assert "slow" in choose_precision("bf16", zen3, P100_LIKE)[1]
+
+
+@pytest.mark.parametrize("bad", ["", "float32", "FP16", "int8", "mixed_float16"])
+def test_unknown_precision_raises(bad):
+    with pytest.raises(UNetError, match="--precision"):
+        choose_precision(bad, CPUS["spr"], [])
+
+
+def test_peak_report_fractions():
+    r = peak_report(100.0, CPUS["spr"], clock_ghz=2.0, sgemm_gflops=400.0)
+    assert r["cores"] == 4 and r["flop_per_cycle"] == 64
+    assert r["peak_gflops"] == pytest.approx(4 * 64 * 2.0)
+    assert r["fraction_of_peak"] == pytest.approx(100.0 / 512.0)
+    assert r["fraction_of_sgemm"] == pytest.approx(0.25)
+    assert r["sgemm_fraction_of_peak"] == pytest.approx(400.0 / 512.0)
+    assert r["cpu"] == "Intel(R) Xeon(R) Platinum 8480+" and r["flags"].startswith("AVX-512")
+    assert "512-bit FMA" in r["flop_per_cycle_reason"]
+    r = peak_report(None, CPUS["zen3"], clock_ghz=3.0, sgemm_gflops=300.0)
+    assert r["fraction_of_peak"] is None and r["fraction_of_sgemm"] is None
+    r = peak_report(1.0, CPUS["garbage"], clock_ghz=3.0, sgemm_gflops=10.0)
+    assert r["peak_gflops"] is None and r["fraction_of_peak"] is None
+    assert r["fraction_of_sgemm"] == pytest.approx(0.1)
+
+
+def test_peak_fraction_above_one_raises():
+    # Zen 3, 4 cores x 32 x 2 GHz = 256 GFLOP/s
+    with pytest.raises(RuntimeError, match="peak fraction > 1: the peak model is wrong for AMD EPYC 7763"):
+        peak_report(300.0, CPUS["zen3"], clock_ghz=2.0, sgemm_gflops=200.0)
+    with pytest.raises(RuntimeError, match="peak fraction > 1"):
+        peak_report(100.0, CPUS["zen3"], clock_ghz=2.0, sgemm_gflops=257.0)
+    peak_report(256.0, CPUS["zen3"], clock_ghz=2.0, sgemm_gflops=256.0)  # exactly 1 is fine
+
+
+def test_this_machine():
+    info = read_cpu_info()
+    assert isinstance(info, CpuInfo)
+    assert info.model_name.strip()
+    assert info.logical_cores >= 1 and info.physical_cores >= 1
+    flops, reason = fp32_flops_per_cycle(info)
+    assert flops >= 0 and reason
+    policy, _ = choose_precision("auto", info, [])
+    assert policy in ("float32", "mixed_bfloat16")
+
+
+def test_measure_sgemm_small():
+    gflops = measure_sgemm_gflops(n=256, repeats=1)
+    assert math.isfinite(gflops) and gflops > 0
+
+
+def test_measure_clock():
+    ghz = measure_clock_ghz(0.1)
+    assert math.isnan(ghz) or 0.1 < ghz < 10.0
