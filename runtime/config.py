@@ -244,19 +244,34 @@ class _Parser(argparse.ArgumentParser):
         raise UNetError(f"{message} (see main.py --help)")
 
 
+# --help groups: the first flag of each group, in field order (a flag belongs to the last group begun).
+HELP_GROUPS = {"exec_mode": "what to run, where: modes and data", "batch_size": "training",
+               "padding": "model", "tile_size": "inference and restoring a run",
+               "rank_factor": "Tucker compression (--exec_mode compress)",
+               "quantization": "quantization (MICCAI 2019 fixed-point grid; TF-MOT int8 QAT)",
+               "num_epochs": "the MICCAI 2019 paper's YAML keys", "distribution": "scale-out",
+               "benchmark": "benchmark", "export_format": "export"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="main.py", description="U-Net medical image segmentation (TensorFlow 2, Keras 2 API)",
-        argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="YAML file whose keys are these flag names")
+    parser = _Parser(prog="main.py", description="U-Net medical image segmentation (TensorFlow 2, Keras 2 API)",
+                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="YAML file whose keys are these flag names (flags given on the "
+                        "command line win)")
+    group = parser
     for f in dataclasses.fields(Config):
+        if f.name in HELP_GROUPS:
+            group = parser.add_argument_group(HELP_GROUPS[f.name])
         kind = _flag_type(f)
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        help_text = f.metadata["help"]
+        # One default per flag: a help text that already explains its default keeps it.
+        if "default" not in help_text:
+            help_text += f" (default: {f.default})"
         if kind is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(f"--{f.name}", type=kind, choices=f.metadata.get("choices"),
-                                metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_text)
+            group.add_argument(f"--{f.name}", type=kind, choices=f.metadata.get("choices"),
+                               metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_text)
     return parser
 
 

@@ -8,4 +8,4 @@ bash scripts/setup.sh
 if [ "${UNET_SKIP_HOROVOD:-0}" != 1 ] || [ "${CI:-}" = true ]; then
   bash scripts/install_horovod.sh
 fi
-exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
+exec .venv/bin/python -m pytest -q tests "$@"

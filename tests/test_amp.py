@@ -58,6 +58,7 @@ def logged_losses(model_dir: pathlib.Path) -> list[float]:
     (["--xla"], "float32"),
     (["--amp", "--xla"], "bfloat16"),
 ])
+@pytest.mark.slow
 def test_training_runs_and_learns(isbi_data_dir, tmp_path, built_models, float32_policy_afterwards,
                                   extra, compute_dtype):
     assert main.main([*FLAGS, *extra, "--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path)]) == 0
@@ -75,6 +76,7 @@ def test_training_runs_and_learns(isbi_data_dir, tmp_path, built_models, float32
     assert np.isfinite(logits.numpy()).all()
 
 
+@pytest.mark.slow
 def test_amp_applies_to_a_model_trained_in_float32(isbi_data_dir, tmp_path, float32_policy_afterwards):
     """--amp with --init_from (fine-tuning) and at inference must not silently keep float32 layers."""
     float_dir, amp_dir = tmp_path / "float", tmp_path / "amp"

@@ -183,6 +183,7 @@ def test_noise_has_the_requested_standard_deviation():
 
 # ------------------------------------------------------------------ the pipeline function
 
+@pytest.mark.slow
 def test_same_seed_same_output_different_seed_different_output():
     augment = build_augment_fn(AugmentConfig.all_on())
     image, mask = sample((24, 24), classes=3)
@@ -217,6 +218,7 @@ def test_disabling_a_transform_leaves_the_others_draws_unchanged():
 
 
 @pytest.mark.parametrize("shape_hw", [(20, 20), (18, 26)])
+@pytest.mark.slow
 def test_runs_in_tf_data_map_with_unknown_shapes(shape_hw):
     image, mask = sample(shape_hw, classes=3)
     augment = build_augment_fn(AugmentConfig.all_on())
@@ -234,6 +236,7 @@ def test_runs_in_tf_data_map_with_unknown_shapes(shape_hw):
         assert out_image.shape == image.shape and set(np.unique(out_mask)) <= {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_tf_data_map_keeps_static_shapes():
     image, mask = sample((16, 16))
     dataset = tf.data.Dataset.from_tensors((image, mask, tf.constant([0, 1], tf.int64)))
@@ -271,6 +274,7 @@ def test_config_presets_and_yaml_lists():
 
 # ------------------------------------------------------------------ CLI
 
+@pytest.mark.slow
 def test_preview_writes_a_grid_of_the_isbi_slice(isbi_data_dir, tmp_path):
     from PIL import Image
 
@@ -284,6 +288,7 @@ def test_cli_reports_missing_data_as_user_error(tmp_path, capsys):
     assert "train-volume.tif not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_benchmark_dataset_yields_augmented_crops():
     volume = (np.random.default_rng(0).random((3, 20, 20)) * 255).astype(np.uint8)
     masks = (volume > 100).astype(np.int32)

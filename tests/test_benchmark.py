@@ -89,6 +89,7 @@ TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--crop_size
     (["--exec_mode", "benchmark", "--benchmark_mode", "predict", "--bench_input", "real"], "predict", "real"),
     (["--exec_mode", "train", "--benchmark", "--bench_input", "real"], "train", "real"),
 ])
+@pytest.mark.slow
 def test_tiny_benchmark_writes_sane_results(isbi_data_dir, tmp_path, mode_flags, mode, bench_input):
     argv = [*mode_flags, *TINY, "--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path)]
     assert main.main(argv) == 0

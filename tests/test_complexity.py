@@ -40,6 +40,7 @@ def reference_macs(model: keras.Model, x: np.ndarray) -> dict[str, int]:
 
 # ------------------------------------------------------------------ published figures
 
+@pytest.mark.slow
 def test_paper_unet_300_9_gflop_at_572():
     model = build_unet(paper_unet_spec())
     costs = layer_costs(model, (572, 572))

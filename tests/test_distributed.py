@@ -179,15 +179,18 @@ def assert_only_chief_wrote(launches, name: str) -> None:
     assert "checkpoints" not in written and "log.json" not in written, written
 
 
+@pytest.mark.slow
 def test_multi_worker_two_processes_match_one_process(launches):
     assert_matches_single(launches, "multi_worker")
     assert_only_chief_wrote(launches, "multi_worker")
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_devices_matches_one_device(launches):
     assert_matches_single(launches, "mirrored")
 
 
+@pytest.mark.slow
 def test_horovod_two_processes_match_one_process(launches):
     if "horovod" not in launches:
         message = (f"horovod is not installed in {PYTHON} (or {HOROVODRUN} is missing): "

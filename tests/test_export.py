@@ -65,6 +65,7 @@ def label_agreement(reference, candidate) -> float:
 
 
 @pytest.mark.parametrize("export_format,precision", EXPORTS)
+@pytest.mark.slow
 def test_exported_model_agrees_with_keras(run, export_format, precision):
     if export_format == "onnx":
         pytest.importorskip("tf2onnx", reason="ONNX export needs tf2onnx (requirements.txt)")
@@ -128,6 +129,7 @@ def test_tftrt_without_tensorrt_is_one_clear_error(run, capsys):
     assert not (run["dir"] / "export" / "tftrt_int8").exists()
 
 
+@pytest.mark.slow
 def test_failed_parity_leaves_no_artifact(run, tmp_path, monkeypatch):
     # A copy of the trained run and a threshold no model can reach: the export must fail and leave
     # neither the artefact, nor its metadata, nor a staging folder.
@@ -140,6 +142,7 @@ def test_failed_parity_leaves_no_artifact(run, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_with_an_exported_model(run, tmp_path):
     stack = tmp_path / "two.tif"
     tifffile.imwrite(stack, np.stack([im[..., 0] for im in run["raw"][:2]]))

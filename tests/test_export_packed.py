@@ -1,4 +1,5 @@
 """--export_format packed: the reported size is the file's; predict runs from the packed file."""
+import pytest
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ TINY = ["--padding", "same", "--base_filters", "8", "--depth", "2", "--batch_nor
         "--crop_size", "64", "--batch_size", "2", "--num_folds", "10", "--fold", "9", "--max_steps", "2"]
 
 
+@pytest.mark.slow
 def test_packed_export_and_predict(tmp_path, isbi_data_dir):
     common = ["--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path), *TINY]
     assert main.main(["--exec_mode", "train", "--quantization", "FIXED", "--weight_f_width", "4", *common]) == 0
@@ -38,6 +40,7 @@ def test_packed_export_and_predict(tmp_path, isbi_data_dir):
     assert results["mode"] == "predict" and results["img_per_s"] > 0 and results["tiles_per_image"] >= 1
 
 
+@pytest.mark.slow
 def test_packed_export_of_a_float_model_is_a_clear_error(tmp_path, isbi_data_dir, capsys):
     common = ["--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path), *TINY]
     assert main.main(["--exec_mode", "train", *common]) == 0

@@ -162,6 +162,7 @@ def test_seeded_dropout_resumed_from_checkpoint_reproduces_uninterrupted_run(tmp
     np.testing.assert_array_equal(again(x, training=True).numpy(), outputs[2])
 
 
+@pytest.mark.slow
 def test_seeded_dropout_under_mirrored_strategy():
     """Two logical CPU replicas: one counter increment per step, different masks per replica.
 

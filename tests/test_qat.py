@@ -154,6 +154,7 @@ def test_qat_rejects_fake_quantized_and_subclassed_models():
         quantize_model_qat(Subclassed())
 
 
+@pytest.mark.slow
 def test_project_unet_qat_to_tflite(data):
     if importlib.util.find_spec("model.unet") is None:
         pytest.skip("model/unet.py not written yet")

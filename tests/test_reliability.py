@@ -1,5 +1,6 @@
 """Reliability: bit-identical --deterministic runs, and hostile files and arrays that may only ever
 produce the project's own error type (property-based with hypothesis)."""
+import pytest
 import io
 import pathlib
 import subprocess
@@ -17,6 +18,7 @@ from utils.errors import UNetError
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_two_deterministic_runs_give_identical_checkpoints(tmp_path, isbi_data_dir):
     args = ["--exec_mode", "train", "--data_dir", str(isbi_data_dir), "--max_steps", "6",
             "--checkpoint_every", "3", "--padding", "same", "--base_filters", "4", "--depth", "2",

@@ -51,6 +51,7 @@ def start_study(config, data_dir, results):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_killed_study_finishes_only_missing_variants(tmp_path, isbi_data_dir):
     config = tmp_path / "study.yaml"
     config.write_text(STUDY)

@@ -66,6 +66,7 @@ def test_deterministic_by_seed_and_seeds_differ():
     assert not np.array_equal(first[0], other[0]) and not np.array_equal(first[1], other[1])
 
 
+@pytest.mark.slow
 def test_full_size_stack_looks_like_isbi(full_stack):
     images, labels = full_stack
     assert images.shape == labels.shape == (30, 512, 512)

@@ -45,6 +45,7 @@ def logged_steps(log_path):
     return steps
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, isbi_data_dir):
     common = ["--exec_mode", "train", "--data_dir", str(isbi_data_dir), "--max_steps", "40",
               "--checkpoint_every", "4", *TINY]
@@ -72,6 +73,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, isbi_data_dir)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_refuses_to_train_over_an_existing_checkpoint(tmp_path, isbi_data_dir, capsys):
     args = ["--exec_mode", "train", "--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path),
             "--max_steps", "2", "--checkpoint_every", "1", *TINY]
@@ -82,6 +84,7 @@ def test_refuses_to_train_over_an_existing_checkpoint(tmp_path, isbi_data_dir, c
     assert (tmp_path / "checkpoints" / "last.npz").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, isbi_data_dir, monkeypatch):
     import utils.training.loop as training
     from runtime.assemble import make_logger

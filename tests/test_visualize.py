@@ -1,4 +1,5 @@
 """Weight histograms (operation_mode: visualize) show the kernels the forward pass really uses."""
+import pytest
 import numpy as np
 
 from model.quantizers import QuantizationConfig
@@ -7,6 +8,7 @@ from model.unet import UNetSpec, build_unet
 from runtime.visualize import conv_kernels, write_weight_histograms
 
 
+@pytest.mark.slow
 def test_histograms_of_a_q04_model(tmp_path):
     model = quantize_unet(build_unet(UNetSpec(base_filters=4, depth=2, padding="same", dropout=0.0)),
                           QuantizationConfig(quantization="FIXED", weight_i_width=0, weight_f_width=4))
