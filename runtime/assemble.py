@@ -3,7 +3,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 from typing import Any
 
@@ -11,7 +10,7 @@ from typing import Any
 import dllogger
 from model.unet import UNetSpec, build_unet, output_size
 from utils.training import checkpoint as ckpt
-from utils.artifacts import (ModelInfo, load_model_info)
+from utils.artifacts import RunRecord, load_run_record
 from runtime.config import Config, augment_config
 from utils.data.layouts import SegmentationData, load_training_data
 from utils.errors import UNetError
@@ -60,15 +59,15 @@ def check_crop_size(spec: UNetSpec, crop_size: int) -> CropGeometry:
 
 
 
-def model_from_info(info: ModelInfo) -> Any:
+def model_from_info(info: RunRecord) -> Any:
     """The network described by model.json: its stored architecture (any variant: Tucker-compressed,
     quantized, ...) or, for files without one, the plain U-Net of its spec."""
     import tf_keras as keras
 
-    architecture = info.extra.get("architecture")
+    architecture = info.architecture
     if architecture is None:
         return build_unet(UNetSpec(**info.spec))
-    if info.extra.get("quantization", "NONE") == "QAT_INT8":
+    if info.variant == "qat":
         # TF-MOT's wrappers do not rebuild the same variables from JSON: rebuild the float model and
         # wrap it again, exactly as training did.
         from model.qat import quantize_model_qat
@@ -95,13 +94,12 @@ def with_global_policy(architecture: str) -> str:
 
 
 def load_trained(run_dir: str | pathlib.Path, which: str, amp: bool = False
-                 ) -> tuple[Any, UNetSpec, ModelInfo, int]:
+                 ) -> tuple[Any, UNetSpec, RunRecord, int]:
     """Rebuild a training run's network from run_dir/model.json and load its best or last weights
     (with `amp`, in the mixed precision policy that utils.precision.configure_precision set)."""
-    info = load_model_info(run_dir)
-    if amp and "architecture" in info.extra:
-        info = dataclasses.replace(info, extra={**info.extra,
-                                                "architecture": with_global_policy(info.extra["architecture"])})
+    info = load_run_record(run_dir)
+    if amp and info.architecture is not None:
+        info = info.replace(architecture=with_global_policy(info.architecture))
     model = model_from_info(info)
     path = ckpt.checkpoint_dir(run_dir) / (ckpt.BEST if which == "best" else ckpt.LAST)
     loaded = ckpt.load_checkpoint(path, model)
@@ -109,7 +107,7 @@ def load_trained(run_dir: str | pathlib.Path, which: str, amp: bool = False
 
 
 
-def restore_model(cfg: Config) -> tuple[Any, UNetSpec, ModelInfo]:
+def restore_model(cfg: Config) -> tuple[Any, UNetSpec, RunRecord]:
     """The model to evaluate/predict/export with: an exported artefact (--model_path; an ExportedModel
     that utils.inference.runtimes.as_predictor runs) or model_dir's checkpoint."""
     if cfg.model_path:
@@ -117,7 +115,7 @@ def restore_model(cfg: Config) -> tuple[Any, UNetSpec, ModelInfo]:
         return exported, exported.spec, exported.info
     policy = configure_precision(cfg.amp)
     model, spec, info, step = load_trained(cfg.model_dir, cfg.checkpoint, amp=policy != "float32")
-    return model, spec, dataclasses.replace(info, extra={**info.extra, "step": step})
+    return model, spec, info.replace(step=step)
 
 
 

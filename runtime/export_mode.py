@@ -41,7 +41,7 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                           tile_size=plan.tile_size, context=plan.context, max_tile_size=cfg.max_tile_size)
     entry = export_model(model, spec, info.class_names, pathlib.Path(cfg.model_dir) / EXPORT_DIR,
                          cfg.export_format, cfg.export_precision, inputs,
-                         extra={"checkpoint": cfg.checkpoint, "step": info.extra.get("step"),
+                         extra={"checkpoint": cfg.checkpoint, "step": info.step,
                                 "parity_images": [data.names[i] for i in val_idx]})
     for key, report in entry.get("parity", {}).items():
         logger.log("EXPORT", {"artifact": entry["file"], "check": key, "label_agreement": report["label_agreement"],
@@ -80,8 +80,8 @@ def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
     from runtime.assemble import restore_model
 
     model, spec, info = restore_model(cfg)
-    qconfig = info.extra.get("quantization_config")
-    if not qconfig or qconfig.get("quantization") in ("NONE", "QAT_INT8"):
+    qconfig = info.quantization_config
+    if info.variant != "packed" or not qconfig:
         raise UNetError(f"--export_format=packed: {cfg.model_dir} holds a "
                         f"{(qconfig or {}).get('quantization', 'float')} model; packing needs a FIXED, INT, BNN "
                         "or TERNARY model (train with --quantization ...); for QAT_INT8 export tflite int8")
@@ -99,7 +99,7 @@ def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
              "spec": dataclasses.asdict(spec), "class_names": list(info.class_names), "tile_size": None,
              "size_bytes": path.stat().st_size, "float32_weights_bytes": float_bytes,
              "size_ratio_vs_float32": float_bytes / path.stat().st_size, "max_abs_logit_diff": max_diff,
-             "quantization_config": qconfig, "step": info.extra.get("step")}
+             "quantization_config": qconfig, "step": info.step}
     record_artifact(export_dir, entry)
     entry = finish_artifact(cfg, entry, size, spec.in_channels)
     logger.log("EXPORT", {"artifact": str(path), "format": "packed", "size_bytes": entry["size_bytes"],

@@ -12,7 +12,7 @@ import dllogger
 from model.complexity import total_macs, total_params
 from model.unet import UNetSpec
 from utils.training import distributed
-from utils.artifacts import (EVAL_RESULTS, PREDICTIONS, RUN_CONFIG, ModelInfo, save_model_info, write_json)
+from utils.artifacts import (EVAL_RESULTS, PREDICTIONS, RUN_CONFIG, RunRecord, save_run_record, write_json)
 from runtime.config import Config, save_config
 from utils.data.layouts import SegmentationData, load_test_data
 from utils.data.folds import fold_split
@@ -75,11 +75,10 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
                              "train_images": len(train_idx), "validation_images": len(val_idx),
                              "classes": ",".join(data.class_names)})
     if dist.is_chief:
-        save_model_info(cfg.model_dir, ModelInfo(spec=dataclasses.asdict(spec), class_names=data.class_names,
-                                                 extra={"architecture": getattr(model, "float_architecture", None)
-                                                        or model.to_json(),
-                                                        "quantization": cfg.quantization,
-                                                        "quantization_config": quantization_config(cfg).to_dict()}))
+        save_run_record(cfg.model_dir, RunRecord(
+            spec=dataclasses.asdict(spec), class_names=data.class_names,
+            architecture=getattr(model, "float_architecture", None) or model.to_json(),
+            quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict()))
     augment = make_augment(cfg)
     # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
     wants_eval = cfg.exec_mode != "train" or cfg.evaluate_every > 0
@@ -102,7 +101,7 @@ def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
     _, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
     evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger)
-    return evaluate(model, info.extra["step"])
+    return evaluate(model, info.step)
 
 
 
@@ -121,7 +120,7 @@ def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
     stack_name = source.name.split(".")[0] if source.suffix.lower() in (".tif", ".tiff") else None
     written = write_predictions(pathlib.Path(cfg.model_dir) / PREDICTIONS, probs, images, data.names,
                                 info.class_names, stack_name)
-    logger.log("PREDICT", {"images": len(images), "output": str(written[0]), "step": info.extra["step"]})
+    logger.log("PREDICT", {"images": len(images), "output": str(written[0]), "step": info.step})
     return written
 
 

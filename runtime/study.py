@@ -119,14 +119,13 @@ def deployable(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple
     without integer kernels would run them), float32 weights otherwise (Keras)."""
     from utils.inference.tiling import keras_predictor
 
-    quantization = info.extra.get("quantization", "NONE")
-    if quantization == "QAT_INT8":
+    if info.variant == "qat":
         from utils.inference.runtimes import tflite_predictor
 
         path, fmt = _stored_file(model, info, out_dir, tile)
         return path, fmt, tflite_predictor(path)
     path, fmt = _stored_file(model, info, out_dir, tile)
-    if quantization != "NONE":
+    if info.variant == "packed":
         from model.packing import load_packed
 
         return path, fmt, keras_predictor(load_packed(path))
@@ -136,21 +135,20 @@ def deployable(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple
 def _stored_file(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple[pathlib.Path, str]:
     """Bytes of the file a deployment would ship: bit-packed weights for fixed-point/INT/BNN/ternary,
     an int8 TFLite model for QAT_INT8, float32 weights otherwise."""
-    quantization = info.extra.get("quantization", "NONE")
     export = out_dir / "export"
     export.mkdir(exist_ok=True)
-    if quantization == "QAT_INT8":
+    if info.variant == "qat":
         from model.qat import convert_qat_to_tflite
 
         path = export / "model_int8.tflite"
         convert_qat_to_tflite(model, path, input_shape=(tile, tile, info.spec["in_channels"]))
         return path, "tflite int8"
-    if quantization != "NONE":
+    if info.variant == "packed":
         from model.packing import save_packed
         from model.quantizers import QuantizationConfig
 
         path = export / "model_packed.npz"
-        save_packed(model, QuantizationConfig.from_mapping(info.extra["quantization_config"]), path)
+        save_packed(model, QuantizationConfig.from_mapping(info.quantization_config), path)
         return path, "bit-packed"
     from model.packing import save_float32
 

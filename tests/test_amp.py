@@ -84,7 +84,7 @@ def test_amp_applies_to_a_model_trained_in_float32(isbi_data_dir, tmp_path, floa
     assert main.main([*common, "--model_dir", str(float_dir)]) == 0
     keras.mixed_precision.set_global_policy("float32")
     assert main.main([*common, "--amp", "--init_from", str(float_dir), "--model_dir", str(amp_dir)]) == 0
-    layers = json.loads(json.loads((amp_dir / "model.json").read_text())["extra"]["architecture"])["config"]["layers"]
+    layers = json.loads(json.loads((amp_dir / "model.json").read_text())["architecture"])["config"]["layers"]
     policies = {layer["config"]["name"]: json.dumps(layer["config"].get("dtype")) for layer in layers}
     assert "mixed_bfloat16" in policies["enc1_conv1"] and "float32" in policies["head"]
     keras.mixed_precision.set_global_policy("float32")

@@ -2,15 +2,25 @@
 STE gradient masks and exact idempotence."""
 import numpy as np
 import pytest
+import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import utils  # noqa: F401
-import tensorflow as tf
-
-from model.quantizers import QuantizationConfig, QuantSpec, dequantize_codes, get_quantizer, quantize_binary, quantize_fixed, quantize_int, quantize_none, quantize_ternary, quantized_codes
 from model.quantization import weight_storage_bits
+from model.quantizers import (
+    QuantizationConfig,
+    QuantSpec,
+    dequantize_codes,
+    get_quantizer,
+    quantize_binary,
+    quantize_fixed,
+    quantize_int,
+    quantize_none,
+    quantize_ternary,
+    quantized_codes,
+)
 from utils.errors import UNetError
 
 

@@ -33,9 +33,19 @@ from typing import Sequence
 
 import numpy as np
 
+from utils.data.readers import (
+    _MAX_SHOWN,
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    DataWarning,
+    _require_file,
+    as_image,
+    as_mask,
+    read_image_file,
+    read_stack,
+    to_class_ids,
+)
 from utils.errors import UNetError
-from utils.data.readers import IMAGE_SUFFIXES, MASK_SUFFIXES, _MAX_SHOWN, DataWarning, _require_file, as_image, as_mask, read_image_file, read_stack, to_class_ids
-
 
 ISBI_TRAIN_VOLUME = "train-volume.tif"
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from utils.artifacts import EVAL_RESULTS, RUN_CONFIG
+from utils.artifacts import EVAL_RESULTS, MODEL_JSON, RUN_CONFIG, load_run_record
 from utils.fileio import atomic_write_text
 
 CARD = "MODEL_CARD.md"
@@ -75,19 +75,21 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
 
     model_dir, export_dir = pathlib.Path(model_dir), pathlib.Path(export_dir)
     config = yaml.safe_load((model_dir / RUN_CONFIG).read_text()) if (model_dir / RUN_CONFIG).exists() else {}
-    model = json.loads((model_dir / "model.json").read_text()) if (model_dir / "model.json").exists() else {}
+    record = load_run_record(model_dir) if (model_dir / MODEL_JSON).exists() else None
     evaluation = json.loads((model_dir / EVAL_RESULTS).read_text()) if (model_dir / EVAL_RESULTS).exists() else {}
-    extra = model.get("extra", {})
+    tucker = (f"see tucker_report.csv (rank factor {config.get('rank_factor')}, rank {config.get('rank')})"
+              if (model_dir / "tucker_report.csv").exists() else "none")
     lines = [f"# Model card: {model_dir.name}", "",
              "U-Net (Ronneberger et al. 2015) for semantic segmentation, trained with this repository's "
              "`main.py`.", "", "## Model", ""]
-    spec = model.get("spec", {})
+    spec = record.spec if record else {}
+    quantization = (record.quantization_config or {"quantization": record.quantization}) if record else {}
     lines += [f"- Architecture: {spec.get('padding', '?')}-padding U-Net, {spec.get('base_filters', '?')} base "
               f"filters, depth {spec.get('depth', '?')}, batch norm {spec.get('batch_norm', '?')}, dropout "
               f"{spec.get('dropout', '?')}; input channels {spec.get('in_channels', '?')}; classes "
-              f"{', '.join(model.get('class_names', []))}.",
-              f"- Quantization: {json.dumps(extra.get('quantization_config') or {'quantization': extra.get('quantization', 'NONE')})}.",
-              f"- Tucker compression: {'see tucker_report.csv (rank factor ' + str(config.get('rank_factor')) + ', rank ' + str(config.get('rank')) + ')' if (model_dir / 'tucker_report.csv').exists() else 'none'}.",
+              f"{', '.join(record.class_names if record else [])}.",
+              f"- Quantization: {json.dumps(quantization)}.",
+              f"- Tucker compression: {tucker}.",
               f"- Initialized from: {config.get('init_from') or 'random (seed ' + str(config.get('seed')) + ')'}.",
               "", "## Data and evaluation", "",
               f"- Training data: `{config.get('data_dir', '?')}`; fold {config.get('fold', '?')} of "

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from model.unet import UNetSpec
-from utils.artifacts import ModelInfo
+from utils.artifacts import RunRecord
 from utils.errors import UNetError
 from utils.inference.tiling import Predictor
 
@@ -186,11 +186,10 @@ class ExportedModel:
         return self.predictor(tiles)
 
     @property
-    def info(self) -> ModelInfo:
-        """The ModelInfo the runner uses for a checkpoint (spec, class names, step)."""
-        return ModelInfo(spec=dataclasses.asdict(self.spec), class_names=self.class_names,
-                         extra={"step": self.metadata.get("step"), "model_path": str(self.path),
-                                "format": self.format, "precision": self.precision})
+    def info(self) -> RunRecord:
+        """The run record of the exported file (spec, class names, step, where it came from)."""
+        return RunRecord(spec=dataclasses.asdict(self.spec), class_names=self.class_names,
+                         step=self.metadata.get("step"), model_path=str(self.path))
 
     def tile_size_for(self, requested: int | None) -> int | None:
         """The inference tile: the fixed one if the runtime has one (a different --tile_size is an error)."""
