@@ -36,8 +36,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DONE = "done.json"
 COLUMNS = ("name", "quantization", "weight_bits", "rank_factor", "parameters", "gmac_per_tile", "stored_bytes",
            "stored_format",
-           "latency_ms_p50", "latency_ms_p90", "score", "membrane_dice", "interior_dice", "mean_dice", "v_rand",
-           "v_info", "pixel_error", "score_before_finetune", "train_seconds", "step")
+           "latency_ms_p50", "latency_ms_p90", "score", "membrane_dice", "interior_dice", "mean_dice", "v_rand_thinned",
+           "v_info_thinned", "pixel_error", "score_before_finetune", "train_seconds", "step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +201,7 @@ def summarize(results_dir: pathlib.Path, base: dict[str, Any], variants: Sequenc
         rows.append({"name": v.name, "quantization": flags.get("quantization", "NONE"),
                      "weight_bits": _weight_bits(flags), "rank_factor": flags.get("rank_factor"),
                      **measured[v.name], "score": ev.get(key),
-                     **{k: ev.get(k) for k in ("membrane_dice", "interior_dice", "mean_dice", "v_rand", "v_info",
+                     **{k: ev.get(k) for k in ("membrane_dice", "interior_dice", "mean_dice", "v_rand_thinned", "v_info_thinned",
                                                 "pixel_error")},
                      "score_before_finetune": before.get(key), "train_seconds": done["train_seconds"]})
     return rows
@@ -235,8 +235,8 @@ def write_outputs(results_dir: pathlib.Path, rows: list[dict[str, Any]], metric:
         lines.append(f"| {r['name']} | {r['quantization']}{' tucker ' + str(r['rank_factor']) if r['rank_factor'] else ''}"
                      f" | {r['weight_bits']} | {r['parameters']:,} | {r['gmac_per_tile']:.2f}"
                      f" | {r['stored_bytes'] / 1e6:.3f} MB ({r['stored_format']}) | "
-                     f"{r['latency_ms_p50']:.1f} | {fmt(r['score'], '.4f')} | {fmt(r['v_rand'], '.4f')} | "
-                     f"{fmt(r['v_info'], '.4f')} | {fmt(r['score_before_finetune'], '.4f')} |")
+                     f"{r['latency_ms_p50']:.1f} | {fmt(r['score'], '.4f')} | {fmt(r['v_rand_thinned'], '.4f')} | "
+                     f"{fmt(r['v_info_thinned'], '.4f')} | {fmt(r['score_before_finetune'], '.4f')} |")
     atomic_write_text(results_dir / "study.md", "\n".join(lines) + "\n")
     plot_pareto(results_dir / "pareto.png", rows, metric)
 

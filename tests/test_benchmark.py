@@ -137,8 +137,8 @@ def _write_fold(root, k, **metrics):
 
 
 def test_fold_summary_mean_and_sample_std(tmp_path, capsys):
-    values = {"membrane_dice": [0.80, 0.84, 0.78], "v_rand": [0.90, 0.93, 0.91],
-              "v_info": [0.95, 0.97, 0.96], "pixel_error": [0.07, 0.06, 0.08]}
+    values = {"membrane_dice": [0.80, 0.84, 0.78], "v_rand_thinned": [0.90, 0.93, 0.91],
+              "v_info_thinned": [0.95, 0.97, 0.96], "pixel_error": [0.07, 0.06, 0.08]}
     for k in range(3):
         _write_fold(tmp_path, k, **{name: v[k] for name, v in values.items()})
     assert fold_summary.main([str(tmp_path)]) == 0
@@ -148,15 +148,15 @@ def test_fold_summary_mean_and_sample_std(tmp_path, capsys):
         assert summary["metrics"][name]["mean"] == pytest.approx(statistics.fmean(v))
         assert summary["metrics"][name]["std"] == pytest.approx(statistics.stdev(v))
     table = capsys.readouterr().out
-    assert "mean +- std" in table and f"{statistics.fmean(values['v_rand']):.4f}" in table
+    assert "mean +- std" in table and f"{statistics.fmean(values['v_rand_thinned']):.4f}" in table
 
 
 def test_fold_summary_names_the_missing_results(tmp_path, capsys):
-    _write_fold(tmp_path, 0, membrane_dice=0.8, v_rand=0.9, v_info=0.9, pixel_error=0.1)
+    _write_fold(tmp_path, 0, membrane_dice=0.8, v_rand_thinned=0.9, v_info_thinned=0.9, pixel_error=0.1)
     (tmp_path / "fold_1").mkdir()
     assert fold_summary.main([str(tmp_path)]) == 2
     assert "fold_1" in capsys.readouterr().err
     with pytest.raises(UNetError, match="no fold_"):
         fold_summary.read_fold_results(tmp_path / "fold_1")
-    with pytest.raises(UNetError, match="v_info"):
-        fold_summary.summarize({0: {"membrane_dice": 0.8, "v_rand": 0.9, "pixel_error": 0.1}})
+    with pytest.raises(UNetError, match="v_info_thinned"):
+        fold_summary.summarize({0: {"membrane_dice": 0.8, "v_rand_thinned": 0.9, "pixel_error": 0.1}})

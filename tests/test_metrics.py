@@ -173,9 +173,10 @@ def test_segmentation_metrics_perfect_on_real_isbi_slices(isbi_label_slices):
     y = isbi_label_slices
     results = metrics.segmentation_metrics(_one_hot(y), y, ("membrane", "interior"))
     assert set(results) == {"membrane_dice", "interior_dice", "membrane_iou", "interior_iou",
-                            "mean_dice", "pixel_error", "v_rand", "v_info"}
+                            "mean_dice", "pixel_error", "v_rand_argmax", "v_info_argmax", "v_rand_thinned",
+                            "v_info_thinned", "v_rand_thinned_threshold", "v_info_thinned_threshold"}
     for key in ("membrane_dice", "interior_dice", "membrane_iou", "interior_iou", "mean_dice",
-                "v_rand", "v_info"):
+                "v_rand_argmax", "v_info_argmax", "v_rand_thinned", "v_info_thinned"):
         assert results[key] == pytest.approx(1.0), key
     assert results["pixel_error"] == 0.0
     assert all(type(v) is float for v in results.values())
@@ -189,10 +190,11 @@ def test_segmentation_metrics_all_interior_prediction(isbi_label_slices):
     assert results["membrane_dice"] == 0.0
     assert results["pixel_error"] == pytest.approx(np.mean(y == 0))
     # One predicted segment fuses every cell: merge-dominated, far from perfect.
-    assert results["v_rand"] < 0.2
+    assert results["v_rand_argmax"] < 0.2
     per_slice = [metrics.rand_scores(metrics.segment_cells(s == 1), np.ones_like(s))["v_rand"]
                  for s in y]
-    assert results["v_rand"] == pytest.approx(np.mean(per_slice))
+    assert results["v_rand_argmax"] == pytest.approx(np.mean(per_slice))
+    assert results["v_rand_thinned"] < 0.2
 
 
 def test_segmentation_metrics_pools_pixels_and_skips_isbi_scores_for_other_classes():
@@ -205,7 +207,32 @@ def test_segmentation_metrics_pools_pixels_and_skips_isbi_scores_for_other_class
     assert results["a_dice"] == pytest.approx(ref_dice[1])
     assert results["b_iou"] == pytest.approx(ref_iou[2])
     assert results["mean_dice"] == pytest.approx(ref_dice.mean())
-    assert "v_rand" not in results and "v_info" not in results
+    assert not any(key.startswith(("v_rand", "v_info")) for key in results)
+
+
+def test_thick_but_correct_membranes_score_high_only_when_thinned():
+    """Every cell right, membranes 3 px thick instead of 1: the leaderboard's thinned score forgives it."""
+    truth = np.ones((64, 64), np.int64)
+    truth[:, 31] = truth[31, :] = 0  # four cells, 1-px walls
+    thick = np.ones_like(truth)
+    thick[:, 30:33] = thick[30:33, :] = 0
+    results = metrics.segmentation_metrics([_one_hot(thick)], [truth], ("membrane", "interior"))
+    assert results["v_rand_thinned"] == pytest.approx(1.0)
+    assert results["v_rand_argmax"] < 0.99
+
+
+def test_thinned_scores_of_slices_equal_the_stack_scorer(isbi_label_slices):
+    from utils.score.isbi import score_stack
+
+    y = isbi_label_slices
+    rng = np.random.default_rng(1)
+    interior = np.clip(y + rng.normal(0, 0.4, y.shape), 0, 1).astype(np.float32)
+    prob = np.stack([1 - interior, interior], axis=-1)
+    results = metrics.segmentation_metrics(list(prob), list(y), ("membrane", "interior"))
+    stack = score_stack((y == 1).astype(np.uint8) * 255, interior)
+    assert results["v_rand_thinned"] == pytest.approx(stack.v_rand, abs=1e-12)
+    assert results["v_info_thinned"] == pytest.approx(stack.v_info, abs=1e-12)
+    assert results["v_rand_thinned_threshold"] == stack.v_rand_threshold
 
 
 def test_segmentation_metrics_rejects_mismatched_inputs():

@@ -21,7 +21,7 @@ from utils.artifacts import EVAL_RESULTS, MODEL_JSON, RUN_CONFIG, load_run_recor
 from utils.fileio import atomic_write_text
 
 CARD = "MODEL_CARD.md"
-METRICS = ("membrane_dice", "interior_dice", "mean_dice", "membrane_iou", "pixel_error", "v_rand", "v_info")
+METRICS = ("membrane_dice", "interior_dice", "mean_dice", "membrane_iou", "pixel_error", "v_rand_thinned", "v_info_thinned")
 
 
 def measure_latency_ms(predict: Callable[[np.ndarray], Any], tile: np.ndarray, warmup: int = 1,

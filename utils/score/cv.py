@@ -21,7 +21,7 @@ from utils.artifacts import EVAL_RESULTS, write_json
 from utils.errors import UNetError
 
 # Membrane Dice, then the ISBI 2012 leaderboard's V_rand and V_info, then pixel error.
-METRICS = ("membrane_dice", "v_rand", "v_info", "pixel_error")
+METRICS = ("membrane_dice", "v_rand_thinned", "v_info_thinned", "pixel_error")
 SUMMARY_FILE = "folds_summary.json"
 _FOLD_DIR = re.compile(r"fold_(\d+)$")
 

@@ -243,9 +243,11 @@ def segmentation_metrics(prob: ArrayOrSlices, y_true: ArrayOrSlices,
     Returns:
         Plain floats: "{name}_dice" and "{name}_iou" per class, "mean_dice" and "pixel_error",
         all pooled over every pixel of every slice. When class_names is ("membrane", "interior")
-        (ISBI EM, class 1 = cell interior) also "v_rand" and "v_info": per slice, cells are the
-        4-connected interior components of prediction and ground truth, and scores are averaged
-        over slices.
+        (ISBI EM, class 1 = cell interior) also the ISBI 2012 challenge's own scores,
+        "v_rand_thinned" and "v_info_thinned" with their best thresholds (utils.score.isbi: Fiji's
+        thinning and maximum over thresholds), and "v_rand_argmax" / "v_info_argmax": the same
+        foreground-restricted counting on the argmax map without thinning (4-connected interior
+        components of prediction and ground truth, averaged over slices).
     """
     class_names = tuple(class_names)
     prob_slices = _as_slices(prob, "predicted probabilities", 3)
@@ -282,6 +284,35 @@ def segmentation_metrics(prob: ArrayOrSlices, y_true: ArrayOrSlices,
             pred_cells = segment_cells(pred == INTERIOR_CLASS)
             v_rand.append(rand_scores(gt_cells, pred_cells)["v_rand"])
             v_info.append(info_scores(gt_cells, pred_cells)["v_info"])
-        results["v_rand"] = float(np.mean(v_rand))
-        results["v_info"] = float(np.mean(v_info))
+        # Plain counting on the argmax map: not the leaderboard's scores, hence the suffix.
+        results["v_rand_argmax"] = float(np.mean(v_rand))
+        results["v_info_argmax"] = float(np.mean(v_info))
+        results.update(thinned_isbi_scores([p[..., INTERIOR_CLASS] for p in prob_slices], true_slices))
     return results
+
+
+def thinned_isbi_scores(interior_probs: Sequence[np.ndarray], true_slices: Sequence[np.ndarray]
+                        ) -> Dict[str, float]:
+    """The ISBI 2012 leaderboard's V_rand / V_info (utils.score.isbi) of slices of any sizes.
+
+    Args:
+        interior_probs: per slice, (H, W) probability of the cell interior in [0, 1].
+        true_slices: per slice, (H, W) class ids (1 = interior).
+
+    Returns:
+        "v_rand_thinned", "v_rand_thinned_threshold", "v_info_thinned", "v_info_thinned_threshold":
+        per-slice scores averaged at each threshold, then the maximum over thresholds (the first
+        threshold reaching it), as Fiji's getMaximalVRandAfterThinning / getMaximalVInfoAfterThinning.
+    """
+    from utils.score.isbi import score_stack
+
+    curves = [score_stack(np.asarray(t == INTERIOR_CLASS, np.uint8) * 255, np.asarray(p, np.float32))
+              for p, t in zip(interior_probs, true_slices)]
+    out: Dict[str, float] = {}
+    for name, key in (("v_rand", "v_rand_per_threshold"), ("v_info", "v_info_per_threshold")):
+        mean_curve = np.mean([getattr(c, key) for c in curves], axis=0)
+        best = int(np.nanargmax(mean_curve)) if np.isfinite(mean_curve).any() else 0
+        out[f"{name}_thinned"] = float(mean_curve[best])
+        out[f"{name}_thinned_threshold"] = float(curves[0].thresholds[best])
+    return out
+
