@@ -34,7 +34,8 @@ from utils.data.layouts import load_training_data
 from utils.data.normalize import normalize_image  # noqa: E402
 from utils.export.formats import ExportInputs, export_model  # noqa: E402
 from utils.inference.tiling import keras_predictor  # noqa: E402
-from utils.inference.runtimes import load_exported  # noqa: E402
+from utils.inference.runtimes import load_exported
+from utils.timing import time_round_robin  # noqa: E402
 
 RUNTIMES = [("SavedModel (TF)", "savedmodel", "fp32"), ("ONNX Runtime", "onnx", "fp32"),
             ("ONNX Runtime", "onnx", "int8"), ("TFLite (XNNPACK)", "tflite", "fp32"),
@@ -87,15 +88,7 @@ def main() -> None:
         tile = np.random.default_rng(0).random((1, args.size, args.size, 1), dtype=np.float32)
     reference = rows[0][2](tile)
     diffs = [float(np.abs(predictor(tile) - reference).max()) for _, _, predictor, _, _ in rows]
-    for _ in range(args.warmup):
-        for _, _, predictor, _, _ in rows:
-            predictor(tile)
-    times: list[list[float]] = [[] for _ in rows]
-    for _ in range(args.runs):
-        for i, (_, _, predictor, _, _) in enumerate(rows):
-            start = time.perf_counter()
-            predictor(tile)
-            times[i].append(time.perf_counter() - start)
+    times = time_round_robin([lambda _, p=row[2]: p(tile) for row in rows], args.warmup, args.runs)
 
     keras_median = statistics.median(times[0])
     gflop = 2 * total_macs(model, (args.size, args.size)) / 1e9

@@ -2,7 +2,7 @@
 
 TF-MOT's default 8-bit scheme handles a same-padding U-Net built from Conv2D (linear) ->
 BatchNormalization -> ReLU blocks, MaxPooling2D, Conv2DTranspose, nearest UpSampling2D,
-Concatenate and a sigmoid/softmax head (see docs/facts.md). Layers it does not know (the project's
+Concatenate and a sigmoid/softmax head (measured with TF-MOT 0.8.1: tests/test_qat.py). Layers it does not know (the project's
 custom layers, Lambda) must be annotated with a QuantizeConfig: `NoOpQuantizeConfig` keeps them in
 float. A QAT model with a quantized Conv2DTranspose cannot be saved as a SavedModel: use .h5
 (`save_qat_model` / `load_qat_model`) or export through a tf.Module (`convert_qat_to_tflite`).

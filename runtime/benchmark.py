@@ -179,7 +179,7 @@ def benchmark_spec(cfg: Config, in_channels: int = 1) -> UNetSpec:
 
 
 
-def _train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any]]:
+def train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any]]:
     from utils.data.pipeline import make_train_dataset
     from runtime.assemble import check_crop_size, load_training_set, make_augment
     from utils.data.normalize import normalize_image
@@ -287,7 +287,7 @@ def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
     configure_seeds(cfg.seed, cfg.deterministic)
     policy = configure_precision(cfg.amp)
     if mode == "train":
-        times, info = _train_benchmark(cfg, dist)
+        times, info = train_benchmark(cfg, dist)
     else:
         times, info = _predict_benchmark(cfg)
     results: dict[str, Any] = {"mode": mode, "bench_input": cfg.bench_input, "batch_size": cfg.batch_size,

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 
 from utils.artifacts import EVAL_RESULTS, write_json
+from utils.timing import latency_stats, time_round_robin
 from runtime.config import Config, read_yaml_file
 from utils.errors import UNetError, run_cli
 from utils.fileio import atomic_write_text
@@ -173,20 +174,14 @@ def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tu
         tile = np.random.default_rng(0).random((1, plan.tile_size, plan.tile_size, spec.in_channels),
                                                dtype=np.float32)
         path, fmt, predictor = deployable(model, info, variant_dir(results_dir, v.name), plan.tile_size)
-        for _ in range(2):  # warm-up: tracing and first-call allocation are not latency
-            predictor(tile)
-        loaded[v.name] = {"predictor": predictor, "tile": tile, "times": [], "stored_bytes": path.stat().st_size,
+        loaded[v.name] = {"predictor": predictor, "tile": tile, "stored_bytes": path.stat().st_size,
                           "stored_format": fmt, "parameters": total_params(model), "step": step,
                           "gmac_per_tile": total_macs(model, (plan.tile_size,) * 2) / 1e9}
-    for _ in range(rounds):
-        for entry in loaded.values():
-            start = time.perf_counter()
-            entry["predictor"](entry["tile"])
-            entry["times"].append((time.perf_counter() - start) * 1e3)
-    return {name: {"latency_ms_p50": float(np.percentile(e["times"], 50)),
-                   "latency_ms_p90": float(np.percentile(e["times"], 90)),
+    # warm-up 2: tracing and first-call allocation are not latency
+    times = time_round_robin([lambda _, e=e: e["predictor"](e["tile"]) for e in loaded.values()], 2, rounds)
+    return {name: {**{k: v for k, v in latency_stats(t).items() if k in ("latency_ms_p50", "latency_ms_p90")},
                    **{k: e[k] for k in ("stored_bytes", "stored_format", "parameters", "step", "gmac_per_tile")}}
-            for name, e in loaded.items()}
+            for (name, e), t in zip(loaded.items(), times)}
 
 
 def summarize(results_dir: pathlib.Path, base: dict[str, Any], variants: Sequence[Variant],

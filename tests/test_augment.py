@@ -285,16 +285,19 @@ def test_preview_writes_a_grid_of_the_isbi_slice(isbi_data_dir, tmp_path):
 
 def test_cli_reports_missing_data_as_user_error(tmp_path, capsys):
     assert augment_tool.main(["--preview", str(tmp_path / "p.png"), "--data_dir", str(tmp_path)]) == 2
-    assert "train-volume.tif not found" in capsys.readouterr().err
+    assert "no training data found" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_benchmark_dataset_yields_augmented_crops():
-    volume = (np.random.default_rng(0).random((3, 20, 20)) * 255).astype(np.uint8)
-    masks = (volume > 100).astype(np.int32)
-    batches = augment_tool.augment_dataset(volume, masks, 24, build_augment_fn(AugmentConfig.all_on())).take(2)
+    from utils.data.layouts import SegmentationData
+
+    volume = (np.random.default_rng(0).random((3, 30, 30, 1)) * 255).astype(np.uint8)
+    masks = (volume[..., 0] > 100).astype(np.uint8)
+    data = SegmentationData(list(volume), list(masks), ["a", "b", "c"], ("background", "foreground"), "memory")
+    batches = augment_tool.augment_dataset(data, 24, build_augment_fn(AugmentConfig.all_on())).take(2)
     for image, mask in batches:
         assert image.shape == (1, 24, 24, 1) and mask.shape == (1, 24, 24)
         assert set(np.unique(mask.numpy())) <= {0, 1}
-    stats = augment_tool.benchmark_augment(volume, masks, 16, AugmentConfig.all_on(), warmup=1, batches=3)
+    stats = augment_tool.benchmark_augment(data, 16, AugmentConfig.all_on(), warmup=1, batches=3)
     assert stats["img_per_s"] > 0 and stats["p50_ms"] <= stats["p99_ms"]

@@ -11,12 +11,12 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from utils.timing import median_latency, time_steps
 from utils.artifacts import EVAL_RESULTS, MODEL_JSON, RUN_CONFIG, load_run_record
 from utils.fileio import atomic_write_text
 
@@ -27,14 +27,7 @@ METRICS = ("membrane_dice", "interior_dice", "mean_dice", "membrane_iou", "pixel
 def measure_latency_ms(predict: Callable[[np.ndarray], Any], tile: np.ndarray, warmup: int = 1,
                        runs: int = 5) -> dict[str, float]:
     """Median and max wall time (ms) of `predict(tile)` after `warmup` untimed calls."""
-    for _ in range(warmup):
-        predict(tile)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predict(tile)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "max_ms": max(times), "runs": runs}
+    return median_latency(time_steps(lambda _: predict(tile), warmup, runs))
 
 
 def machine_description() -> str:
