@@ -51,7 +51,14 @@ def spec_for(cfg: Config, data: SegmentationData) -> UNetSpec:
 
 
 
-def check_crop_size(spec: UNetSpec, crop_size: int) -> CropGeometry:
+def default_crop_size(spec: UNetSpec) -> int:
+    """The crop when neither the flags nor a data fingerprint chose one: the paper's 572 tile for valid
+    padding, 256 for same padding (the recipe's smallest crop)."""
+    return 572 if spec.padding == "valid" else 256
+
+
+def check_crop_size(spec: UNetSpec, crop_size: int | None) -> CropGeometry:
+    crop_size = default_crop_size(spec) if crop_size is None else crop_size
     try:
         return CropGeometry(crop_size, output_size(spec, crop_size))
     except UNetError as exc:

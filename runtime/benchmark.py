@@ -240,7 +240,7 @@ def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
     from utils.data.layouts import load_test_data
     from utils.data.normalize import normalize_image
     from utils.inference.tiling import plan_tiles, tile_starts, tiled_predict
-    from runtime.assemble import check_crop_size
+    from runtime.assemble import check_crop_size, default_crop_size
 
     if cfg.bench_input == "real":
         data = load_test_data(cfg.data_dir, input_path=cfg.input)
@@ -263,7 +263,7 @@ def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
                        "image_size": list(data.images[0].shape[:2]), "tta": cfg.tta, "gflop_per_img": gflop,
                        "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec)}
     spec, predictor, model, tile_size = _predictor(cfg, 1)
-    size = tile_size or cfg.crop_size
+    size = tile_size or cfg.crop_size or default_crop_size(spec)
     geometry = check_crop_size(spec, size)
     tiles = np.random.default_rng(cfg.seed).random((cfg.batch_size, size, size, spec.in_channels), np.float32)
     times = time_steps(lambda i: predictor(tiles), cfg.bench_warmup_steps, cfg.bench_steps)

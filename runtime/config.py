@@ -54,6 +54,15 @@ class Config:
     lr_schedule: str = _field("constant", "after warm-up: constant or cosine decay to 0 at max_steps",
                               choices=("constant", "cosine"))
     dice_weight: float = _field(1.0, "weight of the soft Dice term next to cross-entropy")
+    time_budget: float | None = _field(None, "minutes of training: --max_steps is set from a measured step time "
+                                       "(default: use --max_steps)")
+    normalization: str = _field("auto", "intensity normalization: global (fixed scale), per_image (percentile "
+                                "clip and rescale) or auto (default: chosen from the data)",
+                                choices=("auto", "global", "per_image"))
+    foreground_sampling: float | None = _field(None, "fraction of training crops centred on a rare-class pixel "
+                                               "(default: chosen from the data)")
+    class_weights: str = _field("auto", "cross-entropy weight per class, e.g. '1,1.5', or none (default: auto, "
+                                "chosen from the data)")
     fold: int = _field(0, "which contiguous block of slices is held out for validation")
     num_folds: int = _field(5, "number of cross-validation folds (contiguous blocks)")
     seed: int = _field(0, "seed of weights, batches, crops and augmentation")
@@ -76,7 +85,8 @@ class Config:
     depth: int = _field(4, "number of 2x2 poolings (4 = paper)")
     batch_norm: bool = _field(False, "Conv -> BatchNorm -> ReLU blocks")
     dropout: float = _field(0.5, "dropout rate at the bottleneck (0 disables)")
-    crop_size: int = _field(572, "training input tile (572 = paper; valid padding shrinks the output)")
+    crop_size: int | None = _field(None, "training input tile (default: chosen from the data for same padding, "
+                                   "572 = the paper's tile for valid padding)")
     # --- inference
     tile_size: int | None = _field(None, "inference input tile (default: smallest valid tile covering the "
                                    "image, at most max_tile_size)")
@@ -199,7 +209,17 @@ def validate(cfg: Config) -> None:
     _check(cfg.base_filters >= 1, "base_filters", cfg.base_filters, "an integer >= 1")
     _check(1 <= cfg.depth <= 8, "depth", cfg.depth, "an integer from 1 to 8")
     _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "a rate in [0, 1)")
-    _check(cfg.crop_size >= 8, "crop_size", cfg.crop_size, "an integer >= 8")
+    _check(cfg.crop_size is None or cfg.crop_size >= 8, "crop_size", cfg.crop_size, "an integer >= 8")
+    _check(cfg.time_budget is None or cfg.time_budget > 0, "time_budget", cfg.time_budget, "minutes > 0")
+    _check(cfg.foreground_sampling is None or 0 <= cfg.foreground_sampling <= 1, "foreground_sampling",
+           cfg.foreground_sampling, "a fraction in [0, 1]")
+    if cfg.class_weights not in ("auto", "none"):
+        try:
+            weights = [float(w) for w in cfg.class_weights.split(",")]
+        except ValueError:
+            weights = []
+        _check(len(weights) >= 2 and min(weights) > 0, "class_weights", cfg.class_weights,
+               "auto, none, or one positive weight per class separated by commas")
     _check(cfg.dice_weight >= 0, "dice_weight", cfg.dice_weight, "a number >= 0")
     _check(cfg.num_classes is None or cfg.num_classes >= 2, "num_classes", cfg.num_classes, "an integer >= 2")
     _check(cfg.tile_size is None or cfg.tile_size >= 8, "tile_size", cfg.tile_size, "an integer >= 8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from typing import Any
 
@@ -12,7 +13,7 @@ import dllogger
 from model.complexity import total_macs, total_params
 from model.unet import UNetSpec
 from utils.training import distributed
-from utils.artifacts import (EVAL_RESULTS, PREDICTIONS, RUN_CONFIG, RunRecord, save_run_record, write_json)
+from utils.artifacts import (EVAL_RESULTS, PREDICTIONS, RUN_CONFIG, RunRecord, load_run_record, save_run_record, write_json)
 from runtime.config import Config, save_config
 from utils.data.layouts import SegmentationData, load_test_data
 from utils.data.folds import fold_split
@@ -23,6 +24,8 @@ from utils.score.metrics import segmentation_metrics
 from utils.inference.outputs import write_predictions
 from utils.precision import configure_precision, configure_seeds
 from utils.inference.runtimes import as_predictor
+from runtime.recipe import (FINGERPRINT_FILE, PROBE_STEPS, PROBE_WARMUP, class_weights_for, resolve_recipe,
+                            sampling_for, steps_for_budget)
 from runtime.assemble import load_training_set, make_augment, make_logger, make_model, quantization_config, restore_model
 
 
@@ -42,8 +45,8 @@ def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.nda
 
 
 def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val_idx: np.ndarray,
-                        logger: dllogger.Logger):
-    images = [normalize_image(data.images[i]) for i in val_idx]
+                        logger: dllogger.Logger, normalization: str):
+    images = [normalize_image(data.images[i], normalization) for i in val_idx]
     masks = [data.masks[i] for i in val_idx]
 
     def evaluate(model: Any, step: int) -> dict[str, Any]:
@@ -67,6 +70,13 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
         cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))
     configure_seeds(cfg.seed, cfg.deterministic)
     policy = configure_precision(cfg.amp)
+    padding, depth = cfg.padding, cfg.depth
+    if cfg.init_from:  # the architecture is the trained run's: its padding and depth bound the crop
+        record = load_run_record(cfg.init_from)
+        padding, depth = record.spec["padding"], record.spec["depth"]
+    cfg = resolve_recipe(cfg, data, train_idx, padding, depth, logger, dist.is_chief)
+    if dist.is_chief:  # config.yaml holds the settings in effect, so later modes and resumes see them
+        save_config(cfg, pathlib.Path(cfg.model_dir) / RUN_CONFIG)
     with dist.scope():
         model, spec, geometry = make_model(cfg, data, logger)
     logger.log("PARAMETER", {"precision": policy, "parameters": total_params(model), "input_size": geometry.input_size,
@@ -78,20 +88,60 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
         save_run_record(cfg.model_dir, RunRecord(
             spec=dataclasses.asdict(spec), class_names=data.class_names,
             architecture=getattr(model, "float_architecture", None) or model.to_json(),
-            quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict()))
+            quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
+            normalization=cfg.normalization))
     augment = make_augment(cfg)
     # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
     wants_eval = cfg.exec_mode != "train" or cfg.evaluate_every > 0
-    evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger) if wants_eval else None
+    evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization) if wants_eval else None
     if cfg.exec_mode == "compress" and dist.is_chief:
         before = evaluate(model, 0)  # the compressed model before fine-tuning
         write_json(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
-    state = train(cfg, model, train_images=[normalize_image(data.images[i]) for i in train_idx],
-                  train_masks=[data.masks[i] for i in train_idx],
-                  train_names=[data.names[i] for i in train_idx], geometry=geometry,
-                  n_classes=spec.n_classes, logger=logger, dist=dist, evaluate=evaluate, augment=augment)
+    train_images = [normalize_image(data.images[i], cfg.normalization) for i in train_idx]
+    train_masks, train_names = [data.masks[i] for i in train_idx], [data.names[i] for i in train_idx]
+    sampling, class_weights = sampling_for(cfg, data.class_names), class_weights_for(cfg, spec.n_classes)
+    if cfg.time_budget is not None:
+        cfg = budget_max_steps(cfg, model, spec, geometry, train_images, train_masks, train_names, augment,
+                               sampling, class_weights, logger, dist)
+    state = train(cfg, model, train_images=train_images, train_masks=train_masks, train_names=train_names,
+                  geometry=geometry, n_classes=spec.n_classes, logger=logger, dist=dist, evaluate=evaluate,
+                  augment=augment, sampling=sampling, class_weights=class_weights)
     return state.last_eval
 
+
+
+def budget_max_steps(cfg: Config, model: Any, spec: UNetSpec, geometry: Any, images: list[np.ndarray],
+                     masks: list[np.ndarray], names: list[str], augment: Any, sampling: Any,
+                     class_weights: list[float] | None, logger: dllogger.Logger, dist: Any) -> Config:
+    """cfg with --max_steps filling --time_budget (recorded on first start; a resume reuses it)."""
+    from utils.data.pipeline import make_train_dataset
+    from utils.training.loop import make_optimizer, make_train_step
+
+    path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    if cfg.resume_training and "max_steps" in recorded:
+        return cfg.replace(max_steps=int(recorded["max_steps"]))
+    if dist.size > 1:
+        raise UNetError("--time_budget: one process measures the step time; with several workers give --max_steps")
+    initial = model.get_weights()
+
+    def step_fn_factory():
+        with dist.scope():
+            optimizer = make_optimizer(cfg, dist.size)
+        step = make_train_step(model, optimizer, spec.n_classes, cfg.dice_weight, dist, xla=cfg.xla,
+                               class_weights=class_weights)
+        return step, lambda: model.set_weights(initial)
+
+    def make_batches():
+        return make_train_dataset(images, masks, names, geometry, batch_size=cfg.batch_size, seed=cfg.seed,
+                                  start_step=0, max_steps=PROBE_WARMUP + PROBE_STEPS, augment=augment,
+                                  sampling=sampling)
+
+    cfg = cfg.replace(max_steps=steps_for_budget(cfg, model, make_batches, step_fn_factory, logger))
+    if dist.is_chief:
+        write_json(path, {**recorded, "max_steps": cfg.max_steps})
+        save_config(cfg, pathlib.Path(cfg.model_dir) / RUN_CONFIG)
+    return cfg
 
 
 def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:
@@ -100,7 +150,7 @@ def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:
     if tuple(data.class_names) != tuple(info.class_names):
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
     _, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
-    evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger)
+    evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, info.normalization)
     return evaluate(model, info.step)
 
 
@@ -108,7 +158,7 @@ def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:
 def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
     model, spec, info = restore_model(cfg)
     data = load_test_data(cfg.data_dir, input_path=cfg.input)
-    images = [normalize_image(im) for im in data.images]
+    images = [normalize_image(im, info.normalization) for im in data.images]
     if images[0].shape[-1] != spec.in_channels:
         raise UNetError(f"{data.source}: images have {images[0].shape[-1]} channels, the model expects "
                         f"{spec.in_channels}")

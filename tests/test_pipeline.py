@@ -1,7 +1,8 @@
 """The training input stream: a pure function of (seed, step), aligned crops, exact sharding."""
 import numpy as np
 
-from utils.data.pipeline import CropGeometry, make_train_dataset, pad_stack
+from utils.data.pipeline import (MAX_CENTRES_PER_IMAGE, CropGeometry, Sampling, foreground_centres,
+                                 make_train_dataset, pack_images)
 
 
 def toy_data(n=5, hw=(40, 36)):
@@ -65,10 +66,58 @@ def test_two_workers_see_the_combined_batch():
         np.testing.assert_array_equal(one[step][0], combined)
 
 
-def test_pad_stack_mirrors_and_handles_mixed_sizes():
+def test_pack_images_mirrors_and_packs_mixed_sizes_without_filler():
     a = np.arange(12, dtype=np.float32).reshape(3, 4, 1)
     b = np.ones((5, 2, 1), np.float32)
-    imgs, msk, sizes = pad_stack([a, b], [a[..., 0].astype(np.uint8), b[..., 0].astype(np.uint8)], 2)
-    assert imgs.shape == (2, 9, 8, 1) and msk.shape == (2, 9, 8)
-    np.testing.assert_array_equal(sizes, [[3, 4], [5, 2]])
-    np.testing.assert_array_equal(imgs[0, :7, :8, 0], np.pad(a[..., 0], 2, mode="reflect"))
+    packed = pack_images([a, b], [a[..., 0].astype(np.uint8), b[..., 0].astype(np.uint8)], 2)
+    np.testing.assert_array_equal(packed.sizes, [[3, 4], [5, 2]])
+    np.testing.assert_array_equal(packed.padded, [[7, 8], [9, 6]])
+    assert packed.pixels.size == 7 * 8 + 9 * 6 and packed.labels.size == 7 * 8 + 9 * 6
+    first = packed.pixels[:56].reshape(7, 8)
+    np.testing.assert_array_equal(first, np.pad(a[..., 0], 2, mode="reflect"))
+    np.testing.assert_array_equal(packed.labels[56:].reshape(9, 6), np.pad(b[..., 0], 2, mode="reflect"))
+
+
+def test_crops_equal_slices_of_the_padded_image():
+    rng = np.random.default_rng(3)
+    images = [rng.random((40, 50, 2), dtype=np.float32), rng.random((33, 37, 2), dtype=np.float32)]
+    masks = [(im[..., 0] > 0.5).astype(np.uint8) for im in images]
+    geo = CropGeometry(24, 16)  # margin 4
+    for image, label in make_train_dataset(images, masks, ["a", "b"], geo, batch_size=1, seed=5, start_step=0,
+                                           max_steps=6):
+        image, label = image.numpy()[0], label.numpy()[0]
+        found = False
+        for source, mask in zip(images, masks):
+            padded = np.pad(source, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+            for y in range(source.shape[0] - 16 + 1):
+                for x in range(source.shape[1] - 16 + 1):
+                    if np.array_equal(padded[y:y + 24, x:x + 24], image):
+                        assert np.array_equal(mask[y:y + 16, x:x + 16], label)
+                        found = True
+        assert found
+
+
+def test_foreground_sampling_centres_crops_on_the_rare_class():
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((200, 200), np.uint8) for _ in range(4)]
+    for m in masks:
+        y, x = rng.integers(10, 190, 2)
+        m[y - 2:y + 3, x - 2:x + 3] = 1  # one 5 x 5 object per image: 0.06 % of pixels
+    images = [m[..., None].astype(np.float32) for m in masks]
+    geo = CropGeometry(32, 32)
+
+    def hits(sampling):
+        ds = make_train_dataset(images, masks, list("abcd"), geo, batch_size=1, seed=2, start_step=0,
+                                max_steps=60, sampling=sampling)
+        return sum(int(label.numpy().any()) for _, label in ds)
+
+    uniform, centred = hits(Sampling()), hits(Sampling(foreground=1.0, classes=(1,)))
+    assert centred == 60
+    assert uniform < 15
+
+
+def test_foreground_centres_are_subsampled_and_indexed_per_image():
+    masks = [np.ones((100, 100), np.uint8), np.zeros((10, 10), np.uint8)]
+    centres, first, count = foreground_centres(masks, (1,), seed=0)
+    assert list(count) == [MAX_CENTRES_PER_IMAGE, 0] and list(first) == [0, MAX_CENTRES_PER_IMAGE]
+    assert len(np.unique(centres[:MAX_CENTRES_PER_IMAGE], axis=0)) == MAX_CENTRES_PER_IMAGE

@@ -35,6 +35,7 @@ class RunRecord:
         quantization_config: model.quantizers.QuantizationConfig.to_dict() of the run, if any.
         step: training step of the weights in use (set when a checkpoint is loaded).
         model_path: the exported file these weights come from (--model_path), if any.
+        normalization: utils.data.normalize mode the network was trained with ("global" or "per_image").
     """
 
     spec: dict[str, Any]
@@ -44,6 +45,7 @@ class RunRecord:
     quantization_config: dict[str, Any] | None = None
     step: int | None = None
     model_path: str | None = None
+    normalization: str = "global"
 
     @property
     def variant(self) -> str:
@@ -56,7 +58,7 @@ class RunRecord:
         return dataclasses.replace(self, **changes)
 
 
-_STORED = ("architecture", "quantization", "quantization_config", "step")
+_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization")
 
 
 def save_run_record(model_dir: str | pathlib.Path, record: RunRecord) -> pathlib.Path:

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import pathlib
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -20,7 +20,7 @@ import tf_keras as keras
 from utils.training import checkpoint as ckpt
 from utils.errors import UNetError
 from utils.training.losses import cross_entropy_dice_loss
-from utils.data.pipeline import AugmentFn, CropGeometry, make_train_dataset
+from utils.data.pipeline import AugmentFn, CropGeometry, Sampling, make_train_dataset
 
 
 class TrainSettings(Protocol):
@@ -100,18 +100,24 @@ class TrainState:
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classes: int,
-                    dice_weight: float, dist: Any, xla: bool = False) -> Callable:
+                    dice_weight: float, dist: Any, xla: bool = False,
+                    class_weights: Sequence[float] | None = None) -> Callable:
     """One compiled optimization step: forward, CE + soft Dice loss, reduced gradients, update.
+
+    `class_weights` (one per class) weigh each pixel's cross-entropy by its true class.
 
     Under a float16 policy the optimizer is a LossScaleOptimizer: the loss is scaled before the
     gradient and the gradients unscaled after, so small float16 gradients do not flush to zero.
     """
     scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
 
+    weight_table = None if class_weights is None else tf.constant(class_weights, tf.float32)
+
     def train_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss = cross_entropy_dice_loss(logits, labels, n_classes, dice_weight=dice_weight)
+            weights = None if weight_table is None else tf.gather(weight_table, labels)
+            loss = cross_entropy_dice_loss(logits, labels, n_classes, dice_weight=dice_weight, weights=weights)
             if model.losses:
                 loss += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
             target = optimizer.get_scaled_loss(loss) if scaled else loss
@@ -128,7 +134,8 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n
 def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarray], train_masks: list[np.ndarray],
           train_names: list[str], geometry: CropGeometry, n_classes: int, logger: Any, dist: Any,
           evaluate: Callable[[keras.Model, int], dict[str, Any]] | None,
-          augment: AugmentFn | None, score_key: str = "mean_dice") -> TrainState:
+          augment: AugmentFn | None, score_key: str = "mean_dice", sampling: Sampling = Sampling(),
+          class_weights: Sequence[float] | None = None) -> TrainState:
     """Train `model` to cfg.max_steps, evaluating every cfg.evaluate_every steps and at the end.
 
     `evaluate(model, step)` returns metrics (it also writes eval_results.json); the checkpoint with
@@ -178,8 +185,9 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
     dataset = make_train_dataset(train_images, train_masks, train_names, geometry,
                                  batch_size=cfg.batch_size, seed=cfg.seed, start_step=state.step,
                                  max_steps=cfg.max_steps, augment=augment, rank=dist.rank,
-                                 world_size=dist.size)
-    train_step = make_train_step(model, optimizer, n_classes, cfg.dice_weight, dist, xla=cfg.xla)
+                                 world_size=dist.size, sampling=sampling)
+    train_step = make_train_step(model, optimizer, n_classes, cfg.dice_weight, dist, xla=cfg.xla,
+                                 class_weights=class_weights)
     window_start, window_images, losses = time.perf_counter(), 0, []
     for images, labels in dataset:
         loss = float(train_step(images, labels))
