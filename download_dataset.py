@@ -3,12 +3,19 @@
     python download_dataset.py --data_dir data/isbi2012           # download from public mirrors
     python download_dataset.py --verify data/isbi2012             # check checksums (offline)
     python download_dataset.py --synthetic --data_dir data/synthetic [--num_slices 30 --size 512 --seed 0]
+    python download_dataset.py --synthetic --kind vessels --data_dir data/vessels [--num_images 20 --seed 0]
+    python download_dataset.py --synthetic --kind nuclei --data_dir data/nuclei [--num_images 30 --seed 0]
 
 The challenge host (brainiac2.mit.edu/isbi_challenge) is gone. The files are fetched from the public
 mirrors in SOURCES, in order, and each file is accepted only if it matches a known checksum (see
 CHECKSUMS). Downloads go to a temporary file in the destination folder that is renamed into place
 only after it verified, so an interrupted or corrupt download never leaves a file with the final
 name behind.
+
+--synthetic writes a stand-in instead (utils.data.synthetic_kinds): --kind em (the default) an EM
+stack pair in the ISBI layout; --kind vessels fundus photographs as images/NN.png + masks/NN.png
+(+ fov/NN.png, the field-of-view masks); --kind nuclei nucleus images of mixed sizes and styles as
+images/NN.png + masks/NN.png. They rehearse data shapes, they do not replace real data.
 
 Data: Cardona et al. 2010 (serial-section TEM of the Drosophila first-instar larva ventral nerve
 cord), published for the ISBI 2012 challenge by Arganda-Carreras et al., Front. Neuroanat. 2015.
@@ -33,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from utils.data import synthetic
+from utils.data import synthetic, synthetic_kinds
 from utils.errors import UNetError, run_cli
 from utils.fileio import atomic_write
 from utils.data import readers
@@ -320,6 +327,37 @@ def write_synthetic(data_dir: str | os.PathLike, num_slices: int, size: int, see
     return written
 
 
+def write_synthetic_folders(data_dir: str | os.PathLike, kind: str, num_images: int | None, seed: int,
+                            log: Log = print) -> list[pathlib.Path]:
+    """Write a folder-layout synthetic kind (utils.data.synthetic_kinds) and log one line per folder."""
+    written = synthetic_kinds.write_folder_kind(data_dir, kind, num_images, seed)
+    by_folder: dict[pathlib.Path, int] = {}
+    for path in written:
+        by_folder[path.parent] = by_folder.get(path.parent, 0) + 1
+    for folder, count in by_folder.items():
+        log(f"{folder}: {count} PNG files written (synthetic {kind}, seed {seed})")
+    return written
+
+
+def _check_synthetic_flags(args: argparse.Namespace) -> None:
+    """One-line errors for flags that do not fit the chosen --kind (or a download)."""
+    if not args.synthetic:
+        for flag in ("kind", "num_images"):
+            if getattr(args, flag) is not None:
+                raise UNetError(f"--{flag} needs --synthetic (a download always gets the ISBI 2012 EM data)")
+        return
+    kind = args.kind or "em"
+    if kind not in synthetic_kinds.KINDS:
+        raise UNetError(f"--kind {kind}: unknown kind; expected one of {', '.join(synthetic_kinds.KINDS)}")
+    if kind == "em" and args.num_images is not None:
+        raise UNetError("--num_images is for --kind vessels or nuclei; --kind em uses --num_slices and --size")
+    if kind != "em":
+        for flag in ("num_slices", "size"):
+            if getattr(args, flag) is not None:
+                raise UNetError(f"--{flag} is for --kind em; --kind {kind} has a fixed image size per style, "
+                                "use --num_images for the count")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -327,9 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--verify", metavar="DIR", help="only check the files in DIR against known checksums")
     mode.add_argument("--synthetic", action="store_true",
-                      help="write a synthetic EM data set in the ISBI layout instead of downloading")
-    parser.add_argument("--num_slices", type=int, default=30, help="synthetic: slices per stack")
-    parser.add_argument("--size", type=int, default=512, help="synthetic: slice height and width (px)")
+                      help="write a synthetic data set instead of downloading (see --kind)")
+    parser.add_argument("--kind", help=f"synthetic: {' | '.join(synthetic_kinds.KINDS)} (default em: EM stacks "
+                        "in the ISBI layout; vessels, nuclei: images/ + masks/ PNG folders)")
+    parser.add_argument("--num_slices", type=int, help="synthetic em: slices per stack (default 30)")
+    parser.add_argument("--size", type=int, help="synthetic em: slice height and width in px (default 512)")
+    parser.add_argument("--num_images", type=int, help="synthetic vessels/nuclei: number of images (default "
+                        + ", ".join(f"{n} for {k}" for k, n in synthetic_kinds.DEFAULT_NUM_IMAGES.items()) + ")")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: random seed (the test volume uses "
                         f"seed + {synthetic.TEST_SEED_OFFSET})")
     parser.add_argument("--timeout", type=float, default=60.0, help="download: seconds without data before "
@@ -346,8 +388,12 @@ def main(argv: list[str] | None = None, *, fetch: Fetch | None = None) -> int:
     def run() -> int:
         if args.verify is not None:
             return 0 if verify_dir(args.verify) else 1
-        if args.synthetic:
-            write_synthetic(args.data_dir, args.num_slices, args.size, args.seed)
+        _check_synthetic_flags(args)
+        if args.synthetic and (args.kind or "em") == "em":
+            write_synthetic(args.data_dir, 30 if args.num_slices is None else args.num_slices,
+                            512 if args.size is None else args.size, args.seed)
+        elif args.synthetic:
+            write_synthetic_folders(args.data_dir, args.kind, args.num_images, args.seed)
         else:
             timeout = args.timeout
             download_isbi(args.data_dir, fetch=fetch or (lambda url, dest: fetch_url(url, dest, timeout)))

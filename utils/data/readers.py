@@ -3,6 +3,21 @@
 Every user-fixable problem (missing or corrupt file, unsupported dtype or dimensionality, bad label
 values) raises UNetError naming the file and what was expected; a decoder's own exception is
 chained, never shown alone. Array conventions are those of utils.data.layouts.
+
+What is read:
+- TIFF (tifffile): uncompressed, LZW, Deflate/zlib, PackBits, JPEG (and the other codecs of the
+  `imagecodecs` package, pinned in requirements.txt), with or without predictors, striped or tiled,
+  single images and multi-page stacks; 1-bit, 8/16-bit integer and 16/32/64-bit float pixels; gray,
+  RGB and RGBA. Palette TIFFs go through Pillow. Without imagecodecs only uncompressed, Deflate,
+  LZMA and PackBits TIFFs decode; the others fail with a message saying to install it, not that the
+  file is damaged. A truncated file (pixel data declared past its end) or undecodable data fails with
+  "damaged or truncated" and the file name.
+- PNG, GIF, BMP, JPEG (Pillow): 1-bit, 8-bit and 16-bit gray, RGB, RGBA, gray + alpha and palette
+  images. Gray palettes decode to gray values; colour palettes decode to RGB for images and stay
+  indices (class ids) for masks.
+- RGBA and gray + alpha: the alpha channel is dropped, not composited. The colour channels hold
+  the measurement; compositing would blend in a background colour that is not in the data (and
+  alpha = 0 regions, such as the outside of a fundus field of view, keep the values stored there).
 """
 from __future__ import annotations
 
@@ -14,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 import tifffile
-from PIL import Image, ImageSequence
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from utils.errors import UNetError
 from utils.data.normalize import _MAX_VALUE
@@ -69,11 +84,82 @@ def _require_file(path: pathlib.Path) -> None:
 
 
 
+# LZW, JPEG, ZSTD, WebP, JPEG 2000 and the floating-point predictor (among others) are decoded by
+# imagecodecs; without it tifffile only has zlib/Deflate, LZMA and PackBits (pure-Python fallbacks).
+_MISSING_CODEC_HINT = ("decoding needs the 'imagecodecs' package, which is not installed; install it with "
+                       "`pip install imagecodecs` (the version is pinned in requirements.txt); "
+                       "the file itself is probably fine")
+
+
+def _tiff_enum_name(enum: type, value: int) -> str:
+    try:
+        return enum(value).name
+    except ValueError:  # a code tifffile does not know
+        return str(value)
+
+
+def _check_codecs(page: "tifffile.TiffPage", path: pathlib.Path) -> None:
+    """Raise UNetError if the page's compression or predictor has no decoder in this installation.
+
+    tifffile resolves decoders lazily and reports a missing one as a ValueError from the middle of
+    asarray; asking its codec tables first lets the message say what is missing instead of
+    suggesting that the file is corrupt.
+    """
+    tables = [("compression", page.compression, tifffile.TIFF.DECOMPRESSORS, tifffile.COMPRESSION)]
+    if page.compression not in tifffile.TIFF.IMAGE_COMPRESSIONS:  # JPEG & co. ignore predictors
+        tables.append(("predictor", page.predictor, tifffile.TIFF.UNPREDICTORS, tifffile.PREDICTOR))
+    for what, code, table, enum in tables:
+        if code == 1:  # none
+            continue
+        try:
+            table[code]
+        except KeyError as exc:
+            name = _tiff_enum_name(enum, code)
+            if "imagecodecs" in str(exc):
+                raise UNetError(f"{path}: the TIFF uses {what} {name}, whose {_MISSING_CODEC_HINT}") from exc
+            raise UNetError(f"{path}: the TIFF uses {what} {name}, which tifffile cannot decode; save it "
+                            "uncompressed or with LZW/Deflate compression") from exc
+
+
+def _is_missing_codec(exc: BaseException) -> bool:
+    """True if a decoder failed because a codec package is missing, not because the data is bad."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ImportError) or "imagecodecs" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _check_complete(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries", path: pathlib.Path) -> None:
+    """Raise UNetError if pixel data is declared beyond the end of the file (a truncated copy).
+
+    Some decoders (libjpeg) return a partly grey image for a cut strip instead of failing, so the
+    strip table is checked against the file size before decoding.
+    """
+    size = tif.filehandle.size
+    ends = [(i, int(np.max(np.add(page.dataoffsets, page.databytecounts))))
+            for i, page in enumerate(tif.pages) if page is not None and len(page.dataoffsets)]
+    if series.dataoffset is not None:  # contiguous stacks (ImageJ) may list only their first page
+        ends.append((0, int(series.dataoffset) + int(series.nbytes)))
+    for index, end in ends:
+        if end > size:
+            raise UNetError(f"{path}: damaged or truncated TIFF: the data of page {index} ends at byte {end} "
+                            f"but the file has only {size} bytes")
+
+
 def _read_tiff(path: pathlib.Path) -> np.ndarray | None:
     """All pages of a TIFF as (N, H, W) or (N, H, W, S); None for palette TIFFs (Pillow decodes those)."""
     with _tifffile_errors() as problems:
         try:
-            with tifffile.TiffFile(path) as tif:
+            tif = tifffile.TiffFile(path)
+        except Exception as exc:  # TiffFileError, struct.error, OSError: the header is unusable
+            raise UNetError(f"{path}: not a TIFF file, or its header is damaged or truncated "
+                            f"({type(exc).__name__}: {exc})") from exc
+        try:
+            with tif:
                 if not tif.series:
                     raise UNetError(f"{path}: the TIFF holds no image")
                 if len(tif.series) > 1:
@@ -82,14 +168,20 @@ def _read_tiff(path: pathlib.Path) -> np.ndarray | None:
                                     f"shapes or types ({shapes}); expected one stack of equally sized images")
                 if tif.pages.first.photometric == tifffile.PHOTOMETRIC.PALETTE:
                     return None
+                _check_codecs(tif.pages.first, path)
                 series = tif.series[0]
+                _check_complete(tif, series, path)
                 array, axes = series.asarray(), series.axes
         except UNetError:
             raise
         # Decoders raise a zoo of types (TiffFileError, ValueError, zlib.error, struct.error,
-        # codec errors); whichever it is, the file cannot be used and the user must hear which one.
+        # imagecodecs errors); whichever it is, the user must hear whether a codec is missing (the
+        # file is fine, the installation is not) or the file is damaged.
         except Exception as exc:
-            raise UNetError(f"{path}: unreadable or corrupt TIFF ({type(exc).__name__}: {exc})") from exc
+            if _is_missing_codec(exc):
+                raise UNetError(f"{path}: {_MISSING_CODEC_HINT} ({type(exc).__name__}: {exc})") from exc
+            raise UNetError(f"{path}: damaged or truncated TIFF, its pixels cannot be decoded "
+                            f"({type(exc).__name__}: {exc})") from exc
     if problems:
         raise UNetError(f"{path}: damaged or truncated TIFF ({problems[0]})")
     return _tiff_to_stack(array, axes, path)
@@ -129,6 +221,8 @@ def _pil_frame_to_array(frame: Image.Image, palette_as_index: bool) -> np.ndarra
         if _is_gray_palette(palette, used):
             return palette[index, 0]
         return index if palette_as_index else palette[index]
+    if frame.mode == "1":  # Pillow exposes 1-bit pixels as bools whose byte is 0 or 255; make them 0/1
+        return np.asarray(frame).view(np.uint8) != 0
     if frame.mode in ("PA", "CMYK", "YCbCr", "LAB", "HSV"):
         return np.asarray(frame.convert("RGBA" if frame.mode == "PA" else "RGB"))
     return np.asarray(frame)
@@ -140,10 +234,16 @@ def _read_with_pillow(path: pathlib.Path, palette_as_index: bool) -> np.ndarray:
     try:
         with Image.open(path) as image:
             frames = [_pil_frame_to_array(frame, palette_as_index) for frame in ImageSequence.Iterator(image)]
-    # Pillow raises OSError (truncated, unidentified), SyntaxError, ValueError, EOFError or
-    # DecompressionBombError depending on the format and the damage.
+    except UnidentifiedImageError as exc:  # no format recognised the header
+        raise UNetError(f"{path}: not a readable image: the file is damaged or not of a supported format "
+                        f"({', '.join(IMAGE_SUFFIXES)})") from exc
+    except Image.DecompressionBombError as exc:
+        raise UNetError(f"{path}: image too large to decode safely ({exc})") from exc
+    # Pillow raises OSError ("image file is truncated"), SyntaxError, ValueError or EOFError
+    # depending on the format and where the damage is.
     except Exception as exc:
-        raise UNetError(f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc})") from exc
+        raise UNetError(f"{path}: damaged or truncated image file, its pixels cannot be decoded "
+                        f"({type(exc).__name__}: {exc})") from exc
     shapes = {(f.shape, f.dtype) for f in frames}
     if len(shapes) > 1:
         raise UNetError(f"{path}: frames differ in shape or type ({sorted(map(str, shapes))})")
@@ -255,8 +355,10 @@ def as_mask(array: np.ndarray, source: str) -> np.ndarray:
 
 def mask_values(mask: np.ndarray) -> np.ndarray:
     """Sorted distinct values of a mask (bincount for uint8: ~10x faster than np.unique)."""
-    if mask.dtype == np.bool_ or mask.dtype == np.uint8:
-        return np.flatnonzero(np.bincount(mask.ravel().view(np.uint8), minlength=256))
+    if mask.dtype == np.bool_:  # astype, not view: a bool's byte may be 255 (Pillow's 1-bit images)
+        return np.flatnonzero(np.bincount(mask.ravel().astype(np.uint8), minlength=2))
+    if mask.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
     return np.unique(mask)
 
 
@@ -266,7 +368,8 @@ def to_class_ids(mask: np.ndarray, num_classes: int | None, source: str) -> np.n
 
     Args:
         mask: (H, W) (or any shape) bool, integer or integral float values.
-        num_classes: None or 2 for binary masks ({0, 255} -> 255 is class 1; {0, 1} kept);
+        num_classes: None or 2 for binary masks ({0, 255} -> 255 is class 1, likewise {0, 65535}
+            for uint16 masks; {0, 1} kept);
             K > 2 for class ids that must lie in 0..K-1.
         source: file name for messages.
     Returns:
@@ -281,8 +384,10 @@ def to_class_ids(mask: np.ndarray, num_classes: int | None, source: str) -> np.n
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         raise UNetError(f"{source}: mask holds NaN or infinite values; expected integer class ids")
     binary = num_classes in (None, 2)
-    if binary and set(values.tolist()) <= {0, 255}:
-        return (mask == 255).astype(np.uint8)
+    # 16-bit binary masks (ImageJ, some PNG exporters) use 65535 where 8-bit ones use 255.
+    for high in (255, 65535) if mask.dtype == np.uint16 else (255,):
+        if binary and set(values.tolist()) <= {0, high}:
+            return (mask == high).astype(np.uint8)
     limit = 2 if binary else int(num_classes)
     integral = np.all(np.mod(values, 1) == 0) if np.issubdtype(values.dtype, np.floating) else True
     if integral and values.min() >= 0 and values.max() < limit:
