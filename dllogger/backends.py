@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import sys
-from typing import Any, Dict, Optional, TextIO, Union
+from typing import Any, Dict, Mapping, Optional, TextIO, Union
 
 from dllogger.logger import Backend, Record, Verbosity
 from utils.errors import UNetError
+from utils.progress import write_line
 
 JSON_PREFIX = "DLLL "
 
@@ -62,8 +62,9 @@ class StdOutBackend(Backend):
                   for name, value in record.data.items()]
         line = " | ".join([f"{self.prefix} {record.datetime} - {self._format_step(record.step)}"]
                           + fields)
-        # Look up sys.stdout at call time so redirection (and pytest's capture) is honoured.
-        print(line, file=sys.stdout, flush=True)
+        # sys.stdout is looked up at call time so redirection (and pytest's capture) is honoured;
+        # while a progress bar is drawn, the line goes above it.
+        write_line(line)
 
 
 class JSONStreamBackend(Backend):
@@ -117,11 +118,28 @@ class JSONStreamBackend(Backend):
             self._file = None
 
 
-class TensorBoardBackend(Backend):
-    """Numeric values logged at integer steps become TensorBoard scalars (tf.summary).
+def _tensorboard_step(step: Any) -> tuple[str, int] | None:
+    """(tag prefix, integer step) of a record TensorBoard can plot, None for the others.
 
-    Tuple and string steps and non-numeric values are skipped. TensorFlow is imported and the
-    writer created on the first scalar, so importing dllogger never imports TensorFlow.
+    An int step is a training step (no prefix); a ("name", int) step such as ("eval", 200) is a
+    named series at that step ("eval/..." tags), so validation scores share the training step axis
+    while the JSON log keeps them apart from training records.
+    """
+    if isinstance(step, int) and not isinstance(step, bool):
+        return "", step
+    if (isinstance(step, tuple) and len(step) == 2 and isinstance(step[0], str)
+            and isinstance(step[1], int) and not isinstance(step[1], bool)):
+        return f"{step[0]}/", step[1]
+    return None
+
+
+class TensorBoardBackend(Backend):
+    """Numeric values logged at integer steps become TensorBoard scalars (tf.summary); so do those
+    at ("name", int) steps, as "name/metric" at that step. Also images (`Logger.images`) and the
+    hyper-parameters (`Logger.hparams`: the HParams dashboard and a text table).
+
+    Other steps (strings, (epoch, iteration) tuples) and non-numeric values are skipped. TensorFlow
+    is imported and the writer created on first use, so importing dllogger never imports TensorFlow.
 
     Args:
         log_dir: directory for the event files.
@@ -150,17 +168,37 @@ class TensorBoardBackend(Backend):
         return self._writer
 
     def write(self, record: Record) -> None:
-        if record.kind != "LOG" or not isinstance(record.step, int):
+        at = _tensorboard_step(record.step) if record.kind == "LOG" else None
+        if at is None:
             return
+        prefix, step = at
         scalars = {name: value for name, value in record.data.items() if _is_number(value)}
         if not scalars:
             return
         writer = self._get_writer()
         import tensorflow as tf  # loaded by _get_writer, after utils
 
-        with writer.as_default(step=record.step):
+        with writer.as_default(step=step):
             for name, value in scalars.items():
-                tf.summary.scalar(name, value)
+                tf.summary.scalar(prefix + name, value)
+
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        writer = self._get_writer()
+        import tensorflow as tf
+
+        with writer.as_default(step=step):
+            for name, batch in images.items():
+                tf.summary.image(name, batch, max_outputs=len(batch))
+
+    def write_hparams(self, params: Mapping[str, Any]) -> None:
+        writer = self._get_writer()
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hp
+
+        table = "\n".join(["| flag | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in params.items()])
+        with writer.as_default(step=0):
+            hp.hparams(dict(params))
+            tf.summary.text("config", table)
 
     def flush(self) -> None:
         if self._writer is not None:

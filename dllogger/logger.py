@@ -99,6 +99,12 @@ class Backend(abc.ABC):
     def write(self, record: Record) -> None:
         """Emit one record."""
 
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        """Emit named image batches (N, H, W, 3) uint8 at an integer step; most backends ignore them."""
+
+    def write_hparams(self, params: Mapping[str, Any]) -> None:
+        """Record a run's hyper-parameters (flat name -> bool/int/float/str); most backends ignore them."""
+
     def flush(self) -> None:
         """Push buffered output to its destination."""
 
@@ -152,6 +158,20 @@ class Logger:
         record = self._record("METADATA", None, {name: dict(meta)})
         for backend in self._backends:
             backend.write(record)
+
+    def images(self, step: int, images: Mapping[str, Any]) -> None:
+        """Log named image batches (N, H, W, 3) uint8 at an integer step (TensorBoard shows them; the
+        text backends do not: pixels do not belong in a log line)."""
+        for backend in self._backends:
+            backend.write_images(int(step), images)
+
+    def hparams(self, params: Mapping[str, Any]) -> None:
+        """Log the run's hyper-parameters (name -> value; values that are not bool/int/float/str are
+        written as their str)."""
+        params = {str(k): v if isinstance(v, (bool, int, float, str)) else str(v)
+                  for k, v in to_builtin(dict(params)).items() if v is not None}
+        for backend in self._backends:
+            backend.write_hparams(params)
 
     def flush(self) -> None:
         for backend in self._backends:

@@ -19,10 +19,14 @@ from utils.precision import configure_precision
 from utils.inference.runtimes import load_exported
 
 
+def log_path(cfg: Config) -> pathlib.Path:
+    """The run's JSON-lines log: log_dir/log.json (model_dir/log.json without --log_dir)."""
+    return pathlib.Path(cfg.log_dir or cfg.model_dir) / "log.json"
+
+
 def make_logger(cfg: Config, rank: int) -> dllogger.Logger:
     """stdout + JSON lines (log_dir/log.json) + TensorBoard (model_dir/tensorboard); rank 0 only."""
-    log_dir = pathlib.Path(cfg.log_dir or cfg.model_dir)
-    backends = [dllogger.StdOutBackend(), dllogger.JSONStreamBackend(str(log_dir / "log.json")),
+    backends = [dllogger.StdOutBackend(), dllogger.JSONStreamBackend(str(log_path(cfg))),
                 dllogger.TensorBoardBackend(str(pathlib.Path(cfg.model_dir) / "tensorboard"))]
     return dllogger.Logger(backends, rank=rank)
 

@@ -14,7 +14,8 @@ from utils.data.normalize import normalize_image
 from utils.errors import UNetError
 from utils.inference.tiling import plan_tiles
 from utils.inference.runtimes import EXPORT_JSON, load_exported
-from utils.export.formats import EXPORT_DIR, ExportInputs, check_export_request, export_model, read_export_json, record_artifact
+from utils.export.formats import (EXPORT_DIR, ExportInputs, check_export_request, export_model, read_export_json,
+                                  record_artifact)
 
 
 def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
     entry = export_model(model, spec, info.class_names, pathlib.Path(cfg.model_dir) / EXPORT_DIR,
                          cfg.export_format, cfg.export_precision, inputs,
                          extra={"checkpoint": cfg.checkpoint, "step": info.step,
-                                "parity_images": [data.names[i] for i in val_idx]})
+                                "parity_images": [data.names[i] for i in val_idx]}, logger=logger)
     for key, report in entry.get("parity", {}).items():
         logger.log("EXPORT", {"artifact": entry["file"], "check": key, "label_agreement": report["label_agreement"],
                               "max_abs_prob_diff": report["max_abs_prob_diff"], "threshold": report["threshold"]})

@@ -21,26 +21,31 @@ from utils.data.normalize import normalize_image
 from utils.errors import UNetError
 from utils.inference.tiling import predict_images
 from utils.score.metrics import segmentation_metrics
-from utils.inference.outputs import write_predictions
+from utils.inference.outputs import background_class, comparison_panel, write_predictions
 from utils.precision import configure_precision, configure_seeds
 from utils.inference.runtimes import as_predictor
 from runtime.recipe import (FINGERPRINT_FILE, PROBE_STEPS, PROBE_WARMUP, class_weights_for, resolve_recipe,
                             sampling_for, steps_for_budget)
-from runtime.assemble import load_training_set, make_augment, make_logger, make_model, quantization_config, restore_model
+from runtime.assemble import (load_training_set, log_path, make_augment, make_logger, make_model, quantization_config,
+                              restore_model)
+from runtime.curves import write_curves
 
 
 TRAINING_MODES = ("train", "train_and_evaluate", "train_and_predict", "compress")
+OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
 
 
 
 def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarray],
-                    masks: list[np.ndarray], class_names: tuple[str, ...]) -> dict[str, Any]:
-    """Metrics of the tiled, native-resolution prediction of `images` against `masks`."""
+                    masks: list[np.ndarray], class_names: tuple[str, ...], logger: dllogger.Logger | None = None
+                    ) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Metrics of the tiled, native-resolution prediction of `images` against `masks`, and the
+    class probabilities (H, W, K) of each image. With a `logger`, the loop shows its progress."""
     predictor, tile_size = as_predictor(model, cfg.tile_size)
     probs = predict_images(predictor, spec, images, tile_size=tile_size,
                            max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                           batch_size=cfg.batch_size, tta=cfg.tta)
-    return segmentation_metrics(probs, masks, class_names)
+                           batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="evaluate")
+    return segmentation_metrics(probs, masks, class_names), probs
 
 
 
@@ -50,14 +55,29 @@ def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val
     masks = [data.masks[i] for i in val_idx]
 
     def evaluate(model: Any, step: int) -> dict[str, Any]:
-        metrics = evaluate_images(cfg, model, spec, images, masks, data.class_names)
+        metrics, probs = evaluate_images(cfg, model, spec, images, masks, data.class_names, logger)
         results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
                    "num_images": len(images), "tta": cfg.tta}
         write_json(pathlib.Path(cfg.model_dir) / EVAL_RESULTS, results)
+        # ("eval", step): the JSON log keeps validation records apart from training steps, and the
+        # TensorBoard backend plots them as eval/<metric> at that step.
         logger.log(("eval", int(step)), {k: v for k, v in results.items() if isinstance(v, (int, float))})
+        skip = background_class(data.class_names)
+        logger.images(int(step), {
+            f"eval/input_prediction_truth_{i}": comparison_panel(images[i], probs[i].argmax(-1), masks[i],
+                                                                 skip_class=skip)[None]
+            for i in range(min(OVERLAYS, len(images)))})
         return results
 
     return evaluate
+
+
+
+def score_keys(class_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The validation scores of curves.png: the first foreground class's Dice, and the mean."""
+    background = background_class(class_names)
+    first = next((name for i, name in enumerate(class_names) if i != background), class_names[0])
+    return f"{first}_dice", "mean_dice"
 
 
 
@@ -90,10 +110,23 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
             architecture=getattr(model, "float_architecture", None) or model.to_json(),
             quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
             normalization=cfg.normalization))
+    logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
     augment = make_augment(cfg)
+    keys = score_keys(data.class_names)
+
+    def plot() -> None:  # curves.png from the whole log, after every evaluation and at the end
+        write_curves(log_path(cfg), cfg.model_dir, keys)
+
     # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
     wants_eval = cfg.exec_mode != "train" or cfg.evaluate_every > 0
-    evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization) if wants_eval else None
+    evaluate = None
+    if wants_eval:
+        evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization)
+
+        def evaluate(model: Any, step: int) -> dict[str, Any]:
+            results = evaluate_fold(model, step)
+            plot()
+            return results
     if cfg.exec_mode == "compress" and dist.is_chief:
         before = evaluate(model, 0)  # the compressed model before fine-tuning
         write_json(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
@@ -106,6 +139,9 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
     state = train(cfg, model, train_images=train_images, train_masks=train_masks, train_names=train_names,
                   geometry=geometry, n_classes=spec.n_classes, logger=logger, dist=dist, evaluate=evaluate,
                   augment=augment, sampling=sampling, class_weights=class_weights)
+    if dist.is_chief:
+        logger.flush()
+        plot()
     return state.last_eval
 
 
@@ -165,7 +201,7 @@ def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
     predictor, tile_size = as_predictor(model, cfg.tile_size)
     probs = predict_images(predictor, spec, images, tile_size=tile_size,
                            max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                           batch_size=cfg.batch_size, tta=cfg.tta)
+                           batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="predict")
     source = pathlib.Path(data.source)
     stack_name = source.name.split(".")[0] if source.suffix.lower() in (".tif", ".tiff") else None
     written = write_predictions(pathlib.Path(cfg.model_dir) / PREDICTIONS, probs, images, data.names,

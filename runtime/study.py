@@ -26,12 +26,13 @@ import sys
 import time
 from typing import Any, Sequence
 
-
+import dllogger
 from utils.artifacts import EVAL_RESULTS, write_json
 from utils.timing import latency_stats, time_round_robin
 from runtime.config import Config, read_yaml_file
 from utils.errors import UNetError, run_cli
 from utils.fileio import atomic_write_text
+from utils.progress import Progress
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DONE = "done.json"
@@ -227,7 +228,8 @@ def write_outputs(results_dir: pathlib.Path, rows: list[dict[str, Any]], metric:
     lines = [f"| variant | weights | bits/weight | parameters | GMAC/tile | stored | latency p50 (ms) | {metric} | "
              f"V_rand | V_info | {metric} before fine-tune |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['quantization']}{' tucker ' + str(r['rank_factor']) if r['rank_factor'] else ''}"
+        tucker = f" tucker {r['rank_factor']}" if r['rank_factor'] else ""
+        lines.append(f"| {r['name']} | {r['quantization']}{tucker}"
                      f" | {r['weight_bits']} | {r['parameters']:,} | {r['gmac_per_tile']:.2f}"
                      f" | {r['stored_bytes'] / 1e6:.3f} MB ({r['stored_format']}) | "
                      f"{r['latency_ms_p50']:.1f} | {fmt(r['score'], '.4f')} | {fmt(r['v_rand_thinned'], '.4f')} | "
@@ -285,11 +287,21 @@ def run_study(args: argparse.Namespace) -> None:
     base, variants = load_study(args.config)
     results_dir = pathlib.Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    for v in variants:
-        if (variant_dir(results_dir, v.name) / DONE).exists():
+    pending = [i for i, v in enumerate(variants) if not (variant_dir(results_dir, v.name) / DONE).exists()]
+    for i, v in enumerate(variants):
+        if i not in pending:
             print(f"study: skipping {v.name} (done)", flush=True)
-            continue
-        run_variant(v, base, args.data_dir, results_dir)
+    # One line before each variant: "variant i/N name", variants done, time per variant, ETA. No bar:
+    # the variants' own training output (their bars) shares the terminal.
+    logger = dllogger.Logger([dllogger.StdOutBackend()])
+    with Progress(len(variants), "study", logger, unit="variant", initial=len(variants) - len(pending),
+                  interval_s=None, bar=False) as progress:
+        for i in pending:
+            progress.log(variant=f"{i + 1}/{len(variants)} {variants[i].name}")
+            run_variant(variants[i], base, args.data_dir, results_dir)
+            progress.update()
+        if pending:
+            progress.log(variant="all trained, measuring")
     measured = measure(results_dir, variants, (args.latency_image,) * 2, args.latency_rounds)
     rows = summarize(results_dir, base, variants, measured, args.metric)
     write_outputs(results_dir, rows, args.metric)

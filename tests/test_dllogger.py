@@ -175,3 +175,41 @@ def test_importing_dllogger_does_not_import_tensorflow():
     code = "import sys, dllogger; sys.exit('tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=str(REPO))
     assert result.returncode == 0
+
+
+def test_tensorboard_named_steps_images_and_hparams(tmp_path):
+    import utils  # noqa: F401
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    log_dir = tmp_path / "tb"
+    panel = np.zeros((1, 6, 9, 3), np.uint8)
+    panel[0, :, 3:6] = 255
+    with Logger([TensorBoardBackend(log_dir), JSONStreamBackend(tmp_path / "log.json")]) as logger:
+        logger.log(("eval", 20), {"membrane_dice": 0.8, "tta": False})  # validation at training step 20
+        logger.log(("eval", "last"), {"membrane_dice": 0.1})            # not an integer step: skipped
+        logger.images(20, {"eval/panel": panel})
+        logger.hparams({"learning_rate": 1e-4, "padding": "same", "augment": True, "ranks": [1, 2], "none": None})
+    scalars, images, hparams, texts = [], [], {}, []
+    for event_file in sorted(log_dir.iterdir()):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name
+                if plugin == "scalars":
+                    scalars.append((event.step, value.tag, float(tf.make_ndarray(value.tensor))))
+                elif plugin == "images":
+                    width, height, png = tf.make_ndarray(value.tensor)
+                    images.append((event.step, value.tag, int(width), int(height), tf.io.decode_png(png).numpy()))
+                elif plugin == hparams_metadata.PLUGIN_NAME:
+                    info = hparams_metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+                    hparams = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+                               for k, v in info.hparams.items()}
+                elif plugin == "text":
+                    texts.append(tf.make_ndarray(value.tensor).item().decode())
+    assert scalars == [(20, "eval/membrane_dice", pytest.approx(0.8))]
+    assert [(s, t, w, h) for s, t, w, h, _ in images] == [(20, "eval/panel", 9, 6)]
+    np.testing.assert_array_equal(images[0][4], panel[0])
+    assert hparams == {"learning_rate": pytest.approx(1e-4), "padding": "same", "augment": True, "ranks": "[1, 2]"}
+    assert "| padding | same |" in texts[0]
+    # Images and hyper-parameters stay out of the JSON log; the named-step record keeps its list step.
+    assert [r["step"] for r in _read_json_log(tmp_path / "log.json")] == [["eval", 20], ["eval", "last"]]

@@ -40,7 +40,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -55,6 +55,7 @@ from utils.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabi
 from utils.data.normalize import normalize_image
 from utils.inference.tiling import keras_predictor, plan_tiles, predict_images
 from utils.inference.runtimes import load_exported
+from utils.progress import Progress
 
 
 EXPORT_DIR = "export"
@@ -302,17 +303,25 @@ def write_onnx(module: UNetServingModule, path: pathlib.Path) -> None:
 
 
 class _TileReader:
-    """onnxruntime CalibrationDataReader over calibration tiles, one tile per batch."""
+    """onnxruntime CalibrationDataReader over calibration tiles, one tile per batch (read lazily, so a
+    tracked iterator counts the tiles as the calibrator consumes them)."""
 
-    def __init__(self, input_name: str, tiles: np.ndarray):
-        self._feeds = iter([{input_name: t[None]} for t in tiles])
+    def __init__(self, input_name: str, tiles: Iterable[np.ndarray]):
+        self._input_name, self._tiles = input_name, iter(tiles)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
+        tile = next(self._tiles, None)
+        return None if tile is None else {self._input_name: tile[None]}
+
+
+def _feed(tiles: np.ndarray, progress: Progress | None) -> Iterator[np.ndarray]:
+    """The calibration tiles one by one, counted by `progress` (k/N, rate, ETA) when there is one."""
+    return progress.track(tiles) if progress is not None else iter(tiles)
 
 
 
-def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.ndarray) -> None:
+def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.ndarray,
+                    progress: Progress | None = None) -> None:
     """Static int8 ONNX (QDQ, per-channel weights, min-max activation ranges from `tiles`)."""
     import onnxruntime
     from onnxruntime import quantization
@@ -323,8 +332,9 @@ def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.nda
         # Shape inference and graph optimization first (BatchNorm folded into the convolutions), so
         # the quantizer sees the graph ONNX Runtime will run rather than one range per BN op.
         quantization.quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # no sympy needed
-        input_name = onnxruntime.InferenceSession(str(prepared), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-        quantization.quantize_static(str(prepared), str(path), _TileReader(input_name, tiles),
+        session = onnxruntime.InferenceSession(str(prepared), providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        quantization.quantize_static(str(prepared), str(path), _TileReader(input_name, _feed(tiles, progress)),
                                      quant_format=quantization.QuantFormat.QDQ, per_channel=True,
                                      activation_type=quantization.QuantType.QInt8,
                                      weight_type=quantization.QuantType.QInt8)
@@ -332,7 +342,7 @@ def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.nda
 
 
 def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
-                 tiles: np.ndarray | None) -> None:
+                 tiles: np.ndarray | None, progress: Progress | None = None) -> None:
     """TFLite of `tile` at a fixed tile size: fp32, fp16 (float16 weights) or full-integer int8."""
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.fixed_tile_function(tile_size)], module)
     if precision == "fp16":
@@ -342,7 +352,7 @@ def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, 
         if tiles is None:
             raise UNetError("int8 TFLite needs calibration tiles")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([t[None]] for t in tiles)
+        converter.representative_dataset = lambda: ([t[None]] for t in _feed(tiles, progress))
         # Every kernel integer; the float32 input/output are quantized/dequantized at the ends.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     path.write_bytes(converter.convert())
@@ -350,7 +360,7 @@ def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, 
 
 
 def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
-                tiles: np.ndarray | None) -> None:
+                tiles: np.ndarray | None, progress: Progress | None = None) -> None:
     """TF-TRT SavedModel of `tile` (dynamic shapes), engines built for tile_size; int8 calibrated."""
     problems = tensorrt_problems()
     if problems:
@@ -364,27 +374,28 @@ def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, t
         if tiles is None:
             raise UNetError("TF-TRT needs sample tiles to build its engines")
 
-        def inputs():
-            for t in tiles:
+        def inputs(tracked: Progress | None = None):
+            for t in _feed(tiles, tracked):
                 yield (tf.constant(t[None]),)
 
-        converter.convert(calibration_input_fn=inputs if precision == "int8" else None)
+        converter.convert(calibration_input_fn=(lambda: inputs(progress)) if precision == "int8" else None)
         converter.build(input_fn=inputs)
         converter.save(str(path))
 
 
 
 def write_artifact(module: UNetServingModule, export_format: str, precision: str, path: pathlib.Path, *,
-                   tile_size: int, tiles: np.ndarray | None) -> None:
-    """Write one artefact to `path` (a file or a folder, see artifact_name)."""
+                   tile_size: int, tiles: np.ndarray | None, progress: Progress | None = None) -> None:
+    """Write one artefact to `path` (a file or a folder, see artifact_name); `progress` counts the
+    calibration tiles as the converter consumes them."""
     if export_format == "savedmodel":
         write_savedmodel(module, path)
     elif export_format == "onnx":
-        write_onnx(module, path) if precision == "fp32" else write_onnx_int8(module, path, tiles)
+        write_onnx(module, path) if precision == "fp32" else write_onnx_int8(module, path, tiles, progress)
     elif export_format == "tflite":
-        write_tflite(module, path, precision, tile_size, tiles)
+        write_tflite(module, path, precision, tile_size, tiles, progress)
     elif export_format == "tftrt":
-        write_tftrt(module, path, precision, tile_size, tiles)
+        write_tftrt(module, path, precision, tile_size, tiles, progress)
     else:
         raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
 
@@ -410,12 +421,13 @@ class ExportInputs:
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,
                  export_format: str, precision: str, inputs: ExportInputs, *,
                  extra: dict[str, Any] | None = None, check_parity: bool = True,
-                 calibration_count: int = CALIBRATION_TILES) -> dict[str, Any]:
+                 calibration_count: int = CALIBRATION_TILES, logger: Any = None) -> dict[str, Any]:
     """Write one artefact into `export_dir`, check its parity, record it in export.json.
 
     The artefact is written under a temporary name and moved into place only after it passed the
     parity check, so a failed export never leaves a model that disagrees with the checkpoint.
     `check_parity=False` (benchmarks on untrained weights) skips the check and records no parity.
+    With a `logger` (a dllogger.Logger), calibration and the parity predictions show their progress.
     Returns the artefact's export.json entry.
     """
     check_export_request(export_format, precision)
@@ -443,9 +455,12 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=export_dir))
     try:
         staged = staging / name
-        write_artifact(module, export_format, precision, staged, tile_size=inputs.tile_size, tiles=tiles)
+        with Progress(len(tiles) if tiles is not None else 0, "calibrate", logger, unit="tile",
+                      enabled=logger is not None and tiles is not None and precision == "int8") as calibration:
+            write_artifact(module, export_format, precision, staged, tile_size=inputs.tile_size, tiles=tiles,
+                           progress=calibration)
         if check_parity:
-            reports = parity_reports(model, spec, staged, entry, inputs)
+            reports = parity_reports(model, spec, staged, entry, inputs, logger)
             entry["parity"] = {key: dataclasses.asdict(r) for key, r in reports.items()}
             failed = {key: r for key, r in reports.items() if not r.passed}
             if failed:
@@ -465,14 +480,16 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
 
 
 def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[str, Any],
-                   inputs: ExportInputs) -> dict[str, ParityReport]:
+                   inputs: ExportInputs, logger: Any = None) -> dict[str, ParityReport]:
     """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving")."""
     threshold = PARITY_THRESHOLDS[entry["precision"]]
     images = [normalize_image(im) for im in inputs.parity_images]
     plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size)
-    reference = predict_images(keras_predictor(model), spec, images, **plan)
+    reference = predict_images(keras_predictor(model), spec, images, **plan, logger=logger, label="parity keras")
     exported = load_exported(path, metadata=entry)
-    reports = {"tiled": compare_probabilities(reference, predict_images(exported, spec, images, **plan), threshold)}
+    predicted = predict_images(exported, spec, images, **plan, logger=logger,
+                               label=f"parity {entry['format']} {entry['precision']}")
+    reports = {"tiled": compare_probabilities(reference, predicted, threshold)}
     if entry["format"] == "savedmodel":
         # The serving signature runs one tile covering the whole image: compare it with that plan.
         whole = dict(tile_size=None, context=inputs.context, max_tile_size=_UNBOUNDED_TILE)

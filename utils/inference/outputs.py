@@ -46,6 +46,28 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45, skip_cla
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
+def background_class(class_names: Sequence[str]) -> int:
+    """The class left untinted in overlays: ISBI's interior (1 of membrane, interior), else class 0."""
+    return 1 if tuple(class_names) == ("membrane", "interior") else 0
+
+
+def comparison_panel(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, skip_class: int | None = None,
+                     max_side: int = 192, gap: int = 4) -> np.ndarray:
+    """RGB uint8 (h, 3 w + 2 gap, 3): the input in grey | predicted classes | true classes, side by side.
+
+    `image` normalized float (H, W, C) in [0, 1]; `predicted`, `truth` (H, W) class ids. Every panel is
+    subsampled by the smallest integer stride that brings its longer side to <= max_side pixels
+    (a TensorBoard thumbnail, not a measurement).
+    """
+    stride = max(1, -(-max(image.shape[:2]) // max_side))
+    grey = image.mean(axis=-1) if image.ndim == 3 else image
+    panels = [np.repeat(np.clip(grey * 255.0, 0, 255).astype(np.uint8)[..., None], 3, axis=-1),
+              overlay(image, predicted, skip_class=skip_class), overlay(image, truth, skip_class=skip_class)]
+    panels = [p[::stride, ::stride] for p in panels]
+    spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([panels[0], spacer, panels[1], spacer, panels[2]], axis=1)
+
+
 def write_png(path: pathlib.Path, rgb: np.ndarray) -> pathlib.Path:
     return atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
 
@@ -65,7 +87,7 @@ def write_predictions(out_dir: pathlib.Path, probs: Sequence[np.ndarray], images
         for name, m in zip(names, maps):
             written.append(write_tiff(out_dir / f"{_stem(name)}-probabilities.tif", m))
     # The interior/background class (1 of 2) is left untinted so membranes/foreground stand out.
-    skip = 1 if class_names == ("membrane", "interior") else 0
+    skip = background_class(class_names)
     for i, (name, p, image) in enumerate(zip(names, probs, images)):
         if i >= max_overlays:
             break

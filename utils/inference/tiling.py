@@ -13,16 +13,19 @@ away. Memory is bounded by the tile size, whatever the image size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from model.unet import UNetSpec, is_valid_input_size, margin as model_margin, output_size
 from utils.errors import UNetError
+from utils.progress import Progress
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_SAME_PADDING_CONTEXT = 16
+# Images cut into more tiles than this show a progress of their own (a 512 x 512 slice is one tile).
+TILE_PROGRESS_MIN = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +107,11 @@ def predict_tiles(predictor: Predictor, tiles: np.ndarray, tta: bool) -> np.ndar
 
 
 def tiled_predict(predictor: Predictor, image: np.ndarray, plan: TilePlan, *, batch_size: int = 1,
-                  tta: bool = False) -> np.ndarray:
-    """Class probabilities (H, W, K) float32 for one normalized image (H, W, C) float32."""
+                  tta: bool = False, logger: Any = None, label: str = "predict") -> np.ndarray:
+    """Class probabilities (H, W, K) float32 for one normalized image (H, W, C) float32.
+
+    With a `logger`, an image of more than TILE_PROGRESS_MIN tiles shows its own tile progress.
+    """
     h, w = image.shape[:2]
     pad = plan.margin + plan.context
     core = plan.core
@@ -113,15 +119,18 @@ def tiled_predict(predictor: Predictor, image: np.ndarray, plan: TilePlan, *, ba
     padded = np.pad(image, ((pad, pad + extra_h), (pad, pad + extra_w), (0, 0)), mode="reflect")
     positions = [(y, x) for y in tile_starts(h, core) for x in tile_starts(w, core)]
     result: np.ndarray | None = None
-    for batch in _chunks(positions, batch_size):
-        tiles = np.stack([padded[y:y + plan.tile_size, x:x + plan.tile_size] for y, x in batch])
-        probs = predict_tiles(predictor, tiles, tta)
-        if result is None:
-            result = np.zeros((h, w, probs.shape[-1]), np.float32)
-        c = plan.context
-        for (y, x), p in zip(batch, probs):
-            region = p[c:c + core, c:c + core]
-            result[y:y + core, x:x + core] = region[:min(core, h - y), :min(core, w - x)]
+    with Progress(len(positions), f"{label} tiles", logger, unit="tile", leave=False,
+                  enabled=logger is not None and len(positions) > TILE_PROGRESS_MIN) as progress:
+        for batch in _chunks(positions, batch_size):
+            tiles = np.stack([padded[y:y + plan.tile_size, x:x + plan.tile_size] for y, x in batch])
+            probs = predict_tiles(predictor, tiles, tta)
+            if result is None:
+                result = np.zeros((h, w, probs.shape[-1]), np.float32)
+            c = plan.context
+            for (y, x), p in zip(batch, probs):
+                region = p[c:c + core, c:c + core]
+                result[y:y + core, x:x + core] = region[:min(core, h - y), :min(core, w - x)]
+            progress.update(len(batch))
     assert result is not None
     return result
 
@@ -144,11 +153,19 @@ def keras_predictor(model) -> Predictor:
 
 def predict_images(predictor: Predictor, spec: UNetSpec, images: Sequence[np.ndarray], *,
                    tile_size: int | None = None, max_tile_size: int = 1024, context: int | None = None,
-                   batch_size: int = 1, tta: bool = False) -> list[np.ndarray]:
-    """tiled_predict over a list of normalized images; the tile is planned per image size."""
+                   batch_size: int = 1, tta: bool = False, logger: Any = None,
+                   label: str = "predict") -> list[np.ndarray]:
+    """tiled_predict over a list of normalized images; the tile is planned per image size.
+
+    With a `logger` (a dllogger.Logger), the loop shows its progress (utils.progress) under `label`:
+    per image, and per tile for big images.
+    """
     out = []
-    for image in images:
-        plan = plan_tiles(spec, image.shape[:2], tile_size=tile_size, max_tile_size=max_tile_size,
-                          context=context)
-        out.append(tiled_predict(predictor, image, plan, batch_size=batch_size, tta=tta))
+    with Progress(len(images), label, logger, unit="img", enabled=logger is not None) as progress:
+        for image in images:
+            plan = plan_tiles(spec, image.shape[:2], tile_size=tile_size, max_tile_size=max_tile_size,
+                              context=context)
+            out.append(tiled_predict(predictor, image, plan, batch_size=batch_size, tta=tta, logger=logger,
+                                     label=label))
+            progress.update()
     return out

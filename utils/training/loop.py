@@ -21,6 +21,7 @@ from utils.training import checkpoint as ckpt
 from utils.errors import UNetError
 from utils.training.losses import cross_entropy_dice_loss
 from utils.data.pipeline import AugmentFn, CropGeometry, Sampling, make_train_dataset
+from utils.progress import Progress
 
 
 class TrainSettings(Protocol):
@@ -189,27 +190,30 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
     train_step = make_train_step(model, optimizer, n_classes, cfg.dice_weight, dist, xla=cfg.xla,
                                  class_weights=class_weights)
     window_start, window_images, losses = time.perf_counter(), 0, []
-    for images, labels in dataset:
-        loss = float(train_step(images, labels))
-        state.step += 1
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss} at step {state.step}; stopped. The last good checkpoint "
-                f"({last_path if last_path.exists() else 'none yet'}) is kept; lower --learning_rate "
-                "or check the data")
-        losses.append(loss)
-        window_images += int(images.shape[0]) * dist.size
-        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-            elapsed = time.perf_counter() - window_start
-            # The schedule's current value; a distributed variable under tf.distribute, hence the tensor.
-            lr = float(tf.convert_to_tensor(optimizer.learning_rate))
-            logger.log(state.step, {"loss": float(np.mean(losses)), "img_per_s": window_images / elapsed,
-                                    "learning_rate": lr})
-            window_start, window_images, losses = time.perf_counter(), 0, []
-        if cfg.evaluate_every and state.step % cfg.evaluate_every == 0 and state.step < cfg.max_steps:
-            run_evaluation()
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
-            save(last_path, with_optimizer=True)
+    # k/N, rate and ETA on the chief: a bar on a terminal, and in the --log_every record below.
+    with Progress(cfg.max_steps, "train", logger, unit="step", initial=state.step, interval_s=None,
+                  integer_steps=True, enabled=dist.is_chief) as progress:
+        for images, labels in dataset:
+            loss = float(train_step(images, labels))
+            state.step += 1
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {loss} at step {state.step}; stopped. The last good checkpoint "
+                    f"({last_path if last_path.exists() else 'none yet'}) is kept; lower --learning_rate "
+                    "or check the data")
+            losses.append(loss)
+            window_images += int(images.shape[0]) * dist.size
+            progress.update()
+            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                # The schedule's current value; a distributed variable under tf.distribute, hence the tensor.
+                lr = float(tf.convert_to_tensor(optimizer.learning_rate))
+                progress.log(loss=float(np.mean(losses)), img_per_s=window_images / elapsed, learning_rate=lr)
+                window_start, window_images, losses = time.perf_counter(), 0, []
+            if cfg.evaluate_every and state.step % cfg.evaluate_every == 0 and state.step < cfg.max_steps:
+                run_evaluation()
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+                save(last_path, with_optimizer=True)
     run_evaluation()
     if state.best_score is None:  # no evaluation ran: the final weights are the best we know
         save(best_path, with_optimizer=False)
