@@ -274,3 +274,25 @@ def test_predict_from_the_run_writes_test_masks(fold1_run, tmp_path, isbi_data_d
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "TensorRT" in err and "NGC" in err
     assert not (run / "export").exists()
+
+
+@pytest.mark.slow
+def test_use_trt_exports_tftrt_from_the_runs_checkpoint(fold1_run, tmp_path, monkeypatch):
+    """Where TensorRT exists, --use_trt exports the run to TF-TRT (fp16 with --amp) before predicting.
+    No TensorRT here: the build check is faked and the export is intercepted at its entry."""
+    import tensorflow as tf
+
+    from runtime import export_mode
+
+    run = copy_run(fold1_run, tmp_path)
+    requested = []
+
+    def intercepted(cfg, logger):
+        requested.append((cfg.export_format, cfg.export_precision, cfg.model_dir, cfg.use_trt))
+        raise UNetError("intercepted")
+
+    monkeypatch.setattr(tf.sysconfig, "get_build_info", lambda: {"is_tensorrt_build": True})
+    monkeypatch.setattr(export_mode, "run_export", intercepted)
+    assert main.main(["--exec_mode", "predict", "--model_dir", str(run), "--use_trt"]) == 2
+    assert main.main(["--exec_mode", "predict", "--model_dir", str(run), "--use_trt", "--use_amp"]) == 2
+    assert requested == [("tftrt", "fp32", str(run), False), ("tftrt", "fp16", str(run), False)]
