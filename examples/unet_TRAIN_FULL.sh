@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Full 5-fold cross-validation on 1 GPU (the unet_FP32_1GPU.sh settings; append --amp for TF-AMP):
-# fold k trains into RESULTS_DIR/fold_k and evaluates its held-out block, then a table of
-# mean +- std of membrane Dice, V_rand, V_info and pixel error over the folds is printed (and
-# written to RESULTS_DIR/folds_summary.json). Rerunning resumes unfinished folds.
+# fold k trains into RESULTS_DIR/fold_k and evaluates its held-out block, then a table of every
+# fold's metrics with their mean and sample sd is printed (and written to RESULTS_DIR/cv_summary.json
+# and cv_summary.md). Rerunning resumes unfinished folds.
 # Usage: bash examples/unet_TRAIN_FULL.sh DATA_DIR RESULTS_DIR [extra main.py flags]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"

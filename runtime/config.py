@@ -1,8 +1,13 @@
 """Every run option in one frozen dataclass: flag definitions, YAML loading and validation.
 
-Precedence: defaults < `--config FILE.yaml` < flags given on the command line. YAML keys are the flag
-names (dashes or underscores). The resolved configuration is written into `model_dir` by main.py.
-Nothing here imports TensorFlow, so `--help` and flag errors are instant.
+Precedence: defaults < the recorded configuration of the run a mode starts from (runtime.lineage:
+evaluate/predict/export/visualize on --model_dir, any mode with --init_from) < `--config FILE.yaml` <
+flags given on the command line. parse_config is the one place that knows which flags were given
+explicitly: argparse leaves every flag that was not typed out of its namespace (SUPPRESS), and the
+YAML holds only the keys it names. YAML keys are the flag names (dashes or underscores). The resolved
+configuration is written into `model_dir` by runtime.modes.run. NVIDIA's spellings are accepted:
+--use_amp (= --amp), --use_xla (= --xla), and with --benchmark, --warmup_steps/--max_steps stand for
+the benchmark's steps. Nothing here imports TensorFlow, so `--help` and flag errors are instant.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_p
 QUANTIZATION_MODES = ("NONE", "FIXED", "INT", "BNN", "TERNARY", "QAT_INT8")
 # The MICCAI 2019 fixed-point U-Net paper's YAML keys that are not flag names, and what they mean here.
 PAPER_KEYS = {"lr": "learning_rate"}
+# NVIDIA's UNet_Medical spellings of flags (also accepted as YAML keys): alias -> flag.
+FLAG_ALIASES = {"use_amp": "amp", "use_xla": "xla"}
 OPERATION_MODES = {"normal": "train_and_evaluate", "retrain": "train_and_evaluate", "inference": "evaluate",
                    "visualize": "visualize"}
 
@@ -76,8 +83,11 @@ class Config:
     evaluate_every: int = _field(0, "evaluate on the held-out fold every N steps (0: at the end only)")
     checkpoint_every: int = _field(50, "write the resumable checkpoint every N steps")
     deterministic: bool = _field(False, "deterministic TF ops: two runs give bit-identical weights")
-    amp: bool = _field(False, "mixed precision: float16 with loss scaling on GPU, bfloat16 on CPU")
-    xla: bool = _field(False, "compile the training step with XLA (jit_compile)")
+    amp: bool = _field(False, "mixed precision: float16 with loss scaling on GPU, bfloat16 on CPU (NVIDIA's "
+                       "spelling: --use_amp)")
+    xla: bool = _field(False, "compile the training step with XLA (jit_compile; NVIDIA's spelling: --use_xla)")
+    skip_finished: bool = _field(False, "training modes: do nothing when model_dir/eval_results.json already "
+                                 "holds this fold's evaluation at --max_steps (rerunnable recipes)")
     # --- model
     padding: str = _field("valid", "valid: the paper's U-Net; same: output size = input size",
                           choices=("valid", "same"))
@@ -100,6 +110,10 @@ class Config:
                                     "folder, .onnx or .tflite) instead of model_dir's checkpoint")
     init_from: str | None = _field(None, "start from the model and weights of this training run's folder "
                                    "(fine-tuning, compression, quantization of a trained model)")
+    allow_training_slices: bool = _field(False, "evaluate: score even when the --fold/--num_folds validation "
+                                         "block holds slices the run trained on (refused otherwise)")
+    use_trt: bool = _field(False, "predict through a TF-TRT export of the run (made on first use; needs "
+                           "TensorFlow built with TensorRT and a GPU, e.g. NVIDIA's NGC container)")
     # --- post-training Tucker compression (--exec_mode compress)
     rank_factor: float | None = _field(None, "Tucker ranks = ceil(channels x factor), e.g. 0.3")
     rank: int | None = _field(None, "fixed Tucker rank for both channel modes")
@@ -134,8 +148,10 @@ class Config:
                              "recipes' spelling of --exec_mode benchmark)")
     benchmark_mode: str = _field("predict", "what --exec_mode benchmark times",
                                  choices=("train", "predict"))
-    bench_warmup_steps: int = _field(3, "benchmark steps run before timing starts")
-    bench_steps: int = _field(10, "timed benchmark steps")
+    bench_warmup_steps: int = _field(3, "benchmark steps run before timing starts (with --benchmark, "
+                                     "NVIDIA's --warmup_steps sets it when this flag is not given)")
+    bench_steps: int = _field(10, "timed benchmark steps (with --benchmark, NVIDIA's --max_steps, which counts "
+                              "the warm-up steps too, sets it to max_steps - warm-up when this flag is not given)")
     bench_input: str = _field("synthetic", "benchmark input: synthetic tensors (model only) or real data "
                               "through the pipeline / tiled inference (end to end)",
                               choices=("synthetic", "real"))
@@ -178,7 +194,8 @@ def augment_config(cfg: "Config") -> Any:
     known = {f.name for f in dataclasses.fields(AugmentConfig)}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise UNetError(f"--augment_params: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+        raise UNetError(f"--augment_params: unknown key(s) {', '.join(unknown)}; "
+                        f"expected some of {', '.join(sorted(known))}")
     try:
         return AugmentConfig(**params)
     except UNetError as exc:
@@ -244,6 +261,14 @@ def validate(cfg: Config) -> None:
     _check(cfg.bench_warmup_steps >= 0, "bench_warmup_steps", cfg.bench_warmup_steps, "an integer >= 0")
     _check(cfg.bench_steps >= 1, "bench_steps", cfg.bench_steps, "an integer >= 1")
     _check(cfg.tile_context is None or cfg.tile_context >= 0, "tile_context", cfg.tile_context, "an integer >= 0")
+    _check(not cfg.skip_finished or cfg.exec_mode in ("train", "train_and_evaluate", "train_and_predict", "compress"),
+           "skip_finished", cfg.skip_finished, "a training --exec_mode (train, train_and_evaluate, ...)")
+    if cfg.use_trt:
+        _check(cfg.exec_mode in ("predict", "train_and_predict") and not cfg.benchmark, "use_trt", cfg.use_trt,
+               "--exec_mode predict (TF-TRT serves predictions; export one with --exec_mode export "
+               "--export_format tftrt)")
+        _check(cfg.model_path is None, "use_trt", cfg.use_trt,
+               "no --model_path (--use_trt exports model_dir's checkpoint to TF-TRT and predicts with it)")
 
 
 def _flag_type(f: dataclasses.Field) -> Any:
@@ -287,10 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
         # One default per flag: a help text that already explains its default keeps it.
         if "default" not in help_text:
             help_text += f" (default: {f.default})"
+        names = [f"--{f.name}", *(f"--{alias}" for alias, flag in FLAG_ALIASES.items() if flag == f.name)]
         if kind is bool:
-            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            group.add_argument(f"--{f.name}", type=kind, choices=f.metadata.get("choices"),
+            group.add_argument(*names, dest=f.name, type=kind, choices=f.metadata.get("choices"),
                                metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_text)
     return parser
 
@@ -330,7 +356,8 @@ def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(Config)}
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        name = PAPER_KEYS.get(str(key), str(key).replace("-", "_"))
+        name = str(key).replace("-", "_")
+        name = PAPER_KEYS.get(str(key), FLAG_ALIASES.get(name, name))
         if name not in known:
             raise UNetError(f"--config {path}: unknown key {key!r}")
         if name == "augment_params" and isinstance(value, Mapping):  # the YAML form: a mapping
@@ -341,7 +368,13 @@ def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
-    """Flags (and an optional YAML file) -> validated Config. Bad input raises UNetError."""
+    """Flags (and an optional YAML file) -> validated Config. Bad input raises UNetError.
+
+    The flags given explicitly are the keys of `values` before any default is filled in; that is
+    what the run lineage (runtime.lineage.with_run_defaults) and NVIDIA's benchmark spelling rely on.
+    """
+    from runtime.lineage import with_run_defaults
+
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
@@ -354,7 +387,26 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         values["exec_mode"] = OPERATION_MODES[mode]
     if values.get("experiment_name"):
         values["model_dir"] = str(pathlib.Path(values.get("model_dir", Config.model_dir)) / values["experiment_name"])
+    values = with_run_defaults(values, {f.name: f.default for f in dataclasses.fields(Config)})
+    values.update(nvidia_benchmark_steps(values))
     return Config(**values)
+
+
+def nvidia_benchmark_steps(explicit: Mapping[str, Any]) -> dict[str, int]:
+    """NVIDIA's `--benchmark --warmup_steps W --max_steps M`: W untimed steps, M steps in all, so M - W
+    timed ones. Applies only to the bench flags not given explicitly; {} without --benchmark."""
+    if not explicit.get("benchmark"):
+        return {}
+    out: dict[str, int] = {}
+    if "warmup_steps" in explicit and "bench_warmup_steps" not in explicit:
+        out["bench_warmup_steps"] = int(explicit["warmup_steps"])
+    if "max_steps" in explicit and "bench_steps" not in explicit:
+        warmup = out.get("bench_warmup_steps", explicit.get("bench_warmup_steps", Config.bench_warmup_steps))
+        _check(explicit["max_steps"] > warmup, "max_steps", explicit["max_steps"],
+               f"more than the {warmup} warm-up steps (with --benchmark, --max_steps counts all steps, "
+               "warm-up included)")
+        out["bench_steps"] = int(explicit["max_steps"]) - int(warmup)
+    return out
 
 
 def save_config(cfg: Config, path: str | pathlib.Path) -> None:

@@ -14,8 +14,8 @@ from utils.data.normalize import normalize_image
 from utils.errors import UNetError
 from utils.inference.tiling import plan_tiles
 from utils.inference.runtimes import EXPORT_JSON, load_exported
-from utils.export.formats import (EXPORT_DIR, ExportInputs, check_export_request, export_model, read_export_json,
-                                  record_artifact)
+from utils.export.formats import (EXPORT_DIR, ExportInputs, artifact_name, check_export_request, export_model,
+                                  read_export_json, record_artifact)
 
 
 def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
@@ -118,3 +118,36 @@ def _float32_weights_bytes(model: Any, scratch: pathlib.Path) -> int:
     scratch.unlink()
     return size
 
+
+
+
+def tftrt_model(cfg: Any, logger: Any) -> Any:
+    """--use_trt: the run's TF-TRT artefact (fp16 with --amp, else fp32) as an ExportedModel, exported
+    first when missing or made from another checkpoint. One clear UNetError without TensorRT."""
+    import tensorflow as tf
+
+    from utils.training import checkpoint as ckpt
+
+    if not tf.sysconfig.get_build_info().get("is_tensorrt_build", False):
+        raise UNetError(f"--use_trt: this TensorFlow {tf.__version__} has no TensorRT (is_tensorrt_build is false; "
+                        "pip wheels never have it): run inside NVIDIA's NGC TensorFlow container "
+                        "(nvcr.io/nvidia/tensorflow), or predict without --use_trt")
+    precision = "fp16" if cfg.amp else "fp32"
+    path = pathlib.Path(cfg.model_dir) / EXPORT_DIR / artifact_name("tftrt", precision)
+    which = ckpt.checkpoint_dir(cfg.model_dir) / (ckpt.BEST if cfg.checkpoint == "best" else ckpt.LAST)
+    step = ckpt.read_header(which).step
+    recorded = load_exported_metadata(path) if path.exists() else {}
+    if (recorded.get("step"), recorded.get("checkpoint")) != (step, cfg.checkpoint):
+        run_export(cfg.replace(export_format="tftrt", export_precision=precision, use_trt=False), logger)
+    logger.log("PARAMETER", {"use_trt": str(path), "precision": precision})
+    return load_exported(path)
+
+
+def load_exported_metadata(path: pathlib.Path) -> dict[str, Any]:
+    """The export.json entry of an artefact ({} when it has none)."""
+    from utils.inference.runtimes import read_metadata
+
+    try:
+        return read_metadata(path)
+    except UNetError:
+        return {}

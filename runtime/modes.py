@@ -29,9 +29,8 @@ from runtime.recipe import (FINGERPRINT_FILE, PROBE_STEPS, PROBE_WARMUP, class_w
 from runtime.assemble import (load_training_set, log_path, make_augment, make_logger, make_model, quantization_config,
                               restore_model)
 from runtime.curves import write_curves
+from runtime.lineage import TRAINING_MODES, check_evaluation_slices, require_source, run_source
 
-
-TRAINING_MODES = ("train", "train_and_evaluate", "train_and_predict", "compress")
 OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
 
 
@@ -139,6 +138,10 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
     state = train(cfg, model, train_images=train_images, train_masks=train_masks, train_names=train_names,
                   geometry=geometry, n_classes=spec.n_classes, logger=logger, dist=dist, evaluate=evaluate,
                   augment=augment, sampling=sampling, class_weights=class_weights)
+    if evaluate is not None and dist.is_chief and state.last_eval is None:
+        # Resumed at max_steps ("nothing to train"): a run interrupted during its final evaluation
+        # still gets it, at the step of the checkpoint the model now holds.
+        state.last_eval = evaluate(model, state.step)
     if dist.is_chief:
         logger.flush()
         plot()
@@ -186,13 +189,22 @@ def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:
     if tuple(data.class_names) != tuple(info.class_names):
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
     _, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
+    source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path)
+    if source is not None and not cfg.allow_training_slices:
+        check_evaluation_slices(source.path, val_idx, len(data.images), cfg.to_dict(), cfg.fold, cfg.num_folds)
     evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, info.normalization)
     return evaluate(model, info.step)
 
 
 
 def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
-    model, spec, info = restore_model(cfg)
+    if cfg.use_trt:
+        from runtime.export_mode import tftrt_model
+
+        model = tftrt_model(cfg, logger)
+        spec, info = model.spec, model.info
+    else:
+        model, spec, info = restore_model(cfg)
     data = load_test_data(cfg.data_dir, input_path=cfg.input)
     images = [normalize_image(im, info.normalization) for im in data.images]
     if images[0].shape[-1] != spec.in_channels:
@@ -206,13 +218,17 @@ def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
     stack_name = source.name.split(".")[0] if source.suffix.lower() in (".tif", ".tiff") else None
     written = write_predictions(pathlib.Path(cfg.model_dir) / PREDICTIONS, probs, images, data.names,
                                 info.class_names, stack_name)
-    logger.log("PREDICT", {"images": len(images), "output": str(written[0]), "step": info.step})
+    logger.log("PREDICT", {"images": len(images), "output": str(written[0]), "masks": str(written[1]),
+                           "step": info.step})
     return written
 
 
 
 def run(cfg: Config) -> None:
     """Execute cfg.exec_mode."""
+    # Before anything is written: a mode that needs a run stops here if it is missing (parse_config
+    # checked already; a Config built in code gets the same guarantee).
+    require_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path, cfg.benchmark)
     model_dir = pathlib.Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     dist = distributed.create(cfg.distribution)
@@ -221,6 +237,9 @@ def run(cfg: Config) -> None:
         mode = "benchmark" if cfg.benchmark else cfg.exec_mode
         save_config(cfg, model_dir / (RUN_CONFIG if mode in TRAINING_MODES else f"config_{mode}.yaml"))
     logger.log("PARAMETER", {k: v for k, v in cfg.to_dict().items() if v is not None})
+    source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path, cfg.benchmark)
+    if source is not None:  # where the values not given as flags came from (runtime.lineage)
+        logger.log("PARAMETER", {"lineage": source.describe()})
     try:
         if cfg.exec_mode == "benchmark" or cfg.benchmark:
             from runtime.benchmark import run_benchmark

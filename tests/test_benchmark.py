@@ -142,13 +142,13 @@ def test_fold_summary_mean_and_sample_std(tmp_path, capsys):
     for k in range(3):
         _write_fold(tmp_path, k, **{name: v[k] for name, v in values.items()})
     assert fold_summary.main([str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / fold_summary.SUMMARY_FILE).read_text())
-    assert summary["folds"] == [0, 1, 2]
+    summary = json.loads((tmp_path / fold_summary.SUMMARY_JSON).read_text())
+    assert [fold["fold"] for fold in summary["folds"]] == [0, 1, 2]
     for name, v in values.items():
-        assert summary["metrics"][name]["mean"] == pytest.approx(statistics.fmean(v))
-        assert summary["metrics"][name]["std"] == pytest.approx(statistics.stdev(v))
+        assert summary["mean"][name] == pytest.approx(statistics.fmean(v))
+        assert summary["sd"][name] == pytest.approx(statistics.stdev(v))
     table = capsys.readouterr().out
-    assert "mean +- std" in table and f"{statistics.fmean(values['v_rand_thinned']):.4f}" in table
+    assert "mean" in table and f"{statistics.fmean(values['v_rand_thinned']):.4f}" in table
 
 
 def test_fold_summary_names_the_missing_results(tmp_path, capsys):
@@ -159,4 +159,4 @@ def test_fold_summary_names_the_missing_results(tmp_path, capsys):
     with pytest.raises(UNetError, match="no fold_"):
         fold_summary.read_fold_results(tmp_path / "fold_1")
     with pytest.raises(UNetError, match="v_info_thinned"):
-        fold_summary.summarize({0: {"membrane_dice": 0.8, "v_rand_thinned": 0.9, "pixel_error": 0.1}})
+        fold_summary.summarize({0: {"membrane_dice": 0.8, "v_rand_thinned": 0.9, "pixel_error": 0.1}}, fold_summary.METRICS)

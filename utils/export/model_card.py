@@ -47,7 +47,7 @@ def machine_description() -> str:
 
 
 def _fold_spread(model_dir: pathlib.Path) -> str | None:
-    from utils.score.cv import read_fold_results, summarize
+    from utils.score.cv import METRICS, metric_names, read_fold_results, summarize
 
     try:
         results = read_fold_results(model_dir.parent)
@@ -55,9 +55,9 @@ def _fold_spread(model_dir: pathlib.Path) -> str | None:
         return None
     if len(results) < 2:
         return None
-    summary = summarize(results)
-    rows = [f"| {m} | {s['mean']:.4f} | {s['std']:.4f} | {len(results)} |" for m, s in summary.items()]
-    return "\n".join(["| metric | mean over folds | std | folds |", "|---|---|---|---|", *rows])
+    summary = summarize(results, [m for m in metric_names(results) if m in METRICS])
+    rows = [f"| {m} | {s['mean']:.4f} | {s['sd']:.4f} | {len(results)} |" for m, s in summary.items()]
+    return "\n".join(["| metric | mean over folds | sample sd | folds |", "|---|---|---|---|", *rows])
 
 
 def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike,

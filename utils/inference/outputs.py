@@ -1,4 +1,5 @@
-"""Writing predictions: float32 probability TIFFs and PNG overlays a person can look at."""
+"""Writing predictions: float32 probability TIFFs, uint8 label masks (NVIDIA's test-masks.tif) and PNG
+overlays a person can look at."""
 from __future__ import annotations
 
 import pathlib
@@ -27,8 +28,29 @@ def probability_maps(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarra
     return np.moveaxis(probs, -1, 0).astype(np.float32)
 
 
-def write_tiff(path: pathlib.Path, array: np.ndarray) -> pathlib.Path:
-    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, photometric="minisblack"))
+def label_mask(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """uint8 (H, W) mask of one image's probabilities (H, W, K).
+
+    Two classes: 255 where class 1 wins the argmax, else 0 (NVIDIA's test-masks.tif; for ISBI EM data
+    class 1 is the cell interior, so the mask follows the challenge's label convention, 0 = membrane).
+    More classes: the argmax class id itself.
+    """
+    labels = probs.argmax(axis=-1)
+    if len(class_names) == 2:
+        return np.where(labels == 1, 255, 0).astype(np.uint8)
+    if len(class_names) > 256:
+        raise ValueError(f"{len(class_names)} classes do not fit a uint8 mask")
+    return labels.astype(np.uint8)
+
+
+def masks_name(stack_name: str) -> str:
+    """'test-volume' -> 'test-masks.tif' (NVIDIA's name), any other stack 'foo' -> 'foo-masks.tif'."""
+    return f"{stack_name.removesuffix('-volume')}-masks.tif"
+
+
+def write_tiff(path: pathlib.Path, array: np.ndarray, compression: str | None = None) -> pathlib.Path:
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, array, photometric="minisblack",
+                                                           compression=compression))
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45, skip_class: int | None = None
@@ -75,17 +97,22 @@ def write_png(path: pathlib.Path, rgb: np.ndarray) -> pathlib.Path:
 def write_predictions(out_dir: pathlib.Path, probs: Sequence[np.ndarray], images: Sequence[np.ndarray],
                       names: Sequence[str], class_names: Sequence[str], stack_name: str | None,
                       max_overlays: int = 30) -> list[pathlib.Path]:
-    """Write probabilities (one stack `<stack_name>-probabilities.tif` when the input was a stack of
-    equal-size slices, else one TIFF per image) and PNG overlays. Returns the written paths."""
+    """Write probabilities and label masks (when the input was a stack of equal-size slices: one
+    `<stack_name>-probabilities.tif` and one multi-page mask TIFF named by `masks_name`, e.g.
+    test-masks.tif; else `<stem>-probabilities.tif` and `<stem>-mask.tif` per image) and PNG
+    overlays. Masks are deflate-compressed (mostly 0 and 255). Returns the written paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     maps = [probability_maps(p, class_names) for p in probs]
+    masks = [label_mask(p, class_names) for p in probs]
     same_shape = len({m.shape for m in maps}) == 1
     if stack_name is not None and same_shape:
         written.append(write_tiff(out_dir / f"{stack_name}-probabilities.tif", np.stack(maps)))
+        written.append(write_tiff(out_dir / masks_name(stack_name), np.stack(masks), compression="zlib"))
     else:
-        for name, m in zip(names, maps):
+        for name, m, mask in zip(names, maps, masks):
             written.append(write_tiff(out_dir / f"{_stem(name)}-probabilities.tif", m))
+            written.append(write_tiff(out_dir / f"{_stem(name)}-mask.tif", mask, compression="zlib"))
     # The interior/background class (1 of 2) is left untinted so membranes/foreground stand out.
     skip = background_class(class_names)
     for i, (name, p, image) in enumerate(zip(names, probs, images)):
