@@ -77,7 +77,7 @@ def test_init_from_inherits_but_not_the_quantization(tmp_path):
 
 def test_fresh_training_and_benchmarks_read_no_run(tmp_path):
     run = fake_run(tmp_path / "run", RECORDED)
-    assert parse_config(["--exec_mode", "train", "--model_dir", str(run)]).crop_size == 572
+    assert parse_config(["--exec_mode", "train", "--model_dir", str(run)]).crop_size is None  # a new run: the recipe chooses
     assert parse_config(["--exec_mode", "predict", "--benchmark", "--model_dir", str(tmp_path / "x")]).fold == 0
 
 
