@@ -23,7 +23,8 @@ from utils.score.metrics import segmentation_metrics
 from utils.inference.outputs import write_predictions
 from utils.precision import configure_precision, configure_seeds
 from utils.inference.runtimes import as_predictor
-from runtime.assemble import load_training_set, make_augment, make_logger, make_model, quantization_config, restore_model
+from runtime.assemble import (load_training_set, make_augment, make_logger, make_model, quantization_config,
+                              restore_model)
 
 
 TRAINING_MODES = ("train", "train_and_evaluate", "train_and_predict", "compress")
@@ -79,6 +80,7 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
                                                  extra={"architecture": getattr(model, "float_architecture", None)
                                                         or model.to_json(),
                                                         "quantization": cfg.quantization,
+                                                 "image_dtype": data.images[0].dtype.name,
                                                         "quantization_config": quantization_config(cfg).to_dict()}))
     augment = make_augment(cfg)
     # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
@@ -91,6 +93,10 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
                   train_masks=[data.masks[i] for i in train_idx],
                   train_names=[data.names[i] for i in train_idx], geometry=geometry,
                   n_classes=spec.n_classes, logger=logger, dist=dist, evaluate=evaluate, augment=augment)
+    if cfg.saved_model and dist.is_chief:  # after the final checkpoint: every weight file is on disk
+        from runtime.export_mode import write_run_savedmodel
+
+        write_run_savedmodel(cfg, data.images[0].dtype, logger)
     return state.last_eval
 
 

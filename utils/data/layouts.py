@@ -34,7 +34,8 @@ from typing import Sequence
 import numpy as np
 
 from utils.errors import UNetError
-from utils.data.readers import IMAGE_SUFFIXES, MASK_SUFFIXES, _MAX_SHOWN, DataWarning, _require_file, as_image, as_mask, read_image_file, read_stack, to_class_ids
+from utils.data.readers import (IMAGE_SUFFIXES, MASK_SUFFIXES, _MAX_SHOWN, DataWarning, _require_file, as_image,
+                                as_mask, read_image_file, read_stack, to_class_ids)
 
 
 ISBI_TRAIN_VOLUME = "train-volume.tif"
@@ -274,6 +275,36 @@ def load_training_data(data_dir: str | os.PathLike, *, image_stack: str | None =
                     f"(ISBI layout), {images_dir}/ + {masks_dir}/ folders, or image_stack/mask_stack flags "
                     "(tip: `python download_dataset.py --synthetic --data_dir DIR` writes a synthetic set)")
 
+
+
+def load_training_images(data_dir: str | os.PathLike, *, image_stack: str | None = None,
+                         images_dir: str = "images") -> SegmentationData | None:
+    """The images of data_dir's training layout, without reading (or needing) any mask.
+
+    For what needs images but no labels (export: int8 calibration, parity with the Keras model).
+    The layouts are those of load_training_data, images side only: `image_stack` if given, else
+    train-volume.tif (ISBI), else the `images_dir` folder. Returns None if data_dir holds none of them.
+    """
+    root = _existing_dir(data_dir)
+    if image_stack is not None:
+        path = _resolve(root, image_stack)
+        _require_file(path)
+        images, names = _stack_slices(path)
+        source = str(path)
+    elif (root / ISBI_TRAIN_VOLUME).exists():
+        _require_file(root / ISBI_TRAIN_VOLUME)
+        images, names = _stack_slices(root / ISBI_TRAIN_VOLUME)
+        source = str(root / ISBI_TRAIN_VOLUME)
+    elif _resolve(root, images_dir).is_dir():
+        files = _list_by_stem(_resolve(root, images_dir), IMAGE_SUFFIXES, "image")
+        paths = [files[stem] for stem in sorted(files, key=_natural_key)]
+        images = [as_image(read_image_file(path), path.name) for path in paths]
+        names = [path.name for path in paths]
+        source = str(_resolve(root, images_dir))
+    else:
+        return None
+    _check_channels(images, names, source)
+    return SegmentationData(images, None, names, (), source)
 
 
 def load_test_data(data_dir: str | os.PathLike, *, test_stack: str = ISBI_TEST_VOLUME,
