@@ -253,6 +253,23 @@ def test_export_needs_images_only(trained_same, export_format, precision):
 
 
 @pytest.mark.slow
+def test_export_checks_parity_on_input_images(trained_same):
+    # --input images of three sizes and two dtypes (the float TIFF loads as uint16): calibration
+    # and parity on all of them, the serving signature of each image's dtype checked.
+    trained = trained_same
+    folder = trained["root"] / "export_inputs"
+    write_inputs(folder)
+    run = trained["root"] / "export_input"
+    shutil.copytree(trained["run"], run, ignore=shutil.ignore_patterns("export", "predictions"))
+    flags = [*trained["flags"], "--model_dir", str(run), "--input", str(folder)]
+    assert main.main(["--exec_mode", "export", "--export_format", "savedmodel", *flags]) == 0
+    entry = json.loads((run / "export" / "export.json").read_text())["artifacts"]["savedmodel"]
+    assert entry["parity_images"] == ["large.png", "large_float.tif", "small.png"]
+    assert entry["parity"]["serving"]["pixels"] == 2 * LARGE[0] * LARGE[1] + SMALL[0] * SMALL[1]
+    assert entry["parity"]["serving"]["max_abs_prob_diff"] < 1e-4
+
+
+@pytest.mark.slow
 def test_export_without_any_images_names_what_it_looked_for(trained_same, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     flags = [*trained_same["flags"], "--data_dir", str(tmp_path / "empty")]
