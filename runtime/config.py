@@ -50,8 +50,8 @@ class Config:
     images_dir: str = _field("images", "folder of training images inside data_dir (folder layout)")
     masks_dir: str = _field("masks", "folder of masks inside data_dir, paired with images by file name")
     num_classes: int | None = _field(None, "number of classes for N-class masks (default: binary)")
-    input: str | None = _field(None, "predict: a TIFF stack, an image or a folder "
-                               "(default: data_dir/test-volume.tif)")
+    input: str | None = _field(None, "predict (and export's calibration/parity images): a TIFF stack, an image or "
+                               "a folder (default: data_dir/test-volume.tif; export: data_dir's training images)")
     # --- training
     batch_size: int = _field(1, "images per step (per worker)")
     learning_rate: float = _field(1e-4, "peak Adam learning rate")
@@ -108,6 +108,9 @@ class Config:
                              "(highest validation mean Dice)", choices=("best", "last"))
     model_path: str | None = _field(None, "predict/benchmark/evaluate with an exported model (SavedModel "
                                     "folder, .onnx or .tflite) instead of model_dir's checkpoint")
+    saved_model: bool = _field(True, "training ends by writing model_dir/saved_model/: the best checkpoint as a "
+                               "SavedModel whose serving_default runs predict's tiled inference on raw images "
+                               "(docs/deployment.md)")
     init_from: str | None = _field(None, "start from the model and weights of this training run's folder "
                                    "(fine-tuning, compression, quantization of a trained model)")
     allow_training_slices: bool = _field(False, "evaluate: score even when the --fold/--num_folds validation "
@@ -158,7 +161,7 @@ class Config:
     # --- export
     export_format: str = _field("savedmodel", "--exec_mode export target",
                                 choices=("savedmodel", "tftrt", "onnx", "tflite", "packed"))
-    export_precision: str = _field("fp32", "export precision (int8 calibrates on training slices)",
+    export_precision: str = _field("fp32", "export precision (int8 calibrates on images only: no masks needed)",
                                    choices=("fp32", "fp16", "int8"))
 
     def __post_init__(self) -> None:

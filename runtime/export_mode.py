@@ -1,27 +1,67 @@
-"""--exec_mode export: restore a run, export it through utils.export, and write the model card.
+"""--exec_mode export: restore a run, export it through utils.export, and write the model card; and the
+SavedModel every training run ends with (model_dir/saved_model/).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
+import shutil
+import tempfile
+import time
 from typing import Any
 
 import numpy as np
 
 
 from model.unet import smallest_valid_input
+from utils.data.layouts import SegmentationData, load_test_data, load_training_images
 from utils.data.normalize import normalize_image
 from utils.errors import UNetError
 from utils.inference.tiling import plan_tiles
 from utils.inference.runtimes import EXPORT_JSON, load_exported
 from utils.export.formats import (EXPORT_DIR, ExportInputs, artifact_name, check_export_request, export_model,
-                                  read_export_json, record_artifact)
+                                  read_export_json, record_artifact, write_savedmodel)
+from utils.export.serving import UNetServingModule
+
+SAVED_MODEL = "saved_model"  # model_dir/saved_model/: written at the end of training
+
+
+def load_export_images(cfg: Any) -> tuple[SegmentationData, bool]:
+    """(images, whether they are the run's training images): what export calibrates and checks on.
+
+    --input (a folder, stack or image, as for predict) if given; else the images of data_dir's
+    training layout (masks are never read, so a data_dir without labels works); else
+    data_dir/test-volume.tif. No labels are needed: parity compares the artefact with the Keras model.
+    """
+    if cfg.input:
+        return load_test_data(cfg.data_dir, input_path=cfg.input), False
+    data = load_training_images(cfg.data_dir, image_stack=cfg.image_stack, images_dir=cfg.images_dir)
+    if data is not None:
+        return data, True
+    try:
+        return load_test_data(cfg.data_dir), False
+    except UNetError:
+        raise UNetError(f"--data_dir={cfg.data_dir}: no images to calibrate and check the export with (looked "
+                        f"for train-volume.tif, --image_stack, {cfg.images_dir}/ and test-volume.tif); pass "
+                        "--input FOLDER_OR_STACK") from None
+
+
+def export_image_split(num_images: int, training_images: bool, num_folds: int,
+                       fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, parity) indices: the run's fold split for its training images, so the artefact
+    is checked on the held-out fold it was not calibrated on; every image for both otherwise."""
+    from utils.data.folds import fold_split
+
+    if training_images and num_images >= num_folds:
+        return fold_split(num_images, num_folds, fold)
+    everything = np.arange(num_images)
+    return everything, everything
 
 
 def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
     """--exec_mode export: the checkpoint of cfg.model_dir -> MODEL_DIR/export/<artefact> + export.json."""
-    from utils.data.folds import fold_split
-    from runtime.assemble import load_training_set, restore_model
+    from runtime.assemble import restore_model
 
     if cfg.model_path:
         raise UNetError(f"--model_path={cfg.model_path}: export reads model_dir's checkpoint "
@@ -30,20 +70,26 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
         return run_packed_export(cfg, logger)
     check_export_request(cfg.export_format, cfg.export_precision)
     model, spec, info = restore_model(cfg)
-    data = load_training_set(cfg)
-    if tuple(data.class_names) != tuple(info.class_names):
-        raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
-    train_idx, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
+    data, training_images = load_export_images(cfg)
+    if data.images[0].shape[-1] != spec.in_channels:
+        raise UNetError(f"{data.source}: images have {data.images[0].shape[-1]} channel(s), the model expects "
+                        f"{spec.in_channels}")
+    calibration_idx, parity_idx = export_image_split(len(data.images), training_images, cfg.num_folds, cfg.fold)
     largest = (max(im.shape[0] for im in data.images), max(im.shape[1] for im in data.images))
     plan = plan_tiles(spec, largest, tile_size=cfg.tile_size, max_tile_size=cfg.max_tile_size,
                       context=cfg.tile_context)
-    inputs = ExportInputs(parity_images=[data.images[i] for i in val_idx],
-                          calibration_images=[normalize_image(data.images[i]) for i in train_idx],
-                          tile_size=plan.tile_size, context=plan.context, max_tile_size=cfg.max_tile_size)
+    inputs = ExportInputs(parity_images=[data.images[i] for i in parity_idx],
+                          calibration_images=[normalize_image(data.images[i], info.normalization)
+                                              for i in calibration_idx],
+                          tile_size=plan.tile_size, context=plan.context, max_tile_size=cfg.max_tile_size,
+                          serving_tile_size=cfg.tile_size, image_dtype=info.image_dtype,
+                          normalization=info.normalization)
     entry = export_model(model, spec, info.class_names, pathlib.Path(cfg.model_dir) / EXPORT_DIR,
                          cfg.export_format, cfg.export_precision, inputs,
                          extra={"checkpoint": cfg.checkpoint, "step": info.step,
-                                "parity_images": [data.names[i] for i in val_idx]}, logger=logger)
+                                "parity_images": [data.names[i] for i in parity_idx],
+                                "calibration_source": data.source,
+                                "normalization": info.normalization}, logger=logger)
     for key, report in entry.get("parity", {}).items():
         logger.log("EXPORT", {"artifact": entry["file"], "check": key, "label_agreement": report["label_agreement"],
                               "max_abs_prob_diff": report["max_abs_prob_diff"], "threshold": report["threshold"]})
@@ -53,6 +99,39 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                           "tile_size": entry["parity_tile_size"], "size_bytes": entry["size_bytes"],
                           "latency_ms_median": entry["latency"]["median_ms"]})
     return entry
+
+
+def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Path:
+    """model_dir/saved_model/: the run's best checkpoint as a SavedModel (utils.export.serving).
+
+    best.npz is the checkpoint with the best held-out mean Dice, or the final weights when no
+    evaluation ran (utils.training.loop always writes it), so it is what a deployment should ship;
+    `--exec_mode predict --checkpoint best` with the run's tile flags gives the same probabilities.
+    The tile plan is the run's --tile_size / --max_tile_size / --tile_context; `serving_default`
+    takes `image_dtype` images (the training data's). Written beside and renamed into place, so a
+    crash never leaves a half-written SavedModel. Returns the path.
+    """
+    from runtime.assemble import restore_model
+
+    start = time.perf_counter()
+    model, spec, info = restore_model(cfg.replace(checkpoint="best", model_path=None))
+    module = UNetServingModule(model, spec, cfg.tile_context, image_dtype, tile_size=cfg.tile_size,
+                               max_tile_size=cfg.max_tile_size, class_names=info.class_names,
+                               normalization=info.normalization)
+    target = pathlib.Path(cfg.model_dir) / SAVED_MODEL
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{SAVED_MODEL}.", dir=cfg.model_dir))
+    try:
+        write_savedmodel(module, staging / SAVED_MODEL)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging / SAVED_MODEL, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    logger.log("SAVED_MODEL", {"path": str(target), "checkpoint": "best", "step": info.step,
+                               "image_dtype": np.dtype(image_dtype).name, "size_bytes": size,
+                               "seconds": round(time.perf_counter() - start, 2)})
+    return target
 
 
 

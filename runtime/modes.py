@@ -108,7 +108,7 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
             spec=dataclasses.asdict(spec), class_names=data.class_names,
             architecture=getattr(model, "float_architecture", None) or model.to_json(),
             quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
-            normalization=cfg.normalization))
+            normalization=cfg.normalization, image_dtype=data.images[0].dtype.name))
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
     augment = make_augment(cfg)
     keys = score_keys(data.class_names)
@@ -145,6 +145,10 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
     if dist.is_chief:
         logger.flush()
         plot()
+    if cfg.saved_model and dist.is_chief:  # after the final checkpoint: every weight file is on disk
+        from runtime.export_mode import write_run_savedmodel
+
+        write_run_savedmodel(cfg, data.images[0].dtype, logger)
     return state.last_eval
 
 

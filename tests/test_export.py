@@ -12,7 +12,6 @@ import tifffile
 
 import main
 from model.unet import UNetSpec, build_unet, is_valid_input_size
-pass
 from runtime.config import parse_config
 from utils.data.folds import fold_split
 from utils.data.normalize import normalize_image
@@ -20,7 +19,7 @@ from utils.errors import UNetError
 from utils.inference.tiling import keras_predictor, predict_images
 from runtime.assemble import load_training_set, restore_model
 from utils.inference.runtimes import load_exported, load_predictor
-from utils.export import formats
+from utils.export import formats, serving
 from utils.export import parity
 
 TILE = 128  # small tiles keep int8 calibration and parity fast; 512 slices need 6 x 6 tiles
@@ -101,8 +100,8 @@ def test_serving_signature_takes_raw_images_of_two_sizes(run):
         probs, labels = out["probabilities"].numpy(), out["labels"].numpy()
         assert probs.shape == (2, h, w, 2) and labels.shape == (2, h, w) and labels.dtype == np.uint8
         np.testing.assert_array_equal(labels, probs.argmax(-1))
-        expected = predict_images(keras_predictor(model), spec, [normalize_image(b) for b in batch],
-                                  max_tile_size=WHOLE_IMAGE)
+        # The export's --tile_size 128 plan, tiled inside the graph (a 512 slice: 6 x 6 tiles).
+        expected = predict_images(keras_predictor(model), spec, [normalize_image(b) for b in batch], tile_size=TILE)
         np.testing.assert_allclose(probs, np.stack(expected), atol=2e-5)
 
 
@@ -193,14 +192,14 @@ def test_load_errors_name_the_path(tmp_path):
 @pytest.mark.parametrize("before,after", [(0, 0), (2, 1), (5, 9), (20, 3)])
 def test_mirror_pad_matches_numpy_reflect(length, before, after):
     x = np.arange(length * 4, dtype=np.float32).reshape(1, length, 4, 1)
-    got = formats.mirror_pad(tf.constant(x), before, after, 3, 6).numpy()
+    got = serving.mirror_pad(tf.constant(x), before, after, 3, 6).numpy()
     np.testing.assert_array_equal(got, np.pad(x, ((0, 0), (before, after), (3, 6), (0, 0)), mode="reflect"))
 
 
 @pytest.mark.parametrize("spec", [UNetSpec(padding="valid", depth=2), UNetSpec(padding="valid"),
                                   UNetSpec(padding="same", depth=3)])
 def test_valid_size_progression_lists_exactly_the_valid_sizes(spec):
-    first, step = formats.valid_size_progression(spec)
+    first, step = serving.valid_size_progression(spec)
     for size in range(1, first + 6 * step):
         assert is_valid_input_size(spec, size) == (size >= first and (size - first) % step == 0), size
 
@@ -208,7 +207,7 @@ def test_valid_size_progression_lists_exactly_the_valid_sizes(spec):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_in_graph_normalization_is_normalize_image(dtype):
     image = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, (5, 7, 1), dtype=dtype)
-    np.testing.assert_array_equal(formats.normalize_integer_images(tf.constant(image)).numpy(), normalize_image(image))
+    np.testing.assert_array_equal(serving.normalize_images(tf.constant(image)).numpy(), normalize_image(image))
 
 
 def test_compare_probabilities_by_hand():

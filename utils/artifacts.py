@@ -36,6 +36,7 @@ class RunRecord:
         step: training step of the weights in use (set when a checkpoint is loaded).
         model_path: the exported file these weights come from (--model_path), if any.
         normalization: utils.data.normalize mode the network was trained with ("global" or "per_image").
+        image_dtype: NumPy dtype name of the training images (the SavedModel's serving_default input).
     """
 
     spec: dict[str, Any]
@@ -46,6 +47,7 @@ class RunRecord:
     step: int | None = None
     model_path: str | None = None
     normalization: str = "global"
+    image_dtype: str | None = None
 
     @property
     def variant(self) -> str:
@@ -58,7 +60,7 @@ class RunRecord:
         return dataclasses.replace(self, **changes)
 
 
-_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization")
+_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype")
 
 
 def save_run_record(model_dir: str | pathlib.Path, record: RunRecord) -> pathlib.Path:

@@ -286,6 +286,36 @@ def load_training_data(data_dir: str | os.PathLike, *, image_stack: str | None =
 
 
 
+def load_training_images(data_dir: str | os.PathLike, *, image_stack: str | None = None,
+                         images_dir: str = "images") -> SegmentationData | None:
+    """The images of data_dir's training layout, without reading (or needing) any mask.
+
+    For what needs images but no labels (export: int8 calibration, parity with the Keras model).
+    The layouts are those of load_training_data, images side only: `image_stack` if given, else
+    train-volume.tif (ISBI), else the `images_dir` folder. Returns None if data_dir holds none of them.
+    """
+    root = _existing_dir(data_dir)
+    if image_stack is not None:
+        path = _resolve(root, image_stack)
+        _require_file(path)
+        images, names = _stack_slices(path)
+        source = str(path)
+    elif (root / ISBI_TRAIN_VOLUME).exists():
+        _require_file(root / ISBI_TRAIN_VOLUME)
+        images, names = _stack_slices(root / ISBI_TRAIN_VOLUME)
+        source = str(root / ISBI_TRAIN_VOLUME)
+    elif _resolve(root, images_dir).is_dir():
+        files = _list_by_stem(_resolve(root, images_dir), IMAGE_SUFFIXES, "image")
+        paths = [files[stem] for stem in sorted(files, key=_natural_key)]
+        images = [as_image(read_image_file(path), path.name) for path in paths]
+        names = [path.name for path in paths]
+        source = str(_resolve(root, images_dir))
+    else:
+        return None
+    _check_channels(images, names, source)
+    return SegmentationData(images, None, names, (), source)
+
+
 def load_test_data(data_dir: str | os.PathLike, *, test_stack: str = ISBI_TEST_VOLUME,
                    input_path: str | os.PathLike | None = None) -> SegmentationData:
     """Load unlabelled images for prediction.

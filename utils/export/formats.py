@@ -1,34 +1,32 @@
 """The one export entry point: SavedModel, TF-TRT, ONNX and TFLite, each checked against Keras.
 
-Every format is built from one `UNetServingModule`, so every format computes the same thing:
+Every format is built from one `utils.export.serving.UNetServingModule`, so every format computes
+the same thing:
 
 - `tile` (float32 tiles (B, T, T, C) in [0, 1] -> {"probabilities": (B, O, O, K) float32}): the
   network plus softmax, i.e. a `utils.inference.tiling.Predictor`. ONNX, TFLite and TF-TRT are converted
   from it, and `utils.inference.runtimes` runs every artefact through `utils.inference.predict_images`, the
   same overlap-tile path as the Keras model.
-- `serving_default` (SavedModel only; raw images (B, H, W, C) uint8 (uint16 if the training data
-  was) of any H, W -> {"probabilities": (B, H, W, K) float32, "labels": (B, H, W) class ids}):
-  normalization inside (the rule of `utils.data.normalize.normalize_image`), then ONE tile covering the
-  image, exactly as `utils.inference.tiled_predict` builds it when an image fits one tile: mirror
-  padding of margin + context pixels per side (margin = the pixels a valid-padding network loses,
-  0 for same padding; context = the zero-padded border a same-padding tile throws away), extra
-  mirror padding at the bottom/right up to the next valid input size, one forward pass, crop back.
-  So a valid-padding network accepts any image size here; memory grows with the image, so for
-  images larger than --max_tile_size use the `tile` signature with `utils.inference`.
+- `serving_default` (SavedModel only; raw images (B, H, W, C) of the training dtype, any H, W ->
+  {"probabilities": (B, H, W, K) float32, "labels": (B, H, W) class ids}), and `serving_uint8`,
+  `serving_uint16`, `serving_float32` (float32 already in [0, 1]): normalization and the whole
+  overlap-tile prediction of `--exec_mode predict` inside the graph (see utils.export.serving), so
+  `tf.saved_model.load` alone reproduces predict, with memory bounded by the tile.
 
 Artefacts, under MODEL_DIR/export/ (names from `artifact_name`):
-    savedmodel/          fp32, both signatures
+    savedmodel/          fp32, every signature above
     model.onnx           fp32 (tf2onnx, dynamic batch and tile size), model_int8.onnx (ONNX Runtime
-                         static quantization, QDQ, calibrated on training tiles)
+                         static QDQ quantization, calibrated on image tiles)
     model_{fp32,fp16,int8}.tflite   fixed tile T, dynamic batch; fp16 = float16 weights; int8 = full
-                         integer kernels (float32 input/output), calibrated on training tiles
+                         integer kernels (float32 input/output), calibrated on image tiles
     tftrt_{fp32,fp16,int8}/         TF-TRT SavedModel of `tile` (needs TensorFlow built with TensorRT)
     export.json          per artefact: UNetSpec, class names, tile size, precision, checkpoint step,
                          parity results; what `utils.inference.runtimes` needs to plan tiles.
 
-Parity: after writing an artefact, the held-out fold's training slices are predicted through the
-tiled path by the Keras model and by the artefact; the predicted labels must agree on >= 99.5 % of
-pixels (>= 99 % for int8), otherwise the artefact is discarded and the export fails (UNetError).
+Parity: after writing an artefact, the parity images (no labels needed) are predicted through the
+tiled path by the Keras model and by the artefact; the artefact's predicted labels must agree with the
+Keras model's on >= 99.5 % of pixels (>= 99 % for int8), otherwise the artefact is discarded and the
+export fails (UNetError).
 """
 from __future__ import annotations
 
@@ -46,36 +44,19 @@ import numpy as np
 
 import tensorflow as tf
 
-from model.blocks import POOL_SIZE
-from model.unet import UNetSpec, margin as model_margin, smallest_valid_input
+from model.unet import UNetSpec, margin as model_margin
 from utils.artifacts import write_json
 from utils.errors import UNetError
 from utils.inference.runtimes import EXPORT_JSON, PROBABILITIES, TILE_SIGNATURE
 from utils.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabilities
 from utils.data.normalize import normalize_image
-from utils.inference.tiling import keras_predictor, plan_tiles, predict_images
+from utils.inference.tiling import keras_predictor, predict_images
 from utils.inference.runtimes import load_exported
 from utils.progress import Progress
+from utils.export.serving import SERVING_INPUT, TILE_INPUT, UNetServingModule, serving_signature_name
 
 
 EXPORT_DIR = "export"
-
-
-
-SERVING_SIGNATURE = "serving_default"
-
-
-
-TILE_INPUT = "tiles"
-
-
-
-SERVING_INPUT = "images"
-
-
-
-LABELS = "labels"
-
 
 
 FORMAT_PRECISIONS = {
@@ -86,22 +67,10 @@ FORMAT_PRECISIONS = {
 }
 
 
-
 CALIBRATION_TILES = 16
 
 
-
 ONNX_OPSET = 17
-
-
-
-_UNBOUNDED_TILE = 1 << 30  # max_tile_size that makes plan_tiles choose one tile per image
-
-
-
-# The largest value of each integer image dtype: normalize_image's one rule per dtype.
-_IMAGE_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-
 
 
 # ----------------------------------------------------------------------------- what can be exported
@@ -118,7 +87,6 @@ def artifact_name(export_format: str, precision: str) -> str:
     raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
 
 
-
 def tensorrt_problems() -> list[str]:
     """What is missing for TF-TRT on this machine (empty list: TF-TRT can run)."""
     problems = []
@@ -129,7 +97,6 @@ def tensorrt_problems() -> list[str]:
     if not tf.config.list_physical_devices("GPU"):
         problems.append("no NVIDIA GPU is visible to TensorFlow")
     return problems
-
 
 
 def check_export_request(export_format: str, precision: str) -> None:
@@ -153,108 +120,8 @@ def check_export_request(export_format: str, precision: str) -> None:
                             "pip install -r requirements.txt")
 
 
-
 def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-
-# ----------------------------------------------------------------------------- in-graph tile geometry
-def valid_size_progression(spec: UNetSpec) -> tuple[int, int]:
-    """(first, step): the valid input sizes of `spec` are exactly first + k * step, k >= 0.
-
-    Every pooling halves the map, so a valid input is fixed by its bottleneck size and grows by
-    POOL_SIZE ** depth per bottleneck pixel; `first` is the smallest input with a non-empty output.
-    """
-    return smallest_valid_input(spec, 1), POOL_SIZE ** spec.depth
-
-
-
-def normalize_integer_images(images: tf.Tensor) -> tf.Tensor:
-    """uint8 / 255 or uint16 / 65535 as float32: the in-graph twin of utils.data.normalize.normalize_image."""
-    scale = _IMAGE_SCALE.get(np.dtype(images.dtype.as_numpy_dtype))
-    if scale is None:
-        raise UNetError(f"serving images must be uint8 or uint16, got {images.dtype.name}")
-    return tf.cast(images, tf.float32) / tf.constant(scale, tf.float32)
-
-
-
-def reflect_indices(length: tf.Tensor, before: tf.Tensor, after: tf.Tensor) -> tf.Tensor:
-    """Source index of every position of a mirror-padded axis, as np.pad(mode="reflect") builds it.
-
-    Reflection without repeating the edge is periodic with period 2 * (length - 1); unlike
-    tf.pad(mode="REFLECT") this allows pads larger than the axis (small images, big margins).
-    Returns int32 (length + before + after,).
-    """
-    positions = tf.range(-before, length + after)
-    period = tf.maximum(2 * (length - 1), 1)
-    folded = tf.math.floormod(positions, period)
-    return tf.where(folded >= length, period - folded, folded)
-
-
-
-def mirror_pad(images: tf.Tensor, top: tf.Tensor, bottom: tf.Tensor, left: tf.Tensor,
-               right: tf.Tensor) -> tf.Tensor:
-    """Mirror-pad (B, H, W, C) images by the given pixel counts (np.pad "reflect" semantics)."""
-    shape = tf.shape(images)
-    rows = reflect_indices(shape[1], top, bottom)
-    cols = reflect_indices(shape[2], left, right)
-    return tf.gather(tf.gather(images, rows, axis=1), cols, axis=2)
-
-
-
-class UNetServingModule(tf.Module):
-    """The exported computation: a Keras U-Net returning logits, wrapped to return probabilities.
-
-    Args:
-        model: tf_keras model (N, H, W, C) float32 -> (N, O, O, K) logits.
-        spec: its UNetSpec (for the size arithmetic of the serving signature).
-        context: pixels per side a same-padding tile throws away (utils.inference.TilePlan.context).
-        image_dtype: dtype of the raw images the serving signature takes (uint8 or uint16).
-
-    Only the model's variables are tracked (not the Keras object), so saving does not trace every
-    Keras layer and works for variants Keras cannot save itself (facts.md: QAT transposed convs).
-    """
-
-    def __init__(self, model: Any, spec: UNetSpec, context: int, image_dtype: Any = np.uint8):
-        super().__init__(name="unet_serving")
-        self.model_variables = list(model.variables)
-        self._forward = lambda x: model(x, training=False)  # a plain callable: not tracked
-        self._margin = model_margin(spec)
-        self._context = int(context)
-        self._first, self._step = valid_size_progression(spec)
-        self._label_dtype = tf.uint8 if spec.n_classes <= 256 else tf.int32
-        channels = spec.in_channels
-        self.tile = tf.function(self._tile, input_signature=[
-            tf.TensorSpec((None, None, None, channels), tf.float32, name=TILE_INPUT)])
-        self.serve = tf.function(self._serve, input_signature=[
-            tf.TensorSpec((None, None, None, channels), tf.as_dtype(np.dtype(image_dtype)), name=SERVING_INPUT)])
-
-    def _probabilities(self, tiles: tf.Tensor) -> tf.Tensor:
-        return tf.nn.softmax(tf.cast(self._forward(tiles), tf.float32), axis=-1)
-
-    def _tile(self, tiles: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {PROBABILITIES: self._probabilities(tiles)}
-
-    def fixed_tile_function(self, tile_size: int) -> Any:
-        """Concrete `tile` function for (None, tile_size, tile_size, C) inputs (TFLite needs static H, W)."""
-        spec = tf.TensorSpec((None, tile_size, tile_size, self.tile.input_signature[0].shape[-1]),
-                             tf.float32, name=TILE_INPUT)
-        return tf.function(self._tile).get_concrete_function(spec)
-
-    def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        x = normalize_integer_images(images)
-        h, w = tf.shape(x)[1], tf.shape(x)[2]
-        pad = self._margin + self._context
-        # The smallest valid square tile covering the image plus its borders, as plan_tiles picks it.
-        needed = tf.maximum(h, w) + 2 * pad
-        steps = tf.maximum(0, -((self._first - needed) // self._step))  # ceil((needed - first) / step)
-        core = self._first + steps * self._step - 2 * pad
-        probs = self._probabilities(mirror_pad(x, pad, pad + core - h, pad, pad + core - w))
-        c = self._context
-        probs = probs[:, c:c + h, c:c + w]
-        return {PROBABILITIES: probs, LABELS: tf.cast(tf.argmax(probs, axis=-1), self._label_dtype)}
-
 
 
 # ----------------------------------------------------------------------------- writers, one per format
@@ -281,13 +148,9 @@ def calibration_tiles(images: Sequence[np.ndarray], tile_size: int, border: int,
     return np.stack(tiles).astype(np.float32)
 
 
-
 def write_savedmodel(module: UNetServingModule, path: pathlib.Path) -> None:
-    """SavedModel with the `serving_default` (raw images) and `tile` (float tiles) signatures."""
-    tf.saved_model.save(module, str(path), signatures={
-        SERVING_SIGNATURE: module.serve.get_concrete_function(),
-        TILE_SIGNATURE: module.tile.get_concrete_function()})
-
+    """SavedModel with the serving signatures (raw images, tiled in the graph) and `tile` (float tiles)."""
+    tf.saved_model.save(module, str(path), signatures=module.signatures())
 
 
 def write_onnx(module: UNetServingModule, path: pathlib.Path) -> None:
@@ -299,7 +162,6 @@ def write_onnx(module: UNetServingModule, path: pathlib.Path) -> None:
                                       opset=ONNX_OPSET, output_path=str(path))
     except Exception as exc:  # tf2onnx raises bare exceptions for unsupported graphs
         raise UNetError(f"tf2onnx could not convert the model to ONNX ({type(exc).__name__}: {exc})") from exc
-
 
 
 class _TileReader:
@@ -340,7 +202,6 @@ def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.nda
                                      weight_type=quantization.QuantType.QInt8)
 
 
-
 def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
                  tiles: np.ndarray | None, progress: Progress | None = None) -> None:
     """TFLite of `tile` at a fixed tile size: fp32, fp16 (float16 weights) or full-integer int8."""
@@ -356,7 +217,6 @@ def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, 
         # Every kernel integer; the float32 input/output are quantized/dequantized at the ends.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     path.write_bytes(converter.convert())
-
 
 
 def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
@@ -383,7 +243,6 @@ def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, t
         converter.save(str(path))
 
 
-
 def write_artifact(module: UNetServingModule, export_format: str, precision: str, path: pathlib.Path, *,
                    tile_size: int, tiles: np.ndarray | None, progress: Progress | None = None) -> None:
     """Write one artefact to `path` (a file or a folder, see artifact_name); `progress` counts the
@@ -400,14 +259,19 @@ def write_artifact(module: UNetServingModule, export_format: str, precision: str
         raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
 
 
-
 # ----------------------------------------------------------------------------- the entry point
 @dataclasses.dataclass(frozen=True)
 class ExportInputs:
-    """The data an export needs besides the model.
+    """The data an export needs besides the model (images only: no labels are needed).
 
-    parity_images: raw held-out training slices (H, W, C) uint8/uint16 (normalized here).
-    calibration_images: normalized training slices (H, W, C) float32, for int8 calibration.
+    parity_images: raw images (H, W, C) uint8/uint16 (normalized here) on which the artefact must
+        agree with the Keras model.
+    calibration_images: normalized images (H, W, C) float32, for int8 calibration.
+    tile_size: the tile of the "tiled" parity check and of fixed-tile formats (TFLite).
+    context, max_tile_size, serving_tile_size: the tile plan of the SavedModel's serving signatures,
+        i.e. predict's --tile_context, --max_tile_size and --tile_size (None: planned per image size).
+    image_dtype: dtype of `serving_default` (the training images'); None: the parity images'.
+    normalization: utils.data.normalize mode of the run (applied to parity images and in the serving graph).
     """
 
     parity_images: list[np.ndarray]
@@ -415,7 +279,9 @@ class ExportInputs:
     tile_size: int
     context: int
     max_tile_size: int = 1024
-
+    serving_tile_size: int | None = None
+    image_dtype: str | None = None
+    normalization: str = "global"
 
 
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,
@@ -434,8 +300,7 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     export_dir = pathlib.Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     name = artifact_name(export_format, precision)
-    image_dtype = inputs.parity_images[0].dtype if inputs.parity_images else np.dtype(np.uint8)
-    module = UNetServingModule(model, spec, inputs.context, image_dtype)
+    module = serving_module(model, spec, class_names, inputs)
     tiles = None
     if precision == "int8" or export_format == "tftrt":  # calibration, and TF-TRT's engine shapes
         tiles = calibration_tiles(inputs.calibration_images, inputs.tile_size,
@@ -478,12 +343,22 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     return entry
 
 
+def serving_module(model: Any, spec: UNetSpec, class_names: Sequence[str], inputs: ExportInputs) -> UNetServingModule:
+    """The UNetServingModule of an export: the serving tile plan and image dtype of `inputs`."""
+    image_dtype = inputs.image_dtype or (inputs.parity_images[0].dtype if inputs.parity_images else np.uint8)
+    return UNetServingModule(model, spec, inputs.context, image_dtype, tile_size=inputs.serving_tile_size,
+                             max_tile_size=inputs.max_tile_size, class_names=class_names,
+                             normalization=inputs.normalization)
+
 
 def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[str, Any],
                    inputs: ExportInputs, logger: Any = None) -> dict[str, ParityReport]:
-    """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving")."""
+    """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving").
+
+    The reference is always the Keras model's own prediction of the same images (never labels).
+    """
     threshold = PARITY_THRESHOLDS[entry["precision"]]
-    images = [normalize_image(im) for im in inputs.parity_images]
+    images = [normalize_image(im, inputs.normalization) for im in inputs.parity_images]
     plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size)
     reference = predict_images(keras_predictor(model), spec, images, **plan, logger=logger, label="parity keras")
     exported = load_exported(path, metadata=entry)
@@ -491,13 +366,13 @@ def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[s
                                label=f"parity {entry['format']} {entry['precision']}")
     reports = {"tiled": compare_probabilities(reference, predicted, threshold)}
     if entry["format"] == "savedmodel":
-        # The serving signature runs one tile covering the whole image: compare it with that plan.
-        whole = dict(tile_size=None, context=inputs.context, max_tile_size=_UNBOUNDED_TILE)
-        if {plan_tiles(spec, im.shape[:2], **whole).tile_size for im in images} != {inputs.tile_size}:
-            reference = predict_images(keras_predictor(model), spec, images, **whole)
-        serve = tf.saved_model.load(str(path)).signatures[SERVING_SIGNATURE]
-        served = [serve(**{SERVING_INPUT: tf.constant(im[None])})[PROBABILITIES].numpy()[0]
-                  for im in inputs.parity_images]
+        # The serving signatures run predict's tile plan in the graph: compare with exactly that plan.
+        serving_plan = {**plan, "tile_size": inputs.serving_tile_size}
+        if serving_plan != plan:
+            reference = predict_images(keras_predictor(model), spec, images, **serving_plan)
+        loaded = tf.saved_model.load(str(path))
+        served = [loaded.signatures[serving_signature_name(im.dtype)](**{SERVING_INPUT: tf.constant(im[None])})
+                  [PROBABILITIES].numpy()[0] for im in inputs.parity_images]
         reports["serving"] = compare_probabilities(reference, served, threshold)
     return reports
 
@@ -510,7 +385,6 @@ def record_artifact(export_dir: pathlib.Path, entry: dict[str, Any]) -> pathlib.
     return write_json(path, {"artifacts": artifacts})
 
 
-
 def read_export_json(path: pathlib.Path) -> dict[str, dict[str, Any]]:
     """The artefact entries of an export.json ({} if the file does not exist)."""
     if not path.is_file():
@@ -521,13 +395,11 @@ def read_export_json(path: pathlib.Path) -> dict[str, dict[str, Any]]:
         raise UNetError(f"{path} is corrupt ({exc}); delete it and export again") from None
 
 
-
 def _remove(path: pathlib.Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-
 
 
 def _size_bytes(path: pathlib.Path) -> int:

@@ -101,7 +101,8 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
     if spread:
         lines += ["Across cross-validation folds (sibling `fold_<k>` runs):", "", spread, ""]
     lines += ["## Exported files", "",
-              "| file | format | precision | size (MB) | label agreement with Keras (held-out) | latency per tile, median (ms) | tile |",
+              "| file | format | precision | size (MB) | label agreement with Keras (parity images) "
+              "| latency per tile, median (ms) | tile |",
               "|---|---|---|---|---|---|---|"]
     for name, entry in sorted(artifacts.items()):
         parity = entry.get("parity") or {}

@@ -1,5 +1,6 @@
-"""Parity of an exported file with the trained Keras model: per-class Dice agreement of the argmax maps
-and the largest probability difference, with one threshold per precision.
+"""Parity of an exported file with the trained Keras model on the same images: the fraction of pixels
+whose argmax class equals the Keras model's and the largest probability difference, with one
+threshold per precision. The reference is the Keras prediction, never labels: export needs no masks.
 """
 from __future__ import annotations
 
