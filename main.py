@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.skip_finished and cfg.num_epochs is None:  # (with --num_epochs max_steps needs the data)
             from runtime.lineage import finished_evaluation
 
-            done = finished_evaluation(cfg.model_dir, cfg.max_steps, cfg.fold, cfg.num_folds)
+            target = None if cfg.time_budget is not None else cfg.max_steps  # the budget's steps are recorded
+            done = finished_evaluation(cfg.model_dir, target, cfg.fold, cfg.num_folds)
             if done is not None:
                 print(f"{cfg.model_dir}: fold {cfg.fold} of {cfg.num_folds} already evaluated at step "
-                      f"{cfg.max_steps} (eval_results.json): skipped (--skip_finished)", flush=True)
+                      f"{done['step']} (eval_results.json): skipped (--skip_finished)", flush=True)
                 return
         from runtime.modes import run  # imports TensorFlow: only after the flags are known to be good
 

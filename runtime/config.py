@@ -62,7 +62,7 @@ class Config:
                               choices=("constant", "cosine"))
     dice_weight: float = _field(1.0, "weight of the soft Dice term next to cross-entropy")
     time_budget: float | None = _field(None, "minutes of training: --max_steps is set from a measured step time "
-                                       "(default: use --max_steps)")
+                                       "(0 or default: use --max_steps)")
     normalization: str = _field("auto", "intensity normalization: global (fixed scale), per_image (percentile "
                                 "clip and rescale) or auto (default: chosen from the data)",
                                 choices=("auto", "global", "per_image"))
@@ -80,7 +80,8 @@ class Config:
                                         "utils.data.augment.AugmentConfig; in YAML also a mapping)")
     resume_training: bool = _field(False, "continue from model_dir/checkpoints/last.npz")
     log_every: int = _field(10, "log loss and throughput every N steps")
-    evaluate_every: int = _field(0, "evaluate on the held-out fold every N steps (0: at the end only)")
+    evaluate_every: int | None = _field(None, "evaluate on the held-out fold every N steps (default: at the end "
+                                        "only; with --time_budget 4 times in all)")
     checkpoint_every: int = _field(50, "write the resumable checkpoint every N steps")
     deterministic: bool = _field(False, "deterministic TF ops: two runs give bit-identical weights")
     amp: bool = _field(False, "mixed precision: float16 with loss scaling on GPU, bfloat16 on CPU (NVIDIA's "
@@ -165,6 +166,8 @@ class Config:
                                    choices=("fp32", "fp16", "int8"))
 
     def __post_init__(self) -> None:
+        if self.time_budget == 0:  # 0 switches a recipe's budget off: --max_steps counts
+            object.__setattr__(self, "time_budget", None)
         validate(self)
 
     def replace(self, **changes: Any) -> "Config":
@@ -224,13 +227,14 @@ def validate(cfg: Config) -> None:
     _check(cfg.num_folds >= 2, "num_folds", cfg.num_folds, "an integer >= 2")
     _check(0 <= cfg.fold < cfg.num_folds, "fold", cfg.fold, f"0 <= fold < num_folds ({cfg.num_folds})")
     _check(cfg.log_every >= 1, "log_every", cfg.log_every, "an integer >= 1")
-    _check(cfg.evaluate_every >= 0, "evaluate_every", cfg.evaluate_every, "an integer >= 0")
+    _check(cfg.evaluate_every is None or cfg.evaluate_every >= 0, "evaluate_every", cfg.evaluate_every,
+           "an integer >= 0")
     _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
     _check(cfg.base_filters >= 1, "base_filters", cfg.base_filters, "an integer >= 1")
     _check(1 <= cfg.depth <= 8, "depth", cfg.depth, "an integer from 1 to 8")
     _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "a rate in [0, 1)")
     _check(cfg.crop_size is None or cfg.crop_size >= 8, "crop_size", cfg.crop_size, "an integer >= 8")
-    _check(cfg.time_budget is None or cfg.time_budget > 0, "time_budget", cfg.time_budget, "minutes > 0")
+    _check(cfg.time_budget is None or cfg.time_budget >= 0, "time_budget", cfg.time_budget, "minutes >= 0")
     _check(cfg.foreground_sampling is None or 0 <= cfg.foreground_sampling <= 1, "foreground_sampling",
            cfg.foreground_sampling, "a fraction in [0, 1]")
     if cfg.class_weights not in ("auto", "none"):

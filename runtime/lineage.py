@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from utils.artifacts import EVAL_RESULTS, MODEL_JSON, RUN_CONFIG
+from utils.artifacts import EVAL_RESULTS, FINGERPRINT, MODEL_JSON, RUN_CONFIG
 from utils.data.folds import fold_split
 from utils.errors import UNetError
 
@@ -203,9 +203,17 @@ def check_evaluation_slices(run_dir: str | os.PathLike, val_idx: np.ndarray, num
                         "run's own fold (omit --fold/--num_folds) or pass --allow_training_slices")
 
 
-def finished_evaluation(model_dir: str | os.PathLike, max_steps: int, fold: int, num_folds: int
+def finished_evaluation(model_dir: str | os.PathLike, max_steps: int | None, fold: int, num_folds: int
                         ) -> dict[str, Any] | None:
-    """model_dir's eval_results.json if it is the evaluation of this fold at `max_steps`, else None."""
+    """model_dir's eval_results.json if it is the evaluation of this fold at `max_steps`, else None.
+
+    max_steps None: the run's own target, which --time_budget recorded in its fingerprint file.
+    """
+    if max_steps is None:
+        try:
+            max_steps = json.loads((pathlib.Path(model_dir) / FINGERPRINT).read_text())["max_steps"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
     path = pathlib.Path(model_dir) / EVAL_RESULTS
     try:
         results = json.loads(path.read_text())

@@ -31,6 +31,7 @@ from runtime.assemble import (load_training_set, log_path, make_augment, make_lo
 from runtime.curves import write_curves
 from runtime.lineage import TRAINING_MODES, check_evaluation_slices, require_source, run_source
 
+BUDGET_EVALUATIONS = 4  # validation runs of a --time_budget run without --evaluate_every
 OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
 
 
@@ -117,7 +118,7 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
         write_curves(log_path(cfg), cfg.model_dir, keys)
 
     # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
-    wants_eval = cfg.exec_mode != "train" or cfg.evaluate_every > 0
+    wants_eval = cfg.exec_mode != "train" or bool(cfg.evaluate_every)
     evaluate = None
     if wants_eval:
         evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization)
@@ -163,7 +164,7 @@ def budget_max_steps(cfg: Config, model: Any, spec: UNetSpec, geometry: Any, ima
     path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     if cfg.resume_training and "max_steps" in recorded:
-        return cfg.replace(max_steps=int(recorded["max_steps"]))
+        return with_budget_evaluations(cfg.replace(max_steps=int(recorded["max_steps"])))
     if dist.size > 1:
         raise UNetError("--time_budget: one process measures the step time; with several workers give --max_steps")
     initial = model.get_weights()
@@ -180,11 +181,19 @@ def budget_max_steps(cfg: Config, model: Any, spec: UNetSpec, geometry: Any, ima
                                   start_step=0, max_steps=PROBE_WARMUP + PROBE_STEPS, augment=augment,
                                   sampling=sampling)
 
-    cfg = cfg.replace(max_steps=steps_for_budget(cfg, model, make_batches, step_fn_factory, logger))
+    cfg = with_budget_evaluations(cfg.replace(max_steps=steps_for_budget(cfg, model, make_batches, step_fn_factory,
+                                                                         logger)))
     if dist.is_chief:
         write_json(path, {**recorded, "max_steps": cfg.max_steps})
         save_config(cfg, pathlib.Path(cfg.model_dir) / RUN_CONFIG)
     return cfg
+
+
+def with_budget_evaluations(cfg: Config) -> Config:
+    """Without --evaluate_every, a budgeted run still evaluates BUDGET_EVALUATIONS times (curve, best.npz)."""
+    if cfg.evaluate_every is not None:
+        return cfg
+    return cfg.replace(evaluate_every=max(1, cfg.max_steps // BUDGET_EVALUATIONS))
 
 
 def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 
 from runtime.config import Config
-from utils.artifacts import write_json
+from utils.artifacts import FINGERPRINT, write_json
 from utils.data.fingerprint import measure_fingerprint
 from utils.data.layouts import SegmentationData
 from utils.data.pipeline import Sampling
 from utils.data.recipe import Choice, choose_recipe, parse_class_weights, rare_classes
 from utils.errors import UNetError
 
-FINGERPRINT_FILE = "dataset_fingerprint.json"
+FINGERPRINT_FILE = FINGERPRINT
 RECIPE_FLAGS = ("normalization", "crop_size", "foreground_sampling", "class_weights")
 # Step-time probe: steps run and thrown away (tracing, allocation), then steps timed.
 PROBE_WARMUP, PROBE_STEPS = 2, 4

@@ -19,7 +19,7 @@ from utils.score import cv
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CV5 = REPO / "examples" / "unet_CPU_CV5.sh"
 TRAIN = REPO / "examples" / "unet_CPU_TRAIN.sh"
-TOY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--crop_size", "32", "--batch_size", "2",
+TOY = ["--time_budget", "0", "--padding", "same", "--base_filters", "4", "--depth", "2", "--crop_size", "32", "--batch_size", "2",
        "--max_steps", "2"]
 
 

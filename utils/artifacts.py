@@ -14,6 +14,7 @@ MODEL_JSON = "model.json"
 EVAL_RESULTS = "eval_results.json"
 RUN_CONFIG = "config.yaml"
 PREDICTIONS = "predictions"
+FINGERPRINT = "dataset_fingerprint.json"  # the data fingerprint and the recipe chosen from it
 
 
 # How a trained network is stored and deployed, decided from its quantization in one place:

@@ -36,7 +36,7 @@ class TrainSettings(Protocol):
     dice_weight: float
     xla: bool
     log_every: int
-    evaluate_every: int
+    evaluate_every: int | None
     checkpoint_every: int
     learning_rate: float
     lr_scaling: str
