@@ -59,10 +59,13 @@ def intensity_statistics(images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
 
 
 def object_statistics(masks: Sequence[np.ndarray], class_id: int) -> dict[str, Any]:
-    """Connected components (8-connected) of one class: count per image, area (pixels) and width
-    (pixels: twice the largest distance to the background inside each component, i.e. the diameter of
-    a blob or the thickness of a line's thickest part)."""
-    counts, areas, widths = [], [], []
+    """Connected components (8-connected) of one class: count per image, area (pixels), width (pixels:
+    twice the largest distance to the background inside each component: a blob's diameter, a tree's
+    thickest trunk) and thickness (pixels: twice the distance to the background along the class's
+    skeleton, one value per skeleton pixel: how thick the structure is along its length)."""
+    from skimage.morphology import skeletonize
+
+    counts, areas, widths, thickness = [], [], [], []
     for mask in masks:
         region = mask == class_id
         labels, n = ndimage.label(region, structure=np.ones((3, 3)))
@@ -73,7 +76,9 @@ def object_statistics(masks: Sequence[np.ndarray], class_id: int) -> dict[str, A
         areas.extend(ndimage.sum_labels(region, labels, index))
         distance = ndimage.distance_transform_edt(region)
         widths.extend(2.0 * ndimage.maximum(distance, labels, index))
-    return {"per_image": _summary(counts), "area": _summary(areas), "width": _summary(widths)}
+        thickness.extend(2.0 * distance[skeletonize(region)])
+    return {"per_image": _summary(counts), "area": _summary(areas), "width": _summary(widths),
+            "thickness": _summary(thickness)}
 
 
 def measure_fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],

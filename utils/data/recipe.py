@@ -10,8 +10,8 @@ a value given on the command line always wins (and is reported as such). The rul
   and never larger than the smallest image; a multiple of 2^depth so every pooling stays even.
 - foreground sampling: a third of the crops centred on a pixel of a rare class (under 15 % of pixels),
   as nnU-Net oversamples foreground, so crops that hold no object do not dominate the gradient.
-- class weights: a thin minority class (under 15 % of pixels, median width at most 8 px: vessels,
-  membranes of a sparse set) weighs 1.5 in the cross-entropy. With weight w the argmax of a
+- class weights: a thin minority class (under 15 % of pixels, median thickness along its skeleton at
+  most 8 px: vessels, membranes of a sparse set) weighs 1.5 in the cross-entropy. With weight w the argmax of a
   calibrated model fires at posterior 1 / (1 + w) = 0.4, the F1-optimal threshold for F1 near 0.8
   (Lipton et al. 2014: the optimal threshold is F1* / 2); thin structures otherwise lose their
   uncertain edge pixels to the majority class.
@@ -88,11 +88,12 @@ def choose_foreground_sampling(fingerprint: dict[str, Any]) -> Choice:
 
 def choose_class_weights(fingerprint: dict[str, Any]) -> Choice:
     names = list(fingerprint["class_fraction"])
-    thin = [n for n in rare_classes(fingerprint) if fingerprint["objects"][n]["width"]["median"] <= THIN_WIDTH]
+    thin = [n for n in rare_classes(fingerprint) if fingerprint["objects"][n]["thickness"]["median"] <= THIN_WIDTH]
     if not thin:
         return Choice("class_weights", "none", "no thin minority class: unweighted cross-entropy")
     weights = [THIN_CLASS_WEIGHT if n in thin else 1.0 for n in names]
-    listed = ", ".join(f"{n} (median width {fingerprint['objects'][n]['width']['median']:.1f} px)" for n in thin)
+    listed = ", ".join(f"{n} (median thickness {fingerprint['objects'][n]['thickness']['median']:.1f} px)"
+                       for n in thin)
     return Choice("class_weights", ",".join(f"{w:g}" for w in weights),
                   f"thin minority classes {listed}: weight {THIN_CLASS_WEIGHT} moves the argmax to posterior "
                   f"{1 / (1 + THIN_CLASS_WEIGHT):.2f}, near the F1-optimal threshold")
