@@ -127,3 +127,36 @@ def test_parse_class_weights():
     for bad in ("1", "1,0", "a,b"):
         with pytest.raises(ValueError):
             parse_class_weights(bad, 2)
+
+
+@pytest.mark.slow
+def test_budgeted_run_records_its_recipe_and_a_resume_keeps_it(tmp_path):
+    """Vessel-like data: per-image normalization, foreground sampling and weights are chosen and written to
+    dataset_fingerprint.json and config.yaml; --time_budget sets max_steps, which a resume reuses."""
+    import json
+
+    import yaml
+
+    import main
+    from utils.data.synthetic_kinds import write_folder_kind
+
+    data = tmp_path / "vessels"
+    write_folder_kind(data, "vessels", num_images=5)
+    run = tmp_path / "run"
+    flags = ["--exec_mode", "train_and_evaluate", "--data_dir", str(data), "--model_dir", str(run), "--padding", "same",
+             "--base_filters", "4", "--depth", "2", "--batch_size", "1", "--time_budget", "0.02", "--no-augment",
+             "--no-saved_model", "--log_every", "5"]
+    assert main.main(flags) == 0
+    recorded = json.loads((run / "dataset_fingerprint.json").read_text())
+    choices = {c["flag"]: c["value"] for c in recorded["choices"]}
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert choices["normalization"] == config["normalization"] == "per_image"
+    assert choices["class_weights"] == config["class_weights"] == "1,1.5"
+    assert choices["foreground_sampling"] == pytest.approx(1 / 3, abs=1e-3)
+    assert config["max_steps"] == recorded["max_steps"] >= 1
+    assert config["evaluate_every"] == max(1, recorded["max_steps"] // 4)
+    assert json.loads((run / "eval_results.json").read_text())["step"] == recorded["max_steps"]
+    assert json.loads((run / "model.json").read_text())["normalization"] == "per_image"
+    # A resume measures nothing: the recorded steps stand, so the run is already complete.
+    assert main.main(flags + ["--resume_training"]) == 0
+    assert json.loads((run / "dataset_fingerprint.json").read_text())["max_steps"] == recorded["max_steps"]

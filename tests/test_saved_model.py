@@ -71,6 +71,19 @@ def test_in_graph_tiling_is_tiled_predict(padding, max_tile, tile_size):
         np.testing.assert_allclose(floats, expected, atol=1e-5)
 
 
+def test_per_image_normalization_runs_in_the_graph():
+    """A run normalized per image serves raw images of any scale exactly as predict normalizes them."""
+    spec = UNetSpec(padding="same", base_filters=4, depth=2, dropout=0.0)
+    model = build_unet(spec)
+    rng = np.random.default_rng(4)
+    for dtype, top in ((np.uint16, 3000), (np.float32, 57.0)):
+        module = serving.UNetServingModule(model, spec, None, dtype, normalization="per_image")
+        images = (rng.random((1, 40, 52, 1)) * top).astype(dtype)
+        expected = predict_images(keras_predictor(model), spec, [normalize_image(images[0], "per_image")])[0]
+        out = module.serve(tf.constant(images))["probabilities"].numpy()[0]
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 def test_float_images_outside_0_1_are_refused():
     spec = UNetSpec(padding="same", base_filters=4, depth=2, dropout=0.0)
     module = serving.UNetServingModule(build_unet(spec), spec)
