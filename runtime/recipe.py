@@ -24,7 +24,7 @@ from utils.errors import UNetError
 FINGERPRINT_FILE = FINGERPRINT
 RECIPE_FLAGS = ("normalization", "crop_size", "foreground_sampling", "class_weights")
 # Step-time probe: steps run and thrown away (tracing, allocation), then steps timed.
-PROBE_WARMUP, PROBE_STEPS = 2, 4
+PROBE_WARMUP, PROBE_STEPS = 3, 8
 
 
 def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, padding: str, depth: int,
@@ -87,9 +87,11 @@ def steps_for_budget(cfg: Config, model: Any, make_batches: Any, step_fn_factory
     batches = iter(make_batches())
     seconds = time_steps(lambda _: float(step_fn(*next(batches))), PROBE_WARMUP, PROBE_STEPS)
     restore()
-    per_step = float(np.median(seconds))
+    # The mean, not the median: once the prefetched batches are used up, augmentation shares the cores
+    # with the step, and the slower steps are the steady state the budget must cover.
+    per_step = float(np.mean(seconds))
     steps = max(1, int(cfg.time_budget * 60.0 / per_step))
     logger.log("RECIPE", {"flag": "max_steps", "value": steps,
-                          "reason": f"--time_budget {cfg.time_budget:g} min / {per_step:.3f} s per step (median of "
+                          "reason": f"--time_budget {cfg.time_budget:g} min / {per_step:.3f} s per step (mean of "
                                     f"{PROBE_STEPS} measured steps)"})
     return steps
