@@ -90,7 +90,7 @@ def check_one_run_by_rank0(model_dir: pathlib.Path, output: str, replicas: int, 
     assert len(configs) == 1 and [r["step"] for r in steps] == [1, 2] and len(evals) == 1, \
         "log.json must hold one run logged once (rank 0 only)"
     # --lr_scaling linear under Horovod scales by the number of processes that joined (hvd.size()).
-    expected = peak_lr * replicas * (min(1, 1 / warmup) if warmup else 1)
+    expected = peak_lr * replicas / max(warmup, 1)  # step 1 of a linear warm-up
     assert math.isclose(steps[0]["data"]["learning_rate"], expected, rel_tol=1e-5)
     # Horovod prefixes each rank's lines with [rank]: only rank 0 may log.
     assert not re.search(r"^\[[1-9]\d*\]<stdout>:DLL", output, re.M), "a rank other than 0 logged"
