@@ -1,7 +1,7 @@
-# U-Net for biomedical segmentation (TensorFlow 2 / Keras 2), GPU image.
+# U-Net for biomedical segmentation (TensorFlow 2 / Keras 2), GPU image with Horovod.
 #
-#   docker build -t unet_tf .
-#   docker build -t unet_tf --build-arg WITH_HOROVOD=1 .        # also build Horovod (about 6 minutes)
+#   docker build -t unet_tf .                                   # builds Horovod too (a few minutes)
+#   docker build -t unet_tf --build-arg WITH_HOROVOD=0 .        # without Horovod: multi-GPU recipes use MirroredStrategy
 #   docker run --gpus all -it --rm --ipc=host -v /path/to/isbi2012:/data -v "$PWD/results":/results unet_tf
 #
 # Inside the container (see README; examples/ holds one-line recipes):
@@ -10,31 +10,40 @@
 #   python main.py --exec_mode predict --data_dir /data --model_dir /results/fold0
 #   python main.py --exec_mode export --export_format onnx --data_dir /data --model_dir /results/fold0
 #   bash examples/unet_FP32_1GPU.sh /data /results
+#   bash examples/unet_TF-AMP_8GPU.sh /data /results            # Horovod, 8 processes (prints the backend)
 #
-# The base image's TensorFlow must equal the tensorflow== pin of requirements.txt
-# (tests/test_dockerfile.py checks it), so `pip install -r requirements.txt` keeps it and only adds
-# the rest. The pip wheel has no TensorRT: for --export_format tftrt build FROM NVIDIA's NGC
-# TensorFlow container instead (nvcr.io/nvidia/tensorflow), or export ONNX and use TensorRT on it.
-FROM tensorflow/tensorflow:2.21.0-gpu
+# BASE_IMAGE defaults to the TensorFlow GPU image whose TensorFlow equals the tensorflow== pin of
+# requirements.txt (tests/test_dockerfile.py checks it), so `pip install -r requirements.txt` keeps it
+# and only adds the rest. The pip wheel has no TensorRT: for --export_format tftrt build FROM NVIDIA's NGC
+# TensorFlow image, which has TF-TRT, a CUDA toolkit, NCCL and Horovod (then nothing is built), with its own
+# TensorFlow kept:
+#   docker build -t unet_tf_ngc --build-arg BASE_IMAGE=nvcr.io/nvidia/tensorflow:<yy.mm>-tf2-py3 \
+#       --build-arg KEEP_TENSORFLOW=1 .
+# (untested: NGC's TensorFlow is older than the pin), or export ONNX and use TensorRT on it.
+#
+# Horovod: scripts/docker_install.sh builds 0.28.1 against the image's TensorFlow, with NCCL GPU
+# operations when the image has a CUDA toolkit (nvcc + cuda.h; NCCL from the TensorFlow wheel's
+# nvidia-nccl-cu12 or the system), else with Gloo CPU operations (GPU tensors reduced via host memory).
+# The same script runs outside Docker in tests/test_dockerfile.py (a fresh venv).
+ARG BASE_IMAGE=tensorflow/tensorflow:2.21.0-gpu
+FROM ${BASE_IMAGE}
 
-ARG WITH_HOROVOD=0
+ARG WITH_HOROVOD=1
+ARG KEEP_TENSORFLOW=0
 ENV TF_USE_LEGACY_KERAS=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
 WORKDIR /workspace/unet
 
-# Requirements first: this layer is rebuilt only when requirements.txt changes.
-COPY requirements.txt .
-RUN python3 -m pip install --no-cache-dir -r requirements.txt
+# The install steps come before the sources: these layers are rebuilt only when requirements.txt or
+# the two install scripts change.
+COPY requirements.txt ./
+COPY scripts/docker_install.sh scripts/install_horovod.sh scripts/
+RUN bash scripts/docker_install.sh system
+RUN bash scripts/docker_install.sh requirements
+RUN bash scripts/docker_install.sh horovod
 
 COPY . .
-
-# Horovod has only a source distribution; the script builds it against the installed TensorFlow.
-RUN if [ "$WITH_HOROVOD" = "1" ]; then \
-        apt-get update && apt-get install -y --no-install-recommends cmake g++ && \
-        rm -rf /var/lib/apt/lists/* && \
-        PYTHON=python3 bash scripts/install_horovod.sh; \
-    fi
 
 CMD ["bash"]

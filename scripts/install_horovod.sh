@@ -15,6 +15,9 @@
 # horovod's Keras callbacks (`from keras import backend`, Keras 3) are left as they are: this
 # project never imports horovod.tensorflow.keras; it calls hvd.allreduce/broadcast_variables from
 # its own training loop (utils/training/distributed.py).
+# GPU builds: HOROVOD_GPU_OPERATIONS=NCCL, HOROVOD_CUDA_HOME and HOROVOD_NCCL_* are passed through from the
+# environment (scripts/docker_install.sh sets them when it finds a CUDA toolkit and NCCL); then an
+# existing build counts only if it has NCCL operations.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$here/.venv/bin/python}"
@@ -23,11 +26,13 @@ VERSION=0.28.1
 
 probe() {
   TF_USE_LEGACY_KERAS=1 TF_CPP_MIN_LOG_LEVEL=3 "$PY" - "$VERSION" <<'EOF' >/dev/null 2>&1
+import os
 import sys
 import horovod
 import horovod.tensorflow as hvd  # loads the compiled ops: fails if built against another TF
 assert horovod.__version__ == sys.argv[1], horovod.__version__
 assert hvd.gloo_built()
+assert os.environ.get("HOROVOD_GPU_OPERATIONS") != "NCCL" or hvd.nccl_built(), "no NCCL operations"
 EOF
 }
 
