@@ -13,10 +13,13 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from utils.cpu import PRECISIONS  # standard library and NumPy only: --help stays instant
 from utils.errors import UNetError
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
               "compress", "visualize")
+EXPORT_FORMATS = ("savedmodel", "tftrt", "onnx", "tflite", "openvino", "packed")
+EXPORT_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 QUANTIZATION_MODES = ("NONE", "FIXED", "INT", "BNN", "TERNARY", "QAT_INT8")
 # The MICCAI 2019 fixed-point U-Net paper's YAML keys that are not flag names, and what they mean here.
 PAPER_KEYS = {"lr": "learning_rate"}
@@ -67,7 +70,12 @@ class Config:
     evaluate_every: int = _field(0, "evaluate on the held-out fold every N steps (0: at the end only)")
     checkpoint_every: int = _field(50, "write the resumable checkpoint every N steps")
     deterministic: bool = _field(False, "deterministic TF ops: two runs give bit-identical weights")
-    amp: bool = _field(False, "mixed precision: float16 with loss scaling on GPU, bfloat16 on CPU")
+    precision: str = _field("auto", "compute precision: auto = bfloat16 mixed precision on CPUs with "
+                            "AVX512_BF16 or AMX, float16 with loss scaling on GPUs with tensor cores, float32 "
+                            "elsewhere (the choice and its reason are logged); fp32, bf16, fp16 force one",
+                            choices=PRECISIONS)
+    amp: bool = _field(False, "mixed precision whatever the hardware: --precision auto but never float32 "
+                       "(bfloat16 on CPU, float16 with loss scaling on GPU)")
     xla: bool = _field(False, "compile the training step with XLA (jit_compile)")
     # --- model
     padding: str = _field("valid", "valid: the paper's U-Net; same: output size = input size",
@@ -130,10 +138,12 @@ class Config:
                               "through the pipeline / tiled inference (end to end)",
                               choices=("synthetic", "real"))
     # --- export
-    export_format: str = _field("savedmodel", "--exec_mode export target",
-                                choices=("savedmodel", "tftrt", "onnx", "tflite", "packed"))
-    export_precision: str = _field("fp32", "export precision (int8 calibrates on training slices)",
-                                   choices=("fp32", "fp16", "int8"))
+    export_format: str | None = _field(None, "--exec_mode export target (default: export every CPU "
+                                       "candidate, time each on this machine and keep the fastest that passes "
+                                       "parity, see utils.export.select)", choices=EXPORT_FORMATS)
+    export_precision: str | None = _field(None, "export precision (default: fp32 for a given --export_format; "
+                                          "without one, only candidates of this precision compete; int8 "
+                                          "calibrates on training slices)", choices=EXPORT_PRECISIONS)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -168,7 +178,8 @@ def augment_config(cfg: "Config") -> Any:
     known = {f.name for f in dataclasses.fields(AugmentConfig)}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise UNetError(f"--augment_params: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+        raise UNetError(f"--augment_params: unknown key(s) {', '.join(unknown)}; "
+                        f"expected some of {', '.join(sorted(known))}")
     try:
         return AugmentConfig(**params)
     except UNetError as exc:
@@ -221,6 +232,8 @@ def validate(cfg: Config) -> None:
         _check(cfg.init_from is not None, "init_from", cfg.init_from, "the folder of a trained model to compress")
         _check((cfg.rank_factor is None) != (cfg.rank is None), "rank_factor", cfg.rank_factor,
                "exactly one of --rank_factor and --rank for --exec_mode compress")
+    _check(not (cfg.amp and cfg.precision == "fp32"), "precision", cfg.precision,
+           "auto, bf16 or fp16 with --amp (mixed precision); or drop --amp")
     _check(cfg.bench_warmup_steps >= 0, "bench_warmup_steps", cfg.bench_warmup_steps, "an integer >= 0")
     _check(cfg.bench_steps >= 1, "bench_steps", cfg.bench_steps, "an integer >= 1")
     _check(cfg.tile_context is None or cfg.tile_context >= 0, "tile_context", cfg.tile_context, "an integer >= 0")

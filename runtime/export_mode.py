@@ -27,8 +27,9 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                         "(--model_dir, --checkpoint); --model_path is for predict/evaluate/benchmark")
     if cfg.export_format == "packed":
         return run_packed_export(cfg, logger)
+    cfg = cfg.replace(export_precision=cfg.export_precision or "fp32")
     check_export_request(cfg.export_format, cfg.export_precision)
-    model, spec, info = restore_model(cfg)
+    model, spec, info = restore_model(cfg, logger, float32=True)
     data = load_training_set(cfg)
     if tuple(data.class_names) != tuple(info.class_names):
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
@@ -79,7 +80,7 @@ def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
     from model.quantizers import QuantizationConfig
     from runtime.assemble import restore_model
 
-    model, spec, info = restore_model(cfg)
+    model, spec, info = restore_model(cfg, logger, float32=True)
     qconfig = info.extra.get("quantization_config")
     if not qconfig or qconfig.get("quantization") in ("NONE", "QAT_INT8"):
         raise UNetError(f"--export_format=packed: {cfg.model_dir} holds a "

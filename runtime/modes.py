@@ -23,7 +23,8 @@ from utils.score.metrics import segmentation_metrics
 from utils.inference.outputs import write_predictions
 from utils.precision import configure_precision, configure_seeds
 from utils.inference.runtimes import as_predictor
-from runtime.assemble import load_training_set, make_augment, make_logger, make_model, quantization_config, restore_model
+from runtime.assemble import (load_training_set, make_augment, make_logger, make_model, quantization_config,
+                              restore_model)
 
 
 TRAINING_MODES = ("train", "train_and_evaluate", "train_and_predict", "compress")
@@ -66,10 +67,11 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
     if cfg.num_epochs is not None:  # an epoch = one pass over the training images, one crop each
         cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))
     configure_seeds(cfg.seed, cfg.deterministic)
-    policy = configure_precision(cfg.amp)
+    policy, reason = configure_precision(cfg.precision, cfg.amp, cfg.quantization)
     with dist.scope():
         model, spec, geometry = make_model(cfg, data, logger)
-    logger.log("PARAMETER", {"precision": policy, "parameters": total_params(model), "input_size": geometry.input_size,
+    logger.log("PARAMETER", {"precision": policy, "precision_reason": reason, "parameters": total_params(model),
+                             "input_size": geometry.input_size,
                              "output_size": geometry.output_size,
                              "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9,
                              "train_images": len(train_idx), "validation_images": len(val_idx),
@@ -79,6 +81,7 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
                                                  extra={"architecture": getattr(model, "float_architecture", None)
                                                         or model.to_json(),
                                                         "quantization": cfg.quantization,
+                                                        "precision": policy,
                                                         "quantization_config": quantization_config(cfg).to_dict()}))
     augment = make_augment(cfg)
     # Plain `train` evaluates only when asked to (--evaluate_every); the other modes also at the end.
@@ -96,7 +99,7 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
 
 
 def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:
-    model, spec, info = restore_model(cfg)
+    model, spec, info = restore_model(cfg, logger)
     data = load_training_set(cfg)
     if tuple(data.class_names) != tuple(info.class_names):
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
@@ -107,7 +110,7 @@ def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:
 
 
 def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
-    model, spec, info = restore_model(cfg)
+    model, spec, info = restore_model(cfg, logger)
     data = load_test_data(cfg.data_dir, input_path=cfg.input)
     images = [normalize_image(im) for im in data.images]
     if images[0].shape[-1] != spec.in_channels:
@@ -149,7 +152,7 @@ def run(cfg: Config) -> None:
         if cfg.exec_mode == "visualize" and dist.is_chief:
             from runtime.visualize import write_weight_histograms
 
-            model, _, _ = restore_model(cfg)
+            model, _, _ = restore_model(cfg, logger)
             written = write_weight_histograms(model, pathlib.Path(cfg.model_dir) / "visualize")
             logger.log("VISUALIZE", {"histograms": len(written) - 1, "grid": str(written[0])})
         if cfg.exec_mode in ("predict", "train_and_predict") and dist.is_chief:

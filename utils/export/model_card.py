@@ -53,6 +53,11 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {len(gpus)} GPU(s), TensorFlow {tf.__version__}, Python {platform.python_version()}"
 
 
+def _training_precision(extra: dict[str, Any], config: dict[str, Any]) -> str:
+    """The Keras policy training ran in (model.json since --precision; older runs: from --amp)."""
+    return extra.get("precision") or ("mixed" if config.get("amp") else "float32")
+
+
 def _fold_spread(model_dir: pathlib.Path) -> str | None:
     from utils.score.cv import read_fold_results, summarize
 
@@ -94,7 +99,8 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
               f"{config.get('num_folds', '?')} held out (a contiguous block of slices).",
               f"- Training: {config.get('max_steps', '?')} steps, batch {config.get('batch_size', '?')}, crops "
               f"{config.get('crop_size', '?')}, learning rate {config.get('learning_rate', '?')}, augmentation "
-              f"{config.get('augment', '?')}, precision {'mixed' if config.get('amp') else 'float32'}.", ""]
+              f"{config.get('augment', '?')}, precision {_training_precision(extra, config)}; "
+              "exported files compute in float32 unless their precision below says otherwise.", ""]
     if evaluation:
         lines += [f"Held-out metrics (step {evaluation.get('step')}, {evaluation.get('num_images')} images, "
                   f"native resolution, overlap-tile inference, TTA {evaluation.get('tta')}):", "",
