@@ -122,7 +122,7 @@ def restore_model(cfg: Config, logger: dllogger.Logger | None = None, *, float32
         exported = load_exported(cfg.model_path)
         if logger is not None:
             logger.log("PARAMETER", {"precision": exported.precision, "precision_reason":
-                                     f"{exported.path.name} was exported in {exported.precision}; "
+                                     f"{exported.path} was exported in {exported.precision}; "
                                      "--precision/--amp do not apply to exported models"})
         return exported, exported.spec, exported.info
     quantization = load_model_info(cfg.model_dir).extra.get("quantization", "NONE")

@@ -188,7 +188,7 @@ def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
         times, info = _predict_benchmark(cfg)
     if "exported_precision" in info:  # --model_path: the runtime of the file decides, not the Keras policy
         policy = info.pop("exported_precision")
-        reason = f"{cfg.model_path} was exported in {policy}; --precision/--amp do not apply to it"
+        reason = f"{info['model_path']} was exported in {policy}; --precision/--amp do not apply to it"
     logger.log("PARAMETER", {"precision": policy, "precision_reason": reason})
     results: dict[str, Any] = {"mode": mode, "bench_input": cfg.bench_input, "batch_size": cfg.batch_size,
                                "precision": policy, "precision_reason": reason,

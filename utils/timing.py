@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -47,3 +47,31 @@ def time_steps(step: Callable[[int], Any], warmup: int, steps: int) -> list[floa
         times.append(time.perf_counter() - start)
     return times
 
+
+
+
+def time_alternating(calls: Mapping[str, Callable[[], Any]], warmup: int, rounds: int) -> dict[str, list[float]]:
+    """Wall times (s) of every call in `calls`, alternated A B C A B C ... over `rounds` rounds.
+
+    `warmup` untimed rounds come first. Alternating spreads the load of other processes on a shared
+    machine over every call alike, so the ratios between them hold even when absolute times do not.
+    Returns {name: [seconds per round]}.
+    """
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name] += time_steps(lambda i, call=call: call(), 0, 1)
+    return times
+
+
+
+def latency_summary_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """Median, p90 and max in milliseconds of per-call wall times in seconds, and how many there were."""
+    ms = np.asarray(seconds, np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no timed calls")
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "max_ms": float(ms.max()),
+            "runs": int(ms.size)}

@@ -3,7 +3,9 @@
 It states what a user needs to decide whether to deploy an artefact: the data and folds it was
 trained and evaluated on, its held-out metrics (with the spread across folds when the sibling
 `fold_<k>` runs of a cross-validation exist), its quantization / compression settings, the size of
-every exported file, their latency measured on this machine at export time, and the machine.
+every exported file, their latency measured on this machine at export time, and the machine; after
+a default export (no --export_format), which candidate formats competed for the deploy file, how fast
+each was here, and which one was kept (utils.export.select).
 """
 from __future__ import annotations
 
@@ -11,11 +13,8 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import time
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from utils.artifacts import EVAL_RESULTS, RUN_CONFIG
 from utils.fileio import atomic_write_text
@@ -24,33 +23,15 @@ CARD = "MODEL_CARD.md"
 METRICS = ("membrane_dice", "interior_dice", "mean_dice", "membrane_iou", "pixel_error", "v_rand", "v_info")
 
 
-def measure_latency_ms(predict: Callable[[np.ndarray], Any], tile: np.ndarray, warmup: int = 1,
-                       runs: int = 5) -> dict[str, float]:
-    """Median and max wall time (ms) of `predict(tile)` after `warmup` untimed calls."""
-    for _ in range(warmup):
-        predict(tile)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        predict(tile)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "max_ms": max(times), "runs": runs}
-
-
 def machine_description() -> str:
-    """CPU model, cores and TensorFlow version, e.g. 'Intel(R) Xeon(R) Processor, 2 cores, TF 2.21.0'."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """CPU (utils.cpu.describe: model, family/model, vector flags), cores, GPUs, TensorFlow and Python."""
     import tensorflow as tf
 
+    from utils.cpu import describe, read_cpu_info
+
     gpus = tf.config.list_physical_devices("GPU")
-    return f"{cpu}, {os.cpu_count()} cores, {len(gpus)} GPU(s), TensorFlow {tf.__version__}, Python {platform.python_version()}"
+    return (f"{describe(read_cpu_info())}, {os.cpu_count()} logical cores, {len(gpus)} GPU(s), "
+            f"TensorFlow {tf.__version__}, Python {platform.python_version()}")
 
 
 def _training_precision(extra: dict[str, Any], config: dict[str, Any]) -> str:
@@ -72,10 +53,38 @@ def _fold_spread(model_dir: pathlib.Path) -> str | None:
     return "\n".join(["| metric | mean over folds | std | folds |", "|---|---|---|---|", *rows])
 
 
+def _tucker(model_dir: pathlib.Path, config: dict[str, Any]) -> str:
+    if not (model_dir / "tucker_report.csv").exists():
+        return "none"
+    return f"see tucker_report.csv (rank factor {config.get('rank_factor')}, rank {config.get('rank')})"
+
+
+def _selection_lines(selection: dict[str, Any] | None) -> list[str]:
+    """The default export's competition (export.json "selection"), as a Markdown section."""
+    if not selection:
+        return []
+    lines = ["## Deploy file", "",
+             f"`--exec_mode export` without `--export_format` exported every candidate, checked each against the "
+             f"Keras model, timed the ones that passed on one {selection.get('tile_size')}-pixel tile at batch 1 "
+             f"({selection.get('rounds')} alternating rounds after {selection.get('warmup')} warm-up) and kept the "
+             f"fastest: **`{selection.get('chosen')}`** (run it with `--model_path MODEL_DIR/export`, which "
+             "resolves to it, or with its own path). The others were deleted.", "",
+             "| candidate | format | precision | parity | median (ms) | p90 (ms) | kept |",
+             "|---|---|---|---|---|---|---|"]
+    for c in selection.get("candidates", []):
+        lat = c.get("latency") or {}
+        parity = "passed" if c.get("status") == "timed" else (c.get("error") or c.get("status", ""))[:80]
+        median = "" if "median_ms" not in lat else f"{lat['median_ms']:.1f}"
+        p90 = "" if "p90_ms" not in lat else f"{lat['p90_ms']:.1f}"
+        lines.append(f"| `{c.get('file')}` | {c.get('format')} | {c.get('precision')} | {parity} | {median} | {p90} "
+                     f"| {'yes' if c.get('file') == selection.get('chosen') else ''} |")
+    return [*lines, "", f"Timed on: {selection.get('cpu', '?')}.", ""]
+
+
 def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike,
-                     artifacts: dict[str, dict[str, Any]]) -> pathlib.Path:
-    """(Re)write export_dir/MODEL_CARD.md from model_dir's run files and export.json's `artifacts`
-    (each entry's `latency` is what finish_artifact measured)."""
+                     artifacts: dict[str, dict[str, Any]], selection: dict[str, Any] | None = None) -> pathlib.Path:
+    """(Re)write export_dir/MODEL_CARD.md from model_dir's run files, export.json's `artifacts` (each
+    entry's `latency` is what export measured) and, after a default export, its `selection`."""
     import yaml
 
     model_dir, export_dir = pathlib.Path(model_dir), pathlib.Path(export_dir)
@@ -91,8 +100,9 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
               f"filters, depth {spec.get('depth', '?')}, batch norm {spec.get('batch_norm', '?')}, dropout "
               f"{spec.get('dropout', '?')}; input channels {spec.get('in_channels', '?')}; classes "
               f"{', '.join(model.get('class_names', []))}.",
-              f"- Quantization: {json.dumps(extra.get('quantization_config') or {'quantization': extra.get('quantization', 'NONE')})}.",
-              f"- Tucker compression: {'see tucker_report.csv (rank factor ' + str(config.get('rank_factor')) + ', rank ' + str(config.get('rank')) + ')' if (model_dir / 'tucker_report.csv').exists() else 'none'}.",
+              f"- Quantization: "
+              f"{json.dumps(extra.get('quantization_config') or {'quantization': extra.get('quantization', 'NONE')})}.",
+              f"- Tucker compression: {_tucker(model_dir, config)}.",
               f"- Initialized from: {config.get('init_from') or 'random (seed ' + str(config.get('seed')) + ')'}.",
               "", "## Data and evaluation", "",
               f"- Training data: `{config.get('data_dir', '?')}`; fold {config.get('fold', '?')} of "
@@ -111,17 +121,18 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
     spread = _fold_spread(model_dir)
     if spread:
         lines += ["Across cross-validation folds (sibling `fold_<k>` runs):", "", spread, ""]
-    lines += ["## Exported files", "",
-              "| file | format | precision | size (MB) | label agreement with Keras (held-out) | latency per tile, median (ms) | tile |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [*_selection_lines(selection), "## Exported files", "",
+              "| file | format | precision | size (MB) | label agreement with Keras (held-out) "
+              "| latency per tile, median (ms) | tile |", "|---|---|---|---|---|---|---|"]
     for name, entry in sorted(artifacts.items()):
         parity = entry.get("parity") or {}
         agreement = min((p.get("label_agreement", 1.0) for p in parity.values()), default=None)
         lat = (entry.get("latency") or {}).get("median_ms")
+        tile = entry.get("parity_tile_size") or entry.get("tile_size") or ""
         lines.append(f"| `{name}` | {entry.get('format')} | {entry.get('precision')} | "
                      f"{entry.get('size_bytes', 0) / 1e6:.3f} | {'' if agreement is None else f'{agreement:.4%}'} | "
-                     f"{'' if lat is None else f'{lat:.1f}'} | {entry.get('parity_tile_size') or entry.get('tile_size') or ''} |")
+                     f"{'' if lat is None else f'{lat:.1f}'} | {tile} |")
     lines += ["", "## Measured on", "", f"- {machine_description()}",
-              f"- Latency: one batch-1 tile after one warm-up call, median of 5, measured at export time "
+              f"- Latency: one batch-1 tile after warm-up, median of the timed runs, measured at export time "
               f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); other jobs on the machine affect it.", ""]
     return atomic_write_text(export_dir / CARD, "\n".join(lines))
