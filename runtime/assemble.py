@@ -109,14 +109,13 @@ def load_trained(run_dir: str | pathlib.Path, which: str) -> tuple[Any, UNetSpec
 
 
 
-def restore_model(cfg: Config, logger: dllogger.Logger | None = None, *, float32: bool = False
-                  ) -> tuple[Any, UNetSpec, ModelInfo]:
+def restore_model(cfg: Config, logger: dllogger.Logger | None = None) -> tuple[Any, UNetSpec, ModelInfo]:
     """The model to evaluate/predict/export with: an exported artefact (--model_path; an ExportedModel
     that utils.inference.runtimes.as_predictor runs) or model_dir's checkpoint.
 
     A checkpoint is rebuilt in the precision of --precision/--amp (utils.precision; fake-quantized
-    models in float32), or in float32 with `float32` (export: exported files compute in float32 even
-    if training ran in bfloat16). The choice and its reason go to `logger` as a PARAMETER line.
+    models in float32), except for --exec_mode export: always float32, so exported files compute in
+    float32 even if training ran in bfloat16. The choice and its reason go to `logger` as a PARAMETER line.
     """
     if cfg.model_path:
         exported = load_exported(cfg.model_path)
@@ -126,7 +125,7 @@ def restore_model(cfg: Config, logger: dllogger.Logger | None = None, *, float32
                                      "--precision/--amp do not apply to exported models"})
         return exported, exported.spec, exported.info
     quantization = load_model_info(cfg.model_dir).extra.get("quantization", "NONE")
-    if float32:
+    if cfg.exec_mode == "export":
         policy, reason = configure_precision("fp32", quantization=quantization)
         reason = "export: exported files compute in float32 whatever the training precision"
     else:

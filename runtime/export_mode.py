@@ -46,7 +46,7 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
     else:
         cfg = cfg.replace(export_precision=cfg.export_precision or "fp32")
         check_export_request(cfg.export_format, cfg.export_precision)
-    model, spec, info = restore_model(cfg, logger, float32=True)
+    model, spec, info = restore_model(cfg, logger)
     data = load_training_set(cfg)
     if tuple(data.class_names) != tuple(info.class_names):
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
@@ -108,7 +108,7 @@ def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
     from model.quantizers import QuantizationConfig
     from runtime.assemble import restore_model
 
-    model, spec, info = restore_model(cfg, logger, float32=True)
+    model, spec, info = restore_model(cfg, logger)
     qconfig = info.extra.get("quantization_config")
     if not qconfig or qconfig.get("quantization") in ("NONE", "QAT_INT8"):
         raise UNetError(f"--export_format=packed: {cfg.model_dir} holds a "

@@ -98,6 +98,6 @@ def test_openvino_artefact_agrees_with_keras(trained, precision, max_diff):
     entry = exported.metadata
     assert entry["parity"]["tiled"]["label_agreement"] >= (0.99 if precision == "int8" else 0.995)
     if max_diff is not None:  # float32 weights at float32 inference precision: the same computation
-        model, spec, _ = restore_model(parse_config(["--exec_mode", "export", *common]), float32=True)
+        model, spec, _ = restore_model(parse_config(["--exec_mode", "export", *common]))
         tile = np.random.default_rng(1).random((2, TILE, TILE, 1), dtype=np.float32)
         np.testing.assert_allclose(exported(tile), keras_predictor(model)(tile), atol=max_diff)
