@@ -25,7 +25,7 @@ from utils.inference.runtimes import load_exported
 from utils.timing import latency_summary_ms, time_alternating
 
 SELECTION_WARMUP = 1
-SELECTION_ROUNDS = 5
+SELECTION_ROUNDS = 7
 
 
 def candidates(cpu: CpuInfo, gpus: list[dict] | int, precision: str | None = None) -> list[tuple[str, str]]:
