@@ -4,11 +4,12 @@
 
 Times one forward pass of a (1, S, S, 1) tile (default 512 x 512, batch 1) of a same-padding U-Net
 (default 64 base filters, depth 4: the paper's widths) through Keras (tf.function), the SavedModel
-`tile` signature, ONNX Runtime FP32/INT8 and TFLite FP32/FP16/INT8, all exported by
+`tile` signature, ONNX Runtime FP32/INT8, TFLite FP32/FP16/INT8 and OpenVINO FP32/BF16/INT8, all exported by
 utils.export.export_model. Weights are untrained (latency does not depend on them; parity is
 therefore not checked here, and int8 is calibrated on real training tiles of --data_dir only so its
-ranges are realistic). Runs are interleaved (one call per runtime per round), so load from other
-processes on a shared machine affects every runtime alike; the table gives medians and p90.
+ranges are realistic). Runs are interleaved (utils.timing.time_alternating: one call per runtime per
+round), so load from other processes on a shared machine affects every runtime alike; the table gives
+medians and p90.
 """
 from __future__ import annotations
 
@@ -30,16 +31,17 @@ import tensorflow as tf  # noqa: E402
 
 from model.complexity import total_macs, total_params  # noqa: E402
 from model.unet import UNetSpec, build_unet  # noqa: E402
-from utils.data.layouts import load_training_data
+from utils.data.layouts import load_training_data  # noqa: E402
 from utils.data.normalize import normalize_image  # noqa: E402
 from utils.export.formats import ExportInputs, export_model  # noqa: E402
 from utils.inference.tiling import keras_predictor  # noqa: E402
-from utils.inference.runtimes import load_exported
-from utils.timing import time_round_robin  # noqa: E402
+from utils.inference.runtimes import load_exported  # noqa: E402
+from utils.timing import time_alternating  # noqa: E402
 
 RUNTIMES = [("SavedModel (TF)", "savedmodel", "fp32"), ("ONNX Runtime", "onnx", "fp32"),
             ("ONNX Runtime", "onnx", "int8"), ("TFLite (XNNPACK)", "tflite", "fp32"),
-            ("TFLite (XNNPACK)", "tflite", "fp16"), ("TFLite (XNNPACK)", "tflite", "int8")]
+            ("TFLite (XNNPACK)", "tflite", "fp16"), ("TFLite (XNNPACK)", "tflite", "int8"),
+            ("OpenVINO", "openvino", "fp32"), ("OpenVINO", "openvino", "bf16"), ("OpenVINO", "openvino", "int8")]
 
 
 def parse_args() -> argparse.Namespace:
@@ -88,7 +90,8 @@ def main() -> None:
         tile = np.random.default_rng(0).random((1, args.size, args.size, 1), dtype=np.float32)
     reference = rows[0][2](tile)
     diffs = [float(np.abs(predictor(tile) - reference).max()) for _, _, predictor, _, _ in rows]
-    times = time_round_robin([lambda _, p=row[2]: p(tile) for row in rows], args.warmup, args.runs)
+    timed = time_alternating({i: (lambda p=row[2]: p(tile)) for i, row in enumerate(rows)}, args.warmup, args.runs)
+    times = [timed[i] for i in range(len(rows))]
 
     keras_median = statistics.median(times[0])
     gflop = 2 * total_macs(model, (args.size, args.size)) / 1e9

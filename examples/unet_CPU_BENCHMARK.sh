@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CPU benchmark of the paper U-Net (572x572 -> 388x388, FP32, random weights), batch 1 and 2: inference
+# CPU benchmark of the paper U-Net (572x572 -> 388x388, --precision auto: bfloat16 on CPUs with AVX512_BF16/AMX,
+# else FP32; append --precision fp32 for the FP32 peak fraction; random weights), batch 1 and 2: inference
 # (model only, 1 untimed + 5 timed batches) and training steps (1 untimed + 3 timed). Each run writes
 # RESULTS_DIR/{predict,train}_bs{1,2}/benchmark_results.json (img/s, latency p50/p90/p95/p99, share of
 # the CPU's FP32 peak). About 5 minutes on 2 cores.

@@ -92,8 +92,9 @@ def model_from_info(info: RunRecord) -> Any:
 
 def with_global_policy(architecture: str) -> str:
     """The architecture JSON with every layer's stored dtype policy dropped (the float32 head kept),
-    so the layers take the current global policy: how --amp applies to a model trained in float32.
-    Weights are float32 variables under either policy, so the checkpoint loads unchanged."""
+    so the layers take the current global policy: the precision of the run that loads a model decides,
+    not the one it was trained in. Weights are float32 variables under every policy, so the checkpoint
+    loads unchanged."""
     import json
 
     graph = json.loads(architecture)
@@ -104,12 +105,11 @@ def with_global_policy(architecture: str) -> str:
 
 
 
-def load_trained(run_dir: str | pathlib.Path, which: str, amp: bool = False
-                 ) -> tuple[Any, UNetSpec, RunRecord, int]:
-    """Rebuild a training run's network from run_dir/model.json and load its best or last weights
-    (with `amp`, in the mixed precision policy that utils.precision.configure_precision set)."""
+def load_trained(run_dir: str | pathlib.Path, which: str) -> tuple[Any, UNetSpec, RunRecord, int]:
+    """Rebuild a training run's network from run_dir/model.json and load its best or last weights,
+    in the dtype policy utils.precision.configure_precision set for this run (float32 or mixed)."""
     info = load_run_record(run_dir)
-    if amp and info.architecture is not None:
+    if info.architecture is not None:
         info = info.replace(architecture=with_global_policy(info.architecture))
     model = model_from_info(info)
     path = ckpt.checkpoint_dir(run_dir) / (ckpt.BEST if which == "best" else ckpt.LAST)
@@ -118,15 +118,31 @@ def load_trained(run_dir: str | pathlib.Path, which: str, amp: bool = False
 
 
 
-def restore_model(cfg: Config) -> tuple[Any, UNetSpec, RunRecord]:
+def restore_model(cfg: Config, logger: dllogger.Logger | None = None) -> tuple[Any, UNetSpec, RunRecord]:
     """The model to evaluate/predict/export with: an exported artefact (--model_path; an ExportedModel
-    that utils.inference.runtimes.as_predictor runs) or model_dir's checkpoint."""
+    that utils.inference.runtimes.as_predictor runs) or model_dir's checkpoint.
+
+    A checkpoint is rebuilt in the precision of --precision/--amp (utils.precision; fake-quantized
+    models in float32), except for --exec_mode export: always float32, so exported files compute in
+    float32 even if training ran in bfloat16. The choice and its reason go to `logger` as a PARAMETER line.
+    """
     if cfg.model_path:
         exported = load_exported(cfg.model_path)
+        if logger is not None:
+            logger.log("PARAMETER", {"precision": exported.precision, "precision_reason":
+                                     f"{exported.path} was exported in {exported.precision}; "
+                                     "--precision/--amp do not apply to exported models"})
         return exported, exported.spec, exported.info
-    policy = configure_precision(cfg.amp)
-    model, spec, info, step = load_trained(cfg.model_dir, cfg.checkpoint, amp=policy != "float32")
-    return model, spec, info.replace(step=step)
+    quantization = load_run_record(cfg.model_dir).quantization
+    if cfg.exec_mode == "export":
+        policy, reason = configure_precision("fp32", quantization=quantization)
+        reason = "export: exported files compute in float32 whatever the training precision"
+    else:
+        policy, reason = configure_precision(cfg.precision, cfg.amp, quantization)
+    if logger is not None:
+        logger.log("PARAMETER", {"precision": policy, "precision_reason": reason})
+    model, spec, info, step = load_trained(cfg.model_dir, cfg.checkpoint)
+    return model, spec, info.replace(step=step, precision=policy)
 
 
 
@@ -153,10 +169,7 @@ def make_model(cfg: Config, data: SegmentationData, logger: dllogger.Logger) -> 
     """The network to train: a new U-Net, or a trained one (--init_from), then the requested
     transforms (Tucker compression). Every variant is an ordinary Keras model to the training loop."""
     if cfg.init_from:
-        import tf_keras as keras
-
-        mixed = keras.mixed_precision.global_policy().name != "float32"  # --amp applies to loaded models too
-        model, spec, info, step = load_trained(cfg.init_from, cfg.checkpoint, amp=mixed)
+        model, spec, info, step = load_trained(cfg.init_from, cfg.checkpoint)  # in this run's precision
         if info.class_names != data.class_names or spec.in_channels != data.images[0].shape[-1]:
             raise UNetError(f"--init_from {cfg.init_from}: its model has classes {info.class_names} and "
                             f"{spec.in_channels} channels; the data in {cfg.data_dir} has {data.class_names} "

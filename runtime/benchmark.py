@@ -14,18 +14,18 @@ come first, then `bench_steps` timed ones; each step ends when its result is on 
 Reported (logger and MODEL_DIR/benchmark_results.json): img/s over the whole timed run and the mean
 of per-step rates, latency mean and p50/p90/p95/p99 in ms, GFLOP per image (FLOPs = 2 x MACs of
 model.complexity; a training step is counted as 3 forward passes, since the backward pass costs
-about twice the forward one), and on CPU the fraction of the FP32 peak reached. The peak is
-cores x clock x FLOP/cycle with the clock read from /proc/cpuinfo and FLOP/cycle from the widest
-vector FMA the CPU reports; a measured large matrix product is stored next to it as a practical
-ceiling. No peak is claimed for GPUs.
+about twice the forward one), the precision the run computed in (--precision, see
+utils.precision; an exported model's own precision with --model_path) and, on CPU, the FP32 peak of
+utils.cpu.peak_report: physical cores x FLOP/cycle (with the rule that gives it) x the clock measured
+under load, the SGEMM GFLOP/s of a large NumPy matrix product, and the fractions of both the model
+reached. The fractions are given for float32 runs only: bfloat16 (AMX) and int8 kernels are not
+bounded by the FP32 peak. No peak is claimed for GPUs.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
-import time
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -44,121 +44,6 @@ RESULTS_FILE = "benchmark_results.json"
 
 # Backward pass ~ 2 forward passes (gradients w.r.t. activations and w.r.t. weights).
 TRAIN_FORWARD_EQUIVALENTS = 3
-
-
-
-# FMA units per core are not visible in /proc/cpuinfo; server x86 cores since Haswell/Zen 2 have two.
-FMA_UNITS_ASSUMED = 2
-
-
-
-@dataclasses.dataclass(frozen=True)
-class CpuPeak:
-    """Theoretical FP32 peak: cores x clock x FLOP/cycle per core.
-
-    cores: physical cores this process may run on; ghz: clock in GHz; isa: the vector extension
-    the FLOP/cycle figure assumes; lanes: float32 lanes per vector register.
-    """
-
-    cores: int
-    ghz: float
-    lanes: int
-    fma: bool
-    isa: str
-    clock_source: str
-
-    @property
-    def flop_per_cycle(self) -> int:
-        """Per core: lanes x 2 (an FMA is a multiply and an add) x FMA units; without FMA, one
-        add and one multiply unit give the same 2 x lanes per unit pair."""
-        return self.lanes * 2 * (FMA_UNITS_ASSUMED if self.fma else 1)
-
-    @property
-    def gflops(self) -> float:
-        return self.cores * self.ghz * self.flop_per_cycle
-
-    def derivation(self) -> str:
-        units = f"{FMA_UNITS_ASSUMED} FMA units (assumed)" if self.fma else "1 add + 1 mul unit"
-        return (f"{self.cores} cores x {self.ghz:.3f} GHz ({self.clock_source}) x {self.flop_per_cycle} "
-                f"FLOP/cycle ({self.isa}: {self.lanes} float32 lanes x 2 x {units}) = {self.gflops:.1f} GFLOP/s")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"cores": self.cores, "ghz": self.ghz, "flop_per_cycle": self.flop_per_cycle, "isa": self.isa,
-                "fma_units_assumed": FMA_UNITS_ASSUMED if self.fma else 0, "clock_source": self.clock_source,
-                "derivation": self.derivation()}
-
-
-
-def parse_cpuinfo(text: str) -> list[dict[str, str]]:
-    """/proc/cpuinfo text -> one {field: value} dict per logical processor."""
-    processors, current = [], {}
-    for line in text.splitlines():
-        if not line.strip():
-            if current:
-                processors.append(current)
-            current = {}
-            continue
-        key, _, value = line.partition(":")
-        current[key.strip()] = value.strip()
-    if current:
-        processors.append(current)
-    return processors
-
-
-
-def vector_isa(flags: Iterable[str]) -> tuple[str, int, bool]:
-    """(name, float32 lanes, has FMA) of the widest floating-point vector extension in `flags`."""
-    flags = set(flags)
-    if "avx512f" in flags:
-        return "avx512f", 16, True
-    if "avx2" in flags and "fma" in flags:
-        return "avx2+fma", 8, True
-    if "avx" in flags:
-        return "avx", 8, False
-    return "sse", 4, False
-
-
-
-def cpu_peak_from_cpuinfo(text: str, usable: set[int] | None = None) -> CpuPeak | None:
-    """The FP32 peak of the processors in `usable` (logical ids; None: all) described by `text`.
-
-    Cores are distinct (physical id, core id) pairs, so SMT siblings, which share FMA units, count
-    once. The clock is the mean "cpu MHz" of those processors. None if the text has no clock.
-    """
-    processors = [p for p in parse_cpuinfo(text) if "processor" in p]
-    if usable is not None:
-        processors = [p for p in processors if int(p["processor"]) in usable]
-    clocks = [float(p["cpu MHz"]) for p in processors if "cpu MHz" in p]
-    if not processors or not clocks:
-        return None
-    cores = len({(p.get("physical id", "0"), p.get("core id", p["processor"])) for p in processors})
-    isa, lanes, fma = vector_isa(processors[0].get("flags", "").split())
-    return CpuPeak(cores=cores, ghz=float(np.mean(clocks)) / 1e3, lanes=lanes, fma=fma, isa=isa,
-                   clock_source="/proc/cpuinfo cpu MHz")
-
-
-
-def this_cpu_peak() -> CpuPeak | None:
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    return cpu_peak_from_cpuinfo(text, set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
-
-
-
-def measured_gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """Best float32 GFLOP/s of an n x n matrix product in TensorFlow (2 n^3 FLOPs each)."""
-    a = tf.random.uniform((n, n), dtype=tf.float32)
-    b = tf.random.uniform((n, n), dtype=tf.float32)
-    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
-    float(matmul(a, b))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        float(matmul(a, b))
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best / 1e9
 
 
 
@@ -236,6 +121,16 @@ def _predictor(cfg: Config, in_channels: int) -> tuple[UNetSpec, Any, Any, int |
 
 
 
+def _exported_fields(predictor: Any) -> dict[str, Any]:
+    """model_path, format and precision of an exported model (utils.inference.runtimes.ExportedModel)."""
+    from utils.inference.runtimes import ExportedModel
+
+    if not isinstance(predictor, ExportedModel):
+        return {}
+    return {"model_path": str(predictor.path), "format": predictor.format, "exported_precision": predictor.precision}
+
+
+
 def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
     from utils.data.layouts import load_test_data
     from utils.data.normalize import normalize_image
@@ -261,7 +156,7 @@ def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
         return times, {"images_per_step": 1, "latency_per": "image", "input_size": plans[0].tile_size,
                        "tiles_per_image": float(np.mean(tiles)), "tiles_per_call": cfg.batch_size,
                        "image_size": list(data.images[0].shape[:2]), "tta": cfg.tta, "gflop_per_img": gflop,
-                       "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec)}
+                       "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
     spec, predictor, model, tile_size = _predictor(cfg, 1)
     size = tile_size or cfg.crop_size or default_crop_size(spec)
     geometry = check_crop_size(spec, size)
@@ -269,7 +164,7 @@ def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
     times = time_steps(lambda i: predictor(tiles), cfg.bench_warmup_steps, cfg.bench_steps)
     return times, {"images_per_step": cfg.batch_size, "latency_per": "batch", "input_size": size,
                    "output_size": geometry.output_size, "gflop_per_img": 2 * total_macs(model, (size, size)) / 1e9,
-                   "flop_count": "forward", "spec": dataclasses.asdict(spec)}
+                   "flop_count": "forward", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
 
 
 
@@ -285,32 +180,56 @@ def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
         logger.log("PARAMETER", {"message": "--xla compiles the training step only; the predict "
                                             "benchmark runs without it"})
     configure_seeds(cfg.seed, cfg.deterministic)
-    policy = configure_precision(cfg.amp)
+    # The benchmark builds the plain network of the flags (no --quantization), so only --precision/--amp count.
+    policy, reason = configure_precision(cfg.precision, cfg.amp)
     if mode == "train":
         times, info = train_benchmark(cfg, dist)
     else:
         times, info = _predict_benchmark(cfg)
+    if "exported_precision" in info:  # --model_path: the runtime of the file decides, not the Keras policy
+        policy = info.pop("exported_precision")
+        reason = f"{info['model_path']} was exported in {policy}; --precision/--amp do not apply to it"
+    logger.log("PARAMETER", {"precision": policy, "precision_reason": reason})
     results: dict[str, Any] = {"mode": mode, "bench_input": cfg.bench_input, "batch_size": cfg.batch_size,
-                               "precision": policy, "warmup_steps": cfg.bench_warmup_steps,
-                               "steps": cfg.bench_steps}
+                               "precision": policy, "precision_reason": reason,
+                               "warmup_steps": cfg.bench_warmup_steps, "steps": cfg.bench_steps}
     results.update(throughput(info.pop("images_per_step"), times))
     results.update(latency_stats(times))
     results.update(info)
+    results["achieved_gflops"] = results["img_per_s"] * results["gflop_per_img"]
     if gpu_available():
-        results.update(peak_gflops=None, peak_fraction=None, peak_note="no peak figure is claimed for GPUs")
+        results.update(peak=None, peak_note="no peak figure is claimed for GPUs")
     else:
-        peak = this_cpu_peak()
-        gemm = measured_gemm_gflops()
-        achieved = results["img_per_s"] * results["gflop_per_img"]
-        results.update(peak_gflops=peak.gflops if peak else None,
-                       peak_fraction=achieved / peak.gflops if peak else None,
-                       peak=peak.as_dict() if peak else None, achieved_gflops=achieved,
-                       gemm_gflops=gemm, gemm_fraction=achieved / gemm,
-                       peak_precision="float32")
-        if peak:
-            logger.log("PARAMETER", {"cpu_peak": peak.derivation(), "gemm_gflops": gemm})
+        results.update(cpu_peak(results["achieved_gflops"], policy, logger))
     logger.log("BENCHMARK", {k: v for k, v in results.items() if isinstance(v, (int, float, str)) or v is None})
     if dist.is_chief:
         write_json(pathlib.Path(cfg.model_dir) / RESULTS_FILE, results)
     return results
 
+
+
+def cpu_peak(achieved_gflops: float, precision: str, logger: Any) -> dict[str, Any]:
+    """The results' peak fields from utils.cpu.peak_report (flop_per_cycle and its reason, measured clock,
+    peak, SGEMM, fractions), compared with `achieved_gflops` for float32 runs only.
+
+    A fraction above 1 means the peak model is wrong for this CPU: peak_report raises; the timed results
+    are kept and the error is recorded and logged instead of the fractions.
+    """
+    from utils.cpu import peak_report
+
+    float32 = precision in ("float32", "fp32")
+    try:
+        report = peak_report(achieved_gflops if float32 else None)
+    except RuntimeError as exc:
+        logger.log("PARAMETER", {"peak_error": str(exc)})
+        return {"peak": None, "peak_error": str(exc)}
+    if not float32:
+        report["peak_note"] = (f"the run computed in {precision}: the FP32 peak does not bound it, so no "
+                               "fraction is given (run with --precision fp32 for one)")
+    logger.log("PARAMETER", {"cpu": report["describe"], "flop_per_cycle": report["flop_per_cycle"],
+                             "flop_per_cycle_reason": report["flop_per_cycle_reason"],
+                             "clock_ghz": report["clock_ghz"], "peak_gflops": report["peak_gflops"],
+                             "sgemm_gflops": report["sgemm_gflops"]})
+    return {"peak": report, **{key: report[key] for key in (
+        "flop_per_cycle", "flop_per_cycle_reason", "clock_ghz", "peak_gflops", "sgemm_gflops",
+        "fraction_of_peak", "fraction_of_sgemm")}}

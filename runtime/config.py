@@ -18,10 +18,13 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from utils.cpu import PRECISIONS  # standard library and NumPy only: --help stays instant
 from utils.errors import UNetError
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
               "compress", "visualize")
+EXPORT_FORMATS = ("savedmodel", "tftrt", "onnx", "tflite", "openvino", "packed")
+EXPORT_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 QUANTIZATION_MODES = ("NONE", "FIXED", "INT", "BNN", "TERNARY", "QAT_INT8")
 # The MICCAI 2019 fixed-point U-Net paper's YAML keys that are not flag names, and what they mean here.
 PAPER_KEYS = {"lr": "learning_rate"}
@@ -84,8 +87,12 @@ class Config:
                                         "only; with --time_budget 4 times in all)")
     checkpoint_every: int = _field(50, "write the resumable checkpoint every N steps")
     deterministic: bool = _field(False, "deterministic TF ops: two runs give bit-identical weights")
-    amp: bool = _field(False, "mixed precision: float16 with loss scaling on GPU, bfloat16 on CPU (NVIDIA's "
-                       "spelling: --use_amp)")
+    precision: str = _field("auto", "compute precision: auto = bfloat16 mixed precision on CPUs with "
+                            "AVX512_BF16 or AMX, float16 with loss scaling on GPUs with tensor cores, float32 "
+                            "elsewhere (the choice and its reason are logged); fp32, bf16, fp16 force one",
+                            choices=PRECISIONS)
+    amp: bool = _field(False, "mixed precision whatever the hardware: --precision auto but never float32 "
+                       "(bfloat16 on CPU, float16 with loss scaling on GPU; NVIDIA's spelling: --use_amp)")
     xla: bool = _field(False, "compile the training step with XLA (jit_compile; NVIDIA's spelling: --use_xla)")
     skip_finished: bool = _field(False, "training modes: do nothing when model_dir/eval_results.json already "
                                  "holds this fold's evaluation at --max_steps (rerunnable recipes)")
@@ -160,10 +167,12 @@ class Config:
                               "through the pipeline / tiled inference (end to end)",
                               choices=("synthetic", "real"))
     # --- export
-    export_format: str = _field("savedmodel", "--exec_mode export target",
-                                choices=("savedmodel", "tftrt", "onnx", "tflite", "packed"))
-    export_precision: str = _field("fp32", "export precision (int8 calibrates on images only: no masks needed)",
-                                   choices=("fp32", "fp16", "int8"))
+    export_format: str | None = _field(None, "--exec_mode export target (default: export every CPU "
+                                       "candidate, time each on this machine and keep the fastest that passes "
+                                       "parity, see utils.export.select)", choices=EXPORT_FORMATS)
+    export_precision: str | None = _field(None, "export precision (default: fp32 for a given --export_format; "
+                                          "without one, only candidates of this precision compete; int8 "
+                                          "calibrates on images only: no masks needed)", choices=EXPORT_PRECISIONS)
 
     def __post_init__(self) -> None:
         if self.time_budget == 0:  # 0 switches a recipe's budget off: --max_steps counts
@@ -265,6 +274,8 @@ def validate(cfg: Config) -> None:
         _check(cfg.init_from is not None, "init_from", cfg.init_from, "the folder of a trained model to compress")
         _check((cfg.rank_factor is None) != (cfg.rank is None), "rank_factor", cfg.rank_factor,
                "exactly one of --rank_factor and --rank for --exec_mode compress")
+    _check(not (cfg.amp and cfg.precision == "fp32"), "precision", cfg.precision,
+           "auto, bf16 or fp16 with --amp (mixed precision); or drop --amp")
     _check(cfg.bench_warmup_steps >= 0, "bench_warmup_steps", cfg.bench_warmup_steps, "an integer >= 0")
     _check(cfg.bench_steps >= 1, "bench_steps", cfg.bench_steps, "an integer >= 1")
     _check(cfg.tile_context is None or cfg.tile_context >= 0, "tile_context", cfg.tile_context, "an integer >= 0")

@@ -21,8 +21,10 @@ from utils.errors import UNetError
 from utils.inference.tiling import plan_tiles
 from utils.inference.runtimes import EXPORT_JSON, load_exported
 from utils.export.formats import (EXPORT_DIR, ExportInputs, artifact_name, check_export_request, export_model,
-                                  read_export_json, record_artifact, write_savedmodel)
+                                  read_export_json, read_export_selection, record_artifact, write_savedmodel)
+from utils.export.model_card import write_model_card
 from utils.export.serving import UNetServingModule
+from utils.timing import latency_summary_ms, time_steps
 
 SAVED_MODEL = "saved_model"  # model_dir/saved_model/: written at the end of training
 
@@ -60,7 +62,11 @@ def export_image_split(num_images: int, training_images: bool, num_folds: int,
 
 
 def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
-    """--exec_mode export: the checkpoint of cfg.model_dir -> MODEL_DIR/export/<artefact> + export.json."""
+    """--exec_mode export: the checkpoint of cfg.model_dir -> MODEL_DIR/export/<artefact> + export.json.
+
+    With --export_format: that format (--export_precision, default fp32). Without: the deploy file that
+    is fastest on this machine among the candidates that pass parity (utils.export.select).
+    """
     from runtime.assemble import restore_model
 
     if cfg.model_path:
@@ -68,8 +74,19 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                         "(--model_dir, --checkpoint); --model_path is for predict/evaluate/benchmark")
     if cfg.export_format == "packed":
         return run_packed_export(cfg, logger)
-    check_export_request(cfg.export_format, cfg.export_precision)
-    model, spec, info = restore_model(cfg)
+    pairs = None
+    if cfg.export_format is None:
+        from utils.cpu import read_cpu_info
+        from utils.export.select import candidates
+        from utils.precision import gpu_available
+
+        pairs = candidates(read_cpu_info(), int(gpu_available()), cfg.export_precision)
+        for fmt, precision in pairs:
+            check_export_request(fmt, precision)
+    else:
+        cfg = cfg.replace(export_precision=cfg.export_precision or "fp32")
+        check_export_request(cfg.export_format, cfg.export_precision)
+    model, spec, info = restore_model(cfg, logger)
     data, training_images = load_export_images(cfg)
     if data.images[0].shape[-1] != spec.in_channels:
         raise UNetError(f"{data.source}: images have {data.images[0].shape[-1]} channel(s), the model expects "
@@ -84,20 +101,30 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                           tile_size=plan.tile_size, context=plan.context, max_tile_size=cfg.max_tile_size,
                           serving_tile_size=cfg.tile_size, image_dtype=info.image_dtype,
                           normalization=info.normalization)
-    entry = export_model(model, spec, info.class_names, pathlib.Path(cfg.model_dir) / EXPORT_DIR,
-                         cfg.export_format, cfg.export_precision, inputs,
-                         extra={"checkpoint": cfg.checkpoint, "step": info.step,
-                                "parity_images": [data.names[i] for i in parity_idx],
-                                "calibration_source": data.source,
-                                "normalization": info.normalization}, logger=logger)
-    for key, report in entry.get("parity", {}).items():
-        logger.log("EXPORT", {"artifact": entry["file"], "check": key, "label_agreement": report["label_agreement"],
-                              "max_abs_prob_diff": report["max_abs_prob_diff"], "threshold": report["threshold"]})
-    entry = finish_artifact(cfg, entry, entry["parity_tile_size"], spec.in_channels)
-    logger.log("EXPORT", {"artifact": str(pathlib.Path(cfg.model_dir) / EXPORT_DIR / entry["file"]),
-                          "format": entry["format"], "precision": entry["precision"],
-                          "tile_size": entry["parity_tile_size"], "size_bytes": entry["size_bytes"],
-                          "latency_ms_median": entry["latency"]["median_ms"]})
+    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
+    extra = {"checkpoint": cfg.checkpoint, "step": info.step, "parity_images": [data.names[i] for i in parity_idx],
+             "calibration_source": data.source, "normalization": info.normalization}
+    if pairs is not None:
+        from utils.export.select import export_fastest
+
+        entry = export_fastest(model, spec, info.class_names, export_dir, inputs, pairs, extra=extra)
+        selection = read_export_selection(export_dir / EXPORT_JSON)
+        for candidate in selection["candidates"]:
+            logger.log("EXPORT", {k: v for k, v in {**candidate, **candidate.get("latency", {})}.items()
+                                  if isinstance(v, (int, float, str)) or v is None})
+        write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON), selection)
+    else:
+        entry = export_model(model, spec, info.class_names, export_dir, cfg.export_format, cfg.export_precision,
+                             inputs, extra=extra, logger=logger)
+        for key, report in entry.get("parity", {}).items():
+            logger.log("EXPORT", {"artifact": entry["file"], "check": key,
+                                  "label_agreement": report["label_agreement"],
+                                  "max_abs_prob_diff": report["max_abs_prob_diff"], "threshold": report["threshold"]})
+        entry = finish_artifact(cfg, entry, entry["parity_tile_size"], spec.in_channels)
+    logger.log("EXPORT", {"artifact": str(export_dir / entry["file"]), "format": entry["format"],
+                          "precision": entry["precision"], "tile_size": entry["parity_tile_size"],
+                          "size_bytes": entry["size_bytes"], "latency_ms_median": entry["latency"]["median_ms"],
+                          "deploy": bool(entry.get("deploy"))})
     return entry
 
 
@@ -136,15 +163,14 @@ def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Pat
 
 
 def finish_artifact(cfg: Any, entry: dict[str, Any], tile_size: int, channels: int) -> dict[str, Any]:
-    """Time the written artefact on one tile, record that in export.json, and rewrite the model card."""
-    from utils.export.model_card import measure_latency_ms, write_model_card
-
+    """Time the written artefact on one tile (utils.timing), record that in export.json, rewrite the model card."""
     export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
     exported = load_exported(export_dir / entry["file"])
     tile = np.random.default_rng(0).random((1, tile_size, tile_size, channels), dtype=np.float32)
-    entry = {**entry, "latency": measure_latency_ms(exported, tile)}
+    entry = {**entry, "latency": latency_summary_ms(time_steps(lambda i: exported(tile), 1, 5))}
     record_artifact(export_dir, entry)
-    write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON))
+    write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON),
+                     read_export_selection(export_dir / EXPORT_JSON))
     return entry
 
 
@@ -159,7 +185,7 @@ def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
     from model.quantizers import QuantizationConfig
     from runtime.assemble import restore_model
 
-    model, spec, info = restore_model(cfg)
+    model, spec, info = restore_model(cfg, logger)
     qconfig = info.quantization_config
     if info.variant != "packed" or not qconfig:
         raise UNetError(f"--export_format=packed: {cfg.model_dir} holds a "

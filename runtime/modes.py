@@ -89,7 +89,7 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
     if cfg.num_epochs is not None:  # an epoch = one pass over the training images, one crop each
         cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))
     configure_seeds(cfg.seed, cfg.deterministic)
-    policy = configure_precision(cfg.amp)
+    policy, reason = configure_precision(cfg.precision, cfg.amp, cfg.quantization)
     padding, depth = cfg.padding, cfg.depth
     if cfg.init_from:  # the architecture is the trained run's: its padding and depth bound the crop
         record = load_run_record(cfg.init_from)
@@ -99,7 +99,8 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
         save_config(cfg, pathlib.Path(cfg.model_dir) / RUN_CONFIG)
     with dist.scope():
         model, spec, geometry = make_model(cfg, data, logger)
-    logger.log("PARAMETER", {"precision": policy, "parameters": total_params(model), "input_size": geometry.input_size,
+    logger.log("PARAMETER", {"precision": policy, "precision_reason": reason, "parameters": total_params(model),
+                             "input_size": geometry.input_size,
                              "output_size": geometry.output_size,
                              "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9,
                              "train_images": len(train_idx), "validation_images": len(val_idx),
@@ -109,7 +110,7 @@ def run_training(cfg: Config, logger: dllogger.Logger, dist: Any) -> dict[str, A
             spec=dataclasses.asdict(spec), class_names=data.class_names,
             architecture=getattr(model, "float_architecture", None) or model.to_json(),
             quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
-            normalization=cfg.normalization, image_dtype=data.images[0].dtype.name))
+            normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy))
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
     augment = make_augment(cfg)
     keys = score_keys(data.class_names)
@@ -197,7 +198,7 @@ def with_budget_evaluations(cfg: Config) -> Config:
 
 
 def run_evaluation(cfg: Config, logger: dllogger.Logger) -> dict[str, Any]:
-    model, spec, info = restore_model(cfg)
+    model, spec, info = restore_model(cfg, logger)
     data = load_training_set(cfg)
     if tuple(data.class_names) != tuple(info.class_names):
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
@@ -217,7 +218,7 @@ def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
         model = tftrt_model(cfg, logger)
         spec, info = model.spec, model.info
     else:
-        model, spec, info = restore_model(cfg)
+        model, spec, info = restore_model(cfg, logger)
     data = load_test_data(cfg.data_dir, input_path=cfg.input)
     images = [normalize_image(im, info.normalization) for im in data.images]
     if images[0].shape[-1] != spec.in_channels:
@@ -266,7 +267,7 @@ def run(cfg: Config) -> None:
         if cfg.exec_mode == "visualize" and dist.is_chief:
             from runtime.visualize import write_weight_histograms
 
-            model, _, _ = restore_model(cfg)
+            model, _, _ = restore_model(cfg, logger)
             written = write_weight_histograms(model, pathlib.Path(cfg.model_dir) / "visualize")
             logger.log("VISUALIZE", {"histograms": len(written) - 1, "grid": str(written[0])})
         if cfg.exec_mode in ("predict", "train_and_predict") and dist.is_chief:

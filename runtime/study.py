@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import dllogger
 from utils.artifacts import EVAL_RESULTS, write_json
-from utils.timing import latency_stats, time_round_robin
+from utils.timing import latency_stats, time_alternating
 from runtime.config import Config, read_yaml_file
 from utils.errors import UNetError, run_cli
 from utils.fileio import atomic_write_text
@@ -179,10 +179,10 @@ def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tu
                           "stored_format": fmt, "parameters": total_params(model), "step": step,
                           "gmac_per_tile": total_macs(model, (plan.tile_size,) * 2) / 1e9}
     # warm-up 2: tracing and first-call allocation are not latency
-    times = time_round_robin([lambda _, e=e: e["predictor"](e["tile"]) for e in loaded.values()], 2, rounds)
-    return {name: {**{k: v for k, v in latency_stats(t).items() if k in ("latency_ms_p50", "latency_ms_p90")},
+    times = time_alternating({name: (lambda e=e: e["predictor"](e["tile"])) for name, e in loaded.items()}, 2, rounds)
+    return {name: {**{k: v for k, v in latency_stats(times[name]).items() if k in ("latency_ms_p50", "latency_ms_p90")},
                    **{k: e[k] for k in ("stored_bytes", "stored_format", "parameters", "step", "gmac_per_tile")}}
-            for (name, e), t in zip(loaded.items(), times)}
+            for name, e in loaded.items()}
 
 
 def summarize(results_dir: pathlib.Path, base: dict[str, Any], variants: Sequence[Variant],

@@ -32,3 +32,12 @@ def isbi_data_dir() -> pathlib.Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+@pytest.fixture(autouse=True)
+def float32_keras_policy_after_each_test():
+    """The Keras dtype policy is process-wide and --precision auto sets mixed_bfloat16 on CPUs with
+    AVX512_BF16/AMX: reset it after every test so a later test building a model directly gets float32."""
+    yield
+    if "tf_keras" in sys.modules:
+        sys.modules["tf_keras"].mixed_precision.set_global_policy("float32")

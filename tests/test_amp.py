@@ -55,7 +55,7 @@ def logged_losses(model_dir: pathlib.Path) -> list[float]:
 
 @pytest.mark.parametrize("extra, compute_dtype", [
     (["--amp"], "bfloat16"),
-    (["--xla"], "float32"),
+    (["--precision", "fp32", "--xla"], "float32"),
     (["--amp", "--xla"], "bfloat16"),
 ])
 @pytest.mark.slow

@@ -19,8 +19,10 @@ from utils import timing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {"mode", "batch_size", "img_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
-                 "gflop_per_img", "peak_gflops", "peak_fraction", "latency_ms_p95", "latency_ms_mean",
-                 "precision", "input_size"}
+                 "gflop_per_img", "latency_ms_p95", "latency_ms_mean", "precision", "precision_reason", "input_size",
+                 "achieved_gflops", "peak"}
+PEAK_KEYS = {"flop_per_cycle", "flop_per_cycle_reason", "clock_ghz", "peak_gflops", "sgemm_gflops",
+             "fraction_of_peak", "fraction_of_sgemm"}
 
 
 def test_latency_stats_match_linear_interpolation_quantiles():
@@ -40,36 +42,40 @@ def test_throughput_counts_all_images_over_all_time_and_per_step():
     assert rates["img_per_s_step_mean"] == pytest.approx((2 / 1.0 + 2 / 0.5) / 2)
 
 
-def _cpuinfo(n_logical: int, cores: list[int], mhz: list[float], flags: str) -> str:
-    blocks = [f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {cores[i]}\ncpu MHz\t\t: {mhz[i]:.3f}\n"
-              f"flags\t\t: {flags}\n" for i in range(n_logical)]
-    return "\n".join(blocks) + "\n"
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def log(self, step, data):
+        self.lines.append((step, data))
 
 
-def test_cpu_peak_counts_physical_cores_and_fma_width():
-    # 4 logical CPUs = 2 cores x 2 SMT threads, AVX2 + FMA: 8 lanes x 2 (FMA) x 2 units = 32 FLOP/cycle.
-    text = _cpuinfo(4, cores=[0, 0, 1, 1], mhz=[3000.0, 3000.0, 2800.0, 2800.0], flags="sse avx avx2 fma")
-    peak = benchmark.cpu_peak_from_cpuinfo(text)
-    assert (peak.cores, peak.flop_per_cycle) == (2, 32)
-    assert peak.gflops == pytest.approx(2 * 2.9 * 32)
-    assert "2 cores" in peak.derivation() and "32 FLOP/cycle" in peak.derivation()
-    only_first = benchmark.cpu_peak_from_cpuinfo(text, usable={0, 1})
-    assert only_first.cores == 1 and only_first.gflops == pytest.approx(3.0 * 32)
+def test_peak_fractions_only_for_float32_runs(monkeypatch):
+    import utils.cpu
 
+    calls = []
 
-@pytest.mark.parametrize("flags, isa, flop_per_cycle", [
-    ("sse avx avx2 fma avx512f avx512bw", "avx512f", 64),
-    ("sse avx avx2 fma", "avx2+fma", 32),
-    ("sse avx", "avx", 16),
-    ("sse sse2", "sse", 8),
-])
-def test_flop_per_cycle_follows_the_widest_vector_extension(flags, isa, flop_per_cycle):
-    peak = benchmark.cpu_peak_from_cpuinfo(_cpuinfo(1, [0], [1000.0], flags))
-    assert (peak.isa, peak.flop_per_cycle) == (isa, flop_per_cycle)
+    def fake_report(measured, cpu=None, **_):
+        calls.append(measured)
+        peak = 2 * 64 * 2.0
+        return {"describe": "fake", "flop_per_cycle": 64, "flop_per_cycle_reason": "rule", "clock_ghz": 2.0,
+                "cores": 2, "peak_gflops": peak, "sgemm_gflops": 200.0,
+                "fraction_of_peak": None if measured is None else measured / peak,
+                "fraction_of_sgemm": None if measured is None else measured / 200.0}
 
+    monkeypatch.setattr(utils.cpu, "peak_report", fake_report)
+    fp32 = benchmark.cpu_peak(64.0, "float32", _Log())
+    assert fp32["fraction_of_peak"] == pytest.approx(64.0 / 256.0) and fp32["fraction_of_sgemm"] == 0.32
+    bf16 = benchmark.cpu_peak(640.0, "mixed_bfloat16", _Log())  # AMX can beat the FP32 peak: no fraction
+    assert calls == [64.0, None] and bf16["fraction_of_peak"] is None and "bfloat16" in bf16["peak"]["peak_note"]
 
-def test_cpuinfo_without_a_clock_gives_no_peak():
-    assert benchmark.cpu_peak_from_cpuinfo("processor\t: 0\nflags\t\t: avx2 fma\n") is None
+    def wrong_peak(measured, cpu=None, **_):
+        raise RuntimeError("peak fraction > 1: the peak model is wrong")
+
+    monkeypatch.setattr(utils.cpu, "peak_report", wrong_peak)
+    log = _Log()
+    kept = benchmark.cpu_peak(999.0, "float32", log)
+    assert kept["peak"] is None and "peak model is wrong" in kept["peak_error"] and log.lines
 
 
 def test_benchmark_flag_needs_train_or_predict():
@@ -79,7 +85,8 @@ def test_benchmark_flag_needs_train_or_predict():
     assert benchmark.resolve_mode(Config(exec_mode="benchmark", benchmark_mode="train")) == "train"
 
 
-TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--crop_size", "64", "--batch_size", "2",
+TINY = ["--precision", "fp32", "--padding", "same", "--base_filters", "4", "--depth", "2", "--crop_size", "64",
+        "--batch_size", "2",
         "--bench_warmup_steps", "1", "--bench_steps", "2", "--dropout", "0", "--no-augment"]
 
 
@@ -101,11 +108,15 @@ def test_tiny_benchmark_writes_sane_results(isbi_data_dir, tmp_path, mode_flags,
     assert 0 < results["latency_ms_p50"] <= results["latency_ms_p90"] <= results["latency_ms_p95"] \
         <= results["latency_ms_p99"]
     assert results["gflop_per_img"] > 0
-    if results["peak_gflops"] is not None:  # CPU: the fraction is consistent with its parts
-        assert 0 < results["peak_fraction"] < 1
-        assert results["peak_fraction"] == pytest.approx(
-            results["img_per_s"] * results["gflop_per_img"] / results["peak_gflops"])
-        assert results["gemm_gflops"] > 0 and "FLOP/cycle" in results["peak"]["derivation"]
+    assert results["achieved_gflops"] == pytest.approx(results["img_per_s"] * results["gflop_per_img"])
+    if results["peak"] is not None and results["peak_gflops"]:  # CPU: utils.cpu.peak_report's figures
+        assert PEAK_KEYS <= results.keys()
+        assert results["peak_gflops"] == pytest.approx(
+            results["peak"]["cores"] * results["flop_per_cycle"] * results["clock_ghz"])
+        assert 0 < results["fraction_of_peak"] < 1
+        assert results["fraction_of_peak"] == pytest.approx(results["achieved_gflops"] / results["peak_gflops"])
+        assert results["fraction_of_sgemm"] == pytest.approx(results["achieved_gflops"] / results["sgemm_gflops"])
+        assert "FLOP/cycle" in results["flop_per_cycle_reason"]
     if bench_input == "real" and mode == "predict":  # one image per step, tiles counted
         assert results["latency_per"] == "image" and results["tiles_per_image"] >= 1
     if mode == "train":  # a training step is counted as three forward passes

@@ -38,6 +38,7 @@ class RunRecord:
         model_path: the exported file these weights come from (--model_path), if any.
         normalization: utils.data.normalize mode the network was trained with ("global" or "per_image").
         image_dtype: NumPy dtype name of the training images (the SavedModel's serving_default input).
+        precision: the Keras dtype policy training (or this restore) ran in ("float32", "mixed_bfloat16", ...).
     """
 
     spec: dict[str, Any]
@@ -49,6 +50,7 @@ class RunRecord:
     model_path: str | None = None
     normalization: str = "global"
     image_dtype: str | None = None
+    precision: str | None = None
 
     @property
     def variant(self) -> str:
@@ -61,7 +63,7 @@ class RunRecord:
         return dataclasses.replace(self, **changes)
 
 
-_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype")
+_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype", "precision")
 
 
 def save_run_record(model_dir: str | pathlib.Path, record: RunRecord) -> pathlib.Path:

@@ -1,13 +1,13 @@
 """The one timing helper: every latency and throughput figure in the project is measured here.
 
 Wall time of whole calls (time.perf_counter); a call must return only when its work is done (e.g. after
-copying a result to the host). Several candidates are timed round-robin (A B C A B C ...), so a
+copying a result to the host). Several candidates are timed alternating (A B C A B C ...), so a
 machine whose speed drifts (shared cores, turbo) affects them alike and their ratios hold.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -16,24 +16,26 @@ PERCENTILES = (50, 90, 95, 99)
 
 def time_steps(step: Callable[[int], Any], warmup: int, steps: int) -> list[float]:
     """Run step(i) for i in 0..warmup+steps-1; return the wall times (s) of the last `steps` calls."""
-    return time_round_robin([step], warmup, steps)[0]
-
-
-def time_round_robin(calls: Sequence[Callable[[int], Any]], warmup: int, runs: int) -> list[list[float]]:
-    """Time several calls alternating A B ... A B ...; per call, the wall times (s) of `runs` timed rounds.
-
-    Every call is made `warmup` times first (tracing, allocation and caches are not latency); call(i)
-    gets the running round index i.
-    """
     for i in range(warmup):
-        for call in calls:
-            call(i)
-    times: list[list[float]] = [[] for _ in calls]
-    for i in range(warmup, warmup + runs):
-        for call, samples in zip(calls, times):
-            start = time.perf_counter()
-            call(i)
-            samples.append(time.perf_counter() - start)
+        step(i)
+    times = []
+    for i in range(warmup, warmup + steps):
+        start = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_alternating(calls: Mapping[Any, Callable[[], Any]], warmup: int, rounds: int) -> dict[Any, list[float]]:
+    """Wall times (s) of every call in `calls`, alternated A B C A B C ... over `rounds` rounds, after
+    `warmup` untimed rounds (tracing, allocation and caches are not latency). {name: [s per round]}."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    times: dict[Any, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name] += time_steps(lambda _, call=call: call(), 0, 1)
     return times
 
 
@@ -48,10 +50,13 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     return stats
 
 
-def median_latency(seconds: Sequence[float]) -> dict[str, float]:
-    """{"median_ms", "max_ms", "runs"} of per-call wall times given in seconds."""
+def latency_summary_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """Median, p90 and max in milliseconds of per-call wall times in seconds, and how many there were."""
     ms = np.asarray(seconds, np.float64) * 1e3
-    return {"median_ms": float(np.median(ms)), "max_ms": float(ms.max()), "runs": int(ms.size)}
+    if ms.size == 0:
+        raise ValueError("no timed calls")
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "max_ms": float(ms.max()),
+            "runs": int(ms.size)}
 
 
 def throughput(images_per_step: int, seconds: Sequence[float]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The one export entry point: SavedModel, TF-TRT, ONNX and TFLite, each checked against Keras.
+"""The one export entry point: SavedModel, TF-TRT, ONNX, TFLite and OpenVINO, each checked against Keras.
 
 Every format is built from one `utils.export.serving.UNetServingModule`, so every format computes
 the same thing:
@@ -20,6 +20,9 @@ Artefacts, under MODEL_DIR/export/ (names from `artifact_name`):
     model_{fp32,fp16,int8}.tflite   fixed tile T, dynamic batch; fp16 = float16 weights; int8 = full
                          integer kernels (float32 input/output), calibrated on image tiles
     tftrt_{fp32,fp16,int8}/         TF-TRT SavedModel of `tile` (needs TensorFlow built with TensorRT)
+    openvino_{fp32,bf16,int8}/      OpenVINO IR (model.xml + model.bin, float32 weights) converted from the
+                         ONNX of `tile`; bf16 = the float32 file run at bfloat16 inference precision
+                         (AMX / AVX512_BF16); int8 = NNCF post-training quantization on training tiles
     export.json          per artefact: UNetSpec, class names, tile size, precision, checkpoint step,
                          parity results; what `utils.inference.runtimes` needs to plan tiles.
 
@@ -64,6 +67,7 @@ FORMAT_PRECISIONS = {
     "onnx": ("fp32", "int8"),
     "tflite": ("fp32", "fp16", "int8"),
     "tftrt": ("fp32", "fp16", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
 }
 
 
@@ -84,6 +88,8 @@ def artifact_name(export_format: str, precision: str) -> str:
         return f"model_{precision}.tflite"
     if export_format == "tftrt":
         return f"tftrt_{precision}"
+    if export_format == "openvino":
+        return f"openvino_{precision}"
     raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
 
 
@@ -113,11 +119,12 @@ def check_export_request(export_format: str, precision: str) -> None:
             raise UNetError("--export_format=tftrt needs TensorRT: " + "; ".join(problems) +
                             ". Alternative for GPU users: --export_format onnx, then build a TensorRT "
                             "engine from model.onnx (trtexec --onnx=model.onnx)")
-    if export_format == "onnx":
-        missing = [name for name in ("tf2onnx", "onnxruntime") if not _importable(name)]
-        if missing:
-            raise UNetError(f"--export_format=onnx needs {' and '.join(missing)}: "
-                            "pip install -r requirements.txt")
+    needs = {"onnx": ("tf2onnx", "onnxruntime"),
+             "openvino": ("tf2onnx", "openvino") + (("nncf",) if precision == "int8" else ())}
+    missing = [name for name in needs.get(export_format, ()) if not _importable(name)]
+    if missing:
+        raise UNetError(f"--export_format={export_format} --export_precision={precision} needs "
+                        f"{' and '.join(missing)}: pip install -r requirements.txt")
 
 
 def _importable(module: str) -> bool:
@@ -219,6 +226,35 @@ def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, 
     path.write_bytes(converter.convert())
 
 
+
+def write_openvino(module: UNetServingModule, path: pathlib.Path, precision: str, tiles: np.ndarray | None) -> None:
+    """OpenVINO IR folder (model.xml + model.bin) of `tile`, dynamic batch and tile size, float32 weights.
+
+    Converted from the tf2onnx ONNX graph (OpenVINO's ONNX frontend), so it computes what every other
+    format computes. fp32 and bf16 write the same float32 file (bf16 is an inference-precision setting,
+    utils.inference.runtimes.OPENVINO_HINTS); int8 is NNCF post-training quantization with activation
+    ranges from `tiles`.
+    """
+    import openvino as ov
+
+    from utils.inference.runtimes import OPENVINO_XML
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        onnx_path = pathlib.Path(tmp) / "model.onnx"
+        write_onnx(module, onnx_path)
+        graph = ov.convert_model(str(onnx_path))
+        if precision == "int8":
+            import nncf
+
+            if tiles is None:
+                raise UNetError("int8 OpenVINO needs calibration tiles")
+            graph = nncf.quantize(graph, nncf.Dataset([t[None] for t in tiles]), subset_size=len(tiles))
+        path.mkdir(parents=True, exist_ok=True)
+        # compress_to_fp16 defaults to True: exported files keep float32 weights.
+        ov.save_model(graph, str(path / OPENVINO_XML), compress_to_fp16=False)
+
+
+
 def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
                 tiles: np.ndarray | None, progress: Progress | None = None) -> None:
     """TF-TRT SavedModel of `tile` (dynamic shapes), engines built for tile_size; int8 calibrated."""
@@ -255,6 +291,8 @@ def write_artifact(module: UNetServingModule, export_format: str, precision: str
         write_tflite(module, path, precision, tile_size, tiles, progress)
     elif export_format == "tftrt":
         write_tftrt(module, path, precision, tile_size, tiles, progress)
+    elif export_format == "openvino":
+        write_openvino(module, path, precision, tiles)
     else:
         raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
 
@@ -377,22 +415,56 @@ def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[s
     return reports
 
 
+def _read_export_document(path: pathlib.Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"artifacts": {}}
+    try:
+        document = json.loads(path.read_text())
+        document["artifacts"] = dict(document["artifacts"])
+        return document
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UNetError(f"{path} is corrupt ({exc}); delete it and export again") from None
+
+
+
 def record_artifact(export_dir: pathlib.Path, entry: dict[str, Any]) -> pathlib.Path:
-    """Add or replace the artefact's entry in export_dir/export.json (atomically)."""
+    """Add or replace the artefact's entry in export_dir/export.json (atomically; other keys kept)."""
     path = export_dir / EXPORT_JSON
-    artifacts = read_export_json(path)
-    artifacts[entry["file"]] = entry
-    return write_json(path, {"artifacts": artifacts})
+    document = _read_export_document(path)
+    document["artifacts"][entry["file"]] = entry
+    return write_json(path, document)
+
+
+
+def forget_artifact(export_dir: pathlib.Path, name: str) -> None:
+    """Delete the artefact `name` and its export.json entry."""
+    _remove(export_dir / name)
+    path = export_dir / EXPORT_JSON
+    document = _read_export_document(path)
+    if document["artifacts"].pop(name, None) is not None:
+        write_json(path, document)
+
+
+
+def record_selection(export_dir: pathlib.Path, selection: dict[str, Any] | None) -> pathlib.Path:
+    """Set (or with None, drop) export.json's "selection": the default export's choice of deploy file."""
+    path = export_dir / EXPORT_JSON
+    document = _read_export_document(path)
+    document.pop("selection", None)
+    if selection is not None:
+        document["selection"] = selection
+    return write_json(path, document)
+
+
+
+def read_export_selection(path: pathlib.Path) -> dict[str, Any] | None:
+    """The "selection" of an export.json (None if it has none)."""
+    return _read_export_document(path).get("selection")
 
 
 def read_export_json(path: pathlib.Path) -> dict[str, dict[str, Any]]:
     """The artefact entries of an export.json ({} if the file does not exist)."""
-    if not path.is_file():
-        return {}
-    try:
-        return dict(json.loads(path.read_text())["artifacts"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UNetError(f"{path} is corrupt ({exc}); delete it and export again") from None
+    return _read_export_document(path)["artifacts"]
 
 
 def _remove(path: pathlib.Path) -> None:

@@ -14,7 +14,7 @@ from utils.errors import UNetError
 
 
 # Minimum fraction of pixels whose predicted label must equal the Keras model's.
-PARITY_THRESHOLDS = {"fp32": 0.995, "fp16": 0.995, "int8": 0.99}
+PARITY_THRESHOLDS = {"fp32": 0.995, "bf16": 0.995, "fp16": 0.995, "int8": 0.99}
 
 
 

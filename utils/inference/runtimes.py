@@ -1,4 +1,5 @@
-"""Exported models as `utils.inference.tiling.Predictor`s: SavedModel (and TF-TRT), ONNX Runtime, TFLite.
+"""Exported models as `utils.inference.tiling.Predictor`s: SavedModel (and TF-TRT), ONNX Runtime, TFLite,
+OpenVINO.
 
 Every runtime runs the exported `tile` function: float32 tiles (B, T, T, C) in [0, 1] -> float32
 probabilities (B, O, O, K), exactly what `keras_predictor` returns for the Keras model, so
@@ -6,7 +7,8 @@ evaluate/predict/benchmark use `utils.inference.predict_images` unchanged whatev
 
 The artefact's entry in export.json (written by utils.export beside it) supplies the UNetSpec,
 class names and, for TFLite, the fixed tile size; keep the artefact in the folder it was exported to
-(or copy export.json along).
+(or copy export.json along). `--model_path` may also name the export folder itself: after a default
+export (no --export_format) export.json names the deploy file chosen there ("selection" -> "chosen").
 
     predictor, tile_size = load_predictor("results/export/model_int8.tflite")
     probs = predict_images(predictor, spec, images, tile_size=tile_size)
@@ -29,6 +31,11 @@ from utils.inference.tiling import Predictor
 
 EXPORT_JSON = "export.json"
 TILE_SIGNATURE = "tile"
+OPENVINO_XML = "model.xml"  # an OpenVINO artefact is a folder with model.xml (graph) and model.bin (weights)
+# OpenVINO's CPU inference precision per export precision: fp32 runs exactly in float32, bf16 runs the
+# float32 file in bfloat16 (AMX / AVX512_BF16), int8 leaves the layers NNCF did not quantize to the
+# plugin's default (bfloat16 on CPUs with AMX, float32 elsewhere).
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": None}
 PROBABILITIES = "probabilities"
 
 
@@ -38,7 +45,10 @@ def detect_format(path: str | os.PathLike) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return "savedmodel"
-        raise UNetError(f"--model_path={path}: a folder must be a SavedModel (saved_model.pb not found)")
+        if (path / OPENVINO_XML).is_file():
+            return "openvino"
+        raise UNetError(f"--model_path={path}: a folder must be a SavedModel (saved_model.pb) or an OpenVINO "
+                        f"model ({OPENVINO_XML}), or an export folder whose export.json names a deploy file")
     if not path.is_file():
         raise UNetError(f"--model_path={path}: not found")
     suffix = path.suffix.lower()
@@ -46,7 +56,26 @@ def detect_format(path: str | os.PathLike) -> str:
         return suffix[1:]
     if suffix == ".npz":
         return "packed"
-    raise UNetError(f"--model_path={path}: expected a SavedModel folder, a .onnx, a .tflite or a packed .npz file")
+    raise UNetError(f"--model_path={path}: expected a SavedModel or OpenVINO folder, a .onnx, a .tflite or a "
+                    "packed .npz file")
+
+
+def resolve_deploy_file(path: str | os.PathLike) -> pathlib.Path:
+    """`path`, or, for an export folder (export.json beside no model of its own), the deploy file its
+    default export chose (export.json "selection" -> "chosen")."""
+    path = pathlib.Path(path)
+    meta = path / EXPORT_JSON
+    if not path.is_dir() or (path / "saved_model.pb").is_file() or (path / OPENVINO_XML).is_file() \
+            or not meta.is_file():
+        return path
+    try:
+        chosen = (json.loads(meta.read_text()).get("selection") or {}).get("chosen")
+    except (ValueError, AttributeError) as exc:
+        raise UNetError(f"{meta} is corrupt ({exc})") from None
+    if not chosen:
+        raise UNetError(f"--model_path={path}: {meta} names no deploy file (export without --export_format "
+                        f"chooses one); pass the artefact itself, e.g. {path / 'savedmodel'}")
+    return path / chosen
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -153,6 +182,26 @@ def _from_tensor_dtype(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return ((x.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
+def openvino_predictor(path: str | os.PathLike, precision: str = "fp32") -> Predictor:
+    """Predictor over an OpenVINO model folder (model.xml + model.bin) on the CPU plugin, at the inference
+    precision OPENVINO_HINTS gives for the export precision; one infer request, dynamic batch and tile."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UNetError(f"{path}: running OpenVINO models needs openvino (pip install -r requirements.txt)") from None
+    hint = OPENVINO_HINTS.get(precision)
+    compiled = ov.Core().compile_model(str(pathlib.Path(path) / OPENVINO_XML), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": hint} if hint else {})
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        return np.asarray(request.infer({0: np.ascontiguousarray(tiles, np.float32)})[output], np.float32)
+
+    predict.compiled = compiled  # type: ignore[attr-defined]  (the request needs its compiled model alive)
+    return predict
+
+
 def packed_predictor(path: str | os.PathLike) -> Predictor:
     """A bit-packed quantized model (model/packing.py), rebuilt as a Keras model."""
     from model.packing import load_packed
@@ -163,7 +212,7 @@ def packed_predictor(path: str | os.PathLike) -> Predictor:
 
 _LOADERS: dict[str, Callable[[str | os.PathLike], Predictor]] = {
     "savedmodel": savedmodel_predictor, "onnx": onnx_predictor, "tflite": tflite_predictor,
-    "packed": packed_predictor}
+    "packed": packed_predictor}  # openvino also needs the precision: see load_exported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,8 +252,8 @@ class ExportedModel:
 
 
 def load_exported(model_path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> ExportedModel:
-    """Load an exported artefact; metadata defaults to its export.json entry."""
-    path = pathlib.Path(model_path)
+    """Load an exported artefact (or an export folder's deploy file); metadata defaults to its export.json entry."""
+    path = resolve_deploy_file(model_path)
     fmt = detect_format(path)
     meta = read_metadata(path) if metadata is None else metadata
     try:
@@ -216,7 +265,8 @@ def load_exported(model_path: str | os.PathLike, metadata: dict[str, Any] | None
     except (KeyError, TypeError) as exc:
         raise UNetError(f"{path}: export metadata is incomplete ({exc}); export the model again") from None
     return ExportedModel(path=path, format=recorded, precision=precision, spec=spec, class_names=class_names,
-                         tile_size=tile_size, metadata=meta, predictor=_LOADERS[fmt](path))
+                         tile_size=tile_size, metadata=meta,
+                         predictor=openvino_predictor(path, precision) if fmt == "openvino" else _LOADERS[fmt](path))
 
 
 def load_predictor(model_path: str | os.PathLike) -> tuple[Predictor, int | None]:

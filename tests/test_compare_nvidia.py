@@ -1,0 +1,109 @@
+"""benchmarks/compare_nvidia.sh and its arithmetic (benchmarks/compare_nvidia.py): NVIDIA's DLLogger line
+parsed, medians and ratios ours / NVIDIA, argument errors; end to end at toy size with a stub NVIDIA
+runner (test-only) that prints fixed throughputs."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import compare_nvidia  # noqa: E402
+
+from utils.errors import UNetError  # noqa: E402
+
+SCRIPT = REPO / "benchmarks" / "compare_nvidia.sh"
+# What NVIDIA's StdOutBackend prints for process_performance_stats (deps/dllogger format).
+NVIDIA_LINE = ("DLL 2026-12-02 08:00:00.000000 - () throughput_{m} : {v} images/s latency_{m}_mean : 7.1 "
+               "latency_{m}_90 : 7.3 latency_{m}_95 : 7.4 latency_{m}_99 : 7.5")
+
+
+def test_nvidia_line_is_parsed_per_mode():
+    text = "noise\n" + NVIDIA_LINE.format(m="train", v="0.1234") + "\n"
+    assert compare_nvidia.nvidia_throughput(text, "train") == 0.1234
+    assert compare_nvidia.nvidia_throughput(NVIDIA_LINE.format(m="test", v="2.5e-1"), "predict") == 0.25
+    with pytest.raises(UNetError, match="throughput_test"):
+        compare_nvidia.nvidia_throughput(text, "predict")
+
+
+def test_medians_and_ratios():
+    rows = compare_nvidia.read_rows([
+        "1\tnvidia\ttrain\t0.10", "1\tours\ttrain\t0.30", "1\tnvidia\tpredict\t0.20", "1\tours\tpredict\t1.00",
+        "2\tnvidia\ttrain\t0.14", "2\tours\ttrain\t0.34", "2\tnvidia\tpredict\t0.30", "2\tours\tpredict\t0.80",
+        "3\tnvidia\ttrain\t0.50", "3\tours\ttrain\t0.32", "3\tnvidia\tpredict\t0.25", "3\tours\tpredict\t0.90"])
+    summary = compare_nvidia.summarize(rows)
+    # medians by hand: train NVIDIA 0.14, ours 0.32; predict NVIDIA 0.25, ours 0.90
+    assert summary["median_img_per_s"] == pytest.approx(
+        {"nvidia_train": 0.14, "ours_train": 0.32, "nvidia_predict": 0.25, "ours_predict": 0.90})
+    assert summary["ratio_ours_over_nvidia"] == pytest.approx({"train": 0.32 / 0.14, "predict": 0.90 / 0.25})
+    two = compare_nvidia.summarize(rows[:8])  # an even count: the mean of the middle two
+    assert two["ratio_ours_over_nvidia"]["train"] == pytest.approx(0.32 / 0.12)
+    table = compare_nvidia.report(summary, "a CPU")
+    assert "CPU: a CPU" in table and f"{0.90 / 0.25:.3f}" in table
+
+
+@pytest.mark.parametrize("line", ["1\tnvidia\ttrain", "x\tours\ttrain\t1", "1\tthem\ttrain\t1", "1\tours\ttrain\t0"])
+def test_malformed_results_are_named(line):
+    with pytest.raises(UNetError, match="results line 1"):
+        compare_nvidia.read_rows([line])
+
+
+def run_script(args, env_extra, timeout=60):
+    env = {**os.environ, **env_extra}
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_argument_errors_exit_2_before_any_work(tmp_path, isbi_data_dir):
+    assert run_script([], {}).returncode == 2
+    missing = run_script([str(tmp_path / "nope"), str(isbi_data_dir)], {})
+    assert missing.returncode == 2 and "NVIDIA_DIR" in missing.stderr
+    no_runner = run_script([str(tmp_path), str(isbi_data_dir)], {})
+    assert no_runner.returncode == 2 and "run_nvidia_benchmark.sh" in no_runner.stderr
+    bad_rounds = run_script([str(tmp_path), str(isbi_data_dir)], {"ROUNDS": "0", "NVIDIA_RUNNER": "true"})
+    assert bad_rounds.returncode == 2 and "ROUNDS" in bad_rounds.stderr
+    no_data = run_script([str(tmp_path), str(tmp_path)], {"NVIDIA_RUNNER": "true"})
+    assert no_data.returncode == 2 and "train-volume.tif" in no_data.stderr
+
+
+STUB = '''import os, sys
+python, data, mode, batch = sys.argv[1:5]
+assert mode in ("train", "predict") and batch == "1" and os.path.isdir(data), sys.argv
+key = "train" if mode == "train" else "test"
+value = os.environ["STUB_" + mode.upper()]
+print("DLL 2026-12-02 - () throughput_%s : %s images/s latency_%s_mean : 1.0" % (key, value, key))
+'''
+TOY = ("--padding same --base_filters 4 --depth 2 --batch_norm --dropout 0 --crop_size 64 --tile_size 64 "
+       "--num_folds 10 --fold 9")
+
+
+@pytest.mark.slow
+def test_toy_comparison_alternates_and_divides_medians(tmp_path, isbi_data_dir):
+    stub = tmp_path / "stub_nvidia.py"
+    stub.write_text(STUB)
+    out = tmp_path / "out"
+    env = {"NVIDIA_RUNNER": f"{sys.executable} {stub}", "STUB_TRAIN": "0.5", "STUB_PREDICT": "4.0",
+           "OURS_FLAGS": TOY, "OURS_TRAIN_STEPS": "2", "ROUNDS": "2"}
+    proc = run_script([str(tmp_path), str(isbi_data_dir), str(out)], env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("\t") for line in (out / "results.tsv").read_text().splitlines()]
+    # A B A B: per round NVIDIA train, ours train, NVIDIA predict, ours predict
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (str(k), side, mode) for k in (1, 2) for mode in ("train", "predict") for side in ("nvidia", "ours")]
+    ours = {mode: [json.loads((out / f"ours_{mode}_r{k}" / "benchmark_results.json").read_text())
+                   for k in (1, 2)] for mode in ("train", "predict")}
+    for mode, fixed in (("train", 0.5), ("predict", 4.0)):
+        rates = [r["img_per_s"] for r in ours[mode]]
+        assert all(r["batch_size"] == 1 and r["precision_reason"] for r in ours[mode])
+        summary = json.loads((out / "compare_nvidia.json").read_text())
+        assert summary["ratio_ours_over_nvidia"][mode] == pytest.approx(sum(rates) / 2 / fixed)
+    assert all(r["model_path"].startswith(str(out / "ours_run" / "export")) for r in ours["predict"])
+    assert ours["train"][0]["bench_input"] == "real"
+    assert "CPU: " in proc.stdout and "| train |" in proc.stdout and "| predict |" in proc.stdout
