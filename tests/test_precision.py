@@ -104,7 +104,7 @@ def test_default_training_precision_follows_faked_cpu_flags(isbi_data_dir, tmp_p
     assert logged and logged[0]["precision"] == ("float32" if compute_dtype == "float32" else "mixed_bfloat16")
     assert ("CPU has AMX-BF16" in logged[0]["precision_reason"]) == (cpu is SAPPHIRE_RAPIDS)
     info = json.loads((tmp_path / "model.json").read_text())
-    assert info["extra"]["precision"] == logged[0]["precision"]
+    assert info["precision"] == logged[0]["precision"]
 
 
 @pytest.mark.slow
@@ -113,7 +113,7 @@ def test_export_of_a_bfloat16_run_computes_in_float32(isbi_data_dir, tmp_path):
     float32: no bfloat16 tensor in its graph, and it matches a float32 Keras model of the same weights."""
     common = [*TINY, "--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path)]
     assert main.main(["--exec_mode", "train", "--precision", "bf16", *common]) == 0
-    architecture = json.loads(json.loads((tmp_path / "model.json").read_text())["extra"]["architecture"])
+    architecture = json.loads(json.loads((tmp_path / "model.json").read_text())["architecture"])
     assert "mixed_bfloat16" in json.dumps(architecture)  # the trained model really was bfloat16
     keras.mixed_precision.set_global_policy("float32")
     assert main.main(["--exec_mode", "export", "--export_format", "savedmodel", "--precision", "bf16", *common]) == 0
