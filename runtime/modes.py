@@ -221,6 +221,8 @@ def run_prediction(cfg: Config, logger: dllogger.Logger) -> list[pathlib.Path]:
         model, spec, info = restore_model(cfg, logger)
     data = load_test_data(cfg.data_dir, input_path=cfg.input)
     images = [normalize_image(im, info.normalization) for im in data.images]
+    if images[0].shape[-1] == 1 and spec.in_channels == 3:  # grayscale input to a colour model: as RGB
+        images = [np.repeat(im, 3, axis=-1) for im in images]
     if images[0].shape[-1] != spec.in_channels:
         raise UNetError(f"{data.source}: images have {images[0].shape[-1]} channels, the model expects "
                         f"{spec.in_channels}")

@@ -251,8 +251,10 @@ def test_folder_layout_rejections(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "h.png")
     Image.fromarray(_binary_mask((8, 8), 18)).save(tmp_path / "masks" / "g.png")
     Image.fromarray(_binary_mask((8, 8), 19)).save(tmp_path / "masks" / "h.png")
-    with pytest.raises(UNetError, match=r"g\.png has 1 channel.*h\.png has 3"):
-        layouts.load_training_data(tmp_path)
+    with pytest.warns(layouts.DataWarning, match=r"1 grayscale image\(s\) among RGB ones \(g\.png\)"):
+        mixed = layouts.load_training_data(tmp_path)
+    assert [im.shape[-1] for im in mixed.images] == [3, 3]
+    np.testing.assert_array_equal(mixed.images[0][..., 0], mixed.images[0][..., 2])
     Image.fromarray(_binary_mask((8, 8), 20)).save(tmp_path / "masks" / "h.jpg")
     with pytest.raises(UNetError, match=r"h\.jpg.*JPEG"):
         layouts.load_training_data(tmp_path)

@@ -130,12 +130,17 @@ def _warn_single_class(masks: Sequence[np.ndarray], names: Sequence[str], class_
 
 
 
-def _check_channels(images: Sequence[np.ndarray], names: Sequence[str], source: str) -> None:
-    first = images[0].shape[-1]
-    for image, name in zip(images, names):
-        if image.shape[-1] != first:
-            raise UNetError(f"{source}: {names[0]} has {first} channel(s) but {name} has {image.shape[-1]}; "
-                            "all images must be grayscale or all RGB")
+def unify_channels(images: list[np.ndarray], names: Sequence[str], source: str) -> list[np.ndarray]:
+    """All images with the same channel count: a set mixing grayscale and RGB files (common in public
+    sets saved by different tools) gets its grayscale images repeated into 3 channels, with a warning."""
+    counts = {image.shape[-1] for image in images}
+    if len(counts) == 1:
+        return images
+    gray = [name for image, name in zip(images, names) if image.shape[-1] == 1]
+    listed = ", ".join(gray[:_MAX_SHOWN]) + (", ..." if len(gray) > _MAX_SHOWN else "")
+    warnings.warn(f"{source}: {len(gray)} grayscale image(s) among RGB ones ({listed}) are read as RGB "
+                  "(gray repeated in 3 channels)", DataWarning, stacklevel=3)
+    return [np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image for image in images]
 
 
 
@@ -230,7 +235,7 @@ def _load_folders(data_dir: pathlib.Path, images_dir: str, masks_dir: str,
         masks.append(to_class_ids(mask, num_classes, mask_path.name))
         names.append(image_path.name)
     source = str(data_dir)
-    _check_channels(images, names, source)
+    images = unify_channels(images, names, source)
     class_names = _class_names(num_classes, isbi=False)
     _warn_single_class(masks, names, class_names, source)
     return SegmentationData(images, masks, names, class_names, source)
@@ -312,7 +317,7 @@ def load_training_images(data_dir: str | os.PathLike, *, image_stack: str | None
         source = str(_resolve(root, images_dir))
     else:
         return None
-    _check_channels(images, names, source)
+    images = unify_channels(images, names, source)
     return SegmentationData(images, None, names, (), source)
 
 
@@ -350,6 +355,6 @@ def load_test_data(data_dir: str | os.PathLike, *, test_stack: str = ISBI_TEST_V
         # A single RGB image reads as (1, H, W, 3); a stack of N gray slices as (N, H, W).
         names = [path.name] if len(stack) == 1 else [f"{path.name}[{i}]" for i in range(len(stack))]
         images = [as_image(s, name) for s, name in zip(stack, names)]
-    _check_channels(images, names, str(path))
+    images = unify_channels(images, names, str(path))
     return SegmentationData(images, None, names, (), str(path))
 
