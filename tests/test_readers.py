@@ -259,3 +259,14 @@ def test_uint16_binary_masks_use_65535_and_other_values_still_fail():
         readers.to_class_ids(mask.astype(np.int32), None, "m16")  # only uint16 masks use 65535
     with pytest.raises(UNetError, match=r"m16: mask values \{0, 65535\}"):
         readers.to_class_ids(mask, 3, "m16")
+
+
+def test_instance_label_masks_read_as_foreground_and_few_ids_still_ask_for_num_classes():
+    from utils.data.readers import INSTANCE_VALUES, to_class_ids
+
+    instances = np.zeros((20, 20), np.uint16)
+    for k in range(INSTANCE_VALUES + 1):
+        instances[k * 2, :5] = 300 + k  # ids above 255, as 16-bit label images hold them
+    np.testing.assert_array_equal(to_class_ids(instances, None, "m.png"), (instances > 0).astype(np.uint8))
+    with pytest.raises(UNetError, match="num_classes=3"):
+        to_class_ids(np.array([[0, 1, 2]], np.uint8), None, "c.png")

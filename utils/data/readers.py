@@ -363,13 +363,18 @@ def mask_values(mask: np.ndarray) -> np.ndarray:
 
 
 
+# More distinct values than this in a mask without --num_classes: instance ids, read as foreground.
+INSTANCE_VALUES = 8
+
+
 def to_class_ids(mask: np.ndarray, num_classes: int | None, source: str) -> np.ndarray:
     """Map mask values to class ids.
 
     Args:
         mask: (H, W) (or any shape) bool, integer or integral float values.
         num_classes: None or 2 for binary masks ({0, 255} -> 255 is class 1, likewise {0, 65535}
-            for uint16 masks; {0, 1} kept);
+            for uint16 masks; {0, 1} kept; None also reads an instance label image, 0 plus more than
+            INSTANCE_VALUES object ids, as foreground = id > 0);
             K > 2 for class ids that must lie in 0..K-1.
         source: file name for messages.
     Returns:
@@ -390,6 +395,10 @@ def to_class_ids(mask: np.ndarray, num_classes: int | None, source: str) -> np.n
             return (mask == high).astype(np.uint8)
     limit = 2 if binary else int(num_classes)
     integral = np.all(np.mod(values, 1) == 0) if np.issubdtype(values.dtype, np.floating) else True
+    if num_classes is None and integral and values.min() == 0 and len(values) > INSTANCE_VALUES:
+        # Many distinct ids: an instance label image (each object its own id, as nuclei sets ship):
+        # foreground is every labelled object. A few ids are more likely classes: those need --num_classes.
+        return (mask > 0).astype(np.uint8)
     if integral and values.min() >= 0 and values.max() < limit:
         return mask.astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:_MAX_SHOWN].tolist()) + (", ..." if len(values) > _MAX_SHOWN else "")
