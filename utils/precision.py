@@ -17,13 +17,20 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def configure_precision(amp: bool) -> str:
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def configure_precision(amp: bool, policy: str | None = None) -> str:
     """Set the Keras global dtype policy and return its name.
 
     --amp means mixed_float16 on a GPU (tensor cores; needs loss scaling, see make_optimizer) and
     mixed_bfloat16 on a CPU (no float16 kernels worth using there; bfloat16 has float32's range, so
     no loss scaling). The U-Net's head stays float32 either way.
+    `policy` (one of POLICIES) overrides that choice, whatever the device: the explicit way to run
+    mixed_float16 with loss scaling on a CPU (slow there, but it exercises the GPU code path).
     """
-    name = ("mixed_float16" if gpu_available() else "mixed_bfloat16") if amp else "float32"
+    if policy is not None and policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    name = policy or (("mixed_float16" if gpu_available() else "mixed_bfloat16") if amp else "float32")
     keras.mixed_precision.set_global_policy(name)
     return name
