@@ -178,5 +178,5 @@ def quantization_config(cfg: Config):
         quantization=cfg.quantization, weight_i_width=cfg.weight_i_width, weight_f_width=cfg.weight_f_width,
         activation_i_width=cfg.activation_i_width, activation_f_width=cfg.activation_f_width,
         weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
-        keep_first_float=cfg.keep_first_float, keep_last_float=cfg.keep_last_float)
+        keep_first_float=cfg.keep_first_float, keep_last_float=cfg.keep_last_float, fixed_scheme=cfg.fixed_scheme)
 
