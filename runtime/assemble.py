@@ -74,7 +74,7 @@ def model_from_info(info: ModelInfo) -> Any:
         from model.qat import quantize_model_qat
 
         return quantize_model_qat(keras.models.model_from_json(architecture))
-    pass  # noqa: F401  (registers the quantized layers for deserialization)
+    from model import quantized_layers  # noqa: F401  (registers the quantized layers for deserialization)
 
     return keras.models.model_from_json(architecture)
 

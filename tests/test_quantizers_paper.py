@@ -2,6 +2,10 @@
 transcription of the paper's to_fixed_point, straight-through gradient, bit counting, configs that
 name the scheme (and old ones that do not), and exact packing."""
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -212,3 +216,10 @@ def test_training_run_records_and_reloads_the_scheme(isbi_data_dir, tmp_path):
     conv = model.get_layer("enc1_conv2")
     assert conv.weight_quantizer == QuantSpec("FIXED", 0, 4, scheme=PAPER)
     assert conv.activation_quantizer == QuantSpec("FIXED", 6, 0, signed=False, scheme=PAPER)
+    # A fresh process (nothing imported the quantized layers yet) evaluates the run.
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "main.py"), "--exec_mode", "evaluate", "--model_dir",
+                           str(tmp_path), "--data_dir", str(isbi_data_dir)], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "membrane_dice" in json.loads((tmp_path / "eval_results.json").read_text())
