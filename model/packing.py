@@ -2,8 +2,9 @@
 
 A kernel of a quantized layer (model.quantization.QuantConv2D / QuantConv2DTranspose) is stored as
 its integer codes, offset to be non-negative and bit-packed at the layer's weight width
-(`QuantSpec.storage_bits`: Q0.4 -> 4 bits, INT8 -> 8, BNN -> 1, TERNARY -> 2), plus its float32
-per-channel scales (INT, BNN, TERNARY). Everything else (float first/last convs, biases,
+(`QuantSpec.storage_bits`: two's complement Q0.4 -> 4 bits, INT8 -> 8, BNN -> 1, TERNARY -> 2; the
+paper's sign-magnitude Q0.4 codes -16..16 -> 6 bits, offset by 16: as many bits as sign + magnitude),
+plus its float32 per-channel scales (INT, BNN, TERNARY). Everything else (float first/last convs, biases,
 BatchNormalization, activation ranges) is stored as float32 (biases are not narrowed to float16: they
 are a small share of the parameters and float32 keeps reloading exact). The architecture is
 `model.to_json()`. Because the quantizers re-quantize their own output exactly, `load_packed` gives a
@@ -34,7 +35,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from model.quantized_layers import QUANTIZED_LAYERS
-from model.quantizers import QuantizationConfig, QuantSpec, dequantize_codes, fixed_point_range, int_code_limits, quantized_codes
+from model.quantizers import (QuantizationConfig, QuantSpec, dequantize_codes, fixed_point_range, int_code_limits,
+                              quantized_codes)
 from utils.errors import UNetError
 from utils.fileio import atomic_savez
 
@@ -45,7 +47,7 @@ PathLike = Union[str, os.PathLike]
 def code_offset_and_stride(spec: QuantSpec) -> tuple:
     """(offset, stride) with (code - offset) / stride in [0, 2^storage_bits - 1] for every code."""
     if spec.mode == "FIXED":
-        low = fixed_point_range(spec.integer_bits, spec.fractional_bits, spec.signed)[0]
+        low = fixed_point_range(spec.integer_bits, spec.fractional_bits, spec.signed, spec.scheme)[0]
         return int(low * 2 ** spec.fractional_bits), 1
     if spec.mode == "INT":
         return int_code_limits(spec.bits, spec.signed)[0], 1

@@ -20,7 +20,6 @@ _NONNEGATIVE_ACTIVATIONS = {"relu", "relu6", "sigmoid", "hard_sigmoid", "softmax
                             "exponential"}
 
 
-
 # Layers whose output is >= 0 when all their inputs are (selection, zero padding, sums, products).
 _SIGN_PRESERVING_LAYERS = (
     keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D,
@@ -35,6 +34,21 @@ _SIGN_PRESERVING_LAYERS = (
     CenterCropToMatch, SeededDropout,
 )
 
+
+# Layers that keep their (first) input's channels in place, each channel's values from that channel:
+# a channel that is >= 0 before stays >= 0 after.
+_CHANNEL_PRESERVING_LAYERS = (
+    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D,
+    keras.layers.AveragePooling1D, keras.layers.AveragePooling2D, keras.layers.AveragePooling3D,
+    keras.layers.Dropout, keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D,
+    keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D,
+    keras.layers.UpSampling1D, keras.layers.UpSampling2D, keras.layers.UpSampling3D,
+    CenterCropToMatch, SeededDropout,
+)
+
+
+# Layers whose output values come from their first input only (the others give a shape).
+_VALUES_FROM_FIRST_INPUT = (CenterCropToMatch,)
 
 
 def _produces_nonnegative(layer: keras.layers.Layer, inputs_nonnegative: bool) -> bool:
@@ -57,7 +71,6 @@ def _produces_nonnegative(layer: keras.layers.Layer, inputs_nonnegative: bool) -
     return False
 
 
-
 def _layer_graph(model: keras.Model) -> tuple:
     """(producers, inputs, outputs): layer name -> names of layers feeding it; input/output names."""
     config = model.get_config()
@@ -74,9 +87,14 @@ def _layer_graph(model: keras.Model) -> tuple:
     return producers, names(config["input_layers"]), names(config["output_layers"])
 
 
+def _value_producers(model: keras.Model, producers: dict, name: str) -> list:
+    if isinstance(model.get_layer(name), _VALUES_FROM_FIRST_INPUT):
+        return producers[name][:1]
+    return producers[name]
 
-def _nonnegative_inputs(model: keras.Model) -> dict:
-    """Layer name -> whether every tensor the layer consumes is provably >= 0."""
+
+def _nonnegative_outputs(model: keras.Model) -> dict:
+    """Layer name -> whether the layer's output is provably >= 0."""
     producers, _, _ = _layer_graph(model)
     output_nonnegative: dict = {}
 
@@ -88,15 +106,57 @@ def _nonnegative_inputs(model: keras.Model) -> dict:
         return output_nonnegative[name]
 
     def inputs_are_nonnegative(name: str) -> bool:
-        return bool(producers[name]) and all(output_is_nonnegative(p) for p in producers[name])
+        feeding = _value_producers(model, producers, name)
+        return bool(feeding) and all(output_is_nonnegative(p) for p in feeding)
 
-    return {name: inputs_are_nonnegative(name) for name in producers}
+    return {name: output_is_nonnegative(name) for name in producers}
 
+
+def input_channel_signs(model: keras.Model) -> dict:
+    """Layer name -> its input's channels as segments [(channels, provably >= 0), ...] in order.
+
+    Adjacent segments of the same sign are merged, so a plain input is one segment. A decoder conv
+    reading concat([ReLU skip, linear up-conv]) gets [(skip channels, True), (up channels, False)].
+    A layer with several inputs (other than a channel concatenation), or whose channel count is not
+    known, gets one segment, >= 0 only when all its inputs are.
+    """
+    producers, _, _ = _layer_graph(model)
+    nonnegative = _nonnegative_outputs(model)
+
+    def output_signs(name: str) -> list:
+        layer = model.get_layer(name)
+        feeding = _value_producers(model, producers, name)
+        channels = layer.output.shape[-1] if not isinstance(layer.output, (list, tuple)) else None
+        if isinstance(layer, keras.layers.Concatenate) and layer.axis in (-1, len(layer.output.shape) - 1):
+            parts = [segment for p in feeding for segment in output_signs(p)]
+            if all(n is not None for n, _ in parts) and sum(n for n, _ in parts) == channels:
+                return parts
+        elif isinstance(layer, _CHANNEL_PRESERVING_LAYERS) and len(feeding) == 1:
+            return output_signs(feeding[0])
+        return [(channels, nonnegative[name])]
+
+    def merged(segments: list) -> list:
+        out: list = []
+        for n, sign in segments:
+            if out and out[-1][1] == sign:
+                out[-1] = (None if n is None or out[-1][0] is None else out[-1][0] + n, sign)
+            else:
+                out.append((n, sign))
+        return out
+
+    result = {}
+    for name, feeding in producers.items():
+        segments = output_signs(feeding[0]) if len(feeding) == 1 else []
+        if not segments or any(n is None for n, _ in merged(segments)):
+            whole = bool(feeding) and all(nonnegative[p] for p in feeding)
+            result[name] = [(None, whole)]
+        else:
+            result[name] = merged(segments)
+    return result
 
 
 def _is_conv(layer: keras.layers.Layer) -> bool:
     return type(layer) in _QUANTIZED_VERSION or isinstance(layer, QUANTIZED_LAYERS)
-
 
 
 def boundary_convs(model: keras.Model) -> tuple:
@@ -126,12 +186,10 @@ def boundary_convs(model: keras.Model) -> tuple:
     return reach(inputs, consumers), reach(outputs, producers)
 
 
-
 def _require_functional(model: Any) -> None:
     if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
         raise UNetError(f"model {getattr(model, 'name', model)!r}: expected a built tf_keras "
                         "Functional (or Sequential) model")
-
 
 
 def _copy_weights(source: keras.Model, target: keras.Model) -> None:
@@ -145,14 +203,16 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
             new.set_weights(old.get_weights())
 
 
-
 def quantize_unet(model: keras.Model, config: QuantizationConfig) -> keras.Model:
     """A new Functional model with every Conv2D/Conv2DTranspose replaced by its Quant version.
 
     Weights are copied; layer names are kept; other layers (custom ones included) are recreated
     from their config. With keep_first_float / keep_last_float the convs returned by
     `boundary_convs` stay float. A FIXED/INT conv input is quantized unsigned when it is provably
-    non-negative (a ReLU output, possibly pooled/concatenated), signed otherwise.
+    non-negative (a ReLU output, possibly pooled/concatenated), signed otherwise; a concatenation
+    of both kinds is quantized per channel segment (`input_channel_signs`), so a skip tensor gets
+    the same unsigned quantizer in the decoder as on the encoder path (it is quantized one way
+    only; with max-pooling and a monotone quantizer the values are those of quantizing it once).
     QAT_INT8 delegates to `model.qat.quantize_model_qat`; NONE returns a float copy.
     Nested models are cloned as single layers (their convs are not quantized).
     """
@@ -170,20 +230,24 @@ def quantize_unet(model: keras.Model, config: QuantizationConfig) -> keras.Model
 
     first, last = boundary_convs(model)
     keep_float = (first if config.keep_first_float else set()) | (last if config.keep_last_float else set())
-    nonnegative = _nonnegative_inputs(model)
+    signs = input_channel_signs(model)
     weight_spec = config.weight_spec()
+
+    def input_quantizer(name: str) -> Any:
+        segments = [(n, config.activation_spec(nonnegative)) for n, nonnegative in signs[name]]
+        if len({spec for _, spec in segments}) == 1:
+            return segments[0][1]
+        return segments
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         quantized_class = _QUANTIZED_VERSION.get(type(layer))
         if config.quantization == "NONE" or quantized_class is None or layer.name in keep_float:
             return layer.__class__.from_config(layer.get_config())
-        return quantized_class.from_float(layer, weight_spec,
-                                          config.activation_spec(nonnegative[layer.name]))
+        return quantized_class.from_float(layer, weight_spec, input_quantizer(layer.name))
 
     quantized = keras.models.clone_model(model, clone_function=clone)
     _copy_weights(model, quantized)
     return quantized
-
 
 
 def weight_storage_bits(layer_or_config: Union[keras.layers.Layer, QuantizationConfig, QuantSpec]) -> int:
@@ -202,14 +266,12 @@ def weight_storage_bits(layer_or_config: Union[keras.layers.Layer, QuantizationC
     raise UNetError(f"{layer_or_config!r}: expected a Keras layer, QuantizationConfig or QuantSpec")
 
 
-
 def _scale_count(layer: keras.layers.Layer) -> int:
     """float32 scales stored with a quantized kernel (per channel or per tensor)."""
     spec = layer.weight_quantizer
     if spec.mode in ("NONE", "FIXED"):
         return 0
     return int(layer.kernel.shape[layer.kernel_channel_axis]) if spec.per_channel else 1
-
 
 
 def model_storage_report(model: keras.Model) -> dict:

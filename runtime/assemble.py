@@ -84,7 +84,7 @@ def model_from_info(info: RunRecord) -> Any:
         from model.qat import quantize_model_qat
 
         return quantize_model_qat(keras.models.model_from_json(architecture))
-    pass  # noqa: F401  (registers the quantized layers for deserialization)
+    from model import quantized_layers  # noqa: F401  (registers the quantized layers for deserialization)
 
     return keras.models.model_from_json(architecture)
 
@@ -200,5 +200,5 @@ def quantization_config(cfg: Config):
         quantization=cfg.quantization, weight_i_width=cfg.weight_i_width, weight_f_width=cfg.weight_f_width,
         activation_i_width=cfg.activation_i_width, activation_f_width=cfg.activation_f_width,
         weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
-        keep_first_float=cfg.keep_first_float, keep_last_float=cfg.keep_last_float)
+        keep_first_float=cfg.keep_first_float, keep_last_float=cfg.keep_last_float, fixed_scheme=cfg.fixed_scheme)
 

@@ -133,11 +133,16 @@ class Config:
     quantization: str = _field("NONE", "weight/activation quantization of every conv (first and last kept "
                                "float unless --no-keep_first_float/--no-keep_last_float)",
                                choices=QUANTIZATION_MODES)
-    weight_i_width: int = _field(0, "FIXED weights: integer bits i of Qi.f (the paper's counting: i + f bits "
-                                 "in all, sign included)")
+    weight_i_width: int = _field(0, "FIXED weights: integer bits i of Qi.f (twos_complement: i + f bits in all, "
+                                 "sign included; paper: the magnitude's, sign apart)")
     weight_f_width: int = _field(4, "FIXED weights: fractional bits f of Qi.f")
     activation_i_width: int = _field(6, "FIXED activations: integer bits")
     activation_f_width: int = _field(0, "FIXED activations: fractional bits")
+    fixed_scheme: str = _field("twos_complement", "FIXED number format: twos_complement (rounded, saturating; "
+                               "Q0.4 = 4 bits, [-0.5, 0.4375]) or paper (the MICCAI 2019 code's sign-magnitude "
+                               "to_fixed_point: sign apart, integer part of |v| clamped to 2^i - 1, fraction "
+                               "rounded to f bits; Q0.4 spans [-1, 1] in steps of 1/16)",
+                               choices=("twos_complement", "paper"))
     weight_bits: int = _field(8, "INT weights: bits (symmetric, per output channel)")
     activation_bits: int = _field(8, "INT activations: bits (moving-average range)")
     keep_first_float: bool = _field(True, "keep the first conv in float (as the paper did)")

@@ -36,8 +36,8 @@ from utils.progress import Progress
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DONE = "done.json"
-COLUMNS = ("name", "quantization", "weight_bits", "rank_factor", "parameters", "gmac_per_tile", "stored_bytes",
-           "stored_format",
+COLUMNS = ("name", "quantization", "fixed_scheme", "weight_bits", "rank_factor", "parameters", "gmac_per_tile",
+           "stored_bytes", "stored_format",
            "latency_ms_p50", "latency_ms_p90", "score", "membrane_dice", "interior_dice", "mean_dice", "v_rand_thinned",
            "v_info_thinned", "pixel_error", "score_before_finetune", "train_seconds", "step")
 
@@ -195,7 +195,8 @@ def summarize(results_dir: pathlib.Path, base: dict[str, Any], variants: Sequenc
         key = metric if metric in ev else "mean_dice"
         before = done.get("eval_before_finetune") or {}
         rows.append({"name": v.name, "quantization": flags.get("quantization", "NONE"),
-                     "weight_bits": _weight_bits(flags), "rank_factor": flags.get("rank_factor"),
+                     "fixed_scheme": _fixed_scheme(flags), "weight_bits": _weight_bits(flags),
+                     "rank_factor": flags.get("rank_factor"),
                      **measured[v.name], "score": ev.get(key),
                      **{k: ev.get(k) for k in ("membrane_dice", "interior_dice", "mean_dice", "v_rand_thinned", "v_info_thinned",
                                                 "pixel_error")},
@@ -203,10 +204,18 @@ def summarize(results_dir: pathlib.Path, base: dict[str, Any], variants: Sequenc
     return rows
 
 
+def _fixed_scheme(flags: dict[str, Any]) -> str | None:
+    return flags.get("fixed_scheme", Config.fixed_scheme) if flags.get("quantization") == "FIXED" else None
+
+
 def _weight_bits(flags: dict[str, Any]) -> int:
     q = flags.get("quantization", "NONE")
-    if q == "FIXED":  # the paper's counting: i + f bits, sign included
-        return int(flags.get("weight_i_width", 0)) + int(flags.get("weight_f_width", 4))
+    if q == "FIXED":  # bits per stored code: i + f for twos_complement; paper: sign + magnitude (+ carry)
+        from model.quantizers import QuantizationConfig
+
+        return QuantizationConfig("FIXED", weight_i_width=int(flags.get("weight_i_width", Config.weight_i_width)),
+                                  weight_f_width=int(flags.get("weight_f_width", Config.weight_f_width)),
+                                  fixed_scheme=_fixed_scheme(flags)).weight_spec().storage_bits
     return {"INT": int(flags.get("weight_bits", 8)), "QAT_INT8": 8, "BNN": 1, "TERNARY": 2}.get(q, 32)
 
 
@@ -228,8 +237,9 @@ def write_outputs(results_dir: pathlib.Path, rows: list[dict[str, Any]], metric:
     lines = [f"| variant | weights | bits/weight | parameters | GMAC/tile | stored | latency p50 (ms) | {metric} | "
              f"V_rand | V_info | {metric} before fine-tune |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        scheme = f" ({r['fixed_scheme']})" if r.get("fixed_scheme") else ""
         tucker = f" tucker {r['rank_factor']}" if r['rank_factor'] else ""
-        lines.append(f"| {r['name']} | {r['quantization']}{tucker}"
+        lines.append(f"| {r['name']} | {r['quantization']}{scheme}{tucker}"
                      f" | {r['weight_bits']} | {r['parameters']:,} | {r['gmac_per_tile']:.2f}"
                      f" | {r['stored_bytes'] / 1e6:.3f} MB ({r['stored_format']}) | "
                      f"{r['latency_ms_p50']:.1f} | {fmt(r['score'], '.4f')} | {fmt(r['v_rand_thinned'], '.4f')} | "

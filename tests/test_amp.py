@@ -15,7 +15,6 @@ import tf_keras as keras
 
 import main
 from runtime import assemble
-pass
 
 FLAGS = ["--exec_mode", "train", "--padding", "same", "--base_filters", "4", "--depth", "2",
          "--crop_size", "64", "--batch_size", "4", "--dropout", "0", "--no-augment", "--max_steps", "12",

@@ -7,7 +7,6 @@ import pytest
 import tensorflow as tf
 from skimage.transform import resize as sk_resize
 
-pass
 from utils.data.augment import AugmentConfig, build_augment_fn
 from utils.errors import UNetError
 from utils.data.warp import affine_flow, dense_image_warp

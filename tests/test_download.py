@@ -17,7 +17,6 @@ import pytest
 import tifffile
 
 import download_dataset as dd
-pass
 from utils.errors import UNetError
 from utils.data import layouts
 

@@ -120,7 +120,8 @@ def test_layer_config_round_trip():
                                  activation_momentum=0.9)
     config = layer.get_config()
     assert config["weight_quantizer"] == {"mode": "INT", "integer_bits": 0, "fractional_bits": 0,
-                                          "bits": 6, "per_channel": True, "signed": True}
+                                          "bits": 6, "per_channel": True, "signed": True,
+                                          "scheme": "twos_complement"}
     clone = QuantConv2DTranspose.from_config(config)
     assert clone.get_config() == config
     assert clone.weight_quantizer == QuantSpec("INT", bits=6)
@@ -166,12 +167,15 @@ def test_custom_layers_survive_the_transform(float_model, images):
 def test_conv_inputs_are_unsigned_only_when_provably_nonnegative(float_model):
     quantized = quantize_unet(float_model, FIXED)
     signed = {layer.name: layer.activation_quantizer.signed
-              for layer in quantized.layers if isinstance(layer, (QuantConv2D, QuantConv2DTranspose))}
-    # enc: after a ReLU conv; bottom: pooled ReLU; up: ReLU conv output; dec: concat with the
-    # linear transposed conv, which can be negative.
-    assert signed == {"enc": False, "bottom": False, "up": False, "dec": True}
+              for layer in quantized.layers if isinstance(layer, (QuantConv2D, QuantConv2DTranspose))
+              and layer.name != "dec"}
+    # enc: after a ReLU conv; bottom: pooled ReLU; up: ReLU conv output.
+    assert signed == {"enc": False, "bottom": False, "up": False}
     assert quantized.get_layer("enc").activation_quantizer == QuantSpec("FIXED", 4, 4, signed=False)
-    assert quantized.get_layer("dec").activation_quantizer == QuantSpec("FIXED", 3, 4, signed=True)
+    # dec: concat of the ReLU skip (6 channels, unsigned as where "bottom" reads it pooled) and the
+    # linear transposed conv (4 channels, can be negative).
+    assert quantized.get_layer("dec").activation_quantizer == (
+        (6, QuantSpec("FIXED", 4, 4, signed=False)), (4, QuantSpec("FIXED", 3, 4, signed=True)))
 
 
 def test_none_config_is_a_float_copy(float_model, images):
@@ -289,12 +293,74 @@ def test_project_unet_quantizes_if_present(images):
     float_unet = build_unet(UNetSpec(padding="same", batch_norm=True, base_filters=4, depth=2, dropout=0.5))
     quantized = quantize_unet(float_unet, QuantizationConfig("FIXED"))
     inner = [layer for layer in quantized.layers if isinstance(layer, (QuantConv2D, QuantConv2DTranspose))]
-    assert inner and len(inner) < sum(type(l) in (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
-                                       for l in float_unet.layers)
+    assert inner and len(inner) < sum(type(other) in (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
+                                       for other in float_unet.layers)
     from model.layers import SeededDropout
 
     assert boundary_convs(float_unet) == ({"enc1_conv1"}, {"head"})
     assert type(quantized.get_layer("bottleneck_dropout")) is SeededDropout
     assert quantized.get_layer("dec2_upconv").activation_quantizer.signed is False  # after dropout
-    assert quantized.get_layer("dec2_conv1").activation_quantizer.signed is True  # linear up-conv
+    # [skip (ReLU, unsigned), linear up-conv (signed)]
+    assert [(n, spec.signed) for n, spec in quantized.get_layer("dec2_conv1").activation_quantizer] == \
+        [(8, False), (8, True)]
     assert quantized(images).shape == (2, 16, 16, 2)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_skip_tensors_are_quantized_one_way(padding):
+    """Each decoder conv quantizes its skip channels with the unsigned spec of the encoder conv that
+    reads the same tensor pooled, so the skip's values equal those of quantizing it once (Q6.0:
+    [0, 63]); the up-conv channels get the signed spec. Valid padding crops the skip first."""
+    from model.unet import UNetSpec, build_unet
+
+    keras.utils.set_random_seed(1)
+    spec = UNetSpec(padding=padding, batch_norm=False, base_filters=4, depth=2, dropout=0.0)
+    float_unet = build_unet(spec)
+    for name in ("enc1_conv2", "enc2_conv2"):  # larger skip values, past the old Q5.0 clip at 31
+        kernel = float_unet.get_layer(name).kernel
+        kernel.assign(3.0 * kernel)
+    config = QuantizationConfig("FIXED", weight_i_width=2, weight_f_width=6, activation_i_width=6,
+                                activation_f_width=0)
+    quantized = quantize_unet(float_unet, config)
+    unsigned, signed = config.activation_spec(nonnegative=True), config.activation_spec(nonnegative=False)
+    size = 16 if padding == "same" else 44
+    images = np.random.default_rng(0).uniform(0, 1000, (1, size, size, 1)).astype(np.float32)
+    largest = 0.0
+    for level in (1, 2):
+        conv = quantized.get_layer(f"dec{level}_conv1")
+        filters = spec.level_filters(level)
+        assert conv.activation_quantizer == ((filters, unsigned), (filters, signed))
+        if level < 2:
+            assert quantized.get_layer(f"enc{level + 1}_conv1").activation_quantizer == unsigned
+        concat = quantized.get_layer(f"dec{level}_concat").output
+        probe = keras.Model(quantized.input, [concat, quantized.get_layer(f"enc{level}_relu2").output])
+        inputs, skip = probe(images)
+        quantized_inputs = conv._quantize_input(inputs, training=False).numpy()
+        crop = (skip.shape[1] - inputs.shape[1]) // 2
+        skip = skip[:, crop:crop + inputs.shape[1], crop:crop + inputs.shape[2]]
+        once = quantize_fixed(skip, 6, 0, signed=False).numpy()
+        np.testing.assert_array_equal(quantized_inputs[..., :filters], once)
+        largest = max(largest, float(once.max()))
+        np.testing.assert_array_equal(quantized_inputs[..., filters:],
+                                      quantize_fixed(inputs[..., filters:], 5, 0, signed=True).numpy())
+    assert largest > 31  # the range that the signed Q5.0 of the old double quantization cut off
+
+
+def test_segmented_input_serializes_and_keeps_one_range_per_int_segment():
+    layer = QuantConv2D(2, 1, weight_quantizer=QuantSpec("INT", bits=8), name="seg",
+                        activation_quantizer=[{"channels": 3, **QuantSpec("INT", bits=4, per_channel=False,
+                                                                          signed=False).to_dict()},
+                                              (2, QuantSpec("INT", bits=4, per_channel=False))])
+    x = np.concatenate([np.full((1, 2, 2, 3), 10.0), np.full((1, 2, 2, 2), -1.0)], -1).astype(np.float32)
+    layer(x, training=True)
+    assert [w.name.split("/")[-1] for w in layer.non_trainable_weights] == ["activation_max:0", "activation_max_1:0"]
+    assert [float(w.numpy()) for w in layer.non_trainable_weights] == [10.0, 1.0]
+    config = layer.get_config()
+    assert [segment["channels"] for segment in config["activation_quantizer"]] == [3, 2]
+    clone = QuantConv2D.from_config(config)
+    assert clone.get_config() == config
+    assert clone.activation_quantizer == layer.activation_quantizer
+    with pytest.raises(UNetError, match="segments cover 5 channels, the input has 4"):
+        QuantConv2D.from_config(config)(np.zeros((1, 2, 2, 4), np.float32))
+    with pytest.raises(UNetError, match="channels=0"):
+        QuantConv2D(2, 1, activation_quantizer=[(0, QuantSpec("FIXED", 2, 0))])

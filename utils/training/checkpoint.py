@@ -9,6 +9,12 @@ message instead of silently mis-assigning weights.
 The layout under `model_dir/checkpoints/`:
     last.npz   model + optimizer + step: what --resume_training continues from
     best.npz   model weights with the best validation score so far
+
+Groups inside a file: "model" (model.weights), "optimizer" (optimizer.variables: step counter and
+slots) and, for a dynamic-scale LossScaleOptimizer (mixed_float16), "loss_scale": the current loss
+scale and its good-step counter, which `optimizer.variables` leaves out. Without them a resumed
+float16 run would restart at 2**15 and 0 and drift from the uninterrupted run. Checkpoints written
+before the "loss_scale" group existed still load; the scale then restarts (CheckpointInfo.missing).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import zipfile
 from typing import Any
 
 import numpy as np
+import tf_keras as keras
 
 from utils.errors import UNetError
 from utils.fileio import atomic_savez
@@ -28,20 +35,46 @@ LAST = "last.npz"
 BEST = "best.npz"
 
 
+# Groups a checkpoint may lack and still load (written before they existed); the variables keep their
+# initial values.
+OPTIONAL_GROUPS = ("loss_scale",)
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointInfo:
     step: int
     meta: dict[str, Any]
+    missing: tuple[str, ...] = ()  # OPTIONAL_GROUPS the file did not hold (left at their initial values)
 
 
 def checkpoint_dir(model_dir: str | pathlib.Path) -> pathlib.Path:
     return pathlib.Path(model_dir) / "checkpoints"
 
 
+def loss_scale_variables(optimizer: Any) -> list:
+    """[current loss scale (float32 scalar), good-step counter (int64 scalar)] of a tf_keras
+    LossScaleOptimizer with a dynamic scale; [] for any other optimizer or a fixed scale.
+
+    tf_keras exposes the counter variable (`dynamic_counter`) but the scale only as a tensor copy
+    (`loss_scale`), so the scale variable is read from the dynamic-scale state object.
+    """
+    if not isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer) or not optimizer.dynamic:
+        return []
+    return [optimizer._loss_scale.current_loss_scale, optimizer.dynamic_counter]
+
+
+def optimizer_state(optimizer: Any) -> list:
+    """Every variable an exact resume needs from the optimizer: its own plus the loss-scale state."""
+    return list(optimizer.variables) + loss_scale_variables(optimizer)
+
+
 def _variables(model: Any, optimizer: Any | None) -> dict[str, list]:
     groups = {"model": list(model.weights)}
     if optimizer is not None:
         groups["optimizer"] = list(optimizer.variables)
+        scale = loss_scale_variables(optimizer)
+        if scale:
+            groups["loss_scale"] = scale
     return groups
 
 
@@ -87,9 +120,12 @@ def load_checkpoint(path: str | pathlib.Path, model: Any, optimizer: Any | None 
         try:
             header = json.loads(data["header"].tobytes().decode("utf-8"))
             groups = _variables(model, optimizer)
-            pending = []
+            pending, missing = [], []
             for group, variables in groups.items():
                 saved_names = header["names"].get(group)
+                if saved_names is None and group in OPTIONAL_GROUPS:
+                    missing.append(group)
+                    continue
                 if saved_names is None:
                     raise UNetError(f"checkpoint {path} holds no {group} state")
                 if len(saved_names) != len(variables):
@@ -108,4 +144,4 @@ def load_checkpoint(path: str | pathlib.Path, model: Any, optimizer: Any | None 
             raise UNetError(f"checkpoint {path} is corrupt ({exc})") from None
     for v, value in pending:
         v.assign(value)
-    return CheckpointInfo(step=header["step"], meta=header["meta"])
+    return CheckpointInfo(step=header["step"], meta=header["meta"], missing=tuple(missing))

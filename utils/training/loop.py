@@ -158,7 +158,10 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
         info = ckpt.load_checkpoint(last_path, model, optimizer)
         state.step, state.best_score = info.step, info.meta.get("best_score")
         logger.log("PARAMETER", {"resumed_from": str(last_path), "resumed_step": info.step})
-    dist.broadcast_variables(list(model.variables) + list(optimizer.variables))
+        if "loss_scale" in info.missing:
+            logger.log("PARAMETER", {"message": f"{last_path} predates saved loss-scale state: the dynamic "
+                                                "loss scale restarts at its initial value"})
+    dist.broadcast_variables(list(model.variables) + ckpt.optimizer_state(optimizer))
 
     def save(path: pathlib.Path, with_optimizer: bool) -> None:
         if dist.is_chief:
