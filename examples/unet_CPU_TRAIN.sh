@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU recipe (about 15 minutes on 2 cores): same-padding U-Net, 16 base filters, batch norm, fold 0 of 5, 12 minutes
+# CPU recipe (about 15 minutes on 2 cores): same-padding U-Net, 16 base filters, batch norm, fold 0 of 5, 10 minutes
 # of training (--max_steps from a measured step time), then evaluation of the held-out block
 # (RESULTS_DIR/eval_results.json) and RESULTS_DIR/saved_model. The data decides normalization, crop size,
 # foreground sampling and class weights (RESULTS_DIR/dataset_fingerprint.json says what and why).
@@ -8,5 +8,5 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/python" "$here/main.py" --exec_mode train_and_evaluate --data_dir "$1" --model_dir "$2" \
   --padding same --base_filters 16 --depth 4 --batch_norm --dropout 0 --batch_size 4 --learning_rate 1e-3 \
-  --warmup_steps 50 --lr_schedule cosine --time_budget 12 --log_every 25 --checkpoint_every 50 --fold 0 \
+  --warmup_steps 50 --lr_schedule cosine --time_budget 10 --log_every 25 --checkpoint_every 50 --fold 0 \
   --num_folds 5 --augment "${@:3}"
