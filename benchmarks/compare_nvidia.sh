@@ -14,7 +14,8 @@
 # benchmark_results.json (utils.timing), over the same 5 steps after 3 warm-up steps.
 # This project's side takes no model or precision flags (the defaults: paper U-Net, --precision auto):
 #   training   main.py --exec_mode benchmark --benchmark_mode train --bench_input real (crops, augmentation)
-#   inference  main.py --exec_mode benchmark --benchmark_mode predict --model_path RUN/export, i.e. through the
+#   inference  main.py --exec_mode benchmark --benchmark_mode predict (no flags: the Keras model), and the same
+#              with --model_path RUN/export (mode predict_deploy), i.e. through the
 #              deploy file the default export chose on this machine (exported once, before the rounds, with
 #              --tile_size 572 from a checkpoint: OURS_RUN_DIR, or OURS_TRAIN_STEPS steps trained here).
 # Environment (all optional):
@@ -77,17 +78,20 @@ for r in $(seq 1 "$rounds"); do
     value=$("$py" "$here/benchmarks/compare_nvidia.py" nvidia-throughput "$mode" < "$nvidia_log")
     printf '%s\tnvidia\t%s\t%s\n' "$r" "$mode" "$value" >> "$results"
 
-    log "round $r: ours $mode"
-    dir="$out/ours_${mode}_r$r"
-    if [ "$mode" = train ]; then
-      what=(--benchmark_mode train --bench_input real)
-    else
-      what=(--benchmark_mode predict --model_path "$run/export")
-    fi
-    logged "$dir.log" "$py" "$here/main.py" --exec_mode benchmark "${what[@]}" --batch_size "$batch" "${steps[@]}" \
-      --data_dir "$data_dir" --model_dir "$dir" "${ours_flags[@]}"
-    value=$("$py" "$here/benchmarks/compare_nvidia.py" ours-throughput "$dir/benchmark_results.json")
-    printf '%s\tours\t%s\t%s\n' "$r" "$mode" "$value" >> "$results"
+    ours_modes=("$mode"); [ "$mode" = predict ] && ours_modes=(predict predict_deploy)
+    for ours_mode in "${ours_modes[@]}"; do
+      log "round $r: ours $ours_mode"
+      dir="$out/ours_${ours_mode}_r$r"
+      case "$ours_mode" in
+        train) what=(--benchmark_mode train --bench_input real) ;;
+        predict) what=(--benchmark_mode predict) ;;  # no flags: the Keras model, --precision auto
+        predict_deploy) what=(--benchmark_mode predict --model_path "$run/export") ;;
+      esac
+      logged "$dir.log" "$py" "$here/main.py" --exec_mode benchmark "${what[@]}" --batch_size "$batch" "${steps[@]}" \
+        --data_dir "$data_dir" --model_dir "$dir" "${ours_flags[@]}"
+      value=$("$py" "$here/benchmarks/compare_nvidia.py" ours-throughput "$dir/benchmark_results.json")
+      printf '%s\tours\t%s\t%s\n' "$r" "$ours_mode" "$value" >> "$results"
+    done
   done
 done
 

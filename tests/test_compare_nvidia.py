@@ -94,16 +94,19 @@ def test_toy_comparison_alternates_and_divides_medians(tmp_path, isbi_data_dir):
     proc = run_script([str(tmp_path), str(isbi_data_dir), str(out)], env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split("\t") for line in (out / "results.tsv").read_text().splitlines()]
-    # A B A B: per round NVIDIA train, ours train, NVIDIA predict, ours predict
-    assert [(r[0], r[1], r[2]) for r in rows] == [
-        (str(k), side, mode) for k in (1, 2) for mode in ("train", "predict") for side in ("nvidia", "ours")]
+    # A B A B: per round NVIDIA train, ours train, NVIDIA predict, ours predict (Keras, then the deploy file)
+    order = [("nvidia", "train"), ("ours", "train"), ("nvidia", "predict"), ("ours", "predict"),
+             ("ours", "predict_deploy")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(str(k), side, mode) for k in (1, 2) for side, mode in order]
+    modes = ("train", "predict", "predict_deploy")
     ours = {mode: [json.loads((out / f"ours_{mode}_r{k}" / "benchmark_results.json").read_text())
-                   for k in (1, 2)] for mode in ("train", "predict")}
-    for mode, fixed in (("train", 0.5), ("predict", 4.0)):
+                   for k in (1, 2)] for mode in modes}
+    summary = json.loads((out / "compare_nvidia.json").read_text())
+    for mode, fixed in (("train", 0.5), ("predict", 4.0), ("predict_deploy", 4.0)):
         rates = [r["img_per_s"] for r in ours[mode]]
         assert all(r["batch_size"] == 1 and r["precision_reason"] for r in ours[mode])
-        summary = json.loads((out / "compare_nvidia.json").read_text())
         assert summary["ratio_ours_over_nvidia"][mode] == pytest.approx(sum(rates) / 2 / fixed)
-    assert all(r["model_path"].startswith(str(out / "ours_run" / "export")) for r in ours["predict"])
+    assert all(r["model_path"].startswith(str(out / "ours_run" / "export")) for r in ours["predict_deploy"])
+    assert not any(r.get("model_path") for r in ours["predict"])
     assert ours["train"][0]["bench_input"] == "real"
     assert "CPU: " in proc.stdout and "| train |" in proc.stdout and "| predict |" in proc.stdout
