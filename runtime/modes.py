@@ -182,7 +182,7 @@ def budget_max_steps(cfg: Config, model: Any, spec: UNetSpec, geometry: Any, ima
                                   start_step=0, max_steps=PROBE_WARMUP + PROBE_STEPS, augment=augment,
                                   sampling=sampling)
 
-    cfg = with_budget_evaluations(cfg.replace(max_steps=steps_for_budget(cfg, model, make_batches, step_fn_factory,
+    cfg = with_budget_evaluations(cfg.replace(max_steps=steps_for_budget(cfg, make_batches, step_fn_factory,
                                                                          logger)))
     if dist.is_chief:
         write_json(path, {**recorded, "max_steps": cfg.max_steps})

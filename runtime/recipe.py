@@ -75,8 +75,8 @@ def class_weights_for(cfg: Config, num_classes: int) -> list[float] | None:
     return None if cfg.class_weights in ("auto", "none") else parse_class_weights(cfg.class_weights, num_classes)
 
 
-def steps_for_budget(cfg: Config, model: Any, make_batches: Any, step_fn_factory: Any, logger: Any) -> int:
-    """--max_steps that fills --time_budget minutes, from the median time of PROBE_STEPS real steps.
+def steps_for_budget(cfg: Config, make_batches: Any, step_fn_factory: Any, logger: Any) -> int:
+    """--max_steps that fills --time_budget minutes, from the mean time of PROBE_STEPS real steps.
 
     `make_batches()` yields training batches; `step_fn_factory()` returns (step function, restore) where
     restore() puts the model and optimizer back as they were, so the probe leaves no trace in the run.
