@@ -6,4 +6,4 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/python" "$here/main.py" --exec_mode train_and_evaluate --data_dir "$1" --model_dir "$2" \
   --batch_size 8 --learning_rate 1e-4 --max_steps 6400 --log_every 100 --evaluate_every 1600 \
-  --checkpoint_every 400 --augment --xla --fold 0 --num_folds 5 "${@:3}"
+  --checkpoint_every 400 --augment --xla --precision fp32 --fold 0 --num_folds 5 "${@:3}"

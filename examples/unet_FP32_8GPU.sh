@@ -11,4 +11,4 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$here/scripts/launch_multi.sh" 8 --lr_scaling linear --exec_mode train_and_evaluate --data_dir "$1" \
   --model_dir "$2" --batch_size 8 --learning_rate 1e-4 --warmup_steps 100 --max_steps 800 --log_every 20 \
-  --evaluate_every 200 --checkpoint_every 50 --augment --fold 0 --num_folds 5 "${@:3}"
+  --evaluate_every 200 --checkpoint_every 50 --augment --precision fp32 --fold 0 --num_folds 5 "${@:3}"

@@ -211,7 +211,7 @@ def test_training_run_records_and_reloads_the_scheme(isbi_data_dir, tmp_path):
              "--no-augment", "--quantization", "FIXED", "--fixed_scheme", "paper"]
     assert main.main(flags) == 0
     info = json.loads((tmp_path / "model.json").read_text())
-    assert info["extra"]["quantization_config"]["fixed_scheme"] == "paper"
+    assert info["quantization_config"]["fixed_scheme"] == "paper"
     model = load_trained(tmp_path, "last")[0]
     conv = model.get_layer("enc1_conv2")
     assert conv.weight_quantizer == QuantSpec("FIXED", 0, 4, scheme=PAPER)

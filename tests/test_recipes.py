@@ -28,7 +28,9 @@ TOY = ["--base_filters", "4", "--depth", "2", "--padding", "same", "--crop_size"
        "--max_steps", "2", "--evaluate_every", "2", "--log_every", "1", "--checkpoint_every", "2"]
 # What a finished train_and_evaluate run leaves in --model_dir (besides one TensorBoard event file).
 OUTPUTS = {"config.yaml", "eval_results.json", "log.json", "model.json", "checkpoints/best.npz",
-           "checkpoints/last.npz"}
+           "checkpoints/last.npz", "curves.png", "dataset_fingerprint.json", "saved_model/fingerprint.pb",
+           "saved_model/saved_model.pb", "saved_model/variables/variables.data-00000-of-00001",
+           "saved_model/variables/variables.index"}
 BACKEND_LINE = re.compile(r"^launch_multi: backend=(\w+) replicas=(\d+) ", re.M)
 
 
@@ -102,12 +104,12 @@ EIGHT_GPU = [("unet_FP32_8GPU.sh", False), ("unet_TF-AMP_8GPU.sh", True)]
 
 
 def expected_precision(amp: bool, gpus: int) -> str:
-    # utils/precision.py: --amp is mixed_float16 on a GPU, mixed_bfloat16 on a CPU.
+    # FP32 recipes pass --precision fp32; --amp is mixed_float16 on a GPU, mixed_bfloat16 on a CPU.
     return ("mixed_float16" if gpus else "mixed_bfloat16") if amp else "float32"
 
 
 def precision_of(model_dir: pathlib.Path) -> str:
-    return next(r["data"]["precision"] for r in log_records(model_dir) if "precision" in r["data"])
+    return next(r["data"]["precision"] for r in log_records(model_dir) if "precision_reason" in r["data"])
 
 
 @pytest.mark.slow
