@@ -40,10 +40,10 @@ from typing import Callable
 
 import numpy as np
 
-from utils.data import synthetic, synthetic_kinds
-from utils.errors import UNetError, run_cli
-from utils.fileio import atomic_write
-from utils.data import readers
+from unet_medical.data import synthetic, synthetic_kinds
+from unet_medical.base.errors import UNetError, run_cli
+from unet_medical.base.fileio import atomic_write
+from unet_medical.data import readers
 
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
 

@@ -22,8 +22,8 @@ from typing import Iterable
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from utils.cpu import describe, read_cpu_info  # noqa: E402  (standard library and NumPy only)
-from utils.errors import UNetError  # noqa: E402
+from unet_medical.base.cpu import describe, read_cpu_info  # noqa: E402  (standard library and NumPy only)
+from unet_medical.base.errors import UNetError  # noqa: E402
 
 SIDES = ("nvidia", "ours")
 MODES = ("train", "predict", "predict_deploy")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # NVIDIA's TF2 UNet_Medical against this project on this machine: training and inference img/s, batch 1,
 # the paper U-Net at 572x572, runs alternated (NVIDIA, ours, NVIDIA, ours) for ROUNDS rounds; prints the
-# medians, the ratios ours / NVIDIA and the CPU (utils.cpu.describe).
+# medians, the ratios ours / NVIDIA and the CPU (unet_medical.base.cpu.describe).
 #
 #   bash benchmarks/compare_nvidia.sh NVIDIA_DIR [DATA_DIR] [OUT_DIR]
 #
@@ -11,7 +11,7 @@
 #
 # NVIDIA's side runs as shipped (its runner: --warmup_steps 2 --max_steps 8, --augment for training, its
 # 1-thread intra-op pin). Timing is each side's own: NVIDIA's DLLogger throughput line, this project's
-# benchmark_results.json (utils.timing), over the same 5 steps after 3 warm-up steps.
+# benchmark_results.json (unet_medical.base.timing), over the same 5 steps after 3 warm-up steps.
 # This project's side takes no model or precision flags (the defaults: paper U-Net, --precision auto):
 #   training   main.py --exec_mode benchmark --benchmark_mode train --bench_input real (crops, augmentation)
 #   inference  main.py --exec_mode benchmark --benchmark_mode predict (no flags: the Keras model), and the same

@@ -25,18 +25,18 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import utils  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+import unet_medical  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from model.complexity import total_macs, total_params  # noqa: E402
-from model.unet import UNetSpec, build_unet  # noqa: E402
-from utils.data.layouts import load_training_data  # noqa: E402
-from utils.data.normalize import normalize_image  # noqa: E402
-from utils.export.formats import ExportInputs, export_model  # noqa: E402
-from utils.inference.tiling import keras_predictor  # noqa: E402
-from utils.inference.runtimes import load_exported  # noqa: E402
-from utils.timing import time_alternating  # noqa: E402
+from unet_medical.model.complexity import total_macs, total_params  # noqa: E402
+from unet_medical.model.unet import UNetSpec, build_unet  # noqa: E402
+from unet_medical.data.layouts import load_training_data  # noqa: E402
+from unet_medical.data.normalize import normalize_image  # noqa: E402
+from unet_medical.export.formats import ExportInputs, export_model  # noqa: E402
+from unet_medical.inference.tiling import keras_predictor  # noqa: E402
+from unet_medical.inference.runtimes import load_exported  # noqa: E402
+from unet_medical.base.timing import time_alternating  # noqa: E402
 
 RUNTIMES = [("SavedModel (TF)", "savedmodel", "fp32"), ("ONNX Runtime", "onnx", "fp32"),
             ("ONNX Runtime", "onnx", "int8"), ("TFLite (XNNPACK)", "tflite", "fp32"),

@@ -17,11 +17,11 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import utils  # noqa: E402,F401
+import unet_medical  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
-from model.unet import UNetSpec, build_unet  # noqa: E402
-from utils.inference.tiling import keras_predictor, plan_tiles, tile_starts, tiled_predict  # noqa: E402
+from unet_medical.model.unet import UNetSpec, build_unet  # noqa: E402
+from unet_medical.inference.tiling import keras_predictor, plan_tiles, tile_starts, tiled_predict  # noqa: E402
 
 
 def peak_rss_mb() -> float:

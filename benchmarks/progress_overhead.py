@@ -22,10 +22,10 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import utils  # noqa: E402,F401
+import unet_medical  # noqa: E402,F401
 
-import dllogger  # noqa: E402
-from utils.progress import Progress  # noqa: E402
+from unet_medical.base import runlog  # noqa: E402
+from unet_medical.base.progress import Progress  # noqa: E402
 
 
 class ForwardOnly:
@@ -63,7 +63,7 @@ def per_call_us(calls: int, make, action) -> float:
 
 def micro(tmp: pathlib.Path) -> dict[str, float]:
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
-        logger = dllogger.Logger([dllogger.StdOutBackend(), dllogger.JSONStreamBackend(tmp / "micro.json")])
+        logger = runlog.Logger([runlog.StdOutBackend(), runlog.JSONStreamBackend(tmp / "micro.json")])
         n = 200_000
         results = {
             "update_no_bar_us": per_call_us(n, lambda: Progress(n, "x", logger, bar=False, interval_s=10.0),
@@ -82,11 +82,11 @@ def micro(tmp: pathlib.Path) -> dict[str, float]:
 
 
 def train_seconds(data_dir: str, model_dir: pathlib.Path, steps: int, progress_cls) -> float:
-    import utils.training.loop as loop
-    from runtime.assemble import make_logger
-    from runtime.config import parse_config
-    from runtime.modes import run_training
-    from utils.training import distributed
+    import unet_medical.training.loop as loop
+    from unet_medical.cli.assemble import make_logger
+    from unet_medical.cli.config import parse_config
+    from unet_medical.cli.modes import run_training
+    from unet_medical.training import distributed
 
     cfg = parse_config(["--exec_mode", "train", "--data_dir", data_dir, "--model_dir", str(model_dir),
                         "--padding", "same", "--base_filters", "4", "--depth", "2", "--crop_size", "64",

@@ -25,4 +25,4 @@ for fold in 0 1 2 3 4; do
   bash "$here/examples/unet_CPU_TRAIN.sh" "$1" "$dir" "${@:3}" --fold "$fold" --num_folds 5 --skip_finished \
     "${resume[@]}"
 done
-PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$here/scripts/python" -m utils.score.cv "$2"
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$here/scripts/python" -m unet_medical.evaluation.cv "$2"

@@ -4,4 +4,4 @@
 # Usage: bash examples/unet_STUDY_CPU.sh DATA_DIR RESULTS_DIR [study.yaml]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-"$here/scripts/python" -m runtime.study --config "${3:-$here/examples/study_cpu.yaml}" --data_dir "$1" --results_dir "$2"
+"$here/scripts/python" -m unet_medical.cli.study --config "${3:-$here/examples/study_cpu.yaml}" --data_dir "$1" --results_dir "$2"

@@ -11,4 +11,4 @@ for fold in 0 1 2 3 4; do
     --batch_size 8 --learning_rate 1e-4 --max_steps 6400 --log_every 100 --checkpoint_every 400 --augment --xla \
     --resume_training --fold "$fold" --num_folds 5 "${@:3}"
 done
-PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$here/scripts/python" -m utils.score.cv "$2"
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$here/scripts/python" -m unet_medical.evaluation.cv "$2"

@@ -14,7 +14,7 @@
 # Debian packages, no root). The same sources then compile for CPU and GPU (HOROVOD_GPU_OPERATIONS).
 # horovod's Keras callbacks (`from keras import backend`, Keras 3) are left as they are: this
 # project never imports horovod.tensorflow.keras; it calls hvd.allreduce/broadcast_variables from
-# its own training loop (utils/training/distributed.py).
+# its own training loop (unet_medical/training/distributed.py).
 # GPU builds: HOROVOD_GPU_OPERATIONS=NCCL, HOROVOD_CUDA_HOME and HOROVOD_NCCL_* are passed through from the
 # environment (scripts/docker_install.sh sets them when it finds a CUDA toolkit and NCCL); then an
 # existing build counts only if it has NCCL operations.

@@ -61,7 +61,7 @@ else
   if [ "$replicas" -gt 1 ]; then  # per-replica batch and learning-rate scaling, as under Horovod
     read -r -a extra < <(PYTHONPATH="$here" "$py" - "$replicas" "$@" <<'EOF'
 import math, sys
-from runtime.config import parse_config
+from unet_medical.cli.config import parse_config
 replicas, cfg = int(sys.argv[1]), parse_config(sys.argv[2:])
 factor = {"none": 1.0, "linear": replicas, "sqrt": math.sqrt(replicas)}[cfg.lr_scaling]
 print(f"--batch_size {cfg.batch_size * replicas} --learning_rate {cfg.learning_rate * factor!r} --lr_scaling none")

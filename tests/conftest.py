@@ -12,7 +12,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import utils  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
+import unet_medical  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
 
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
 

@@ -7,7 +7,7 @@ It follows the Java method by method, loop by loop (Trainable_Segmentation ``Ran
 helpers are IEEE division and ``Math.log`` semantics for 0 and NaN). Images are indexed ``[x][y]``
 like ImageJ processors; 16-bit label images are flat lists in raster order (``y * width + x``).
 
-It shares no code with ``utils.score.isbi`` on purpose: the fast implementation floods one distance
+It shares no code with ``unet_medical.evaluation.isbi`` on purpose: the fast implementation floods one distance
 layer at a time with NumPy, this one pops a FIFO queue pixel by pixel.
 
 The one liberty taken: ``FindConnectedRegions`` rescans the whole image for the pixels of each new

@@ -1,11 +1,12 @@
 """The import rules of the source tree, checked by parsing every module's imports (ast), not by importing.
 
 Layers, top to bottom (a module may import its own layer's earlier stages and anything below):
-    entry points   main.py, download_dataset.py
-    runtime/       exec modes
-    stages         utils.data -> utils.training -> utils.inference -> utils.score -> utils.export
-    model/         the network and its transforms
-    base           utils/*.py modules (errors, fileio, precision, artifacts, timing, cpu, ...), dllogger/
+    entry points        main.py, download_dataset.py (NVIDIA-compatible scripts at the repository root)
+    unet_medical.cli    the command line: flags, exec modes, the run report
+    stages              unet_medical.data -> .training -> .inference -> .evaluation -> .export
+    unet_medical.model  the network and its transforms
+    unet_medical.base   errors, fileio, artifacts, precision, cpu, timing, progress, registry, runlog
+    unet_medical        the package's __init__ (environment TensorFlow reads at import): the very bottom
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pathlib
 from collections import defaultdict
 
 SKIP_DIRS = {"tests", "benchmarks", "docs", "examples", "scripts", "results", "data", "build"}
-STAGES = ("utils.data", "utils.training", "utils.inference", "utils.score", "utils.export")
+PACKAGE = "unet_medical"
+STAGES = tuple(f"{PACKAGE}.{s}" for s in ("data", "training", "inference", "evaluation", "export"))
 MAX_LINES = 600
 
 
@@ -55,23 +57,26 @@ def imports(name: str, path: pathlib.Path, known: set[str]) -> set[str]:
 
 def layer(name: str) -> tuple[int, int]:
     """(layer, stage index) of a module: larger layers sit higher."""
-    top = name.split(".")[0]
-    if top in ("main", "download_dataset"):
-        return 4, 0
-    if top == "runtime":
+    def within(package: str) -> bool:
+        return name == package or name.startswith(package + ".")
+
+    if not within(PACKAGE) or name == f"{PACKAGE}.__main__":
+        return 4, 0  # main.py, download_dataset.py, `python -m unet_medical`: entry points at the top
+    if within(f"{PACKAGE}.cli"):
         return 3, 0
     for index, stage in enumerate(STAGES):
-        if name == stage or name.startswith(stage + "."):
+        if within(stage):
             return 2, index
-    if top == "model":
+    if within(f"{PACKAGE}.model"):
         return 1, 0
-    return 0, 0  # utils/*.py, utils/__init__, dllogger
+    return 0, 0  # unet_medical.base.*, unet_medical/__init__
 
 
-def package_of(name: str) -> str:
-    """The package a module counts in for package cycles: the first two folder levels."""
-    parts = name.split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+def package_of(name: str, is_package: bool) -> str:
+    """The package a module counts in for package cycles: its folder, at most two levels below the top
+    (unet_medical.data, unet_medical.base.runlog, ...; a script at the top counts as itself)."""
+    parts = name.split(".") if is_package else name.split(".")[:-1] or [name]
+    return ".".join(parts[:3])
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -116,10 +121,13 @@ def violations(root: str | pathlib.Path) -> list[str]:
     graph = {name: imports(name, path, set(found)) for name, path in found.items()}
     problems = [f"module cycle: {' <-> '.join(c)}" for c in strongly_connected(graph)]
     packages: dict[str, set[str]] = defaultdict(set)
+    def folder(module: str) -> str:
+        return package_of(module, found[module].name == "__init__.py")
+
     for name, targets in graph.items():
         for target in targets:
-            if package_of(name) != package_of(target):
-                packages[package_of(name)].add(package_of(target))
+            if folder(name) != folder(target):
+                packages[folder(name)].add(folder(target))
     problems += [f"package cycle: {' <-> '.join(c)}" for c in strongly_connected(packages)]
     for name, targets in sorted(graph.items()):
         for target in sorted(targets):

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import main
-from runtime import assemble
+from unet_medical.cli import assemble
 
 FLAGS = ["--exec_mode", "train", "--padding", "same", "--base_filters", "4", "--depth", "2",
          "--crop_size", "64", "--batch_size", "4", "--dropout", "0", "--no-augment", "--max_steps", "12",
@@ -87,7 +87,7 @@ def test_amp_applies_to_a_model_trained_in_float32(isbi_data_dir, tmp_path, floa
     policies = {layer["config"]["name"]: json.dumps(layer["config"].get("dtype")) for layer in layers}
     assert "mixed_bfloat16" in policies["enc1_conv1"] and "float32" in policies["head"]
     keras.mixed_precision.set_global_policy("float32")
-    from runtime.config import parse_config
+    from unet_medical.cli.config import parse_config
 
     model, _, _ = assemble.restore_model(parse_config(["--model_dir", str(float_dir), "--amp"]))
     assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"

@@ -14,8 +14,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 import main
-from utils.training import checkpoint as ckpt
-from utils.training import loop
+from unet_medical.training import checkpoint as ckpt
+from unet_medical.training import loop
 
 FLAGS = ["--exec_mode", "train", "--padding", "same", "--base_filters", "4", "--depth", "2",
          "--crop_size", "64", "--batch_size", "2", "--dropout", "0", "--no-augment", "--log_every", "1",
@@ -128,7 +128,7 @@ def float16_runs(monkeypatch, float32_policy_afterwards):
 
 def model_arrays(path) -> list[np.ndarray]:
     with np.load(path) as data:
-        return [data[k] for k in sorted(data.files) if k.startswith(("model/", "optimizer/"))]
+        return [data[k] for k in sorted(data.files) if k.startswith(("unet_medical/model/", "optimizer/"))]
 
 
 @pytest.mark.slow

@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 from skimage.transform import resize as sk_resize
 
-from utils.data.augment import AugmentConfig, build_augment_fn
-from utils.errors import UNetError
-from utils.data.warp import affine_flow, dense_image_warp
-from runtime import augment_tool
-from utils.data import augment
+from unet_medical.data.augment import AugmentConfig, build_augment_fn
+from unet_medical.base.errors import UNetError
+from unet_medical.data.warp import affine_flow, dense_image_warp
+from unet_medical.cli import augment_tool
+from unet_medical.data import augment
 
 SEEDS = [tf.constant([0, s], tf.int64) for s in range(24)]
 
@@ -289,7 +289,7 @@ def test_cli_reports_missing_data_as_user_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_benchmark_dataset_yields_augmented_crops():
-    from utils.data.layouts import SegmentationData
+    from unet_medical.data.layouts import SegmentationData
 
     volume = (np.random.default_rng(0).random((3, 30, 30, 1)) * 255).astype(np.uint8)
     masks = (volume[..., 0] > 100).astype(np.uint8)

@@ -11,11 +11,11 @@ import subprocess
 import pytest
 
 import main
-from utils.score import cv as fold_summary
-from runtime.config import Config
-from utils.errors import UNetError
-from runtime import benchmark
-from utils import timing
+from unet_medical.evaluation import cv as fold_summary
+from unet_medical.cli.config import Config
+from unet_medical.base.errors import UNetError
+from unet_medical.cli import benchmark
+from unet_medical.base import timing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {"mode", "batch_size", "img_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
@@ -51,7 +51,7 @@ class _Log:
 
 
 def test_peak_fractions_only_for_float32_runs(monkeypatch):
-    import utils.cpu
+    import unet_medical.base.cpu
 
     calls = []
 
@@ -63,7 +63,7 @@ def test_peak_fractions_only_for_float32_runs(monkeypatch):
                 "fraction_of_peak": None if measured is None else measured / peak,
                 "fraction_of_sgemm": None if measured is None else measured / 200.0}
 
-    monkeypatch.setattr(utils.cpu, "peak_report", fake_report)
+    monkeypatch.setattr(unet_medical.base.cpu, "peak_report", fake_report)
     fp32 = benchmark.cpu_peak(64.0, "float32", _Log())
     assert fp32["fraction_of_peak"] == pytest.approx(64.0 / 256.0) and fp32["fraction_of_sgemm"] == 0.32
     bf16 = benchmark.cpu_peak(640.0, "mixed_bfloat16", _Log())  # AMX can beat the FP32 peak: no fraction
@@ -72,7 +72,7 @@ def test_peak_fractions_only_for_float32_runs(monkeypatch):
     def wrong_peak(measured, cpu=None, **_):
         raise RuntimeError("peak fraction > 1: the peak model is wrong")
 
-    monkeypatch.setattr(utils.cpu, "peak_report", wrong_peak)
+    monkeypatch.setattr(unet_medical.base.cpu, "peak_report", wrong_peak)
     log = _Log()
     kept = benchmark.cpu_peak(999.0, "float32", log)
     assert kept["peak"] is None and "peak model is wrong" in kept["peak_error"] and log.lines

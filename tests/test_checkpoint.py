@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from utils.training import checkpoint as ckpt
-from utils.errors import UNetError
+from unet_medical.training import checkpoint as ckpt
+from unet_medical.base.errors import UNetError
 
 
 def small_model(width=3):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import compare_nvidia  # noqa: E402
 
-from utils.errors import UNetError  # noqa: E402
+from unet_medical.base.errors import UNetError  # noqa: E402
 
 SCRIPT = REPO / "benchmarks" / "compare_nvidia.sh"
 # What NVIDIA's StdOutBackend prints for process_performance_stats (deps/dllogger format).

@@ -1,14 +1,14 @@
-"""Tests of model/complexity.py: MACs and parameters per layer, against the published U-Net figures
+"""Tests of unet_medical/model/complexity.py: MACs and parameters per layer, against the published U-Net figures
 and against per-layer formulas evaluated on shapes measured by actually running small models."""
 import numpy as np
 import pytest
 
-import utils  # noqa: F401
+import unet_medical  # noqa: F401
 import tf_keras as keras
 
-from model.complexity import LayerCost, layer_costs, summary_table, total_macs, total_params
-from model.unet import UNetSpec, build_unet, paper_unet_spec
-from utils.errors import UNetError
+from unet_medical.model.complexity import LayerCost, layer_costs, summary_table, total_macs, total_params
+from unet_medical.model.unet import UNetSpec, build_unet, paper_unet_spec
+from unet_medical.base.errors import UNetError
 
 
 def reference_macs(model: keras.Model, x: np.ndarray) -> dict[str, int]:

@@ -1,8 +1,8 @@
 """Flags, YAML and validation: bad input stops with one message naming the flag or file."""
 import pytest
 
-from runtime.config import Config, load_yaml, parse_config
-from utils.errors import UNetError
+from unet_medical.cli.config import Config, load_yaml, parse_config
+from unet_medical.base.errors import UNetError
 
 
 def test_defaults_and_flags():
@@ -56,7 +56,7 @@ def test_config_is_frozen():
 
 
 def test_augment_params_flag_and_yaml(tmp_path):
-    from runtime.config import augment_config
+    from unet_medical.cli.config import augment_config
 
     cfg = parse_config(["--augment_params", "elastic_prob=0.8,elastic_grid=4,scale_range=0.9:1.1"])
     aug = augment_config(cfg)

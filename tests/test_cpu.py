@@ -10,9 +10,9 @@ import math
 
 import pytest
 
-from utils.cpu import (CpuInfo, choose_precision, describe, flags_summary, fp32_flops_per_cycle,
+from unet_medical.base.cpu import (CpuInfo, choose_precision, describe, flags_summary, fp32_flops_per_cycle,
                        measure_clock_ghz, measure_sgemm_gflops, peak_report, read_cpu_info)
-from utils.errors import UNetError
+from unet_medical.base.errors import UNetError
 
 BASE_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat clflush mmx fxsr sse sse2 ht syscall nx lm"
 

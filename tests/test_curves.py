@@ -5,9 +5,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from dllogger import JSON_PREFIX
-from runtime.curves import plot_curves, read_curves, write_curves
-from utils.inference.outputs import background_class, comparison_panel, overlay
+from unet_medical.base.runlog import JSON_PREFIX
+from unet_medical.cli.curves import plot_curves, read_curves, write_curves
+from unet_medical.inference.outputs import background_class, comparison_panel, overlay
 
 
 def _line(step, data, kind="LOG"):

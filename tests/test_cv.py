@@ -12,9 +12,9 @@ import subprocess
 import pytest
 import yaml
 
-from utils.data.synthetic import write_isbi_layout
-from utils.errors import UNetError
-from utils.score import cv
+from unet_medical.data.synthetic import write_isbi_layout
+from unet_medical.base.errors import UNetError
+from unet_medical.evaluation import cv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CV5 = REPO / "examples" / "unet_CPU_CV5.sh"

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from utils.errors import UNetError
-from utils.data import folds
-from utils.data import layouts
-from utils.data import normalize
-from utils.data import readers
+from unet_medical.base.errors import UNetError
+from unet_medical.data import folds
+from unet_medical.data import layouts
+from unet_medical.data import normalize
+from unet_medical.data import readers
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils.training import distributed
-from utils.errors import UNetError
+from unet_medical.training import distributed
+from unet_medical.base.errors import UNetError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -52,14 +52,14 @@ TRAIN_FLAGS = ["--exec_mode", "train", "--padding", "same", "--base_filters", "4
 LAUNCHER = r'''
 import os, sys
 sys.path.insert(0, os.environ["UNET_REPO"])
-import utils
+import unet_medical
 import tensorflow as tf
 cpus = int(os.environ.get("UNET_TEST_LOGICAL_CPUS", "1"))
 if cpus > 1:
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * cpus)
 import main
-import runtime.assemble as runner
+import unet_medical.cli.assemble as runner
 rank = int(os.environ.get("HOROVOD_RANK", os.environ.get("UNET_TEST_RANK", "0")))
 build = runner.build_unet
 def perturbed_build(spec):
@@ -170,7 +170,7 @@ def assert_matches_single(launches, name: str) -> None:
         # atol relative to the array's scale: Adam's second moments are ~1e-8, weights ~1e-1.
         atol = 1e-5 * float(np.max(np.abs(want))) if want.size else 0.0
         np.testing.assert_allclose(chief[key], want, rtol=1e-4, atol=atol, err_msg=f"{name}: {key}")
-    assert not np.allclose(reference["model/00000"], 0.0)
+    assert not np.allclose(reference["unet_medical/model/00000"], 0.0)
 
 
 def assert_only_chief_wrote(launches, name: str) -> None:

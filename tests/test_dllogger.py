@@ -1,4 +1,4 @@
-"""dllogger: JSON lines round-trip, rank gating, stdout format, TensorBoard scalars read back."""
+"""unet_medical.base.runlog: JSON lines round-trip, rank gating, stdout format, TensorBoard scalars read back."""
 import json
 import math
 import pathlib
@@ -9,23 +9,23 @@ import sys
 import numpy as np
 import pytest
 
-import dllogger
-from dllogger import JSONStreamBackend, Logger, StdOutBackend, TensorBoardBackend, Verbosity
-from utils.errors import UNetError
+from unet_medical.base import runlog
+from unet_medical.base.runlog import JSONStreamBackend, Logger, StdOutBackend, TensorBoardBackend, Verbosity
+from unet_medical.base.errors import UNetError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _read_json_log(path):
     lines = path.read_text().splitlines()
-    assert all(line.startswith(dllogger.JSON_PREFIX) for line in lines)
-    return [json.loads(line[len(dllogger.JSON_PREFIX):]) for line in lines]
+    assert all(line.startswith(runlog.JSON_PREFIX) for line in lines)
+    return [json.loads(line[len(runlog.JSON_PREFIX):]) for line in lines]
 
 
 @pytest.fixture(autouse=True)
 def _reset_global_logger():
     yield
-    dllogger.init([])
+    runlog.init([])
 
 
 def test_json_lines_round_trip(tmp_path):
@@ -74,7 +74,7 @@ def test_json_lines_are_on_disk_before_close(tmp_path):
 
 
 def test_tf_scalars_serialize(tmp_path):
-    import utils  # noqa: F401
+    import unet_medical  # noqa: F401
     import tensorflow as tf
 
     path = tmp_path / "log.json"
@@ -122,7 +122,7 @@ def test_stdout_format(capsys):
 
 
 def test_tensorboard_scalars_read_back(tmp_path):
-    import utils  # noqa: F401
+    import unet_medical  # noqa: F401
     import tensorflow as tf
 
     log_dir = tmp_path / "tb"
@@ -141,14 +141,14 @@ def test_tensorboard_scalars_read_back(tmp_path):
 
 def test_module_level_api_delegates_to_global_logger(tmp_path, capsys):
     path = tmp_path / "log.json"
-    dllogger.log(0, {"before_init": 1})  # no backends yet: a silent no-op
-    logger = dllogger.init([JSONStreamBackend(path)], rank=0)
-    assert dllogger.get_logger() is logger
-    dllogger.metadata("loss", {"unit": None})
-    dllogger.log(1, {"loss": 0.5})
-    dllogger.flush()
-    dllogger.close()
-    dllogger.log(2, {"loss": 0.4})  # after close: ignored
+    runlog.log(0, {"before_init": 1})  # no backends yet: a silent no-op
+    logger = runlog.init([JSONStreamBackend(path)], rank=0)
+    assert runlog.get_logger() is logger
+    runlog.metadata("loss", {"unit": None})
+    runlog.log(1, {"loss": 0.5})
+    runlog.flush()
+    runlog.close()
+    runlog.log(2, {"loss": 0.4})  # after close: ignored
     records = _read_json_log(path)
     assert [r["type"] for r in records] == ["METADATA", "LOG"]
     assert records[1]["data"] == {"loss": 0.5}
@@ -172,13 +172,13 @@ def test_bad_step_is_rejected(tmp_path):
 
 
 def test_importing_dllogger_does_not_import_tensorflow():
-    code = "import sys, dllogger; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys; from unet_medical.base import runlog; sys.exit('tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=str(REPO))
     assert result.returncode == 0
 
 
 def test_tensorboard_named_steps_images_and_hparams(tmp_path):
-    import utils  # noqa: F401
+    import unet_medical  # noqa: F401
     import tensorflow as tf
     from tensorboard.plugins.hparams import metadata as hparams_metadata
 

@@ -17,8 +17,8 @@ import pytest
 import tifffile
 
 import download_dataset as dd
-from utils.errors import UNetError
-from utils.data import layouts
+from unet_medical.base.errors import UNetError
+from unet_medical.data import layouts
 
 
 def _sha256(path: pathlib.Path) -> str:

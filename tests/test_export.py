@@ -11,16 +11,16 @@ import tensorflow as tf
 import tifffile
 
 import main
-from model.unet import UNetSpec, build_unet, is_valid_input_size
-from runtime.config import parse_config
-from utils.data.folds import fold_split
-from utils.data.normalize import normalize_image
-from utils.errors import UNetError
-from utils.inference.tiling import keras_predictor, predict_images
-from runtime.assemble import load_training_set, restore_model
-from utils.inference.runtimes import load_exported, load_predictor
-from utils.export import formats, serving
-from utils.export import parity
+from unet_medical.model.unet import UNetSpec, build_unet, is_valid_input_size
+from unet_medical.cli.config import parse_config
+from unet_medical.data.folds import fold_split
+from unet_medical.data.normalize import normalize_image
+from unet_medical.base.errors import UNetError
+from unet_medical.inference.tiling import keras_predictor, predict_images
+from unet_medical.cli.assemble import load_training_set, restore_model
+from unet_medical.inference.runtimes import load_exported, load_predictor
+from unet_medical.export import formats, serving
+from unet_medical.export import parity
 
 TILE = 128  # small tiles keep int8 calibration and parity fast; 512 slices need 6 x 6 tiles
 TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--batch_norm", "--dropout", "0",

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import main
-from runtime.assemble import restore_model
-from runtime.config import parse_config
-from utils import timing
-from utils.cpu import CpuInfo
-from utils.errors import UNetError
-from utils.export import select
-from utils.inference.runtimes import load_exported, resolve_deploy_file
-from utils.inference.tiling import keras_predictor
+from unet_medical.cli.assemble import restore_model
+from unet_medical.cli.config import parse_config
+from unet_medical.base import timing
+from unet_medical.base.cpu import CpuInfo
+from unet_medical.base.errors import UNetError
+from unet_medical.export import select
+from unet_medical.inference.runtimes import load_exported, resolve_deploy_file
+from unet_medical.inference.tiling import keras_predictor
 
 ZEN3 = CpuInfo(vendor="AuthenticAMD", family=25, model=1, flags=frozenset({"avx", "avx2", "fma"}))
 AMX = CpuInfo(vendor="GenuineIntel", family=6, model=143, flags=frozenset({"avx2", "fma", "avx512f", "amx_bf16"}))

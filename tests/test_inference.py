@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from model.unet import UNetSpec
-from utils.errors import UNetError
-from utils.inference.tiling import TilePlan, plan_tiles, predict_tiles, tile_starts, tiled_predict
+from unet_medical.model.unet import UNetSpec
+from unet_medical.base.errors import UNetError
+from unet_medical.inference.tiling import TilePlan, plan_tiles, predict_tiles, tile_starts, tiled_predict
 
 
 def pointwise_probs(x: np.ndarray) -> np.ndarray:

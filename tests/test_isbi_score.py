@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from utils.errors import UNetError
-from utils.score.isbi import java_thresholds, score_stack, thin_proposal
+from unet_medical.base.errors import UNetError
+from unet_medical.evaluation.isbi import java_thresholds, score_stack, thin_proposal
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import isbi_reference as ref  # noqa: E402
@@ -33,7 +33,7 @@ def venv_python() -> str:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([venv_python(), "-m", "utils.score", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([venv_python(), "-m", "unet_medical.evaluation", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
 
 

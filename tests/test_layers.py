@@ -1,4 +1,4 @@
-"""Tests of model/layers.py: CenterCropToMatch and SeededDropout (shapes, numerics, serialization,
+"""Tests of unet_medical/model/layers.py: CenterCropToMatch and SeededDropout (shapes, numerics, serialization,
 reproducibility from a checkpoint, tf.distribute)."""
 import os
 import pathlib
@@ -9,12 +9,12 @@ import textwrap
 import numpy as np
 import pytest
 
-import utils  # noqa: F401
+import unet_medical  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from model.layers import CenterCropToMatch, SeededDropout
-from utils.errors import UNetError
+from unet_medical.model.layers import CenterCropToMatch, SeededDropout
+from unet_medical.base.errors import UNetError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -170,11 +170,11 @@ def test_seeded_dropout_under_mirrored_strategy():
     """
     script = textwrap.dedent(
         """
-        import utils, numpy as np, tensorflow as tf
+        import unet_medical, numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         two = [tf.config.LogicalDeviceConfiguration()] * 2
         tf.config.set_logical_device_configuration(cpu, two)
-        from model.layers import SeededDropout
+        from unet_medical.model.layers import SeededDropout
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
             layer = SeededDropout(0.5, seed=7)

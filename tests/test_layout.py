@@ -21,19 +21,21 @@ def write_tree(root: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
     return root
 
 
+U = "unet_medical"
 CLEAN = {
-    "main.py": "import runtime.modes\n",
-    "runtime/__init__.py": "",
-    "runtime/modes.py": "from utils.training import loop\nfrom utils.data import pipeline\n",
-    "utils/__init__.py": "",
-    "utils/errors.py": "",
-    "utils/data/__init__.py": "",
-    "utils/data/pipeline.py": "from utils.errors import UNetError\n",
-    "utils/training/__init__.py": "",
-    "utils/training/loop.py": "from utils.data.pipeline import x\nfrom model import unet\n",
-    "model/__init__.py": "import utils\n",
-    "model/unet.py": "from utils.errors import UNetError\n",
-    "dllogger/__init__.py": "from utils.errors import UNetError\n",
+    "main.py": f"import {U}.cli.modes\n",
+    f"{U}/__init__.py": "",
+    f"{U}/cli/__init__.py": "",
+    f"{U}/cli/modes.py": f"from {U}.training import loop\nfrom {U}.data import pipeline\n",
+    f"{U}/base/__init__.py": "",
+    f"{U}/base/errors.py": "",
+    f"{U}/data/__init__.py": "",
+    f"{U}/data/pipeline.py": f"from {U}.base.errors import UNetError\n",
+    f"{U}/training/__init__.py": "",
+    f"{U}/training/loop.py": f"from {U}.data.pipeline import x\nfrom {U}.model import unet\n",
+    f"{U}/model/__init__.py": f"import {U}\n",
+    f"{U}/model/unet.py": f"from {U}.base.errors import UNetError\n",
+    f"{U}/base/runlog/__init__.py": f"from {U}.base.errors import UNetError\n",
 }
 
 
@@ -42,16 +44,17 @@ def test_clean_fixture_tree_passes(tmp_path):
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"model/unet.py": "from model import blocks\n", "model/blocks.py": "def f():\n    import model.unet\n"},
-     "module cycle: model.blocks <-> model.unet"),
-    ({"utils/data/pipeline.py": "from utils.training.loop import train\n"},
-     "upward import: utils.data.pipeline imports utils.training.loop"),
-    ({"utils/training/loop.py": "from runtime.modes import run\n"},
-     "upward import: utils.training.loop imports runtime.modes"),
-    ({"model/unet.py": "from utils.data import pipeline\n"},
-     "upward import: model.unet imports utils.data.pipeline"),
-    ({"dllogger/__init__.py": "import runtime\n"}, "upward import: dllogger imports runtime"),
-    ({"model/unet.py": "x = 1\n" * 601}, "file too long: model/unet.py has 601 lines (max 600)"),
+    ({f"{U}/model/unet.py": f"from {U}.model import blocks\n", f"{U}/model/blocks.py": f"def f():\n    import {U}.model.unet\n"},
+     f"module cycle: {U}.model.blocks <-> {U}.model.unet"),
+    ({f"{U}/data/pipeline.py": f"from {U}.training.loop import train\n"},
+     f"upward import: {U}.data.pipeline imports {U}.training.loop"),
+    ({f"{U}/training/loop.py": f"from {U}.cli.modes import run\n"},
+     f"upward import: {U}.training.loop imports {U}.cli.modes"),
+    ({f"{U}/model/unet.py": f"from {U}.data import pipeline\n"},
+     f"upward import: {U}.model.unet imports {U}.data.pipeline"),
+    ({f"{U}/base/runlog/__init__.py": f"import {U}.cli\n"}, f"upward import: {U}.base.runlog imports {U}.cli"),
+    ({f"{U}/base/errors.py": f"from {U}.model import unet\n"}, f"upward import: {U}.base.errors imports {U}.model.unet"),
+    ({f"{U}/model/unet.py": "x = 1\n" * 601}, f"file too long: {U}/model/unet.py has 601 lines (max 600)"),
 ])
 def test_each_broken_rule_is_reported(tmp_path, change, expected):
     found = violations(write_tree(tmp_path, {**CLEAN, **change}))
@@ -59,12 +62,21 @@ def test_each_broken_rule_is_reported(tmp_path, change, expected):
 
 
 def test_package_cycle_without_a_module_cycle_is_reported(tmp_path):
-    tree = {**CLEAN, "utils/data/a.py": "from utils.training import b\n",
-            "utils/training/b.py": "x = 1\n", "utils/training/c.py": "from utils.data import d\n",
-            "utils/data/d.py": "x = 1\n"}
+    tree = {**CLEAN, f"{U}/data/a.py": f"from {U}.training import b\n",
+            f"{U}/training/b.py": "x = 1\n", f"{U}/training/c.py": f"from {U}.data import d\n",
+            f"{U}/data/d.py": "x = 1\n"}
     found = violations(write_tree(tmp_path, tree))
-    assert "package cycle: utils.data <-> utils.training" in found, found
+    assert f"package cycle: {U}.data <-> {U}.training" in found, found
     assert not any(line.startswith("module cycle") for line in found)
+
+
+def test_the_package_tree_shows_the_layers():
+    """The folders a newcomer sees are the layers: base, model, the five stages and the command line."""
+    package = REPO / U
+    folders = {p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert {"base", "model", "data", "training", "inference", "evaluation", "export", "cli"} <= folders, folders
+    loose = sorted(p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert loose == [], f"modules outside a layer: {loose}"
 
 
 def test_ruff_finds_nothing():

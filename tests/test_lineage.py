@@ -13,10 +13,10 @@ import tifffile
 import yaml
 
 import main
-from runtime import lineage
-from runtime.config import parse_config
-from utils.errors import UNetError
-from utils.inference.outputs import label_mask, masks_name, write_predictions
+from unet_medical.cli import lineage
+from unet_medical.cli.config import parse_config
+from unet_medical.base.errors import UNetError
+from unet_medical.inference.outputs import label_mask, masks_name, write_predictions
 
 TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--crop_size", "32", "--batch_size", "2",
         "--max_steps", "2"]
@@ -282,7 +282,7 @@ def test_use_trt_exports_tftrt_from_the_runs_checkpoint(fold1_run, tmp_path, mon
     No TensorRT here: the build check is faked and the export is intercepted at its entry."""
     import tensorflow as tf
 
-    from runtime import export_mode
+    from unet_medical.cli import export_mode
 
     run = copy_run(fold1_run, tmp_path)
     requested = []

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-import utils  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import unet_medical  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from utils.errors import UNetError
-from utils.training.losses import cross_entropy_dice_loss
+from unet_medical.base.errors import UNetError
+from unet_medical.training.losses import cross_entropy_dice_loss
 
 NUM_CLASSES = 3
 

@@ -6,8 +6,8 @@ import pytest
 import tifffile
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from utils.score import metrics
-from utils.errors import UNetError
+from unet_medical.evaluation import metrics
+from unet_medical.base.errors import UNetError
 
 
 # --- Dice, IoU, pixel error ----------------------------------------------------------------------
@@ -222,7 +222,7 @@ def test_thick_but_correct_membranes_score_high_only_when_thinned():
 
 
 def test_thinned_scores_of_slices_equal_the_stack_scorer(isbi_label_slices):
-    from utils.score.isbi import score_stack
+    from unet_medical.evaluation.isbi import score_stack
 
     y = isbi_label_slices
     rng = np.random.default_rng(1)

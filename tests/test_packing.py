@@ -5,14 +5,14 @@ import math
 import numpy as np
 import pytest
 
-import utils  # noqa: F401
+import unet_medical  # noqa: F401
 import tf_keras as keras
 
-from model.packing import code_offset_and_stride, load_packed, pack_bits, save_packed, unpack_bits
-from model.quantized_layers import QUANTIZED_LAYERS
-from model.quantizers import QuantizationConfig, QuantSpec, quantized_codes
-from model.quantization import model_storage_report, quantize_unet
-from utils.errors import UNetError
+from unet_medical.model.packing import code_offset_and_stride, load_packed, pack_bits, save_packed, unpack_bits
+from unet_medical.model.quantized_layers import QUANTIZED_LAYERS
+from unet_medical.model.quantizers import QuantizationConfig, QuantSpec, quantized_codes
+from unet_medical.model.quantization import model_storage_report, quantize_unet
+from unet_medical.base.errors import UNetError
 
 
 @keras.saving.register_keras_serializable(package="test_packing")

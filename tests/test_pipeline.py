@@ -1,7 +1,7 @@
 """The training input stream: a pure function of (seed, step), aligned crops, exact sharding."""
 import numpy as np
 
-from utils.data.pipeline import (MAX_CENTRES_PER_IMAGE, CropGeometry, Sampling, foreground_centres,
+from unet_medical.data.pipeline import (MAX_CENTRES_PER_IMAGE, CropGeometry, Sampling, foreground_centres,
                                  make_train_dataset, pack_images)
 
 

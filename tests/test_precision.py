@@ -11,10 +11,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 import main
-from runtime import assemble
-from utils import precision
-from utils.cpu import CpuInfo
-from utils.errors import UNetError
+from unet_medical.cli import assemble
+from unet_medical.base import precision
+from unet_medical.base.cpu import CpuInfo
+from unet_medical.base.errors import UNetError
 
 ZEN3 = CpuInfo(vendor="AuthenticAMD", family=25, model=1, flags=frozenset({"sse2", "avx", "avx2", "fma"}),
                logical_cores=2, physical_cores=2)

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-import dllogger
-from dllogger import JSONStreamBackend, Logger, StdOutBackend
-from utils.progress import Progress, eta_seconds, format_duration, format_rate, rate_per_s, write_line
+from unet_medical.base import runlog
+from unet_medical.base.runlog import JSONStreamBackend, Logger, StdOutBackend
+from unet_medical.base.progress import Progress, eta_seconds, format_duration, format_rate, rate_per_s, write_line
 
 
 class FakeClock:
@@ -116,7 +116,7 @@ def test_training_records_keep_integer_steps_in_the_json_log(tmp_path):
             for _ in range(4):
                 progress.update()
                 progress.log(loss=1.0)
-    records = [json.loads(line[len(dllogger.JSON_PREFIX):]) for line in path.read_text().splitlines()]
+    records = [json.loads(line[len(runlog.JSON_PREFIX):]) for line in path.read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["data"]["progress"] == "4/4" and records[-1]["data"]["loss"] == 1.0
 

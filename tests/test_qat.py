@@ -4,16 +4,16 @@ import importlib.util
 import numpy as np
 import pytest
 
-import utils  # noqa: F401
+import unet_medical  # noqa: F401
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from model.qat import (NoOpQuantizeConfig, convert_qat_to_tflite, load_qat_model, quantize_model_qat,
+from unet_medical.model.qat import (NoOpQuantizeConfig, convert_qat_to_tflite, load_qat_model, quantize_model_qat,
                        run_tflite, save_qat_model)
-from model.quantizers import QuantizationConfig
-from model.quantization import quantize_unet
-from utils.errors import UNetError
+from unet_medical.model.quantizers import QuantizationConfig
+from unet_medical.model.quantization import quantize_unet
+from unet_medical.base.errors import UNetError
 
 SIZE = 64
 
@@ -156,10 +156,10 @@ def test_qat_rejects_fake_quantized_and_subclassed_models():
 
 @pytest.mark.slow
 def test_project_unet_qat_to_tflite(data):
-    if importlib.util.find_spec("model.unet") is None:
-        pytest.skip("model/unet.py not written yet")
-    from model.layers import SeededDropout
-    from model.unet import UNetSpec, build_unet
+    if importlib.util.find_spec("unet_medical.model.unet") is None:
+        pytest.skip("unet_medical/model/unet.py not written yet")
+    from unet_medical.model.layers import SeededDropout
+    from unet_medical.model.unet import UNetSpec, build_unet
 
     keras.utils.set_random_seed(2)
     float_unet = build_unet(UNetSpec(padding="same", batch_norm=True, base_filters=4, depth=2, dropout=0.5))

@@ -4,14 +4,14 @@ import importlib.util
 import numpy as np
 import pytest
 
-import utils  # noqa: F401
+import unet_medical  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from model.quantized_layers import QuantConv2D, QuantConv2DTranspose
-from model.quantizers import QuantizationConfig, QuantSpec, quantize_fixed, quantize_int
-from model.quantization import boundary_convs, model_storage_report, quantize_unet, weight_storage_bits
-from utils.errors import UNetError
+from unet_medical.model.quantized_layers import QuantConv2D, QuantConv2DTranspose
+from unet_medical.model.quantizers import QuantizationConfig, QuantSpec, quantize_fixed, quantize_int
+from unet_medical.model.quantization import boundary_convs, model_storage_report, quantize_unet, weight_storage_bits
+from unet_medical.base.errors import UNetError
 
 
 @keras.saving.register_keras_serializable(package="test_quantized_layers")
@@ -286,16 +286,16 @@ def test_storage_bits_and_report(float_model):
 
 
 def test_project_unet_quantizes_if_present(images):
-    if importlib.util.find_spec("model.unet") is None:
-        pytest.skip("model/unet.py not written yet")
-    from model.unet import UNetSpec, build_unet
+    if importlib.util.find_spec("unet_medical.model.unet") is None:
+        pytest.skip("unet_medical/model/unet.py not written yet")
+    from unet_medical.model.unet import UNetSpec, build_unet
 
     float_unet = build_unet(UNetSpec(padding="same", batch_norm=True, base_filters=4, depth=2, dropout=0.5))
     quantized = quantize_unet(float_unet, QuantizationConfig("FIXED"))
     inner = [layer for layer in quantized.layers if isinstance(layer, (QuantConv2D, QuantConv2DTranspose))]
     assert inner and len(inner) < sum(type(other) in (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
                                        for other in float_unet.layers)
-    from model.layers import SeededDropout
+    from unet_medical.model.layers import SeededDropout
 
     assert boundary_convs(float_unet) == ({"enc1_conv1"}, {"head"})
     assert type(quantized.get_layer("bottleneck_dropout")) is SeededDropout
@@ -311,7 +311,7 @@ def test_skip_tensors_are_quantized_one_way(padding):
     """Each decoder conv quantizes its skip channels with the unsigned spec of the encoder conv that
     reads the same tensor pooled, so the skip's values equal those of quantizing it once (Q6.0:
     [0, 63]); the up-conv channels get the signed spec. Valid padding crops the skip first."""
-    from model.unet import UNetSpec, build_unet
+    from unet_medical.model.unet import UNetSpec, build_unet
 
     keras.utils.set_random_seed(1)
     spec = UNetSpec(padding=padding, batch_norm=False, base_filters=4, depth=2, dropout=0.0)

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import utils  # noqa: F401
-from model.quantization import weight_storage_bits
-from model.quantizers import (
+import unet_medical  # noqa: F401
+from unet_medical.model.quantization import weight_storage_bits
+from unet_medical.model.quantizers import (
     QuantizationConfig,
     QuantSpec,
     dequantize_codes,
@@ -21,7 +21,7 @@ from model.quantizers import (
     quantize_ternary,
     quantized_codes,
 )
-from utils.errors import UNetError
+from unet_medical.base.errors import UNetError
 
 
 def values(tensor) -> np.ndarray:

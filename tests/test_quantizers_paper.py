@@ -13,16 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import utils  # noqa: F401
+import unet_medical  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from model.packing import code_offset_and_stride, load_packed, save_packed
-from model.quantized_layers import QuantConv2D
-from model.quantizers import (PAPER, QuantizationConfig, QuantSpec, dequantize_codes, fixed_point_range, get_quantizer,
+from unet_medical.model.packing import code_offset_and_stride, load_packed, save_packed
+from unet_medical.model.quantized_layers import QuantConv2D
+from unet_medical.model.quantizers import (PAPER, QuantizationConfig, QuantSpec, dequantize_codes, fixed_point_range, get_quantizer,
                               paper_code_limit, quantize_fixed, quantize_fixed_paper, quantized_codes)
-from model.quantization import quantize_unet, weight_storage_bits
-from utils.errors import UNetError
+from unet_medical.model.quantization import quantize_unet, weight_storage_bits
+from unet_medical.base.errors import UNetError
 
 
 def values(tensor) -> np.ndarray:
@@ -188,9 +188,9 @@ def test_packed_round_trip_is_exact(tmp_path):
 
 
 def test_fixed_scheme_flag_reaches_the_quantization_config():
-    from runtime.assemble import quantization_config
-    from runtime.config import parse_config
-    from runtime.study import _weight_bits
+    from unet_medical.cli.assemble import quantization_config
+    from unet_medical.cli.config import parse_config
+    from unet_medical.cli.study import _weight_bits
 
     cfg = parse_config(["--quantization", "FIXED", "--fixed_scheme", "paper"])
     assert quantization_config(cfg).fixed_scheme == "paper"
@@ -204,7 +204,7 @@ def test_fixed_scheme_flag_reaches_the_quantization_config():
 @pytest.mark.slow
 def test_training_run_records_and_reloads_the_scheme(isbi_data_dir, tmp_path):
     import main
-    from runtime.assemble import load_trained
+    from unet_medical.cli.assemble import load_trained
 
     flags = ["--exec_mode", "train", "--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path),
              "--padding", "same", "--base_filters", "4", "--depth", "2", "--crop_size", "32", "--max_steps", "2",

@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from utils.data import layouts, readers
-from utils.errors import UNetError
+from unet_medical.data import layouts, readers
+from unet_medical.base.errors import UNetError
 
 _tifffile_module = importlib.import_module("tifffile.tifffile")
 
@@ -262,7 +262,7 @@ def test_uint16_binary_masks_use_65535_and_other_values_still_fail():
 
 
 def test_instance_label_masks_read_as_foreground_and_few_ids_still_ask_for_num_classes():
-    from utils.data.readers import INSTANCE_VALUES, to_class_ids
+    from unet_medical.data.readers import INSTANCE_VALUES, to_class_ids
 
     instances = np.zeros((20, 20), np.uint16)
     for k in range(INSTANCE_VALUES + 1):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils.data.fingerprint import intensity_statistics, measure_fingerprint, object_statistics
-from utils.data.normalize import CLIP_PERCENTILES, normalize_image, normalize_images_tf
-from utils.data.recipe import (THIN_CLASS_WEIGHT, choose_class_weights, choose_crop_size, choose_foreground_sampling,
+from unet_medical.data.fingerprint import intensity_statistics, measure_fingerprint, object_statistics
+from unet_medical.data.normalize import CLIP_PERCENTILES, normalize_image, normalize_images_tf
+from unet_medical.data.recipe import (THIN_CLASS_WEIGHT, choose_class_weights, choose_crop_size, choose_foreground_sampling,
                                choose_normalization, choose_recipe, parse_class_weights)
 
 
@@ -138,7 +138,7 @@ def test_budgeted_run_records_its_recipe_and_a_resume_keeps_it(tmp_path):
     import yaml
 
     import main
-    from utils.data.synthetic_kinds import write_folder_kind
+    from unet_medical.data.synthetic_kinds import write_folder_kind
 
     data = tmp_path / "vessels"
     write_folder_kind(data, "vessels", num_images=5)

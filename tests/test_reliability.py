@@ -11,9 +11,9 @@ import tifffile
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from utils.data.readers import as_image, as_mask, read_image_file, read_stack, to_class_ids
-from utils.data.layouts import load_training_data
-from utils.errors import UNetError
+from unet_medical.data.readers import as_image, as_mask, read_image_file, read_stack, to_class_ids
+from unet_medical.data.layouts import load_training_data
+from unet_medical.base.errors import UNetError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -19,13 +19,13 @@ import tifffile
 from PIL import Image
 
 import main
-from model.unet import UNetSpec, build_unet
-from utils.data.layouts import load_training_images
-from utils.data.normalize import normalize_image
-from utils.data.synthetic import make_em_stack
-from utils.errors import UNetError
-from utils.export import serving
-from utils.inference.tiling import keras_predictor, predict_images, tile_starts
+from unet_medical.model.unet import UNetSpec, build_unet
+from unet_medical.data.layouts import load_training_images
+from unet_medical.data.normalize import normalize_image
+from unet_medical.data.synthetic import make_em_stack
+from unet_medical.base.errors import UNetError
+from unet_medical.export import serving
+from unet_medical.inference.tiling import keras_predictor, predict_images, tile_starts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "deployment.md"

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from utils.errors import UNetError
-from runtime.study import load_study, pareto_front
+from unet_medical.base.errors import UNetError
+from unet_medical.cli.study import load_study, pareto_front
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ variants:
 
 
 def start_study(config, data_dir, results):
-    return subprocess.Popen([sys.executable, "-m", "runtime.study", "--config", str(config), "--data_dir", str(data_dir),
+    return subprocess.Popen([sys.executable, "-m", "unet_medical.cli.study", "--config", str(config), "--data_dir", str(data_dir),
                              "--results_dir", str(results), "--latency_image", "64", "--latency_rounds", "3"],
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

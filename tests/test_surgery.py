@@ -1,11 +1,11 @@
-"""Tests for model/surgery.py: rebuilding Functional models with layers replaced."""
+"""Tests for unet_medical/model/surgery.py: rebuilding Functional models with layers replaced."""
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from model.surgery import graph_nodes, replace_layers
-from utils.errors import UNetError
+from unet_medical.model.surgery import graph_nodes, replace_layers
+from unet_medical.base.errors import UNetError
 
 L = keras.layers
 
@@ -208,7 +208,7 @@ def test_subclassed_model_is_rejected():
 
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_identity_rebuild_of_project_unet(padding):
-    from model.unet import UNetSpec, build_unet, smallest_valid_input
+    from unet_medical.model.unet import UNetSpec, build_unet, smallest_valid_input
 
     spec = UNetSpec(base_filters=4, depth=2, padding=padding, dropout=0.5)
     model = build_unet(spec)

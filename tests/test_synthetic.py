@@ -7,9 +7,9 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage import transform
 
-from utils.data import synthetic
-from utils.errors import UNetError
-from utils.data import layouts
+from unet_medical.data import synthetic
+from unet_medical.base.errors import UNetError
+from unet_medical.data import layouts
 
 
 @pytest.fixture(scope="module")

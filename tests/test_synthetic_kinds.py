@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 import download_dataset as dd
-from utils.data import layouts, synthetic_kinds, synthetic_nuclei, synthetic_vessels
-from utils.errors import UNetError
+from unet_medical.data import layouts, synthetic_kinds, synthetic_nuclei, synthetic_vessels
+from unet_medical.base.errors import UNetError
 
 
 @pytest.fixture(scope="module")

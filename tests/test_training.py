@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 import main
-from utils.training import checkpoint as ckpt
-from runtime.config import parse_config
+from unet_medical.training import checkpoint as ckpt
+from unet_medical.cli.config import parse_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--batch_norm", "--dropout", "0",
@@ -31,7 +31,7 @@ def run_main(args, **kwargs):
 
 def model_arrays(path):
     with np.load(path) as data:
-        return [data[k] for k in sorted(data.files) if k.startswith("model/")]
+        return [data[k] for k in sorted(data.files) if k.startswith("unet_medical/model/")]
 
 
 def logged_steps(log_path):
@@ -86,10 +86,10 @@ def test_refuses_to_train_over_an_existing_checkpoint(tmp_path, isbi_data_dir, c
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, isbi_data_dir, monkeypatch):
-    import utils.training.loop as training
-    from runtime.assemble import make_logger
-    from runtime.modes import run_training
-    from utils.training import distributed
+    import unet_medical.training.loop as training
+    from unet_medical.cli.assemble import make_logger
+    from unet_medical.cli.modes import run_training
+    from unet_medical.training import distributed
 
     original = training.cross_entropy_dice_loss
     calls = tf.Variable(0)

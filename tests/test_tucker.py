@@ -1,4 +1,4 @@
-"""Tests for model/tucker.py: Tucker-2 factors, rank rules, decomposed layers, whole model."""
+"""Tests for unet_medical/model/tucker.py: Tucker-2 factors, rank rules, decomposed layers, whole model."""
 import csv
 import math
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from model.tucker import (REPORT_FIELDS, decompose_layer, read_report_csv,
+from unet_medical.model.tucker import (REPORT_FIELDS, decompose_layer, read_report_csv,
                           report_table, select_ranks, tucker2_factors, tucker2_factors_transposed,
                           tucker_compress, write_report_csv)
-from utils.errors import UNetError
+from unet_medical.base.errors import UNetError
 
 L = keras.layers
 RTOL = 1e-4
@@ -397,7 +397,7 @@ def test_decomposed_model_trains(small_model, image):
 
 @pytest.mark.parametrize("padding, dropout", [("same", 0.5), ("valid", 0.5)])
 def test_project_unet_full_rank_matches(padding, dropout):
-    from model.unet import UNetSpec, build_unet, is_valid_input_size, smallest_valid_input
+    from unet_medical.model.unet import UNetSpec, build_unet, is_valid_input_size, smallest_valid_input
 
     spec = UNetSpec(base_filters=4, depth=2, padding=padding, dropout=dropout)
     keras.utils.set_random_seed(11)
@@ -417,7 +417,7 @@ def test_project_unet_full_rank_matches(padding, dropout):
 
 
 def test_mixed_precision_policy_is_kept():
-    from model.unet import UNetSpec, build_unet
+    from unet_medical.model.unet import UNetSpec, build_unet
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

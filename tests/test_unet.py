@@ -1,4 +1,4 @@
-"""Tests of model/unet.py and model/blocks.py: the paper network, the same-padding variant, size
+"""Tests of unet_medical/model/unet.py and unet_medical/model/blocks.py: the paper network, the same-padding variant, size
 arithmetic, serialization, mixed precision and TF-MOT compatibility. Small nets (4-8 filters) except
 where the paper's numbers are the point."""
 import numpy as np
@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import utils  # noqa: F401
+import unet_medical  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from model.layers import CenterCropToMatch, SeededDropout
-from model.unet import (
+from unet_medical.model.layers import CenterCropToMatch, SeededDropout
+from unet_medical.model.unet import (
     UNetSpec,
     build_unet,
     is_valid_input_size,
@@ -20,7 +20,7 @@ from model.unet import (
     paper_unet_spec,
     smallest_valid_input,
 )
-from utils.errors import UNetError
+from unet_medical.base.errors import UNetError
 
 
 def analytic_param_count(spec: UNetSpec) -> int:

@@ -2,10 +2,10 @@
 import pytest
 import numpy as np
 
-from model.quantizers import QuantizationConfig
-from model.quantization import quantize_unet
-from model.unet import UNetSpec, build_unet
-from runtime.visualize import conv_kernels, write_weight_histograms
+from unet_medical.model.quantizers import QuantizationConfig
+from unet_medical.model.quantization import quantize_unet
+from unet_medical.model.unet import UNetSpec, build_unet
+from unet_medical.cli.visualize import conv_kernels, write_weight_histograms
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from utils.errors import UNetError
-from utils.data.warp import affine_flow, coarse_displacement, dense_image_warp
+from unet_medical.base.errors import UNetError
+from unet_medical.data.warp import affine_flow, coarse_displacement, dense_image_warp
 
 SCIPY_MODE = {"reflect": "mirror", "constant": "grid-constant"}
 SHAPES = [(16, 16), (13, 21), (1, 9)]  # square, non-square, single-row (mirror period 0)

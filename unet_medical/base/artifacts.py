@@ -1,0 +1,89 @@
+"""Where a run's artefacts live in `model_dir`, and the typed run record (model.json) that lets a later run
+(evaluate, predict, export) rebuild the trained network without the training flags."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+from unet_medical.base.errors import UNetError
+from unet_medical.base.fileio import atomic_write_text
+
+MODEL_JSON = "model.json"
+EVAL_RESULTS = "eval_results.json"
+RUN_CONFIG = "config.yaml"
+PREDICTIONS = "predictions"
+FINGERPRINT = "dataset_fingerprint.json"  # the data fingerprint and the recipe chosen from it
+
+
+# How a trained network is stored and deployed, decided from its quantization in one place:
+#   float   plain float32 weights (SavedModel, ONNX, TFLite from the float network)
+#   qat     TF-MOT int8 quantization-aware training: ships as int8 TFLite
+#   packed  fake-quantized FIXED / INT / BNN / TERNARY: ships as bit-packed weights
+VARIANTS = ("float", "qat", "packed")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What a trained model needs besides its weights, written to and read from model_dir/model.json.
+
+    Fields:
+        spec: model.unet.UNetSpec fields.
+        class_names: one name per output channel.
+        architecture: Keras JSON of the float network (before TF-MOT wrapping), or None for a plain U-Net.
+        quantization: "NONE", "FIXED", "INT", "BNN", "TERNARY" or "QAT_INT8".
+        quantization_config: model.quantizers.QuantizationConfig.to_dict() of the run, if any.
+        step: training step of the weights in use (set when a checkpoint is loaded).
+        model_path: the exported file these weights come from (--model_path), if any.
+        normalization: utils.data.normalize mode the network was trained with ("global" or "per_image").
+        image_dtype: NumPy dtype name of the training images (the SavedModel's serving_default input).
+        precision: the Keras dtype policy training (or this restore) ran in ("float32", "mixed_bfloat16", ...).
+    """
+
+    spec: dict[str, Any]
+    class_names: tuple[str, ...]
+    architecture: str | None = None
+    quantization: str = "NONE"
+    quantization_config: dict[str, Any] | None = None
+    step: int | None = None
+    model_path: str | None = None
+    normalization: str = "global"
+    image_dtype: str | None = None
+    precision: str | None = None
+
+    @property
+    def variant(self) -> str:
+        """"float", "qat" or "packed" (see VARIANTS)."""
+        if self.quantization == "QAT_INT8":
+            return "qat"
+        return "float" if self.quantization == "NONE" else "packed"
+
+    def replace(self, **changes: Any) -> "RunRecord":
+        return dataclasses.replace(self, **changes)
+
+
+_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype", "precision")
+
+
+def save_run_record(model_dir: str | pathlib.Path, record: RunRecord) -> pathlib.Path:
+    payload = {"spec": record.spec, "class_names": list(record.class_names),
+               **{k: getattr(record, k) for k in _STORED}}
+    return atomic_write_text(pathlib.Path(model_dir) / MODEL_JSON, json.dumps(payload, indent=2))
+
+
+def load_run_record(model_dir: str | pathlib.Path) -> RunRecord:
+    path = pathlib.Path(model_dir) / MODEL_JSON
+    if not path.is_file():
+        raise UNetError(f"{path} not found: --model_dir must be the folder of a training run")
+    try:
+        payload = json.loads(path.read_text())
+        stored = {**payload.get("extra", {}), **payload}  # model.json of earlier versions nests them in "extra"
+        return RunRecord(spec=dict(payload["spec"]), class_names=tuple(payload["class_names"]),
+                         **{k: stored[k] for k in _STORED if k in stored})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UNetError(f"{path} is corrupt ({exc})") from None
+
+
+def write_json(path: str | pathlib.Path, data: dict[str, Any]) -> pathlib.Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))

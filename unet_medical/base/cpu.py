@@ -1,0 +1,417 @@
+"""What CPU this is, what it can do per cycle, how fast it really runs, and which precision to train in.
+
+Base layer: imports only the standard library, NumPy and UNetError; TensorFlow is imported lazily
+by `gpu_details` alone.
+
+- `read_cpu_info` parses /proc/cpuinfo text into a `CpuInfo` (unreadable or non-Linux: empty flags).
+- `fp32_flops_per_cycle` reads the one table of microarchitecture facts (`FLOP_RULES`).
+- `measure_clock_ghz` / `measure_sgemm_gflops` measure; `peak_report` turns them into a peak and
+  the fraction of it a model reaches (a fraction above 1 means the peak model is wrong and raises).
+- `choose_precision` turns `--precision auto|fp32|bf16|fp16` into a Keras dtype policy name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from unet_medical.base.errors import UNetError
+
+CPUINFO = "/proc/cpuinfo"
+SCALING_CUR_FREQ = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"
+KNOWN_VENDORS = ("GenuineIntel", "AuthenticAMD")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuInfo:
+    """The facts /proc/cpuinfo gives about the first CPU listed (all are the same on x86 servers).
+
+    vendor is "GenuineIntel", "AuthenticAMD" or "other"; family/model are None when not reported;
+    logical_cores counts `processor` entries (hyperthreads included), physical_cores distinct
+    (physical id, core id) pairs, the cores that own the FMA units.
+    """
+
+    vendor: str = "other"
+    model_name: str = ""
+    family: int | None = None
+    model: int | None = None
+    flags: frozenset[str] = frozenset()
+    logical_cores: int = 0
+    physical_cores: int = 0
+
+    def has(self, *flags: str) -> bool:
+        """True if the CPU reports every one of `flags`."""
+        return all(f in self.flags for f in flags)
+
+    def has_any(self, *flags: str) -> bool:
+        return any(f in self.flags for f in flags)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value, 0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def parse_cpu_info(text: str) -> CpuInfo:
+    """CpuInfo from /proc/cpuinfo text; fields that are missing or malformed stay at their defaults."""
+    blocks: list[dict[str, str]] = [{}]
+    for line in text.splitlines():
+        if not line.strip():
+            if blocks[-1]:
+                blocks.append({})
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            blocks[-1].setdefault(key.strip().lower(), value.strip())
+    blocks = [b for b in blocks if b]
+    first = next((b for b in blocks if "vendor_id" in b or "model name" in b or "flags" in b),
+                 blocks[0] if blocks else {})
+    vendor = first.get("vendor_id", "")
+    # x86 lists "flags"; arm64 lists "Features".
+    flags = frozenset((first.get("flags") or first.get("features") or "").lower().split())
+    processors = [b for b in blocks if "processor" in b and _int(b["processor"]) is not None]
+    core_ids = {(b.get("physical id"), b.get("core id")) for b in processors if "core id" in b}
+    if core_ids:
+        physical = len(core_ids)
+    elif _int(first.get("cpu cores")):
+        sockets = {b.get("physical id") for b in processors} or {None}
+        physical = _int(first["cpu cores"]) * len(sockets)
+    else:
+        physical = len(processors)
+    return CpuInfo(
+        vendor=vendor if vendor in KNOWN_VENDORS else "other",
+        model_name=first.get("model name", ""),
+        family=_int(first.get("cpu family")),
+        model=_int(first.get("model")),
+        flags=flags,
+        logical_cores=len(processors),
+        physical_cores=physical,
+    )
+
+
+def read_cpu_info(text: str | None = None) -> CpuInfo:
+    """Parse `text`, or this machine's /proc/cpuinfo when None.
+
+    Never raises for a missing or unreadable file (macOS, Windows, a sandbox): the result then has
+    empty flags, the model name `platform.processor()` gives, and os.cpu_count() cores.
+    """
+    if text is not None:
+        return parse_cpu_info(text)
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
+            info = parse_cpu_info(f.read())
+    except OSError:
+        info = CpuInfo(model_name=platform.processor() or platform.machine())
+    cores = os.cpu_count() or 1
+    return dataclasses.replace(
+        info,
+        model_name=info.model_name or platform.processor() or platform.machine(),
+        logical_cores=info.logical_cores or cores,
+        physical_cores=info.physical_cores or info.logical_cores or cores,
+    )
+
+
+# --- microarchitecture facts -------------------------------------------------------------------
+
+# Intel client cores (Cannon Lake, Ice Lake, Tiger Lake, Rocket Lake) that execute AVX-512 with a
+# single 512-bit FMA unit: 32 FP32 FLOP/cycle, not the 64 of the server cores.
+_INTEL_ONE_FMA512_MODELS = frozenset({102, 125, 126, 140, 141, 167})
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopRule:
+    name: str
+    applies: Callable[[CpuInfo], bool]
+    flops: int  # FP32 FLOP per cycle per physical core (FMA counts 2)
+    why: str
+
+
+def _amd(cpu: CpuInfo, *families: int) -> bool:
+    return cpu.vendor == "AuthenticAMD" and cpu.family in families
+
+
+def _intel(cpu: CpuInfo) -> bool:
+    return cpu.vendor == "GenuineIntel"
+
+
+# The first rule that applies wins, so the specific microarchitectures come before the generic ISA.
+FLOP_RULES: tuple[FlopRule, ...] = (
+    FlopRule("AMD Zen 5", lambda c: _amd(c, 26) and c.has("avx512f"), 64,
+             "two 512-bit FMA pipes (server/desktop Zen 5; mobile Zen 5 splits AVX-512 in halves)"),
+    FlopRule("AMD Zen 4", lambda c: _amd(c, 25) and c.has("avx512f"), 32,
+             "AVX-512 executed as two 256-bit halves on two 256-bit FMA pipes"),
+    FlopRule("AMD Zen/Zen+", lambda c: _amd(c, 23) and (c.model or 0) < 0x30 and c.has("avx2"), 16,
+             "two 128-bit FMA pipes: 256-bit AVX2 ops are split in halves"),
+    FlopRule("AMD Zen 2/Zen 3", lambda c: _amd(c, 23, 25) and c.has("avx2", "fma"), 32,
+             "two 256-bit FMA pipes"),
+    FlopRule("Intel AMX server core", lambda c: _intel(c) and c.has("avx512f", "amx_tile"), 64,
+             "Sapphire Rapids or later Xeon: two 512-bit FMA units (AMX tiles not counted)"),
+    FlopRule("Intel client AVX-512", lambda c: _intel(c) and c.has("avx512f")
+             and c.family == 6 and c.model in _INTEL_ONE_FMA512_MODELS, 32,
+             "client core with one 512-bit FMA unit"),
+    FlopRule("Intel AVX-512 server core", lambda c: _intel(c) and c.has("avx512f"), 64,
+             "two 512-bit FMA units (Xeon Bronze/Silver parts with one unit reach half)"),
+    FlopRule("AVX2+FMA", lambda c: c.has("avx2", "fma"), 32, "two 256-bit FMA units"),
+    FlopRule("AVX", lambda c: c.has("avx"), 16, "no FMA: one 256-bit add + one 256-bit multiply"),
+    FlopRule("SSE", lambda c: c.has_any("sse", "sse2"), 8, "one 128-bit add + one 128-bit multiply"),
+)
+
+
+def fp32_flops_per_cycle(cpu: CpuInfo) -> tuple[int, str]:
+    """FP32 FLOP per cycle per physical core, and a one-line reason naming the rule of FLOP_RULES.
+
+    (0, reason) when no x86 SIMD flag is known (non-x86, unreadable /proc/cpuinfo): no peak then.
+    """
+    for rule in FLOP_RULES:
+        if rule.applies(cpu):
+            return rule.flops, f"{rule.name}: {rule.why} = {rule.flops} FP32 FLOP/cycle/core"
+    return 0, "no known x86 SIMD flag (sse/avx/avx2/avx512f): FP32 FLOP/cycle unknown"
+
+
+_SUMMARY_FLAGS = (  # (label, flags any of which shows it), in the order describe() lists them
+    ("FMA", ("fma",)),
+    ("VNNI", ("avx512_vnni", "avx_vnni")),
+    ("BF16", ("avx512_bf16",)),
+    ("FP16", ("avx512_fp16",)),
+    ("AMX-BF16", ("amx_bf16",)),
+    ("AMX-FP16", ("amx_fp16",)),
+    ("AMX-INT8", ("amx_int8",)),
+)
+
+
+def flags_summary(cpu: CpuInfo) -> str:
+    """The flags that matter for deep learning: widest vector ISA, then FMA/VNNI/BF16/FP16/AMX."""
+    for label, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"),
+                        ("SSE4.2", "sse4_2"), ("SSE2", "sse2"), ("SSE", "sse"), ("NEON", "asimd")):
+        if flag in cpu.flags:
+            parts = [label]
+            break
+    else:
+        return "no SIMD flags known"
+    for label, flags in _SUMMARY_FLAGS:
+        if label == "FMA" and parts[0] == "AVX-512":
+            continue  # AVX-512 implies FMA
+        if cpu.has_any(*flags):
+            parts.append(label)
+    return ", ".join(parts)
+
+
+def describe(cpu: CpuInfo) -> str:
+    """One line: "Intel(R) Xeon(R) Processor (GenuineIntel family 6 model 143; AVX-512, VNNI, ...)"."""
+    fam = "?" if cpu.family is None else cpu.family
+    mod = "?" if cpu.model is None else cpu.model
+    return f"{cpu.model_name or 'unknown CPU'} ({cpu.vendor} family {fam} model {mod}; {flags_summary(cpu)})"
+
+
+# --- measurements ------------------------------------------------------------------------------
+
+def _cpuinfo_mhz() -> list[float]:
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "cpu mhz":
+            try:
+                out.append(float(value))
+            except ValueError:
+                pass
+    return out
+
+
+def _scaling_cur_mhz() -> list[float]:
+    try:
+        with open(SCALING_CUR_FREQ, encoding="ascii") as f:
+            return [int(f.read().strip()) / 1000.0]  # kHz
+    except (OSError, ValueError):
+        return []
+
+
+def measure_clock_ghz(seconds: float = 0.3) -> float:
+    """The kernel-reported clock, in GHz, while a NumPy matmul keeps the cores busy.
+
+    Pure Python cannot time a dependent chain of adds, so this samples `cpu MHz` from /proc/cpuinfo
+    (all processors, five samples over `seconds`) and averages; without it, cpu0's cpufreq
+    scaling_cur_freq. It is what the kernel reports: in a VM, usually the nominal/TSC clock, which
+    may be below the turbo clock the cores actually run at. NaN when neither source exists.
+    """
+    stop = threading.Event()
+
+    def busy() -> None:  # the matmul releases the GIL, so sampling below runs concurrently
+        a = np.ones((384, 384), np.float32)
+        out = np.empty_like(a)
+        while not stop.is_set():
+            np.matmul(a, a, out=out)
+
+    worker = threading.Thread(target=busy, daemon=True)
+    worker.start()
+    samples: list[float] = []
+    try:
+        n = 5
+        time.sleep(min(0.05, seconds / (n + 1)))  # let the governor ramp up
+        for _ in range(n):
+            samples += _cpuinfo_mhz() or _scaling_cur_mhz()
+            time.sleep(seconds / n)
+    finally:
+        stop.set()
+        worker.join()
+    return sum(samples) / len(samples) / 1000.0 if samples else math.nan
+
+
+def measure_sgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
+    """GFLOP/s of one n x n float32 matmul (2 n^3 FLOP) through NumPy's BLAS, best of `repeats`
+    after one warm-up, all threads the BLAS uses."""
+    if n < 1 or repeats < 1:
+        raise ValueError(f"n and repeats must be >= 1, got n={n}, repeats={repeats}")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / max(best, 1e-9) / 1e9
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def peak_report(measured_gflops: float | None, cpu: CpuInfo | None = None, *,
+                clock_ghz: float | None = None, sgemm_gflops: float | None = None,
+                sgemm_n: int = 2048) -> dict:
+    """Peak FP32 GFLOP/s of `cpu` (this machine when None) and how much of it a model reaches.
+
+    peak = cores * FLOP/cycle * clock, with physical cores (on this machine, no more than the
+    process may run on) and the clock from measure_clock_ghz unless `clock_ghz` is given; the SGEMM
+    reference is measured at `sgemm_n` unless `sgemm_gflops` is given. Fractions are None when the
+    value they need is unknown. A fraction of peak above 1 (model or SGEMM) is a bug in the peak
+    model and raises RuntimeError.
+    """
+    here = cpu is None
+    cpu = read_cpu_info() if here else cpu
+    flops, why = fp32_flops_per_cycle(cpu)
+    cores = cpu.physical_cores or cpu.logical_cores
+    if here:
+        cores = min(cores, _usable_cpus())
+    clock = measure_clock_ghz() if clock_ghz is None else float(clock_ghz)
+    sgemm = measure_sgemm_gflops(sgemm_n) if sgemm_gflops is None else float(sgemm_gflops)
+    peak = cores * flops * clock if flops and cores and math.isfinite(clock) and clock > 0 else None
+
+    def fraction(value: float | None, of: float | None) -> float | None:
+        return None if value is None or not of else value / of
+
+    report = {
+        "cpu": cpu.model_name,
+        "describe": describe(cpu),
+        "flags": flags_summary(cpu),
+        "flop_per_cycle": flops,
+        "flop_per_cycle_reason": why,
+        "clock_ghz": clock,
+        "clock_source": "given" if clock_ghz is not None else "kernel-reported (cpu MHz under load)",
+        "cores": cores,
+        "peak_gflops": peak,
+        "sgemm_gflops": sgemm,
+        "sgemm_fraction_of_peak": fraction(sgemm, peak),
+        "measured_gflops": measured_gflops,
+        "fraction_of_peak": fraction(measured_gflops, peak),
+        "fraction_of_sgemm": fraction(measured_gflops, sgemm),
+    }
+    for key in ("fraction_of_peak", "sgemm_fraction_of_peak"):
+        if report[key] is not None and report[key] > 1.0:
+            raise RuntimeError(
+                f"peak fraction > 1: the peak model is wrong for {describe(cpu)} ({key}={report[key]:.3f}: "
+                f"{cores} cores x {flops} FLOP/cycle x {clock:.3f} GHz = {peak:.1f} GFLOP/s; {why})")
+    return report
+
+
+# --- precision ---------------------------------------------------------------------------------
+
+def gpu_details() -> list[dict]:
+    """This machine's GPUs as TF describes them ({"compute_capability": (8, 0), "device_name": ...}).
+    Imports TensorFlow."""
+    import tensorflow as tf
+
+    return [tf.config.experimental.get_device_details(g) for g in tf.config.list_physical_devices("GPU")]
+
+
+def _capability(gpu: dict) -> tuple[int, int] | None:
+    cc = gpu.get("compute_capability") if isinstance(gpu, dict) else None
+    if isinstance(cc, str):
+        cc = cc.split(".")
+    try:
+        major, minor = (int(x) for x in cc)
+        return major, minor
+    except (TypeError, ValueError):
+        return None
+
+
+def choose_precision(requested: str, cpu: CpuInfo, gpus: list[dict] | int) -> tuple[str, str]:
+    """The Keras dtype policy for `--precision requested`, and why.
+
+    `gpus` is `gpu_details()` (dicts with "compute_capability") or a GPU count (capability unknown).
+    When there is a GPU the model runs on it, so the GPU decides and the CPU flags do not matter.
+    auto: every GPU has tensor cores (compute capability >= 7.0) -> mixed_float16 (with loss
+    scaling); GPU without, or of unknown capability -> float32; no GPU: a CPU with AVX512_BF16 or
+    AMX-BF16 -> mixed_bfloat16, else float32. fp32/bf16/fp16 are honoured; the reason says when
+    they will be slow.
+    """
+    if requested not in PRECISIONS:
+        raise UNetError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, list, tuple)):
+        raise TypeError(f"gpus must be a list of device details or a count, got {gpus!r}")
+    caps = [None] * gpus if isinstance(gpus, int) else [_capability(g) for g in gpus]
+    on_gpu = bool(caps)
+    known = on_gpu and all(c is not None for c in caps)
+    cc = min(caps) if known else None
+    cc_text = f"GPU compute capability {cc[0]}.{cc[1]}" if cc else "GPU compute capability unknown"
+    cpu_bf16 = cpu.has_any(*BF16_FLAGS)
+    cpu_bf16_names = "/".join(n for f, n in zip(BF16_FLAGS, ("AVX512_BF16", "AMX-BF16")) if f in cpu.flags)
+
+    if requested == "fp32":
+        return "float32", "forced by --precision fp32"
+    if requested == "fp16":
+        if not on_gpu:
+            return "mixed_float16", ("forced by --precision fp16 on a CPU: TF runs float16 (with loss "
+                                     "scaling) but has no fast CPU float16 kernels, expect it slower than float32")
+        if cc and cc >= (7, 0):
+            return "mixed_float16", f"forced by --precision fp16: {cc_text} >= 7.0 has tensor cores (loss scaling on)"
+        return "mixed_float16", f"forced by --precision fp16: {cc_text}, tensor cores not known to exist (loss scaling on)"
+    if requested == "bf16":
+        if on_gpu:
+            if cc and cc >= (8, 0):
+                return "mixed_bfloat16", f"forced by --precision bf16: {cc_text} >= 8.0 has bfloat16 tensor cores"
+            return "mixed_bfloat16", f"forced by --precision bf16: {cc_text}, no bfloat16 tensor cores known (< 8.0): likely slow"
+        if cpu_bf16:
+            return "mixed_bfloat16", f"forced by --precision bf16: CPU has {cpu_bf16_names}"
+        return "mixed_bfloat16", ("forced by --precision bf16: CPU has no AVX512_BF16/AMX, bfloat16 is "
+                                  "emulated and slower than float32")
+    # auto
+    if on_gpu:
+        if cc and cc >= (7, 0):
+            return "mixed_float16", f"{cc_text} >= 7.0 has tensor cores: float16 compute with loss scaling"
+        if cc:
+            return "float32", f"{cc_text} < 7.0: no tensor cores, float16 would not be faster"
+        return "float32", f"{cc_text}: not assuming tensor cores (pass gpu_details() to decide)"
+    if cpu_bf16:
+        return "mixed_bfloat16", f"CPU has {cpu_bf16_names}: oneDNN runs bfloat16 natively, no loss scaling needed"
+    return "float32", "CPU has no AVX512_BF16/AMX: bfloat16 would be emulated and slower"

@@ -1,0 +1,235 @@
+"""Throughput and latency of the training step and of inference (--exec_mode benchmark, --benchmark).
+
+What is timed is what the project runs, nothing re-implemented:
+    train    the compiled step of utils.training.make_train_step (forward, CE + Dice loss, gradient,
+             reduction over workers, Adam update) on synthetic tensors (model only) or on batches
+             of the tf.data pipeline (--bench_input real: crops, augmentation, input included);
+    predict  utils.inference.keras_predictor on synthetic tiles (model only: one call per batch of
+             tiles), or --bench_input real: utils.inference.tiled_predict on the test images (end
+             to end: normalization, mirror padding, tiling, stitching; one image per step).
+The network is built from the flags (--padding, --base_filters, --depth, ...) with random weights:
+speed does not depend on the weights. `bench_warmup_steps` untimed steps (tracing, autotuning)
+come first, then `bench_steps` timed ones; each step ends when its result is on the host.
+
+Reported (logger and MODEL_DIR/benchmark_results.json): img/s over the whole timed run and the mean
+of per-step rates, latency mean and p50/p90/p95/p99 in ms, GFLOP per image (FLOPs = 2 x MACs of
+model.complexity; a training step is counted as 3 forward passes, since the backward pass costs
+about twice the forward one), the precision the run computed in (--precision, see
+utils.precision; an exported model's own precision with --model_path) and, on CPU, the FP32 peak of
+utils.cpu.peak_report: physical cores x FLOP/cycle (with the rule that gives it) x the clock measured
+under load, the SGEMM GFLOP/s of a large NumPy matrix product, and the fractions of both the model
+reached. The fractions are given for float32 runs only: bfloat16 (AMX) and int8 kernels are not
+bounded by the FP32 peak. No peak is claimed for GPUs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from unet_medical.model.complexity import total_macs
+from unet_medical.model.unet import UNetSpec, build_unet
+from unet_medical.base.artifacts import write_json
+from unet_medical.cli.config import Config
+from unet_medical.base.errors import UNetError
+from unet_medical.base.timing import latency_stats, throughput, time_steps
+
+
+RESULTS_FILE = "benchmark_results.json"
+
+
+
+# Backward pass ~ 2 forward passes (gradients w.r.t. activations and w.r.t. weights).
+TRAIN_FORWARD_EQUIVALENTS = 3
+
+
+
+def resolve_mode(cfg: Config) -> str:
+    """'train' or 'predict': --benchmark_mode with --exec_mode benchmark, else the exec mode itself."""
+    if cfg.exec_mode == "benchmark":
+        return cfg.benchmark_mode
+    if cfg.exec_mode in ("train", "predict"):
+        return cfg.exec_mode
+    raise UNetError(f"--benchmark works with --exec_mode train or predict, not --exec_mode {cfg.exec_mode} "
+                    "(or use --exec_mode benchmark --benchmark_mode train|predict)")
+
+
+
+def benchmark_spec(cfg: Config, in_channels: int = 1) -> UNetSpec:
+    return UNetSpec(n_classes=cfg.num_classes or 2, in_channels=in_channels, base_filters=cfg.base_filters,
+                    depth=cfg.depth, padding=cfg.padding, batch_norm=cfg.batch_norm, dropout=cfg.dropout)
+
+
+
+def train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any]]:
+    from unet_medical.data.pipeline import make_train_dataset
+    from unet_medical.cli.assemble import check_crop_size, load_training_set, make_augment
+    from unet_medical.data.normalize import normalize_image
+    from unet_medical.training.loop import make_optimizer, make_train_step
+
+    data = load_training_set(cfg) if cfg.bench_input == "real" else None
+    spec = benchmark_spec(cfg, int(data.images[0].shape[-1]) if data else 1)
+    if data is not None:
+        spec = dataclasses.replace(spec, n_classes=len(data.class_names))
+    geometry = check_crop_size(spec, cfg.crop_size)
+    with dist.scope():
+        model = build_unet(spec)
+        optimizer = make_optimizer(cfg, dist.size)
+        optimizer.build(model.trainable_variables)
+    dist.broadcast_variables(list(model.variables) + list(optimizer.variables))
+    step_fn = make_train_step(model, optimizer, spec.n_classes, cfg.dice_weight, dist, xla=cfg.xla)
+    total = cfg.bench_warmup_steps + cfg.bench_steps
+    if data is not None:
+        batches = iter(make_train_dataset(
+            [normalize_image(im) for im in data.images], list(data.masks), list(data.names), geometry,
+            batch_size=cfg.batch_size, seed=cfg.seed, start_step=0, max_steps=total, augment=make_augment(cfg),
+            rank=dist.rank, world_size=dist.size))
+        step = lambda i: float(step_fn(*next(batches)))  # noqa: E731
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        images = tf.constant(rng.random((cfg.batch_size, geometry.input_size, geometry.input_size,
+                                         spec.in_channels), np.float32))
+        labels = tf.constant(rng.integers(0, spec.n_classes, (cfg.batch_size, geometry.output_size,
+                                                              geometry.output_size), np.int32))
+        step = lambda i: float(step_fn(images, labels))  # noqa: E731
+    times = time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps)
+    forward = 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9
+    return times, {"images_per_step": cfg.batch_size * dist.size, "latency_per": "step",
+                   "input_size": geometry.input_size, "output_size": geometry.output_size,
+                   "gflop_per_img_forward": forward, "gflop_per_img": TRAIN_FORWARD_EQUIVALENTS * forward,
+                   "flop_count": f"{TRAIN_FORWARD_EQUIVALENTS} x forward", "xla": cfg.xla,
+                   "workers": dist.size, "distribution": dist.name, "spec": dataclasses.asdict(spec)}
+
+
+
+def _predictor(cfg: Config, in_channels: int) -> tuple[UNetSpec, Any, Any, int | None]:
+    """(spec, predictor, Keras model whose MACs are counted, fixed tile or None): the network built from
+    the flags with random weights, or an exported model (--model_path) run by its own runtime."""
+    from unet_medical.inference.tiling import keras_predictor
+
+    if cfg.model_path:
+        from unet_medical.inference.runtimes import load_exported
+
+        exported = load_exported(cfg.model_path)
+        return exported.spec, exported, build_unet(exported.spec), exported.tile_size_for(cfg.tile_size)
+    spec = benchmark_spec(cfg, in_channels)
+    model = build_unet(spec)
+    return spec, keras_predictor(model), model, cfg.tile_size
+
+
+
+def _exported_fields(predictor: Any) -> dict[str, Any]:
+    """model_path, format and precision of an exported model (utils.inference.runtimes.ExportedModel)."""
+    from unet_medical.inference.runtimes import ExportedModel
+
+    if not isinstance(predictor, ExportedModel):
+        return {}
+    return {"model_path": str(predictor.path), "format": predictor.format, "exported_precision": predictor.precision}
+
+
+
+def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
+    from unet_medical.data.layouts import load_test_data
+    from unet_medical.data.normalize import normalize_image
+    from unet_medical.inference.tiling import plan_tiles, tile_starts, tiled_predict
+    from unet_medical.cli.assemble import check_crop_size, default_crop_size
+
+    if cfg.bench_input == "real":
+        data = load_test_data(cfg.data_dir, input_path=cfg.input)
+        spec, predictor, model, tile_size = _predictor(cfg, int(data.images[0].shape[-1]))
+        plans = [plan_tiles(spec, im.shape[:2], tile_size=tile_size, max_tile_size=cfg.max_tile_size,
+                            context=cfg.tile_context) for im in data.images]
+
+        def step(i: int) -> None:
+            k = i % len(data.images)
+            tiled_predict(predictor, normalize_image(data.images[k]), plans[k], batch_size=cfg.batch_size,
+                          tta=cfg.tta)
+
+        times = time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps)
+        tiles = [len(tile_starts(im.shape[0], p.core)) * len(tile_starts(im.shape[1], p.core)) * (8 if cfg.tta else 1)
+                 for im, p in zip(data.images, plans)]
+        per_tile = {p.tile_size: 2 * total_macs(model, (p.tile_size,) * 2) / 1e9 for p in set(plans)}
+        gflop = float(np.mean([n * per_tile[p.tile_size] for n, p in zip(tiles, plans)]))
+        return times, {"images_per_step": 1, "latency_per": "image", "input_size": plans[0].tile_size,
+                       "tiles_per_image": float(np.mean(tiles)), "tiles_per_call": cfg.batch_size,
+                       "image_size": list(data.images[0].shape[:2]), "tta": cfg.tta, "gflop_per_img": gflop,
+                       "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
+    spec, predictor, model, tile_size = _predictor(cfg, 1)
+    size = tile_size or cfg.crop_size or default_crop_size(spec)
+    geometry = check_crop_size(spec, size)
+    tiles = np.random.default_rng(cfg.seed).random((cfg.batch_size, size, size, spec.in_channels), np.float32)
+    times = time_steps(lambda i: predictor(tiles), cfg.bench_warmup_steps, cfg.bench_steps)
+    return times, {"images_per_step": cfg.batch_size, "latency_per": "batch", "input_size": size,
+                   "output_size": geometry.output_size, "gflop_per_img": 2 * total_macs(model, (size, size)) / 1e9,
+                   "flop_count": "forward", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
+
+
+
+def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
+    """Time cfg's mode; log and (on rank 0) write MODEL_DIR/benchmark_results.json. Returns the results."""
+    from unet_medical.base.precision import configure_precision, configure_seeds, gpu_available
+
+    mode = resolve_mode(cfg)
+    if cfg.model_path and mode == "train":
+        raise UNetError(f"--model_path={cfg.model_path}: an exported model can be benchmarked for predict "
+                        "only (--benchmark_mode predict); training benchmarks build the network from the flags")
+    if mode == "predict" and cfg.xla:
+        logger.log("PARAMETER", {"message": "--xla compiles the training step only; the predict "
+                                            "benchmark runs without it"})
+    configure_seeds(cfg.seed, cfg.deterministic)
+    # The benchmark builds the plain network of the flags (no --quantization), so only --precision/--amp count.
+    policy, reason = configure_precision(cfg.precision, cfg.amp)
+    if mode == "train":
+        times, info = train_benchmark(cfg, dist)
+    else:
+        times, info = _predict_benchmark(cfg)
+    if "exported_precision" in info:  # --model_path: the runtime of the file decides, not the Keras policy
+        policy = info.pop("exported_precision")
+        reason = f"{info['model_path']} was exported in {policy}; --precision/--amp do not apply to it"
+    logger.log("PARAMETER", {"precision": policy, "precision_reason": reason})
+    results: dict[str, Any] = {"mode": mode, "bench_input": cfg.bench_input, "batch_size": cfg.batch_size,
+                               "precision": policy, "precision_reason": reason,
+                               "warmup_steps": cfg.bench_warmup_steps, "steps": cfg.bench_steps}
+    results.update(throughput(info.pop("images_per_step"), times))
+    results.update(latency_stats(times))
+    results.update(info)
+    results["achieved_gflops"] = results["img_per_s"] * results["gflop_per_img"]
+    if gpu_available():
+        results.update(peak=None, peak_note="no peak figure is claimed for GPUs")
+    else:
+        results.update(cpu_peak(results["achieved_gflops"], policy, logger))
+    logger.log("BENCHMARK", {k: v for k, v in results.items() if isinstance(v, (int, float, str)) or v is None})
+    if dist.is_chief:
+        write_json(pathlib.Path(cfg.model_dir) / RESULTS_FILE, results)
+    return results
+
+
+
+def cpu_peak(achieved_gflops: float, precision: str, logger: Any) -> dict[str, Any]:
+    """The results' peak fields from utils.cpu.peak_report (flop_per_cycle and its reason, measured clock,
+    peak, SGEMM, fractions), compared with `achieved_gflops` for float32 runs only.
+
+    A fraction above 1 means the peak model is wrong for this CPU: peak_report raises; the timed results
+    are kept and the error is recorded and logged instead of the fractions.
+    """
+    from unet_medical.base.cpu import peak_report
+
+    float32 = precision in ("float32", "fp32")
+    try:
+        report = peak_report(achieved_gflops if float32 else None)
+    except RuntimeError as exc:
+        logger.log("PARAMETER", {"peak_error": str(exc)})
+        return {"peak": None, "peak_error": str(exc)}
+    if not float32:
+        report["peak_note"] = (f"the run computed in {precision}: the FP32 peak does not bound it, so no "
+                               "fraction is given (run with --precision fp32 for one)")
+    logger.log("PARAMETER", {"cpu": report["describe"], "flop_per_cycle": report["flop_per_cycle"],
+                             "flop_per_cycle_reason": report["flop_per_cycle_reason"],
+                             "clock_ghz": report["clock_ghz"], "peak_gflops": report["peak_gflops"],
+                             "sgemm_gflops": report["sgemm_gflops"]})
+    return {"peak": report, **{key: report[key] for key in (
+        "flop_per_cycle", "flop_per_cycle_reason", "clock_ghz", "peak_gflops", "sgemm_gflops",
+        "fraction_of_peak", "fraction_of_sgemm")}}

@@ -1,0 +1,258 @@
+"""--exec_mode export: restore a run, export it through utils.export, and write the model card; and the
+SavedModel every training run ends with (model_dir/saved_model/).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+
+from unet_medical.model.unet import smallest_valid_input
+from unet_medical.data.layouts import SegmentationData, load_test_data, load_training_images
+from unet_medical.data.normalize import normalize_image
+from unet_medical.base.errors import UNetError
+from unet_medical.inference.tiling import plan_tiles
+from unet_medical.inference.runtimes import EXPORT_JSON, load_exported
+from unet_medical.export.formats import (EXPORT_DIR, ExportInputs, artifact_name, check_export_request, export_model,
+                                  read_export_json, read_export_selection, record_artifact, write_savedmodel)
+from unet_medical.export.model_card import write_model_card
+from unet_medical.export.serving import UNetServingModule
+from unet_medical.base.timing import latency_summary_ms, time_steps
+
+SAVED_MODEL = "saved_model"  # model_dir/saved_model/: written at the end of training
+
+
+def load_export_images(cfg: Any) -> tuple[SegmentationData, bool]:
+    """(images, whether they are the run's training images): what export calibrates and checks on.
+
+    --input (a folder, stack or image, as for predict) if given; else the images of data_dir's
+    training layout (masks are never read, so a data_dir without labels works); else
+    data_dir/test-volume.tif. No labels are needed: parity compares the artefact with the Keras model.
+    """
+    if cfg.input:
+        return load_test_data(cfg.data_dir, input_path=cfg.input), False
+    data = load_training_images(cfg.data_dir, image_stack=cfg.image_stack, images_dir=cfg.images_dir)
+    if data is not None:
+        return data, True
+    try:
+        return load_test_data(cfg.data_dir), False
+    except UNetError:
+        raise UNetError(f"--data_dir={cfg.data_dir}: no images to calibrate and check the export with (looked "
+                        f"for train-volume.tif, --image_stack, {cfg.images_dir}/ and test-volume.tif); pass "
+                        "--input FOLDER_OR_STACK") from None
+
+
+def export_image_split(num_images: int, training_images: bool, num_folds: int,
+                       fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, parity) indices: the run's fold split for its training images, so the artefact
+    is checked on the held-out fold it was not calibrated on; every image for both otherwise."""
+    from unet_medical.data.folds import fold_split
+
+    if training_images and num_images >= num_folds:
+        return fold_split(num_images, num_folds, fold)
+    everything = np.arange(num_images)
+    return everything, everything
+
+
+def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
+    """--exec_mode export: the checkpoint of cfg.model_dir -> MODEL_DIR/export/<artefact> + export.json.
+
+    With --export_format: that format (--export_precision, default fp32). Without: the deploy file that
+    is fastest on this machine among the candidates that pass parity (utils.export.select).
+    """
+    from unet_medical.cli.assemble import restore_model
+
+    if cfg.model_path:
+        raise UNetError(f"--model_path={cfg.model_path}: export reads model_dir's checkpoint "
+                        "(--model_dir, --checkpoint); --model_path is for predict/evaluate/benchmark")
+    if cfg.export_format == "packed":
+        return run_packed_export(cfg, logger)
+    pairs = None
+    if cfg.export_format is None:
+        from unet_medical.base.cpu import read_cpu_info
+        from unet_medical.export.select import candidates
+        from unet_medical.base.precision import gpu_available
+
+        pairs = candidates(read_cpu_info(), int(gpu_available()), cfg.export_precision)
+        for fmt, precision in pairs:
+            check_export_request(fmt, precision)
+    else:
+        cfg = cfg.replace(export_precision=cfg.export_precision or "fp32")
+        check_export_request(cfg.export_format, cfg.export_precision)
+    model, spec, info = restore_model(cfg, logger)
+    data, training_images = load_export_images(cfg)
+    if data.images[0].shape[-1] != spec.in_channels:
+        raise UNetError(f"{data.source}: images have {data.images[0].shape[-1]} channel(s), the model expects "
+                        f"{spec.in_channels}")
+    calibration_idx, parity_idx = export_image_split(len(data.images), training_images, cfg.num_folds, cfg.fold)
+    largest = (max(im.shape[0] for im in data.images), max(im.shape[1] for im in data.images))
+    plan = plan_tiles(spec, largest, tile_size=cfg.tile_size, max_tile_size=cfg.max_tile_size,
+                      context=cfg.tile_context)
+    inputs = ExportInputs(parity_images=[data.images[i] for i in parity_idx],
+                          calibration_images=[normalize_image(data.images[i], info.normalization)
+                                              for i in calibration_idx],
+                          tile_size=plan.tile_size, context=plan.context, max_tile_size=cfg.max_tile_size,
+                          serving_tile_size=cfg.tile_size, image_dtype=info.image_dtype,
+                          normalization=info.normalization)
+    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
+    extra = {"checkpoint": cfg.checkpoint, "step": info.step, "parity_images": [data.names[i] for i in parity_idx],
+             "calibration_source": data.source, "normalization": info.normalization}
+    if pairs is not None:
+        from unet_medical.export.select import export_fastest
+
+        entry = export_fastest(model, spec, info.class_names, export_dir, inputs, pairs, extra=extra)
+        selection = read_export_selection(export_dir / EXPORT_JSON)
+        for candidate in selection["candidates"]:
+            logger.log("EXPORT", {k: v for k, v in {**candidate, **candidate.get("latency", {})}.items()
+                                  if isinstance(v, (int, float, str)) or v is None})
+        write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON), selection)
+    else:
+        entry = export_model(model, spec, info.class_names, export_dir, cfg.export_format, cfg.export_precision,
+                             inputs, extra=extra, logger=logger)
+        for key, report in entry.get("parity", {}).items():
+            logger.log("EXPORT", {"artifact": entry["file"], "check": key,
+                                  "label_agreement": report["label_agreement"],
+                                  "max_abs_prob_diff": report["max_abs_prob_diff"], "threshold": report["threshold"]})
+        entry = finish_artifact(cfg, entry, entry["parity_tile_size"], spec.in_channels)
+    logger.log("EXPORT", {"artifact": str(export_dir / entry["file"]), "format": entry["format"],
+                          "precision": entry["precision"], "tile_size": entry["parity_tile_size"],
+                          "size_bytes": entry["size_bytes"], "latency_ms_median": entry["latency"]["median_ms"],
+                          "deploy": bool(entry.get("deploy"))})
+    return entry
+
+
+def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Path:
+    """model_dir/saved_model/: the run's best checkpoint as a SavedModel (utils.export.serving).
+
+    best.npz is the checkpoint with the best held-out mean Dice, or the final weights when no
+    evaluation ran (utils.training.loop always writes it), so it is what a deployment should ship;
+    `--exec_mode predict --checkpoint best` with the run's tile flags gives the same probabilities.
+    The tile plan is the run's --tile_size / --max_tile_size / --tile_context; `serving_default`
+    takes `image_dtype` images (the training data's). Written beside and renamed into place, so a
+    crash never leaves a half-written SavedModel. Returns the path.
+    """
+    from unet_medical.cli.assemble import restore_model
+
+    start = time.perf_counter()
+    model, spec, info = restore_model(cfg.replace(checkpoint="best", model_path=None))
+    module = UNetServingModule(model, spec, cfg.tile_context, image_dtype, tile_size=cfg.tile_size,
+                               max_tile_size=cfg.max_tile_size, class_names=info.class_names,
+                               normalization=info.normalization)
+    target = pathlib.Path(cfg.model_dir) / SAVED_MODEL
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{SAVED_MODEL}.", dir=cfg.model_dir))
+    try:
+        write_savedmodel(module, staging / SAVED_MODEL)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging / SAVED_MODEL, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    logger.log("SAVED_MODEL", {"path": str(target), "checkpoint": "best", "step": info.step,
+                               "image_dtype": np.dtype(image_dtype).name, "size_bytes": size,
+                               "seconds": round(time.perf_counter() - start, 2)})
+    return target
+
+
+
+def finish_artifact(cfg: Any, entry: dict[str, Any], tile_size: int, channels: int) -> dict[str, Any]:
+    """Time the written artefact on one tile (utils.timing), record that in export.json, rewrite the model card."""
+    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
+    exported = load_exported(export_dir / entry["file"])
+    tile = np.random.default_rng(0).random((1, tile_size, tile_size, channels), dtype=np.float32)
+    entry = {**entry, "latency": latency_summary_ms(time_steps(lambda i: exported(tile), 1, 5))}
+    record_artifact(export_dir, entry)
+    write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON),
+                     read_export_selection(export_dir / EXPORT_JSON))
+    return entry
+
+
+
+def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
+    """--export_format packed: a quantized model's weights bit-packed at their bit width (unet_medical/model/packing.py).
+
+    The reported size is the file's size on disk, next to the float32 weights of the same network
+    written the same way; the reloaded model must reproduce the fake-quantized model exactly.
+    """
+    from unet_medical.model.packing import load_packed, save_packed
+    from unet_medical.model.quantizers import QuantizationConfig
+    from unet_medical.cli.assemble import restore_model
+
+    model, spec, info = restore_model(cfg, logger)
+    qconfig = info.quantization_config
+    if info.variant != "packed" or not qconfig:
+        raise UNetError(f"--export_format=packed: {cfg.model_dir} holds a "
+                        f"{(qconfig or {}).get('quantization', 'float')} model; packing needs a FIXED, INT, BNN "
+                        "or TERNARY model (train with --quantization ...); for QAT_INT8 export tflite int8")
+    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
+    export_dir.mkdir(parents=True, exist_ok=True)
+    path = export_dir / "model_packed.npz"
+    save_packed(model, QuantizationConfig.from_mapping(qconfig), path)
+    float_bytes = _float32_weights_bytes(model, export_dir / ".model_fp32_reference.npz")
+    size = smallest_valid_input(spec, 32)
+    tile = np.random.default_rng(0).random((1, size, size, spec.in_channels), dtype=np.float32)
+    max_diff = float(np.max(np.abs(load_packed(path)(tile).numpy() - model(tile).numpy())))
+    if max_diff > 1e-5:
+        raise UNetError(f"{path}: the reloaded packed model differs from the trained one by {max_diff}")
+    entry = {"file": path.name, "format": "packed", "precision": qconfig["quantization"],
+             "spec": dataclasses.asdict(spec), "class_names": list(info.class_names), "tile_size": None,
+             "size_bytes": path.stat().st_size, "float32_weights_bytes": float_bytes,
+             "size_ratio_vs_float32": float_bytes / path.stat().st_size, "max_abs_logit_diff": max_diff,
+             "quantization_config": qconfig, "step": info.step}
+    record_artifact(export_dir, entry)
+    entry = finish_artifact(cfg, entry, size, spec.in_channels)
+    logger.log("EXPORT", {"artifact": str(path), "format": "packed", "size_bytes": entry["size_bytes"],
+                          "float32_weights_bytes": float_bytes,
+                          "size_ratio_vs_float32": round(entry["size_ratio_vs_float32"], 3)})
+    return entry
+
+
+
+def _float32_weights_bytes(model: Any, scratch: pathlib.Path) -> int:
+    """Bytes of the model's weights written as float32 in the same container (architecture + npz)."""
+    from unet_medical.model.packing import save_float32
+
+    size = save_float32(model, scratch)
+    scratch.unlink()
+    return size
+
+
+
+
+def tftrt_model(cfg: Any, logger: Any) -> Any:
+    """--use_trt: the run's TF-TRT artefact (fp16 with --amp, else fp32) as an ExportedModel, exported
+    first when missing or made from another checkpoint. One clear UNetError without TensorRT."""
+    import tensorflow as tf
+
+    from unet_medical.training import checkpoint as ckpt
+
+    if not tf.sysconfig.get_build_info().get("is_tensorrt_build", False):
+        raise UNetError(f"--use_trt: this TensorFlow {tf.__version__} has no TensorRT (is_tensorrt_build is false; "
+                        "pip wheels never have it): run inside NVIDIA's NGC TensorFlow container "
+                        "(nvcr.io/nvidia/tensorflow), or predict without --use_trt")
+    precision = "fp16" if cfg.amp else "fp32"
+    path = pathlib.Path(cfg.model_dir) / EXPORT_DIR / artifact_name("tftrt", precision)
+    which = ckpt.checkpoint_dir(cfg.model_dir) / (ckpt.BEST if cfg.checkpoint == "best" else ckpt.LAST)
+    step = ckpt.read_header(which).step
+    recorded = load_exported_metadata(path) if path.exists() else {}
+    if (recorded.get("step"), recorded.get("checkpoint")) != (step, cfg.checkpoint):
+        run_export(cfg.replace(export_format="tftrt", export_precision=precision, use_trt=False), logger)
+    logger.log("PARAMETER", {"use_trt": str(path), "precision": precision})
+    return load_exported(path)
+
+
+def load_exported_metadata(path: pathlib.Path) -> dict[str, Any]:
+    """The export.json entry of an artefact ({} when it has none)."""
+    from unet_medical.inference.runtimes import read_metadata
+
+    try:
+        return read_metadata(path)
+    except UNetError:
+        return {}

@@ -1,0 +1,226 @@
+"""Run lineage: a mode that works on an existing training run starts from what that run recorded.
+
+Which run: evaluate, predict, export and visualize read `--model_dir` (or, with `--model_path`, the
+run folder that holds the exported artefact, RUN/export/<artefact>); every mode with `--init_from`
+reads that folder. Benchmarks build their network from the flags and read no run.
+
+What is inherited, unless the flag was given explicitly (command line or --config YAML):
+    from RUN/config.yaml (written by runtime.modes.run when the run trained):
+        data_dir, image_stack, mask_stack, images_dir, masks_dir, num_classes, fold, num_folds, crop_size
+    from RUN/model.json (the weights fix it, so this is the authority):
+        padding, base_filters, depth, batch_norm, dropout; for --model_dir modes also the quantization
+        settings (shown in the PARAMETER line; the model itself is always rebuilt from model.json)
+An explicit architecture flag that contradicts model.json is refused: it could not take effect.
+(Normalization has no flags: utils.data.normalize has one rule per image dtype.)
+
+Also here: the one-line refusal of a missing run (before anything is created), the slices a run was
+trained on (walking its --init_from ancestry, for evaluate's overlap check) and the "this fold is
+already finished" test of --skip_finished. No TensorFlow is imported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+from unet_medical.base.artifacts import EVAL_RESULTS, FINGERPRINT, MODEL_JSON, RUN_CONFIG
+from unet_medical.data.folds import fold_split
+from unet_medical.base.errors import UNetError
+
+TRAINING_MODES = ("train", "train_and_evaluate", "train_and_predict", "compress")
+# Modes that read the trained run in --model_dir (or the run behind --model_path).
+RUN_MODES = ("evaluate", "predict", "export", "visualize")
+DATA_KEYS = ("data_dir", "image_stack", "mask_stack", "images_dir", "masks_dir", "num_classes")
+SPLIT_KEYS = ("fold", "num_folds")
+CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size")
+ARCHITECTURE_KEYS = ("padding", "base_filters", "depth", "batch_norm", "dropout")
+QUANTIZATION_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width",
+                     "activation_f_width", "weight_bits", "activation_bits", "keep_first_float", "keep_last_float")
+_MAX_ANCESTRY = 64  # --init_from chains longer than this are surely a cycle of copied folders
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSource:
+    """The training run a mode starts from, and the flag that named it (for messages)."""
+
+    path: pathlib.Path
+    flag: str
+
+    def describe(self) -> str:
+        return f"{self.flag}={self.path}"
+
+
+def is_run(path: str | os.PathLike) -> bool:
+    """True if `path` is the folder of a training run (it holds model.json)."""
+    return (pathlib.Path(path) / MODEL_JSON).is_file()
+
+
+def _run_of_artifact(model_path: pathlib.Path) -> pathlib.Path | None:
+    """RUN for an exported artefact RUN/export/<file or folder> (None if it lives elsewhere)."""
+    for candidate in (model_path.parent, model_path.parent.parent):
+        if is_run(candidate) and (candidate / RUN_CONFIG).is_file():
+            return candidate
+    return None
+
+
+def run_source(exec_mode: str, model_dir: str | None, init_from: str | None, model_path: str | None,
+               benchmark: bool = False) -> RunSource | None:
+    """The run whose recorded configuration `exec_mode` starts from, or None (a fresh run)."""
+    if benchmark or exec_mode == "benchmark":
+        return None
+    if exec_mode in RUN_MODES:
+        if model_path:
+            run = _run_of_artifact(pathlib.Path(model_path))
+            if run is not None:
+                return RunSource(run, "--model_path")
+            return RunSource(pathlib.Path(model_dir), "--model_dir") if model_dir and is_run(model_dir) else None
+        return RunSource(pathlib.Path(model_dir or "."), "--model_dir")
+    if init_from:
+        return RunSource(pathlib.Path(init_from), "--init_from")
+    return None
+
+
+def require_source(exec_mode: str, model_dir: str | None, init_from: str | None, model_path: str | None,
+                   benchmark: bool = False) -> None:
+    """Stop with one line naming the flag when the run (or exported model) a mode needs is missing.
+
+    Called before anything is written, so a mistyped --model_dir creates no folder and no log.
+    """
+    if benchmark or exec_mode == "benchmark":
+        return
+    if exec_mode in RUN_MODES and model_path:
+        if not pathlib.Path(model_path).exists():
+            raise UNetError(f"--model_path={model_path}: not found (nothing was created)")
+        return
+    if exec_mode in RUN_MODES and not is_run(model_dir or "."):
+        raise UNetError(f"--model_dir={model_dir}: no training run there ({MODEL_JSON} not found); "
+                        f"--exec_mode {exec_mode} needs the folder a training run wrote (nothing was created)")
+    if init_from and not is_run(init_from):
+        raise UNetError(f"--init_from={init_from}: no training run there ({MODEL_JSON} not found; nothing "
+                        "was created)")
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """RUN/config.yaml as a dict ({} for a run that predates it); UNetError if it is unreadable."""
+    path = pathlib.Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UNetError(f"{path}: not readable YAML ({exc})") from None
+    if not isinstance(raw, Mapping):
+        raise UNetError(f"{path}: expected a mapping of flag names to values")
+    return dict(raw)
+
+
+def read_model_json(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = pathlib.Path(run_dir) / MODEL_JSON
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UNetError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("spec"), Mapping):
+        raise UNetError(f"{path}: has no model spec")
+    return dict(raw)
+
+
+def recorded_values(source: RunSource) -> dict[str, Any]:
+    """What `source` recorded for the inherited flags (only the keys it recorded)."""
+    config = read_run_config(source.path)
+    values = {key: config[key] for key in CONFIG_KEYS if key in config}
+    model = read_model_json(source.path)
+    values.update({key: model["spec"][key] for key in ARCHITECTURE_KEYS if key in model["spec"]})
+    if source.flag != "--init_from":  # a fine-tuned model's quantization is the new run's choice
+        qconfig = (model.get("extra") or {}).get("quantization_config") or {}
+        values.update({key: qconfig[key] for key in QUANTIZATION_KEYS if key in qconfig})
+    return values
+
+
+def with_run_defaults(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` (the flags given explicitly) completed by the recorded configuration of the run the
+    mode starts from; explicit values win. Raises UNetError for a missing run or an explicit
+    architecture flag that contradicts the trained network."""
+    setting = {**defaults, **values}
+    args = (setting["exec_mode"], setting["model_dir"], setting["init_from"], setting["model_path"],
+            bool(setting["benchmark"]))
+    require_source(*args)
+    source = run_source(*args)
+    if source is None:
+        return dict(values)
+    recorded = recorded_values(source)
+    for key in ARCHITECTURE_KEYS:
+        if key in values and key in recorded and values[key] != recorded[key]:
+            raise UNetError(f"--{key}={values[key]!r}: {source.describe()} holds a network with {key}="
+                            f"{recorded[key]!r} ({MODEL_JSON}); a trained network's architecture cannot "
+                            f"change, drop --{key}")
+    return {**{k: v for k, v in recorded.items() if k not in values}, **values}
+
+
+def _same_data(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Do two configurations select the same training images (same folder, same stack/folder)?"""
+    if a.get("data_dir") is None or b.get("data_dir") is None:
+        return False
+    return (os.path.realpath(a["data_dir"]) == os.path.realpath(b["data_dir"])
+            and a.get("image_stack") == b.get("image_stack") and a.get("images_dir") == b.get("images_dir"))
+
+
+def training_slices(run_dir: str | os.PathLike, num_items: int, data: Mapping[str, Any]
+                    ) -> dict[int, list[str]]:
+    """slice index -> the runs (with their fold) that trained on it, over `run_dir` and its
+    --init_from ancestry, counting only runs that read the same data as `data` (data_dir,
+    image_stack, images_dir). Runs without config.yaml contribute nothing (unknown split)."""
+    seen: dict[int, list[str]] = {}
+    visited: set[str] = set()
+    current: str | None = str(run_dir)
+    while current is not None and os.path.realpath(current) not in visited and len(visited) < _MAX_ANCESTRY:
+        visited.add(os.path.realpath(current))
+        config = read_run_config(current)
+        trained = config.get("exec_mode") in TRAINING_MODES and (config.get("max_steps", 0) > 0
+                                                                 or config.get("num_epochs"))
+        if trained and _same_data(config, data) and "fold" in config and "num_folds" in config:
+            train_idx, _ = fold_split(num_items, int(config["num_folds"]), int(config["fold"]))
+            for i in train_idx.tolist():
+                seen.setdefault(i, []).append(f"{current} (fold {config['fold']} of {config['num_folds']})")
+        current = config.get("init_from")
+    return seen
+
+
+def check_evaluation_slices(run_dir: str | os.PathLike, val_idx: np.ndarray, num_items: int,
+                            data: Mapping[str, Any], fold: int, num_folds: int) -> None:
+    """Refuse (UNetError, one line) to score on slices the run or its ancestors trained on."""
+    seen = training_slices(run_dir, num_items, data)
+    overlap = [int(i) for i in val_idx if int(i) in seen]
+    if overlap:
+        runs = sorted({run for i in overlap for run in seen[i]})
+        raise UNetError(f"--fold={fold} --num_folds={num_folds}: {len(overlap)} of the {len(val_idx)} evaluation "
+                        f"slices (first: {overlap[0]}) were training slices of {'; '.join(runs)}; evaluate the "
+                        "run's own fold (omit --fold/--num_folds) or pass --allow_training_slices")
+
+
+def finished_evaluation(model_dir: str | os.PathLike, max_steps: int | None, fold: int, num_folds: int
+                        ) -> dict[str, Any] | None:
+    """model_dir's eval_results.json if it is the evaluation of this fold at `max_steps`, else None.
+
+    max_steps None: the run's own target, which --time_budget recorded in its fingerprint file.
+    """
+    if max_steps is None:
+        try:
+            max_steps = json.loads((pathlib.Path(model_dir) / FINGERPRINT).read_text())["max_steps"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    path = pathlib.Path(model_dir) / EVAL_RESULTS
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, Mapping):
+        return None
+    done = (results.get("step") == max_steps and results.get("fold") == fold
+            and results.get("num_folds") == num_folds)
+    return dict(results) if done else None

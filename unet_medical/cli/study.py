@@ -1,0 +1,324 @@
+"""The compression study: which variant should I deploy? One command, one table, one plot.
+
+    python -m unet_medical.cli.study --config examples/study_cpu.yaml --data_dir DATA --results_dir RESULTS
+
+The YAML file has `base:` (main.py flags shared by every variant) and `variants:` (a list; each has a
+`name` and the flags it changes: quantization grid, Tucker ranks, AMP, ...). `init_from: "@name"`
+starts a variant from another variant's trained model, so "Tucker then INT8" is a variant of a
+variant. Every variant is trained (or derived) by main.py itself on the same fold and seed, in its
+own folder RESULTS/variants/NAME, and evaluated by the same code. Then one process loads every
+variant and times them side by side (round-robin, so machine drift hits all alike) and writes
+RESULTS/study.csv, study.md and pareto.png.
+
+Resumable: a finished variant leaves RESULTS/variants/NAME/done.json and is skipped on a rerun; an
+interrupted one continues from its last checkpoint (--resume_training).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from unet_medical.base import runlog
+from unet_medical.base.artifacts import EVAL_RESULTS, write_json
+from unet_medical.base.timing import latency_stats, time_alternating
+from unet_medical.cli.config import Config, read_yaml_file
+from unet_medical.base.errors import UNetError, run_cli
+from unet_medical.base.fileio import atomic_write_text
+from unet_medical.base.progress import Progress
+
+# where the package lives: a child run imports it from there whether it is installed or a checkout
+PACKAGE_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DONE = "done.json"
+COLUMNS = ("name", "quantization", "fixed_scheme", "weight_bits", "rank_factor", "parameters", "gmac_per_tile",
+           "stored_bytes", "stored_format",
+           "latency_ms_p50", "latency_ms_p90", "score", "membrane_dice", "interior_dice", "mean_dice", "v_rand_thinned",
+           "v_info_thinned", "pixel_error", "score_before_finetune", "train_seconds", "step")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    flags: dict[str, Any]
+
+
+def load_study(path: str | pathlib.Path) -> tuple[dict[str, Any], list[Variant]]:
+    """Read and check a study YAML: every flag must be a main.py flag, names unique, references known."""
+    path = pathlib.Path(path)
+    raw = read_yaml_file(path)
+    if not isinstance(raw, dict):
+        raise UNetError(f"--config {path}: expected a mapping with 'base' and 'variants'")
+    base = dict(raw.get("base") or {})
+    entries = raw.get("variants")
+    if not isinstance(entries, list) or not entries:
+        raise UNetError(f"--config {path}: expected a non-empty list under 'variants'")
+    known = {f.name for f in dataclasses.fields(Config)}
+    variants: list[Variant] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("name"):
+            raise UNetError(f"--config {path}: variant {i} needs a 'name'")
+        flags = {k.replace("-", "_"): v for k, v in entry.items() if k != "name"}
+        for key in list(base) + list(flags):
+            if key.replace("-", "_") not in known or key in ("model_dir", "data_dir"):
+                raise UNetError(f"--config {path}: variant {entry['name']!r}: unknown or reserved flag {key!r}")
+        ref = flags.get("init_from")
+        if isinstance(ref, str) and ref.startswith("@") and ref[1:] not in {v.name for v in variants}:
+            raise UNetError(f"--config {path}: variant {entry['name']!r}: init_from {ref} must name an "
+                            "earlier variant")
+        variants.append(Variant(str(entry["name"]), flags))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise UNetError(f"--config {path}: variant names must be unique ({names})")
+    return base, variants
+
+
+def _flag_args(flags: dict[str, Any]) -> list[str]:
+    args = []
+    for key, value in flags.items():
+        if isinstance(value, bool):
+            args.append(f"--{key}" if value else f"--no-{key}")
+        elif value is not None:
+            args += [f"--{key}", str(value)]
+    return args
+
+
+def variant_dir(results_dir: pathlib.Path, name: str) -> pathlib.Path:
+    return results_dir / "variants" / name
+
+
+def run_variant(variant: Variant, base: dict[str, Any], data_dir: str, results_dir: pathlib.Path) -> None:
+    """Train/derive one variant with main.py in a child process (a clean TF state per variant)."""
+    flags = {**base, **variant.flags}
+    ref = flags.get("init_from")
+    if isinstance(ref, str) and ref.startswith("@"):
+        flags["init_from"] = str(variant_dir(results_dir, ref[1:]))
+    flags.setdefault("exec_mode", "train_and_evaluate")
+    out = variant_dir(results_dir, variant.name)
+    args = [sys.executable, "-m", "unet_medical", "--data_dir", data_dir, "--model_dir", str(out),
+            "--resume_training", *_flag_args(flags)]
+    print(f"study: running {variant.name}: {' '.join(args[3:])}", flush=True)
+    start = time.perf_counter()
+    pythonpath = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(args, env={**os.environ, "PYTHONPATH": pythonpath})
+    if proc.returncode != 0:
+        raise UNetError(f"study: variant {variant.name!r} failed (exit {proc.returncode}); its log is "
+                        f"{out / 'log.json'}; rerun the study to continue")
+    results = json.loads((out / EVAL_RESULTS).read_text())
+    before = out / "eval_before_finetune.json"
+    write_json(out / DONE, {"eval": results, "train_seconds": time.perf_counter() - start,
+                            "eval_before_finetune": json.loads(before.read_text()) if before.exists() else None})
+
+
+def deployable(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple[pathlib.Path, str, Any]:
+    """Write the file a deployment would ship and return (path, format, predictor that runs it):
+    an int8 TFLite model for QAT_INT8 (run by TFLite: its latency is the int8 kernels'), bit-packed
+    weights for fixed-point/INT/BNN/ternary (rebuilt with dequantized float weights, as a deployment
+    without integer kernels would run them), float32 weights otherwise (Keras)."""
+    from unet_medical.inference.tiling import keras_predictor
+
+    if info.variant == "qat":
+        from unet_medical.inference.runtimes import tflite_predictor
+
+        path, fmt = _stored_file(model, info, out_dir, tile)
+        return path, fmt, tflite_predictor(path)
+    path, fmt = _stored_file(model, info, out_dir, tile)
+    if info.variant == "packed":
+        from unet_medical.model.packing import load_packed
+
+        return path, fmt, keras_predictor(load_packed(path))
+    return path, fmt, keras_predictor(model)
+
+
+def _stored_file(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple[pathlib.Path, str]:
+    """Bytes of the file a deployment would ship: bit-packed weights for fixed-point/INT/BNN/ternary,
+    an int8 TFLite model for QAT_INT8, float32 weights otherwise."""
+    export = out_dir / "export"
+    export.mkdir(exist_ok=True)
+    if info.variant == "qat":
+        from unet_medical.model.qat import convert_qat_to_tflite
+
+        path = export / "model_int8.tflite"
+        convert_qat_to_tflite(model, path, input_shape=(tile, tile, info.spec["in_channels"]))
+        return path, "tflite int8"
+    if info.variant == "packed":
+        from unet_medical.model.packing import save_packed
+        from unet_medical.model.quantizers import QuantizationConfig
+
+        path = export / "model_packed.npz"
+        save_packed(model, QuantizationConfig.from_mapping(info.quantization_config), path)
+        return path, "bit-packed"
+    from unet_medical.model.packing import save_float32
+
+    path = export / "model_fp32.npz"
+    save_float32(model, path)  # the same container as the packed file, all weights float32
+    return path, "float32 npz"
+
+
+def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tuple[int, int],
+            rounds: int) -> dict[str, dict[str, Any]]:
+    """Load every variant in this one process; time one tile prediction round-robin; sizes."""
+    import numpy as np
+
+    from unet_medical.model.complexity import total_macs, total_params
+    from unet_medical.inference.tiling import plan_tiles
+    from unet_medical.cli.assemble import load_trained
+
+    loaded = {}
+    for v in variants:
+        model, spec, info, step = load_trained(variant_dir(results_dir, v.name), "last")
+        plan = plan_tiles(spec, image_hw)
+        tile = np.random.default_rng(0).random((1, plan.tile_size, plan.tile_size, spec.in_channels),
+                                               dtype=np.float32)
+        path, fmt, predictor = deployable(model, info, variant_dir(results_dir, v.name), plan.tile_size)
+        loaded[v.name] = {"predictor": predictor, "tile": tile, "stored_bytes": path.stat().st_size,
+                          "stored_format": fmt, "parameters": total_params(model), "step": step,
+                          "gmac_per_tile": total_macs(model, (plan.tile_size,) * 2) / 1e9}
+    # warm-up 2: tracing and first-call allocation are not latency
+    times = time_alternating({name: (lambda e=e: e["predictor"](e["tile"])) for name, e in loaded.items()}, 2, rounds)
+    return {name: {**{k: v for k, v in latency_stats(times[name]).items() if k in ("latency_ms_p50", "latency_ms_p90")},
+                   **{k: e[k] for k in ("stored_bytes", "stored_format", "parameters", "step", "gmac_per_tile")}}
+            for name, e in loaded.items()}
+
+
+def summarize(results_dir: pathlib.Path, base: dict[str, Any], variants: Sequence[Variant],
+              measured: dict[str, dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    rows = []
+    for v in variants:
+        done = json.loads((variant_dir(results_dir, v.name) / DONE).read_text())
+        flags = {**base, **v.flags}
+        ev = done["eval"]
+        key = metric if metric in ev else "mean_dice"
+        before = done.get("eval_before_finetune") or {}
+        rows.append({"name": v.name, "quantization": flags.get("quantization", "NONE"),
+                     "fixed_scheme": _fixed_scheme(flags), "weight_bits": _weight_bits(flags),
+                     "rank_factor": flags.get("rank_factor"),
+                     **measured[v.name], "score": ev.get(key),
+                     **{k: ev.get(k) for k in ("membrane_dice", "interior_dice", "mean_dice", "v_rand_thinned", "v_info_thinned",
+                                                "pixel_error")},
+                     "score_before_finetune": before.get(key), "train_seconds": done["train_seconds"]})
+    return rows
+
+
+def _fixed_scheme(flags: dict[str, Any]) -> str | None:
+    return flags.get("fixed_scheme", Config.fixed_scheme) if flags.get("quantization") == "FIXED" else None
+
+
+def _weight_bits(flags: dict[str, Any]) -> int:
+    q = flags.get("quantization", "NONE")
+    if q == "FIXED":  # bits per stored code: i + f for twos_complement; paper: sign + magnitude (+ carry)
+        from unet_medical.model.quantizers import QuantizationConfig
+
+        return QuantizationConfig("FIXED", weight_i_width=int(flags.get("weight_i_width", Config.weight_i_width)),
+                                  weight_f_width=int(flags.get("weight_f_width", Config.weight_f_width)),
+                                  fixed_scheme=_fixed_scheme(flags)).weight_spec().storage_bits
+    return {"INT": int(flags.get("weight_bits", 8)), "QAT_INT8": 8, "BNN": 1, "TERNARY": 2}.get(q, 32)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Which (cost, score) points no other point beats on both (lower cost, higher score)."""
+    return [not any((c2 <= c and s2 >= s) and (c2 < c or s2 > s) for c2, s2 in points) for c, s in points]
+
+
+def write_outputs(results_dir: pathlib.Path, rows: list[dict[str, Any]], metric: str) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) for k in COLUMNS})
+    atomic_write_text(results_dir / "study.csv", buf.getvalue())
+    fmt = lambda x, spec: "" if x is None else format(x, spec)  # noqa: E731
+    lines = [f"| variant | weights | bits/weight | parameters | GMAC/tile | stored | latency p50 (ms) | {metric} | "
+             f"V_rand | V_info | {metric} before fine-tune |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        scheme = f" ({r['fixed_scheme']})" if r.get("fixed_scheme") else ""
+        tucker = f" tucker {r['rank_factor']}" if r['rank_factor'] else ""
+        lines.append(f"| {r['name']} | {r['quantization']}{scheme}{tucker}"
+                     f" | {r['weight_bits']} | {r['parameters']:,} | {r['gmac_per_tile']:.2f}"
+                     f" | {r['stored_bytes'] / 1e6:.3f} MB ({r['stored_format']}) | "
+                     f"{r['latency_ms_p50']:.1f} | {fmt(r['score'], '.4f')} | {fmt(r['v_rand_thinned'], '.4f')} | "
+                     f"{fmt(r['v_info_thinned'], '.4f')} | {fmt(r['score_before_finetune'], '.4f')} |")
+    atomic_write_text(results_dir / "study.md", "\n".join(lines) + "\n")
+    plot_pareto(results_dir / "pareto.png", rows, metric)
+
+
+def plot_pareto(path: pathlib.Path, rows: list[dict[str, Any]], metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, cost_key, label, log in ((axes[0], "stored_bytes", "stored size (MB, log scale)", True),
+                                     (axes[1], "latency_ms_p50", "latency per tile, p50 (ms)", False)):
+        costs = [r[cost_key] / (1e6 if cost_key == "stored_bytes" else 1) for r in rows]
+        scores = [r["score"] for r in rows]
+        front = pareto_front(list(zip(costs, scores)))
+        for i, (c, s, r, on) in enumerate(zip(costs, scores, rows, front)):
+            ax.scatter(c, s, s=60, c="tab:red" if on else "tab:gray", zorder=3)
+            # Alternate label offsets: variants often sit close together.
+            ax.annotate(r["name"], (c, s), textcoords="offset points", xytext=(5, 4 - 12 * (i % 3)), fontsize=7)
+        pts = sorted((c, s) for c, s, on in zip(costs, scores, front) if on)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", c="tab:red", lw=1, label="Pareto front")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{metric} (held-out fold)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    axes[0].set_title("accuracy vs stored bytes")
+    axes[1].set_title("accuracy vs CPU latency of the deployable file (one process, round-robin)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="study YAML (base + variants)")
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--results_dir", required=True)
+    parser.add_argument("--metric", default="membrane_dice", help="eval_results.json key on the y axis")
+    parser.add_argument("--latency_image", type=int, default=512, help="latency input: an N x N image")
+    parser.add_argument("--latency_rounds", type=int, default=10)
+    args = parser.parse_args(argv)
+    return run_cli(lambda: run_study(args))
+
+
+def run_study(args: argparse.Namespace) -> None:
+    base, variants = load_study(args.config)
+    results_dir = pathlib.Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    pending = [i for i, v in enumerate(variants) if not (variant_dir(results_dir, v.name) / DONE).exists()]
+    for i, v in enumerate(variants):
+        if i not in pending:
+            print(f"study: skipping {v.name} (done)", flush=True)
+    # One line before each variant: "variant i/N name", variants done, time per variant, ETA. No bar:
+    # the variants' own training output (their bars) shares the terminal.
+    logger = runlog.Logger([runlog.StdOutBackend()])
+    with Progress(len(variants), "study", logger, unit="variant", initial=len(variants) - len(pending),
+                  interval_s=None, bar=False) as progress:
+        for i in pending:
+            progress.log(variant=f"{i + 1}/{len(variants)} {variants[i].name}")
+            run_variant(variants[i], base, args.data_dir, results_dir)
+            progress.update()
+        if pending:
+            progress.log(variant="all trained, measuring")
+    measured = measure(results_dir, variants, (args.latency_image,) * 2, args.latency_rounds)
+    rows = summarize(results_dir, base, variants, measured, args.metric)
+    write_outputs(results_dir, rows, args.metric)
+    print((results_dir / "study.md").read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""U-Net building blocks as small functions on the Keras functional graph (MONAI basic_unet style).
+
+Each block adds standard Keras layers only (Conv2D, BatchNormalization, ReLU, MaxPooling2D,
+Conv2DTranspose, Concatenate, plus the project's CenterCropToMatch for valid padding), named
+`{name}_{part}{index}`, so TF-MOT quantization and Tucker layer surgery can find every conv.
+All tensors are NHWC; convolutions use He-normal initialization (Ronneberger et al. 2015, Sec. 3).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from unet_medical.model.layers import CenterCropToMatch
+
+KERNEL_SIZE = 3
+"""Spatial size of the convolutions in every block (paper: 3x3)."""
+CONVS_PER_BLOCK = 2
+"""Convolutions per encoder/decoder level (paper: two)."""
+POOL_SIZE = 2
+"""Down-sampling factor of max-pooling and up-sampling factor of the up-convolution (paper: 2)."""
+
+INITIALIZER = "he_normal"
+
+
+def conv_bn_relu(
+    x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str, index: int
+) -> tf.Tensor:
+    """One 3x3 convolution -> [BatchNormalization] -> ReLU.
+
+    x: (N, H, W, C). Returns (N, H', W', filters) with H' = H - 2 for padding "valid", H for "same".
+    With batch_norm the convolution has no bias: BatchNormalization's beta replaces it. The ReLU is
+    a separate layer so that BatchNormalization can sit between convolution and activation.
+    """
+    x = keras.layers.Conv2D(
+        filters,
+        KERNEL_SIZE,
+        padding=padding,
+        use_bias=not batch_norm,
+        kernel_initializer=INITIALIZER,
+        name=f"{name}_conv{index}",
+    )(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name=f"{name}_bn{index}")(x)
+    return keras.layers.ReLU(name=f"{name}_relu{index}")(x)
+
+
+def two_conv(x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str) -> tf.Tensor:
+    """Two (3x3 conv -> [BN] -> ReLU) layers: one U-Net level.
+
+    x: (N, H, W, C). Returns (N, H - 4, W - 4, filters) for "valid", (N, H, W, filters) for "same".
+    Layers: {name}_conv1, [{name}_bn1], {name}_relu1, {name}_conv2, [{name}_bn2], {name}_relu2.
+    """
+    for index in range(1, CONVS_PER_BLOCK + 1):
+        x = conv_bn_relu(x, filters, padding, batch_norm, name, index)
+    return x
+
+
+def down(x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str) -> tf.Tensor:
+    """2x2 max-pool with stride 2, then `two_conv`: one step down the contracting path.
+
+    x: (N, H, W, C) with H and W even. Returns (N, H/2 - 4, W/2 - 4, filters) for "valid",
+    (N, H/2, W/2, filters) for "same". Layers: {name}_pool, then those of `two_conv`.
+    """
+    x = keras.layers.MaxPooling2D(POOL_SIZE, strides=POOL_SIZE, name=f"{name}_pool")(x)
+    return two_conv(x, filters, padding, batch_norm, name)
+
+
+def up_cat(
+    x: tf.Tensor, skip: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str
+) -> tf.Tensor:
+    """2x2 up-convolution (stride 2) to `filters` channels, concatenate the skip map, `two_conv`.
+
+    x: (N, h, w, 2 * filters) decoder map; skip: (N, H, W, filters) encoder map with H >= 2h,
+    W >= 2w (equal for "same"). Returns (N, 2h - 4, 2w - 4, filters) for "valid",
+    (N, 2h, 2w, filters) for "same". For "valid" the skip map is centre-cropped to (2h, 2w) (the
+    paper's "copy and crop"). Layers: {name}_upconv, [{name}_crop], {name}_concat, then `two_conv`.
+    The up-convolution is linear (no ReLU), as in the paper's description.
+    """
+    up = keras.layers.Conv2DTranspose(
+        filters,
+        POOL_SIZE,
+        strides=POOL_SIZE,
+        padding="valid",
+        kernel_initializer=INITIALIZER,
+        name=f"{name}_upconv",
+    )(x)
+    if padding == "valid":
+        skip = CenterCropToMatch(name=f"{name}_crop")([skip, up])
+    x = keras.layers.Concatenate(axis=-1, name=f"{name}_concat")([skip, up])
+    return two_conv(x, filters, padding, batch_norm, name)

@@ -1,0 +1,219 @@
+"""Parameters and multiply-accumulates (MACs) per layer of any Functional tf_keras model.
+
+How shapes are found: the model's layer graph is replayed node by node (the same walk
+`Functional.call` does) inside a `tf.function` traced on a `tf.TensorSpec` of shape (1, H, W, C),
+with `training` off. Nothing is computed and no weights are created; each layer call is recorded
+with the static input and output shapes that graph tracing infers at that size. This works for any
+input size the model accepts, for models built with unknown spatial dimensions, for layers reused in
+several models (only this model's nodes are replayed) and for models whose convolutions were later
+replaced by 1x1 -> kxk -> 1x1 sequences. It reads three tf_keras internals (`_nodes_by_depth`,
+`_tensor_usage_count`, `Node.map_arguments`), which is why tf_keras is pinned.
+
+MACs per image, from the layer's kernel and the traced shapes:
+    Conv2D                 kh * kw * (cin / groups) * cout * Hout * Wout
+    Conv2DTranspose        kh * kw * cin * cout * Hin * Win
+    DepthwiseConv2D        kh * kw * cin * multiplier * Hout * Wout
+    Dense                  (product of the output's non-batch, non-channel dims) * cin * cout
+Wrappers (e.g. TF-MOT QuantizeWrapper) are costed as the layer they wrap; a nested Functional model
+as the sum of its own layers. Other layers (BatchNorm, ReLU, pooling, concatenation) count
+parameters only: their arithmetic is small next to the convolutions. FLOPs = 2 * MACs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import numpy as np
+
+import tensorflow as tf
+import tf_keras as keras
+
+from unet_medical.base.errors import UNetError
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    """Cost of one top-level layer of a model.
+
+    name: the layer's name; kind: its class name; params: number of floating-point weights
+    (trainable and not, e.g. BatchNorm moving statistics; integer state such as a dropout counter
+    is not a parameter); macs: multiply-accumulates per image at the traced input size.
+    """
+
+    name: str
+    kind: str
+    params: int
+    macs: int
+
+
+def _dims(shape: tf.TensorShape, layer: keras.layers.Layer) -> list[int]:
+    dims = shape.as_list() if shape.rank is not None else None
+    if dims is None or any(d is None for d in dims):
+        raise UNetError(
+            f"cannot count MACs of layer {layer.name}: its shape {shape} is not static at a fixed "
+            "input size"
+        )
+    return dims
+
+
+def layer_macs(
+    layer: keras.layers.Layer, input_shape: tf.TensorShape, output_shape: tf.TensorShape
+) -> int:
+    """Multiply-accumulates of one call of `layer` on one image, given its static (1, ...) input and
+    output shapes (formulas in the module docstring); 0 for layers without a matrix product."""
+    while isinstance(layer, keras.layers.Wrapper):
+        layer = layer.layer
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kh, kw, cin, multiplier = layer.depthwise_kernel.shape.as_list()
+        _, h_out, w_out, _ = _dims(output_shape, layer)
+        return kh * kw * cin * multiplier * h_out * w_out
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        kh, kw, cout, cin = layer.kernel.shape.as_list()
+        _, h_in, w_in, _ = _dims(input_shape, layer)
+        return kh * kw * cin * cout * h_in * w_in
+    if isinstance(layer, keras.layers.Conv2D):
+        # The kernel is (kh, kw, cin / groups, cout), so grouped convs need no special case.
+        kh, kw, cin_per_group, cout = layer.kernel.shape.as_list()
+        _, h_out, w_out, _ = _dims(output_shape, layer)
+        return kh * kw * cin_per_group * cout * h_out * w_out
+    if isinstance(layer, keras.layers.Dense):
+        cin, cout = layer.kernel.shape.as_list()
+        positions = int(np.prod(_dims(output_shape, layer)[1:-1]))
+        return positions * cin * cout
+    return 0
+
+
+def _float_weight_count(weights: list[tf.Variable]) -> int:
+    seen: dict[int, int] = {}
+    for w in weights:
+        if w.dtype.is_floating:
+            seen[id(w)] = int(np.prod(w.shape.as_list()))
+    return sum(seen.values())
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
+def _check_input(model: keras.Model, input_hw: tuple[int, int]) -> tf.TensorSpec:
+    """The (1, H, W, C) spec to trace `model` on; UNetError if the model or size does not fit."""
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        raise UNetError(
+            f"complexity counting needs a Functional tf_keras model, got {type(model).__name__}"
+        )
+    if len(model.inputs) != 1:
+        raise UNetError(
+            f"complexity counting needs a model with one input; {model.name} has "
+            f"{len(model.inputs)}"
+        )
+    if (
+        not isinstance(input_hw, (tuple, list))
+        or len(input_hw) != 2
+        or not all(_is_positive_int(v) for v in input_hw)
+    ):
+        raise UNetError(f"input size must be a pair of positive integers (H, W), got {input_hw!r}")
+    model_input = model.inputs[0]
+    fits = model_input.shape.rank == 4 and model_input.shape[1:3].is_compatible_with(list(input_hw))
+    if not fits:
+        raise UNetError(
+            f"input size {tuple(input_hw)} does not fit the input shape {model_input.shape} of "
+            f"model {model.name}"
+        )
+    shape = [1, int(input_hw[0]), int(input_hw[1]), model_input.shape[-1]]
+    return tf.TensorSpec(shape, model_input.dtype)
+
+
+def _traced_calls(
+    model: keras.Model, spec: tf.TensorSpec
+) -> list[tuple[keras.layers.Layer, tf.TensorShape, tf.TensorShape]]:
+    """(layer, first input's shape, first output's shape) of every layer call of `model` on `spec`.
+
+    Replays the model's nodes in the order `Functional._run_internal_graph` does, in a traced
+    (never executed) graph.
+    """
+    calls = []
+
+    def replay(image: tf.Tensor) -> tf.Tensor:
+        usage = model._tensor_usage_count
+        input_id = str(id(model.inputs[0]))
+        tensors = {input_id: [image] * usage[input_id]}
+        for depth in sorted(model._nodes_by_depth, reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                if node.is_input or any(i not in tensors for i in node.flat_input_ids):
+                    continue
+                args, kwargs = node.map_arguments(tensors)
+                if "training" in inspect.signature(node.layer.call).parameters:
+                    kwargs = {**kwargs, "training": False}
+                outputs = node.layer(*args, **kwargs)
+                flat_in = [t for t in tf.nest.flatten(args) if tf.is_tensor(t)]
+                flat_out = tf.nest.flatten(outputs)
+                calls.append((node.layer, flat_in[0].shape, flat_out[0].shape))
+                for output_id, tensor in zip(node.flat_output_ids, flat_out):
+                    tensors[output_id] = [tensor] * usage[output_id]
+        return tf.constant(0)
+
+    tf.function(replay).get_concrete_function(spec)
+    return calls
+
+
+def layer_costs(model: keras.Model, input_hw: tuple[int, int]) -> list[LayerCost]:
+    """Parameters and MACs per image of every top-level layer of `model`, in `unet_medical.model.layers` order.
+
+    input_hw: (H, W) in pixels; must be a size the model accepts (for a valid-padding U-Net see
+    `unet_medical.model.unet.is_valid_input_size`). A layer called several times sums its calls.
+    Raises UNetError for a bad size or a model that is not a one-input Functional model.
+    """
+    spec = _check_input(model, input_hw)
+    macs = {id(layer): 0 for layer in model.layers}
+    for layer, in_shape, out_shape in _traced_calls(model, spec):
+        if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
+            cost = total_macs(layer, tuple(_dims(in_shape, layer)[1:3]))
+        else:
+            cost = layer_macs(layer, in_shape, out_shape)
+        macs[id(layer)] += cost
+    return [
+        LayerCost(
+            name=layer.name,
+            kind=type(layer).__name__,
+            params=_float_weight_count(layer.weights),
+            macs=macs[id(layer)],
+        )
+        for layer in model.layers
+    ]
+
+
+def total_params(model: keras.Model) -> int:
+    """Floating-point weights of `model` (trainable and non-trainable, each counted once)."""
+    return _float_weight_count(model.weights)
+
+
+def total_macs(model: keras.Model, input_hw: tuple[int, int]) -> int:
+    """Multiply-accumulates of one forward pass on one (H, W) image. FLOPs = 2 * MACs."""
+    return sum(cost.macs for cost in layer_costs(model, input_hw))
+
+
+def summary_table(costs: list[LayerCost]) -> str:
+    """Aligned text table of `costs` (params, MMACs, share of MACs) with a total line, for logs.
+
+    Layers with neither parameters nor MACs (ReLU, pooling, concatenation, ...) are left out.
+    """
+    rows = [c for c in costs if c.params or c.macs]
+    all_macs = sum(c.macs for c in costs)
+    all_params = sum(c.params for c in costs)
+    header = ("layer", "kind", "params", "MMACs", "MACs %")
+
+    def cells(name: str, kind: str, params: int, macs: int) -> tuple[str, ...]:
+        share = 100.0 * macs / all_macs if all_macs else 0.0
+        return (name, kind, f"{params:,}", f"{macs / 1e6:,.1f}", f"{share:.1f}")
+
+    body = [cells(c.name, c.kind, c.params, c.macs) for c in rows]
+    total = cells("total", f"GFLOPs {2 * all_macs / 1e9:,.2f}", all_params, all_macs)
+    widths = [max(len(r[i]) for r in [header, *body, total]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        left = [row[i].ljust(widths[i]) for i in range(2)]
+        right = [row[i].rjust(widths[i]) for i in range(2, len(row))]
+        return "  ".join(left + right).rstrip()
+
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule, *(line(r) for r in body), rule, line(total)])
