@@ -50,24 +50,25 @@ class _Log:
         self.lines.append((step, data))
 
 
-def test_peak_fractions_only_for_float32_runs(monkeypatch):
+def test_peak_fractions_use_the_unit_of_the_precision_that_ran(monkeypatch):
     import unet_medical.base.cpu
 
     calls = []
 
-    def fake_report(measured, cpu=None, **_):
-        calls.append(measured)
-        peak = 2 * 64 * 2.0
-        return {"describe": "fake", "flop_per_cycle": 64, "flop_per_cycle_reason": "rule", "clock_ghz": 2.0,
-                "cores": 2, "peak_gflops": peak, "sgemm_gflops": 200.0,
-                "fraction_of_peak": None if measured is None else measured / peak,
-                "fraction_of_sgemm": None if measured is None else measured / 200.0}
+    def fake_report(measured, cpu=None, precision="float32", **_):
+        calls.append((measured, precision))
+        per_cycle = {"float32": 64, "mixed_bfloat16": 2048}[precision]
+        peak = 2 * per_cycle * 2.0
+        return {"describe": "fake", "unit": f"unit for {precision}", "flop_per_cycle": per_cycle,
+                "flop_per_cycle_reason": "rule", "clock_ghz": 2.0, "cores": 2, "peak_gflops": peak,
+                "sgemm_gflops": 200.0, "fraction_of_peak": measured / peak, "fraction_of_sgemm": measured / 200.0}
 
     monkeypatch.setattr(unet_medical.base.cpu, "peak_report", fake_report)
     fp32 = benchmark.cpu_peak(64.0, "float32", _Log())
     assert fp32["fraction_of_peak"] == pytest.approx(64.0 / 256.0) and fp32["fraction_of_sgemm"] == 0.32
-    bf16 = benchmark.cpu_peak(640.0, "mixed_bfloat16", _Log())  # AMX can beat the FP32 peak: no fraction
-    assert calls == [64.0, None] and bf16["fraction_of_peak"] is None and "bfloat16" in bf16["peak"]["peak_note"]
+    bf16 = benchmark.cpu_peak(640.0, "mixed_bfloat16", _Log())  # AMX: bounded by the bf16 tiles' peak
+    assert calls == [(64.0, "float32"), (640.0, "mixed_bfloat16")]
+    assert bf16["unit"] == "unit for mixed_bfloat16" and bf16["fraction_of_peak"] == pytest.approx(640.0 / 8192.0)
 
     def wrong_peak(measured, cpu=None, **_):
         raise RuntimeError("peak fraction > 1: the peak model is wrong")

@@ -200,3 +200,52 @@ def test_measure_sgemm_small():
 def test_measure_clock():
     ghz = measure_clock_ghz(0.1)
     assert math.isnan(ghz) or 0.1 < ghz < 10.0
+
+
+# FLOP (int8: OP) per cycle per core, worked out by hand from each unit's documented rate, not from the table.
+# AMX: Intel's optimization manual gives 1,024 bf16 and 2,048 int8 multiply-adds per cycle per core (TMUL);
+# a multiply-add counts 2.
+UNIT_TABLE = {
+    # cpu: {precision: (unit, FLOP or OP per cycle per core)}
+    "spr": {"float32": ("FP32 FMA", 2 * 16 * 2), "bfloat16": ("AMX-BF16", 1024 * 2), "int8": ("AMX-INT8", 2048 * 2),
+            "float16": ("FP32 FMA (no TF float16 CPU kernels)", 64)},
+    # Zen 4: 512-bit ops as two 256-bit halves on two pipes = one 512-bit op per cycle:
+    # FP32 16 lanes x 2 = 32; VDPBF16PS 16 lanes x 2 products x 2 = 64; VPDPBUSD 16 lanes x 4 x 2 = 128
+    "zen4": {"float32": ("FP32 FMA", 32), "bfloat16": ("AVX512-BF16", 64), "int8": ("VNNI", 128)},
+    # Cascade Lake: two 512-bit FMA units, VNNI, no BF16: 2 x 16 x 2 = 64; int8 2 x 16 x 4 x 2 = 256
+    "cascade": {"float32": ("FP32 FMA", 64), "bfloat16": ("FP32 FMA (bfloat16 emulated)", 64), "int8": ("VNNI", 256)},
+    # Zen 3: two 256-bit FMA pipes, no VNNI: 2 x 8 x 2 = 32; int8 pmaddubsw/pmaddwd pairs ~2 x that
+    "zen3": {"float32": ("FP32 FMA", 32), "bfloat16": ("FP32 FMA (bfloat16 emulated)", 32),
+             "int8": ("AVX2 int8 (no VNNI)", 64)},
+}
+
+
+@pytest.mark.parametrize("name, precision", [(n, p) for n, row in UNIT_TABLE.items() for p in row])
+def test_compute_unit_per_precision(name, precision):
+    from unet_medical.base.cpu import compute_unit
+
+    unit = compute_unit(CPUS[name], precision)
+    assert (unit.name, unit.flops_per_cycle) == UNIT_TABLE[name][precision]
+
+
+def test_policy_names_map_to_compute_precisions():
+    from unet_medical.base.cpu import compute_precision
+
+    assert [compute_precision(p) for p in ("mixed_bfloat16", "float32", "fp32", "mixed_float16", "int8")] == [
+        "bfloat16", "float32", "float32", "float16", "int8"]
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        compute_precision("int4")
+
+
+def test_bfloat16_peak_bounds_an_amx_run_that_beats_the_fp32_peak():
+    """The reviewers' case: an AMX Xeon (2 cores, 2.1 GHz) trained at 444 GFLOP/s in bf16, above the FP32 peak
+    of 2 x 64 x 2.1 = 268.8; against AMX-BF16's 2 x 2048 x 2.1 = 8,601.6 GFLOP/s it is 5.2 %."""
+    amx = dataclasses.replace(CPUS["spr"], physical_cores=2, logical_cores=2)
+    with pytest.raises(RuntimeError, match="peak fraction > 1"):
+        peak_report(444.0, amx, clock_ghz=2.1, sgemm_gflops=100.0, precision="float32")
+    report = peak_report(444.0, amx, clock_ghz=2.1, sgemm_gflops=100.0, precision="mixed_bfloat16")
+    assert report["unit"] == "AMX-BF16" and report["precision"] == "bfloat16"
+    assert report["peak_gflops"] == pytest.approx(8601.6)
+    assert report["fp32_peak_gflops"] == pytest.approx(268.8)
+    assert report["fraction_of_peak"] == pytest.approx(444.0 / 8601.6)
+    assert report["sgemm_fraction_of_peak"] == pytest.approx(100.0 / 268.8)

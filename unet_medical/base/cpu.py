@@ -178,6 +178,61 @@ def fp32_flops_per_cycle(cpu: CpuInfo) -> tuple[int, str]:
     return 0, "no known x86 SIMD flag (sse/avx/avx2/avx512f): FP32 FLOP/cycle unknown"
 
 
+# What a network computes in, as the benchmark names it: the Keras policy's compute dtype, or an exported
+# model's precision (int8 for TFLite / OpenVINO / ONNX Runtime quantized files).
+COMPUTE_PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+_POLICY_COMPUTE = {"float32": "float32", "fp32": "float32", "mixed_bfloat16": "bfloat16", "bf16": "bfloat16",
+                   "bfloat16": "bfloat16", "mixed_float16": "float16", "fp16": "float16", "float16": "float16",
+                   "int8": "int8"}
+
+
+def compute_precision(policy: str) -> str:
+    """'mixed_bfloat16' -> 'bfloat16', 'fp32' -> 'float32', 'int8' -> 'int8' (ValueError if unknown)."""
+    try:
+        return _POLICY_COMPUTE[policy]
+    except KeyError:
+        raise ValueError(f"unknown precision {policy!r} (known: {', '.join(sorted(_POLICY_COMPUTE))})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeUnit:
+    """The unit a precision runs on: its name, FLOP (int8: OP) per cycle per physical core, and why."""
+
+    name: str
+    flops_per_cycle: int
+    why: str
+
+
+def compute_unit(cpu: CpuInfo, precision: str) -> ComputeUnit:
+    """The fastest unit oneDNN can run `precision` ('float32', 'bfloat16', 'float16', 'int8') on, for `cpu`.
+
+    Multiply-adds count 2. AMX tiles: TDPBF16PS does 16x16x32 bf16 and TDPBUSD 16x16x64 int8 multiply-adds
+    in 16 cycles per core, i.e. 1,024 bf16 / 2,048 int8 per cycle. AVX512_BF16's VDPBF16PS and VNNI's
+    VPDPBUSD fold 2 (bf16) or 4 (int8) products into each FP32 lane, at the FP32 FMA rate of the same
+    vector unit. TensorFlow has no fast float16 CPU kernels: float16 is bounded by the FP32 unit.
+    """
+    fp32, why = fp32_flops_per_cycle(cpu)
+    precision = compute_precision(precision)
+    if precision == "bfloat16":
+        if cpu.has("amx_bf16"):
+            return ComputeUnit("AMX-BF16", 2048, "AMX tiles: 1,024 bf16 multiply-adds per cycle per core")
+        if cpu.has("avx512_bf16") and fp32:
+            return ComputeUnit("AVX512-BF16", 2 * fp32, f"VDPBF16PS: 2 bf16 products per FP32 lane ({why})")
+        return ComputeUnit("FP32 FMA (bfloat16 emulated)", fp32, f"no AVX512_BF16/AMX-BF16: bf16 computed in FP32 ({why})")
+    if precision == "int8":
+        if cpu.has("amx_int8"):
+            return ComputeUnit("AMX-INT8", 4096, "AMX tiles: 2,048 int8 multiply-adds per cycle per core")
+        if cpu.has_any("avx512_vnni", "avx_vnni") and fp32:
+            return ComputeUnit("VNNI", 4 * fp32, f"VPDPBUSD: 4 u8 x s8 products per 32-bit lane ({why})")
+        if cpu.has("avx2") and fp32:
+            return ComputeUnit("AVX2 int8 (no VNNI)", 2 * fp32,
+                               f"VPMADDUBSW + VPMADDWD: about 2 products per 32-bit lane per cycle ({why})")
+        return ComputeUnit("FP32 FMA (int8 unsupported)", fp32, why)
+    if precision == "float16":
+        return ComputeUnit("FP32 FMA (no TF float16 CPU kernels)", fp32, why)
+    return ComputeUnit("FP32 FMA", fp32, why)
+
+
 _SUMMARY_FLAGS = (  # (label, flags any of which shows it), in the order describe() lists them
     ("FMA", ("fma",)),
     ("VNNI", ("avx512_vnni", "avx_vnni")),
@@ -298,24 +353,29 @@ def _usable_cpus() -> int:
 
 def peak_report(measured_gflops: float | None, cpu: CpuInfo | None = None, *,
                 clock_ghz: float | None = None, sgemm_gflops: float | None = None,
-                sgemm_n: int = 2048) -> dict:
-    """Peak FP32 GFLOP/s of `cpu` (this machine when None) and how much of it a model reaches.
+                sgemm_n: int = 2048, precision: str = "float32") -> dict:
+    """Peak GFLOP/s of `cpu` (this machine when None) in `precision`, and how much of it a model reaches.
 
-    peak = cores * FLOP/cycle * clock, with physical cores (on this machine, no more than the
-    process may run on) and the clock from measure_clock_ghz unless `clock_ghz` is given; the SGEMM
-    reference is measured at `sgemm_n` unless `sgemm_gflops` is given. Fractions are None when the
-    value they need is unknown. A fraction of peak above 1 (model or SGEMM) is a bug in the peak
-    model and raises RuntimeError.
+    peak = cores * FLOP/cycle of the unit `precision` runs on (compute_unit) * clock, with physical
+    cores (on this machine, no more than the process may run on) and the clock from measure_clock_ghz
+    unless `clock_ghz` is given; the FP32 SGEMM reference is measured at `sgemm_n` unless
+    `sgemm_gflops` is given. Fractions are None when the value they need is unknown. A fraction of
+    peak above 1 (model, or SGEMM against the FP32 unit) is a bug in the peak model and raises
+    RuntimeError.
     """
     here = cpu is None
     cpu = read_cpu_info() if here else cpu
-    flops, why = fp32_flops_per_cycle(cpu)
+    unit = compute_unit(cpu, precision)
+    flops, why = unit.flops_per_cycle, f"{unit.name}: {unit.why}"
+    fp32_flops = fp32_flops_per_cycle(cpu)[0]
     cores = cpu.physical_cores or cpu.logical_cores
     if here:
         cores = min(cores, _usable_cpus())
     clock = measure_clock_ghz() if clock_ghz is None else float(clock_ghz)
     sgemm = measure_sgemm_gflops(sgemm_n) if sgemm_gflops is None else float(sgemm_gflops)
-    peak = cores * flops * clock if flops and cores and math.isfinite(clock) and clock > 0 else None
+    clock_known = math.isfinite(clock) and clock > 0
+    peak = cores * flops * clock if flops and cores and clock_known else None
+    fp32_peak = cores * fp32_flops * clock if fp32_flops and cores and clock_known else None
 
     def fraction(value: float | None, of: float | None) -> float | None:
         return None if value is None or not of else value / of
@@ -324,6 +384,8 @@ def peak_report(measured_gflops: float | None, cpu: CpuInfo | None = None, *,
         "cpu": cpu.model_name,
         "describe": describe(cpu),
         "flags": flags_summary(cpu),
+        "precision": compute_precision(precision),
+        "unit": unit.name,
         "flop_per_cycle": flops,
         "flop_per_cycle_reason": why,
         "clock_ghz": clock,
@@ -331,16 +393,17 @@ def peak_report(measured_gflops: float | None, cpu: CpuInfo | None = None, *,
         "cores": cores,
         "peak_gflops": peak,
         "sgemm_gflops": sgemm,
-        "sgemm_fraction_of_peak": fraction(sgemm, peak),
+        "fp32_peak_gflops": fp32_peak,
+        "sgemm_fraction_of_peak": fraction(sgemm, fp32_peak),
         "measured_gflops": measured_gflops,
         "fraction_of_peak": fraction(measured_gflops, peak),
         "fraction_of_sgemm": fraction(measured_gflops, sgemm),
     }
-    for key in ("fraction_of_peak", "sgemm_fraction_of_peak"):
+    for key, per_cycle, of in (("fraction_of_peak", flops, peak), ("sgemm_fraction_of_peak", fp32_flops, fp32_peak)):
         if report[key] is not None and report[key] > 1.0:
             raise RuntimeError(
                 f"peak fraction > 1: the peak model is wrong for {describe(cpu)} ({key}={report[key]:.3f}: "
-                f"{cores} cores x {flops} FLOP/cycle x {clock:.3f} GHz = {peak:.1f} GFLOP/s; {why})")
+                f"{cores} cores x {per_cycle} FLOP/cycle x {clock:.3f} GHz = {of:.1f} GFLOP/s; {why})")
     return report
 
 

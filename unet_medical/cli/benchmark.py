@@ -15,11 +15,11 @@ Reported (logger and MODEL_DIR/benchmark_results.json): img/s over the whole tim
 of per-step rates, latency mean and p50/p90/p95/p99 in ms, GFLOP per image (FLOPs = 2 x MACs of
 model.complexity; a training step is counted as 3 forward passes, since the backward pass costs
 about twice the forward one), the precision the run computed in (--precision, see
-utils.precision; an exported model's own precision with --model_path) and, on CPU, the FP32 peak of
-utils.cpu.peak_report: physical cores x FLOP/cycle (with the rule that gives it) x the clock measured
-under load, the SGEMM GFLOP/s of a large NumPy matrix product, and the fractions of both the model
-reached. The fractions are given for float32 runs only: bfloat16 (AMX) and int8 kernels are not
-bounded by the FP32 peak. No peak is claimed for GPUs.
+base.precision; an exported model's own precision with --model_path) and, on CPU, the peak of the
+unit that precision runs on (base.cpu.peak_report: physical cores x FLOP/cycle of AMX-BF16, AVX512-BF16,
+VNNI / AMX-INT8 or the FP32 FMA units, with the rule that gives it, x the clock measured under load),
+the FP32 SGEMM GFLOP/s of a large NumPy matrix product, and the fractions of both the model reached.
+No peak is claimed for GPUs.
 """
 from __future__ import annotations
 
@@ -209,27 +209,24 @@ def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
 
 
 def cpu_peak(achieved_gflops: float, precision: str, logger: Any) -> dict[str, Any]:
-    """The results' peak fields from utils.cpu.peak_report (flop_per_cycle and its reason, measured clock,
-    peak, SGEMM, fractions), compared with `achieved_gflops` for float32 runs only.
+    """The results' peak fields from base.cpu.peak_report for the unit `precision` runs on (AMX-BF16,
+    AVX512-BF16, VNNI / AMX-INT8 for int8 exports, else the FP32 FMA units): unit, flop_per_cycle and its
+    reason, measured clock, peak, the FP32 SGEMM, and the fractions of both that `achieved_gflops` is.
 
     A fraction above 1 means the peak model is wrong for this CPU: peak_report raises; the timed results
     are kept and the error is recorded and logged instead of the fractions.
     """
     from unet_medical.base.cpu import peak_report
 
-    float32 = precision in ("float32", "fp32")
     try:
-        report = peak_report(achieved_gflops if float32 else None)
-    except RuntimeError as exc:
+        report = peak_report(achieved_gflops, precision=precision)
+    except (RuntimeError, ValueError) as exc:
         logger.log("PARAMETER", {"peak_error": str(exc)})
         return {"peak": None, "peak_error": str(exc)}
-    if not float32:
-        report["peak_note"] = (f"the run computed in {precision}: the FP32 peak does not bound it, so no "
-                               "fraction is given (run with --precision fp32 for one)")
-    logger.log("PARAMETER", {"cpu": report["describe"], "flop_per_cycle": report["flop_per_cycle"],
+    logger.log("PARAMETER", {"cpu": report["describe"], "unit": report["unit"], "flop_per_cycle": report["flop_per_cycle"],
                              "flop_per_cycle_reason": report["flop_per_cycle_reason"],
                              "clock_ghz": report["clock_ghz"], "peak_gflops": report["peak_gflops"],
                              "sgemm_gflops": report["sgemm_gflops"]})
     return {"peak": report, **{key: report[key] for key in (
-        "flop_per_cycle", "flop_per_cycle_reason", "clock_ghz", "peak_gflops", "sgemm_gflops",
+        "unit", "flop_per_cycle", "flop_per_cycle_reason", "clock_ghz", "peak_gflops", "sgemm_gflops",
         "fraction_of_peak", "fraction_of_sgemm")}}
