@@ -123,6 +123,9 @@ def test_tiny_benchmark_writes_sane_results(isbi_data_dir, tmp_path, mode_flags,
     if mode == "train":  # a training step is counted as three forward passes
         assert results["gflop_per_img"] == pytest.approx(3 * results["gflop_per_img_forward"])
     assert math.isfinite(results["latency_ms_mean"])
+    # the ceiling: the same network's costliest convolution alone, same precision, batch and step kind
+    assert results["ceiling_gflops"] > 0 and results["ceiling_input_shape"][0] == 2
+    assert results["fraction_of_ceiling"] == pytest.approx(results["achieved_gflops"] / results["ceiling_gflops"])
 
 
 # --------------------------------------------------------------------------- examples/ support
@@ -172,3 +175,23 @@ def test_fold_summary_names_the_missing_results(tmp_path, capsys):
         fold_summary.read_fold_results(tmp_path / "fold_1")
     with pytest.raises(UNetError, match="v_info_thinned"):
         fold_summary.summarize({0: {"membrane_dice": 0.8, "v_rand_thinned": 0.9, "pixel_error": 0.1}}, fold_summary.METRICS)
+
+
+@pytest.mark.parametrize("train", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_conv_ceiling_times_the_costliest_convolution_alone(train):
+    """The ceiling layer is the layer call with the most MACs (checked against layer_costs' own counts), and
+    its copy keeps the layer's config (filters, kernel, dtype policy)."""
+    from unet_medical.cli.ceiling import conv_ceiling, layer_alone
+    from unet_medical.model.complexity import largest_layer_call, layer_costs
+    from unet_medical.model.unet import UNetSpec, build_unet
+
+    model = build_unet(UNetSpec(base_filters=4, depth=2, padding="same", batch_norm=True, dropout=0.0))
+    layer, in_shape, macs = largest_layer_call(model, (32, 32))
+    costs = {c.name: c.macs for c in layer_costs(model, (32, 32))}
+    assert macs == max(costs.values()) and costs[layer.name] == macs
+    alone = layer_alone(layer, in_shape, batch=2)
+    assert alone.layers[-1].get_config() == {**layer.get_config(), "name": alone.layers[-1].name}
+    result = conv_ceiling(model, (32, 32), batch=2, train=train, warmup=1, steps=2)
+    assert result["ceiling_layer"] == layer.name and result["ceiling_input_shape"] == [2, *in_shape[1:]]
+    assert result["ceiling_gflop_per_step"] == pytest.approx(2 * macs * 2 * (3 if train else 1) / 1e9)
+    assert result["ceiling_gflops"] > 0

@@ -182,6 +182,15 @@ def layer_costs(model: keras.Model, input_hw: tuple[int, int]) -> list[LayerCost
     ]
 
 
+def largest_layer_call(model: keras.Model, input_hw: tuple[int, int]) -> tuple[keras.layers.Layer, tf.TensorShape, int]:
+    """(layer, its (1, h, w, c) input shape, MACs per image) of the costliest single layer call of `model`
+    at `input_hw`: the convolution a benchmark times alone as the network's speed ceiling."""
+    spec = _check_input(model, input_hw)
+    calls = [(layer, in_shape, layer_macs(layer, in_shape, out_shape))
+             for layer, in_shape, out_shape in _traced_calls(model, spec)]
+    return max(calls, key=lambda call: call[2])
+
+
 def total_params(model: keras.Model) -> int:
     """Floating-point weights of `model` (trainable and non-trainable, each counted once)."""
     return _float_weight_count(model.weights)
