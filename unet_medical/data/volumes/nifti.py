@@ -50,6 +50,16 @@ def read_nifti(path: str | os.PathLike) -> Volume:
                   qform_code=int(qcode or 0), sform_code=int(scode or 0))
 
 
+def write_nifti_image(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> pathlib.Path:
+    """Write a new image (I, J, K) whose affine (4, 4, RAS mm) is both its qform and sform (scanner, code 1).
+
+    For data this package creates (synthetic sets); a prediction uses write_nifti with its input as `like`.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    like = Volume(array=np.empty(np.shape(array)[:3], np.uint8), affine=affine, spacing=spacing_of(affine))
+    return write_nifti(array, like, path)
+
+
 def _label_array(labels: np.ndarray, like: Volume, path: pathlib.Path) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape[:3] != like.shape:
