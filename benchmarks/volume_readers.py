@@ -65,7 +65,7 @@ def load_sitk(path: pathlib.Path) -> np.ndarray:
 
 
 def load_pydicom_series(folder: pathlib.Path) -> np.ndarray:
-    """Read every file, sort by position along the slice normal, stack (what data/volumes.py does)."""
+    """Read every file, sort by position along the slice normal, stack (what data/volumes/dicom.py does)."""
     import pydicom
     slices = [pydicom.dcmread(p) for p in folder.iterdir()]
     normal = np.cross(*np.reshape(np.asarray(slices[0].ImageOrientationPatient, float), (2, 3)))
