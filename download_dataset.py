@@ -5,6 +5,7 @@
     python download_dataset.py --synthetic --data_dir data/synthetic [--num_slices 30 --size 512 --seed 0]
     python download_dataset.py --synthetic --kind vessels --data_dir data/vessels [--num_images 20 --seed 0]
     python download_dataset.py --synthetic --kind nuclei --data_dir data/nuclei [--num_images 30 --seed 0]
+    python download_dataset.py --synthetic --kind ct --data_dir data/ct [--num_images 12 --seed 0]   # or --kind mr
 
 The challenge host (brainiac2.mit.edu/isbi_challenge) is gone. The files are fetched from the public
 mirrors in SOURCES, in order, and each file is accepted only if it matches a known checksum (see
@@ -15,7 +16,9 @@ name behind.
 --synthetic writes a stand-in instead (utils.data.synthetic_kinds): --kind em (the default) an EM
 stack pair in the ISBI layout; --kind vessels fundus photographs as images/NN.png + masks/NN.png
 (+ fov/NN.png, the field-of-view masks); --kind nuclei nucleus images of mixed sizes and styles as
-images/NN.png + masks/NN.png. They rehearse data shapes, they do not replace real data.
+images/NN.png + masks/NN.png; --kind ct and --kind mr 3D volumes with two foreground classes (organ,
+lesion), anisotropic voxels and oblique affines in the MSD / nnU-Net raw layout (imagesTr/CASE_0000.nii.gz,
+labelsTr/CASE.nii.gz, imagesTs/, dataset.json; data.synthetic_volumes). They rehearse data shapes, they do not replace real data.
 
 Data: Cardona et al. 2010 (serial-section TEM of the Drosophila first-instar larva ventral nerve
 cord), published for the ISBI 2012 challenge by Arganda-Carreras et al., Front. Neuroanat. 2015.
@@ -40,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from unet_medical.data import synthetic, synthetic_kinds
+from unet_medical.data import synthetic, synthetic_kinds, synthetic_volumes
 from unet_medical.base.errors import UNetError, run_cli
 from unet_medical.base.fileio import atomic_write
 from unet_medical.data import readers
@@ -339,6 +342,18 @@ def write_synthetic_folders(data_dir: str | os.PathLike, kind: str, num_images: 
     return written
 
 
+def write_synthetic_volumes(data_dir: str | os.PathLike, kind: str, num_training: int | None, seed: int,
+                            log: Log = print) -> list[pathlib.Path]:
+    """Write a volume kind (data.synthetic_volumes) and log one line per folder."""
+    written = synthetic_volumes.write_volume_kind(data_dir, kind, num_training, seed)
+    by_folder: dict[pathlib.Path, int] = {}
+    for path in written:
+        by_folder[path.parent] = by_folder.get(path.parent, 0) + 1
+    for folder, count in by_folder.items():
+        log(f"{folder}: {count} file(s) written (synthetic {kind}, seed {seed})")
+    return written
+
+
 def _check_synthetic_flags(args: argparse.Namespace) -> None:
     """One-line errors for flags that do not fit the chosen --kind (or a download)."""
     if not args.synthetic:
@@ -350,7 +365,7 @@ def _check_synthetic_flags(args: argparse.Namespace) -> None:
     if kind not in synthetic_kinds.KINDS:
         raise UNetError(f"--kind {kind}: unknown kind; expected one of {', '.join(synthetic_kinds.KINDS)}")
     if kind == "em" and args.num_images is not None:
-        raise UNetError("--num_images is for --kind vessels or nuclei; --kind em uses --num_slices and --size")
+        raise UNetError("--num_images is for --kind vessels, nuclei, ct or mr; --kind em uses --num_slices and --size")
     if kind != "em":
         for flag in ("num_slices", "size"):
             if getattr(args, flag) is not None:
@@ -367,10 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--synthetic", action="store_true",
                       help="write a synthetic data set instead of downloading (see --kind)")
     parser.add_argument("--kind", help=f"synthetic: {' | '.join(synthetic_kinds.KINDS)} (default em: EM stacks "
-                        "in the ISBI layout; vessels, nuclei: images/ + masks/ PNG folders)")
+                        "in the ISBI layout; vessels, nuclei: images/ + masks/ PNG folders; ct, mr: NIfTI volumes in the MSD "
+                        "layout)")
     parser.add_argument("--num_slices", type=int, help="synthetic em: slices per stack (default 30)")
     parser.add_argument("--size", type=int, help="synthetic em: slice height and width in px (default 512)")
-    parser.add_argument("--num_images", type=int, help="synthetic vessels/nuclei: number of images (default "
+    parser.add_argument("--num_images", type=int, help="synthetic vessels/nuclei: number of images; ct/mr: training cases (default "
                         + ", ".join(f"{n} for {k}" for k, n in synthetic_kinds.DEFAULT_NUM_IMAGES.items()) + ")")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: random seed (the test volume uses "
                         f"seed + {synthetic.TEST_SEED_OFFSET})")
@@ -392,6 +408,8 @@ def main(argv: list[str] | None = None, *, fetch: Fetch | None = None) -> int:
         if args.synthetic and (args.kind or "em") == "em":
             write_synthetic(args.data_dir, 30 if args.num_slices is None else args.num_slices,
                             512 if args.size is None else args.size, args.seed)
+        elif args.synthetic and args.kind in synthetic_volumes.VOLUME_KINDS:
+            write_synthetic_volumes(args.data_dir, args.kind, args.num_images, args.seed)
         elif args.synthetic:
             write_synthetic_folders(args.data_dir, args.kind, args.num_images, args.seed)
         else:

@@ -30,3 +30,23 @@ def fold_split(num_items: int, num_folds: int, fold: int) -> tuple[np.ndarray, n
     train_idx = np.concatenate([b for i, b in enumerate(blocks) if i != fold])
     return train_idx, val_idx
 
+
+
+def case_fold_split(case_of_item: np.ndarray, num_folds: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-fold split by case: the cases are split as fold_split splits items, and every item (a slice)
+    goes where its case goes, so no volume has slices on both sides (neighbouring slices of one
+    volume are nearly identical: validating on them would measure memorisation).
+
+    Args:
+        case_of_item: (N,) int case index of each item.
+    Returns:
+        (train_idx, val_idx) item indices, int64, increasing.
+    """
+    case_of_item = np.asarray(case_of_item)
+    cases = np.unique(case_of_item)
+    if num_folds > len(cases):
+        raise UNetError(f"num_folds={num_folds} but there are only {len(cases)} cases; "
+                        "expected at most one fold per case")
+    train_cases, val_cases = fold_split(len(cases), num_folds, fold)
+    in_val = np.isin(case_of_item, cases[val_cases])
+    return np.flatnonzero(~in_val).astype(np.int64), np.flatnonzero(in_val).astype(np.int64)

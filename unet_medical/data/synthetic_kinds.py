@@ -4,6 +4,8 @@ Kinds:
 - "em": serial-section EM stacks in the ISBI 2012 layout (utils.data.synthetic; the default).
 - "vessels": fundus photographs with vessel masks (utils.data.synthetic_vessels), 20 by default.
 - "nuclei": nucleus images of mixed sizes and styles (utils.data.synthetic_nuclei), 30 by default.
+- "ct", "mr": 3D volumes with two nested foreground classes in the MSD / nnU-Net raw layout
+  (data.synthetic_volumes), 12 training cases and 4 test cases by default.
 
 The folder kinds are written as `DIR/images/NN.png` + `DIR/masks/NN.png` (shared stems, masks 0/255),
 the layout public 2D sets use; "vessels" also writes `DIR/fov/NN.png`, the field-of-view mask
@@ -26,13 +28,14 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from unet_medical.data import synthetic, synthetic_nuclei, synthetic_vessels
+from unet_medical.data import synthetic, synthetic_nuclei, synthetic_vessels, synthetic_volumes
 from unet_medical.data.layouts import ISBI_TRAIN_LABELS, ISBI_TRAIN_VOLUME
 from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_write
 
-KINDS = ("em", "vessels", "nuclei")
-DEFAULT_NUM_IMAGES = {"vessels": 20, "nuclei": 30}
+KINDS = ("em", "vessels", "nuclei") + synthetic_volumes.VOLUME_KINDS
+DEFAULT_NUM_IMAGES = {"vessels": 20, "nuclei": 30,
+                      **{kind: synthetic_volumes.DEFAULT_NUM_TRAINING for kind in synthetic_volumes.VOLUME_KINDS}}
 
 # One image of a folder kind: {folder name: (H, W) or (H, W, 3) uint8 array}.
 Sample = dict[str, np.ndarray]
@@ -145,8 +148,11 @@ def write_folder_kind(out_dir: str | os.PathLike, kind: str, num_images: int | N
 
 def write_kind(out_dir: str | os.PathLike, kind: str = "em", *, seed: int = 0, num_slices: int = 30,
                size: int = 512, num_images: int | None = None) -> list[pathlib.Path]:
-    """Write any kind: "em" via synthetic.write_isbi_layout (num_slices, size), the others as folders."""
+    """Write any kind: "em" via synthetic.write_isbi_layout (num_slices, size), "ct"/"mr" as an MSD set
+    (num_images training cases), the others as folders."""
     check_kind(kind)
     if kind == "em":
         return list(synthetic.write_isbi_layout(out_dir, num_slices=num_slices, size=size, seed=seed).values())
+    if kind in synthetic_volumes.VOLUME_KINDS:
+        return synthetic_volumes.write_volume_kind(out_dir, kind, num_images, seed)
     return write_folder_kind(out_dir, kind, num_images, seed)

@@ -1,0 +1,60 @@
+"""download_dataset.py --synthetic --kind ct|mr: an MSD / nnU-Net raw set with oblique, anisotropic
+geometry and two nested foreground classes, readable by data.volumes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import download_dataset as dd
+from unet_medical.base.errors import UNetError
+from unet_medical.data import synthetic_volumes as sv
+from unet_medical.data import volumes
+
+
+@pytest.mark.parametrize("kind,channel", [("ct", "CT"), ("mr", "MRI")])
+def test_cli_writes_an_msd_set_with_kept_geometry(tmp_path, capsys, kind, channel):
+    assert dd.main(["--synthetic", "--kind", kind, "--num_images", "2", "--data_dir", str(tmp_path)]) == 0
+    assert "imagesTr: 2 file(s) written" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": channel} and meta["file_ending"] == ".nii.gz"
+    assert meta["labels"] == {"background": 0, "organ": 1, "lesion": 2} and meta["numTraining"] == 2
+    assert sorted(p.name for p in (tmp_path / "imagesTr").iterdir()) == ["case_000_0000.nii.gz", "case_001_0000.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "labelsTr").iterdir()) == ["case_000.nii.gz", "case_001.nii.gz"]
+    assert len(list((tmp_path / "imagesTs").iterdir())) == sv.NUM_TEST
+    for case in ("case_000", "case_001"):
+        image = volumes.read_volume(tmp_path / "imagesTr" / f"{case}_0000.nii.gz")
+        labels = volumes.read_volume(tmp_path / "labelsTr" / f"{case}.nii.gz")
+        assert image.shape == labels.shape == sv.SHAPE
+        np.testing.assert_allclose(labels.affine, image.affine, atol=1e-6)
+        assert image.spacing == pytest.approx(sv.VOXEL_MM, rel=1e-5)
+        assert np.abs(image.affine[:3, :3] - np.diag(np.diag(image.affine[:3, :3]))).max() > 0.05  # oblique
+        assert (image.qform_code, image.sform_code) == (1, 1)
+        means = [image.array[labels.array == c].mean() for c in range(3)]
+        if kind == "ct":
+            assert image.array.dtype == np.int16
+            assert means[1] == pytest.approx(60, abs=3) and means[2] == pytest.approx(20, abs=3)
+        else:
+            assert image.array.dtype == np.float32 and means[0] < means[1] < means[2]
+
+
+def test_cases_hold_a_lesion_nested_in_the_organ_and_are_reproducible():
+    for index in range(6):
+        first = sv.make_case("ct", np.random.default_rng(index))
+        again = sv.make_case("ct", np.random.default_rng(index))
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+        labels = first[1]
+        lesion, organ = labels == 2, labels == 1
+        assert 100 < lesion.sum() < organ.sum()
+        shell = ndimage.binary_dilation(lesion) & ~lesion
+        assert organ[shell].mean() > 0.9  # the lesion is (almost) surrounded by organ: nested classes
+
+
+def test_a_non_empty_destination_and_bad_counts_are_refused(tmp_path):
+    sv.write_volume_kind(tmp_path, "mr", 1, seed=0)
+    with pytest.raises(UNetError, match="imagesTr is not empty"):
+        sv.write_volume_kind(tmp_path, "mr", 1, seed=0)
+    with pytest.raises(UNetError, match="num_images=0"):
+        sv.write_volume_kind(tmp_path / "new", "ct", 0)
