@@ -282,8 +282,13 @@ def decide_lossy(masks: Sequence[np.ndarray], names: Sequence[str], num_classes:
     values_of = [_checked_values(m, n) for m, n in zip(masks, names)]
     union = np.unique(np.concatenate(values_of))
     exact = _exact(values_of, union, masks, num_classes)
-    if exact is not None:  # the codec left the values intact (lossless WebP, or flat masks)
+    # Levels far apart that the codec left intact (flat masks, a high quality): nothing to guess. Close
+    # levels (0/1, class ids 0..K-1) may look intact while noise moved pixels to a neighbouring id.
+    if exact is not None and exact.threshold is not None and exact.threshold >= LOSSY_MIN_GAP:
         return exact
+    if union.max() < LOSSY_MIN_GAP and union.max() > 0:
+        raise UNetError(f"{names[0]}: {codec} mask with values up to {union.max()} (class ids or 0/1 stored lossy) "
+                        "cannot be told from compression noise; save the masks lossless (PNG/TIFF), or as 0/255")
     if union.min() < 0 or union.max() > 255 or not _is_integral(union):
         raise UNetError(f"{names[0]}: lossy mask with values in [{union.min()}, {union.max()}]; expected 8-bit gray")
     classes = num_classes or 2
