@@ -372,11 +372,14 @@ def choose_mask_channel(arrays: list[np.ndarray]) -> str:
     Returns:
         "alpha" if every mask with alpha has constant colour and at least one has varying alpha.
     """
-    with_alpha = [a for a in arrays if a.ndim >= 3 and a.shape[-1] in (2, 4)]
+    with_alpha = [a for a in arrays if a.ndim >= 3 and a.shape[-1] in (2, 4) and a.size]
     if not with_alpha:
         return "colour"
-    colour_varies = any(np.ptp(a[..., :-1]) > 0 for a in with_alpha)
-    alpha_varies = any(np.ptp(a[..., -1]) > 0 for a in with_alpha)
+    def varies(x: np.ndarray) -> bool:  # any dtype (np.ptp refuses bools)
+        return bool(np.any(x != x.flat[0]))
+
+    colour_varies = any(varies(a[..., :-1]) for a in with_alpha)
+    alpha_varies = any(varies(a[..., -1]) for a in with_alpha)
     return "alpha" if alpha_varies and not colour_varies else "colour"
 
 
