@@ -63,6 +63,31 @@ def test_object_statistics_of_disks_and_lines():
     assert 2.0 <= stats["thickness"]["median"] <= 4.0
 
 
+@pytest.mark.parametrize("w", [4, 10, 25])
+def test_object_width_at_the_image_border_is_the_visible_width(w):
+    # Reference: the analytic width of a w px wide bar, whichever border it touches. Before the border
+    # counted as background, the bar at the left edge measured about 2w (the distance to its far side).
+    for sides in ("left", "right", "top", "bottom"):
+        mask = np.zeros((64, 80), np.uint8)
+        bar = {"left": (slice(None), slice(0, w)), "right": (slice(None), slice(80 - w, 80)),
+               "top": (slice(0, w), slice(None)), "bottom": (slice(64 - w, 64), slice(None))}[sides]
+        mask[bar] = 1
+        width = object_statistics([mask], 1)["width"]["max"]
+        assert abs(width - w) <= 1.0, (sides, width)
+
+
+def test_object_covering_the_image_is_no_wider_than_the_image():
+    for shape in ((40, 60), (64, 64), (31, 90)):
+        stats = object_statistics([np.ones(shape, np.uint8)], 1)
+        # The 2 x distance rule adds at most 1 px for an odd side (a 1-px line measures 2).
+        assert min(shape) <= stats["width"]["max"] <= min(shape) + 1, shape
+        assert stats["thickness"]["max"] <= min(shape) + 1
+    # A disk cut in half by the left border: its visible half is a disk radius wide.
+    yy, xx = np.mgrid[:100, :100]
+    half = ((yy - 50) ** 2 + xx ** 2 <= 30 ** 2).astype(np.uint8)
+    assert object_statistics([half], 1)["width"]["max"] == pytest.approx(30.0, abs=1.5)
+
+
 def test_fingerprint_fractions_sizes_and_polarity():
     masks = [np.zeros((50, 60), np.uint8), np.ones((30, 40), np.uint8)]
     masks[0][:10] = 1

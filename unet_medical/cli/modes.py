@@ -104,7 +104,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
                              "output_size": geometry.output_size,
                              "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9,
                              "train_images": len(train_idx), "validation_images": len(val_idx),
-                             "classes": ",".join(data.class_names)})
+                             "classes": ",".join(data.class_names), "masks": data.mask_format})
     if dist.is_chief:
         save_run_record(cfg.model_dir, RunRecord(
             spec=dataclasses.asdict(spec), class_names=data.class_names,

@@ -5,8 +5,8 @@ Three training layouts are detected in `data_dir`:
 1. ISBI 2012: `train-volume.tif` + `train-labels.tif` (multi-page TIFF stacks; labels 255 = cell
    interior -> class 1, 0 = membrane -> class 0).
 2. Named stacks: `image_stack` + `mask_stack`, two TIFF stacks given by flags (these win over 1).
-3. Folders: `images/` + `masks/` of PNG/TIFF/GIF/BMP files (JPEG for images only), paired by
-   identical file stem (`images/21_training.tif` <-> `masks/21_training.gif`).
+3. Folders: `images/` + `masks/` of PNG/TIFF/GIF/BMP/JPEG/WebP files, paired by identical file
+   stem (`images/21_training.tif` <-> `masks/21_training.gif`).
 
 Every user-fixable problem (missing or corrupt file, count/shape mismatch, unsupported dtype or
 dimensionality, bad label values, unpaired names) raises UNetError naming the file and what was
@@ -18,12 +18,15 @@ Conventions of the arrays handed to the rest of the pipeline:
   and are stored as uint16 (x * 65535 rounded: an error below 8e-6, far below any imaging noise),
   so that normalize_image has one rule per dtype. Signed or wider integer images are accepted if
   their values fit in 0..65535.
-- masks: (H, W) uint8 class ids. {0, 255} or {0, 1} (and bool) are binary; with num_classes=K the
-  values must lie in 0..K-1. A palette mask with a colour palette keeps its indices as class ids
-  (the PASCAL VOC convention); a gray palette is decoded to its gray values.
+- masks: (H, W) uint8 class ids. What the stored values mean (binary 0/1, 0/255, 0/65535, class ids,
+  instance labels, anti-aliased or lossy binary) is decided once for the whole set by
+  utils.data.mask_semantics and recorded in SegmentationData.mask_format. A palette mask with a
+  colour palette keeps its indices as class ids (the PASCAL VOC convention); a gray palette is
+  decoded to its gray values.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import pathlib
@@ -33,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from unet_medical.data.mask_semantics import masks_to_class_ids
 from unet_medical.data.readers import (
     _MAX_SHOWN,
     IMAGE_SUFFIXES,
@@ -41,9 +45,10 @@ from unet_medical.data.readers import (
     _require_file,
     as_image,
     as_mask,
+    choose_mask_channel,
+    lossy_codec,
     read_image_file,
     read_stack,
-    to_class_ids,
 )
 from unet_medical.base.errors import UNetError
 
@@ -79,6 +84,8 @@ class SegmentationData:
         class_names: ("membrane", "interior") for ISBI, ("background", "foreground") for other
             binary masks, ("class0", ...) for N classes.
         source: the path the data came from, for messages.
+        mask_format: one line for the run log: how the stored mask values were read ("binary 0/255
+            [30 .tif]", "lossy binary (JPEG): thresholded at 127.5 ..."); "" without masks.
     """
 
     images: list[np.ndarray]
@@ -86,6 +93,7 @@ class SegmentationData:
     names: list[str]
     class_names: tuple[str, ...]
     source: str
+    mask_format: str = ""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -165,18 +173,33 @@ def _load_stack_pair(image_path: pathlib.Path, mask_path: pathlib.Path, num_clas
     if len(raw_masks) != len(images):
         raise UNetError(f"{image_path.name} holds {len(images)} images but {mask_path.name} holds "
                         f"{len(raw_masks)} masks; expected one mask per image ({source})")
-    masks = []
-    for i, (image, raw) in enumerate(zip(images, raw_masks)):
-        mask_name = f"{mask_path.name}[{i}]"
-        mask = as_mask(raw, mask_name)
-        if mask.shape != image.shape[:2]:
-            raise UNetError(f"{names[i]} is {image.shape[:2]} but {mask_name} is {mask.shape} (height, width); "
-                            "each mask must have its image's size")
-        masks.append(to_class_ids(mask, num_classes, mask_name))
+    codec = lossy_codec(mask_path)
+    channel = choose_mask_channel([raw_masks])
+    mask_names = [f"{mask_path.name}[{i}]" for i in range(len(raw_masks))]
+    raw = [as_mask(m, name, channel=channel, lossy=codec is not None) for m, name in zip(raw_masks, mask_names)]
+    _check_mask_sizes(images, raw, names, mask_names)
+    masks, meaning = masks_to_class_ids(raw, mask_names, num_classes, [codec is not None] * len(raw), source,
+                                        codec or "JPEG")
     class_names = _class_names(num_classes, isbi)
     _warn_single_class(masks, names, class_names, source)
-    return SegmentationData(images, masks, names, class_names, source)
+    mask_format = _mask_format(meaning, [mask_path], channel)
+    return SegmentationData(images, masks, names, class_names, source, mask_format)
 
+
+
+def _check_mask_sizes(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], names: Sequence[str],
+                      mask_names: Sequence[str]) -> None:
+    for image, mask, name, mask_name in zip(images, masks, names, mask_names):
+        if mask.shape != image.shape[:2]:
+            raise UNetError(f"{name} is {image.shape[:2]} but {mask_name} is {mask.shape} (height, width); "
+                            "each mask must have its image's size")
+
+
+def _mask_format(meaning: str, paths: Sequence[pathlib.Path], channel: str) -> str:
+    """The log line of a set's masks: the interpretation, then the files it was read from."""
+    suffixes = collections.Counter(path.suffix.lower() for path in paths)
+    files = ", ".join(f"{n} {suffix}" for suffix, n in sorted(suffixes.items()))
+    return f"{meaning} [{files}{', shape in the alpha channel' if channel == 'alpha' else ''}]"
 
 
 def _natural_key(name: str) -> list:
@@ -193,9 +216,6 @@ def _list_by_stem(folder: pathlib.Path, suffixes: Sequence[str], what: str) -> d
         if path.name.startswith(".") or not path.is_file():
             continue
         suffix = path.suffix.lower()
-        if what == "mask" and suffix in IMAGE_SUFFIXES and suffix not in suffixes:
-            raise UNetError(f"{path}: masks may not be JPEG (lossy compression changes class ids); "
-                            f"use one of {', '.join(suffixes)}")
         if suffix not in suffixes:
             continue
         if path.stem in files:
@@ -223,22 +243,25 @@ def _load_folders(data_dir: pathlib.Path, images_dir: str, masks_dir: str,
                 parts.append(f"{label}: {listed}" + (", ..." if len(stems) > _MAX_SHOWN else ""))
         raise UNetError(f"{data_dir}: unpaired files ({'; '.join(parts)}); images and masks are paired by "
                         "identical file name without extension")
-    images, masks, names = [], [], []
-    for stem in sorted(image_files, key=_natural_key):
-        image_path, mask_path = image_files[stem], mask_files[stem]
-        image = as_image(read_image_file(image_path), image_path.name)
-        mask = as_mask(read_image_file(mask_path, palette_as_index=True), mask_path.name)
-        if mask.shape != image.shape[:2]:
-            raise UNetError(f"{image_path.name} is {image.shape[:2]} but {mask_path.name} is {mask.shape} "
-                            "(height, width); each mask must have its image's size")
-        images.append(image)
-        masks.append(to_class_ids(mask, num_classes, mask_path.name))
-        names.append(image_path.name)
+    stems = sorted(image_files, key=_natural_key)
+    names = [image_files[stem].name for stem in stems]
+    mask_paths = [mask_files[stem] for stem in stems]
+    images = [as_image(read_image_file(image_files[stem]), image_files[stem].name) for stem in stems]
+    # Every mask is read before any is interpreted: what the values mean is decided for the whole set.
+    decoded = [read_image_file(path, palette_as_index=True) for path in mask_paths]
+    codecs = [lossy_codec(path) for path in mask_paths]
+    channel = choose_mask_channel(decoded)
+    mask_names = [path.name for path in mask_paths]
+    raw = [as_mask(m, name, channel=channel, lossy=codec is not None)
+           for m, name, codec in zip(decoded, mask_names, codecs)]
+    _check_mask_sizes(images, raw, names, mask_names)
+    codec = next((c for c in codecs if c is not None), "JPEG")
     source = str(data_dir)
+    masks, meaning = masks_to_class_ids(raw, mask_names, num_classes, [c is not None for c in codecs], source, codec)
     images = unify_channels(images, names, source)
     class_names = _class_names(num_classes, isbi=False)
     _warn_single_class(masks, names, class_names, source)
-    return SegmentationData(images, masks, names, class_names, source)
+    return SegmentationData(images, masks, names, class_names, source, _mask_format(meaning, mask_paths, channel))
 
 
 

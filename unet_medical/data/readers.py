@@ -1,4 +1,4 @@
-"""Read one image or mask file (TIFF, PNG, GIF, BMP, JPEG) into a validated array.
+"""Read one image or mask file (TIFF, PNG, GIF, BMP, JPEG, WebP) into a validated array.
 
 Every user-fixable problem (missing or corrupt file, unsupported dtype or dimensionality, bad label
 values) raises UNetError naming the file and what was expected; a decoder's own exception is
@@ -18,6 +18,10 @@ What is read:
 - RGBA and gray + alpha: the alpha channel is dropped, not composited. The colour channels hold
   the measurement; compositing would blend in a background colour that is not in the data (and
   alpha = 0 regions, such as the outside of a fundus field of view, keep the values stored there).
+  Masks are the exception: a mask whose colour is constant and whose alpha varies is a shape drawn
+  on a transparent layer, and its alpha is the mask (choose_mask_channel, decided per data set).
+- Masks may be lossy (JPEG, lossy WebP, JPEG-compressed TIFF): utils.data.mask_semantics reads them
+  back where that is unambiguous; colour JPEG masks become their luminance.
 """
 from __future__ import annotations
 
@@ -32,29 +36,22 @@ import tifffile
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from unet_medical.base.errors import UNetError
+from unet_medical.data.mask_semantics import (  # noqa: F401  (DataWarning, mask_values: public here too)
+    _MAX_SHOWN,
+    INSTANCE_VALUES,
+    DataWarning,
+    decide_lossless,
+    mask_values,
+)
 from unet_medical.data.normalize import _MAX_VALUE
 
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-
-
-
-MASK_SUFFIXES = TIFF_SUFFIXES + (".png", ".gif", ".bmp")
-
-
-
-# JPEG is lossy: its ringing turns class ids into neighbouring values, so masks may not be JPEG.
-IMAGE_SUFFIXES = MASK_SUFFIXES + (".jpg", ".jpeg")
-
-
-
-_MAX_SHOWN = 10  # names or values listed in one error message
-
-
-
-class DataWarning(UserWarning):
-    """Suspicious but usable data (for example masks that hold a single class)."""
-
+# Lossy formats: their ringing turns class ids into clouds of neighbouring values, which
+# utils.data.mask_semantics reads back only where that is unambiguous (two levels, or K given).
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
+MASK_SUFFIXES = TIFF_SUFFIXES + (".png", ".gif", ".bmp") + LOSSY_SUFFIXES
+IMAGE_SUFFIXES = MASK_SUFFIXES
 
 
 # --------------------------------------------------------------------------- reading files
@@ -334,16 +331,83 @@ def _image_dtype(array: np.ndarray, source: str) -> np.ndarray:
 
 
 
-def as_mask(array: np.ndarray, source: str) -> np.ndarray:
-    """Validate a decoded mask's shape: (H, W), (H, W, 1) or a gray mask saved as RGB(A) -> (H, W)."""
-    if array.ndim == 3 and array.shape[-1] in (1, 2):
+# ITU-R BT.601 luma weights: a colour JPEG of a binary mask keeps its two levels in luminance.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+# TIFF compressions that lose information (JPEG, old-style JPEG, WebP).
+_LOSSY_TIFF = {6: "JPEG", 7: "JPEG", 50001: "WebP"}
+
+
+def lossy_codec(path: str | os.PathLike) -> str | None:
+    """The lossy codec a mask file was stored with ("JPEG", "WebP"), or None for lossless files.
+
+    WebP has a lossless mode (a 'VP8L' bitstream); JPEG-compressed TIFFs are lossy too.
+    """
+    path = pathlib.Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        return "JPEG"
+    if suffix == ".webp":
+        with open(path, "rb") as handle:
+            header = handle.read(64)
+        return None if b"VP8L" in header else "WebP"
+    if suffix in TIFF_SUFFIXES:
+        try:
+            with tifffile.TiffFile(path) as tif:
+                return _LOSSY_TIFF.get(int(tif.pages.first.compression))
+        except Exception:  # an unreadable file fails with its own message when it is read
+            return None
+    return None
+
+
+def choose_mask_channel(arrays: list[np.ndarray]) -> str:
+    """Whether the masks of a data set with an alpha channel carry their shape in "colour" or "alpha".
+
+    A publisher who draws a mask as a shape on a transparent layer leaves the colour constant and
+    puts the shape in alpha; a gray mask saved as RGBA has opaque (constant) alpha. Decided for the
+    set, not per file: an empty mask on a transparent layer has constant colour and constant alpha.
+
+    Args:
+        arrays: decoded masks, (H, W), (H, W, C) or (N, H, W, C).
+    Returns:
+        "alpha" if every mask with alpha has constant colour and at least one has varying alpha.
+    """
+    with_alpha = [a for a in arrays if a.ndim >= 3 and a.shape[-1] in (2, 4) and a.size]
+    if not with_alpha:
+        return "colour"
+    def varies(x: np.ndarray) -> bool:  # any dtype (np.ptp refuses bools)
+        return bool(np.any(x != x.flat[0]))
+
+    colour_varies = any(varies(a[..., :-1]) for a in with_alpha)
+    alpha_varies = any(varies(a[..., -1]) for a in with_alpha)
+    return "alpha" if alpha_varies and not colour_varies else "colour"
+
+
+def as_mask(array: np.ndarray, source: str, *, channel: str = "auto", lossy: bool = False) -> np.ndarray:
+    """Validate a decoded mask's shape: (H, W), (H, W, 1), gray(+alpha) or RGB(A) -> (H, W).
+
+    Args:
+        array: the decoded mask.
+        source: file name for messages.
+        channel: for masks with alpha: "colour", "alpha" or "auto" (choose_mask_channel on this mask).
+        lossy: the file is lossy (JPEG): a colour mask becomes its luminance (uint8) instead of an error,
+            since compression makes the channels of even a gray mask differ.
+    """
+    if channel == "auto":
+        channel = choose_mask_channel([array])
+    if array.ndim == 3 and array.shape[-1] in (2, 4) and channel == "alpha":
+        array = array[..., -1]
+    elif array.ndim == 3 and array.shape[-1] in (1, 2):
         array = array[..., 0]  # 2 = gray + alpha
     elif array.ndim == 3 and array.shape[-1] in (3, 4):
         color = array[..., :3]
-        if not (np.array_equal(color[..., 0], color[..., 1]) and np.array_equal(color[..., 1], color[..., 2])):
+        if np.array_equal(color[..., 0], color[..., 1]) and np.array_equal(color[..., 1], color[..., 2]):
+            array = color[..., 0]
+        elif lossy:
+            array = np.clip(np.rint(color.astype(np.float64) @ _LUMA), 0, 255).astype(np.uint8)
+        else:
             raise UNetError(f"{source}: colour mask (its RGB channels differ); expected a single-channel "
                             "mask of class ids (grayscale or palette PNG/TIFF/GIF)")
-        array = color[..., 0]
     if array.ndim != 2 or min(array.shape) < 1:
         raise UNetError(f"{source}: mask of shape {array.shape}; expected (height, width)")
     if not (array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer)
@@ -352,60 +416,18 @@ def as_mask(array: np.ndarray, source: str) -> np.ndarray:
     return array
 
 
-
-def mask_values(mask: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of a mask (bincount for uint8: ~10x faster than np.unique)."""
-    if mask.dtype == np.bool_:  # astype, not view: a bool's byte may be 255 (Pillow's 1-bit images)
-        return np.flatnonzero(np.bincount(mask.ravel().astype(np.uint8), minlength=2))
-    if mask.dtype == np.uint8:
-        return np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    return np.unique(mask)
-
-
-
-# More distinct values than this in a mask without --num_classes: instance ids, read as foreground.
-INSTANCE_VALUES = 8
-
-
 def to_class_ids(mask: np.ndarray, num_classes: int | None, source: str) -> np.ndarray:
-    """Map mask values to class ids.
+    """Map one losslessly stored mask's values to class ids (a data set: mask_semantics.masks_to_class_ids).
 
     Args:
         mask: (H, W) (or any shape) bool, integer or integral float values.
         num_classes: None or 2 for binary masks ({0, 255} -> 255 is class 1, likewise {0, 65535}
             for uint16 masks; {0, 1} kept; None also reads an instance label image, 0 plus more than
-            INSTANCE_VALUES object ids, as foreground = id > 0);
+            INSTANCE_VALUES object ids each a connected blob, as foreground = id > 0, and an
+            anti-aliased 0/255 mask thresholded at mid-level);
             K > 2 for class ids that must lie in 0..K-1.
         source: file name for messages.
     Returns:
         uint8 class ids, same shape.
     """
-    if mask.size == 0:
-        raise UNetError(f"{source}: empty mask (shape {mask.shape}); expected a labelled image")
-    if not (mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)
-            or np.issubdtype(mask.dtype, np.floating)):
-        raise UNetError(f"{source}: unsupported mask dtype {mask.dtype}; expected integer class ids")
-    values = mask_values(mask)
-    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-        raise UNetError(f"{source}: mask holds NaN or infinite values; expected integer class ids")
-    binary = num_classes in (None, 2)
-    # 16-bit binary masks (ImageJ, some PNG exporters) use 65535 where 8-bit ones use 255.
-    for high in (255, 65535) if mask.dtype == np.uint16 else (255,):
-        if binary and set(values.tolist()) <= {0, high}:
-            return (mask == high).astype(np.uint8)
-    limit = 2 if binary else int(num_classes)
-    integral = np.all(np.mod(values, 1) == 0) if np.issubdtype(values.dtype, np.floating) else True
-    if num_classes is None and integral and values.min() == 0 and len(values) > INSTANCE_VALUES:
-        # Many distinct ids: an instance label image (each object its own id, as nuclei sets ship):
-        # foreground is every labelled object. A few ids are more likely classes: those need --num_classes.
-        return (mask > 0).astype(np.uint8)
-    if integral and values.min() >= 0 and values.max() < limit:
-        return mask.astype(np.uint8)
-    shown = ", ".join(str(v) for v in values[:_MAX_SHOWN].tolist()) + (", ..." if len(values) > _MAX_SHOWN else "")
-    expected = ("{0, 255} or {0, 1} for binary masks" if binary
-                else f"class ids 0..{limit - 1} (num_classes={limit})")
-    hint = ""
-    if binary and integral and values.min() >= 0 and values.max() < 64:  # looks like class ids
-        hint = f"; for {int(values.max()) + 1} classes set num_classes={int(values.max()) + 1}"
-    raise UNetError(f"{source}: mask values {{{shown}}} are not valid labels: expected {expected}{hint}")
-
+    return decide_lossless([mask], [source], num_classes).class_ids(mask)
