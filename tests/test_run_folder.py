@@ -108,3 +108,104 @@ def test_safe_mode_alone_refuses_a_marshalled_lambda(tmp_path, monkeypatch):
     with pytest.raises(UNetError, match=r"x\.json: .*safe mode"):
         serialization.model_from_json(lambda_json(marker), "x.json")
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- 2./3. refusals write nothing
+def snapshot(folder: pathlib.Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder`: its bytes and mtime (ns)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("extra", [
+    ["--base_filters", "8"],                      # another experiment, no --resume_training
+    ["--fold", "2"],
+])
+def test_retraining_into_a_finished_run_is_refused_before_any_write(run, data_dir, capsys, extra):
+    before = snapshot(run)
+    capsys.readouterr()
+    assert cli_main(["train", "--data_dir", str(data_dir), "--model_dir", str(run), *TINY, *extra]) == 2
+    assert "--resume_training" in one_error_line(capsys)
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("flag, value, recorded", [
+    ("--fold", "1", "fold=0"), ("--base_filters", "8", "base_filters=4"), ("--dropout", "0.5", "dropout=0"),
+    ("--padding", "valid", "padding='same'"), ("--quantization", "FIXED", "quantization='NONE'"),
+    ("--num_folds", "3", "num_folds=5")])
+def test_resume_refuses_a_flag_that_contradicts_the_record(run, capsys, flag, value, recorded):
+    before = snapshot(run)
+    capsys.readouterr()
+    assert cli_main(["train", "--model_dir", str(run), "--resume_training", flag, value, "--max_steps", "6"]) == 2
+    line = one_error_line(capsys)
+    assert f"{flag}=" in line and recorded in line, line
+    assert snapshot(run) == before
+
+
+def test_resume_takes_fold_data_and_architecture_from_the_record(trained, tmp_path):
+    from unet_medical.cli.config import parse_config
+
+    other = tmp_path / "elsewhere"
+    cfg = parse_config(["--exec_mode", "train_and_evaluate", "--model_dir", str(trained), "--resume_training",
+                        "--max_steps", "6", "--fold", "0"])  # the recorded fold, given again: fine
+    assert (cfg.fold, cfg.num_folds, cfg.base_filters, cfg.depth, cfg.padding, cfg.dropout) == (0, 5, 4, 2, "same", 0)
+    assert cfg.batch_norm and cfg.crop_size == 32 and pathlib.Path(cfg.data_dir).is_dir()
+    assert cfg.max_steps == 6  # not fixed by the record: a resume may train longer
+    fresh = parse_config(["--exec_mode", "train", "--model_dir", str(other), "--resume_training"])
+    assert fresh.fold == 0 and fresh.base_filters == 64  # nothing to resume: the flags' defaults
+
+
+# ----------------------------------------------------------------------------- 4. one writer per folder
+def test_a_live_lock_stops_a_second_writer_and_a_stale_one_says_how_to_clear_it(run, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    before = snapshot(run)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(f"{sleeper.pid} {socket.gethostname()}\n")
+        capsys.readouterr()
+        assert cli_main(["evaluate", "--model_dir", str(run)]) == 2
+        line = one_error_line(capsys)
+        assert f"in use by pid {sleeper.pid}" in line and ".lock" in line
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert cli_main(["evaluate", "--model_dir", str(run)]) == 2  # its pid is gone now
+    line = one_error_line(capsys)
+    assert f"stale lock of pid {sleeper.pid}" in line and f"rm {run / '.lock'}" in line
+    assert snapshot(run) == {**before, ".lock": snapshot(run)[".lock"]}
+    os.remove(run / ".lock")
+    assert cli_main(["evaluate", "--model_dir", str(run)]) == 0
+    assert not (run / ".lock").exists()  # released on exit
+
+
+def test_the_lock_is_released_when_the_command_fails(run, capsys):
+    (run / "checkpoints" / "last.npz").write_bytes(b"damaged")
+    assert cli_main(["evaluate", "--model_dir", str(run), "--checkpoint", "last"]) == 2
+    assert "last.npz" in one_error_line(capsys)
+    assert not (run / ".lock").exists()
+
+
+# ----------------------------------------------------------------------------- 6. crash in the final evaluation
+def test_a_crash_in_the_final_evaluation_is_finished_by_a_resume(data_dir, tmp_path, monkeypatch):
+    from unet_medical.cli import modes
+
+    run = tmp_path / "run"
+    real = modes.evaluate_images
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies during the final evaluation, after last.npz at max_steps
+
+    monkeypatch.setattr(modes, "evaluate_images", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(["train", "--data_dir", str(data_dir), "--model_dir", str(run), *TINY])
+    assert (run / "checkpoints" / "last.npz").is_file() and not (run / "checkpoints" / "best.npz").exists()
+    assert not (run / ".lock").exists()
+    monkeypatch.setattr(modes, "evaluate_images", real)
+    assert cli_main(["train", "--model_dir", str(run), "--resume_training"]) == 0
+    assert (run / "checkpoints" / "best.npz").is_file()
+    assert json.loads((run / "eval_results.json").read_text())["step"] == 4
+    assert cli_main(["evaluate", "--model_dir", str(run), "--checkpoint", "best"]) == 0

@@ -153,14 +153,16 @@ def restore_model(cfg: Config, logger: runlog.Logger | None = None) -> tuple[Any
 
 
 
-def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: runlog.Logger) -> Any:
-    """Tucker-2 decomposition of every eligible conv; the per-layer report goes to the log and
-    model_dir/tucker_report.csv."""
+def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: runlog.Logger,
+                   write_report: bool = True) -> Any:
+    """Tucker-2 decomposition of every eligible conv; the per-layer report goes to the log and (with
+    `write_report`) model_dir/tucker_report.csv."""
     from unet_medical.model.tucker import report_table, tucker_compress, write_report_csv
 
     compressed, report = tucker_compress(model, rank_factor=cfg.rank_factor, rank=cfg.rank,
                                          rank_min=cfg.rank_min, input_hw=(geometry.input_size,) * 2)
-    write_report_csv(report, pathlib.Path(cfg.model_dir) / "tucker_report.csv")
+    if write_report:
+        write_report_csv(report, pathlib.Path(cfg.model_dir) / "tucker_report.csv")
     print(report_table(report), flush=True)
     logger.log("PARAMETER", {
         "tucker_layers_decomposed": sum(not r.kept for r in report),
@@ -172,9 +174,11 @@ def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: runl
 
 
 
-def make_model(cfg: Config, data: SegmentationData, logger: runlog.Logger) -> tuple[Any, UNetSpec, CropGeometry]:
+def make_model(cfg: Config, data: SegmentationData, logger: runlog.Logger, write_report: bool = True
+               ) -> tuple[Any, UNetSpec, CropGeometry]:
     """The network to train: a new U-Net, or a trained one (--init_from), then the requested
-    transforms (Tucker compression). Every variant is an ordinary Keras model to the training loop."""
+    transforms (Tucker compression; its report file only with `write_report`). Every variant is an
+    ordinary Keras model to the training loop."""
     if cfg.init_from:
         model, spec, info, step = load_trained(cfg.init_from, cfg.checkpoint)  # in this run's precision
         if info.class_names != data.class_names or spec.in_channels != data.images[0].shape[-1]:
@@ -187,7 +191,7 @@ def make_model(cfg: Config, data: SegmentationData, logger: runlog.Logger) -> tu
         model = build_unet(spec)
     geometry = check_crop_size(spec, cfg.crop_size)
     if cfg.rank_factor is not None or cfg.rank is not None:
-        model = compress_model(cfg, model, geometry, logger)
+        model = compress_model(cfg, model, geometry, logger, write_report)
     float_architecture = model.to_json()
     if cfg.quantization == "QAT_INT8":
         from unet_medical.model.qat import quantize_model_qat
