@@ -209,3 +209,29 @@ def test_a_crash_in_the_final_evaluation_is_finished_by_a_resume(data_dir, tmp_p
     assert (run / "checkpoints" / "best.npz").is_file()
     assert json.loads((run / "eval_results.json").read_text())["step"] == 4
     assert cli_main(["evaluate", "--model_dir", str(run), "--checkpoint", "best"]) == 0
+
+
+# ----------------------------------------------------------------------------- 7. OS errors are one line
+def test_a_model_dir_under_a_regular_file_is_one_line_naming_it(data_dir, tmp_path, capsys):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    capsys.readouterr()
+    assert cli_main(["train", "--data_dir", str(data_dir), "--model_dir", str(blocker / "run"), *TINY]) == 2
+    line = one_error_line(capsys)
+    assert str(blocker) in line and "Not a directory" in line, line
+
+
+def test_a_full_disk_while_writing_a_record_is_one_line(run, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    from unet_medical.base import fileio
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(fileio, "atomic_write", full)
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--model_dir", str(run)]) == 2
+    line = one_error_line(capsys)
+    assert "No space left on device" in line and str(run) in line, line
