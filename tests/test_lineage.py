@@ -13,6 +13,7 @@ import tifffile
 import yaml
 
 import main
+from unet_medical.base.artifacts import RunRecord, save_run_record
 from unet_medical.cli import lineage
 from unet_medical.cli.config import parse_config
 from unet_medical.base.errors import UNetError
@@ -25,14 +26,21 @@ TINY_SPEC = {"n_classes": 2, "in_channels": 1, "base_filters": 4, "depth": 2, "p
 
 
 # ----------------------------------------------------------------------------- fake runs (no TensorFlow)
-def fake_run(path, config=None, spec=None, quantization=None):
-    """A run folder as training leaves it, minus the weights: config.yaml and model.json."""
+def fake_run(path, config=None, spec=None, quantization=None, old_layout=False):
+    """A run folder as training leaves it, minus the weights: config.yaml and model.json (written by
+    base.artifacts.save_run_record, as training writes it; `old_layout`: nested under "extra" as
+    earlier versions wrote it)."""
     path.mkdir(parents=True, exist_ok=True)
     if config is not None:
         (path / "config.yaml").write_text(yaml.safe_dump(config))
-    extra = {"quantization_config": quantization} if quantization else {}
-    (path / "model.json").write_text(json.dumps({"spec": spec or TINY_SPEC, "class_names": ["membrane", "interior"],
-                                                 "extra": extra}))
+    if old_layout:
+        extra = {"quantization_config": quantization} if quantization else {}
+        (path / "model.json").write_text(json.dumps({"spec": spec or TINY_SPEC, "class_names": ["membrane", "interior"],
+                                                     "extra": extra}))
+        return path
+    save_run_record(path, RunRecord(spec=spec or TINY_SPEC, class_names=("membrane", "interior"),
+                                    quantization=(quantization or {}).get("quantization", "NONE"),
+                                    quantization_config=quantization))
     return path
 
 
@@ -49,6 +57,12 @@ def test_evaluate_inherits_data_fold_crop_and_architecture(tmp_path):
     assert (cfg.padding, cfg.base_filters, cfg.depth, cfg.dropout) == ("same", 4, 2, 0.5)  # from model.json
     assert (cfg.quantization, cfg.weight_f_width) == ("FIXED", 5)
     assert cfg.max_steps == 1000  # not a lineage flag: the default
+
+
+def test_model_json_of_earlier_versions_still_gives_its_quantization(tmp_path):
+    run = fake_run(tmp_path / "run", RECORDED, quantization={"quantization": "INT", "weight_bits": 4}, old_layout=True)
+    cfg = parse_config(["--exec_mode", "predict", "--model_dir", str(run)])
+    assert (cfg.quantization, cfg.weight_bits) == ("INT", 4)
 
 
 def test_explicit_flags_and_yaml_win_over_the_run(tmp_path):

@@ -15,6 +15,14 @@ EVAL_RESULTS = "eval_results.json"
 RUN_CONFIG = "config.yaml"
 PREDICTIONS = "predictions"
 FINGERPRINT = "dataset_fingerprint.json"  # the data fingerprint and the recipe chosen from it
+CHECKPOINTS = "checkpoints"  # training.checkpoint's folder: LAST_CHECKPOINT (resume) and BEST_CHECKPOINT
+LAST_CHECKPOINT = "last.npz"
+BEST_CHECKPOINT = "best.npz"
+
+
+def last_checkpoint(model_dir: str | pathlib.Path) -> pathlib.Path:
+    """model_dir/checkpoints/last.npz: what --resume_training continues from."""
+    return pathlib.Path(model_dir) / CHECKPOINTS / LAST_CHECKPOINT
 
 
 # How a trained network is stored and deployed, decided from its quantization in one place:

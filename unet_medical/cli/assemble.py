@@ -10,7 +10,7 @@ from typing import Any
 from unet_medical.base import runlog
 from unet_medical.model.unet import UNetSpec, build_unet, output_size
 from unet_medical.training import checkpoint as ckpt
-from unet_medical.base.artifacts import RunRecord, load_run_record
+from unet_medical.base.artifacts import MODEL_JSON, RunRecord, load_run_record
 from unet_medical.cli.config import Config, augment_config
 from unet_medical.data.layouts import SegmentationData, load_training_data
 from unet_medical.base.errors import UNetError
@@ -70,10 +70,12 @@ def check_crop_size(spec: UNetSpec, crop_size: int | None) -> CropGeometry:
 
 
 
-def model_from_info(info: RunRecord) -> Any:
-    """The network described by model.json: its stored architecture (any variant: Tucker-compressed,
-    quantized, ...) or, for files without one, the plain U-Net of its spec."""
-    import tf_keras as keras
+def model_from_info(info: RunRecord, source: str | pathlib.Path = "model.json") -> Any:
+    """The network described by model.json (`source`, named in errors): its stored architecture (any
+    variant: Tucker-compressed, quantized, ...) or, for files without one, the plain U-Net of its spec.
+    The architecture is rebuilt in Keras' safe mode with Lambda layers refused (model.serialization):
+    a run folder from elsewhere never runs code."""
+    from unet_medical.model.serialization import model_from_json
 
     architecture = info.architecture
     if architecture is None:
@@ -83,22 +85,26 @@ def model_from_info(info: RunRecord) -> Any:
         # wrap it again, exactly as training did.
         from unet_medical.model.qat import quantize_model_qat
 
-        return quantize_model_qat(keras.models.model_from_json(architecture))
+        return quantize_model_qat(model_from_json(architecture, source))
     from unet_medical.model import quantized_layers  # noqa: F401  (registers the quantized layers for deserialization)
 
-    return keras.models.model_from_json(architecture)
+    return model_from_json(architecture, source)
 
 
 
-def with_global_policy(architecture: str) -> str:
+def with_global_policy(architecture: str, source: str | pathlib.Path = "model.json") -> str:
     """The architecture JSON with every layer's stored dtype policy dropped (the float32 head kept),
     so the layers take the current global policy: the precision of the run that loads a model decides,
     not the one it was trained in. Weights are float32 variables under every policy, so the checkpoint
     loads unchanged."""
     import json
 
-    graph = json.loads(architecture)
-    for layer in graph["config"]["layers"]:
+    try:
+        graph = json.loads(architecture)
+        layers = graph["config"]["layers"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UNetError(f"{source}: the stored architecture is not a Keras model's JSON ({exc})") from None
+    for layer in layers:
         if layer["config"].get("name") != "head":
             layer["config"].pop("dtype", None)
     return json.dumps(graph)
@@ -109,9 +115,10 @@ def load_trained(run_dir: str | pathlib.Path, which: str) -> tuple[Any, UNetSpec
     """Rebuild a training run's network from run_dir/model.json and load its best or last weights,
     in the dtype policy utils.precision.configure_precision set for this run (float32 or mixed)."""
     info = load_run_record(run_dir)
+    source = pathlib.Path(run_dir) / MODEL_JSON
     if info.architecture is not None:
-        info = info.replace(architecture=with_global_policy(info.architecture))
-    model = model_from_info(info)
+        info = info.replace(architecture=with_global_policy(info.architecture, source))
+    model = model_from_info(info, source)
     path = ckpt.checkpoint_dir(run_dir) / (ckpt.BEST if which == "best" else ckpt.LAST)
     loaded = ckpt.load_checkpoint(path, model)
     return model, UNetSpec(**info.spec), info, loaded.step
@@ -146,14 +153,16 @@ def restore_model(cfg: Config, logger: runlog.Logger | None = None) -> tuple[Any
 
 
 
-def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: runlog.Logger) -> Any:
-    """Tucker-2 decomposition of every eligible conv; the per-layer report goes to the log and
-    model_dir/tucker_report.csv."""
+def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: runlog.Logger,
+                   write_report: bool = True) -> Any:
+    """Tucker-2 decomposition of every eligible conv; the per-layer report goes to the log and (with
+    `write_report`) model_dir/tucker_report.csv."""
     from unet_medical.model.tucker import report_table, tucker_compress, write_report_csv
 
     compressed, report = tucker_compress(model, rank_factor=cfg.rank_factor, rank=cfg.rank,
                                          rank_min=cfg.rank_min, input_hw=(geometry.input_size,) * 2)
-    write_report_csv(report, pathlib.Path(cfg.model_dir) / "tucker_report.csv")
+    if write_report:
+        write_report_csv(report, pathlib.Path(cfg.model_dir) / "tucker_report.csv")
     print(report_table(report), flush=True)
     logger.log("PARAMETER", {
         "tucker_layers_decomposed": sum(not r.kept for r in report),
@@ -165,9 +174,11 @@ def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: runl
 
 
 
-def make_model(cfg: Config, data: SegmentationData, logger: runlog.Logger) -> tuple[Any, UNetSpec, CropGeometry]:
+def make_model(cfg: Config, data: SegmentationData, logger: runlog.Logger, write_report: bool = True
+               ) -> tuple[Any, UNetSpec, CropGeometry]:
     """The network to train: a new U-Net, or a trained one (--init_from), then the requested
-    transforms (Tucker compression). Every variant is an ordinary Keras model to the training loop."""
+    transforms (Tucker compression; its report file only with `write_report`). Every variant is an
+    ordinary Keras model to the training loop."""
     if cfg.init_from:
         model, spec, info, step = load_trained(cfg.init_from, cfg.checkpoint)  # in this run's precision
         if info.class_names != data.class_names or spec.in_channels != data.images[0].shape[-1]:
@@ -180,7 +191,7 @@ def make_model(cfg: Config, data: SegmentationData, logger: runlog.Logger) -> tu
         model = build_unet(spec)
     geometry = check_crop_size(spec, cfg.crop_size)
     if cfg.rank_factor is not None or cfg.rank is not None:
-        model = compress_model(cfg, model, geometry, logger)
+        model = compress_model(cfg, model, geometry, logger, write_report)
     float_architecture = model.to_json()
     if cfg.quantization == "QAT_INT8":
         from unet_medical.model.qat import quantize_model_qat

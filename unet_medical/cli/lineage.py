@@ -11,6 +11,14 @@ What is inherited, unless the flag was given explicitly (command line or --confi
         padding, base_filters, depth, batch_norm, dropout; for --model_dir modes also the quantization
         settings (shown in the PARAMETER line; the model itself is always rebuilt from model.json)
 An explicit architecture flag that contradicts model.json is refused: it could not take effect.
+
+A training mode with --resume_training on a run that has a checkpoint reads its own --model_dir the same
+way, and more strictly: the checkpoint was trained on one split of one data set, so the architecture,
+the fold, the data and the quantization settings (and --init_from and the Tucker ranks, which shape
+the network) all come from the record, and an explicit flag that contradicts one of them is refused;
+crop_size, max_steps, num_epochs, batch_size, seed and evaluate_every are inherited but may be given.
+A training mode without --resume_training on a folder that holds a checkpoint is refused too, before
+anything is written (refuse_overwrite).
 (Normalization has no flags: utils.data.normalize has one rule per image dtype.)
 
 Also here: the one-line refusal of a missing run (before anything is created), the slices a run was
@@ -28,7 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-from unet_medical.base.artifacts import EVAL_RESULTS, FINGERPRINT, MODEL_JSON, RUN_CONFIG
+from unet_medical.base.artifacts import EVAL_RESULTS, FINGERPRINT, MODEL_JSON, RUN_CONFIG, last_checkpoint
 from unet_medical.data.folds import fold_split
 from unet_medical.base.errors import UNetError
 
@@ -41,6 +49,12 @@ CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size")
 ARCHITECTURE_KEYS = ("padding", "base_filters", "depth", "batch_norm", "dropout")
 QUANTIZATION_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width",
                      "activation_f_width", "weight_bits", "activation_bits", "keep_first_float", "keep_last_float")
+# What a resume may not change: the checkpoint's weights were trained with these.
+RESUME_FIXED_KEYS = (*ARCHITECTURE_KEYS, *SPLIT_KEYS, *DATA_KEYS, *QUANTIZATION_KEYS, "fixed_scheme",
+                     "init_from", "rank_factor", "rank", "rank_min")
+# What a resume inherits but may change by flag: left out, the resume finishes the same run.
+RESUME_INHERITED_KEYS = ("crop_size", "max_steps", "num_epochs", "batch_size", "seed", "evaluate_every")
+RESUME_FLAG = "--model_dir (--resume_training)"
 _MAX_ANCESTRY = 64  # --init_from chains longer than this are surely a cycle of copied folders
 
 
@@ -68,11 +82,30 @@ def _run_of_artifact(model_path: pathlib.Path) -> pathlib.Path | None:
     return None
 
 
+def is_resume(exec_mode: str, model_dir: str | None, resume_training: bool) -> bool:
+    """A training mode continuing model_dir's checkpoint (--resume_training and last.npz exists)."""
+    return bool(exec_mode in TRAINING_MODES and resume_training and model_dir
+                and last_checkpoint(model_dir).is_file())
+
+
+def refuse_overwrite(exec_mode: str, model_dir: str | None, resume_training: bool) -> None:
+    """Refuse (one line, before anything is written) to train from scratch into a folder whose
+    checkpoint --resume_training would continue: its records would be replaced by another experiment's."""
+    if exec_mode not in TRAINING_MODES or resume_training or not model_dir:
+        return
+    path = last_checkpoint(model_dir)
+    if path.is_file():
+        raise UNetError(f"--model_dir={model_dir}: {path} already holds a training checkpoint; pass "
+                        "--resume_training to continue it, or choose a new --model_dir (nothing was written)")
+
+
 def run_source(exec_mode: str, model_dir: str | None, init_from: str | None, model_path: str | None,
-               benchmark: bool = False) -> RunSource | None:
+               benchmark: bool = False, resume_training: bool = False) -> RunSource | None:
     """The run whose recorded configuration `exec_mode` starts from, or None (a fresh run)."""
     if benchmark or exec_mode == "benchmark":
         return None
+    if is_resume(exec_mode, model_dir, resume_training):
+        return RunSource(pathlib.Path(model_dir), RESUME_FLAG)
     if exec_mode in RUN_MODES:
         if model_path:
             run = _run_of_artifact(pathlib.Path(model_path))
@@ -130,16 +163,48 @@ def read_model_json(run_dir: str | os.PathLike) -> dict[str, Any]:
     return dict(raw)
 
 
+def recorded_quantization(model: Mapping[str, Any]) -> dict[str, Any]:
+    """model.json's quantization settings: top-level "quantization_config" as base.artifacts writes it,
+    or nested under "extra" in files of earlier versions; the top-level "quantization" wins."""
+    qconfig = dict(model.get("quantization_config") or (model.get("extra") or {}).get("quantization_config") or {})
+    if isinstance(model.get("quantization"), str):
+        qconfig["quantization"] = model["quantization"]
+    return qconfig
+
+
 def recorded_values(source: RunSource) -> dict[str, Any]:
     """What `source` recorded for the inherited flags (only the keys it recorded)."""
     config = read_run_config(source.path)
-    values = {key: config[key] for key in CONFIG_KEYS if key in config}
+    keys = RESUME_FIXED_KEYS + RESUME_INHERITED_KEYS if source.flag == RESUME_FLAG else CONFIG_KEYS
+    values = {key: config[key] for key in keys if key in config}
     model = read_model_json(source.path)
     values.update({key: model["spec"][key] for key in ARCHITECTURE_KEYS if key in model["spec"]})
     if source.flag != "--init_from":  # a fine-tuned model's quantization is the new run's choice
-        qconfig = (model.get("extra") or {}).get("quantization_config") or {}
-        values.update({key: qconfig[key] for key in QUANTIZATION_KEYS if key in qconfig})
+        qconfig = recorded_quantization(model)
+        values.update({key: qconfig[key] for key in (*QUANTIZATION_KEYS, "fixed_scheme") if key in qconfig})
     return values
+
+
+def _same_value(key: str, given: Any, recorded: Any) -> bool:
+    """Equal settings; folders compare by their real path."""
+    if key in ("data_dir", "init_from") and given is not None and recorded is not None:
+        return os.path.realpath(str(given)) == os.path.realpath(str(recorded))
+    return given == recorded
+
+
+def refuse_contradictions(values: Mapping[str, Any], recorded: Mapping[str, Any], source: RunSource) -> None:
+    """An explicit flag that the run's record fixes to another value: UNetError naming both values."""
+    if source.flag == RESUME_FLAG:
+        for key in RESUME_FIXED_KEYS:
+            if key in values and key in recorded and not _same_value(key, values[key], recorded[key]):
+                raise UNetError(f"--{key}={values[key]!r}: {source.path} recorded {key}={recorded[key]!r} "
+                                f"and its checkpoint was trained with it; a resume cannot change it, drop --{key}")
+        return
+    for key in ARCHITECTURE_KEYS:
+        if key in values and key in recorded and values[key] != recorded[key]:
+            raise UNetError(f"--{key}={values[key]!r}: {source.describe()} holds a network with {key}="
+                            f"{recorded[key]!r} ({MODEL_JSON}); a trained network's architecture cannot "
+                            f"change, drop --{key}")
 
 
 def with_run_defaults(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,15 +215,12 @@ def with_run_defaults(values: Mapping[str, Any], defaults: Mapping[str, Any]) ->
     args = (setting["exec_mode"], setting["model_dir"], setting["init_from"], setting["model_path"],
             bool(setting["benchmark"]))
     require_source(*args)
-    source = run_source(*args)
+    refuse_overwrite(setting["exec_mode"], setting["model_dir"], bool(setting["resume_training"]))
+    source = run_source(*args, resume_training=bool(setting["resume_training"]))
     if source is None:
         return dict(values)
     recorded = recorded_values(source)
-    for key in ARCHITECTURE_KEYS:
-        if key in values and key in recorded and values[key] != recorded[key]:
-            raise UNetError(f"--{key}={values[key]!r}: {source.describe()} holds a network with {key}="
-                            f"{recorded[key]!r} ({MODEL_JSON}); a trained network's architecture cannot "
-                            f"change, drop --{key}")
+    refuse_contradictions(values, recorded, source)
     return {**{k: v for k, v in recorded.items() if k not in values}, **values}
 
 

@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -29,7 +30,9 @@ from unet_medical.cli.recipe import (FINGERPRINT_FILE, PROBE_STEPS, PROBE_WARMUP
 from unet_medical.cli.assemble import (load_training_set, log_path, make_augment, make_logger, make_model, quantization_config,
                               restore_model)
 from unet_medical.cli.curves import write_curves
-from unet_medical.cli.lineage import TRAINING_MODES, check_evaluation_slices, require_source, run_source
+from unet_medical.base.runlock import run_lock
+from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, refuse_overwrite,
+                                      require_source, run_source)
 
 BUDGET_EVALUATIONS = 4  # validation runs of a --time_budget run without --evaluate_every
 OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
@@ -95,22 +98,21 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         record = load_run_record(cfg.init_from)
         padding, depth = record.spec["padding"], record.spec["depth"]
     cfg = resolve_recipe(cfg, data, train_idx, padding, depth, logger, dist.is_chief)
-    if dist.is_chief:  # config.yaml holds the settings in effect, so later modes and resumes see them
-        save_config(cfg, pathlib.Path(cfg.model_dir) / RUN_CONFIG)
+    resuming = is_resume(cfg.exec_mode, cfg.model_dir, cfg.resume_training)
     with dist.scope():
-        model, spec, geometry = make_model(cfg, data, logger)
+        # A resume's Tucker report is the run's record: it is not rewritten (the ranks cannot change).
+        model, spec, geometry = make_model(cfg, data, logger, write_report=not resuming)
     logger.log("PARAMETER", {"precision": policy, "precision_reason": reason, "parameters": total_params(model),
                              "input_size": geometry.input_size,
                              "output_size": geometry.output_size,
                              "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9,
                              "train_images": len(train_idx), "validation_images": len(val_idx),
                              "classes": ",".join(data.class_names), "masks": data.mask_format})
-    if dist.is_chief:
-        save_run_record(cfg.model_dir, RunRecord(
-            spec=dataclasses.asdict(spec), class_names=data.class_names,
-            architecture=getattr(model, "float_architecture", None) or model.to_json(),
-            quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
-            normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy))
+    record = RunRecord(
+        spec=dataclasses.asdict(spec), class_names=data.class_names,
+        architecture=getattr(model, "float_architecture", None) or model.to_json(),
+        quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
+        normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy)
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
     augment = make_augment(cfg)
     keys = score_keys(data.class_names)
@@ -128,9 +130,17 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
             results = evaluate_fold(model, step)
             plot()
             return results
-    if cfg.exec_mode == "compress" and dist.is_chief:
-        before = evaluate(model, 0)  # the compressed model before fine-tuning
-        write_json(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
+
+    def write_records(step: int) -> None:
+        """config.yaml (the settings in effect, for later modes and resumes) and model.json, written
+        once a resume's checkpoint has loaded: a refused or failed resume leaves the record alone."""
+        if not dist.is_chief:
+            return
+        save_config(cfg, pathlib.Path(cfg.model_dir) / RUN_CONFIG)
+        save_run_record(cfg.model_dir, record)
+        if cfg.exec_mode == "compress" and step == 0:
+            before = evaluate(model, 0)  # the compressed model before fine-tuning
+            write_json(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
     train_images = [normalize_image(data.images[i], cfg.normalization) for i in train_idx]
     train_masks, train_names = [data.masks[i] for i in train_idx], [data.names[i] for i in train_idx]
     sampling, class_weights = sampling_for(cfg, data.class_names), class_weights_for(cfg, spec.n_classes)
@@ -139,11 +149,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
                                sampling, class_weights, logger, dist)
     state = train(cfg, model, train_images=train_images, train_masks=train_masks, train_names=train_names,
                   geometry=geometry, n_classes=spec.n_classes, logger=logger, dist=dist, evaluate=evaluate,
-                  augment=augment, sampling=sampling, class_weights=class_weights)
-    if evaluate is not None and dist.is_chief and state.last_eval is None:
-        # Resumed at max_steps ("nothing to train"): a run interrupted during its final evaluation
-        # still gets it, at the step of the checkpoint the model now holds.
-        state.last_eval = evaluate(model, state.step)
+                  augment=augment, sampling=sampling, class_weights=class_weights, on_start=write_records)
     if dist.is_chief:
         logger.flush()
         plot()
@@ -245,15 +251,25 @@ def run(cfg: Config) -> None:
     # Before anything is written: a mode that needs a run stops here if it is missing (parse_config
     # checked already; a Config built in code gets the same guarantee).
     require_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path, cfg.benchmark)
+    refuse_overwrite(cfg.exec_mode, cfg.model_dir, cfg.resume_training)
     model_dir = pathlib.Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     dist = distributed.create(cfg.distribution)
+    # One writer per folder (base.runlock); workers of a distributed run share the chief's.
+    with run_lock(model_dir) if dist.is_chief else contextlib.nullcontext():
+        run_locked(cfg, dist)
+
+
+def run_locked(cfg: Config, dist: Any) -> None:
+    """Execute cfg.exec_mode in its (locked) model_dir."""
+    model_dir = pathlib.Path(cfg.model_dir)
     logger = make_logger(cfg, dist.rank)
-    if dist.is_chief:  # the training run's configuration stays in config.yaml; other modes beside it
-        mode = "benchmark" if cfg.benchmark else cfg.exec_mode
-        save_config(cfg, model_dir / (RUN_CONFIG if mode in TRAINING_MODES else f"config_{mode}.yaml"))
+    mode = "benchmark" if cfg.benchmark else cfg.exec_mode
+    if dist.is_chief and mode not in TRAINING_MODES:  # a training run writes config.yaml in run_training
+        save_config(cfg, model_dir / f"config_{mode}.yaml")
     logger.log("PARAMETER", {k: v for k, v in cfg.to_dict().items() if v is not None})
-    source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path, cfg.benchmark)
+    source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path, cfg.benchmark,
+                        cfg.resume_training)
     if source is not None:  # where the values not given as flags came from (runtime.lineage)
         logger.log("PARAMETER", {"lineage": source.describe()})
     try:

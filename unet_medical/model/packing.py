@@ -39,6 +39,7 @@ from unet_medical.model.quantizers import (QuantizationConfig, QuantSpec, dequan
                               quantized_codes)
 from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_savez
+from unet_medical.model.serialization import model_from_json
 
 FORMAT = "unet-packed-v1"
 PathLike = Union[str, os.PathLike]
@@ -201,7 +202,7 @@ def load_packed(path: PathLike) -> keras.Model:
             raise UNetError(f"packed model file {path}: format {header.get('format')!r}, expected {FORMAT}")
         import_project_layers()
         try:
-            model = keras.models.model_from_json(_read_text(archive, "architecture", path))
+            model = model_from_json(_read_text(archive, "architecture", path), path)
         except (ValueError, TypeError) as error:
             raise UNetError(f"packed model file {path}: cannot rebuild the architecture ({error}); "
                             "import the module defining its custom layers first") from error

@@ -24,6 +24,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from unet_medical.model.packing import import_project_layers
+from unet_medical.model.serialization import safe_mode
 from unet_medical.model.quantized_layers import QUANTIZED_LAYERS
 from unet_medical.base.errors import UNetError
 
@@ -121,7 +122,8 @@ def load_qat_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] =
     if not os.path.isfile(path):
         raise UNetError(f"QAT model file {path}: not found (QAT models are saved as .h5 files)")
     import_project_layers()
-    with quantize_scope(custom_objects):
+    # Safe mode: an .h5 from elsewhere must not run a marshalled Lambda while it loads.
+    with quantize_scope(custom_objects), safe_mode():
         try:
             return keras.models.load_model(path)
         except ValueError as error:

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
+from unet_medical.base.artifacts import BEST_CHECKPOINT, CHECKPOINTS, LAST_CHECKPOINT
 from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_savez
 
-LAST = "last.npz"
-BEST = "best.npz"
+LAST = LAST_CHECKPOINT
+BEST = BEST_CHECKPOINT
 
 
 # Groups a checkpoint may lack and still load (written before they existed); the variables keep their
@@ -48,7 +49,7 @@ class CheckpointInfo:
 
 
 def checkpoint_dir(model_dir: str | pathlib.Path) -> pathlib.Path:
-    return pathlib.Path(model_dir) / "checkpoints"
+    return pathlib.Path(model_dir) / CHECKPOINTS
 
 
 def loss_scale_variables(optimizer: Any) -> list:

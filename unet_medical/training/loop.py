@@ -136,11 +136,14 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
           train_names: list[str], geometry: CropGeometry, n_classes: int, logger: Any, dist: Any,
           evaluate: Callable[[keras.Model, int], dict[str, Any]] | None,
           augment: AugmentFn | None, score_key: str = "mean_dice", sampling: Sampling = Sampling(),
-          class_weights: Sequence[float] | None = None) -> TrainState:
+          class_weights: Sequence[float] | None = None,
+          on_start: Callable[[int], None] | None = None) -> TrainState:
     """Train `model` to cfg.max_steps, evaluating every cfg.evaluate_every steps and at the end.
 
     `evaluate(model, step)` returns metrics (it also writes eval_results.json); the checkpoint with
-    the highest `score_key` is kept as best.npz, the newest as last.npz.
+    the highest `score_key` is kept as best.npz, the newest as last.npz. `on_start(step)` runs once the
+    checkpoint of a resume has loaded (step 0 for a new run), before any training: the caller writes
+    the run's records there, so a refused or failed resume leaves them as they were.
     """
     directory = ckpt.checkpoint_dir(cfg.model_dir)
     last_path, best_path = directory / ckpt.LAST, directory / ckpt.BEST
@@ -162,6 +165,8 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
             logger.log("PARAMETER", {"message": f"{last_path} predates saved loss-scale state: the dynamic "
                                                 "loss scale restarts at its initial value"})
     dist.broadcast_variables(list(model.variables) + ckpt.optimizer_state(optimizer))
+    if on_start is not None:
+        on_start(state.step)
 
     def save(path: pathlib.Path, with_optimizer: bool) -> None:
         if dist.is_chief:
@@ -184,6 +189,12 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
             run_evaluation()
             save(best_path, with_optimizer=False)
             save(last_path, with_optimizer=True)
+            return state
+        # A run stopped after its last checkpoint (during the final evaluation, or before best.npz was
+        # written) finishes here: the evaluation runs again and best.npz is written if it is missing.
+        run_evaluation()
+        if not best_path.exists():
+            save(best_path, with_optimizer=False)
         return state
 
     dataset = make_train_dataset(train_images, train_masks, train_names, geometry,
