@@ -164,3 +164,21 @@ def test_bad_synthetic_arguments_are_reported_without_traceback(tmp_path, capsys
     assert dd.main(["--synthetic", "--data_dir", str(tmp_path), "--size", "4"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: size=4") and "Traceback" not in err
+
+
+def test_synthetic_never_overwrites_real_data_but_rewrites_its_own(tmp_path, capsys):
+    """A real train-volume.tif (any TIFF --synthetic did not write) is kept byte for byte, with one line;
+    a synthetic layout can be written again over itself."""
+    import numpy as np
+    import tifffile
+
+    real = tmp_path / "train-volume.tif"
+    tifffile.imwrite(real, np.full((2, 16, 16), 7, np.uint8))
+    before = real.read_bytes()
+    assert dd.main(["--synthetic", "--data_dir", str(tmp_path), "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "train-volume.tif exists and was not written by --synthetic" in err and "Traceback" not in err
+    assert real.read_bytes() == before and not (tmp_path / "train-labels.tif").exists()
+    own = tmp_path / "own"
+    assert dd.main(["--synthetic", "--data_dir", str(own), "--size", "32", "--num_slices", "3"]) == 0
+    assert dd.main(["--synthetic", "--data_dir", str(own), "--size", "32", "--num_slices", "3"]) == 0

@@ -271,6 +271,24 @@ def _add_acquisition_effects(rng: np.random.Generator, image: np.ndarray, z: np.
     return image
 
 
+# The ImageDescription of every stack this module writes: what tells a synthetic stack from real data.
+SYNTHETIC_TAG = "unet_medical synthetic EM stack"
+
+
+def refuse_overwriting_real_data(path: pathlib.Path) -> None:
+    """UNetError if `path` exists and is not a stack this module wrote (real data must never be replaced)."""
+    if not path.exists():
+        return
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tagged = tif.pages[0].description == SYNTHETIC_TAG
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError):
+        tagged = False
+    if not tagged:
+        raise UNetError(f"{path} exists and was not written by --synthetic (real data?): it is kept; "
+                        "give another --data_dir or move the file away")
+
+
 def write_isbi_layout(out_dir: str | os.PathLike, num_slices: int = 30, size: int = 512,
                       seed: int = 0) -> dict[str, pathlib.Path]:
     """Write a synthetic data set in the ISBI 2012 file layout.
@@ -287,6 +305,9 @@ def write_isbi_layout(out_dir: str | os.PathLike, num_slices: int = 30, size: in
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UNetError(f"cannot create output directory {out}: {exc.strerror or exc}") from exc
+    stacks_named = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+    for name in stacks_named:
+        refuse_overwriting_real_data(out / name)
     train_images, train_labels = make_em_stack(num_slices, size, seed)
     test_images, _ = make_em_stack(num_slices, size, seed + TEST_SEED_OFFSET)
     stacks = {"train-volume.tif": train_images, "train-labels.tif": train_labels,
@@ -295,7 +316,8 @@ def write_isbi_layout(out_dir: str | os.PathLike, num_slices: int = 30, size: in
     for name, stack in stacks.items():
         path = out / name
         try:  # atomic: an interrupted run never leaves a truncated stack under the final name
-            atomic_write(path, lambda tmp, stack=stack: tifffile.imwrite(tmp, stack, photometric="minisblack"))
+            atomic_write(path, lambda tmp, stack=stack: tifffile.imwrite(tmp, stack, photometric="minisblack",
+                                                                         description=SYNTHETIC_TAG))
         except OSError as exc:
             raise UNetError(f"cannot write {path}: {exc.strerror or exc}") from exc
         written[name] = path
