@@ -15,6 +15,10 @@ EVAL_RESULTS = "eval_results.json"
 RUN_CONFIG = "config.yaml"
 PREDICTIONS = "predictions"
 FINGERPRINT = "dataset_fingerprint.json"  # the data fingerprint and the recipe chosen from it
+REPORT = "report.html"  # the run on one self-contained page (cli/report.py)
+# input | prediction | truth of the best and the worst validation case of the latest evaluation
+OVERLAY_BEST = "overlay_best.png"
+OVERLAY_WORST = "overlay_worst.png"
 
 
 # How a trained network is stored and deployed, decided from its quantization in one place:
