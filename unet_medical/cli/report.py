@@ -43,11 +43,14 @@ NOT_SCORES = frozenset({"fold", "num_folds", "step", "num_images", "tta", "per_c
 # --- reading the run's files --------------------------------------------------------------------
 
 def read_log_records(path: pathlib.Path) -> list[dict[str, Any]]:
-    """The LOG records of a JSON-lines run log, in order; incomplete lines (a killed run) are skipped."""
-    if not path.is_file():
-        return []
+    """The LOG records of the run log at `path` ([] when there is none)."""
+    return read_log_records_from_text(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def read_log_records_from_text(text: str) -> list[dict[str, Any]]:
+    """The LOG records of JSON-lines log text, in order; incomplete lines (a killed run) are skipped."""
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if not line.startswith(JSON_PREFIX):
             continue
         try:

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 # Line colours of the series of one chart, in order (colour-blind-safe Tableau 10 subset).
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#9c755f")
+LEGEND_ROW = 15  # pixels per legend line under a chart
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
@@ -26,7 +27,8 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 tr.best td { background: #eaf5e6; } tr.worst td { background: #fbe9e9; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 6px 0 12px 0; } figcaption { color: #555; font-size: 13px; }
-img.panel { image-rendering: pixelated; border: 1px solid #ccc; max-width: 100%; }
+img.panel { image-rendering: pixelated; border: 1px solid #ccc; width: 780px; max-width: 100%; }
+table.kv td.num { text-align: left; }
 .note { color: #666; font-size: 13px; }
 """
 
@@ -53,7 +55,7 @@ def format_value(value: object, digits: int = 4) -> str:
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[object]], row_classes: Sequence[str] | None = None,
-               table_id: str | None = None) -> str:
+               table_id: str | None = None, table_class: str | None = None) -> str:
     """<table> with one header row; numbers right-aligned (class "num"); `row_classes` per row (e.g. "best")."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = []
@@ -64,6 +66,7 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[object]], row_clas
             else f"<td>{escape(format_value(c))}</td>" for c in row)
         body.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
     ident = f' id="{escape(table_id)}"' if table_id else ""
+    ident += f' class="{escape(table_class)}"' if table_class else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -100,12 +103,14 @@ def svg_line_chart(series: Mapping[str, Mapping[int, float]], title: str, y_labe
                    height: int = 240, chart_id: str | None = None) -> str:
     """An inline <svg> line chart of step -> value series sharing one x (step) axis.
 
-    Each series is a polyline with its points marked when there are few; a legend names them.
-    Series without points are left out; with none at all the chart says "not logged".
+    Each series is a polyline with its points marked when there are few; a legend under the x axis
+    names them (the plot keeps `height` pixels; the legend adds LEGEND_ROW per series). Series
+    without points are left out; with none at all the chart says "not logged".
     """
-    margin_left, margin_right, margin_top, margin_bottom = 64, 16, 28, 40
-    box = (margin_left, margin_top, width - margin_left - margin_right, height - margin_top - margin_bottom)
     drawn = {name: sorted(values.items()) for name, values in series.items() if values}
+    margin_left, margin_right, margin_top, margin_bottom = 74, 16, 28, 40
+    box = (margin_left, margin_top, width - margin_left - margin_right, height - margin_top - margin_bottom)
+    height += LEGEND_ROW * len(drawn)
     ident = f' id="{escape(chart_id)}"' if chart_id else ""
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg"{ident} class="chart" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
@@ -127,9 +132,9 @@ def svg_line_chart(series: Mapping[str, Mapping[int, float]], title: str, y_labe
     for x in ticks(*x_range):
         (px, _), = scale_points([(x, y_range[0])], box, x_range, y_range)
         parts.append(f'<text x="{px:.1f}" y="{top + h + 15}" text-anchor="middle" font-size="11">{x:.4g}</text>')
-    parts.append(f'<text x="{left + w / 2:.0f}" y="{height - 6}" text-anchor="middle" font-size="12">step</text>'
-                 f'<text x="14" y="{top + h / 2:.0f}" text-anchor="middle" font-size="12" '
-                 f'transform="rotate(-90 14 {top + h / 2:.0f})">{escape(y_label)}</text>')
+    parts.append(f'<text x="{left + w / 2:.0f}" y="{top + h + 32}" text-anchor="middle" font-size="12">step</text>'
+                 f'<text x="12" y="{top + h / 2:.0f}" text-anchor="middle" font-size="12" '
+                 f'transform="rotate(-90 12 {top + h / 2:.0f})">{escape(y_label)}</text>')
     for i, (name, pts) in enumerate(drawn.items()):
         colour = PALETTE[i % len(PALETTE)]
         pixels = scale_points([(float(s), float(v)) for s, v in pts], box, x_range, y_range)
@@ -138,8 +143,9 @@ def svg_line_chart(series: Mapping[str, Mapping[int, float]], title: str, y_labe
                      f'stroke-width="1.8" points="{coords}"/>')
         if len(pixels) <= 30:
             parts += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{colour}"/>' for px, py in pixels]
-        parts.append(f'<rect x="{left + 8}" y="{top + 6 + 15 * i}" width="10" height="3" fill="{colour}"/>'
-                     f'<text x="{left + 22}" y="{top + 11 + 15 * i}" font-size="11">{escape(name)}</text>')
+        legend_y = top + h + 40 + LEGEND_ROW * i
+        parts.append(f'<rect x="{left}" y="{legend_y + 5}" width="14" height="3" fill="{colour}"/>'
+                     f'<text x="{left + 20}" y="{legend_y + 10}" font-size="11">{escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -152,8 +158,9 @@ def figure(img_src: str, caption: str, alt: str, img_id: str | None = None) -> s
 
 
 def definition_table(pairs: Sequence[tuple[str, object]]) -> str:
-    """Two-column table of (what, value) rows."""
-    return html_table(("", "value"), [(k, v) for k, v in pairs])
+    """Two-column table of (what, value) rows; values left-aligned, floats to 6 significant digits."""
+    rows = [(k, f"{v:.6g}" if isinstance(v, float) else v) for k, v in pairs]
+    return html_table(("", "value"), rows, table_class="kv")
 
 
 def page(title: str, subtitle: str, sections: Sequence[tuple[str, str]]) -> str:
