@@ -60,6 +60,20 @@ def test_scale_points_maps_the_ranges_onto_the_box():
     assert pixels == [(10.0, 70.0), (110.0, 20.0), (60.0, 45.0)]
     assert report_html.value_range([2.0, 2.0]) == (1.9, 2.1)  # a flat series still gets a span
     assert report_html.value_range([]) == (0.0, 1.0)
+    assert report_html.ticks(10, 300) == [100.0, 200.0, 300.0]
+    assert report_html.ticks(0, 1) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert report_html.ticks(0.335, 1.04) == pytest.approx([0.4, 0.6, 0.8, 1.0])
+
+
+def test_parameters_come_from_the_training_sessions():
+    records = report.read_log_records_from_text(
+        log_line("PARAMETER", {"exec_mode": "train_and_evaluate", "batch_size": 8})
+        + log_line("PARAMETER", {"precision": "mixed_bfloat16"})
+        + log_line("PARAMETER", {"exec_mode": "export", "batch_size": 1})
+        + log_line("PARAMETER", {"precision": "float32"}))
+    assert report.merged_parameters(records) == {"exec_mode": "train_and_evaluate", "batch_size": 8,
+                                                 "precision": "mixed_bfloat16"}
+    assert report.session_modes(records) == ["train_and_evaluate", "export"]
 
 
 def polyline_points(svg: str) -> list[list[tuple[float, float]]]:
@@ -104,11 +118,12 @@ def test_export_rows_read_export_json():
     doc = {"selection": {"chosen": "model_int8.tflite"},
            "artifacts": {"model_int8.tflite": {"format": "tflite", "precision": "int8", "size_bytes": 2_500_000,
                                                "parity": {"a": {"label_agreement": 0.999}, "b": {"label_agreement": 0.995}},
-                                               "latency": {"median_ms": 12.5, "p90_ms": 14.0}},
+                                               "latency": {"median_ms": 12.5, "p90_ms": 14.0},
+                                               "parity_tile_size": 256},
                          "model.onnx": {"format": "onnx", "precision": "fp32"}}}
     assert report.export_rows(doc) == [
-        ["model.onnx", "onnx", "fp32", None, None, None, None, ""],
-        ["model_int8.tflite", "tflite", "int8", 2.5, 99.5, 12.5, 14.0, "yes"]]
+        ["model.onnx", "onnx", "fp32", None, None, None, None, None, ""],
+        ["model_int8.tflite", "tflite", "int8", 2.5, 99.5, 12.5, 14.0, 256, "yes"]]
 
 
 def log_line(step, data, elapsed=0.0) -> str:

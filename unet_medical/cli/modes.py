@@ -322,6 +322,7 @@ def run(cfg: Config) -> None:
             from unet_medical.cli.export_mode import run_export
 
             run_export(cfg, logger)
+            write_run_report(cfg.model_dir, logger)  # the report's export table now lists the new file
         dist.barrier()  # workers leave together: none exits while the chief still evaluates or saves
     finally:
         logger.flush()

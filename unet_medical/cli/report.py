@@ -30,6 +30,7 @@ from unet_medical.base.fileio import atomic_write_text
 from unet_medical.base.runlog import JSON_PREFIX
 from unet_medical.cli import report_html as h
 from unet_medical.cli.curves import read_curves
+from unet_medical.cli.lineage import TRAINING_MODES
 from unet_medical.evaluation.cases import best_and_worst
 
 LOG = "log.json"
@@ -68,11 +69,24 @@ def named_records(records: Sequence[Mapping[str, Any]], name: str) -> list[dict[
 
 
 def merged_parameters(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """All PARAMETER records merged; a later record (a later session) wins."""
+    """The PARAMETER records of the training sessions merged, a later one winning; all of them when
+    no session trained. A session starts at a PARAMETER record with "exec_mode"; an evaluate or export
+    session of the run must not pass its own batch size or precision off as the training's."""
     merged: dict[str, Any] = {}
+    everything: dict[str, Any] = {}
+    training = False
     for data in named_records(records, "PARAMETER"):
-        merged.update(data)
-    return merged
+        if "exec_mode" in data:
+            training = data["exec_mode"] in TRAINING_MODES
+        everything.update(data)
+        if training:
+            merged.update(data)
+    return merged or everything
+
+
+def session_modes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The exec mode of each session logged, in order (train_and_evaluate, export, ...)."""
+    return [str(d["exec_mode"]) for d in named_records(records, "PARAMETER") if "exec_mode" in d]
 
 
 def recipe_choices(records: Sequence[Mapping[str, Any]], fingerprint_doc: Mapping[str, Any]
@@ -171,7 +185,8 @@ def case_table(cases: Sequence[Mapping[str, Any]], class_names: Sequence[str]
 
 def export_rows(export_doc: Mapping[str, Any]) -> list[list[Any]]:
     """Rows of the export table from export/export.json: file, format, precision, size (MB), lowest
-    label agreement with Keras over the parity checks (%), latency median and p90 (ms), kept."""
+    label agreement with Keras over the parity checks (%), latency median and p90 (ms) of one batch-1
+    tile, the tile's side (px), kept as the deploy file."""
     chosen = (export_doc.get("selection") or {}).get("chosen")
     rows = []
     for name, entry in sorted((export_doc.get("artifacts") or {}).items()):
@@ -181,7 +196,8 @@ def export_rows(export_doc: Mapping[str, Any]) -> list[list[Any]]:
         rows.append([name, entry.get("format"), entry.get("precision"),
                      None if "size_bytes" not in entry else round(entry["size_bytes"] / 1e6, 3),
                      None if agreement is None else round(100.0 * agreement, 3),
-                     latency.get("median_ms"), latency.get("p90_ms"), "yes" if name == chosen else ""])
+                     latency.get("median_ms"), latency.get("p90_ms"),
+                     entry.get("parity_tile_size") or entry.get("tile_size"), "yes" if name == chosen else ""])
     return rows
 
 
@@ -252,7 +268,7 @@ def export_section(run_dir: pathlib.Path, records: Sequence[Mapping[str, Any]]) 
                      f'step {h.escape(s.get("step"))}).</p>')
     if export_doc.get("artifacts"):
         parts.append(h.html_table(("file", "format", "precision", "size (MB)", "label agreement with Keras (%)",
-                                   "latency median (ms)", "latency p90 (ms)", "deploy file"),
+                                   "latency median (ms)", "latency p90 (ms)", "tile (px)", "deploy file"),
                                   export_rows(export_doc), table_id="exports"))
     return "".join(parts)
 
@@ -285,7 +301,7 @@ def run_page(run_dir: pathlib.Path) -> str:
     network = ", ".join(f"{k} {spec[k]}" for k in ("padding", "base_filters", "depth", "batch_norm", "dropout")
                         if k in spec)
     subtitle = (f"data {parameters.get('data_dir', '?')}; classes {', '.join(class_names) or '?'}; "
-                f"U-Net {network or '?'}; mode {parameters.get('exec_mode', '?')}")
+                f"U-Net {network or '?'}; sessions: {', '.join(session_modes(records)) or '?'}")
     return h.page(f"Run report: {run_dir.name}", subtitle, sections)
 
 

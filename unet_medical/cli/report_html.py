@@ -94,9 +94,14 @@ def scale_points(points: Sequence[tuple[float, float]], box: tuple[float, float,
     return [(left + (x - x0) / (x1 - x0) * width, top + (1.0 - (y - y0) / (y1 - y0)) * height) for x, y in points]
 
 
-def ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """`count` evenly spaced axis values from low to high, both included."""
-    return [low + (high - low) * i / (count - 1) for i in range(count)]
+def ticks(low: float, high: float, target: int = 5) -> list[float]:
+    """Round axis values inside [low, high]: the multiples of a 1, 2, 2.5 or 5 x 10^k step that gives
+    at most about `target` of them (steps 100, 200, 300 rather than 82.5, 155, 227.5)."""
+    raw = (high - low) / max(target - 1, 1)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * magnitude >= raw * (1 - 1e-6))
+    # Integer multiples of the step, not a running sum: no 0.30000000000000004 labels.
+    return [k * step for k in range(math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9) + 1)]
 
 
 def svg_line_chart(series: Mapping[str, Mapping[int, float]], title: str, y_label: str, *, width: int = 560,
