@@ -2,7 +2,8 @@
 # 5-fold cross-validation with the CPU recipe (examples/unet_CPU_TRAIN.sh, about 15 minutes per fold on 2 cores):
 # fold k (0-4 of 5) trains into RESULTS_DIR/fold_k and evaluates its held-out block. Rerunning is safe: a finished
 # fold (eval_results.json at --max_steps) is skipped, an interrupted one resumes from its checkpoint. Finally
-# RESULTS_DIR/cv_summary.json and cv_summary.md hold every fold's metrics, their mean and sample sd.
+# RESULTS_DIR/cv_summary.json and cv_summary.md hold every fold's metrics, their mean and sample sd, and
+# RESULTS_DIR/report.html shows the fold table with links to each fold's own report.html.
 # Usage: bash examples/unet_CPU_CV5.sh DATA_DIR RESULTS_DIR [extra main.py flags, not --fold/--num_folds]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -26,3 +27,4 @@ for fold in 0 1 2 3 4; do
     "${resume[@]}"
 done
 PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$here/scripts/python" -m unet_medical.evaluation.cv "$2"
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$here/scripts/python" -m unet_medical report "$2"

@@ -103,6 +103,9 @@ def test_cv5_toy_run_skips_finished_and_resumes_interrupted_folds(tmp_path):
     assert summary["mean"]["membrane_dice"] == pytest.approx(statistics.fmean(dice))
     assert summary["sd"]["membrane_dice"] == pytest.approx(statistics.stdev(dice))
     assert (results / "cv_summary.md").is_file()
+    page = (results / "report.html").read_text()  # the fold table, linking each fold's own report
+    assert all(f'href="fold_{k}/report.html"' in page and (results / f"fold_{k}" / "report.html").is_file()
+               for k in range(5))
 
     # Rerun after fold 1 lost its evaluation (a crash after its last checkpoint): the other folds are
     # skipped untouched, fold 1 resumes at step 2 and is evaluated without training.

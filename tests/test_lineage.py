@@ -234,7 +234,12 @@ def test_evaluate_with_only_model_dir_reproduces_the_run(fold1_run, tmp_path, is
     again = json.loads((run / "eval_results.json").read_text())
     assert again["fold"] == 1 and again["step"] == trained["step"] == 2
     for key, value in trained.items():
-        assert again[key] == pytest.approx(value, abs=1e-6), key
+        if key != "per_case":  # a list of records: compared case by case below
+            assert again[key] == pytest.approx(value, abs=1e-6), key
+    assert [(c["index"], c["name"]) for c in again["per_case"]] == [(c["index"], c["name"]) for c in trained["per_case"]]
+    for case, before in zip(again["per_case"], trained["per_case"]):
+        assert case["dice"] == pytest.approx(before["dice"], abs=1e-6)
+        assert case["mean_dice"] == pytest.approx(before["mean_dice"], abs=1e-6)
     used = yaml.safe_load((run / "config_evaluate.yaml").read_text())
     assert (used["data_dir"], used["fold"], used["padding"], used["base_filters"], used["crop_size"]) == \
         (str(isbi_data_dir), 1, "same", 4, 32)

@@ -28,7 +28,8 @@ TOY = ["--base_filters", "4", "--depth", "2", "--padding", "same", "--crop_size"
        "--max_steps", "2", "--evaluate_every", "2", "--log_every", "1", "--checkpoint_every", "2"]
 # What a finished train_and_evaluate run leaves in --model_dir (besides one TensorBoard event file).
 OUTPUTS = {"config.yaml", "eval_results.json", "log.json", "model.json", "checkpoints/best.npz",
-           "checkpoints/last.npz", "curves.png", "dataset_fingerprint.json", "saved_model/fingerprint.pb",
+           "checkpoints/last.npz", "curves.png", "dataset_fingerprint.json", "overlay_best.png",
+           "overlay_worst.png", "report.html", "saved_model/fingerprint.pb",
            "saved_model/saved_model.pb", "saved_model/variables/variables.data-00000-of-00001",
            "saved_model/variables/variables.index"}
 BACKEND_LINE = re.compile(r"^launch_multi: backend=(\w+) replicas=(\d+) ", re.M)

@@ -24,6 +24,11 @@ def last_checkpoint(model_dir: str | pathlib.Path) -> pathlib.Path:
     """model_dir/checkpoints/last.npz: what --resume_training continues from."""
     return pathlib.Path(model_dir) / CHECKPOINTS / LAST_CHECKPOINT
 
+REPORT = "report.html"  # the run on one self-contained page (cli/report.py)
+# input | prediction | truth of the best and the worst validation case of the latest evaluation
+OVERLAY_BEST = "overlay_best.png"
+OVERLAY_WORST = "overlay_worst.png"
+
 
 # How a trained network is stored and deployed, decided from its quantization in one place:
 #   float   plain float32 weights (SavedModel, ONNX, TFLite from the float network)

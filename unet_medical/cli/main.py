@@ -3,7 +3,7 @@
     unet-medical train --data_dir DATA --model_dir RUN [flags]      train, then evaluate the held-out fold
     unet-medical evaluate|predict|export|compress|benchmark|visualize --model_dir RUN [flags]
     unet-medical study --config STUDY.yaml --data_dir DATA --results_dir OUT
-    unet-medical report RUN_DIR
+    unet-medical report RUN_DIR [--output FILE]                    the run (or a CV folder) as one HTML page
     unet-medical --exec_mode train_and_predict ...                    (main.py's form: every exec mode)
 
 A command is an exec mode with the same flags (`unet-medical COMMAND --help`); `train` may narrow
@@ -21,7 +21,7 @@ from unet_medical.base.errors import UNetError, run_cli
 MODE_COMMANDS = {"train": "train_and_evaluate", "evaluate": "evaluate", "predict": "predict", "export": "export",
                  "compress": "compress", "benchmark": "benchmark", "visualize": "visualize"}
 # commands with a parser of their own: command -> module whose main(argv) runs it
-TOOL_COMMANDS = {"study": "unet_medical.cli.study"}
+TOOL_COMMANDS = {"study": "unet_medical.cli.study", "report": "unet_medical.cli.report"}
 
 
 def exec_mode_argv(command: str, argv: Sequence[str]) -> list[str]:

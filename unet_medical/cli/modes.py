@@ -6,23 +6,27 @@ import contextlib
 import dataclasses
 import json
 import pathlib
+import time
 from typing import Any
 
 import numpy as np
 
 from unet_medical.base import runlog
+from unet_medical.base.cpu import describe, read_cpu_info
 from unet_medical.model.complexity import total_macs, total_params
 from unet_medical.model.unet import UNetSpec
 from unet_medical.training import distributed
-from unet_medical.base.artifacts import (EVAL_RESULTS, PREDICTIONS, RUN_CONFIG, RunRecord, load_run_record, save_run_record, write_json)
+from unet_medical.base.artifacts import (EVAL_RESULTS, OVERLAY_BEST, OVERLAY_WORST, PREDICTIONS, RUN_CONFIG,
+                                       RunRecord, load_run_record, save_run_record, write_json)
 from unet_medical.cli.config import Config, save_config
 from unet_medical.data.layouts import SegmentationData, load_test_data
 from unet_medical.data.folds import fold_split
 from unet_medical.data.normalize import normalize_image
 from unet_medical.base.errors import UNetError
 from unet_medical.inference.tiling import predict_images
+from unet_medical.evaluation.cases import best_and_worst, case_scores
 from unet_medical.evaluation.metrics import segmentation_metrics
-from unet_medical.inference.outputs import background_class, comparison_panel, write_predictions
+from unet_medical.inference.outputs import background_class, comparison_panel, write_png, write_predictions
 from unet_medical.base.precision import configure_precision, configure_seeds
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.cli.recipe import (FINGERPRINT_FILE, PROBE_STEPS, PROBE_WARMUP, class_weights_for, resolve_recipe,
@@ -36,6 +40,7 @@ from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, i
 
 BUDGET_EVALUATIONS = 4  # validation runs of a --time_budget run without --evaluate_every
 OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
+REPORT_PANEL_SIDE = 256  # longest side (pixels) of each third of the best/worst case panels
 
 
 
@@ -56,24 +61,42 @@ def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val
                         logger: runlog.Logger, normalization: str):
     images = [normalize_image(data.images[i], normalization) for i in val_idx]
     masks = [data.masks[i] for i in val_idx]
+    names = [data.names[i] for i in val_idx]
+    skip = background_class(data.class_names)
 
     def evaluate(model: Any, step: int) -> dict[str, Any]:
         metrics, probs = evaluate_images(cfg, model, spec, images, masks, data.class_names, logger)
+        predicted = [p.argmax(-1) for p in probs]
+        per_case = case_scores(predicted, masks, data.class_names, names, [int(i) for i in val_idx])
         results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
-                   "num_images": len(images), "tta": cfg.tta}
+                   "num_images": len(images), "tta": cfg.tta, "per_case": per_case}
         write_json(pathlib.Path(cfg.model_dir) / EVAL_RESULTS, results)
+        write_case_overlays(pathlib.Path(cfg.model_dir), per_case, images, predicted, masks, skip)
         # ("eval", step): the JSON log keeps validation records apart from training steps, and the
         # TensorBoard backend plots them as eval/<metric> at that step.
         logger.log(("eval", int(step)), {k: v for k, v in results.items() if isinstance(v, (int, float))})
-        skip = background_class(data.class_names)
         logger.images(int(step), {
-            f"eval/input_prediction_truth_{i}": comparison_panel(images[i], probs[i].argmax(-1), masks[i],
+            f"eval/input_prediction_truth_{i}": comparison_panel(images[i], predicted[i], masks[i],
                                                                  skip_class=skip)[None]
             for i in range(min(OVERLAYS, len(images)))})
         return results
 
     return evaluate
 
+
+def write_case_overlays(model_dir: pathlib.Path, per_case: list[dict[str, Any]], images: list[np.ndarray],
+                        predicted: list[np.ndarray], masks: list[np.ndarray], skip_class: int
+                        ) -> tuple[pathlib.Path, pathlib.Path]:
+    """model_dir/overlay_best.png and overlay_worst.png: input | prediction | truth of the validation
+    cases with the highest and lowest per-case mean Dice (evaluation.cases), for the run report.
+    Written at every evaluation, so they always belong to the eval_results.json beside them."""
+    best, worst = best_and_worst(per_case)
+    written = []
+    for position, name in ((best, OVERLAY_BEST), (worst, OVERLAY_WORST)):
+        panel = comparison_panel(images[position], predicted[position], masks[position], skip_class=skip_class,
+                                 max_side=REPORT_PANEL_SIDE)
+        written.append(write_png(model_dir / name, panel))
+    return written[0], written[1]
 
 
 def score_keys(class_names: tuple[str, ...]) -> tuple[str, ...]:
@@ -102,7 +125,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     with dist.scope():
         # A resume's Tucker report is the run's record: it is not rewritten (the ranks cannot change).
         model, spec, geometry = make_model(cfg, data, logger, write_report=not resuming)
-    logger.log("PARAMETER", {"precision": policy, "precision_reason": reason, "parameters": total_params(model),
+    logger.log("PARAMETER", {"precision": policy, "precision_reason": reason, "cpu": describe(read_cpu_info()),
+                             "parameters": total_params(model),
                              "input_size": geometry.input_size,
                              "output_size": geometry.output_size,
                              "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9,
@@ -147,9 +171,13 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     if cfg.time_budget is not None:
         cfg = budget_max_steps(cfg, model, spec, geometry, train_images, train_masks, train_names, augment,
                                sampling, class_weights, logger, dist)
+    started = time.perf_counter()
     state = train(cfg, model, train_images=train_images, train_masks=train_masks, train_names=train_names,
                   geometry=geometry, n_classes=spec.n_classes, logger=logger, dist=dist, evaluate=evaluate,
                   augment=augment, sampling=sampling, class_weights=class_weights, on_start=write_records)
+    # Wall time of this session's train() (evaluations included); a resumed run logs one per session.
+    logger.log("TRAINING", {"step": state.step, "seconds": round(time.perf_counter() - started, 3),
+                            "batch_size": cfg.batch_size, "replicas": dist.size})
     if dist.is_chief:
         logger.flush()
         plot()
@@ -157,7 +185,23 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         from unet_medical.cli.export_mode import write_run_savedmodel
 
         write_run_savedmodel(cfg, data.images[0].dtype, logger)
+    if dist.is_chief:
+        write_run_report(cfg.model_dir, logger)
     return state.last_eval
+
+
+def write_run_report(model_dir: str, logger: runlog.Logger) -> pathlib.Path | None:
+    """model_dir/report.html at the end of training. The run's files are all on disk already, so a
+    report that cannot be written costs one warning line and never the run."""
+    from unet_medical.cli.report import write_report
+
+    try:
+        path = write_report(model_dir)
+    except Exception as exc:  # noqa: BLE001 - any failure here must leave the finished run intact
+        logger.log("WARNING", {"message": f"{model_dir}: report.html not written ({type(exc).__name__}: {exc})"})
+        return None
+    logger.log("REPORT", {"path": str(path)})
+    return path
 
 
 
@@ -294,6 +338,7 @@ def run_locked(cfg: Config, dist: Any) -> None:
             from unet_medical.cli.export_mode import run_export
 
             run_export(cfg, logger)
+            write_run_report(cfg.model_dir, logger)  # the report's export table now lists the new file
         dist.barrier()  # workers leave together: none exits while the chief still evaluates or saves
     finally:
         logger.flush()

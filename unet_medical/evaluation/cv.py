@@ -107,7 +107,8 @@ def summary_document(results: Mapping[int, Mapping[str, Any]], summary: Mapping[
             "n": len(results), "sd_definition": SD_DEFINITION}
 
 
-def _rows(results: Mapping[int, Mapping[str, Any]], summary: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+def table_rows(results: Mapping[int, Mapping[str, Any]], summary: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    """The fold table as text cells: a header row, then per metric its value per fold, mean and sd."""
     folds = sorted(results)
     rows = [["metric", *(f"fold {k}" for k in folds), "mean", "sd"]]
     for m, s in summary.items():
@@ -118,7 +119,7 @@ def _rows(results: Mapping[int, Mapping[str, Any]], summary: Mapping[str, Mappin
 
 def format_table(results: Mapping[int, Mapping[str, Any]], summary: Mapping[str, Mapping[str, Any]]) -> str:
     """Aligned text table: a row per metric, a column per fold, then mean and sd."""
-    rows = _rows(results, summary)
+    rows = table_rows(results, summary)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -128,7 +129,7 @@ def format_table(results: Mapping[int, Mapping[str, Any]], summary: Mapping[str,
 def format_markdown(results: Mapping[int, Mapping[str, Any]], summary: Mapping[str, Mapping[str, Any]],
                     title: str) -> str:
     """cv_summary.md: the same table in Markdown, with what sd means and the steps evaluated."""
-    rows = _rows(results, summary)
+    rows = table_rows(results, summary)
     steps = sorted({str(r.get("step", "?")) for r in results.values()})
     lines = [f"# Cross-validation summary: {title}", "",
              f"{len(results)} folds, each evaluated on its held-out block at step {', '.join(steps)}. "
