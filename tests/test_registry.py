@@ -32,7 +32,7 @@ def test_unknown_name_is_one_line_naming_flag_and_choices():
 def test_duplicate_name_is_refused():
     reg: Registry = Registry("export format", flag="--export_format")
     reg.register("onnx", len)
-    with pytest.raises(UNetError, match="--export_format: a export format named 'onnx' is already registered"):
+    with pytest.raises(UNetError, match="--export_format: .onnx. is already registered as a export format"):
         reg.register("onnx", abs)
     with pytest.raises(UNetError, match="already registered"):
         reg.register_lazy("onnx", "json:dumps")

@@ -52,7 +52,7 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name:
             raise UNetError(f"{self.kind} registration: name {name!r} must be a non-empty string")
         if name in self._entries:
-            raise UNetError(f"{self.flag}: a {self.kind} named {name!r} is already registered; "
+            raise UNetError(f"{self.flag}: {name!r} is already registered as a {self.kind}; "
                             "pick another name for the new one")
         self._entries[name] = entry
 

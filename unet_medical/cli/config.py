@@ -20,6 +20,7 @@ import yaml
 
 from unet_medical.base.cpu import PRECISIONS  # standard library and NumPy only: --help stays instant
 from unet_medical.base.errors import UNetError
+from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES  # TF-free: names only
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
               "compress", "visualize")
@@ -35,7 +36,15 @@ OPERATION_MODES = {"normal": "train_and_evaluate", "retrain": "train_and_evaluat
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
+    """A Config field; `choices` is a tuple, or a registry's `names` (read when flags are parsed and
+    validated, so names registered by --plugins count)."""
     return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed values of a Config field (None: any)."""
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +73,8 @@ class Config:
     warmup_steps: int = _field(0, "linear learning-rate warm-up steps")
     lr_schedule: str = _field("constant", "after warm-up: constant or cosine decay to 0 at max_steps",
                               choices=("constant", "cosine"))
+    loss: str = _field(DEFAULT_LOSS, "training loss (ce_dice: pixel-wise cross-entropy + --dice_weight x "
+                       "(1 - mean soft Dice)); plugins (--plugins) add more", choices=LOSSES.names)
     dice_weight: float = _field(1.0, "weight of the soft Dice term next to cross-entropy")
     time_budget: float | None = _field(None, "minutes of training: --max_steps is set from a measured step time "
                                        "(0 or default: use --max_steps)")
@@ -231,7 +242,7 @@ def _check(condition: bool, flag: str, value: Any, expected: str) -> None:
 def validate(cfg: Config) -> None:
     """Raise UNetError naming the flag for any value out of range (before any heavy work starts)."""
     for f in dataclasses.fields(cfg):
-        choices = f.metadata.get("choices")
+        choices = field_choices(f)
         if choices is not None and not (f.default is None and getattr(cfg, f.name) is None):
             _check(getattr(cfg, f.name) in choices, f.name, getattr(cfg, f.name), f"one of {', '.join(choices)}")
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
@@ -340,8 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is bool:
             group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            group.add_argument(*names, dest=f.name, type=kind, choices=f.metadata.get("choices"),
-                               metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_text)
+            choices = field_choices(f)
+            group.add_argument(*names, dest=f.name, type=kind, choices=choices,
+                               metavar=None if choices else f.name.upper(), help=help_text)
     return parser
 
 
