@@ -36,6 +36,12 @@ class _Lazy:
         return getattr(importlib.import_module(self.module), self.attribute)
 
 
+def resolve(reference: T | str) -> T:
+    """An implementation given directly, or imported from its "package.module:attribute" string (the
+    lazy form registration objects use for their hooks, e.g. an export format's writer)."""
+    return _Lazy(reference).load() if isinstance(reference, str) else reference  # type: ignore[return-value]
+
+
 class Registry(Generic[T]):
     """Name -> implementation, in registration order.
 

@@ -20,11 +20,11 @@ import yaml
 
 from unet_medical.base.cpu import PRECISIONS  # standard library and NumPy only: --help stays instant
 from unet_medical.base.errors import UNetError
-from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES  # TF-free: names only
+from unet_medical.inference.artifact_formats import EXPORT_FORMATS  # the registries are TF-free: names only
+from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
               "compress", "visualize")
-EXPORT_FORMATS = ("savedmodel", "tftrt", "onnx", "tflite", "openvino", "packed")
 EXPORT_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 QUANTIZATION_MODES = ("NONE", "FIXED", "INT", "BNN", "TERNARY", "QAT_INT8")
 # The MICCAI 2019 fixed-point U-Net paper's YAML keys that are not flag names, and what they mean here.
@@ -186,7 +186,7 @@ class Config:
     # --- export
     export_format: str | None = _field(None, "--exec_mode export target (default: export every CPU "
                                        "candidate, time each on this machine and keep the fastest that passes "
-                                       "parity, see utils.export.select)", choices=EXPORT_FORMATS)
+                                       "parity, see utils.export.select)", choices=EXPORT_FORMATS.names)
     export_precision: str | None = _field(None, "export precision (default: fp32 for a given --export_format; "
                                           "without one, only candidates of this precision compete; int8 "
                                           "calibrates on images only: no masks needed)", choices=EXPORT_PRECISIONS)
