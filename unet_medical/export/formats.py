@@ -195,15 +195,19 @@ def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.nda
                                      weight_type=quantization.QuantType.QInt8)
 
 
-def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
-                 tiles: np.ndarray | None, progress: Progress | None = None) -> None:
-    """TFLite of `tile` at a fixed tile size: fp32, fp16 (float16 weights) or full-integer int8."""
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.fixed_tile_function(tile_size)], module)
+def tflite_flatbuffer(function: Any, trackable: Any, precision: str, tiles: np.ndarray | None = None,
+                      progress: Progress | None = None, qat: bool = False) -> bytes:
+    """The one TFLite converter: a concrete function (static H, W) -> flatbuffer bytes.
+
+    fp32; fp16 (float16 weights); int8: for a TF-MOT QAT model (`qat`) from its own trained ranges (no
+    representative data set needed), otherwise full-integer kernels calibrated on `tiles` (N, T, T, C).
+    Inputs and outputs stay float32 either way.
+    """
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif precision == "int8" and is_qat_model(module.model):
-        # TF-MOT QAT models carry their own int8 ranges: no representative data set (tests/test_qat.py).
+    elif precision == "int8" and qat:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif precision == "int8":
         if tiles is None:
@@ -212,8 +216,31 @@ def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, 
         converter.representative_dataset = lambda: ([t[None]] for t in _feed(tiles, progress))
         # Every kernel integer; the float32 input/output are quantized/dequantized at the ends.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    path.write_bytes(converter.convert())
+    return converter.convert()
 
+
+def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
+                 tiles: np.ndarray | None, progress: Progress | None = None) -> None:
+    """TFLite of `tile` at a fixed tile size (dynamic batch), see tflite_flatbuffer."""
+    path.write_bytes(tflite_flatbuffer(module.fixed_tile_function(tile_size), module, precision, tiles, progress,
+                                       qat=is_qat_model(module.model)))
+
+
+def keras_to_tflite(model: Any, input_shape: Sequence[int], precision: str = "int8") -> bytes:
+    """A Keras model's own outputs (no softmax added) as TFLite for (B, H, W, C) float32 inputs, any B.
+
+    The model is called from a tf.function held by a tf.Module, which converts where a SavedModel export
+    of a QAT model with a quantized Conv2DTranspose would fail. Used for models that are not U-Nets of a
+    run (tests/test_qat.py); a run's models are exported with export_model.
+    """
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape):
+        raise UNetError(f"input_shape={input_shape!r}: expected (height, width, channels) positive integers")
+    holder = tf.Module()
+    holder.model = model
+    holder.serve = tf.function(lambda images: model(images, training=False),
+                               input_signature=[tf.TensorSpec((None, *map(int, shape)), tf.float32, name="images")])
+    return tflite_flatbuffer(holder.serve.get_concrete_function(), holder, precision, qat=is_qat_model(model))
 
 
 def is_qat_model(model: Any) -> bool:

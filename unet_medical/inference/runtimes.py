@@ -139,6 +139,8 @@ def tflite_predictor(path: str | os.PathLike, threads: int | None = None) -> Pre
     """
     import tensorflow as tf
 
+    if not pathlib.Path(path).is_file():
+        raise UNetError(f"TFLite file {path}: not found")
     with warnings.catch_warnings():
         # TF 2.21 warns that tf.lite.Interpreter moves to ai_edge_litert; it still ships and works.
         warnings.simplefilter("ignore", UserWarning)
