@@ -220,10 +220,11 @@ def tflite_flatbuffer(function: Any, trackable: Any, precision: str, tiles: np.n
 
 
 def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
-                 tiles: np.ndarray | None, progress: Progress | None = None) -> None:
-    """TFLite of `tile` at a fixed tile size (dynamic batch), see tflite_flatbuffer."""
+                 tiles: np.ndarray | None, progress: Progress | None = None, qat: bool = False) -> None:
+    """TFLite of `tile` at a fixed tile size (dynamic batch), see tflite_flatbuffer (`qat`: the module's
+    model is a TF-MOT QAT model)."""
     path.write_bytes(tflite_flatbuffer(module.fixed_tile_function(tile_size), module, precision, tiles, progress,
-                                       qat=is_qat_model(module.model)))
+                                       qat=qat))
 
 
 def keras_to_tflite(model: Any, input_shape: Sequence[int], precision: str = "int8") -> bytes:
@@ -313,7 +314,8 @@ def onnx_writer(request: WriteRequest) -> None:
 
 
 def tflite_writer(request: WriteRequest) -> None:
-    write_tflite(request.module, request.path, request.precision, request.tile_size, request.tiles, request.progress)
+    write_tflite(request.module, request.path, request.precision, request.tile_size, request.tiles, request.progress,
+                 qat=is_qat_model(request.model))
 
 
 def tftrt_writer(request: WriteRequest) -> None:
