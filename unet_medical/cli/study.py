@@ -131,7 +131,7 @@ def deployable(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple
         name, precision = ("tflite", "int8") if info.variant == "qat" else ("packed", info.quantization_config["quantization"])
         path = export_file(model, info, export, name, precision, tile)
         label = "tflite int8" if name == "tflite" else "bit-packed"
-        return path, label, format_of(name).loader()(path, precision)
+        return path, label, format_of(name).loader()(path, {"precision": precision, "spec": info.spec})
     from unet_medical.model.packing import save_float32
 
     path = export / "model_fp32.npz"

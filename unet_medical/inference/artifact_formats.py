@@ -3,7 +3,7 @@
 An `ExportFormat` says everything the export stage (unet_medical.export.formats), the default export's
 selection (unet_medical.export.select) and the runtimes (unet_medical.inference.runtimes) need: its
 name, the precisions it offers, the file or folder name of an artefact, the packages it needs, how to
-write one (`write(request)`) and how to run one (`load(path, precision) -> Predictor`). The hooks are
+write one (`write(request)`) and how to run one (`load(path, metadata) -> Predictor`). The hooks are
 callables or lazy "package.module:attribute" strings (imported on first use). The writers of the
 built-in formats live in the export stage and are only resolved there; this stage only resolves loaders.
 
@@ -45,7 +45,8 @@ class WriteRequest:
 
 
 Writer = Callable[[WriteRequest], "dict[str, Any] | None"]  # returns extra export.json fields, or None
-Loader = Callable[[pathlib.Path, str], Any]                 # (artefact path, precision) -> Predictor
+# (artefact path, its export.json entry: "precision", "spec", "class_names", ...) -> Predictor
+Loader = Callable[[pathlib.Path, Mapping[str, Any]], Any]
 
 
 def _int8_only(precision: str) -> bool:
@@ -126,7 +127,7 @@ for _format in (
     ExportFormat("tflite", ("fp32", "fp16", "int8"), lambda p: f"model_{p}.tflite", f"{_WRITERS}:tflite_writer",
                  f"{_LOADERS}:load_tflite", detect=_suffix(".tflite"), fixed_tile=True),
     ExportFormat("openvino", ("fp32", "bf16", "int8"), lambda p: f"openvino_{p}", f"{_WRITERS}:openvino_writer",
-                 f"{_LOADERS}:openvino_predictor",
+                 f"{_LOADERS}:load_openvino",
                  needs=lambda p: ("tf2onnx", "openvino") + (("nncf",) if p == "int8" else ()),
                  detect=_folder_with(OPENVINO_XML)),
     ExportFormat("packed", ("FIXED", "INT", "BNN", "TERNARY"), lambda p: "model_packed.npz",

@@ -20,7 +20,7 @@ import json
 import os
 import pathlib
 import warnings
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -208,20 +208,24 @@ def packed_predictor(path: str | os.PathLike) -> Predictor:
     return keras_predictor(load_packed(path))
 
 
-# Loaders in the registry's form, (path, precision) -> Predictor (unet_medical.inference.artifact_formats).
-def load_savedmodel(path: pathlib.Path, precision: str) -> Predictor:
+# Loaders in the registry's form, (path, export.json entry) -> Predictor (unet_medical.inference.artifact_formats).
+def load_savedmodel(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
     return savedmodel_predictor(path)
 
 
-def load_onnx(path: pathlib.Path, precision: str) -> Predictor:
+def load_onnx(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
     return onnx_predictor(path)
 
 
-def load_tflite(path: pathlib.Path, precision: str) -> Predictor:
+def load_tflite(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
     return tflite_predictor(path)
 
 
-def load_packed(path: pathlib.Path, precision: str) -> Predictor:
+def load_openvino(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
+    return openvino_predictor(path, metadata.get("precision", "fp32"))
+
+
+def load_packed(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
     return packed_predictor(path)
 
 
@@ -277,7 +281,7 @@ def load_exported(model_path: str | os.PathLike, metadata: dict[str, Any] | None
     # The recorded format decides (a TF-TRT folder is detected as a SavedModel; a plugin's .npz as packed).
     loader = EXPORT_FORMATS.get(recorded).loader()
     return ExportedModel(path=path, format=recorded, precision=precision, spec=spec, class_names=class_names,
-                         tile_size=tile_size, metadata=meta, predictor=loader(path, precision))
+                         tile_size=tile_size, metadata=meta, predictor=loader(path, meta))
 
 
 def load_predictor(model_path: str | os.PathLike) -> tuple[Predictor, int | None]:
