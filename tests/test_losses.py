@@ -123,3 +123,13 @@ def test_rejects_mismatched_shapes():
         cross_entropy_dice_loss(logits, labels[:, :-1], NUM_CLASSES)
     with pytest.raises(UNetError, match="pixel weights"):
         cross_entropy_dice_loss(logits, labels, NUM_CLASSES, weights=np.ones((2, 6), np.float32))
+
+
+def test_loss_registry_default_is_todays_loss_and_unknown_names_fail_in_one_line():
+    from unet_medical.cli.config import parse_config
+    from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
+
+    assert DEFAULT_LOSS == "ce_dice" and LOSSES.get(DEFAULT_LOSS) is cross_entropy_dice_loss
+    assert parse_config(["--exec_mode", "train"]).loss == "ce_dice"
+    with pytest.raises(UNetError, match="--loss"):
+        parse_config(["--loss", "no_such_loss"])

@@ -241,3 +241,18 @@ def test_segmentation_metrics_rejects_mismatched_inputs():
                                      ("a", "b", "c"))
     with pytest.raises(UNetError, match="2 predicted slices but 1 label"):
         metrics.segmentation_metrics(np.zeros((2, 4, 4, 2)), np.zeros((1, 4, 4), int), ("a", "b"))
+
+
+def test_a_registered_per_class_metric_is_reported_for_every_class():
+    from unet_medical.evaluation.metrics import PER_CLASS_METRICS, segmentation_metrics
+
+    assert PER_CLASS_METRICS.names()[:2] == ("dice", "iou")
+    PER_CLASS_METRICS.register("recall", lambda cm: np.diag(cm) / np.maximum(cm.sum(axis=1), 1))
+    try:
+        truth = np.array([[[0, 0, 1, 1]]])
+        prob = np.eye(2)[np.array([[[0, 1, 1, 1]]])]  # one background pixel called foreground
+        out = segmentation_metrics(prob, truth, ("bg", "fg"))
+    finally:
+        PER_CLASS_METRICS.unregister("recall")
+    assert out["bg_recall"] == 0.5 and out["fg_recall"] == 1.0
+    assert out["bg_dice"] == pytest.approx(2 / 3) and out["fg_iou"] == pytest.approx(2 / 3)

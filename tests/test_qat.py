@@ -1,4 +1,7 @@
-"""TF-MOT 8-bit QAT: annotation of custom layers, .h5 round trip, int8 TFLite parity with Keras."""
+"""TF-MOT 8-bit QAT: annotation of custom layers, .h5 round trip, int8 TFLite parity with Keras.
+
+The TFLite file comes from the one exporter's converter (unet_medical.export.formats) and runs in the one
+TFLite runtime (unet_medical.inference.runtimes.tflite_predictor), as in export parity and the study."""
 import importlib.util
 
 import numpy as np
@@ -9,8 +12,9 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from unet_medical.model.qat import (NoOpQuantizeConfig, convert_qat_to_tflite, load_qat_model, quantize_model_qat,
-                       run_tflite, save_qat_model)
+from unet_medical.export.formats import keras_to_tflite
+from unet_medical.inference.runtimes import tflite_predictor
+from unet_medical.model.qat import NoOpQuantizeConfig, load_qat_model, quantize_model_qat, save_qat_model
 from unet_medical.model.quantizers import QuantizationConfig
 from unet_medical.model.quantization import quantize_unet
 from unet_medical.base.errors import UNetError
@@ -62,9 +66,15 @@ def qat_train(model: keras.Model, images, labels, from_logits: bool = False) -> 
     model.fit(images, labels, batch_size=1, epochs=3, verbose=0)
 
 
-def assert_tflite_agrees(model: keras.Model, flatbuffer: bytes, images) -> None:
+def run_tflite(flatbuffer: bytes, images, directory) -> np.ndarray:
+    path = directory / "model.tflite"
+    path.write_bytes(flatbuffer)
+    return tflite_predictor(path)(images)
+
+
+def assert_tflite_agrees(model: keras.Model, flatbuffer: bytes, images, directory) -> None:
     keras_out = model.predict(images, verbose=0)
-    tflite_out = run_tflite(flatbuffer, images)
+    tflite_out = run_tflite(flatbuffer, images, directory)
     agreement = np.mean(keras_out.argmax(-1) == tflite_out.argmax(-1))
     print(f"TFLite int8 vs Keras QAT: argmax agreement {agreement:.5f}, "
           f"max output difference {np.abs(keras_out - tflite_out).max():.5f}")
@@ -87,10 +97,7 @@ def trained_qat(data):
 
 @pytest.fixture(scope="module")
 def flatbuffer(trained_qat, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tflite") / "unet_int8.tflite"
-    content = convert_qat_to_tflite(trained_qat, path, (SIZE, SIZE, 1))
-    assert path.read_bytes() == content
-    return content
+    return keras_to_tflite(trained_qat, (SIZE, SIZE, 1))
 
 
 def test_qat_model_structure(trained_qat):
@@ -103,21 +110,22 @@ def test_qat_model_structure(trained_qat):
     assert isinstance(wrapped, tfmot.quantization.keras.QuantizeWrapperV2)
 
 
-def test_tflite_int8_matches_keras_qat(trained_qat, flatbuffer, data):
-    assert_tflite_agrees(trained_qat, flatbuffer, data[0])
+def test_tflite_int8_matches_keras_qat(trained_qat, flatbuffer, data, tmp_path):
+    assert_tflite_agrees(trained_qat, flatbuffer, data[0], tmp_path)
     interpreter = tf.lite.Interpreter(model_content=flatbuffer)
     dtypes = {detail["dtype"] for detail in interpreter.get_tensor_details()}
     assert np.int8 in dtypes  # weights and activations are int8 inside the float I/O
 
 
-def test_run_tflite_from_a_file_and_checks_shapes(flatbuffer, data, tmp_path):
+def test_tflite_runtime_runs_any_batch_and_checks_shapes(flatbuffer, data, tmp_path):
     path = tmp_path / "model.tflite"
     path.write_bytes(flatbuffer)
-    np.testing.assert_array_equal(run_tflite(path, data[0][:2]), run_tflite(flatbuffer, data[0][:2]))
-    with pytest.raises(UNetError, match="expects batches of shape"):
-        run_tflite(flatbuffer, np.zeros((1, 32, 32, 1), np.float32))
+    predictor = tflite_predictor(path)
+    np.testing.assert_array_equal(predictor(data[0][:2])[:1], predictor(data[0][:1]))
+    with pytest.raises(UNetError, match="takes tiles of shape"):
+        predictor(np.zeros((1, 32, 32, 1), np.float32))
     with pytest.raises(UNetError, match="not found"):
-        run_tflite(tmp_path / "missing.tflite", data[0])
+        tflite_predictor(tmp_path / "missing.tflite")
 
 
 def test_custom_layers_stay_float_and_round_trip_h5(data, tmp_path):
@@ -138,7 +146,7 @@ def test_save_and_load_errors(trained_qat, tmp_path):
     with pytest.raises(UNetError, match="not found"):
         load_qat_model(tmp_path / "missing.h5")
     with pytest.raises(UNetError, match="input_shape"):
-        convert_qat_to_tflite(trained_qat, tmp_path / "x.tflite", (SIZE, SIZE))
+        keras_to_tflite(trained_qat, (SIZE, SIZE))
 
 
 def test_qat_rejects_fake_quantized_and_subclassed_models():
@@ -155,7 +163,7 @@ def test_qat_rejects_fake_quantized_and_subclassed_models():
 
 
 @pytest.mark.slow
-def test_project_unet_qat_to_tflite(data):
+def test_project_unet_qat_to_tflite(data, tmp_path):
     if importlib.util.find_spec("unet_medical.model.unet") is None:
         pytest.skip("unet_medical/model/unet.py not written yet")
     from unet_medical.model.layers import SeededDropout
@@ -168,5 +176,5 @@ def test_project_unet_qat_to_tflite(data):
     assert isinstance(dropout.layer, SeededDropout)
     assert isinstance(dropout.quantize_config, NoOpQuantizeConfig)
     qat_train(model, *data, from_logits=True)
-    flatbuffer = convert_qat_to_tflite(model, "/dev/null", (SIZE, SIZE, 1))
-    assert_tflite_agrees(model, flatbuffer, data[0])
+    flatbuffer = keras_to_tflite(model, (SIZE, SIZE, 1))
+    assert_tflite_agrees(model, flatbuffer, data[0], tmp_path)

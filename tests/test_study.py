@@ -98,3 +98,31 @@ def test_bad_study_files(tmp_path, text, needle):
     path.write_text(text)
     with pytest.raises(UNetError, match=needle):
         load_study(path)
+
+
+@pytest.mark.slow
+def test_qat_variant_ships_an_int8_tflite_written_and_run_by_the_exporter(tmp_path):
+    """The study's QAT file comes from the tflite format's writer and runs in inference.runtimes' TFLite."""
+    import dataclasses
+    import types
+
+    import numpy as np
+    import tensorflow as tf
+
+    from unet_medical.cli.study import deployable
+    from unet_medical.model.qat import quantize_model_qat
+    from unet_medical.model.unet import UNetSpec, build_unet
+
+    spec = UNetSpec(padding="same", batch_norm=True, base_filters=4, depth=2)
+    tf.keras.utils.set_random_seed(0)
+    model = quantize_model_qat(build_unet(spec))
+    tiles = np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)
+    model(tiles, training=True)  # gives the QAT quantizers ranges
+    info = types.SimpleNamespace(variant="qat", spec=dataclasses.asdict(spec),
+                                 quantization_config={"quantization": "QAT_INT8"})
+    path, label, predictor = deployable(model, info, tmp_path, 64)
+    assert path == tmp_path / "export" / "model_int8.tflite" and label == "tflite int8"
+    probabilities = predictor(tiles)  # any batch: the exporter's TFLite has a dynamic batch
+    reference = tf.nn.softmax(model(tiles, training=False), axis=-1).numpy()
+    assert probabilities.shape == reference.shape and 0 <= probabilities.min() and probabilities.max() <= 1
+    assert np.mean(probabilities.argmax(-1) == reference.argmax(-1)) >= 0.95

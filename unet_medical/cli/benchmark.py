@@ -82,7 +82,8 @@ def train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any]
         optimizer = make_optimizer(cfg, dist.size)
         optimizer.build(model.trainable_variables)
     dist.broadcast_variables(list(model.variables) + list(optimizer.variables))
-    step_fn = make_train_step(model, optimizer, spec.n_classes, cfg.dice_weight, dist, xla=cfg.xla)
+    step_fn = make_train_step(model, optimizer, spec.n_classes, cfg.dice_weight, dist, xla=cfg.xla,
+                              loss=cfg.loss)
     total = cfg.bench_warmup_steps + cfg.bench_steps
     if data is not None:
         batches = iter(make_train_dataset(

@@ -20,12 +20,13 @@ import yaml
 
 from unet_medical.base.cpu import PRECISIONS  # standard library and NumPy only: --help stays instant
 from unet_medical.base.errors import UNetError
+from unet_medical.inference.artifact_formats import EXPORT_FORMATS  # the registries are TF-free: names only
+from unet_medical.model.quant_modes import QUANTIZATION_MODES
+from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
               "compress", "visualize")
-EXPORT_FORMATS = ("savedmodel", "tftrt", "onnx", "tflite", "openvino", "packed")
 EXPORT_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-QUANTIZATION_MODES = ("NONE", "FIXED", "INT", "BNN", "TERNARY", "QAT_INT8")
 # The MICCAI 2019 fixed-point U-Net paper's YAML keys that are not flag names, and what they mean here.
 PAPER_KEYS = {"lr": "learning_rate"}
 # NVIDIA's UNet_Medical spellings of flags (also accepted as YAML keys): alias -> flag.
@@ -35,7 +36,15 @@ OPERATION_MODES = {"normal": "train_and_evaluate", "retrain": "train_and_evaluat
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
+    """A Config field; `choices` is a tuple, or a registry's `names` (read when flags are parsed and
+    validated, so names registered by --plugins count)."""
     return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed values of a Config field (None: any)."""
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +57,9 @@ class Config:
     data_dir: str = _field("data/synthetic", "ISBI layout (train-volume.tif, train-labels.tif, "
                            "test-volume.tif) or images/ + masks/ folders")
     log_dir: str | None = _field(None, "where the JSON-lines log goes (default: model_dir)")
+    plugins: str | None = _field(None, "comma-separated Python modules imported before the flags are checked; "
+                                 "they register losses, metrics, export formats, ... (installed plugins of the "
+                                 "'unet_medical.plugins' entry-point group load without it)")
     verbose: bool = _field(False, "show TensorFlow's C++ start-up lines (CUDA probing, oneDNN notices), hidden by default")
     image_stack: str | None = _field(None, "training image TIFF stack inside data_dir (generic layout)")
     mask_stack: str | None = _field(None, "training mask TIFF stack inside data_dir (generic layout)")
@@ -64,6 +76,8 @@ class Config:
     warmup_steps: int = _field(0, "linear learning-rate warm-up steps")
     lr_schedule: str = _field("constant", "after warm-up: constant or cosine decay to 0 at max_steps",
                               choices=("constant", "cosine"))
+    loss: str = _field(DEFAULT_LOSS, "training loss (ce_dice: pixel-wise cross-entropy + --dice_weight x "
+                       "(1 - mean soft Dice)); plugins (--plugins) add more", choices=LOSSES.names)
     dice_weight: float = _field(1.0, "weight of the soft Dice term next to cross-entropy")
     time_budget: float | None = _field(None, "minutes of training: --max_steps is set from a measured step time "
                                        "(0 or default: use --max_steps)")
@@ -133,7 +147,7 @@ class Config:
     # --- quantization (MICCAI 2019 fixed-point U-Net grid; TF-MOT int8 QAT)
     quantization: str = _field("NONE", "weight/activation quantization of every conv (first and last kept "
                                "float unless --no-keep_first_float/--no-keep_last_float)",
-                               choices=QUANTIZATION_MODES)
+                               choices=QUANTIZATION_MODES.names)
     weight_i_width: int = _field(0, "FIXED weights: integer bits i of Qi.f (twos_complement: i + f bits in all, "
                                  "sign included; paper: the magnitude's, sign apart)")
     weight_f_width: int = _field(4, "FIXED weights: fractional bits f of Qi.f")
@@ -175,7 +189,7 @@ class Config:
     # --- export
     export_format: str | None = _field(None, "--exec_mode export target (default: export every CPU "
                                        "candidate, time each on this machine and keep the fastest that passes "
-                                       "parity, see utils.export.select)", choices=EXPORT_FORMATS)
+                                       "parity, see utils.export.select)", choices=EXPORT_FORMATS.names)
     export_precision: str | None = _field(None, "export precision (default: fp32 for a given --export_format; "
                                           "without one, only candidates of this precision compete; int8 "
                                           "calibrates on images only: no masks needed)", choices=EXPORT_PRECISIONS)
@@ -231,7 +245,7 @@ def _check(condition: bool, flag: str, value: Any, expected: str) -> None:
 def validate(cfg: Config) -> None:
     """Raise UNetError naming the flag for any value out of range (before any heavy work starts)."""
     for f in dataclasses.fields(cfg):
-        choices = f.metadata.get("choices")
+        choices = field_choices(f)
         if choices is not None and not (f.default is None and getattr(cfg, f.name) is None):
             _check(getattr(cfg, f.name) in choices, f.name, getattr(cfg, f.name), f"one of {', '.join(choices)}")
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
@@ -340,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is bool:
             group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            group.add_argument(*names, dest=f.name, type=kind, choices=f.metadata.get("choices"),
-                               metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_text)
+            choices = field_choices(f)
+            group.add_argument(*names, dest=f.name, type=kind, choices=choices,
+                               metavar=None if choices else f.name.upper(), help=help_text)
     return parser
 
 
@@ -398,13 +413,17 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     what the run lineage (runtime.lineage.with_run_defaults) and NVIDIA's benchmark spelling rely on.
     """
     from unet_medical.cli.lineage import with_run_defaults
+    from unet_medical.cli.plugins import load_plugins
 
+    # Plugins first: the parser's choices (--loss, --export_format, ...) include what they register.
+    load_plugins(_prescan_plugins(argv))
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
     config_file = args.pop("config", None)
     if config_file:
         values.update(load_yaml(config_file))
+        load_plugins(values.get("plugins"), source=f"--config {config_file}: plugins")
     values.update(args)
     mode = values.get("operation_mode")
     if mode is not None and "exec_mode" not in args:  # a flag still wins over the paper's YAML key
@@ -412,8 +431,16 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     if values.get("experiment_name"):
         values["model_dir"] = str(pathlib.Path(values.get("model_dir", Config.model_dir)) / values["experiment_name"])
     values = with_run_defaults(values, {f.name: f.default for f in dataclasses.fields(Config)})
+    load_plugins(values.get("plugins"), source="plugins recorded in the run's config.yaml")
     values.update(nvidia_benchmark_steps(values))
     return Config(**values)
+
+
+def _prescan_plugins(argv: Sequence[str] | None) -> str | None:
+    """The --plugins value of a command line, read before the full parser exists."""
+    prescan = argparse.ArgumentParser(add_help=False)
+    prescan.add_argument("--plugins")
+    return prescan.parse_known_args(argv)[0].plugins
 
 
 def nvidia_benchmark_steps(explicit: Mapping[str, Any]) -> dict[str, int]:

@@ -3,7 +3,6 @@ SavedModel every training run ends with (model_dir/saved_model/).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import shutil
@@ -14,12 +13,13 @@ from typing import Any
 import numpy as np
 
 
-from unet_medical.model.unet import smallest_valid_input
 from unet_medical.data.layouts import SegmentationData, load_test_data, load_training_images
 from unet_medical.data.normalize import normalize_image
 from unet_medical.base.errors import UNetError
 from unet_medical.inference.tiling import plan_tiles
 from unet_medical.inference.runtimes import EXPORT_JSON, load_exported
+from unet_medical.base.registry import resolve
+from unet_medical.inference.artifact_formats import format_of
 from unet_medical.export.formats import (EXPORT_DIR, ExportInputs, artifact_name, check_export_request, export_model,
                                   read_export_json, read_export_selection, record_artifact, write_savedmodel)
 from unet_medical.export.model_card import write_model_card
@@ -72,21 +72,23 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
     if cfg.model_path:
         raise UNetError(f"--model_path={cfg.model_path}: export reads model_dir's checkpoint "
                         "(--model_dir, --checkpoint); --model_path is for predict/evaluate/benchmark")
-    if cfg.export_format == "packed":
-        return run_packed_export(cfg, logger)
-    pairs = None
+    pairs, fmt, precision = None, None, cfg.export_precision or "fp32"
     if cfg.export_format is None:
         from unet_medical.base.cpu import read_cpu_info
         from unet_medical.export.select import candidates
         from unet_medical.base.precision import gpu_available
 
         pairs = candidates(read_cpu_info(), int(gpu_available()), cfg.export_precision)
-        for fmt, precision in pairs:
-            check_export_request(fmt, precision)
+        for name, precision in pairs:
+            check_export_request(name, precision)
     else:
-        cfg = cfg.replace(export_precision=cfg.export_precision or "fp32")
-        check_export_request(cfg.export_format, cfg.export_precision)
+        fmt = format_of(cfg.export_format)
+        if fmt.run_precision is None:  # a format whose precision is the model's (packed) is checked once restored
+            check_export_request(cfg.export_format, precision)
     model, spec, info = restore_model(cfg, logger)
+    if fmt is not None and fmt.run_precision is not None:
+        precision = resolve(fmt.run_precision)(info)
+        check_export_request(cfg.export_format, precision)
     data, training_images = load_export_images(cfg)
     if data.images[0].shape[-1] != spec.in_channels:
         raise UNetError(f"{data.source}: images have {data.images[0].shape[-1]} channel(s), the model expects "
@@ -100,7 +102,7 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                                               for i in calibration_idx],
                           tile_size=plan.tile_size, context=plan.context, max_tile_size=cfg.max_tile_size,
                           serving_tile_size=cfg.tile_size, image_dtype=info.image_dtype,
-                          normalization=info.normalization)
+                          normalization=info.normalization, quantization=info.quantization_config)
     export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
     extra = {"checkpoint": cfg.checkpoint, "step": info.step, "parity_images": [data.names[i] for i in parity_idx],
              "calibration_source": data.source, "normalization": info.normalization}
@@ -114,7 +116,7 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                                   if isinstance(v, (int, float, str)) or v is None})
         write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON), selection)
     else:
-        entry = export_model(model, spec, info.class_names, export_dir, cfg.export_format, cfg.export_precision,
+        entry = export_model(model, spec, info.class_names, export_dir, cfg.export_format, precision,
                              inputs, extra=extra, logger=logger)
         for key, report in entry.get("parity", {}).items():
             logger.log("EXPORT", {"artifact": entry["file"], "check": key,
@@ -172,57 +174,6 @@ def finish_artifact(cfg: Any, entry: dict[str, Any], tile_size: int, channels: i
     write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON),
                      read_export_selection(export_dir / EXPORT_JSON))
     return entry
-
-
-
-def run_packed_export(cfg: Any, logger: Any) -> dict[str, Any]:
-    """--export_format packed: a quantized model's weights bit-packed at their bit width (unet_medical/model/packing.py).
-
-    The reported size is the file's size on disk, next to the float32 weights of the same network
-    written the same way; the reloaded model must reproduce the fake-quantized model exactly.
-    """
-    from unet_medical.model.packing import load_packed, save_packed
-    from unet_medical.model.quantizers import QuantizationConfig
-    from unet_medical.cli.assemble import restore_model
-
-    model, spec, info = restore_model(cfg, logger)
-    qconfig = info.quantization_config
-    if info.variant != "packed" or not qconfig:
-        raise UNetError(f"--export_format=packed: {cfg.model_dir} holds a "
-                        f"{(qconfig or {}).get('quantization', 'float')} model; packing needs a FIXED, INT, BNN "
-                        "or TERNARY model (train with --quantization ...); for QAT_INT8 export tflite int8")
-    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
-    export_dir.mkdir(parents=True, exist_ok=True)
-    path = export_dir / "model_packed.npz"
-    save_packed(model, QuantizationConfig.from_mapping(qconfig), path)
-    float_bytes = _float32_weights_bytes(model, export_dir / ".model_fp32_reference.npz")
-    size = smallest_valid_input(spec, 32)
-    tile = np.random.default_rng(0).random((1, size, size, spec.in_channels), dtype=np.float32)
-    max_diff = float(np.max(np.abs(load_packed(path)(tile).numpy() - model(tile).numpy())))
-    if max_diff > 1e-5:
-        raise UNetError(f"{path}: the reloaded packed model differs from the trained one by {max_diff}")
-    entry = {"file": path.name, "format": "packed", "precision": qconfig["quantization"],
-             "spec": dataclasses.asdict(spec), "class_names": list(info.class_names), "tile_size": None,
-             "size_bytes": path.stat().st_size, "float32_weights_bytes": float_bytes,
-             "size_ratio_vs_float32": float_bytes / path.stat().st_size, "max_abs_logit_diff": max_diff,
-             "quantization_config": qconfig, "step": info.step}
-    record_artifact(export_dir, entry)
-    entry = finish_artifact(cfg, entry, size, spec.in_channels)
-    logger.log("EXPORT", {"artifact": str(path), "format": "packed", "size_bytes": entry["size_bytes"],
-                          "float32_weights_bytes": float_bytes,
-                          "size_ratio_vs_float32": round(entry["size_ratio_vs_float32"], 3)})
-    return entry
-
-
-
-def _float32_weights_bytes(model: Any, scratch: pathlib.Path) -> int:
-    """Bytes of the model's weights written as float32 in the same container (architecture + npz)."""
-    from unet_medical.model.packing import save_float32
-
-    size = save_float32(model, scratch)
-    scratch.unlink()
-    return size
-
 
 
 

@@ -224,7 +224,7 @@ def budget_max_steps(cfg: Config, model: Any, spec: UNetSpec, geometry: Any, ima
         with dist.scope():
             optimizer = make_optimizer(cfg, dist.size)
         step = make_train_step(model, optimizer, spec.n_classes, cfg.dice_weight, dist, xla=cfg.xla,
-                               class_weights=class_weights)
+                               class_weights=class_weights, loss=cfg.loss)
         return step, lambda: model.set_weights(initial)
 
     def make_batches():

@@ -33,6 +33,7 @@ from unet_medical.cli.config import Config, read_yaml_file
 from unet_medical.base.errors import UNetError, run_cli
 from unet_medical.base.fileio import atomic_write_text
 from unet_medical.base.progress import Progress
+from unet_medical.inference.artifact_formats import WriteRequest, format_of
 
 # where the package lives: a child run imports it from there whether it is installed or a checkout
 PACKAGE_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -120,45 +121,36 @@ def deployable(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple
     """Write the file a deployment would ship and return (path, format, predictor that runs it):
     an int8 TFLite model for QAT_INT8 (run by TFLite: its latency is the int8 kernels'), bit-packed
     weights for fixed-point/INT/BNN/ternary (rebuilt with dequantized float weights, as a deployment
-    without integer kernels would run them), float32 weights otherwise (Keras)."""
+    without integer kernels would run them), float32 weights otherwise (Keras). The first two are
+    written and loaded by their registered export formats (the exporter's writers and runtimes)."""
     from unet_medical.inference.tiling import keras_predictor
 
-    if info.variant == "qat":
-        from unet_medical.inference.runtimes import tflite_predictor
-
-        path, fmt = _stored_file(model, info, out_dir, tile)
-        return path, fmt, tflite_predictor(path)
-    path, fmt = _stored_file(model, info, out_dir, tile)
-    if info.variant == "packed":
-        from unet_medical.model.packing import load_packed
-
-        return path, fmt, keras_predictor(load_packed(path))
-    return path, fmt, keras_predictor(model)
-
-
-def _stored_file(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple[pathlib.Path, str]:
-    """Bytes of the file a deployment would ship: bit-packed weights for fixed-point/INT/BNN/ternary,
-    an int8 TFLite model for QAT_INT8, float32 weights otherwise."""
     export = out_dir / "export"
     export.mkdir(exist_ok=True)
-    if info.variant == "qat":
-        from unet_medical.model.qat import convert_qat_to_tflite
-
-        path = export / "model_int8.tflite"
-        convert_qat_to_tflite(model, path, input_shape=(tile, tile, info.spec["in_channels"]))
-        return path, "tflite int8"
-    if info.variant == "packed":
-        from unet_medical.model.packing import save_packed
-        from unet_medical.model.quantizers import QuantizationConfig
-
-        path = export / "model_packed.npz"
-        save_packed(model, QuantizationConfig.from_mapping(info.quantization_config), path)
-        return path, "bit-packed"
+    if info.variant in ("qat", "packed"):
+        name, precision = ("tflite", "int8") if info.variant == "qat" else ("packed", info.quantization_config["quantization"])
+        path = export_file(model, info, export, name, precision, tile)
+        label = "tflite int8" if name == "tflite" else "bit-packed"
+        return path, label, format_of(name).loader()(path, {"precision": precision, "spec": info.spec})
     from unet_medical.model.packing import save_float32
 
     path = export / "model_fp32.npz"
     save_float32(model, path)  # the same container as the packed file, all weights float32
-    return path, "float32 npz"
+    return path, "float32 npz", keras_predictor(model)
+
+
+def export_file(model: Any, info: Any, export_dir: pathlib.Path, export_format: str, precision: str,
+                tile: int) -> pathlib.Path:
+    """Write one artefact with its registered format's writer (no calibration: QAT and packed need none)."""
+    from unet_medical.export.serving import UNetServingModule
+    from unet_medical.model.unet import UNetSpec
+
+    fmt = format_of(export_format)
+    spec = UNetSpec(**info.spec)
+    path = export_dir / fmt.file_name(precision)
+    fmt.writer()(WriteRequest(model=model, module=UNetServingModule(model, spec), spec=spec, path=path,
+                              precision=precision, tile_size=tile, quantization=info.quantization_config))
+    return path
 
 
 def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tuple[int, int],

@@ -26,17 +26,23 @@ pixels as singletons and thins boundaries first, so leaderboard numbers differ s
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple, Union
+from typing import Callable, Dict, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
 
 from unet_medical.base.errors import UNetError
+from unet_medical.base.registry import Registry
 
 ISBI_CLASS_NAMES = ("membrane", "interior")
 INTERIOR_CLASS = 1
 
 ArrayOrSlices = Union[np.ndarray, Sequence[np.ndarray]]
+
+# Per-class scores reported by every evaluation as "{class}_{metric}": fn((C, C) confusion) -> float64 (C,).
+# A plugin adds one with `@PER_CLASS_METRICS.register("name")`; it appears in eval_results.json.
+PER_CLASS_METRICS: Registry[Callable[[np.ndarray], np.ndarray]] = Registry(
+    "per-class metric", flag="unet_medical.evaluation.metrics.PER_CLASS_METRICS")
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -83,6 +89,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return np.bincount(codes, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+@PER_CLASS_METRICS.register("dice")
 def dice_from_confusion(cm: np.ndarray) -> np.ndarray:
     """Hard Dice 2TP / (2TP + FP + FN) per class from a (C, C) confusion matrix; float64 (C,)."""
     tp = np.diag(cm).astype(np.float64)
@@ -90,6 +97,7 @@ def dice_from_confusion(cm: np.ndarray) -> np.ndarray:
     return np.array([_ratio(2 * t, d) for t, d in zip(tp, denominator)])
 
 
+@PER_CLASS_METRICS.register("iou")
 def iou_from_confusion(cm: np.ndarray) -> np.ndarray:
     """Hard IoU (Jaccard) TP / (TP + FP + FN) per class from a (C, C) confusion matrix.
 
@@ -241,7 +249,7 @@ def segmentation_metrics(prob: ArrayOrSlices, y_true: ArrayOrSlices,
         class_names: C names, e.g. ("membrane", "interior").
 
     Returns:
-        Plain floats: "{name}_dice" and "{name}_iou" per class, "mean_dice" and "pixel_error",
+        Plain floats: "{name}_{metric}" per class for every PER_CLASS_METRICS entry (dice, iou, ...), "mean_dice" and "pixel_error",
         all pooled over every pixel of every slice. When class_names is ("membrane", "interior")
         (ISBI EM, class 1 = cell interior) also the ISBI 2012 challenge's own scores,
         "v_rand_thinned" and "v_info_thinned" with their best thresholds (utils.score.isbi: Fiji's
@@ -268,13 +276,11 @@ def segmentation_metrics(prob: ArrayOrSlices, y_true: ArrayOrSlices,
         cm += confusion_matrix(t, pred, num_classes)
         pred_slices.append(pred)
 
-    dice = dice_from_confusion(cm)
-    iou = iou_from_confusion(cm)
+    per_class = {metric: PER_CLASS_METRICS.get(metric)(cm) for metric in PER_CLASS_METRICS.names()}
     results: Dict[str, float] = {}
-    for name, d, j in zip(class_names, dice, iou):
-        results[f"{name}_dice"] = float(d)
-        results[f"{name}_iou"] = float(j)
-    results["mean_dice"] = float(dice.mean())
+    for c, name in enumerate(class_names):
+        results.update({f"{name}_{metric}": float(scores[c]) for metric, scores in per_class.items()})
+    results["mean_dice"] = float(per_class["dice"].mean())
     results["pixel_error"] = float(1.0 - np.trace(cm) / cm.sum()) if cm.sum() else 0.0
 
     if class_names == ISBI_CLASS_NAMES:

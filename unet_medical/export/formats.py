@@ -50,25 +50,18 @@ import tensorflow as tf
 from unet_medical.model.unet import UNetSpec, margin as model_margin
 from unet_medical.base.artifacts import write_json
 from unet_medical.base.errors import UNetError
+from unet_medical.base.registry import resolve
 from unet_medical.inference.runtimes import EXPORT_JSON, PROBABILITIES, TILE_SIGNATURE
 from unet_medical.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabilities
 from unet_medical.data.normalize import normalize_image
 from unet_medical.inference.tiling import keras_predictor, predict_images
 from unet_medical.inference.runtimes import load_exported
+from unet_medical.inference.artifact_formats import ExportFormat, WriteRequest, format_of
 from unet_medical.base.progress import Progress
 from unet_medical.export.serving import SERVING_INPUT, TILE_INPUT, UNetServingModule, serving_signature_name
 
 
 EXPORT_DIR = "export"
-
-
-FORMAT_PRECISIONS = {
-    "savedmodel": ("fp32",),
-    "onnx": ("fp32", "int8"),
-    "tflite": ("fp32", "fp16", "int8"),
-    "tftrt": ("fp32", "fp16", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
-}
 
 
 CALIBRATION_TILES = 16
@@ -79,18 +72,8 @@ ONNX_OPSET = 17
 
 # ----------------------------------------------------------------------------- what can be exported
 def artifact_name(export_format: str, precision: str) -> str:
-    """File or folder name of an artefact inside MODEL_DIR/export/."""
-    if export_format == "savedmodel":
-        return "savedmodel"
-    if export_format == "onnx":
-        return "model.onnx" if precision == "fp32" else f"model_{precision}.onnx"
-    if export_format == "tflite":
-        return f"model_{precision}.tflite"
-    if export_format == "tftrt":
-        return f"tftrt_{precision}"
-    if export_format == "openvino":
-        return f"openvino_{precision}"
-    raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
+    """File or folder name of an artefact inside MODEL_DIR/export/ (the format's registered file_name)."""
+    return format_of(export_format).file_name(precision)
 
 
 def tensorrt_problems() -> list[str]:
@@ -105,26 +88,29 @@ def tensorrt_problems() -> list[str]:
     return problems
 
 
-def check_export_request(export_format: str, precision: str) -> None:
-    """Raise UNetError for a format/precision this export cannot produce here, before any heavy work."""
-    allowed = FORMAT_PRECISIONS.get(export_format)
-    if allowed is None:
-        raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
-    if precision not in allowed:
+def check_tensorrt(precision: str) -> None:
+    """The tftrt format's preflight: UNetError when TF-TRT cannot run here."""
+    problems = tensorrt_problems()
+    if problems:
+        raise UNetError("--export_format=tftrt needs TensorRT: " + "; ".join(problems) +
+                        ". Alternative for GPU users: --export_format onnx, then build a TensorRT "
+                        "engine from model.onnx (trtexec --onnx=model.onnx)")
+
+
+def check_export_request(export_format: str, precision: str) -> ExportFormat:
+    """The registered format, after UNetError for a format/precision this export cannot produce here
+    (unknown name, precision it does not offer, machine or packages missing), before any heavy work."""
+    fmt = format_of(export_format)
+    if precision not in fmt.precisions:
         raise UNetError(f"--export_precision={precision} is not available for --export_format={export_format} "
-                        f"(available: {', '.join(allowed)}; fp16 and int8 CPU models: --export_format tflite)")
-    if export_format == "tftrt":
-        problems = tensorrt_problems()
-        if problems:
-            raise UNetError("--export_format=tftrt needs TensorRT: " + "; ".join(problems) +
-                            ". Alternative for GPU users: --export_format onnx, then build a TensorRT "
-                            "engine from model.onnx (trtexec --onnx=model.onnx)")
-    needs = {"onnx": ("tf2onnx", "onnxruntime"),
-             "openvino": ("tf2onnx", "openvino") + (("nncf",) if precision == "int8" else ())}
-    missing = [name for name in needs.get(export_format, ()) if not _importable(name)]
+                        f"(available: {', '.join(fmt.precisions)}; fp16 and int8 CPU models: --export_format tflite)")
+    if fmt.preflight is not None:
+        resolve(fmt.preflight)(precision)
+    missing = [name for name in fmt.needs(precision) if not _importable(name)]
     if missing:
         raise UNetError(f"--export_format={export_format} --export_precision={precision} needs "
                         f"{' and '.join(missing)}: pip install -r requirements.txt")
+    return fmt
 
 
 def _importable(module: str) -> bool:
@@ -209,13 +195,20 @@ def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.nda
                                      weight_type=quantization.QuantType.QInt8)
 
 
-def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
-                 tiles: np.ndarray | None, progress: Progress | None = None) -> None:
-    """TFLite of `tile` at a fixed tile size: fp32, fp16 (float16 weights) or full-integer int8."""
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.fixed_tile_function(tile_size)], module)
+def tflite_flatbuffer(function: Any, trackable: Any, precision: str, tiles: np.ndarray | None = None,
+                      progress: Progress | None = None, qat: bool = False) -> bytes:
+    """The one TFLite converter: a concrete function (static H, W) -> flatbuffer bytes.
+
+    fp32; fp16 (float16 weights); int8: for a TF-MOT QAT model (`qat`) from its own trained ranges (no
+    representative data set needed), otherwise full-integer kernels calibrated on `tiles` (N, T, T, C).
+    Inputs and outputs stay float32 either way.
+    """
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8" and qat:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif precision == "int8":
         if tiles is None:
             raise UNetError("int8 TFLite needs calibration tiles")
@@ -223,8 +216,37 @@ def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, 
         converter.representative_dataset = lambda: ([t[None]] for t in _feed(tiles, progress))
         # Every kernel integer; the float32 input/output are quantized/dequantized at the ends.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    path.write_bytes(converter.convert())
+    return converter.convert()
 
+
+def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
+                 tiles: np.ndarray | None, progress: Progress | None = None, qat: bool = False) -> None:
+    """TFLite of `tile` at a fixed tile size (dynamic batch), see tflite_flatbuffer (`qat`: the module's
+    model is a TF-MOT QAT model)."""
+    path.write_bytes(tflite_flatbuffer(module.fixed_tile_function(tile_size), module, precision, tiles, progress,
+                                       qat=qat))
+
+
+def keras_to_tflite(model: Any, input_shape: Sequence[int], precision: str = "int8") -> bytes:
+    """A Keras model's own outputs (no softmax added) as TFLite for (B, H, W, C) float32 inputs, any B.
+
+    The model is called from a tf.function held by a tf.Module, which converts where a SavedModel export
+    of a QAT model with a quantized Conv2DTranspose would fail. Used for models that are not U-Nets of a
+    run (tests/test_qat.py); a run's models are exported with export_model.
+    """
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape):
+        raise UNetError(f"input_shape={input_shape!r}: expected (height, width, channels) positive integers")
+    holder = tf.Module()
+    holder.model = model
+    holder.serve = tf.function(lambda images: model(images, training=False),
+                               input_signature=[tf.TensorSpec((None, *map(int, shape)), tf.float32, name="images")])
+    return tflite_flatbuffer(holder.serve.get_concrete_function(), holder, precision, qat=is_qat_model(model))
+
+
+def is_qat_model(model: Any) -> bool:
+    """Whether `model` is a TF-MOT QAT model (layers wrapped in QuantizeWrapper), without importing TF-MOT."""
+    return any(type(layer).__name__.startswith("QuantizeWrapper") for layer in getattr(model, "layers", ()))
 
 
 def write_openvino(module: UNetServingModule, path: pathlib.Path, precision: str, tiles: np.ndarray | None) -> None:
@@ -279,22 +301,29 @@ def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, t
         converter.save(str(path))
 
 
-def write_artifact(module: UNetServingModule, export_format: str, precision: str, path: pathlib.Path, *,
-                   tile_size: int, tiles: np.ndarray | None, progress: Progress | None = None) -> None:
-    """Write one artefact to `path` (a file or a folder, see artifact_name); `progress` counts the
-    calibration tiles as the converter consumes them."""
-    if export_format == "savedmodel":
-        write_savedmodel(module, path)
-    elif export_format == "onnx":
-        write_onnx(module, path) if precision == "fp32" else write_onnx_int8(module, path, tiles, progress)
-    elif export_format == "tflite":
-        write_tflite(module, path, precision, tile_size, tiles, progress)
-    elif export_format == "tftrt":
-        write_tftrt(module, path, precision, tile_size, tiles, progress)
-    elif export_format == "openvino":
-        write_openvino(module, path, precision, tiles)
+# Writers in the registry's form (unet_medical.inference.artifact_formats): WriteRequest -> extra entry fields.
+def savedmodel_writer(request: WriteRequest) -> None:
+    write_savedmodel(request.module, request.path)
+
+
+def onnx_writer(request: WriteRequest) -> None:
+    if request.precision == "fp32":
+        write_onnx(request.module, request.path)
     else:
-        raise UNetError(f"--export_format={export_format!r}: expected one of {', '.join(FORMAT_PRECISIONS)}")
+        write_onnx_int8(request.module, request.path, request.tiles, request.progress)
+
+
+def tflite_writer(request: WriteRequest) -> None:
+    write_tflite(request.module, request.path, request.precision, request.tile_size, request.tiles, request.progress,
+                 qat=is_qat_model(request.model))
+
+
+def tftrt_writer(request: WriteRequest) -> None:
+    write_tftrt(request.module, request.path, request.precision, request.tile_size, request.tiles, request.progress)
+
+
+def openvino_writer(request: WriteRequest) -> None:
+    write_openvino(request.module, request.path, request.precision, request.tiles)
 
 
 # ----------------------------------------------------------------------------- the entry point
@@ -310,6 +339,7 @@ class ExportInputs:
         i.e. predict's --tile_context, --max_tile_size and --tile_size (None: planned per image size).
     image_dtype: dtype of `serving_default` (the training images'); None: the parity images'.
     normalization: utils.data.normalize mode of the run (applied to parity images and in the serving graph).
+    quantization: the run's quantization config (the packed format stores the weights at its bit width).
     """
 
     parity_images: list[np.ndarray]
@@ -320,6 +350,7 @@ class ExportInputs:
     serving_tile_size: int | None = None
     image_dtype: str | None = None
     normalization: str = "global"
+    quantization: dict[str, Any] | None = None
 
 
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,
@@ -334,20 +365,20 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     With a `logger` (a dllogger.Logger), calibration and the parity predictions show their progress.
     Returns the artefact's export.json entry.
     """
-    check_export_request(export_format, precision)
+    fmt = check_export_request(export_format, precision)
     export_dir = pathlib.Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
-    name = artifact_name(export_format, precision)
+    name = fmt.file_name(precision)
     module = serving_module(model, spec, class_names, inputs)
     tiles = None
-    if precision == "int8" or export_format == "tftrt":  # calibration, and TF-TRT's engine shapes
+    if fmt.calibrates(precision):  # int8 calibration, and TF-TRT's engine shapes
         tiles = calibration_tiles(inputs.calibration_images, inputs.tile_size,
                                   model_margin(spec) + inputs.context, calibration_count)
     entry = {
         "format": export_format, "precision": precision, "file": name,
         "spec": dataclasses.asdict(spec), "class_names": list(class_names),
         # None: any valid tile size; otherwise the runtime only accepts this tile.
-        "tile_size": inputs.tile_size if export_format == "tflite" else None,
+        "tile_size": inputs.tile_size if fmt.fixed_tile else None,
         "parity_tile_size": inputs.tile_size, "context": inputs.context,
         "input": f"{TILE_INPUT}: float32 (B, T, T, {spec.in_channels}) = images / max of their dtype",
         "output": f"{PROBABILITIES}: float32 (B, O, O, {spec.n_classes}) softmax",
@@ -360,8 +391,10 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
         staged = staging / name
         with Progress(len(tiles) if tiles is not None else 0, "calibrate", logger, unit="tile",
                       enabled=logger is not None and tiles is not None and precision == "int8") as calibration:
-            write_artifact(module, export_format, precision, staged, tile_size=inputs.tile_size, tiles=tiles,
-                           progress=calibration)
+            written = fmt.writer()(WriteRequest(model=model, module=module, spec=spec, path=staged, precision=precision,
+                                                tile_size=inputs.tile_size, tiles=tiles, progress=calibration,
+                                                quantization=inputs.quantization))
+        entry.update(written or {})
         if check_parity:
             reports = parity_reports(model, spec, staged, entry, inputs, logger)
             entry["parity"] = {key: dataclasses.asdict(r) for key, r in reports.items()}
@@ -395,7 +428,8 @@ def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[s
 
     The reference is always the Keras model's own prediction of the same images (never labels).
     """
-    threshold = PARITY_THRESHOLDS[entry["precision"]]
+    # Precisions without a threshold of their own (packed: the quantization modes) must match as fp32 does.
+    threshold = PARITY_THRESHOLDS.get(entry["precision"], PARITY_THRESHOLDS["fp32"])
     images = [normalize_image(im, inputs.normalization) for im in inputs.parity_images]
     plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size)
     reference = predict_images(keras_predictor(model), spec, images, **plan, logger=logger, label="parity keras")
@@ -403,7 +437,7 @@ def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[s
     predicted = predict_images(exported, spec, images, **plan, logger=logger,
                                label=f"parity {entry['format']} {entry['precision']}")
     reports = {"tiled": compare_probabilities(reference, predicted, threshold)}
-    if entry["format"] == "savedmodel":
+    if format_of(entry["format"]).serving_signatures:
         # The serving signatures run predict's tile plan in the graph: compare with exactly that plan.
         serving_plan = {**plan, "tile_size": inputs.serving_tile_size}
         if serving_plan != plan:

@@ -21,6 +21,7 @@ from unet_medical.base.cpu import CpuInfo, choose_precision, describe
 from unet_medical.base.errors import UNetError
 from unet_medical.export.formats import (ExportInputs, artifact_name, calibration_tiles, export_model, forget_artifact,
                                   record_artifact, record_selection)
+from unet_medical.inference.artifact_formats import format_of
 from unet_medical.inference.runtimes import load_exported
 from unet_medical.base.timing import latency_summary_ms, time_alternating
 
@@ -39,9 +40,8 @@ def candidates(cpu: CpuInfo, gpus: list[dict] | int, precision: str | None = Non
     float_ov = "bf16" if choose_precision("auto", cpu, gpus)[0] == "mixed_bfloat16" else "fp32"
     pairs = [("savedmodel", "fp32"), ("tflite", "int8"), ("onnx", "int8"), ("openvino", "int8"),
              ("openvino", float_ov)]
-    needs = {"onnx": ("tf2onnx", "onnxruntime"), "openvino": ("tf2onnx", "openvino", "nncf")}
     available = [(f, p) for f, p in pairs
-                 if all(importlib.util.find_spec(m) is not None for m in needs.get(f, ()))]
+                 if all(importlib.util.find_spec(m) is not None for m in format_of(f).needs(p))]
     if precision is not None:
         available = [(f, p) for f, p in available if p == precision]
     if not available:

@@ -20,18 +20,18 @@ import json
 import os
 import pathlib
 import warnings
-from typing import Any, Callable
+from typing import Any, Mapping
 
 import numpy as np
 
 from unet_medical.model.unet import UNetSpec
 from unet_medical.base.artifacts import RunRecord
 from unet_medical.base.errors import UNetError
+from unet_medical.inference.artifact_formats import EXPORT_FORMATS, OPENVINO_XML, SAVED_MODEL_PB
 from unet_medical.inference.tiling import Predictor
 
 EXPORT_JSON = "export.json"
 TILE_SIGNATURE = "tile"
-OPENVINO_XML = "model.xml"  # an OpenVINO artefact is a folder with model.xml (graph) and model.bin (weights)
 # OpenVINO's CPU inference precision per export precision: fp32 runs exactly in float32, bf16 runs the
 # float32 file in bfloat16 (AMX / AVX512_BF16), int8 leaves the layers NNCF did not quantize to the
 # plugin's default (bfloat16 on CPUs with AMX, float32 elsewhere).
@@ -40,22 +40,18 @@ PROBABILITIES = "probabilities"
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """"savedmodel" (a folder with saved_model.pb), "onnx" (.onnx) or "tflite" (.tflite)."""
+    """The first registered format (unet_medical.inference.artifact_formats) that recognises `path`:
+    "savedmodel" (a folder with saved_model.pb), "openvino" (a folder with model.xml), "onnx", "tflite",
+    "packed" (.npz), or a plugin's."""
     path = pathlib.Path(path)
+    for name in EXPORT_FORMATS.names():
+        if EXPORT_FORMATS.get(name).detect(path):
+            return name
     if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return "savedmodel"
-        if (path / OPENVINO_XML).is_file():
-            return "openvino"
         raise UNetError(f"--model_path={path}: a folder must be a SavedModel (saved_model.pb) or an OpenVINO "
                         f"model ({OPENVINO_XML}), or an export folder whose export.json names a deploy file")
     if not path.is_file():
         raise UNetError(f"--model_path={path}: not found")
-    suffix = path.suffix.lower()
-    if suffix in (".onnx", ".tflite"):
-        return suffix[1:]
-    if suffix == ".npz":
-        return "packed"
     raise UNetError(f"--model_path={path}: expected a SavedModel or OpenVINO folder, a .onnx, a .tflite or a "
                     "packed .npz file")
 
@@ -65,7 +61,7 @@ def resolve_deploy_file(path: str | os.PathLike) -> pathlib.Path:
     default export chose (export.json "selection" -> "chosen")."""
     path = pathlib.Path(path)
     meta = path / EXPORT_JSON
-    if not path.is_dir() or (path / "saved_model.pb").is_file() or (path / OPENVINO_XML).is_file() \
+    if not path.is_dir() or (path / SAVED_MODEL_PB).is_file() or (path / OPENVINO_XML).is_file() \
             or not meta.is_file():
         return path
     try:
@@ -143,6 +139,8 @@ def tflite_predictor(path: str | os.PathLike, threads: int | None = None) -> Pre
     """
     import tensorflow as tf
 
+    if not pathlib.Path(path).is_file():
+        raise UNetError(f"TFLite file {path}: not found")
     with warnings.catch_warnings():
         # TF 2.21 warns that tf.lite.Interpreter moves to ai_edge_litert; it still ships and works.
         warnings.simplefilter("ignore", UserWarning)
@@ -210,9 +208,25 @@ def packed_predictor(path: str | os.PathLike) -> Predictor:
     return keras_predictor(load_packed(path))
 
 
-_LOADERS: dict[str, Callable[[str | os.PathLike], Predictor]] = {
-    "savedmodel": savedmodel_predictor, "onnx": onnx_predictor, "tflite": tflite_predictor,
-    "packed": packed_predictor}  # openvino also needs the precision: see load_exported
+# Loaders in the registry's form, (path, export.json entry) -> Predictor (unet_medical.inference.artifact_formats).
+def load_savedmodel(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
+    return savedmodel_predictor(path)
+
+
+def load_onnx(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
+    return onnx_predictor(path)
+
+
+def load_tflite(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
+    return tflite_predictor(path)
+
+
+def load_openvino(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
+    return openvino_predictor(path, metadata.get("precision", "fp32"))
+
+
+def load_packed(path: pathlib.Path, metadata: Mapping[str, Any]) -> Predictor:
+    return packed_predictor(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,9 +278,10 @@ def load_exported(model_path: str | os.PathLike, metadata: dict[str, Any] | None
         recorded = meta.get("format", fmt)
     except (KeyError, TypeError) as exc:
         raise UNetError(f"{path}: export metadata is incomplete ({exc}); export the model again") from None
+    # The recorded format decides (a TF-TRT folder is detected as a SavedModel; a plugin's .npz as packed).
+    loader = EXPORT_FORMATS.get(recorded).loader()
     return ExportedModel(path=path, format=recorded, precision=precision, spec=spec, class_names=class_names,
-                         tile_size=tile_size, metadata=meta,
-                         predictor=openvino_predictor(path, precision) if fmt == "openvino" else _LOADERS[fmt](path))
+                         tile_size=tile_size, metadata=meta, predictor=loader(path, meta))
 
 
 def load_predictor(model_path: str | os.PathLike) -> tuple[Predictor, int | None]:

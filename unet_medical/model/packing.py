@@ -87,7 +87,7 @@ def _check_consistent(model: keras.Model, config: QuantizationConfig) -> None:
         raise UNetError(f"config {config!r}: expected a QuantizationConfig")
     if config.quantization == "QAT_INT8":
         raise UNetError("quantization=QAT_INT8: TF-MOT models are stored as int8 TFLite "
-                        "(model.qat.convert_qat_to_tflite), not as a packed file")
+                        "(--export_format tflite --export_precision int8), not as a packed file")
     expected = config.weight_spec().mode
     modes = {layer.weight_quantizer.mode for layer in model.layers if isinstance(layer, QUANTIZED_LAYERS)}
     if modes - {expected, "NONE"}:

@@ -1,25 +1,23 @@
-"""TF-MOT 8-bit quantization-aware training (QAT) and its int8 TFLite export.
+"""TF-MOT 8-bit quantization-aware training (QAT); its int8 TFLite file comes from the one exporter.
 
 TF-MOT's default 8-bit scheme handles a same-padding U-Net built from Conv2D (linear) ->
 BatchNormalization -> ReLU blocks, MaxPooling2D, Conv2DTranspose, nearest UpSampling2D,
 Concatenate and a sigmoid/softmax head (measured with TF-MOT 0.8.1: tests/test_qat.py). Layers it does not know (the project's
 custom layers, Lambda) must be annotated with a QuantizeConfig: `NoOpQuantizeConfig` keeps them in
 float. A QAT model with a quantized Conv2DTranspose cannot be saved as a SavedModel: use .h5
-(`save_qat_model` / `load_qat_model`) or export through a tf.Module (`convert_qat_to_tflite`).
+(`save_qat_model` / `load_qat_model`). The int8 TFLite file is written by the export stage
+(`--export_format tflite --export_precision int8`, unet_medical.export.formats, which converts QAT
+models from their own ranges) and run by unet_medical.inference.runtimes.tflite_predictor.
 
 Usage:
     qat_model = quantize_model_qat(float_model)       # then train as usual
-    convert_qat_to_tflite(qat_model, "unet_int8.tflite", (256, 256, 1))
-    probabilities = run_tflite("unet_int8.tflite", images)
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Union
 
-import numpy as np
 
-import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
@@ -131,83 +129,3 @@ def load_qat_model(path: PathLike, custom_objects: Optional[Mapping[str, Any]] =
                 raise
             raise UNetError(f"QAT model file {path}: {error} (import the module that defines it, "
                             "or pass custom_objects)") from error
-
-
-def _check_image_shape(input_shape: Sequence[int]) -> tuple:
-    shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape):
-        raise UNetError(f"input_shape={input_shape!r}: expected (height, width, channels) positive integers")
-    return tuple(int(n) for n in shape)
-
-
-def convert_qat_to_tflite(model: keras.Model, path: PathLike, input_shape: Sequence[int],
-                          batch_size: int = 1) -> bytes:
-    """Convert a (trained) QAT model to an int8 TFLite flatbuffer and write it to `path`.
-
-    The model is called from a tf.function with a fixed input signature (batch_size, H, W, C)
-    float32 held by a tf.Module, which converts where a SavedModel export would fail. QAT ranges
-    make a representative data set unnecessary. Inputs and outputs stay float32; weights and
-    activations inside are int8.
-    Returns:
-        The flatbuffer bytes.
-    """
-    height, width, channels = _check_image_shape(input_shape)
-    module = tf.Module()
-    module.model = model
-    module.serve = tf.function(
-        lambda images: model(images, training=False),
-        input_signature=[tf.TensorSpec((batch_size, height, width, channels), tf.float32, name="images")])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [module.serve.get_concrete_function()], module)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    flatbuffer = converter.convert()
-    try:
-        with open(path, "wb") as handle:
-            handle.write(flatbuffer)
-    except OSError as error:
-        raise UNetError(f"TFLite file {path}: cannot write ({error})") from error
-    return flatbuffer
-
-
-def _interpreter(path_or_bytes: Union[PathLike, bytes], num_threads: int):
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        return tf.lite.Interpreter(model_content=bytes(path_or_bytes), num_threads=num_threads)
-    if not os.path.isfile(path_or_bytes):
-        raise UNetError(f"TFLite file {path_or_bytes}: not found")
-    return tf.lite.Interpreter(model_path=os.fspath(path_or_bytes), num_threads=num_threads)
-
-
-def run_tflite(path_or_bytes: Union[PathLike, bytes], images: np.ndarray,
-               num_threads: int = 1) -> np.ndarray:
-    """Run a TFLite model (file or flatbuffer) on images with tf.lite.Interpreter (XNNPACK for
-    float ops by default), in chunks of the model's fixed batch size.
-
-    Args:
-        images: (N, H, W, C) float array matching the model's input (H, W, C).
-    Returns:
-        float32 outputs (N, ...) in the model's output layout (int8 outputs are dequantized).
-    """
-    interpreter = _interpreter(path_or_bytes, num_threads)
-    interpreter.allocate_tensors()
-    source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    images = np.asarray(images, dtype=np.float32)
-    batch = int(source["shape"][0])
-    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(source["shape"][1:]) or len(images) % batch:
-        raise UNetError(f"images of shape {images.shape}: the TFLite model expects batches of "
-                        f"shape {tuple(source['shape'])}")
-    outputs = []
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        if source["dtype"] != np.float32:
-            scale, zero_point = source["quantization"]
-            limits = np.iinfo(source["dtype"])
-            codes = np.clip(np.round(chunk / scale + zero_point), limits.min, limits.max)
-            chunk = codes.astype(source["dtype"])
-        interpreter.set_tensor(source["index"], chunk)
-        interpreter.invoke()
-        result = interpreter.get_tensor(sink["index"])
-        if sink["dtype"] != np.float32:
-            scale, zero_point = sink["quantization"]
-            result = (result.astype(np.float32) - zero_point) * scale
-        outputs.append(result.astype(np.float32))
-    return np.concatenate(outputs)

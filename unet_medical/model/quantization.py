@@ -12,7 +12,8 @@ import tf_keras as keras
 from unet_medical.model.layers import CenterCropToMatch, SeededDropout
 from unet_medical.base.errors import UNetError
 from unet_medical.model.quantized_layers import _QUANTIZED_VERSION, QUANTIZED_LAYERS
-from unet_medical.model.quantizers import FLOAT_BITS, QuantizationConfig, QuantSpec
+from unet_medical.base.registry import resolve
+from unet_medical.model.quantizers import FLOAT_BITS, QuantizationConfig, QuantSpec, quant_mode
 
 
 # Activation functions whose output is >= 0 everywhere.
@@ -223,10 +224,9 @@ def quantize_unet(model: keras.Model, config: QuantizationConfig) -> keras.Model
     if already:
         raise UNetError(f"model {model.name!r} is already quantized (layers {already[:3]}): "
                         "quantize the float model instead")
-    if config.quantization == "QAT_INT8":
-        from unet_medical.model import qat  # TF-MOT is imported only when QAT is asked for
-
-        return qat.quantize_model_qat(model)
+    mode = quant_mode(config.quantization)
+    if mode.transform is not None:  # a whole-model mode (TF-MOT QAT), imported only when asked for
+        return resolve(mode.transform)(model)
 
     first, last = boundary_convs(model)
     keep_float = (first if config.keep_first_float else set()) | (last if config.keep_last_float else set())
@@ -241,7 +241,7 @@ def quantize_unet(model: keras.Model, config: QuantizationConfig) -> keras.Model
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         quantized_class = _QUANTIZED_VERSION.get(type(layer))
-        if config.quantization == "NONE" or quantized_class is None or layer.name in keep_float:
+        if weight_spec.mode == "NONE" or quantized_class is None or layer.name in keep_float:
             return layer.__class__.from_config(layer.get_config())
         return quantized_class.from_float(layer, weight_spec, input_quantizer(layer.name))
 
@@ -256,9 +256,8 @@ def weight_storage_bits(layer_or_config: Union[keras.layers.Layer, QuantizationC
     if isinstance(layer_or_config, QuantSpec):
         return layer_or_config.storage_bits
     if isinstance(layer_or_config, QuantizationConfig):
-        if layer_or_config.quantization == "QAT_INT8":
-            return 8
-        return layer_or_config.weight_spec().storage_bits
+        whole_model_bits = quant_mode(layer_or_config.quantization).model_weight_bits
+        return whole_model_bits if whole_model_bits is not None else layer_or_config.weight_spec().storage_bits
     if isinstance(layer_or_config, QUANTIZED_LAYERS):
         return layer_or_config.weight_quantizer.storage_bits
     if isinstance(layer_or_config, keras.layers.Layer):
@@ -269,7 +268,7 @@ def weight_storage_bits(layer_or_config: Union[keras.layers.Layer, QuantizationC
 def _scale_count(layer: keras.layers.Layer) -> int:
     """float32 scales stored with a quantized kernel (per channel or per tensor)."""
     spec = layer.weight_quantizer
-    if spec.mode in ("NONE", "FIXED"):
+    if not quant_mode(spec.mode).has_scale:
         return 0
     return int(layer.kernel.shape[layer.kernel_channel_axis]) if spec.per_channel else 1
 

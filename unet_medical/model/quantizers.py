@@ -56,15 +56,20 @@ from typing import Any, Callable, Mapping, Optional, Union
 import tensorflow as tf
 
 from unet_medical.base.errors import UNetError
+from unet_medical.model.quant_modes import QUANTIZATION_MODES
 
 
 FLOAT_BITS = 32
 
 
-QUANT_MODES = ("NONE", "FIXED", "INT", "BNN", "TERNARY")
+def quant_mode(name: str) -> Any:
+    """The model.quant_mode_table.QuantMode registered as `name` (model.quant_modes)."""
+    return QUANTIZATION_MODES.get(name)
 
 
-CONFIG_MODES = QUANT_MODES + ("QAT_INT8",)
+def spec_modes() -> tuple:
+    """Modes a single tensor can be quantized in (QuantSpec.mode): those with a quantizer."""
+    return tuple(name for name in QUANTIZATION_MODES.names() if quant_mode(name).quantize is not None)
 
 
 # The paper's YAML writes full precision as "Normal".
@@ -119,8 +124,8 @@ class QuantSpec:
     scheme: str = TWOS_COMPLEMENT
 
     def __post_init__(self) -> None:
-        if self.mode not in QUANT_MODES:
-            raise UNetError(f"QuantSpec mode={self.mode!r}: expected one of {', '.join(QUANT_MODES)}")
+        if self.mode not in spec_modes():
+            raise UNetError(f"QuantSpec mode={self.mode!r}: expected one of {', '.join(spec_modes())}")
         for name in ("integer_bits", "fractional_bits"):
             _require_int(f"QuantSpec {name}", getattr(self, name))
         if self.mode == "INT":
@@ -150,12 +155,7 @@ class QuantSpec:
     @property
     def storage_bits(self) -> int:
         """Bits stored per value (the sign bit included); 32 for NONE."""
-        if self.mode == "FIXED" and self.scheme == PAPER:
-            top = paper_code_limit(self.integer_bits, self.fractional_bits)
-            return (2 * top if self.signed else top).bit_length()  # codes [-top, top] or [0, top]
-        if self.mode == "FIXED":
-            return self.integer_bits + self.fractional_bits + int(self.signed)
-        return {"NONE": FLOAT_BITS, "INT": self.bits, "BNN": 1, "TERNARY": 2}[self.mode]
+        return quant_mode(self.mode).storage_bits(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -424,17 +424,10 @@ def get_quantizer(spec: QuantSpec) -> Callable[..., Tensor]:
     `quantize_int(..., scale=...)` directly.
     """
 
+    mode = quant_mode(spec.mode)
+
     def quantizer(x: Tensor, channel_axis: int = -1) -> Tensor:
-        axis = channel_axis if spec.per_channel else None
-        if spec.mode == "FIXED":
-            return quantize_fixed(x, spec.integer_bits, spec.fractional_bits, spec.signed, spec.scheme)
-        if spec.mode == "INT":
-            return quantize_int(x, spec.bits, axis=axis, signed=spec.signed)
-        if spec.mode == "BNN":
-            return quantize_binary(x, axis=axis)
-        if spec.mode == "TERNARY":
-            return quantize_ternary(x, axis=axis)
-        return quantize_none(x)
+        return mode.quantize(x, spec, channel_axis if spec.per_channel else None)
 
     return quantizer
 
@@ -449,37 +442,19 @@ def quantized_codes(x: Tensor, spec: QuantSpec, channel_axis: int = -1) -> tuple
         per channel or per tensor; INT: the range max|x|, BNN/TERNARY: the magnitude a), or None
         for FIXED, whose step 2^-f is in the spec.
     """
-    x = tf.convert_to_tensor(x)
-    axis = channel_axis if spec.per_channel else None
-    if spec.mode == "FIXED" and spec.scheme == PAPER:
-        return tf.cast(_paper_codes(x, spec.integer_bits, spec.fractional_bits, spec.signed), tf.int32), None
-    if spec.mode == "FIXED":
-        return tf.cast(_fixed_codes(x, spec.integer_bits, spec.fractional_bits, spec.signed),
-                       tf.int32), None
-    if spec.mode == "INT":
-        max_abs = _max_abs(x, axis)
-        codes = _int_codes_from_range(x, max_abs, spec.bits, spec.signed)
-        return tf.cast(codes, tf.int32), tf.cast(max_abs, tf.float32)
-    if spec.mode == "BNN":
-        # Rounding a float64 magnitude to float32 commutes with the sign, so a float32 scale
-        # reproduces the quantizer's values exactly.
-        return tf.where(x >= 0, 1, -1), tf.cast(_binary_scale(x, axis), tf.float32)
-    if spec.mode == "TERNARY":
-        codes, scale = _ternary_codes_and_scale(x, axis)
-        return tf.cast(codes, tf.int32), tf.cast(scale, tf.float32)
-    raise UNetError(f"QuantSpec mode={spec.mode!r} has no integer codes")
+    mode = quant_mode(spec.mode)
+    if mode.codes is None:
+        raise UNetError(f"QuantSpec mode={spec.mode!r} has no integer codes")
+    return mode.codes(tf.convert_to_tensor(x), spec, channel_axis if spec.per_channel else None)
 
 
 def dequantize_codes(codes: Tensor, scale: Optional[Tensor], spec: QuantSpec,
                      dtype=tf.float32) -> Tensor:
     """Values of `quantized_codes` output; bit-identical to the fake-quantized tensor."""
-    if spec.mode == "FIXED":
-        return tf.cast(codes, dtype) * (2.0 ** -spec.fractional_bits)
-    if spec.mode == "INT":
-        return _int_values(codes, scale, spec.bits, spec.signed, dtype)
-    if spec.mode in ("BNN", "TERNARY"):
-        return tf.cast(tf.cast(codes, tf.float64) * tf.cast(scale, tf.float64), dtype)
-    raise UNetError(f"QuantSpec mode={spec.mode!r} has no integer codes")
+    mode = quant_mode(spec.mode)
+    if mode.values is None:
+        raise UNetError(f"QuantSpec mode={spec.mode!r} has no integer codes")
+    return mode.values(codes, scale, spec, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,8 +493,9 @@ class QuantizationConfig:
     def __post_init__(self) -> None:
         mode = str(self.quantization).upper()
         object.__setattr__(self, "quantization", _MODE_ALIASES.get(mode, mode))
-        if self.quantization not in CONFIG_MODES:
-            raise UNetError(f"quantization={self.quantization!r}: expected one of {', '.join(CONFIG_MODES)}")
+        if self.quantization not in QUANTIZATION_MODES:
+            raise UNetError(f"quantization={self.quantization!r}: expected one of "
+                            f"{', '.join(QUANTIZATION_MODES.names())}")
         for prefix in ("weight", "activation"):
             i = _require_int(f"{prefix}_i_width", getattr(self, f"{prefix}_i_width"))
             f = _require_int(f"{prefix}_f_width", getattr(self, f"{prefix}_f_width"))
@@ -560,32 +536,8 @@ class QuantizationConfig:
 
     def weight_spec(self) -> QuantSpec:
         """QuantSpec of quantized kernels (QAT_INT8 is handled by TF-MOT: NONE here)."""
-        mode = self.quantization
-        if mode == "FIXED" and self.fixed_scheme == PAPER:  # sign apart: i is the magnitude's
-            return QuantSpec("FIXED", integer_bits=self.weight_i_width, fractional_bits=self.weight_f_width,
-                             signed=True, scheme=PAPER)
-        if mode == "FIXED":
-            return QuantSpec("FIXED", integer_bits=self.weight_i_width - 1,
-                             fractional_bits=self.weight_f_width, signed=True)
-        if mode == "INT":
-            return QuantSpec("INT", bits=self.weight_bits, per_channel=True, signed=True)
-        if mode in ("BNN", "TERNARY"):
-            return QuantSpec(mode, per_channel=True)
-        return QuantSpec("NONE")
+        return quant_mode(self.quantization).weight_spec(self)
 
     def activation_spec(self, nonnegative: bool) -> QuantSpec:
         """QuantSpec of a quantized conv's input; `nonnegative` when it is provably >= 0."""
-        mode = self.quantization
-        if mode == "FIXED" and self.fixed_scheme == PAPER:
-            return QuantSpec("FIXED", integer_bits=self.activation_i_width,
-                             fractional_bits=self.activation_f_width, signed=not nonnegative, scheme=PAPER)
-        if mode == "FIXED":
-            # Two's complement notation: the sign, when needed, takes one of the i bits.
-            integer_bits = self.activation_i_width - (0 if nonnegative else 1)
-            return QuantSpec("FIXED", integer_bits=integer_bits,
-                             fractional_bits=self.activation_f_width, signed=not nonnegative)
-        if mode == "INT":
-            return QuantSpec("INT", bits=self.activation_bits, per_channel=False,
-                             signed=not nonnegative)
-        return QuantSpec("NONE")
-
+        return quant_mode(self.quantization).activation_spec(self, nonnegative)

@@ -19,7 +19,7 @@ import tf_keras as keras
 
 from unet_medical.training import checkpoint as ckpt
 from unet_medical.base.errors import UNetError
-from unet_medical.training.losses import cross_entropy_dice_loss
+from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
 from unet_medical.data.pipeline import AugmentFn, CropGeometry, Sampling, make_train_dataset
 from unet_medical.base.progress import Progress
 
@@ -34,6 +34,7 @@ class TrainSettings(Protocol):
     batch_size: int
     seed: int
     dice_weight: float
+    loss: str
     xla: bool
     log_every: int
     evaluate_every: int | None
@@ -102,8 +103,8 @@ class TrainState:
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classes: int,
                     dice_weight: float, dist: Any, xla: bool = False,
-                    class_weights: Sequence[float] | None = None) -> Callable:
-    """One compiled optimization step: forward, CE + soft Dice loss, reduced gradients, update.
+                    class_weights: Sequence[float] | None = None, loss: str = DEFAULT_LOSS) -> Callable:
+    """One compiled optimization step: forward, the --loss (default CE + soft Dice), reduced gradients, update.
 
     `class_weights` (one per class) weigh each pixel's cross-entropy by its true class.
 
@@ -113,21 +114,22 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n
     scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
 
     weight_table = None if class_weights is None else tf.constant(class_weights, tf.float32)
+    loss_fn = LOSSES.get(loss)  # looked up once, outside the traced step
 
     def train_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             weights = None if weight_table is None else tf.gather(weight_table, labels)
-            loss = cross_entropy_dice_loss(logits, labels, n_classes, dice_weight=dice_weight, weights=weights)
+            value = loss_fn(logits, labels, n_classes, dice_weight=dice_weight, weights=weights)
             if model.losses:
-                loss += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
-            target = optimizer.get_scaled_loss(loss) if scaled else loss
+                value += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+            target = optimizer.get_scaled_loss(value) if scaled else value
         grads = tape.gradient(target, model.trainable_variables)
         if scaled:
             grads = optimizer.get_unscaled_gradients(grads)
         grads = dist.reduce_gradients(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        return value
 
     return dist.compile_step(train_step, xla=xla)
 
@@ -202,7 +204,7 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
                                  max_steps=cfg.max_steps, augment=augment, rank=dist.rank,
                                  world_size=dist.size, sampling=sampling)
     train_step = make_train_step(model, optimizer, n_classes, cfg.dice_weight, dist, xla=cfg.xla,
-                                 class_weights=class_weights)
+                                 class_weights=class_weights, loss=cfg.loss)
     window_start, window_images, losses = time.perf_counter(), 0, []
     # k/N, rate and ETA on the chief: a bar on a terminal, and in the --log_every record below.
     with Progress(cfg.max_steps, "train", logger, unit="step", initial=state.step, interval_s=None,
