@@ -10,11 +10,11 @@ import statistics
 import subprocess
 
 import pytest
-import yaml
 
 from unet_medical.data.synthetic import write_isbi_layout
 from unet_medical.base.errors import UNetError
 from unet_medical.evaluation import cv
+from unet_medical.base.artifacts import read_run_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CV5 = REPO / "examples" / "unet_CPU_CV5.sh"
@@ -90,7 +90,7 @@ def test_cv5_toy_run_skips_finished_and_resumes_interrupted_folds(tmp_path):
     first = run_script(CV5, data, results, *TOY)
     assert first.returncode == 0, first.stderr[-2000:]
     for k in range(5):
-        used = yaml.safe_load((results / f"fold_{k}" / "config.yaml").read_text())
+        used = read_run_config(results / f"fold_{k}")
         assert (used["fold"], used["num_folds"], used["max_steps"], used["base_filters"]) == (k, 5, 2, 4)
         assert used["lr_schedule"] == "cosine" and used["batch_norm"] and used["batch_size"] == 2  # the recipe's
         evaluation = json.loads((results / f"fold_{k}" / "eval_results.json").read_text())

@@ -13,7 +13,7 @@ import tifffile
 import yaml
 
 import main
-from unet_medical.base.artifacts import RunRecord, save_run_record
+from unet_medical.base.artifacts import read_run_config, RunRecord, save_run_record
 from unet_medical.cli import lineage
 from unet_medical.cli.config import parse_config
 from unet_medical.base.errors import UNetError
@@ -265,7 +265,7 @@ def test_compress_init_from_needs_no_training_flags(fold1_run, tmp_path, isbi_da
     out = tmp_path / "tucker"
     assert main.main(["--exec_mode", "compress", "--init_from", str(fold1_run), "--model_dir", str(out),
                       "--rank_factor", "0.5", "--rank_min", "1", "--max_steps", "1"]) == 0
-    used = yaml.safe_load((out / "config.yaml").read_text())
+    used = read_run_config(out)
     assert (used["crop_size"], used["fold"], used["padding"], used["data_dir"]) == (32, 1, "same", str(isbi_data_dir))
     assert json.loads((out / "eval_results.json").read_text())["fold"] == 1
 

@@ -8,6 +8,7 @@ from unet_medical.data.fingerprint import intensity_statistics, measure_fingerpr
 from unet_medical.data.normalize import CLIP_PERCENTILES, normalize_image, normalize_images_tf
 from unet_medical.data.recipe import (THIN_CLASS_WEIGHT, choose_class_weights, choose_crop_size, choose_foreground_sampling,
                                choose_normalization, choose_recipe, parse_class_weights)
+from unet_medical.base.artifacts import read_run_config
 
 
 def reference_percentile(values: np.ndarray, q: float) -> float:
@@ -160,7 +161,6 @@ def test_budgeted_run_records_its_recipe_and_a_resume_keeps_it(tmp_path):
     dataset_fingerprint.json and config.yaml; --time_budget sets max_steps, which a resume reuses."""
     import json
 
-    import yaml
 
     import main
     from unet_medical.data.synthetic_kinds import write_folder_kind
@@ -174,7 +174,7 @@ def test_budgeted_run_records_its_recipe_and_a_resume_keeps_it(tmp_path):
     assert main.main(flags) == 0
     recorded = json.loads((run / "dataset_fingerprint.json").read_text())
     choices = {c["flag"]: c["value"] for c in recorded["choices"]}
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = read_run_config(run)
     assert choices["normalization"] == config["normalization"] == "per_image"
     assert choices["class_weights"] == config["class_weights"] == "1,1.5"
     assert choices["foreground_sampling"] == pytest.approx(1 / 3, abs=1e-3)

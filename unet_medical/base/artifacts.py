@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
-from typing import Any
+from typing import Any, Mapping
 
 from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_write_text
 
 MODEL_JSON = "model.json"
 EVAL_RESULTS = "eval_results.json"
-RUN_CONFIG = "config.yaml"
+RUN_CONFIG = "config.yaml"  # the run's settings: {"config_version": 2, section: {flag: value}}; version 1 was flat
+CONFIG_VERSION = 2
 PREDICTIONS = "predictions"
 FINGERPRINT = "dataset_fingerprint.json"  # the data fingerprint and the recipe chosen from it
 CHECKPOINTS = "checkpoints"  # training.checkpoint's folder: LAST_CHECKPOINT (resume) and BEST_CHECKPOINT
@@ -100,3 +102,39 @@ def load_run_record(model_dir: str | pathlib.Path) -> RunRecord:
 
 def write_json(path: str | pathlib.Path, data: dict[str, Any]) -> pathlib.Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+def flatten_config(raw: Any, source: str = RUN_CONFIG) -> Any:
+    """A config.yaml mapping as {flag: value}: version 2 files group flags by stage section
+    ({"config_version": 2, "training": {"batch_size": 4, ...}, ...}); files without "config_version"
+    (version 1, and --config files people write) are flat already. Anything else is returned as it is."""
+    if not isinstance(raw, Mapping) or "config_version" not in raw:
+        return raw
+    if raw["config_version"] != CONFIG_VERSION:
+        raise UNetError(f"{source}: config_version {raw['config_version']!r} is not one this version reads "
+                        f"({CONFIG_VERSION})")
+    flat: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section == "config_version":
+            continue
+        if not isinstance(values, Mapping):
+            raise UNetError(f"{source}: section {section!r} is not a mapping of flag names to values")
+        flat.update(values)
+    return flat
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """RUN/config.yaml as {flag: value} (any version; {} for a run that predates it); UNetError if unreadable."""
+    import yaml
+
+    path = pathlib.Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        raw = flatten_config(yaml.safe_load(path.read_text()) or {}, str(path))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UNetError(f"{path}: not readable YAML ({exc})") from None
+    if not isinstance(raw, Mapping):
+        raise UNetError(f"{path}: expected a mapping of flag names to values")
+    return dict(raw)
+

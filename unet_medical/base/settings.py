@@ -41,12 +41,22 @@ def above(low: float, kind: str = "a number") -> Rule:
     return Rule(lambda v: v > low, f"{kind} > {low:g}")
 
 
-def setting(default: Any, help: str, *, rule: Rule | None = None, choices: Iterable[str] | None = None,
-            aliases: tuple[str, ...] = ()) -> Any:
-    """A dataclass field that is a flag: `--name` with `help`, its `choices`, `rule` and NVIDIA-style `aliases`.
-    A None default means "not given / chosen elsewhere": rules and choices apply only to other values."""
-    return dataclasses.field(default=default, metadata={
-        "help": help, "rule": rule, "choices": tuple(choices) if choices is not None else None, "aliases": aliases})
+Choices = Iterable[str] | Callable[[], Iterable[str]]
+
+
+def setting(default: Any, help: str, *, rule: Rule | None = None, choices: Choices | None = None) -> Any:
+    """A dataclass field that is a flag: `--name` with `help`, its `choices` and `rule`. `choices` may be a
+    registry's `names` (called when flags are parsed and checked, so names a plugin registers count).
+    A None value means "not given / chosen elsewhere": rules and choices apply only to other values."""
+    if choices is not None and not callable(choices):
+        choices = tuple(choices)
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "choices": choices})
+
+
+def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed values of a settings field (None: any)."""
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def fail(flag: str, value: Any, expected: str) -> None:
@@ -74,9 +84,11 @@ class Settings:
 
     @classmethod
     def from_values(cls, values: Any) -> "Settings":
-        """This stage's settings out of any object or mapping that holds (at least) its fields."""
-        get = values.get if isinstance(values, dict) else lambda name: getattr(values, name)
-        return cls(**{f.name: get(f.name) for f in dataclasses.fields(cls)})
+        """This stage's settings out of an object that holds (at least) its fields, or a mapping (missing
+        keys take the defaults)."""
+        if isinstance(values, dict):
+            return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+        return cls(**{f.name: getattr(values, f.name) for f in dataclasses.fields(cls)})
 
 
 def validate_fields(obj: Any, fields: Iterable[dataclasses.Field]) -> None:
@@ -85,7 +97,7 @@ def validate_fields(obj: Any, fields: Iterable[dataclasses.Field]) -> None:
         value = getattr(obj, f.name)
         if value is None:
             continue
-        choices = f.metadata.get("choices")
+        choices = field_choices(f)
         if choices is not None and value not in choices:
             fail(f.name, value, f"one of {', '.join(choices)}")
         rule = f.metadata.get("rule")

@@ -11,7 +11,9 @@ from unet_medical.base import runlog
 from unet_medical.model.unet import UNetSpec, build_unet, output_size
 from unet_medical.training import checkpoint as ckpt
 from unet_medical.base.artifacts import MODEL_JSON, RunRecord, load_run_record
-from unet_medical.cli.config import Config, augment_config
+from unet_medical.cli.config import Config
+from unet_medical.model.config import QuantizationSettings
+from unet_medical.data.config import augment_config
 from unet_medical.data.layouts import SegmentationData, load_training_data
 from unet_medical.base.errors import UNetError
 from unet_medical.data.pipeline import CropGeometry
@@ -44,7 +46,7 @@ def make_augment(cfg: Config) -> Any:
         return None
     from unet_medical.data.augment import build_augment_fn
 
-    return build_augment_fn(augment_config(cfg))
+    return build_augment_fn(augment_config(cfg.augment_params))
 
 
 
@@ -205,11 +207,8 @@ def make_model(cfg: Config, data: SegmentationData, logger: runlog.Logger, write
 
 
 def quantization_config(cfg: Config):
+    """model.quantizers.QuantizationConfig of the run's quantization settings (imports TensorFlow)."""
     from unet_medical.model.quantizers import QuantizationConfig
 
-    return QuantizationConfig(
-        quantization=cfg.quantization, weight_i_width=cfg.weight_i_width, weight_f_width=cfg.weight_f_width,
-        activation_i_width=cfg.activation_i_width, activation_f_width=cfg.activation_f_width,
-        weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
-        keep_first_float=cfg.keep_first_float, keep_last_float=cfg.keep_last_float, fixed_scheme=cfg.fixed_scheme)
+    return QuantizationConfig.from_mapping(cfg.stage(QuantizationSettings).to_dict())
 

@@ -34,9 +34,8 @@ import pathlib
 from typing import Any, Mapping
 
 import numpy as np
-import yaml
 
-from unet_medical.base.artifacts import EVAL_RESULTS, FINGERPRINT, MODEL_JSON, RUN_CONFIG, last_checkpoint
+from unet_medical.base.artifacts import EVAL_RESULTS, FINGERPRINT, MODEL_JSON, RUN_CONFIG, last_checkpoint, read_run_config
 from unet_medical.data.folds import fold_split
 from unet_medical.base.errors import UNetError
 
@@ -136,20 +135,6 @@ def require_source(exec_mode: str, model_dir: str | None, init_from: str | None,
     if init_from and not is_run(init_from):
         raise UNetError(f"--init_from={init_from}: no training run there ({MODEL_JSON} not found; nothing "
                         "was created)")
-
-
-def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """RUN/config.yaml as a dict ({} for a run that predates it); UNetError if it is unreadable."""
-    path = pathlib.Path(run_dir) / RUN_CONFIG
-    if not path.is_file():
-        return {}
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UNetError(f"{path}: not readable YAML ({exc})") from None
-    if not isinstance(raw, Mapping):
-        raise UNetError(f"{path}: expected a mapping of flag names to values")
-    return dict(raw)
 
 
 def read_model_json(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from unet_medical.base import runlog
 from unet_medical.base.artifacts import EVAL_RESULTS, write_json
 from unet_medical.base.timing import latency_stats, time_alternating
 from unet_medical.cli.config import Config, read_yaml_file
+from unet_medical.model.config import QuantizationSettings
 from unet_medical.base.errors import UNetError, run_cli
 from unet_medical.base.fileio import atomic_write_text
 from unet_medical.base.progress import Progress
@@ -207,9 +208,8 @@ def _weight_bits(flags: dict[str, Any]) -> int:
     if q == "FIXED":  # bits per stored code: i + f for twos_complement; paper: sign + magnitude (+ carry)
         from unet_medical.model.quantizers import QuantizationConfig
 
-        return QuantizationConfig("FIXED", weight_i_width=int(flags.get("weight_i_width", Config.weight_i_width)),
-                                  weight_f_width=int(flags.get("weight_f_width", Config.weight_f_width)),
-                                  fixed_scheme=_fixed_scheme(flags)).weight_spec().storage_bits
+        settings = QuantizationSettings.from_values({**flags, "fixed_scheme": _fixed_scheme(flags)})
+        return QuantizationConfig.from_mapping(settings.to_dict()).weight_spec().storage_bits
     return {"INT": int(flags.get("weight_bits", 8)), "QAT_INT8": 8, "BNN": 1, "TERNARY": 2}.get(q, 32)
 
 

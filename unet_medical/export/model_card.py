@@ -16,7 +16,7 @@ import platform
 import time
 from typing import Any
 
-from unet_medical.base.artifacts import EVAL_RESULTS, MODEL_JSON, RUN_CONFIG, RunRecord, load_run_record
+from unet_medical.base.artifacts import EVAL_RESULTS, MODEL_JSON, RunRecord, load_run_record, read_run_config
 from unet_medical.base.fileio import atomic_write_text
 
 CARD = "MODEL_CARD.md"
@@ -85,10 +85,8 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
                      artifacts: dict[str, dict[str, Any]], selection: dict[str, Any] | None = None) -> pathlib.Path:
     """(Re)write export_dir/MODEL_CARD.md from model_dir's run files, export.json's `artifacts` (each
     entry's `latency` is what export measured) and, after a default export, its `selection`."""
-    import yaml
-
     model_dir, export_dir = pathlib.Path(model_dir), pathlib.Path(export_dir)
-    config = yaml.safe_load((model_dir / RUN_CONFIG).read_text()) if (model_dir / RUN_CONFIG).exists() else {}
+    config = read_run_config(model_dir)
     record = load_run_record(model_dir) if (model_dir / MODEL_JSON).exists() else None
     evaluation = json.loads((model_dir / EVAL_RESULTS).read_text()) if (model_dir / EVAL_RESULTS).exists() else {}
     lines = [f"# Model card: {model_dir.name}", "",

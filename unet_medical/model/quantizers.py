@@ -56,6 +56,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import tensorflow as tf
 
 from unet_medical.base.errors import UNetError
+from unet_medical.model.config import MAX_FIXED_BITS, check_fixed_widths
 from unet_medical.model.quant_modes import QUANTIZATION_MODES
 
 
@@ -75,9 +76,6 @@ def spec_modes() -> tuple:
 # The paper's YAML writes full precision as "Normal".
 _MODE_ALIASES = {"NORMAL": "NONE", "FLOAT": "NONE", "FP32": "NONE"}
 
-
-# FIXED codes are exact integers in float32 only up to 2^24.
-_MAX_FIXED_BITS = 24
 
 
 # FIXED schemes (module docstring): two's complement with saturation, or the paper's sign-magnitude.
@@ -145,10 +143,10 @@ class QuantSpec:
                 raise UNetError(f"QuantSpec fractional_bits={self.fractional_bits}: expected >= 0")
             if self.scheme == PAPER and self.integer_bits < 0:
                 raise UNetError(f"QuantSpec integer_bits={self.integer_bits} with scheme paper: expected >= 0")
-            if not 1 <= self.storage_bits <= _MAX_FIXED_BITS:
+            if not 1 <= self.storage_bits <= MAX_FIXED_BITS:
                 raise UNetError(
                     f"QuantSpec FIXED Q{self.integer_bits}.{self.fractional_bits} "
-                    f"(signed={self.signed}) needs {self.storage_bits} bits: expected 1..{_MAX_FIXED_BITS}")
+                    f"(signed={self.signed}) needs {self.storage_bits} bits: expected 1..{MAX_FIXED_BITS}")
         if self.mode == "INT" and not (2 if self.signed else 1) <= self.bits <= 16:
             raise UNetError(f"QuantSpec INT bits={self.bits}: expected 2..16 (1..16 unsigned)")
 
@@ -497,11 +495,8 @@ class QuantizationConfig:
             raise UNetError(f"quantization={self.quantization!r}: expected one of "
                             f"{', '.join(QUANTIZATION_MODES.names())}")
         for prefix in ("weight", "activation"):
-            i = _require_int(f"{prefix}_i_width", getattr(self, f"{prefix}_i_width"))
-            f = _require_int(f"{prefix}_f_width", getattr(self, f"{prefix}_f_width"))
-            if i < 0 or f < 0 or not 1 <= i + f <= _MAX_FIXED_BITS:
-                raise UNetError(f"{prefix}_i_width={i}, {prefix}_f_width={f}: expected widths >= 0 "
-                                f"with 1 <= i + f <= {_MAX_FIXED_BITS} bits")
+            check_fixed_widths(prefix, _require_int(f"{prefix}_i_width", getattr(self, f"{prefix}_i_width")),
+                               _require_int(f"{prefix}_f_width", getattr(self, f"{prefix}_f_width")))
         for name in ("weight_bits", "activation_bits"):
             if not 2 <= _require_int(name, getattr(self, name)) <= 16:
                 raise UNetError(f"{name}={getattr(self, name)}: expected 2..16")

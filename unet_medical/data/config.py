@@ -1,0 +1,86 @@
+"""The data stage's settings: where the data is, how it is read, normalized, split, cropped and
+augmented. Standard library only (no TensorFlow): the command line builds its flags from it."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from unet_medical.base.errors import UNetError
+from unet_medical.base.settings import Settings, at_least, between, require, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Settings):
+    """Where the training/test data is and how it becomes batches (unet_medical.data)."""
+
+    section: ClassVar[str] = "data"
+    title: ClassVar[str] = "data: where it is, how it is read, split, cropped and augmented"
+
+    data_dir: str = setting("data/synthetic", "ISBI layout (train-volume.tif, train-labels.tif, "
+                           "test-volume.tif) or images/ + masks/ folders")
+    image_stack: str | None = setting(None, "training image TIFF stack inside data_dir (generic layout)")
+    mask_stack: str | None = setting(None, "training mask TIFF stack inside data_dir (generic layout)")
+    images_dir: str = setting("images", "folder of training images inside data_dir (folder layout)")
+    masks_dir: str = setting("masks", "folder of masks inside data_dir, paired with images by file name")
+    num_classes: int | None = setting(None, "number of classes for N-class masks (default: binary)", rule=at_least(2))
+    input: str | None = setting(None, "predict (and export's calibration/parity images): a TIFF stack, an image or "
+                               "a folder (default: data_dir/test-volume.tif; export: data_dir's training images)")
+    normalization: str = setting("auto", "intensity normalization: global (fixed scale), per_image (percentile "
+                                "clip and rescale) or auto (default: chosen from the data)",
+                                choices=("auto", "global", "per_image"))
+    foreground_sampling: float | None = setting(None, "fraction of training crops centred on a rare-class pixel "
+                                               "(default: chosen from the data)", rule=between(0, 1, "a fraction"))
+    class_weights: str = setting("auto", "cross-entropy weight per class, e.g. '1,1.5', or none (default: auto, "
+                                "chosen from the data)")
+    fold: int = setting(0, "which contiguous block of slices is held out for validation")
+    num_folds: int = setting(5, "number of cross-validation folds (contiguous blocks)", rule=at_least(2))
+    augment: bool = setting(True, "data augmentation: flips, rotations, elastic deformation, crop-resize, "
+                           "intensity, noise (--no-augment: random crops only)")
+    augment_params: str | None = setting(None, "augmentation probabilities/strengths as key=value pairs, e.g. "
+                                        "'elastic_prob=0.8,elastic_sigma=12,scale_range=0.9:1.1' (keys: "
+                                        "utils.data.augment.AugmentConfig; in YAML also a mapping)")
+    crop_size: int | None = setting(None, "training input tile (default: chosen from the data for same padding, "
+                                   "572 = the paper's tile for valid padding)", rule=at_least(8))
+
+    def check(self) -> None:
+        require(0 <= self.fold < self.num_folds, "fold", self.fold, f"0 <= fold < num_folds ({self.num_folds})")
+        if self.class_weights not in ("auto", "none"):
+            try:
+                weights = [float(w) for w in self.class_weights.split(",")]
+            except ValueError:
+                weights = []
+            require(len(weights) >= 2 and min(weights) > 0, "class_weights", self.class_weights,
+                    "auto, none, or one positive weight per class separated by commas")
+        if self.augment_params is not None:
+            augment_config(self.augment_params)  # raises UNetError naming the bad key or value
+
+
+def parse_augment_params(text: str) -> dict[str, Any]:
+    """'a=1,b=0.5:0.9' -> {'a': 1.0, 'b': (0.5, 0.9)}; integers stay int (elastic_grid)."""
+    params: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UNetError(f"--augment_params: {item!r} is not key=value")
+        try:
+            numbers = [int(v) if v.strip().lstrip("-").isdigit() else float(v) for v in value.split(":")]
+        except ValueError:
+            raise UNetError(f"--augment_params: {key.strip()}={value!r}: expected a number or low:high") from None
+        params[key.strip()] = tuple(numbers) if len(numbers) > 1 else numbers[0]
+    return params
+
+
+def augment_config(augment_params: str | None) -> Any:
+    """The data.augment.AugmentConfig of `--augment_params`: defaults, overridden by its key=value pairs."""
+    from unet_medical.data.augment import AugmentConfig  # imports TensorFlow: only when augmentation is configured
+
+    params = parse_augment_params(augment_params or "")
+    known = {f.name for f in dataclasses.fields(AugmentConfig)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise UNetError(f"--augment_params: unknown key(s) {', '.join(unknown)}; "
+                        f"expected some of {', '.join(sorted(known))}")
+    try:
+        return AugmentConfig(**params)
+    except UNetError as exc:
+        raise UNetError(f"--augment_params: {exc}") from None

@@ -1,0 +1,29 @@
+"""The inference stage's settings: tiles, test-time augmentation, which weights or exported file predict.
+Standard library only (no TensorFlow): the command line builds its flags from it."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from unet_medical.base.settings import Settings, at_least, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig(Settings):
+    """How a trained model predicts (unet_medical.inference)."""
+
+    section: ClassVar[str] = "inference"
+    title: ClassVar[str] = "inference and restoring a run"
+
+    tile_size: int | None = setting(None, "inference input tile (default: smallest valid tile covering the "
+                                   "image, at most max_tile_size)", rule=at_least(8))
+    max_tile_size: int = setting(1024, "largest automatic inference tile (bounds memory)", rule=at_least(8))
+    tile_context: int | None = setting(None, "pixels of each same-padding tile's border thrown away "
+                                      "(default 16 for same padding, 0 for valid)", rule=at_least(0))
+    tta: bool = setting(False, "test-time augmentation: average over the 8 flips/rotations")
+    checkpoint: str = setting("last", "weights used by evaluate/predict/export: last (final) or best "
+                             "(highest validation mean Dice)", choices=("best", "last"))
+    model_path: str | None = setting(None, "predict/benchmark/evaluate with an exported model (SavedModel "
+                                    "folder, .onnx or .tflite) instead of model_dir's checkpoint")
+    use_trt: bool = setting(False, "predict through a TF-TRT export of the run (made on first use; needs "
+                           "TensorFlow built with TensorRT and a GPU, e.g. NVIDIA's NGC container)")

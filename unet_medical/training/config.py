@@ -1,0 +1,59 @@
+"""The training stage's settings: steps, optimizer, loss, schedule, precision, checkpoints and scale-out.
+Standard library only (no TensorFlow): the command line builds its flags from it."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from unet_medical.base.cpu import PRECISIONS
+from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
+from unet_medical.base.settings import Settings, above, at_least, require, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(Settings):
+    """How the network is trained (unet_medical.training)."""
+
+    section: ClassVar[str] = "training"
+    title: ClassVar[str] = "training"
+
+    batch_size: int = setting(1, "images per step (per worker)", rule=at_least(1))
+    learning_rate: float = setting(1e-4, "peak Adam learning rate", rule=above(0))
+    weight_decay: float = setting(0.0, "decoupled weight decay (AdamW) per step, relative to the learning rate",
+                                 rule=at_least(0, "a number"))
+    max_steps: int = setting(1000, "training steps in total (a resumed run counts from its checkpoint)", rule=at_least(0))
+    warmup_steps: int = setting(0, "linear learning-rate warm-up steps", rule=at_least(0))
+    lr_schedule: str = setting("constant", "after warm-up: constant or cosine decay to 0 at max_steps",
+                              choices=("constant", "cosine"))
+    loss: str = setting(DEFAULT_LOSS, "training loss (ce_dice: pixel-wise cross-entropy + --dice_weight x "
+                       "(1 - mean soft Dice)); plugins (--plugins) add more", choices=LOSSES.names)
+    dice_weight: float = setting(1.0, "weight of the soft Dice term next to cross-entropy", rule=at_least(0, "a number"))
+    time_budget: float | None = setting(None, "minutes of training: --max_steps is set from a measured step time "
+                                       "(0 or default: use --max_steps)", rule=at_least(0, "minutes"))
+    seed: int = setting(0, "seed of weights, batches, crops and augmentation")
+    resume_training: bool = setting(False, "continue from model_dir/checkpoints/last.npz")
+    log_every: int = setting(10, "log loss and throughput every N steps", rule=at_least(1))
+    evaluate_every: int | None = setting(None, "evaluate on the held-out fold every N steps (default: at the end "
+                                        "only; with --time_budget 4 times in all)", rule=at_least(0))
+    checkpoint_every: int = setting(50, "write the resumable checkpoint every N steps", rule=at_least(1))
+    deterministic: bool = setting(False, "deterministic TF ops: two runs give bit-identical weights")
+    precision: str = setting("auto", "compute precision: auto = bfloat16 mixed precision on CPUs with "
+                            "AVX512_BF16 or AMX, float16 with loss scaling on GPUs with tensor cores, float32 "
+                            "elsewhere (the choice and its reason are logged); fp32, bf16, fp16 force one",
+                            choices=PRECISIONS)
+    amp: bool = setting(False, "mixed precision whatever the hardware: --precision auto but never float32 "
+                       "(bfloat16 on CPU, float16 with loss scaling on GPU; NVIDIA's spelling: --use_amp)")
+    xla: bool = setting(False, "compile the training step with XLA (jit_compile; NVIDIA's spelling: --use_xla)")
+    init_from: str | None = setting(None, "start from the model and weights of this training run's folder "
+                                   "(fine-tuning, compression, quantization of a trained model)")
+    num_epochs: int | None = setting(None, "train for this many passes over the training slices instead of "
+                                    "--max_steps (the paper's YAML key)", rule=at_least(1))
+    distribution: str = setting("single", "single process, tf.distribute (mirrored: one node; "
+                               "multi_worker: TF_CONFIG) or horovod (horovodrun)",
+                               choices=("single", "mirrored", "multi_worker", "horovod"))
+    lr_scaling: str = setting("none", "scale --learning_rate with the number of workers: none, linear "
+                             "(Goyal et al. 2017) or sqrt", choices=("none", "linear", "sqrt"))
+
+    def check(self) -> None:
+        require(not (self.amp and self.precision == "fp32"), "precision", self.precision,
+                "auto, bf16 or fp16 with --amp (mixed precision); or drop --amp")
