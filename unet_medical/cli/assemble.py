@@ -11,7 +11,7 @@ from unet_medical.base import runlog
 from unet_medical.model.unet import UNetSpec, build_unet, output_size
 from unet_medical.training import checkpoint as ckpt
 from unet_medical.base.artifacts import RunRecord, load_run_record
-from unet_medical.cli.config import Config, augment_config
+from unet_medical.cli.config import DEFAULT_DEPTH, Config, augment_config
 from unet_medical.data.layouts import SegmentationData, load_training_data
 from unet_medical.base.errors import UNetError
 from unet_medical.data.pipeline import CropGeometry
@@ -50,7 +50,7 @@ def make_augment(cfg: Config) -> Any:
 
 def spec_for(cfg: Config, data: SegmentationData) -> UNetSpec:
     return UNetSpec(n_classes=len(data.class_names), in_channels=int(data.images[0].shape[-1]),
-                    base_filters=cfg.base_filters, depth=cfg.depth, padding=cfg.padding,
+                    base_filters=cfg.base_filters, depth=cfg.depth or DEFAULT_DEPTH, padding=cfg.padding,
                     batch_norm=cfg.batch_norm, dropout=cfg.dropout)
 
 

@@ -21,6 +21,7 @@ import yaml
 from unet_medical.base.cpu import PRECISIONS  # standard library and NumPy only: --help stays instant
 from unet_medical.base.errors import UNetError
 
+DEFAULT_DEPTH = 4  # the paper's; --depth when neither the flag nor the recipe chose one (valid padding, benchmark)
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
               "compress", "visualize")
 EXPORT_FORMATS = ("savedmodel", "tftrt", "onnx", "tflite", "openvino", "packed")
@@ -101,9 +102,13 @@ class Config:
     padding: str = _field("valid", "valid: the paper's U-Net; same: output size = input size",
                           choices=("valid", "same"))
     base_filters: int = _field(64, "filters of the first level (64 = paper), doubled per level")
-    depth: int = _field(4, "number of 2x2 poolings (4 = paper)")
+    depth: int | None = _field(None, "number of 2x2 poolings (default: chosen from the data's object widths "
+                               "for same padding, 4 to 7; 4 = paper, and for valid padding)")
     batch_norm: bool = _field(False, "Conv -> BatchNorm -> ReLU blocks")
     dropout: float = _field(0.5, "dropout rate at the bottleneck (0 disables)")
+    input_scale: float | None = _field(None, "resample images by this factor before the network and the "
+                                       "prediction back to the input size, e.g. 0.5 (default: chosen from the "
+                                       "data: below 1 only for objects wider than 384 px)")
     crop_size: int | None = _field(None, "training input tile (default: chosen from the data for same padding, "
                                    "572 = the paper's tile for valid padding)")
     # --- inference
@@ -246,7 +251,9 @@ def validate(cfg: Config) -> None:
            "an integer >= 0")
     _check(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "an integer >= 1")
     _check(cfg.base_filters >= 1, "base_filters", cfg.base_filters, "an integer >= 1")
-    _check(1 <= cfg.depth <= 8, "depth", cfg.depth, "an integer from 1 to 8")
+    _check(cfg.depth is None or 1 <= cfg.depth <= 8, "depth", cfg.depth, "an integer from 1 to 8")
+    _check(cfg.input_scale is None or 0.05 <= cfg.input_scale <= 1, "input_scale", cfg.input_scale,
+           "a factor in [0.05, 1]")
     _check(0 <= cfg.dropout < 1, "dropout", cfg.dropout, "a rate in [0, 1)")
     _check(cfg.crop_size is None or cfg.crop_size >= 8, "crop_size", cfg.crop_size, "an integer >= 8")
     _check(cfg.time_budget is None or cfg.time_budget >= 0, "time_budget", cfg.time_budget, "minutes >= 0")
