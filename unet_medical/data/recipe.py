@@ -105,21 +105,23 @@ def _crop_target(fingerprint: dict[str, Any], scale: float) -> tuple[float, int,
 
 
 def choose_depth(fingerprint: dict[str, Any], scale: float = 1.0) -> Choice:
-    """Smallest depth in [MIN_DEPTH, MAX_DEPTH] whose receptive field covers the scaled widest object (or
-    the crop), capped so the bottleneck map of the crop stays >= DEEPEST_MAP px."""
+    """Smallest depth in [MIN_DEPTH, MAX_DEPTH] whose receptive field covers the scaled widest object, or
+    the crop if objects are wider.
+
+    Covering at most the crop also keeps the deepest map of the crop at least DEEPEST_MAP px wide, with no
+    cap of its own: depth d > MIN_DEPTH is chosen only when receptive_field(d - 1) = 9 * 2^(d-1) - 4 < crop,
+    so crop / 2^d > 4.5 - 2 / 2^d, i.e. at least 4 px after aligning the crop to 2^d (nnU-Net: 4-8 px).
+    """
     widest, crop, _ = _crop_target(fingerprint, scale)
     needed = min(widest, crop)
-    deepest_allowed = max(MIN_DEPTH, min(MAX_DEPTH, int(math.log2(max(crop, 1) / DEEPEST_MAP))))
     depth = next((d for d in range(MIN_DEPTH, MAX_DEPTH + 1) if receptive_field(d) >= needed), MAX_DEPTH)
-    target = f"{needed:.0f} px (the 90th-percentile object width, or the crop, at scale {scale:g})"
-    if depth > deepest_allowed:
-        depth = deepest_allowed
-        why = f"receptive field {receptive_field(depth)} px, short of {target}: deeper would pool a {crop} px crop below {DEEPEST_MAP} px"
-    elif depth == MIN_DEPTH:
+    target = (f"{needed:.0f} px (the 90th-percentile object width{', or the crop,' if widest > crop else ''} "
+              f"at scale {scale:g})")
+    if depth == MIN_DEPTH:
         why = f"receptive field {receptive_field(depth)} px >= {target}; depth {MIN_DEPTH} is the least"
     else:
-        why = (f"receptive field {receptive_field(depth)} px >= {target} ({receptive_field(depth - 1)} px at "
-               f"depth {depth - 1} is not)")
+        why = (f"receptive field {receptive_field(depth)} px >= {target}, {receptive_field(depth - 1)} px at "
+               f"depth {depth - 1} is not")
     final_crop = choose_crop_size(fingerprint, depth, scale).value
     return Choice("depth", depth, why + f"; the deepest map of the {final_crop} px crop is {final_crop // 2 ** depth} px")
 
