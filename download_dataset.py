@@ -5,6 +5,7 @@
     python download_dataset.py --synthetic --data_dir data/synthetic [--num_slices 30 --size 512 --seed 0]
     python download_dataset.py --synthetic --kind vessels --data_dir data/vessels [--num_images 20 --seed 0]
     python download_dataset.py --synthetic --kind nuclei --data_dir data/nuclei [--num_images 30 --seed 0]
+    python download_dataset.py --synthetic --kind lesions --data_dir data/lesions [--num_images 40 --seed 0]
     python download_dataset.py --synthetic --kind ct --data_dir data/ct [--num_images 12 --seed 0]   # or --kind mr
 
 The challenge host (brainiac2.mit.edu/isbi_challenge) is gone. The files are fetched from the public
@@ -16,7 +17,8 @@ name behind.
 --synthetic writes a stand-in instead (utils.data.synthetic_kinds): --kind em (the default) an EM
 stack pair in the ISBI layout; --kind vessels fundus photographs as images/NN.png + masks/NN.png
 (+ fov/NN.png, the field-of-view masks); --kind nuclei nucleus images of mixed sizes and styles as
-images/NN.png + masks/NN.png; --kind ct and --kind mr 3D volumes with two foreground classes (organ,
+images/NN.png + masks/NN.png; --kind lesions dermoscopy-like images with lesions covering 20-90 % of
+the image (the large-object case), in the same folders; --kind ct and --kind mr 3D volumes with two foreground classes (organ,
 lesion), anisotropic voxels and oblique affines in the MSD / nnU-Net raw layout (imagesTr/CASE_0000.nii.gz,
 labelsTr/CASE.nii.gz, imagesTs/, dataset.json; data.synthetic_volumes). They rehearse data shapes, they do not replace real data.
 
@@ -365,7 +367,7 @@ def _check_synthetic_flags(args: argparse.Namespace) -> None:
     if kind not in synthetic_kinds.KINDS:
         raise UNetError(f"--kind {kind}: unknown kind; expected one of {', '.join(synthetic_kinds.KINDS)}")
     if kind == "em" and args.num_images is not None:
-        raise UNetError("--num_images is for --kind vessels, nuclei, ct or mr; --kind em uses --num_slices and --size")
+        raise UNetError("--num_images is for --kind vessels, nuclei, lesions, ct or mr; --kind em uses --num_slices and --size")
     if kind != "em":
         for flag in ("num_slices", "size"):
             if getattr(args, flag) is not None:
@@ -382,11 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--synthetic", action="store_true",
                       help="write a synthetic data set instead of downloading (see --kind)")
     parser.add_argument("--kind", help=f"synthetic: {' | '.join(synthetic_kinds.KINDS)} (default em: EM stacks "
-                        "in the ISBI layout; vessels, nuclei: images/ + masks/ PNG folders; ct, mr: NIfTI volumes in the MSD "
+                        "in the ISBI layout; vessels, nuclei, lesions: images/ + masks/ PNG folders; ct, mr: NIfTI volumes in the MSD "
                         "layout)")
     parser.add_argument("--num_slices", type=int, help="synthetic em: slices per stack (default 30)")
     parser.add_argument("--size", type=int, help="synthetic em: slice height and width in px (default 512)")
-    parser.add_argument("--num_images", type=int, help="synthetic vessels/nuclei: number of images; ct/mr: training cases (default "
+    parser.add_argument("--num_images", type=int, help="synthetic vessels/nuclei/lesions: number of images; ct/mr: training cases (default "
                         + ", ".join(f"{n} for {k}" for k, n in synthetic_kinds.DEFAULT_NUM_IMAGES.items()) + ")")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: random seed (the test volume uses "
                         f"seed + {synthetic.TEST_SEED_OFFSET})")

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # CPU recipe (about 15 minutes on 2 cores): same-padding U-Net, 16 base filters, batch norm, fold 0 of 5, 10 minutes
 # of training (--max_steps from a measured step time), then evaluation of the held-out block
-# (RESULTS_DIR/eval_results.json) and RESULTS_DIR/saved_model. The data decides normalization, crop size,
-# foreground sampling and class weights (RESULTS_DIR/dataset_fingerprint.json says what and why).
+# (RESULTS_DIR/eval_results.json) and RESULTS_DIR/saved_model. The data decides normalization, input scale,
+# depth (4 for objects up to 140 px: ISBI, nuclei, vessels; deeper for large lesions), crop size, foreground
+# sampling and class weights (RESULTS_DIR/dataset_fingerprint.json says what and why; --depth N overrides).
 # Usage: bash examples/unet_CPU_TRAIN.sh DATA_DIR RESULTS_DIR [extra main.py flags, e.g. --time_budget 0 --max_steps 600]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/python" "$here/main.py" --exec_mode train_and_evaluate --data_dir "$1" --model_dir "$2" \
-  --padding same --base_filters 16 --depth 4 --batch_norm --dropout 0 --batch_size 4 --learning_rate 1e-3 \
+  --padding same --base_filters 16 --batch_norm --dropout 0 --batch_size 4 --learning_rate 1e-3 \
   --warmup_steps 50 --lr_schedule cosine --time_budget 10 --log_every 25 --checkpoint_every 50 --fold 0 \
   --num_folds 5 --augment "${@:3}"

@@ -11,7 +11,7 @@ from unet_medical.base.errors import UNetError
 def test_defaults_and_flags():
     cfg = parse_config(["--exec_mode", "train", "--batch_size", "4", "--no-augment", "--padding", "same"])
     assert cfg.exec_mode == "train" and cfg.batch_size == 4 and cfg.augment is False and cfg.padding == "same"
-    assert cfg.base_filters == 64 and cfg.depth == 4
+    assert cfg.base_filters == 64 and cfg.depth is None  # None: the recipe chooses it (4 for small objects)
 
 
 def test_yaml_then_flags_override(tmp_path):

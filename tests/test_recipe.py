@@ -140,10 +140,11 @@ def test_sampling_and_weight_rules():
 
 def test_flags_win_and_valid_padding_keeps_its_crop():
     fp = fingerprint({"background": 0.9, "vessel": 0.1}, cv=0.5)
-    given = {"normalization": "global", "crop_size": 128, "foreground_sampling": 0.0, "class_weights": "none"}
+    given = {"normalization": "global", "crop_size": 128, "foreground_sampling": 0.0, "class_weights": "none",
+             "input_scale": 0.5}
     choices = {c.flag: c for c in choose_recipe(fp, given, depth=4)}
-    assert {f: c.value for f, c in choices.items()} == given
-    assert all(c.reason == "given on the command line" for c in choices.values())
+    assert {f: c.value for f, c in choices.items()} == {**given, "depth": 4}
+    assert all(c.reason.startswith("given on the command line") for c in choices.values())
     assert "crop_size" not in {c.flag for c in choose_recipe(fp, {}, depth=4, crop_is_free=False)}
 
 

@@ -227,11 +227,11 @@ def test_cli_writes_a_folder_kind(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,start", [
-    (["--synthetic", "--kind", "cells"], "error: --kind cells: unknown kind; expected one of em, vessels, nuclei, ct, mr"),
+    (["--synthetic", "--kind", "cells"], "error: --kind cells: unknown kind; expected one of em, vessels, nuclei, lesions, ct, mr"),
     (["--kind", "vessels"], "error: --kind needs --synthetic"),
     (["--synthetic", "--kind", "vessels", "--size", "64"], "error: --size is for --kind em"),
     (["--synthetic", "--kind", "nuclei", "--num_slices", "3"], "error: --num_slices is for --kind em"),
-    (["--synthetic", "--num_images", "3"], "error: --num_images is for --kind vessels, nuclei, ct or mr"),
+    (["--synthetic", "--num_images", "3"], "error: --num_images is for --kind vessels, nuclei, lesions, ct or mr"),
     (["--synthetic", "--kind", "nuclei", "--num_images", "0"], "error: num_images=0"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, start):

@@ -54,6 +54,8 @@ class RunRecord:
         normalization: utils.data.normalize mode the network was trained with ("global" or "per_image").
         image_dtype: NumPy dtype name of the training images (the SavedModel's serving_default input).
         precision: the Keras dtype policy training (or this restore) ran in ("float32", "mixed_bfloat16", ...).
+        input_scale: images are resampled by this factor before the network and its probabilities back to
+            the input's size (data.resample); 1 for runs recorded before the option existed.
     """
 
     spec: dict[str, Any]
@@ -66,6 +68,7 @@ class RunRecord:
     normalization: str = "global"
     image_dtype: str | None = None
     precision: str | None = None
+    input_scale: float = 1.0
 
     @property
     def variant(self) -> str:
@@ -78,7 +81,8 @@ class RunRecord:
         return dataclasses.replace(self, **changes)
 
 
-_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype", "precision")
+_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype", "precision",
+           "input_scale")
 
 
 def save_run_record(model_dir: str | pathlib.Path, record: RunRecord) -> pathlib.Path:

@@ -12,6 +12,7 @@ from unet_medical.model.unet import UNetSpec, build_unet, output_size
 from unet_medical.training import checkpoint as ckpt
 from unet_medical.base.artifacts import MODEL_JSON, RunRecord, load_run_record
 from unet_medical.cli.config import Config
+from unet_medical.model.config import DEFAULT_DEPTH
 from unet_medical.model.config import QuantizationSettings
 from unet_medical.data.config import augment_config
 from unet_medical.data.layouts import SegmentationData, load_training_data
@@ -52,7 +53,7 @@ def make_augment(cfg: Config) -> Any:
 
 def spec_for(cfg: Config, data: SegmentationData) -> UNetSpec:
     return UNetSpec(n_classes=len(data.class_names), in_channels=int(data.images[0].shape[-1]),
-                    base_filters=cfg.base_filters, depth=cfg.depth, padding=cfg.padding,
+                    base_filters=cfg.base_filters, depth=cfg.depth or DEFAULT_DEPTH, padding=cfg.padding,
                     batch_norm=cfg.batch_norm, dropout=cfg.dropout)
 
 

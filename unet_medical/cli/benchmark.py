@@ -36,6 +36,7 @@ from unet_medical.model.complexity import total_macs
 from unet_medical.model.unet import UNetSpec, build_unet
 from unet_medical.base.artifacts import write_json
 from unet_medical.cli.config import Config
+from unet_medical.model.config import DEFAULT_DEPTH
 from unet_medical.base.errors import UNetError
 from unet_medical.base.timing import latency_stats, throughput, time_steps
 
@@ -62,7 +63,7 @@ def resolve_mode(cfg: Config) -> str:
 
 def benchmark_spec(cfg: Config, in_channels: int = 1) -> UNetSpec:
     return UNetSpec(n_classes=cfg.num_classes or 2, in_channels=in_channels, base_filters=cfg.base_filters,
-                    depth=cfg.depth, padding=cfg.padding, batch_norm=cfg.batch_norm, dropout=cfg.dropout)
+                    depth=cfg.depth or DEFAULT_DEPTH, padding=cfg.padding, batch_norm=cfg.batch_norm, dropout=cfg.dropout)
 
 
 

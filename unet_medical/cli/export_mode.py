@@ -102,10 +102,12 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                                               for i in calibration_idx],
                           tile_size=plan.tile_size, context=plan.context, max_tile_size=cfg.max_tile_size,
                           serving_tile_size=cfg.tile_size, image_dtype=info.image_dtype,
-                          normalization=info.normalization, quantization=info.quantization_config)
+                          normalization=info.normalization, quantization=info.quantization_config,
+                          input_scale=info.input_scale)
     export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
     extra = {"checkpoint": cfg.checkpoint, "step": info.step, "parity_images": [data.names[i] for i in parity_idx],
-             "calibration_source": data.source, "normalization": info.normalization}
+             "calibration_source": data.source, "normalization": info.normalization,
+             "input_scale": info.input_scale}
     if pairs is not None:
         from unet_medical.export.select import export_fastest
 
@@ -146,7 +148,7 @@ def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Pat
     model, spec, info = restore_model(cfg.replace(checkpoint="best", model_path=None))
     module = UNetServingModule(model, spec, cfg.tile_context, image_dtype, tile_size=cfg.tile_size,
                                max_tile_size=cfg.max_tile_size, class_names=info.class_names,
-                               normalization=info.normalization)
+                               normalization=info.normalization, input_scale=info.input_scale)
     target = pathlib.Path(cfg.model_dir) / SAVED_MODEL
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{SAVED_MODEL}.", dir=cfg.model_dir))
     try:

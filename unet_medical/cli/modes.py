@@ -31,6 +31,8 @@ from unet_medical.base.precision import configure_precision, configure_seeds
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.cli.recipe import (FINGERPRINT_FILE, PROBE_STEPS, PROBE_WARMUP, class_weights_for, resolve_recipe,
                             sampling_for, steps_for_budget)
+from unet_medical.cli.recipe import recorded_input_scale
+from unet_medical.data.resample import rescale_pairs
 from unet_medical.cli.assemble import (load_training_set, log_path, make_augment, make_logger, make_model, quantization_config,
                               restore_model)
 from unet_medical.cli.curves import write_curves
@@ -45,27 +47,29 @@ REPORT_PANEL_SIDE = 256  # longest side (pixels) of each third of the best/worst
 
 
 def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarray],
-                    masks: list[np.ndarray], class_names: tuple[str, ...], logger: runlog.Logger | None = None
-                    ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Metrics of the tiled, native-resolution prediction of `images` against `masks`, and the
-    class probabilities (H, W, K) of each image. With a `logger`, the loop shows its progress."""
+                    masks: list[np.ndarray], class_names: tuple[str, ...], logger: runlog.Logger | None = None,
+                    input_scale: float = 1.0) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Metrics of the tiled prediction of `images` against `masks`, and the class probabilities (H, W, K)
+    of each image, at the images' resolution (the network sees them at `input_scale`). With a `logger`,
+    the loop shows its progress."""
     predictor, tile_size = as_predictor(model, cfg.tile_size)
     probs = predict_images(predictor, spec, images, tile_size=tile_size,
                            max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                           batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="evaluate")
+                           batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="evaluate",
+                           input_scale=input_scale)
     return segmentation_metrics(probs, masks, class_names), probs
 
 
 
 def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val_idx: np.ndarray,
-                        logger: runlog.Logger, normalization: str):
+                        logger: runlog.Logger, normalization: str, input_scale: float = 1.0):
     images = [normalize_image(data.images[i], normalization) for i in val_idx]
     masks = [data.masks[i] for i in val_idx]
     names = [data.names[i] for i in val_idx]
     skip = background_class(data.class_names)
 
     def evaluate(model: Any, step: int) -> dict[str, Any]:
-        metrics, probs = evaluate_images(cfg, model, spec, images, masks, data.class_names, logger)
+        metrics, probs = evaluate_images(cfg, model, spec, images, masks, data.class_names, logger, input_scale)
         predicted = [p.argmax(-1) for p in probs]
         per_case = case_scores(predicted, masks, data.class_names, names, [int(i) for i in val_idx])
         results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
@@ -136,7 +140,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         spec=dataclasses.asdict(spec), class_names=data.class_names,
         architecture=getattr(model, "float_architecture", None) or model.to_json(),
         quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
-        normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy)
+        normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy,
+        input_scale=cfg.input_scale)
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
     augment = make_augment(cfg)
     keys = score_keys(data.class_names)
@@ -148,7 +153,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     wants_eval = cfg.exec_mode != "train" or bool(cfg.evaluate_every)
     evaluate = None
     if wants_eval:
-        evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization)
+        evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization, cfg.input_scale)
 
         def evaluate(model: Any, step: int) -> dict[str, Any]:
             results = evaluate_fold(model, step)
@@ -167,6 +172,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
             write_json(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
     train_images = [normalize_image(data.images[i], cfg.normalization) for i in train_idx]
     train_masks, train_names = [data.masks[i] for i in train_idx], [data.names[i] for i in train_idx]
+    # The network trains on images seen at the input scale; validation is scored at the input's size.
+    train_images, train_masks = rescale_pairs(train_images, train_masks, cfg.input_scale, spec.n_classes)
     sampling, class_weights = sampling_for(cfg, data.class_names), class_weights_for(cfg, spec.n_classes)
     if cfg.time_budget is not None:
         cfg = budget_max_steps(cfg, model, spec, geometry, train_images, train_masks, train_names, augment,
@@ -256,7 +263,8 @@ def run_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
     source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path)
     if source is not None and not cfg.allow_training_slices:
         check_evaluation_slices(source.path, val_idx, len(data.images), cfg.to_dict(), cfg.fold, cfg.num_folds)
-    evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, info.normalization)
+    evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, info.normalization,
+                                   recorded_input_scale(cfg, info.input_scale))
     return evaluate(model, info.step)
 
 
@@ -279,7 +287,8 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
     predictor, tile_size = as_predictor(model, cfg.tile_size)
     probs = predict_images(predictor, spec, images, tile_size=tile_size,
                            max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                           batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="predict")
+                           batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="predict",
+                           input_scale=recorded_input_scale(cfg, info.input_scale))
     source = pathlib.Path(data.source)
     stack_name = source.name.split(".")[0] if source.suffix.lower() in (".tif", ".tiff") else None
     written = write_predictions(pathlib.Path(cfg.model_dir) / PREDICTIONS, probs, images, data.names,

@@ -22,14 +22,15 @@ from unet_medical.data.recipe import Choice, choose_recipe, parse_class_weights,
 from unet_medical.base.errors import UNetError
 
 FINGERPRINT_FILE = FINGERPRINT
-RECIPE_FLAGS = ("normalization", "crop_size", "foreground_sampling", "class_weights")
+RECIPE_FLAGS = ("normalization", "input_scale", "crop_size", "foreground_sampling", "class_weights")
 # Step-time probe: steps run and thrown away (tracing, allocation), then steps timed.
 PROBE_WARMUP, PROBE_STEPS = 3, 8
 
 
-def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, padding: str, depth: int,
+def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, padding: str, depth: int | None,
                    logger: Any, is_chief: bool) -> Config:
-    """cfg with normalization, crop_size, foreground_sampling and class_weights decided (flags win)."""
+    """cfg with normalization, input_scale, depth, crop_size, foreground_sampling and class_weights decided
+    (flags win; `depth` None lets the recipe choose it)."""
     path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
     if cfg.resume_training and path.is_file():
         recorded = json.loads(path.read_text())
@@ -40,6 +41,8 @@ def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, p
                                           data.class_names)
         requested = {flag: getattr(cfg, flag) for flag in RECIPE_FLAGS}
         choices = choose_recipe(fingerprint, requested, depth, crop_is_free=padding == "same")
+    if not any(c.flag == "input_scale" for c in choices):  # recorded before the scale rule: full resolution
+        choices.append(Choice("input_scale", 1.0, "recorded when this run started (before --input_scale)"))
     logger.log("FINGERPRINT", {"images": fingerprint["images"], "channels": fingerprint["channels"],
                                "size_median": f"{fingerprint['height']['median']:.0f}x{fingerprint['width']['median']:.0f}",
                                "smallest_side": fingerprint["smallest_side"],
@@ -95,3 +98,12 @@ def steps_for_budget(cfg: Config, make_batches: Any, step_fn_factory: Any, logge
                           "reason": f"--time_budget {cfg.time_budget:g} min / {per_step:.3f} s per step (mean of "
                                     f"{PROBE_STEPS} measured steps)"})
     return steps
+
+
+def recorded_input_scale(cfg: Config, recorded: float) -> float:
+    """The input scale evaluate/predict/export use: the trained run's (model.json). A different
+    --input_scale is refused: the network learned objects at the recorded scale."""
+    if cfg.input_scale is not None and cfg.input_scale != recorded:
+        raise UNetError(f"--input_scale={cfg.input_scale:g}: the model in {cfg.model_path or cfg.model_dir} was "
+                        f"trained at input scale {recorded:g}; drop the flag")
+    return float(recorded)

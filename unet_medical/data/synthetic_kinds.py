@@ -4,6 +4,8 @@ Kinds:
 - "em": serial-section EM stacks in the ISBI 2012 layout (utils.data.synthetic; the default).
 - "vessels": fundus photographs with vessel masks (utils.data.synthetic_vessels), 20 by default.
 - "nuclei": nucleus images of mixed sizes and styles (utils.data.synthetic_nuclei), 30 by default.
+- "lesions": dermoscopy-like RGB images with one or two lesions covering 20-90 % of the image, some cut
+  by the border (data.synthetic_lesions), 40 by default: the large-object case of the recipe.
 - "ct", "mr": 3D volumes with two nested foreground classes in the MSD / nnU-Net raw layout
   (data.synthetic_volumes), 12 training cases and 4 test cases by default.
 
@@ -28,13 +30,13 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from unet_medical.data import synthetic, synthetic_nuclei, synthetic_vessels, synthetic_volumes
+from unet_medical.data import synthetic, synthetic_lesions, synthetic_nuclei, synthetic_vessels, synthetic_volumes
 from unet_medical.data.layouts import ISBI_TRAIN_LABELS, ISBI_TRAIN_VOLUME
 from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_write
 
-KINDS = ("em", "vessels", "nuclei") + synthetic_volumes.VOLUME_KINDS
-DEFAULT_NUM_IMAGES = {"vessels": 20, "nuclei": 30,
+KINDS = ("em", "vessels", "nuclei", "lesions") + synthetic_volumes.VOLUME_KINDS
+DEFAULT_NUM_IMAGES = {"vessels": 20, "nuclei": 30, "lesions": 40,
                       **{kind: synthetic_volumes.DEFAULT_NUM_TRAINING for kind in synthetic_volumes.VOLUME_KINDS}}
 
 # One image of a folder kind: {folder name: (H, W) or (H, W, 3) uint8 array}.
@@ -63,9 +65,19 @@ def nuclei_samples(num_images: int = 30, seed: int = 0) -> Iterator[Sample]:
         yield {"images": image, "masks": mask}
 
 
+def lesion_samples(num_images: int = 40, seed: int = 0) -> Iterator[Sample]:
+    """Lesion images (H, W, 3) of a few sizes near 256 x 320 and masks (H, W), uint8, 0/255 masks."""
+    for index in range(num_images):
+        rng = image_rng(seed, index)
+        shape = synthetic_lesions.SHAPES[int(rng.integers(len(synthetic_lesions.SHAPES)))]
+        image, mask = synthetic_lesions.make_lesion_image(rng, shape)
+        yield {"images": image, "masks": mask}
+
+
 _FOLDER_KINDS: dict[str, tuple[Callable[[int, int], Iterator[Sample]], tuple[str, ...]]] = {
     "vessels": (vessel_samples, ("images", "masks", "fov")),
     "nuclei": (nuclei_samples, ("images", "masks")),
+    "lesions": (lesion_samples, ("images", "masks")),
 }
 
 
@@ -111,11 +123,11 @@ def _save_png(path: pathlib.Path, array: np.ndarray) -> None:
 
 def write_folder_kind(out_dir: str | os.PathLike, kind: str, num_images: int | None = None,
                       seed: int = 0) -> list[pathlib.Path]:
-    """Write a folder-layout kind ("vessels" or "nuclei") into out_dir.
+    """Write a folder-layout kind ("vessels", "nuclei" or "lesions") into out_dir.
 
     Args:
         out_dir: destination (created if needed); must not hold other files in the folders written.
-        kind: "vessels" or "nuclei".
+        kind: "vessels", "nuclei" or "lesions".
         num_images: images to write (None: DEFAULT_NUM_IMAGES[kind]).
         seed: integer >= 0.
     Returns:

@@ -340,6 +340,7 @@ class ExportInputs:
     image_dtype: dtype of `serving_default` (the training images'); None: the parity images'.
     normalization: utils.data.normalize mode of the run (applied to parity images and in the serving graph).
     quantization: the run's quantization config (the packed format stores the weights at its bit width).
+    input_scale: the run's input scale (RunRecord.input_scale), applied by parity checks and the serving graph.
     """
 
     parity_images: list[np.ndarray]
@@ -351,6 +352,7 @@ class ExportInputs:
     image_dtype: str | None = None
     normalization: str = "global"
     quantization: dict[str, Any] | None = None
+    input_scale: float = 1.0
 
 
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,
@@ -419,7 +421,7 @@ def serving_module(model: Any, spec: UNetSpec, class_names: Sequence[str], input
     image_dtype = inputs.image_dtype or (inputs.parity_images[0].dtype if inputs.parity_images else np.uint8)
     return UNetServingModule(model, spec, inputs.context, image_dtype, tile_size=inputs.serving_tile_size,
                              max_tile_size=inputs.max_tile_size, class_names=class_names,
-                             normalization=inputs.normalization)
+                             normalization=inputs.normalization, input_scale=inputs.input_scale)
 
 
 def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[str, Any],
@@ -431,7 +433,8 @@ def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[s
     # Precisions without a threshold of their own (packed: the quantization modes) must match as fp32 does.
     threshold = PARITY_THRESHOLDS.get(entry["precision"], PARITY_THRESHOLDS["fp32"])
     images = [normalize_image(im, inputs.normalization) for im in inputs.parity_images]
-    plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size)
+    plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size,
+                input_scale=inputs.input_scale)
     reference = predict_images(keras_predictor(model), spec, images, **plan, logger=logger, label="parity keras")
     exported = load_exported(path, metadata=entry)
     predicted = predict_images(exported, spec, images, **plan, logger=logger,

@@ -19,7 +19,9 @@
        position (all B images at once) in a `tf.while_loop` with parallel_iterations=1, so at most one
        tile's activations are alive: memory is bounded by the tile, not the image;
     4. stitching with the same overwrite order (a pixel covered by two tiles takes the later tile's
-       value in row-major order), so the result equals tiled_predict's, not an average of overlaps.
+       value in row-major order), so the result equals tiled_predict's, not an average of overlaps;
+    5. with the run's input scale s != 1, steps 2-4 run on the images resampled to s times their size
+       and the probabilities are resampled back to H x W, with predict's op and rounding (data.resample).
 
 A batch must hold images of one size (a tensor); every image gets the plan of that size.
 """
@@ -34,6 +36,7 @@ import tensorflow as tf
 from unet_medical.model.blocks import POOL_SIZE
 from unet_medical.model.unet import UNetSpec, margin as model_margin, smallest_valid_input
 from unet_medical.data.normalize import normalize_images_tf
+from unet_medical.data.resample import resize_tf
 from unet_medical.base.errors import UNetError
 from unet_medical.inference.runtimes import PROBABILITIES
 from unet_medical.inference.tiling import plan_tiles
@@ -128,6 +131,8 @@ class UNetServingModule(tf.Module):
         tile_size, max_tile_size: the tile plan, as --tile_size and --max_tile_size give it to predict.
         class_names: stored in the SavedModel as the string variable `class_names` (if given).
         normalization: the run's utils.data.normalize mode; "per_image" computes its percentiles in the graph.
+        input_scale: the run's input scale (RunRecord.input_scale): images are resampled by it before the
+            tile loop and the probabilities back to the images' size.
 
     Only the model's variables are tracked (not the Keras object), so saving does not trace every
     Keras layer and works for variants Keras cannot save itself (facts.md: QAT transposed convs).
@@ -135,9 +140,13 @@ class UNetServingModule(tf.Module):
 
     def __init__(self, model: Any, spec: UNetSpec, context: int | None = None, image_dtype: Any = np.uint8, *,
                  tile_size: int | None = None, max_tile_size: int = 1024,
-                 class_names: Sequence[str] | None = None, normalization: str = "global"):
+                 class_names: Sequence[str] | None = None, normalization: str = "global",
+                 input_scale: float = 1.0):
         super().__init__(name="unet_serving")
         self.normalization = normalization
+        if not 0 < input_scale <= 1:
+            raise UNetError(f"input_scale must be in (0, 1], got {input_scale!r}")
+        self.input_scale = float(input_scale)
         self.model_variables = list(model.variables)
         self._forward = lambda x: model(x, training=False)  # a plain callable: not tracked
         if class_names is not None:
@@ -221,10 +230,17 @@ class UNetServingModule(tf.Module):
         probs = tf.transpose(strips.concat(), [1, 0, 2, 3])  # (H, B, W, K) -> (B, H, W, K)
         return tf.ensure_shape(probs, [None, None, None, self.spec.n_classes])
 
+    def scaled_probabilities(self, x: tf.Tensor) -> tf.Tensor:
+        """`tiled` on (B, H, W, C) images resampled to scaled_side(H) x scaled_side(W), then (B, H, W, K)."""
+        hw = tf.shape(x)[1:3]
+        # floor(side * scale + 0.5), at least 1: data.recipe.scaled_side, the rounding predict uses.
+        scaled = tf.maximum(1, tf.cast(tf.floor(tf.cast(hw, tf.float64) * self.input_scale + 0.5), tf.int32))
+        return resize_tf(self.tiled(resize_tf(x, scaled)), hw)
+
     def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         if self.normalization == "per_image":  # scale-free: any finite range of any dtype is fine
             normalized = normalize_images_tf(images, "per_image")
         else:
             normalized = normalize_images(images)
-        probs = self.tiled(normalized)
+        probs = self.tiled(normalized) if self.input_scale == 1 else self.scaled_probabilities(normalized)
         return {PROBABILITIES: probs, LABELS: tf.cast(tf.argmax(probs, axis=-1), self._label_dtype)}

@@ -9,6 +9,10 @@ valid outputs cover it exactly, and the outputs are pasted together. A valid-pad
 `margin` pixels per side (92 for the paper net), which the mirror padding supplies. A same-padding
 U-Net sees zero padding at tile borders, so `context` extra pixels per side are predicted and thrown
 away. Memory is bounded by the tile size, whatever the image size.
+
+With an input scale s != 1 (the run's --input_scale), each image is resampled to s times its size
+before tiling and the probabilities back to its own size (data.resample), so outputs, and the scores
+computed from them, are always at the input's resolution.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 from unet_medical.model.unet import UNetSpec, is_valid_input_size, margin as model_margin, output_size
 from unet_medical.base.errors import UNetError
 from unet_medical.base.progress import Progress
+from unet_medical.data.resample import resize_image, scaled_shape
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -154,8 +159,10 @@ def keras_predictor(model) -> Predictor:
 def predict_images(predictor: Predictor, spec: UNetSpec, images: Sequence[np.ndarray], *,
                    tile_size: int | None = None, max_tile_size: int = 1024, context: int | None = None,
                    batch_size: int = 1, tta: bool = False, logger: Any = None,
-                   label: str = "predict") -> list[np.ndarray]:
-    """tiled_predict over a list of normalized images; the tile is planned per image size.
+                   label: str = "predict", input_scale: float = 1.0) -> list[np.ndarray]:
+    """tiled_predict over a list of normalized images; the tile is planned per (scaled) image size.
+
+    Returns (H, W, K) float32 probabilities per image at its own size H x W, whatever `input_scale`.
 
     With a `logger` (a dllogger.Logger), the loop shows its progress (utils.progress) under `label`:
     per image, and per tile for big images.
@@ -163,9 +170,11 @@ def predict_images(predictor: Predictor, spec: UNetSpec, images: Sequence[np.nda
     out = []
     with Progress(len(images), label, logger, unit="img", enabled=logger is not None) as progress:
         for image in images:
-            plan = plan_tiles(spec, image.shape[:2], tile_size=tile_size, max_tile_size=max_tile_size,
+            seen = resize_image(image, scaled_shape(image.shape[:2], input_scale)) if input_scale != 1 else image
+            plan = plan_tiles(spec, seen.shape[:2], tile_size=tile_size, max_tile_size=max_tile_size,
                               context=context)
-            out.append(tiled_predict(predictor, image, plan, batch_size=batch_size, tta=tta, logger=logger,
-                                     label=label))
+            probs = tiled_predict(predictor, seen, plan, batch_size=batch_size, tta=tta, logger=logger,
+                                  label=label)
+            out.append(resize_image(probs, image.shape[:2]) if input_scale != 1 else probs)
             progress.update()
     return out

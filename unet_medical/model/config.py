@@ -10,6 +10,8 @@ from unet_medical.base.errors import UNetError
 from unet_medical.model.quant_modes import QUANTIZATION_MODES
 from unet_medical.base.settings import Rule, Settings, at_least, between, setting
 
+DEFAULT_DEPTH = 4  # the paper's; --depth when neither the flag nor the recipe chose one (valid padding, benchmark)
+
 # Fixed-point Qi.f values are stored in at most this many bits (i + f, sign included for twos_complement):
 # FIXED codes are exact integers in float32 only up to 2^24.
 MAX_FIXED_BITS = 24
@@ -32,9 +34,14 @@ class ModelConfig(Settings):
     padding: str = setting("valid", "valid: the paper's U-Net; same: output size = input size",
                           choices=("valid", "same"))
     base_filters: int = setting(64, "filters of the first level (64 = paper), doubled per level", rule=at_least(1))
-    depth: int = setting(4, "number of 2x2 poolings (4 = paper)", rule=between(1, 8))
+    depth: int | None = setting(None, "number of 2x2 poolings (default: chosen from the data's object widths "
+                                "for same padding, 4 to 7; 4 = paper, and for valid padding)", rule=between(1, 8))
     batch_norm: bool = setting(False, "Conv -> BatchNorm -> ReLU blocks")
     dropout: float = setting(0.5, "dropout rate at the bottleneck (0 disables)", rule=between(0, 1, "a rate", high_open=True))
+    input_scale: float | None = setting(None, "resample images by this factor before the network and the "
+                                        "prediction back to the input size, e.g. 0.5 (default: chosen from the "
+                                        "data: below 1 only for objects wider than 384 px)",
+                                        rule=between(0.05, 1, "a factor"))
 
 
 @dataclasses.dataclass(frozen=True)
