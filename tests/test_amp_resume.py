@@ -128,7 +128,7 @@ def float16_runs(monkeypatch, float32_policy_afterwards):
 
 def model_arrays(path) -> list[np.ndarray]:
     with np.load(path) as data:
-        return [data[k] for k in sorted(data.files) if k.startswith(("unet_medical/model/", "optimizer/"))]
+        return [data[k] for k in sorted(data.files) if k.startswith(("model/", "optimizer/"))]
 
 
 @pytest.mark.slow

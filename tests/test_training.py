@@ -31,7 +31,7 @@ def run_main(args, **kwargs):
 
 def model_arrays(path):
     with np.load(path) as data:
-        return [data[k] for k in sorted(data.files) if k.startswith("unet_medical/model/")]
+        return [data[k] for k in sorted(data.files) if k.startswith("model/")]
 
 
 def logged_steps(log_path):
