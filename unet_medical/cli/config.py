@@ -65,8 +65,13 @@ class Config:
     lr_schedule: str = _field("constant", "after warm-up: constant or cosine decay to 0 at max_steps",
                               choices=("constant", "cosine"))
     dice_weight: float = _field(1.0, "weight of the soft Dice term next to cross-entropy")
-    time_budget: float | None = _field(None, "minutes of training: --max_steps is set from a measured step time "
-                                       "(0 or default: use --max_steps)")
+    time_budget: float | None = _field(None, "minutes of training, evaluations and checkpoints included: the "
+                                       "run measures its step time after warm-up and fixes --max_steps from it "
+                                       "(0 or default: use --max_steps). A --max_steps typed on the command "
+                                       "line (or in --config) wins: the budget is then ignored")
+    time_budget_ignored: float | None = _field(None, "not a flag: the --time_budget that an explicit "
+                                               "--max_steps overruled (parse_config sets it; the run logs it)",
+                                               flag=False)
     normalization: str = _field("auto", "intensity normalization: global (fixed scale), per_image (percentile "
                                 "clip and rescale) or auto (default: chosen from the data)",
                                 choices=("auto", "global", "per_image"))
@@ -329,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "command line win)")
     group = parser
     for f in dataclasses.fields(Config):
+        if not f.metadata.get("flag", True):
+            continue
         if f.name in HELP_GROUPS:
             group = parser.add_argument_group(HELP_GROUPS[f.name])
         kind = _flag_type(f)
@@ -411,9 +418,21 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         values["exec_mode"] = OPERATION_MODES[mode]
     if values.get("experiment_name"):
         values["model_dir"] = str(pathlib.Path(values.get("model_dir", Config.model_dir)) / values["experiment_name"])
+    explicit = set(values)
     values = with_run_defaults(values, {f.name: f.default for f in dataclasses.fields(Config)})
     values.update(nvidia_benchmark_steps(values))
+    values.update(steps_over_budget(values, explicit))
     return Config(**values)
+
+
+def steps_over_budget(values: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """An explicit --max_steps (command line or --config) wins over any --time_budget, including the one a
+    recipe passes before the user's flags: the budget is dropped and kept in time_budget_ignored, so
+    the run can say so. {} when --max_steps was not given explicitly or no budget is set."""
+    budget = values.get("time_budget")
+    if "max_steps" not in explicit or not budget or values.get("benchmark"):
+        return {}
+    return {"time_budget": None, "time_budget_ignored": float(budget)}
 
 
 def nvidia_benchmark_steps(explicit: Mapping[str, Any]) -> dict[str, int]:
