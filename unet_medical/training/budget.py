@@ -15,7 +15,7 @@ import math
 from typing import Any, Hashable
 
 WARM_STEPS_PER_SHAPE = 3  # steps of each input shape thrown away before timing (tracing, autotuning)
-MIN_STEADY_STEPS = 5  # steady steps needed before the rate is trusted ...
+MIN_STEADY_STEPS = 20  # steady steps needed before the rate is trusted ...
 WARMUP_FRACTION = 0.1  # ... and at least this fraction of the budget spent measuring
 LATEST_FRACTION = 0.5  # fix the total by then whatever was measured (a step slower than the budget)
 BUDGET_EVALUATIONS = 4  # evaluations of a budgeted run without --evaluate_every (the last one included)
@@ -92,21 +92,22 @@ def remaining_cost_s(costs: BudgetCosts, done: int, total: int) -> float:
 
 
 def steps_within_budget(costs: BudgetCosts, done: int, remaining_s: float) -> int:
-    """The largest total (>= done) whose remaining cost fits `remaining_s` seconds.
+    """The largest total (>= done) whose remaining cost fits `remaining_s` seconds; `done` if none does.
 
-    Starts from the steps alone and steps down by the overshoot divided by the step time until the
-    evaluations and checkpoints fit too (the cost grows with the total, so a few rounds suffice).
+    Bisection between `done` and the steps alone would fill: the cost grows with the total (by a step
+    each step, plus an evaluation or a checkpoint now and then), so the first total that does not fit
+    bounds the answer.
     """
     if costs.step_s <= 0:
         raise ValueError(f"step time must be positive, got {costs.step_s}")
-    total = done + max(0, math.floor(remaining_s / costs.step_s))
-    while total > done:
-        excess = remaining_cost_s(costs, done, total) - remaining_s
-        if excess <= 0:
-            break
-        total = max(done, total - max(1, math.ceil(excess / costs.step_s)))
-    return total
-
+    fits, too_many = done, done + max(0, math.floor(remaining_s / costs.step_s)) + 1
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        if remaining_cost_s(costs, done, middle) <= remaining_s:
+            fits = middle
+        else:
+            too_many = middle
+    return fits
 
 def describe_fix(costs: BudgetCosts, meter: StepMeter, done: int, total: int, budget_s: float, spent_s: float,
                  minutes: float) -> dict[str, Any]:
