@@ -91,6 +91,9 @@ def test_every_input_shape_warms_up_on_its_own():
     assert meter.steady_s == [0.1, 0.3] and meter.seconds_per_step() == pytest.approx(0.2)
     with pytest.raises(ValueError):
         StepMeter().seconds_per_step()
+    single = StepMeter()
+    single.add("a", 9.0)
+    assert single.seconds_per_step() == 9.0
 
 
 def test_warmup_needs_steady_steps_and_a_tenth_of_the_budget():
@@ -100,9 +103,18 @@ def test_warmup_needs_steady_steps_and_a_tenth_of_the_budget():
     assert not warmup_done(meter, elapsed_s=5.0, budget_s=100.0)  # 5 % of the budget
     assert warmup_done(meter, elapsed_s=10.0, budget_s=100.0)
     slow = StepMeter()
-    slow.add("a", 40.0)  # one step of a very slow model: decide by half the budget anyway
+    slow.add("a", 40.0)  # a very slow model: decide by half the budget, once a step after tracing is timed
     assert not warmup_done(slow, elapsed_s=40.0, budget_s=100.0)
-    assert warmup_done(slow, elapsed_s=50.0, budget_s=100.0)
+    assert not warmup_done(slow, elapsed_s=55.0, budget_s=100.0)
+    assert warmup_done(slow, elapsed_s=100.0, budget_s=100.0)
+    slow.add("a", 12.0)
+    slow.add("a", 11.0)
+    assert warmup_done(slow, elapsed_s=63.0, budget_s=100.0)
+    traced_slowly = StepMeter()  # tracing took half the budget, the steps are fast: time 20 of them first
+    traced_slowly.add("a", 55.0)
+    traced_slowly.add("a", 0.02)
+    assert not warmup_done(traced_slowly, elapsed_s=55.1, budget_s=100.0)
+    assert slow.seconds_per_step() == 11.0  # no steady step: the fastest after the first (tracing)
 
 
 # ---------------------------------------------------------------------------------------- schedule

@@ -36,22 +36,30 @@ class StepMeter:
         (self.warmup_s if count < WARM_STEPS_PER_SHAPE else self.steady_s).append(float(seconds))
 
     def seconds_per_step(self) -> float:
-        """Mean steady step time; the mean of every step when none is steady yet (an upper bound).
+        """Mean steady step time. Without steady steps (a step that takes much of the budget), the fastest
+        warm-up step after the first: the first one is mostly tracing.
 
         The mean, not the median: steps where augmentation competes with the step for the cores are
         part of the steady state the budget has to pay for."""
-        times = self.steady_s or self.warmup_s
-        if not times:
+        if self.steady_s:
+            return sum(self.steady_s) / len(self.steady_s)
+        if not self.warmup_s:
             raise ValueError("no step timed yet")
-        return sum(times) / len(times)
+        return min(self.warmup_s[1:] or self.warmup_s)
 
 
 def warmup_done(meter: StepMeter, elapsed_s: float, budget_s: float) -> bool:
-    """Is the step time known well enough to fix the total? Enough steady steps and WARMUP_FRACTION of the
-    budget spent, or LATEST_FRACTION spent whatever was measured (very slow steps)."""
-    if elapsed_s >= LATEST_FRACTION * budget_s and (meter.steady_s or meter.warmup_s):
+    """Is the step time known well enough to fix the total? MIN_STEADY_STEPS steady steps and
+    WARMUP_FRACTION of the budget spent. Steps so slow that MIN_STEADY_STEPS of them would take more than
+    that fraction: at LATEST_FRACTION, once a step after the first (tracing) is timed. In any case when
+    the whole budget is spent."""
+    if elapsed_s >= budget_s:
         return True
-    return len(meter.steady_s) >= MIN_STEADY_STEPS and elapsed_s >= WARMUP_FRACTION * budget_s
+    if len(meter.steady_s) >= MIN_STEADY_STEPS:
+        return elapsed_s >= WARMUP_FRACTION * budget_s
+    slow = (len(meter.warmup_s) + len(meter.steady_s) >= 2
+            and meter.seconds_per_step() * MIN_STEADY_STEPS > WARMUP_FRACTION * budget_s)
+    return slow and elapsed_s >= LATEST_FRACTION * budget_s
 
 
 def budget_evaluate_every(total_steps: int, evaluate_every: int | None) -> int:
