@@ -96,11 +96,14 @@ def test_every_input_shape_warms_up_on_its_own():
     assert single.seconds_per_step() == 9.0
 
 
-def test_warmup_needs_steady_steps_and_a_tenth_of_the_budget():
+def test_warmup_needs_steady_steps_over_a_twentieth_and_a_tenth_of_the_budget():
     meter = StepMeter()
     for _ in range(3 + 20):
-        meter.add("a", 0.1)
-    assert not warmup_done(meter, elapsed_s=5.0, budget_s=100.0)  # 5 % of the budget
+        meter.add("a", 0.125)
+    assert not warmup_done(meter, elapsed_s=10.0, budget_s=100.0)  # 2.5 s of steady steps: too short a sample
+    for _ in range(20):
+        meter.add("a", 0.125)
+    assert not warmup_done(meter, elapsed_s=8.0, budget_s=100.0)  # 5 s of steady steps, 8 % of the budget
     assert warmup_done(meter, elapsed_s=10.0, budget_s=100.0)
     slow = StepMeter()
     slow.add("a", 40.0)  # a very slow model: decide by half the budget, once a step after tracing is timed

@@ -16,7 +16,9 @@ from typing import Any, Hashable
 
 WARM_STEPS_PER_SHAPE = 3  # steps of each input shape thrown away before timing (tracing, autotuning)
 MIN_STEADY_STEPS = 20  # steady steps needed before the rate is trusted ...
-WARMUP_FRACTION = 0.1  # ... and at least this fraction of the budget spent measuring
+WARMUP_FRACTION = 0.1  # ... at least this fraction of the budget spent ...
+STEADY_FRACTION = 0.05  # ... and this fraction in steady steps: the input pipeline's autotuning and the
+# machine's other jobs settle over seconds, not over 20 fast steps (0.020 s/step measured, 0.013 ran)
 LATEST_FRACTION = 0.5  # fix the total by then whatever was measured (a step slower than the budget)
 BUDGET_EVALUATIONS = 4  # evaluations of a budgeted run without --evaluate_every (the last one included)
 UNBOUNDED_STEPS = 10**9  # the batch stream's bound while the total is not known (the loop stops it)
@@ -49,13 +51,13 @@ class StepMeter:
 
 
 def warmup_done(meter: StepMeter, elapsed_s: float, budget_s: float) -> bool:
-    """Is the step time known well enough to fix the total? MIN_STEADY_STEPS steady steps and
-    WARMUP_FRACTION of the budget spent. Steps so slow that MIN_STEADY_STEPS of them would take more than
+    """Is the step time known well enough to fix the total? MIN_STEADY_STEPS steady steps taking
+    STEADY_FRACTION of the budget, and WARMUP_FRACTION of it spent. Steps so slow that MIN_STEADY_STEPS of them would take more than
     that fraction: at LATEST_FRACTION, once a step after the first (tracing) is timed. In any case when
     the whole budget is spent."""
     if elapsed_s >= budget_s:
         return True
-    if len(meter.steady_s) >= MIN_STEADY_STEPS:
+    if len(meter.steady_s) >= MIN_STEADY_STEPS and sum(meter.steady_s) >= STEADY_FRACTION * budget_s:
         return elapsed_s >= WARMUP_FRACTION * budget_s
     slow = (len(meter.warmup_s) + len(meter.steady_s) >= 2
             and meter.seconds_per_step() * MIN_STEADY_STEPS > WARMUP_FRACTION * budget_s)
