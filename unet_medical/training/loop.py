@@ -3,7 +3,9 @@
 Custom `tf.function` step with GradientTape, so Horovod's and tf.distribute's gradient reductions fit
 the same loop (utils.training.distributed). Checkpoints are single atomic files (utils.training.checkpoint); the input
 stream is a pure function of (seed, step) (utils.data.pipeline), so `--resume_training` after a crash or
-SIGKILL continues to the same weights as a run that was never interrupted.
+SIGKILL continues to the same weights as a run that was never interrupted. `build_trainer` is the one
+place the optimizer, the compiled step and the batch stream are assembled (the benchmark times it too);
+with --time_budget the loop fixes its number of steps from its own steady step time (utils.training.budget).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class TrainSettings(Protocol):
     warmup_steps: int
     lr_schedule: str
     weight_decay: float
+    time_budget: float | None  # minutes; None: train to max_steps (utils.training.budget)
 
 
 class TrainingDiverged(UNetError):
@@ -233,7 +236,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
     is then called before the checkpoint that records it, so the run's files can say it too.
     """
     started = time.perf_counter()  # the budget counts from here: steps, evaluations, checkpoints
-    budget_s = cfg.time_budget * 60.0 if getattr(cfg, "time_budget", None) else None
+    budget_s = cfg.time_budget * 60.0 if cfg.time_budget else None
     if budget_s is not None and dist.size > 1:
         raise UNetError("--time_budget: one process measures the step time; with several workers give --max_steps")
     directory = ckpt.checkpoint_dir(cfg.model_dir)
