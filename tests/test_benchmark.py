@@ -128,6 +128,39 @@ def test_tiny_benchmark_writes_sane_results(isbi_data_dir, tmp_path, mode_flags,
     assert results["fraction_of_ceiling"] == pytest.approx(results["achieved_gflops"] / results["ceiling_gflops"])
 
 
+@pytest.mark.slow
+def test_train_benchmark_times_the_runs_trainer(tmp_path, monkeypatch):
+    """--bench_input real builds the trainer a training run would: on vessel-like data the recipe's
+    per-image normalization, foreground sampling and 1,1.5 class weights, on the fold's training images."""
+    import numpy as np
+
+    from unet_medical.data.layouts import load_training_data
+    from unet_medical.data.normalize import normalize_image
+    from unet_medical.data.synthetic_kinds import write_folder_kind
+    from unet_medical.training import loop
+
+    data = tmp_path / "vessels"
+    write_folder_kind(data, "vessels", num_images=5)
+    built = []
+    real_build = loop.build_trainer
+
+    def recording(cfg, model, inputs, dist):
+        built.append(inputs)
+        return real_build(cfg, model, inputs, dist)
+
+    monkeypatch.setattr(loop, "build_trainer", recording)
+    argv = ["--exec_mode", "benchmark", "--benchmark_mode", "train", "--bench_input", "real", *TINY,
+            "--data_dir", str(data), "--model_dir", str(tmp_path / "bench")]
+    assert main.main(argv) == 0
+    results = json.loads((tmp_path / "bench" / benchmark.RESULTS_FILE).read_text())
+    assert (results["normalization"], results["class_weights"]) == ("per_image", "1,1.5")
+    (inputs,) = built
+    assert list(inputs.class_weights) == [1.0, 1.5] and inputs.sampling.foreground > 0
+    raw = load_training_data(str(data))
+    assert len(inputs.images) == 4  # fold 0 of 5 holds one image out
+    np.testing.assert_array_equal(inputs.images[0], normalize_image(raw.images[1], "per_image"))
+
+
 # --------------------------------------------------------------------------- examples/ support
 
 EXAMPLES = REPO / "examples"

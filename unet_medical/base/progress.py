@@ -138,6 +138,13 @@ class Progress:
         return {"progress": f"{self.done}/{self.total}", "rate": format_rate(rate, self.unit),
                 "eta": format_duration(eta_seconds(self.done, self.total, rate))}
 
+    def set_total(self, total: int) -> None:
+        """N changed (a --time_budget run fixes its number of steps once its step time is measured)."""
+        self.total = int(total)
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
     # ------------------------------------------------------------------------------------ the loop's calls
     def update(self, n: int = 1, **metrics: Any) -> None:
         """n more items done; `metrics` (loss, ...) are shown on the bar. Logs a line if one is due."""

@@ -44,13 +44,16 @@ def above(low: float, kind: str = "a number") -> Rule:
 Choices = Iterable[str] | Callable[[], Iterable[str]]
 
 
-def setting(default: Any, help: str, *, rule: Rule | None = None, choices: Choices | None = None) -> Any:
+def setting(default: Any, help: str, *, rule: Rule | None = None, choices: Choices | None = None,
+            flag: bool = True) -> Any:
     """A dataclass field that is a flag: `--name` with `help`, its `choices` and `rule`. `choices` may be a
     registry's `names` (called when flags are parsed and checked, so names a plugin registers count).
-    A None value means "not given / chosen elsewhere": rules and choices apply only to other values."""
+    A None value means "not given / chosen elsewhere": rules and choices apply only to other values.
+    `flag=False`: a setting the command line derives (recorded in config.yaml, never typed)."""
     if choices is not None and not callable(choices):
         choices = tuple(choices)
-    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "choices": choices})
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "choices": choices,
+                                                        "flag": flag})
 
 
 def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:

@@ -1,9 +1,10 @@
 """Throughput and latency of the training step and of inference (--exec_mode benchmark, --benchmark).
 
 What is timed is what the project runs, nothing re-implemented:
-    train    the compiled step of utils.training.make_train_step (forward, CE + Dice loss, gradient,
-             reduction over workers, Adam update) on synthetic tensors (model only) or on batches
-             of the tf.data pipeline (--bench_input real: crops, augmentation, input included);
+    train    the run's trainer, utils.training.loop.build_trainer: the compiled step (forward, CE + Dice
+             loss with the class weights, loss scaling, gradient, reduction over workers, Adam update)
+             on synthetic tensors (model only) or on its batch stream (--bench_input real: the recipe's
+             normalization, crops, sampling and augmentation included);
     predict  utils.inference.keras_predictor on synthetic tiles (model only: one call per batch of
              tiles), or --bench_input real: utils.inference.tiled_predict on the test images (end
              to end: normalization, mirror padding, tiling, stitching; one image per step).
@@ -67,46 +68,58 @@ def benchmark_spec(cfg: Config, in_channels: int = 1) -> UNetSpec:
 
 
 
-def train_benchmark(cfg: Config, dist: Any) -> tuple[list[float], dict[str, Any]]:
-    from unet_medical.data.pipeline import make_train_dataset
-    from unet_medical.cli.assemble import check_crop_size, load_training_set, make_augment
-    from unet_medical.data.normalize import normalize_image
-    from unet_medical.training.loop import make_optimizer, make_train_step
+def train_benchmark(cfg: Config, dist: Any, logger: Any = None) -> tuple[list[float], dict[str, Any]]:
+    """Time the run's trainer (utils.training.loop.build_trainer): with --bench_input real, on the batch
+    stream of the training run these flags would start (the recipe's normalization, crop, sampling,
+    class weights; augmentation), on fold --fold's training images; with synthetic input, the same step
+    on fixed random tensors (class weights only if given by flag: 'auto' needs the data)."""
+    from unet_medical.cli.assemble import check_crop_size, load_training_set
+    from unet_medical.cli.recipe import class_weights_for, resolve_recipe, trainer_data
+    from unet_medical.data.folds import fold_split
+    from unet_medical.training.loop import TrainData, build_trainer
 
-    data = load_training_set(cfg) if cfg.bench_input == "real" else None
-    spec = benchmark_spec(cfg, int(data.images[0].shape[-1]) if data else 1)
-    if data is not None:
-        spec = dataclasses.replace(spec, n_classes=len(data.class_names))
-    geometry = check_crop_size(spec, cfg.crop_size)
+    spec = benchmark_spec(cfg)
+    if cfg.bench_input == "real":
+        data = load_training_set(cfg)
+        train_idx, _ = fold_split(len(data.images), cfg.num_folds, cfg.fold)
+        spec = dataclasses.replace(spec, n_classes=len(data.class_names), in_channels=int(data.images[0].shape[-1]))
+        cfg = resolve_recipe(cfg, data, train_idx, spec.padding, spec.depth, logger or _Silent(), dist.is_chief)
+        inputs = trainer_data(cfg, data, train_idx, check_crop_size(spec, cfg.crop_size), spec.n_classes)
+    else:
+        inputs = TrainData([], [], [], check_crop_size(spec, cfg.crop_size), spec.n_classes,
+                           class_weights=class_weights_for(cfg, spec.n_classes))
+    geometry = inputs.geometry
     with dist.scope():
         model = build_unet(spec)
-        optimizer = make_optimizer(cfg, dist.size)
-        optimizer.build(model.trainable_variables)
-    dist.broadcast_variables(list(model.variables) + list(optimizer.variables))
-    step_fn = make_train_step(model, optimizer, spec.n_classes, cfg.dice_weight, dist, xla=cfg.xla,
-                              loss=cfg.loss)
+    trainer = build_trainer(cfg, model, inputs, dist)
+    dist.broadcast_variables(list(model.variables) + list(trainer.optimizer.variables))
     total = cfg.bench_warmup_steps + cfg.bench_steps
-    if data is not None:
-        batches = iter(make_train_dataset(
-            [normalize_image(im) for im in data.images], list(data.masks), list(data.names), geometry,
-            batch_size=cfg.batch_size, seed=cfg.seed, start_step=0, max_steps=total, augment=make_augment(cfg),
-            rank=dist.rank, world_size=dist.size))
-        step = lambda i: float(step_fn(*next(batches)))  # noqa: E731
+    if cfg.bench_input == "real":
+        batches = iter(trainer.batches(0, total))
+        step = lambda i: float(trainer.step(*next(batches)))  # noqa: E731
     else:
         rng = np.random.default_rng(cfg.seed)
         images = tf.constant(rng.random((cfg.batch_size, geometry.input_size, geometry.input_size,
                                          spec.in_channels), np.float32))
         labels = tf.constant(rng.integers(0, spec.n_classes, (cfg.batch_size, geometry.output_size,
                                                               geometry.output_size), np.int32))
-        step = lambda i: float(step_fn(images, labels))  # noqa: E731
+        step = lambda i: float(trainer.step(images, labels))  # noqa: E731
     times = time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps)
     forward = 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9
     return times, {"images_per_step": cfg.batch_size * dist.size, "latency_per": "step",
                    "input_size": geometry.input_size, "output_size": geometry.output_size,
                    "gflop_per_img_forward": forward, "gflop_per_img": TRAIN_FORWARD_EQUIVALENTS * forward,
                    "flop_count": f"{TRAIN_FORWARD_EQUIVALENTS} x forward", "xla": cfg.xla,
-                   "workers": dist.size, "distribution": dist.name, "spec": dataclasses.asdict(spec)}
+                   "normalization": cfg.normalization if cfg.bench_input == "real" else "none (synthetic)",
+                   "class_weights": ",".join(f"{w:g}" for w in inputs.class_weights) if inputs.class_weights
+                   else "none", "workers": dist.size, "distribution": dist.name, "spec": dataclasses.asdict(spec)}
 
+
+class _Silent:
+    """A logger that drops records (train_benchmark called without one)."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def _predictor(cfg: Config, in_channels: int) -> tuple[UNetSpec, Any, Any, int | None]:
@@ -187,7 +200,7 @@ def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
     # The benchmark builds the plain network of the flags (no --quantization), so only --precision/--amp count.
     policy, reason = configure_precision(cfg.precision, cfg.amp)
     if mode == "train":
-        times, info = train_benchmark(cfg, dist)
+        times, info = train_benchmark(cfg, dist, logger)
     else:
         times, info = _predict_benchmark(cfg)
     if "exported_precision" in info:  # --model_path: the runtime of the file decides, not the Keras policy

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in STAGES:
         group = parser.add_argument_group(cls.title)
         for f in dataclasses.fields(cls):
-            _add_flag(group, f)
+            if f.metadata.get("flag", True):
+                _add_flag(group, f)
     return parser
 
 
@@ -263,10 +264,22 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         values["exec_mode"] = OPERATION_MODES[mode]
     if values.get("experiment_name"):
         values["model_dir"] = str(pathlib.Path(values.get("model_dir", Config.model_dir)) / values["experiment_name"])
+    explicit = set(values)
     values = with_run_defaults(values, {f.name: f.default for f in dataclasses.fields(Config)})
     load_plugins(values.get("plugins"), source="plugins recorded in the run's config.yaml")
     values.update(nvidia_benchmark_steps(values))
+    values.update(steps_over_budget(values, explicit))
     return Config(**values)
+
+
+def steps_over_budget(values: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """An explicit --max_steps (command line or --config) wins over any --time_budget, including the one a
+    recipe passes before the user's flags: the budget is dropped and kept in time_budget_ignored, so
+    the run can say so. {} when --max_steps was not given explicitly or no budget is set."""
+    budget = values.get("time_budget")
+    if "max_steps" not in explicit or not budget or values.get("benchmark"):
+        return {}
+    return {"time_budget": None, "time_budget_ignored": float(budget)}
 
 
 def _prescan_plugins(argv: Sequence[str] | None) -> str | None:

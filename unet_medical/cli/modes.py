@@ -16,6 +16,7 @@ from unet_medical.base.cpu import describe, read_cpu_info
 from unet_medical.model.complexity import total_macs, total_params
 from unet_medical.model.unet import UNetSpec
 from unet_medical.training import distributed
+from unet_medical.training.budget import budget_evaluate_every
 from unet_medical.base.artifacts import (EVAL_RESULTS, OVERLAY_BEST, OVERLAY_WORST, PREDICTIONS, RUN_CONFIG,
                                        RunRecord, load_run_record, save_run_record, write_json)
 from unet_medical.cli.config import Config, save_config
@@ -29,18 +30,15 @@ from unet_medical.evaluation.metrics import segmentation_metrics
 from unet_medical.inference.outputs import background_class, comparison_panel, write_png, write_predictions
 from unet_medical.base.precision import configure_precision, configure_seeds
 from unet_medical.inference.runtimes import as_predictor
-from unet_medical.cli.recipe import (FINGERPRINT_FILE, PROBE_STEPS, PROBE_WARMUP, class_weights_for, resolve_recipe,
-                            sampling_for, steps_for_budget)
+from unet_medical.cli.recipe import FINGERPRINT_FILE, resolve_recipe, trainer_data
 from unet_medical.cli.recipe import recorded_input_scale
-from unet_medical.data.resample import rescale_pairs
-from unet_medical.cli.assemble import (load_training_set, log_path, make_augment, make_logger, make_model, quantization_config,
+from unet_medical.cli.assemble import (load_training_set, log_path, make_logger, make_model, quantization_config,
                               restore_model)
 from unet_medical.cli.curves import write_curves
 from unet_medical.base.runlock import run_lock
 from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, refuse_overwrite,
                                       require_source, run_source)
 
-BUDGET_EVALUATIONS = 4  # validation runs of a --time_budget run without --evaluate_every
 OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
 REPORT_PANEL_SIDE = 256  # longest side (pixels) of each third of the best/worst case panels
 
@@ -125,6 +123,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         record = load_run_record(cfg.init_from)
         padding, depth = record.spec["padding"], record.spec["depth"]
     cfg = resolve_recipe(cfg, data, train_idx, padding, depth, logger, dist.is_chief)
+    cfg, measure_budget = steps_of_budget(cfg, logger)
     resuming = is_resume(cfg.exec_mode, cfg.model_dir, cfg.resume_training)
     with dist.scope():
         # A resume's Tucker report is the run's record: it is not rewritten (the ranks cannot change).
@@ -143,7 +142,6 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy,
         input_scale=cfg.input_scale)
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
-    augment = make_augment(cfg)
     keys = score_keys(data.class_names)
 
     def plot() -> None:  # curves.png from the whole log, after every evaluation and at the end
@@ -170,18 +168,12 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         if cfg.exec_mode == "compress" and step == 0:
             before = evaluate(model, 0)  # the compressed model before fine-tuning
             write_json(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
-    train_images = [normalize_image(data.images[i], cfg.normalization) for i in train_idx]
-    train_masks, train_names = [data.masks[i] for i in train_idx], [data.names[i] for i in train_idx]
-    # The network trains on images seen at the input scale; validation is scored at the input's size.
-    train_images, train_masks = rescale_pairs(train_images, train_masks, cfg.input_scale, spec.n_classes)
-    sampling, class_weights = sampling_for(cfg, data.class_names), class_weights_for(cfg, spec.n_classes)
-    if cfg.time_budget is not None:
-        cfg = budget_max_steps(cfg, model, spec, geometry, train_images, train_masks, train_names, augment,
-                               sampling, class_weights, logger, dist)
+    # A resumed budget's total is recorded: the loop trains to it (cfg.max_steps) and measures nothing.
+    loop_cfg = cfg if measure_budget else cfg.replace(time_budget=None)
     started = time.perf_counter()
-    state = train(cfg, model, train_images=train_images, train_masks=train_masks, train_names=train_names,
-                  geometry=geometry, n_classes=spec.n_classes, logger=logger, dist=dist, evaluate=evaluate,
-                  augment=augment, sampling=sampling, class_weights=class_weights, on_start=write_records)
+    state = train(loop_cfg, model, trainer_data(cfg, data, train_idx, geometry, spec.n_classes), logger=logger,
+                  dist=dist, evaluate=evaluate, on_start=write_records,
+                  on_total_fixed=lambda total, every: record_budget_total(cfg, total, every))
     # Wall time of this session's train() (evaluations included); a resumed run logs one per session.
     logger.log("TRAINING", {"step": state.step, "seconds": round(time.perf_counter() - started, 3),
                             "batch_size": cfg.batch_size, "replicas": dist.size})
@@ -212,46 +204,38 @@ def write_run_report(model_dir: str, logger: runlog.Logger) -> pathlib.Path | No
 
 
 
-def budget_max_steps(cfg: Config, model: Any, spec: UNetSpec, geometry: Any, images: list[np.ndarray],
-                     masks: list[np.ndarray], names: list[str], augment: Any, sampling: Any,
-                     class_weights: list[float] | None, logger: runlog.Logger, dist: Any) -> Config:
-    """cfg with --max_steps filling --time_budget (recorded on first start; a resume reuses it)."""
-    from unet_medical.data.pipeline import make_train_dataset
-    from unet_medical.training.loop import make_optimizer, make_train_step
+def steps_of_budget(cfg: Config, logger: runlog.Logger) -> tuple[Config, bool]:
+    """(cfg with the run's --max_steps, whether the loop must measure the step time to fix it).
 
+    An explicit --max_steps that overruled a --time_budget is said so; a resumed budgeted run takes the
+    total recorded when its step time was measured (dataset_fingerprint.json) and never measures again."""
+    if cfg.time_budget_ignored is not None:
+        logger.log("RECIPE", {"flag": "max_steps", "value": cfg.max_steps,
+                              "reason": f"--max_steps given: --time_budget {cfg.time_budget_ignored:g} ignored"})
+        return cfg, False
+    if cfg.time_budget is None:
+        return cfg, False
     path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     if cfg.resume_training and "max_steps" in recorded:
-        return with_budget_evaluations(cfg.replace(max_steps=int(recorded["max_steps"])))
-    if dist.size > 1:
-        raise UNetError("--time_budget: one process measures the step time; with several workers give --max_steps")
-    initial = model.get_weights()
-
-    def step_fn_factory():
-        with dist.scope():
-            optimizer = make_optimizer(cfg, dist.size)
-        step = make_train_step(model, optimizer, spec.n_classes, cfg.dice_weight, dist, xla=cfg.xla,
-                               class_weights=class_weights, loss=cfg.loss)
-        return step, lambda: model.set_weights(initial)
-
-    def make_batches():
-        return make_train_dataset(images, masks, names, geometry, batch_size=cfg.batch_size, seed=cfg.seed,
-                                  start_step=0, max_steps=PROBE_WARMUP + PROBE_STEPS, augment=augment,
-                                  sampling=sampling)
-
-    cfg = with_budget_evaluations(cfg.replace(max_steps=steps_for_budget(cfg, make_batches, step_fn_factory,
-                                                                         logger)))
-    if dist.is_chief:
-        write_json(path, {**recorded, "max_steps": cfg.max_steps})
-        save_config(cfg, pathlib.Path(cfg.model_dir) / RUN_CONFIG)
-    return cfg
+        total = int(recorded["max_steps"])
+        logger.log("RECIPE", {"flag": "max_steps", "value": total,
+                              "reason": f"recorded when the --time_budget {cfg.time_budget:g} run measured its "
+                                        f"step time ({path.name})"})
+        # Runs recorded before evaluate_every was: the BUDGET_EVALUATIONS evaluations they planned.
+        every = recorded["evaluate_every"] if "evaluate_every" in recorded else budget_evaluate_every(
+            total, cfg.evaluate_every)
+        return cfg.replace(max_steps=total, evaluate_every=every), False
+    return cfg, True
 
 
-def with_budget_evaluations(cfg: Config) -> Config:
-    """Without --evaluate_every, a budgeted run still evaluates BUDGET_EVALUATIONS times (curve, best.npz)."""
-    if cfg.evaluate_every is not None:
-        return cfg
-    return cfg.replace(evaluate_every=max(1, cfg.max_steps // BUDGET_EVALUATIONS))
+def record_budget_total(cfg: Config, total: int, evaluate_every: int | None) -> None:
+    """The total a --time_budget run fixed, in dataset_fingerprint.json (resumes, --skip_finished) and
+    config.yaml (the settings in effect)."""
+    path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**recorded, "max_steps": total, "evaluate_every": evaluate_every})
+    save_config(cfg.replace(max_steps=total, evaluate_every=evaluate_every), pathlib.Path(cfg.model_dir) / RUN_CONFIG)
 
 
 def run_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:

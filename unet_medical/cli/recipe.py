@@ -1,6 +1,7 @@
 """Apply the adaptive recipe to a training run: fingerprint the training images, choose the settings the
 flags left open (utils.data.recipe), print each choice with its reason, save
-model_dir/dataset_fingerprint.json, and turn --time_budget into --max_steps from a measured step time.
+model_dir/dataset_fingerprint.json, and turn the run's settings into the trainer's inputs (trainer_data).
+--time_budget becomes a number of steps inside the training loop (utils.training.budget).
 
 A resumed run reuses the choices recorded in dataset_fingerprint.json, so it continues the same recipe
 (the same crop, sampling, weights and number of steps) whatever the machine's speed is now.
@@ -17,14 +18,15 @@ from unet_medical.cli.config import Config
 from unet_medical.base.artifacts import FINGERPRINT, write_json
 from unet_medical.data.fingerprint import measure_fingerprint
 from unet_medical.data.layouts import SegmentationData
-from unet_medical.data.pipeline import Sampling
+from unet_medical.data.normalize import normalize_image
+from unet_medical.data.pipeline import CropGeometry, Sampling
+from unet_medical.data.resample import rescale_pairs
 from unet_medical.data.recipe import Choice, choose_recipe, parse_class_weights, rare_classes
 from unet_medical.base.errors import UNetError
+from unet_medical.training.loop import TrainData
 
 FINGERPRINT_FILE = FINGERPRINT
 RECIPE_FLAGS = ("normalization", "input_scale", "crop_size", "foreground_sampling", "class_weights")
-# Step-time probe: steps run and thrown away (tracing, allocation), then steps timed.
-PROBE_WARMUP, PROBE_STEPS = 3, 8
 
 
 def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, padding: str, depth: int | None,
@@ -78,26 +80,19 @@ def class_weights_for(cfg: Config, num_classes: int) -> list[float] | None:
     return None if cfg.class_weights in ("auto", "none") else parse_class_weights(cfg.class_weights, num_classes)
 
 
-def steps_for_budget(cfg: Config, make_batches: Any, step_fn_factory: Any, logger: Any) -> int:
-    """--max_steps that fills --time_budget minutes, from the mean time of PROBE_STEPS real steps.
+def trainer_data(cfg: Config, data: SegmentationData, train_idx: np.ndarray, geometry: CropGeometry,
+                 n_classes: int) -> TrainData:
+    """The batch stream's inputs of a run whose recipe is resolved (resolve_recipe): the training images
+    normalized as cfg.normalization says, its crops, sampling, augmentation and class weights. Training
+    and the training benchmark both start from this, so the benchmark times the run's real step."""
+    from unet_medical.cli.assemble import make_augment
 
-    `make_batches()` yields training batches; `step_fn_factory()` returns (step function, restore) where
-    restore() puts the model and optimizer back as they were, so the probe leaves no trace in the run.
-    """
-    from unet_medical.base.timing import time_steps
-
-    step_fn, restore = step_fn_factory()
-    batches = iter(make_batches())
-    seconds = time_steps(lambda _: float(step_fn(*next(batches))), PROBE_WARMUP, PROBE_STEPS)
-    restore()
-    # The mean, not the median: once the prefetched batches are used up, augmentation shares the cores
-    # with the step, and the slower steps are the steady state the budget must cover.
-    per_step = float(np.mean(seconds))
-    steps = max(1, int(cfg.time_budget * 60.0 / per_step))
-    logger.log("RECIPE", {"flag": "max_steps", "value": steps,
-                          "reason": f"--time_budget {cfg.time_budget:g} min / {per_step:.3f} s per step (mean of "
-                                    f"{PROBE_STEPS} measured steps)"})
-    return steps
+    images = [normalize_image(data.images[i], cfg.normalization) for i in train_idx]
+    # The network trains on images seen at the input scale; validation is scored at the input's size.
+    images, masks = rescale_pairs(images, [data.masks[i] for i in train_idx], cfg.input_scale or 1.0, n_classes)
+    return TrainData(images=images, masks=masks, names=[data.names[i] for i in train_idx],
+                     geometry=geometry, n_classes=n_classes, augment=make_augment(cfg),
+                     sampling=sampling_for(cfg, data.class_names), class_weights=class_weights_for(cfg, n_classes))
 
 
 def recorded_input_scale(cfg: Config, recorded: float) -> float:

@@ -28,8 +28,13 @@ class TrainingConfig(Settings):
     loss: str = setting(DEFAULT_LOSS, "training loss (ce_dice: pixel-wise cross-entropy + --dice_weight x "
                        "(1 - mean soft Dice)); plugins (--plugins) add more", choices=LOSSES.names)
     dice_weight: float = setting(1.0, "weight of the soft Dice term next to cross-entropy", rule=at_least(0, "a number"))
-    time_budget: float | None = setting(None, "minutes of training: --max_steps is set from a measured step time "
-                                       "(0 or default: use --max_steps)", rule=at_least(0, "minutes"))
+    time_budget: float | None = setting(None, "minutes of training, evaluations and checkpoints included: the "
+                                        "run measures its step time after warm-up and fixes --max_steps from it "
+                                        "(0 or default: use --max_steps). A --max_steps typed on the command "
+                                        "line (or in --config) wins: the budget is then ignored",
+                                        rule=at_least(0, "minutes"))
+    time_budget_ignored: float | None = setting(None, "the --time_budget that an explicit --max_steps overruled "
+                                                "(parse_config sets it; the run logs it)", flag=False)
     seed: int = setting(0, "seed of weights, batches, crops and augmentation")
     resume_training: bool = setting(False, "continue from model_dir/checkpoints/last.npz")
     log_every: int = setting(10, "log loss and throughput every N steps", rule=at_least(1))

@@ -3,7 +3,9 @@
 Custom `tf.function` step with GradientTape, so Horovod's and tf.distribute's gradient reductions fit
 the same loop (utils.training.distributed). Checkpoints are single atomic files (utils.training.checkpoint); the input
 stream is a pure function of (seed, step) (utils.data.pipeline), so `--resume_training` after a crash or
-SIGKILL continues to the same weights as a run that was never interrupted.
+SIGKILL continues to the same weights as a run that was never interrupted. `build_trainer` is the one
+place the optimizer, the compiled step and the batch stream are assembled (the benchmark times it too);
+with --time_budget the loop fixes its number of steps from its own steady step time (utils.training.budget).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from unet_medical.training import budget
 from unet_medical.training import checkpoint as ckpt
 from unet_medical.base.errors import UNetError
 from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
@@ -44,6 +47,7 @@ class TrainSettings(Protocol):
     warmup_steps: int
     lr_schedule: str
     weight_decay: float
+    time_budget: float | None  # minutes; None: train to max_steps (utils.training.budget)
 
 
 class TrainingDiverged(UNetError):
@@ -52,26 +56,45 @@ class TrainingDiverged(UNetError):
 
 @keras.saving.register_keras_serializable(package="unet")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to `peak` over `warmup_steps`, then constant or cosine decay to 0."""
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then constant or cosine decay from `decay_start`
+    (default: the end of warm-up) to 0 at `total_steps`.
 
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int, decay: str = "constant"):
+    The total and the decay start are variables, not Python numbers: a --time_budget run fixes its total
+    after it has started (utils.training.budget), and the optimizer's traced update must read the new
+    values without being traced again. Until then it holds the peak (`hold`)."""
+
+    HOLD = 2.0 ** 30  # a decay start no run reaches: the rate stays at its peak after warm-up
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, decay: str = "constant",
+                 decay_start: int | None = None):
         self.peak = float(peak)
         self.warmup_steps = int(warmup_steps)
-        self.total_steps = int(total_steps)
         self.decay = decay
+        self.total_steps = tf.Variable(float(total_steps), trainable=False, dtype=tf.float32, name="lr_total_steps")
+        start = self.warmup_steps if decay_start is None else decay_start
+        self.decay_start = tf.Variable(float(start), trainable=False, dtype=tf.float32, name="lr_decay_start")
+
+    def set_total(self, total_steps: int, decay_start: float) -> None:
+        """Decay from `decay_start` to 0 at `total_steps` (a float decay start: HOLD keeps the peak)."""
+        self.total_steps.assign(float(total_steps))
+        self.decay_start.assign(float(decay_start))
+
+    def hold(self) -> None:
+        """No decay until set_total: the total of a --time_budget run is not known yet."""
+        self.set_total(self.HOLD + 1, self.HOLD)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warm = self.peak * tf.minimum(1.0, (step + 1.0) / float(max(1, self.warmup_steps)))
         if self.decay == "cosine":
-            span = float(max(1, self.total_steps - self.warmup_steps))
-            progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+            span = tf.maximum(1.0, self.total_steps - self.decay_start)
+            progress = tf.clip_by_value((step - self.decay_start) / span, 0.0, 1.0)
             return tf.where(step < self.warmup_steps, warm, self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress)))
         return warm
 
     def get_config(self) -> dict[str, Any]:
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "decay": self.decay}
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": int(self.total_steps.numpy()),
+                "decay": self.decay, "decay_start": int(self.decay_start.numpy())}
 
 
 def scaled_learning_rate(base: float, world_size: int, rule: str) -> float:
@@ -134,25 +157,100 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n
     return dist.compile_step(train_step, xla=xla)
 
 
-def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarray], train_masks: list[np.ndarray],
-          train_names: list[str], geometry: CropGeometry, n_classes: int, logger: Any, dist: Any,
-          evaluate: Callable[[keras.Model, int], dict[str, Any]] | None,
-          augment: AugmentFn | None, score_key: str = "mean_dice", sampling: Sampling = Sampling(),
-          class_weights: Sequence[float] | None = None,
-          on_start: Callable[[int], None] | None = None) -> TrainState:
-    """Train `model` to cfg.max_steps, evaluating every cfg.evaluate_every steps and at the end.
+def schedule_of(optimizer: keras.optimizers.Optimizer) -> WarmupSchedule:
+    """The learning-rate schedule make_optimizer gave `optimizer` (inside a LossScaleOptimizer too)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return inner._learning_rate  # tf_keras keeps the schedule object here; `learning_rate` is its value
 
-    `evaluate(model, step)` returns metrics (it also writes eval_results.json); the checkpoint with
-    the highest `score_key` is kept as best.npz, the newest as last.npz. `on_start(step)` runs once the
-    checkpoint of a resume has loaded (step 0 for a new run), before any training: the caller writes
-    the run's records there, so a refused or failed resume leaves them as they were.
-    """
-    directory = ckpt.checkpoint_dir(cfg.model_dir)
-    last_path, best_path = directory / ckpt.LAST, directory / ckpt.BEST
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """What the batch stream is made of, as the run prepared it.
+
+    `images` are normalized float32 (H, W, C) with the run's --normalization, `masks` int class ids
+    (H, W), `names` name them in error messages; crops of `geometry`, centred on rare classes as
+    `sampling` says, augmented by `augment`; `class_weights` (one per class) weigh the cross-entropy."""
+
+    images: Sequence[np.ndarray]
+    masks: Sequence[np.ndarray]
+    names: Sequence[str]
+    geometry: CropGeometry
+    n_classes: int
+    augment: AugmentFn | None = None
+    sampling: Sampling = Sampling()
+    class_weights: Sequence[float] | None = None
+
+
+@dataclasses.dataclass
+class Trainer:
+    """The one trainer: optimizer, compiled step and batch stream of a run. The training loop, and the
+    benchmark (utils.cli.benchmark) time exactly this, so what they measure is what the run does."""
+
+    optimizer: keras.optimizers.Optimizer
+    step: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (images, labels) -> loss, one optimization step
+    data: TrainData
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def schedule(self) -> WarmupSchedule:
+        return schedule_of(self.optimizer)
+
+    def batches(self, start_step: int, stop_step: int) -> tf.data.Dataset:
+        """Batches for steps start_step..stop_step-1: (B, I, I, C) float32 images, (B, O, O) int32 labels;
+        each a pure function of (seed, step), so a resumed run sees the batches it would have seen."""
+        d = self.data
+        return make_train_dataset(list(d.images), list(d.masks), list(d.names), d.geometry,
+                                  batch_size=self.batch_size, seed=self.seed, start_step=start_step,
+                                  max_steps=stop_step, augment=d.augment, rank=self.rank,
+                                  world_size=self.world_size, sampling=d.sampling)
+
+
+def build_trainer(cfg: TrainSettings, model: keras.Model, data: TrainData, dist: Any) -> Trainer:
+    """Optimizer (built, on the schedule of cfg), compiled train step (class weights, loss scaling, --xla)
+    and batch stream of `model` trained on `data` by the workers of `dist`."""
     with dist.scope():
         optimizer = make_optimizer(cfg, dist.size)
         optimizer.build(model.trainable_variables)
+    step = make_train_step(model, optimizer, data.n_classes, cfg.dice_weight, dist, xla=cfg.xla,
+                           class_weights=data.class_weights, loss=cfg.loss)
+    return Trainer(optimizer, step, data, cfg.batch_size, cfg.seed, rank=dist.rank, world_size=dist.size)
+
+
+def timed(call: Callable[[], Any]) -> float:
+    """Wall seconds of call()."""
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: Any, dist: Any,
+          evaluate: Callable[[keras.Model, int], dict[str, Any]] | None, score_key: str = "mean_dice",
+          on_total_fixed: Callable[[int, int | None], None] | None = None,
+          on_start: Callable[[int], None] | None = None) -> TrainState:
+    """Train `model` to cfg.max_steps (or for cfg.time_budget minutes), evaluating every cfg.evaluate_every
+    steps and at the end.
+
+    `evaluate(model, step)` returns metrics (it also writes eval_results.json); the checkpoint with
+    the highest `score_key` is kept as best.npz, the newest as last.npz. With cfg.time_budget the total
+    is fixed once the step time is measured (utils.training.budget); `on_total_fixed(total, evaluate_every)`
+    is then called before the checkpoint that records it, so the run's files can say it too.
+    `on_start(step)` runs once the checkpoint of a resume has loaded (step 0 for a new run), before any
+    training: the caller writes the run's records there, so a refused or failed resume leaves them as they were.
+    """
+    started = time.perf_counter()  # the budget counts from here: steps, evaluations, checkpoints
+    budget_s = cfg.time_budget * 60.0 if cfg.time_budget else None
+    if budget_s is not None and dist.size > 1:
+        raise UNetError("--time_budget: one process measures the step time; with several workers give --max_steps")
+    directory = ckpt.checkpoint_dir(cfg.model_dir)
+    last_path, best_path = directory / ckpt.LAST, directory / ckpt.BEST
+    trainer = build_trainer(cfg, model, data, dist)
+    optimizer = trainer.optimizer
     state = TrainState(step=0, best_score=None, last_eval=None)
+    total: int | None = None if budget_s is not None else cfg.max_steps  # None: not measured yet
+    decay_start = float(cfg.warmup_steps)  # the cosine decay starts at the end of warm-up
     if last_path.exists():
         if not cfg.resume_training:
             info = ckpt.read_header(last_path)
@@ -162,22 +260,34 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
                 "from scratch)")
         info = ckpt.load_checkpoint(last_path, model, optimizer)
         state.step, state.best_score = info.step, info.meta.get("best_score")
+        # A budgeted run's fixed decay start (a resume never measures again; utils.cli.modes hands the
+        # loop the recorded total); older checkpoints decay from the end of warm-up.
+        if total is not None and info.meta.get("decay_start") is not None:
+            decay_start = float(info.meta["decay_start"])
         logger.log("PARAMETER", {"resumed_from": str(last_path), "resumed_step": info.step})
         if "loss_scale" in info.missing:
             logger.log("PARAMETER", {"message": f"{last_path} predates saved loss-scale state: the dynamic "
                                                 "loss scale restarts at its initial value"})
+    if total is None:
+        trainer.schedule.hold()
+    else:
+        trainer.schedule.set_total(total, decay_start)
     dist.broadcast_variables(list(model.variables) + ckpt.optimizer_state(optimizer))
     if on_start is not None:
         on_start(state.step)
+    evaluate_every = cfg.evaluate_every if total is not None else None  # a budget's: once its total is fixed
+    evaluated_at: list[int] = []  # the step of the last evaluation
 
     def save(path: pathlib.Path, with_optimizer: bool) -> None:
         if dist.is_chief:
             ckpt.save_checkpoint(path, model, optimizer if with_optimizer else None, step=state.step,
-                                 meta={"best_score": state.best_score, "fold": cfg.fold})
+                                 meta={"best_score": state.best_score, "fold": cfg.fold, "total_steps": total,
+                                       "decay_start": decay_start if total is not None else None})
 
     def run_evaluation() -> None:
-        if evaluate is None or not dist.is_chief:
-            return
+        if evaluate is None or not dist.is_chief or evaluated_at == [state.step]:
+            return  # (a budget fixed at its very last step has just evaluated it)
+        evaluated_at[:] = [state.step]
         results = evaluate(model, state.step)
         state.last_eval = results
         score = results.get(score_key)
@@ -185,7 +295,27 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
             state.best_score = float(score)
             save(best_path, with_optimizer=False)
 
-    if state.step >= cfg.max_steps:
+    def fix_total() -> None:
+        """End of a budget's warm-up: time an evaluation and a checkpoint, fix the total, set the schedule."""
+        nonlocal total, decay_start, evaluate_every
+        evaluation_s = timed(run_evaluation) if evaluate is not None else 0.0
+        checkpoint_s = timed(lambda: save(last_path, with_optimizer=True))
+        costs = budget.BudgetCosts(meter.seconds_per_step(), evaluation_s, checkpoint_s, cfg.checkpoint_every,
+                                   cfg.evaluate_every)
+        spent = time.perf_counter() - started
+        # One more checkpoint right now records the total: its time comes off the remainder.
+        total = budget.steps_within_budget(costs, state.step, budget_s - spent - checkpoint_s)
+        decay_start = float(max(cfg.warmup_steps, state.step))
+        trainer.schedule.set_total(total, decay_start)
+        evaluate_every = budget.budget_evaluate_every(total, cfg.evaluate_every) if evaluate is not None else None
+        logger.log("RECIPE", budget.describe_fix(costs, meter, state.step, total, budget_s, spent,
+                                                 cfg.time_budget))
+        if on_total_fixed is not None and dist.is_chief:
+            on_total_fixed(total, evaluate_every)
+        save(last_path, with_optimizer=True)
+        progress.set_total(total)
+
+    if total is not None and state.step >= total:
         logger.log("PARAMETER", {"message": f"already at step {state.step} >= max_steps: nothing to train"})
         if not last_path.exists():  # --max_steps 0: evaluate and save the model as it is
             run_evaluation()
@@ -199,19 +329,18 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
             save(best_path, with_optimizer=False)
         return state
 
-    dataset = make_train_dataset(train_images, train_masks, train_names, geometry,
-                                 batch_size=cfg.batch_size, seed=cfg.seed, start_step=state.step,
-                                 max_steps=cfg.max_steps, augment=augment, rank=dist.rank,
-                                 world_size=dist.size, sampling=sampling)
-    train_step = make_train_step(model, optimizer, n_classes, cfg.dice_weight, dist, xla=cfg.xla,
-                                 class_weights=class_weights, loss=cfg.loss)
+    # A budget's stream is bounded by its total once known (the loop stops there), not by the dataset.
+    dataset = trainer.batches(state.step, total if total is not None else state.step + budget.UNBOUNDED_STEPS)
+    meter = budget.StepMeter()
     window_start, window_images, losses = time.perf_counter(), 0, []
     # k/N, rate and ETA on the chief: a bar on a terminal, and in the --log_every record below.
-    with Progress(cfg.max_steps, "train", logger, unit="step", initial=state.step, interval_s=None,
+    with Progress(total or state.step + 1, "train", logger, unit="step", initial=state.step, interval_s=None,
                   integer_steps=True, enabled=dist.is_chief) as progress:
+        tick = time.perf_counter()
         for images, labels in dataset:
-            loss = float(train_step(images, labels))
+            loss = float(trainer.step(images, labels))
             state.step += 1
+            step_s = time.perf_counter() - tick  # the batch's wait included: the pipeline is part of the step
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss is {loss} at step {state.step}; stopped. The last good checkpoint "
@@ -220,18 +349,36 @@ def train(cfg: TrainSettings, model: keras.Model, *, train_images: list[np.ndarr
             losses.append(loss)
             window_images += int(images.shape[0]) * dist.size
             progress.update()
-            if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            fixed_now = False
+            if total is None:
+                meter.add(tuple(images.shape), step_s)
+                if budget.warmup_done(meter, time.perf_counter() - started, budget_s):
+                    fix_total()
+                    fixed_now = True
+                else:  # the bar's N meanwhile: what the budget's remainder holds at the rate so far
+                    left = budget_s - (time.perf_counter() - started)
+                    progress.set_total(state.step + max(1, int(left / meter.seconds_per_step())))
+            if state.step % cfg.log_every == 0 or state.step == total:
                 elapsed = time.perf_counter() - window_start
                 # The schedule's current value; a distributed variable under tf.distribute, hence the tensor.
                 lr = float(tf.convert_to_tensor(optimizer.learning_rate))
                 progress.log(loss=float(np.mean(losses)), img_per_s=window_images / elapsed, learning_rate=lr)
                 window_start, window_images, losses = time.perf_counter(), 0, []
-            if cfg.evaluate_every and state.step % cfg.evaluate_every == 0 and state.step < cfg.max_steps:
-                run_evaluation()
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
-                save(last_path, with_optimizer=True)
+            if total is not None and not fixed_now:  # (fix_total has just evaluated and saved)
+                if evaluate_every and state.step % evaluate_every == 0 and state.step < total:
+                    run_evaluation()
+                if state.step % cfg.checkpoint_every == 0 or state.step == total:
+                    save(last_path, with_optimizer=True)
+            elif total is None and state.step % cfg.checkpoint_every == 0:
+                save(last_path, with_optimizer=True)  # no total yet: a resume goes on measuring
+            if total is not None and state.step >= total:
+                break
+            tick = time.perf_counter()
     run_evaluation()
     if state.best_score is None:  # no evaluation ran: the final weights are the best we know
         save(best_path, with_optimizer=False)
     save(last_path, with_optimizer=True)
+    if budget_s is not None:
+        logger.log("RECIPE", {"time_budget_s": budget_s, "training_s": round(time.perf_counter() - started, 2),
+                              "steps": state.step})
     return state
