@@ -1,0 +1,63 @@
+"""How well a --time_budget run spends its budget: training seconds / budget, for the CPU recipe.
+
+    python benchmarks/time_budget.py [--minutes 2] [--kind vessels] [--runs 1]
+
+Generates a synthetic data set (download_dataset.py --synthetic --kind KIND), runs
+examples/unet_CPU_TRAIN.sh on it with `--time_budget MINUTES` (the recipe's evaluations and checkpoints
+included), reads the run's RECIPE records (the step time measured after warm-up, the steps chosen, the
+training seconds) and prints one line per run and the ratio training_s / budget. The target is 1.0 +- 0.1
+on an idle machine; read /proc/cpuinfo and the load average beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from unet_medical.base.cpu import describe, read_cpu_info  # noqa: E402
+
+
+def recipe_records(log: pathlib.Path) -> list[dict]:
+    """The RECIPE records of a run's log.json (JSON lines after the DLLL prefix)."""
+    records = [json.loads(line[5:]) for line in log.read_text().splitlines() if line.startswith("DLLL ")]
+    return [r["data"] for r in records if r.get("step") == "RECIPE"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--kind", default="vessels")
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+    print(f"CPU: {describe(read_cpu_info())}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = pathlib.Path(tmp) / "data"
+        subprocess.run([sys.executable, str(REPO / "download_dataset.py"), "--synthetic", "--kind", args.kind,
+                        "--data_dir", str(data)], check=True, capture_output=True)
+        ratios = []
+        for k in range(args.runs):
+            run = pathlib.Path(tmp) / f"run{k}"
+            subprocess.run(["bash", str(REPO / "examples" / "unet_CPU_TRAIN.sh"), str(data), str(run),
+                            "--time_budget", str(args.minutes), "--no-saved_model"], check=True,
+                           capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            records = recipe_records(run / "log.json")
+            fixed = next(r for r in records if r.get("flag") == "max_steps")
+            end = next(r for r in records if "training_s" in r)
+            ratio = end["training_s"] / (args.minutes * 60.0)
+            ratios.append(ratio)
+            print(f"run {k}: {fixed.get('s_per_step', float('nan')):.3f} s/step after warm-up, {fixed['value']} "
+                  f"steps, trained {end['training_s']:.1f} s of {args.minutes * 60:.0f} s: ratio {ratio:.3f}",
+                  flush=True)
+        print(f"training_s / budget: median {sorted(ratios)[len(ratios) // 2]:.3f} over {len(ratios)} run(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
