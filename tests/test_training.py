@@ -65,6 +65,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, isbi_data_dir)
     interrupted_at = ckpt.read_header(killed_dir / "checkpoints" / "last.npz").step
     assert interrupted_at < 40, "the run finished before it could be killed: the test proves nothing"
 
+    # The killed process left its run lock: a resume says so in one line, with the command that clears it.
+    refused = run_main([*common, "--model_dir", str(killed_dir), "--resume_training"])
+    assert refused.wait(timeout=300) == 2
+    message = refused.stderr.read()
+    assert "stale lock" in message and f"rm {killed_dir / '.lock'}" in message, message
+    (killed_dir / ".lock").unlink()
     resumed = run_main([*common, "--model_dir", str(killed_dir), "--resume_training"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     assert ckpt.read_header(killed_dir / "checkpoints" / "last.npz").step == 40
@@ -91,16 +97,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, isbi_data_dir, 
     from unet_medical.cli.modes import run_training
     from unet_medical.training import distributed
 
-    original = training.cross_entropy_dice_loss
+    from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
+
+    original = LOSSES.get(DEFAULT_LOSS)
     calls = tf.Variable(0)
 
     def poisoned(*args, **kwargs):
         calls.assign_add(1)
         return original(*args, **kwargs) + tf.where(calls > 7, np.nan, 0.0)
 
-    monkeypatch.setattr(training, "cross_entropy_dice_loss", poisoned)
+    monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))  # the registration ends with the test
+    LOSSES.register("nan_after_7_steps", poisoned)
     cfg = parse_config(["--exec_mode", "train", "--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path),
-                        "--max_steps", "20", "--checkpoint_every", "5", *TINY])
+                        "--max_steps", "20", "--checkpoint_every", "5", "--loss", "nan_after_7_steps", *TINY])
     with pytest.raises(training.TrainingDiverged, match="at step 8"):
         run_training(cfg, make_logger(cfg, 0), distributed.create())
     info = ckpt.read_header(tmp_path / "checkpoints" / "last.npz")
