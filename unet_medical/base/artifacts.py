@@ -39,6 +39,8 @@ class RunRecord:
         normalization: utils.data.normalize mode the network was trained with ("global" or "per_image").
         image_dtype: NumPy dtype name of the training images (the SavedModel's serving_default input).
         precision: the Keras dtype policy training (or this restore) ran in ("float32", "mixed_bfloat16", ...).
+        volume: for a run trained on medical volumes, how volumes were cut and scaled and which cases
+            trained and validated (data.volume_training.volume_record); None for 2D images.
     """
 
     spec: dict[str, Any]
@@ -51,6 +53,7 @@ class RunRecord:
     normalization: str = "global"
     image_dtype: str | None = None
     precision: str | None = None
+    volume: dict[str, Any] | None = None
 
     @property
     def variant(self) -> str:
@@ -63,7 +66,8 @@ class RunRecord:
         return dataclasses.replace(self, **changes)
 
 
-_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype", "precision")
+_STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype", "precision",
+           "volume")
 
 
 def save_run_record(model_dir: str | pathlib.Path, record: RunRecord) -> pathlib.Path:

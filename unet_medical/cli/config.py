@@ -20,6 +20,7 @@ import yaml
 
 from unet_medical.base.cpu import PRECISIONS  # standard library and NumPy only: --help stays instant
 from unet_medical.base.errors import UNetError
+from unet_medical.data.volume_dims import DIMS, slice_mode
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
               "compress", "visualize")
@@ -56,6 +57,12 @@ class Config:
     num_classes: int | None = _field(None, "number of classes for N-class masks (default: binary)")
     input: str | None = _field(None, "predict (and export's calibration/parity images): a TIFF stack, an image or "
                                "a folder (default: data_dir/test-volume.tif; export: data_dir's training images)")
+    output_dir: str | None = _field(None, "predict: where the predictions go (default: model_dir/predictions)")
+    # --- medical volumes (MSD / nnU-Net raw folders, images/ + masks/ of .nii.gz; unet_medical.cli.volume_modes)
+    dims: str = _field("2", "how volumes feed the network: 2 = single slices, 2.5 = a slice and its "
+                       "--context_slices neighbours as channels, 3 = a 3D network (not built yet)", choices=tuple(DIMS))
+    context_slices: int = _field(1, "--dims 2.5: neighbouring slices taken on each side")
+    nsd_tolerance: float = _field(2.0, "volumes: normalized surface distance tolerance in mm")
     # --- training
     batch_size: int = _field(1, "images per step (per worker)")
     learning_rate: float = _field(1e-4, "peak Adam learning rate")
@@ -284,6 +291,9 @@ def validate(cfg: Config) -> None:
            "auto, bf16 or fp16 with --amp (mixed precision); or drop --amp")
     _check(cfg.bench_warmup_steps >= 0, "bench_warmup_steps", cfg.bench_warmup_steps, "an integer >= 0")
     _check(cfg.bench_steps >= 1, "bench_steps", cfg.bench_steps, "an integer >= 1")
+    slice_mode(cfg.dims)  # "3" (designed, not built) stops here with one line
+    _check(cfg.context_slices >= 0, "context_slices", cfg.context_slices, "an integer >= 0")
+    _check(cfg.nsd_tolerance >= 0, "nsd_tolerance", cfg.nsd_tolerance, "millimetres >= 0")
     _check(cfg.tile_context is None or cfg.tile_context >= 0, "tile_context", cfg.tile_context, "an integer >= 0")
     _check(not cfg.skip_finished or cfg.exec_mode in ("train", "train_and_evaluate", "train_and_predict", "compress"),
            "skip_finished", cfg.skip_finished, "a training --exec_mode (train, train_and_evaluate, ...)")
@@ -315,6 +325,7 @@ class _Parser(argparse.ArgumentParser):
 
 # --help groups: the first flag of each group, in field order (a flag belongs to the last group begun).
 HELP_GROUPS = {"exec_mode": "what to run, where: modes and data", "batch_size": "training",
+               "dims": "medical volumes (NIfTI, DICOM)",
                "padding": "model", "tile_size": "inference and restoring a run",
                "rank_factor": "Tucker compression (--exec_mode compress)",
                "quantization": "quantization (MICCAI 2019 fixed-point grid; TF-MOT int8 QAT)",
