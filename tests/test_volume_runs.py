@@ -252,3 +252,19 @@ def test_synthetic_ct_trains_evaluates_and_predicts_nifti_with_the_input_geometr
     assert json.loads((run / "eval_results.json").read_text())["organ_dice"] == pytest.approx(results["organ_dice"], abs=1e-6)
     leak = main_py("--exec_mode", "evaluate", "--model_dir", str(run), "--fold", "1")
     assert leak.returncode != 0 and "were training cases of" in leak.stderr
+
+
+def test_cv_summary_takes_the_volume_scores_and_not_their_bookkeeping():
+    from unet_medical.evaluation.cv import metric_names, summarize
+
+    label = np.zeros((8, 8, 4), np.uint8)
+    label[2:6, 2:6, 1:3] = 1
+    folds = {}
+    for k, pred in enumerate((label, np.roll(label, 1, axis=0))):
+        results = score_volumes({"a": pred}, {"a": label}, {"a": (1.0, 1.0, 2.0)}, ("background", "organ"), 1.0)
+        folds[k] = json.loads(json.dumps({**results, "fold": k, "num_folds": 2, "step": 10, "num_images": 4}))
+    names = metric_names(folds)
+    assert {"organ_dice", "organ_hd95", "organ_nsd", "mean_dice", "mean_hd95", "mean_nsd"} <= set(names)
+    assert not {"num_cases", "nsd_tolerance_mm", "per_case", "fold"} & set(names)
+    summary = summarize(folds)
+    assert summary["organ_hd95"]["mean"] == pytest.approx((folds[0]["organ_hd95"] + folds[1]["organ_hd95"]) / 2)

@@ -142,6 +142,7 @@ def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
     """--exec_mode evaluate on volumes: the fold's validation cases, cut and scaled as the run recorded."""
     model, spec, info = restore_model(cfg, logger)
     record = require_volume_run(cfg, info)
+    log_recorded_dims(record, logger)
     data = load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
                               num_classes=cfg.num_classes, dims=record["dims"], context_slices=record["context_slices"],
                               windows=windows_from_record(record["normalization"]))
@@ -153,6 +154,12 @@ def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
         check_evaluation_cases(cfg, source.path, cases_of(data, val_idx))
     evaluate = make_volume_evaluator(cfg, spec, data, val_idx, logger, info.normalization)
     return evaluate(model, info.step)
+
+
+def log_recorded_dims(record: dict[str, Any], logger: runlog.Logger) -> None:
+    """The slicing in effect for a trained run: its record's, whatever --dims/--context_slices say."""
+    logger.log("PARAMETER", {"dims": record["dims"], "context_slices": record["context_slices"],
+                             "dims_reason": "recorded by the training run (model.json volume)"})
 
 
 def volume_record_of(cfg: Config, info: RunRecord) -> dict[str, Any] | None:
@@ -173,6 +180,7 @@ def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: 
                           record: dict[str, Any]) -> list[pathlib.Path]:
     """Predict every volume of --input (default: --data_dir's imagesTs/) into output_dir/CASE.nii.gz,
     each with its input's voxel grid, affine, qform/sform and codes (data.volumes.write_nifti)."""
+    log_recorded_dims(record, logger)
     cases = prediction_cases(cfg.input or cfg.data_dir, len(record["channel_names"]))
     predictor, tile_size = as_predictor(model, cfg.tile_size)
     out, written, seconds = prediction_dir(cfg), [], []
