@@ -12,6 +12,6 @@ bash "$here/scripts/setup.sh"
   "$here/scripts/python" "$here/download_dataset.py" --synthetic --kind ct --data_dir "$here/data/synthetic_ct"
 "$here/scripts/python" "$here/main.py" --exec_mode train_and_predict --data_dir "$here/data/synthetic_ct" \
   --model_dir "$results" --padding same --base_filters 8 --depth 3 --batch_norm --dropout 0 --crop_size 48 \
-  --batch_size 4 --learning_rate 2e-3 --warmup_steps 20 --max_steps 300 --log_every 50 --checkpoint_every 100 \
+  --batch_size 4 --learning_rate 2e-3 --warmup_steps 20 --max_steps 1200 --log_every 100 --checkpoint_every 200 \
   --resume_training "${@:2}"
 echo "Done: $results/eval_results.json and $results/predictions/*.nii.gz"
