@@ -218,7 +218,7 @@ def test_evaluation_refuses_cases_the_run_trained_on(tmp_path, ct_dir):
 # ---- the whole product ----------------------------------------------------------------------------------
 
 TINY = ["--padding", "same", "--base_filters", "8", "--depth", "3", "--batch_norm", "--dropout", "0",
-        "--crop_size", "48", "--batch_size", "4", "--no-saved_model"]
+        "--crop_size", "48", "--batch_size", "4"]
 
 
 def main_py(*args: str) -> subprocess.CompletedProcess:
@@ -252,6 +252,26 @@ def test_synthetic_ct_trains_evaluates_and_predicts_nifti_with_the_input_geometr
     assert json.loads((run / "eval_results.json").read_text())["organ_dice"] == pytest.approx(results["organ_dice"], abs=1e-6)
     leak = main_py("--exec_mode", "evaluate", "--model_dir", str(run), "--fold", "1")
     assert leak.returncode != 0 and "were training cases of" in leak.stderr
+    served = serve_volume(run, data / "imagesTs" / "case_013_0000.nii.gz", tmp_path / "served.nii.gz")
+    predicted = np.asarray(nib.load(run / "predictions" / "case_013.nii.gz").dataobj)
+    source = nib.load(data / "imagesTs" / "case_013_0000.nii.gz")
+    assert served.shape == predicted.shape and np.array_equal(served.affine, source.affine)
+    # the SavedModel computes in float32, predict in this CPU's bfloat16: a few boundary voxels may differ
+    assert np.mean(np.asarray(served.dataobj) == predicted) > 0.99
+
+
+def serve_volume(run: pathlib.Path, scan: pathlib.Path, out: pathlib.Path):
+    """docs/volumes.md's five lines: a volume through the run's SavedModel, without the package's CLI."""
+    import tensorflow as tf
+
+    from unet_medical.data.volumes import read_volume, write_nifti
+
+    record = json.loads((run / "model.json").read_text())["volume"]  # how the run cut and scaled volumes
+    serve = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"]
+    image = read_volume(scan)  # a .nii.gz, or a DICOM series folder
+    labels = serve(images=tf.constant(np.stack(case_inputs(image, record))))["labels"].numpy()  # (K, I, J)
+    write_nifti(np.moveaxis(labels, 0, -1), image, out)  # (I, J, K) with the input's geometry
+    return nib.load(out)
 
 
 def test_cv_summary_takes_the_volume_scores_and_not_their_bookkeeping():
