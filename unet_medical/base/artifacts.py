@@ -56,6 +56,8 @@ class RunRecord:
         precision: the Keras dtype policy training (or this restore) ran in ("float32", "mixed_bfloat16", ...).
         input_scale: images are resampled by this factor before the network and its probabilities back to
             the input's size (data.resample); 1 for runs recorded before the option existed.
+        volume: for a run trained on medical volumes, how volumes were cut and scaled and which cases
+            trained and validated (data.volume_training.volume_record); None for 2D images.
     """
 
     spec: dict[str, Any]
@@ -69,6 +71,7 @@ class RunRecord:
     image_dtype: str | None = None
     precision: str | None = None
     input_scale: float = 1.0
+    volume: dict[str, Any] | None = None
 
     @property
     def variant(self) -> str:
@@ -82,7 +85,7 @@ class RunRecord:
 
 
 _STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype", "precision",
-           "input_scale")
+           "input_scale", "volume")
 
 
 def save_run_record(model_dir: str | pathlib.Path, record: RunRecord) -> pathlib.Path:

@@ -16,6 +16,8 @@ from unet_medical.model.config import DEFAULT_DEPTH
 from unet_medical.model.config import QuantizationSettings
 from unet_medical.data.config import augment_config
 from unet_medical.data.layouts import SegmentationData, load_training_data
+from unet_medical.data.volume_layouts import is_volume_layout
+from unet_medical.data.volume_training import load_volume_slices
 from unet_medical.base.errors import UNetError
 from unet_medical.data.pipeline import CropGeometry
 from unet_medical.base.precision import configure_precision
@@ -36,6 +38,11 @@ def make_logger(cfg: Config, rank: int) -> runlog.Logger:
 
 
 def load_training_set(cfg: Config) -> SegmentationData:
+    """--data_dir's labelled data: 2D images, or a volume set's slices for --dims (data.volume_training)."""
+    if cfg.image_stack is None and is_volume_layout(cfg.data_dir, cfg.images_dir):
+        return load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
+                                  num_classes=cfg.num_classes, dims=cfg.dims, context_slices=cfg.context_slices,
+                                  num_folds=cfg.num_folds, fold=cfg.fold)
     return load_training_data(cfg.data_dir, image_stack=cfg.image_stack, mask_stack=cfg.mask_stack,
                               images_dir=cfg.images_dir, masks_dir=cfg.masks_dir, num_classes=cfg.num_classes)
 

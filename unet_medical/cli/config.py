@@ -31,6 +31,7 @@ from unet_medical.base.artifacts import CONFIG_VERSION, flatten_config
 from unet_medical.base.errors import UNetError
 from unet_medical.base.settings import Settings, at_least, field_choices, require, setting
 from unet_medical.data.config import DataConfig
+from unet_medical.evaluation.config import EvaluationConfig
 from unet_medical.export.config import ExportConfig
 from unet_medical.inference.config import InferenceConfig
 from unet_medical.model.config import CompressionConfig, ModelConfig, QuantizationSettings
@@ -93,13 +94,14 @@ class BenchmarkConfig(Settings):
 
 
 STAGES: tuple[type[Settings], ...] = (RunConfig, DataConfig, ModelConfig, TrainingConfig, InferenceConfig,
-                                      CompressionConfig, QuantizationSettings, ExportConfig, BenchmarkConfig)
+                                      EvaluationConfig, CompressionConfig, QuantizationSettings, ExportConfig,
+                                      BenchmarkConfig)
 S = TypeVar("S", bound=Settings)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(BenchmarkConfig, ExportConfig, QuantizationSettings, CompressionConfig, InferenceConfig,
-             TrainingConfig, ModelConfig, DataConfig, RunConfig):
+class Config(BenchmarkConfig, ExportConfig, QuantizationSettings, CompressionConfig, EvaluationConfig,
+             InferenceConfig, TrainingConfig, ModelConfig, DataConfig, RunConfig):
     """One run: every stage's settings, flat (field names are the flag names, `cfg.batch_size`).
 
     Each stage validates its own fields once, here, by building its typed settings object; a stage gets

@@ -17,7 +17,7 @@ from unet_medical.model.complexity import total_macs, total_params
 from unet_medical.model.unet import UNetSpec
 from unet_medical.training import distributed
 from unet_medical.training.budget import budget_evaluate_every
-from unet_medical.base.artifacts import (EVAL_RESULTS, OVERLAY_BEST, OVERLAY_WORST, PREDICTIONS, RUN_CONFIG,
+from unet_medical.base.artifacts import (EVAL_RESULTS, OVERLAY_BEST, OVERLAY_WORST, RUN_CONFIG,
                                        RunRecord, load_run_record, save_run_record, write_json)
 from unet_medical.cli.config import Config, save_config
 from unet_medical.data.layouts import SegmentationData, load_test_data
@@ -38,6 +38,8 @@ from unet_medical.cli.curves import write_curves
 from unet_medical.base.runlock import run_lock
 from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, refuse_overwrite,
                                       require_source, run_source)
+from unet_medical.cli import volume_modes
+from unet_medical.data.volume_training import VolumeSlices, split_items, volume_record
 
 OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
 REPORT_PANEL_SIDE = 256  # longest side (pixels) of each third of the best/worst case panels
@@ -113,7 +115,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     from unet_medical.training.loop import train
 
     data = load_training_set(cfg)
-    train_idx, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
+    train_idx, val_idx = split_items(data, cfg.num_folds, cfg.fold)  # volumes: by case
+    volumes = isinstance(data, VolumeSlices)
     if cfg.num_epochs is not None:  # an epoch = one pass over the training images, one crop each
         cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))
     configure_seeds(cfg.seed, cfg.deterministic)
@@ -122,6 +125,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     if cfg.init_from:  # the architecture is the trained run's: its padding and depth bound the crop
         record = load_run_record(cfg.init_from)
         padding, depth = record.spec["padding"], record.spec["depth"]
+    if volumes:
+        cfg = volume_modes.prepare_training(cfg, data, logger)
     cfg = resolve_recipe(cfg, data, train_idx, padding, depth, logger, dist.is_chief)
     cfg, measure_budget = steps_of_budget(cfg, logger)
     resuming = is_resume(cfg.exec_mode, cfg.model_dir, cfg.resume_training)
@@ -140,7 +145,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         architecture=getattr(model, "float_architecture", None) or model.to_json(),
         quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
         normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy,
-        input_scale=cfg.input_scale)
+        input_scale=cfg.input_scale, volume=volume_record(data, train_idx, val_idx) if volumes else None)
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
     keys = score_keys(data.class_names)
 
@@ -151,7 +156,10 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     wants_eval = cfg.exec_mode != "train" or bool(cfg.evaluate_every)
     evaluate = None
     if wants_eval:
-        evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization, cfg.input_scale)
+        if volumes:
+            evaluate_fold = volume_modes.make_volume_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization)
+        else:
+            evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization, cfg.input_scale)
 
         def evaluate(model: Any, step: int) -> dict[str, Any]:
             results = evaluate_fold(model, step)
@@ -239,6 +247,8 @@ def record_budget_total(cfg: Config, total: int, evaluate_every: int | None) -> 
 
 
 def run_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
+    if volume_modes.is_volume_data(cfg):
+        return volume_modes.run_volume_evaluation(cfg, logger)
     model, spec, info = restore_model(cfg, logger)
     data = load_training_set(cfg)
     if tuple(data.class_names) != tuple(info.class_names):
@@ -261,6 +271,9 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
         spec, info = model.spec, model.info
     else:
         model, spec, info = restore_model(cfg, logger)
+    volume = volume_modes.volume_record_of(cfg, info)
+    if volume is not None:
+        return volume_modes.run_volume_prediction(cfg, logger, model, spec, info, volume)
     data = load_test_data(cfg.data_dir, input_path=cfg.input)
     images = [normalize_image(im, info.normalization) for im in data.images]
     if images[0].shape[-1] == 1 and spec.in_channels == 3:  # grayscale input to a colour model: as RGB
@@ -275,7 +288,7 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
                            input_scale=recorded_input_scale(cfg, info.input_scale))
     source = pathlib.Path(data.source)
     stack_name = source.name.split(".")[0] if source.suffix.lower() in (".tif", ".tiff") else None
-    written = write_predictions(pathlib.Path(cfg.model_dir) / PREDICTIONS, probs, images, data.names,
+    written = write_predictions(volume_modes.prediction_dir(cfg), probs, images, data.names,
                                 info.class_names, stack_name)
     logger.log("PREDICT", {"images": len(images), "output": str(written[0]), "masks": str(written[1]),
                            "step": info.step})

@@ -140,6 +140,9 @@ def make_train_dataset(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
         n = tf.gather(count_t, idx)
         pick = tf.gather(first_t, idx) + tf.minimum(tf.cast(v[1] * tf.cast(n, tf.float32), tf.int64),
                                                     tf.maximum(n - 1, 0))
+        # tf.where below evaluates both branches: an image without candidates at the end of the list
+        # (first == len(centres), e.g. the last slices of a volume) must still gather a valid row.
+        pick = tf.minimum(pick, len(centres) - 1)
         centred = tf.clip_by_value(tf.cast(tf.gather(centres_t, pick), tf.int64) - out // 2, 0, limits - 1)
         return tf.where((v[0] < sampling.foreground) & (n > 0), centred, uniform)
 

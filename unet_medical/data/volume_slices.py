@@ -22,6 +22,7 @@ import numpy as np
 
 from unet_medical.base.errors import UNetError
 from unet_medical.data.layouts import SegmentationData
+from unet_medical.data.volume_dims import volume_inputs
 from unet_medical.data.volume_layouts import VolumeCase, VolumeDataSet
 
 PERCENTILES = (0.5, 99.5)
@@ -93,8 +94,13 @@ def case_image_uint16(case: VolumeCase, windows: tuple[Window | None, ...]) -> n
     return np.stack(channels, axis=-1)
 
 
-def volume_slices(dataset: VolumeDataSet, windows: tuple[Window | None, ...] | None = None) -> SliceSet:
-    """All slices of `dataset` (see the module docstring); windows None: measured here (set_windows)."""
+def volume_slices(dataset: VolumeDataSet, windows: tuple[Window | None, ...] | None = None,
+                  context: int = 0) -> SliceSet:
+    """All slices of `dataset` (see the module docstring); windows None: measured here (set_windows).
+
+    context > 0 (--dims 2.5): each slice's image also holds its `context` neighbours on each side
+    as channels (data.volume_dims.slice_input); masks stay the centre slice's.
+    """
     windows = set_windows(dataset) if windows is None else windows
     if len(windows) != len(dataset.channel_names):
         raise UNetError(f"{len(windows)} intensity windows for {len(dataset.channel_names)} channels")
@@ -102,8 +108,8 @@ def volume_slices(dataset: VolumeDataSet, windows: tuple[Window | None, ...] | N
     labelled = all(case.labels is not None for case in dataset.cases)
     for index, case in enumerate(dataset.cases):
         image = case_image_uint16(case, windows)
-        for k in range(image.shape[2]):
-            images.append(np.ascontiguousarray(image[:, :, k, :]))
+        for k, inputs in enumerate(volume_inputs(image, context)):
+            images.append(inputs)
             if labelled:
                 masks.append(np.ascontiguousarray(case.labels.array[:, :, k]))
             names.append(f"{case.name}[{k}]")

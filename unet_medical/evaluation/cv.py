@@ -29,7 +29,7 @@ from unet_medical.base.fileio import atomic_write_text
 # Membrane Dice, then the ISBI 2012 leaderboard's V_rand and V_info, then pixel error: listed first.
 METRICS = ("membrane_dice", "v_rand_thinned", "v_info_thinned", "pixel_error")
 # eval_results.json entries that describe the evaluation rather than measure the model.
-BOOKKEEPING = frozenset({"fold", "num_folds", "step", "num_images", "tta"})
+BOOKKEEPING = frozenset({"fold", "num_folds", "step", "num_images", "tta", "num_cases", "nsd_tolerance_mm"})
 SUMMARY_JSON = "cv_summary.json"
 SUMMARY_MD = "cv_summary.md"
 SD_DEFINITION = "sample standard deviation over the folds (n - 1 denominator)"

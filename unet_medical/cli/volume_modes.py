@@ -1,0 +1,198 @@
+"""Exec modes on medical volumes (MSD / nnU-Net raw folders, images/ + masks/ of .nii/.nii.gz), with the 2D
+network (--dims 2, 2.5): the pieces runtime modes.py calls when its data or its run are volumes.
+
+- training: the slices of data.volume_training train like any 2D images; the split is by case, the
+  volume's fingerprint (spacing, anisotropy, modality) and the choices only volumes have go to the log
+  as FINGERPRINT / RECIPE lines, and model.json records how volumes were cut and scaled.
+- evaluation: each validation case's slices go through the one inference path (predict_images), are
+  stacked back into a label map on the case's grid and scored per case in mm (evaluation.volumes).
+- prediction: every input volume (NIfTI file or folder, MSD imagesTs/, DICOM series) is cut and scaled
+  as the run recorded, predicted, and written as CASE.nii.gz with exactly the input's geometry.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+
+from unet_medical.base import runlog
+from unet_medical.base.artifacts import EVAL_RESULTS, PREDICTIONS, RunRecord, load_run_record, write_json
+from unet_medical.base.errors import UNetError
+from unet_medical.cli.assemble import restore_model
+from unet_medical.cli.config import Config
+from unet_medical.cli.lineage import read_run_config, run_source
+from unet_medical.data.folds import case_fold_split
+from unet_medical.data.normalize import normalize_image
+from unet_medical.data.volume_dims import DIMS
+from unet_medical.data.volume_layouts import is_volume_layout
+from unet_medical.data.volume_training import (VolumeSlices, case_inputs, cases_of, geometry_summary,
+                                               load_volume_slices, prediction_cases, windows_from_record)
+from unet_medical.data.volumes import write_nifti
+from unet_medical.evaluation.volumes import score_volumes
+from unet_medical.inference.runtimes import as_predictor
+from unet_medical.inference.tiling import predict_images
+from unet_medical.model.unet import UNetSpec
+
+# nnU-Net resamples every case to the median spacing; these slices keep each case's own grid.
+RESAMPLING_REASON = ("not resampled: each case is sliced on its own voxel grid (in-plane spacing is taken as "
+                     "it comes; resampling to the median spacing is not built)")
+
+
+def is_volume_data(cfg: Config) -> bool:
+    """True if --data_dir holds volumes (and no TIFF stack was named)."""
+    return cfg.image_stack is None and os.path.isdir(cfg.data_dir) and is_volume_layout(cfg.data_dir, cfg.images_dir)
+
+
+def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> Config:
+    """Log the volume fingerprint and the volume-only recipe choices; the windows normalize, so the 2D
+    normalization is fixed to global (per_image would rescale each slice and undo the CT window)."""
+    geometry = geometry_summary(data.volumes)
+    logger.log("FINGERPRINT", {"cases": len(data.volumes.cases), "modality": ",".join(data.volumes.channel_names),
+                               "spacing_median_mm": "x".join(f"{s:g}" for s in geometry["spacing_median_mm"]),
+                               "anisotropy": geometry["anisotropy"],
+                               "shape_median": "x".join(map(str, geometry["shape_median"]))})
+    logger.log("RECIPE", {"flag": "dims", "value": data.dims, "reason": DIMS[data.dims].description
+                          + (f", {data.context} on each side" if data.context else "")})
+    for channel, window in zip(data.volumes.channel_names, data.windows):
+        rule = (f"CT window [{window[0]:.1f}, {window[1]:.1f}]: 0.5-99.5 percentiles of the training cases' "
+                "foreground" if window is not None else "each case's own 0.5-99.5 percentiles (no absolute scale)")
+        logger.log("RECIPE", {"flag": "volume_normalization", "value": channel, "reason": rule})
+    logger.log("RECIPE", {"flag": "resampling", "value": "none", "reason": RESAMPLING_REASON})
+    if cfg.normalization == "auto":
+        cfg = cfg.replace(normalization="global")
+        logger.log("RECIPE", {"flag": "normalization", "value": "global",
+                              "reason": "volume slices are already scaled by their intensity window"})
+    return cfg
+
+
+def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: UNetSpec, inputs: list[np.ndarray],
+                      logger: runlog.Logger | None, label: str) -> np.ndarray:
+    """(I, J, K) uint8 class map of one case from its normalized slice inputs k = 0..K-1 (predict_images)."""
+    probs = predict_images(predictor, spec, inputs, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
+                           context=cfg.tile_context, batch_size=cfg.batch_size, tta=cfg.tta, logger=logger,
+                           label=label)
+    return np.stack([p.argmax(-1) for p in probs], axis=-1).astype(np.uint8)
+
+
+def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_idx: np.ndarray,
+                          logger: runlog.Logger, normalization: str):
+    """evaluate(model, step) -> eval_results of the validation cases (evaluation.volumes), also written to
+    model_dir/eval_results.json and logged as ("eval", step)."""
+    val_cases = [int(c) for c in np.unique(data.case_of_slice[val_idx])]
+    inputs = {c: [normalize_image(data.images[i], normalization) for i in data.slices_of(c)] for c in val_cases}
+
+    def evaluate(model: Any, step: int) -> dict[str, Any]:
+        predictor, tile_size = as_predictor(model, cfg.tile_size)
+        cases = [data.volumes.cases[c] for c in val_cases]
+        predictions = {case.name: predict_label_map(cfg, predictor, tile_size, spec, inputs[c], logger, "evaluate")
+                       for c, case in zip(val_cases, cases)}
+        results = score_volumes(predictions, {case.name: case.labels.array for case in cases},
+                                {case.name: case.image.spacing for case in cases}, data.class_names,
+                                cfg.nsd_tolerance)
+        results.update(fold=cfg.fold, num_folds=cfg.num_folds, step=int(step), num_images=len(val_idx),
+                       tta=cfg.tta, dims=data.dims)
+        write_json(pathlib.Path(cfg.model_dir) / EVAL_RESULTS, results)
+        logger.log(("eval", int(step)), {k: v for k, v in results.items()
+                                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        return results
+
+    return evaluate
+
+
+def trained_cases(run_dir: str | os.PathLike, data_dir: str) -> dict[str, list[str]]:
+    """case name -> the runs that trained on it, over run_dir and its --init_from ancestry, counting only
+    runs that read the same data folder."""
+    seen: dict[str, list[str]] = {}
+    visited: set[str] = set()
+    current: str | None = str(run_dir)
+    while current is not None and os.path.realpath(current) not in visited:
+        visited.add(os.path.realpath(current))
+        config = read_run_config(current)
+        same = config.get("data_dir") is not None and os.path.realpath(config["data_dir"]) == os.path.realpath(data_dir)
+        volume = load_run_record(current).volume if (pathlib.Path(current) / "model.json").is_file() else None
+        if same and volume:
+            for case in volume.get("train_cases", []):
+                seen.setdefault(case, []).append(f"{current} (fold {config.get('fold')} of {config.get('num_folds')})")
+        current = config.get("init_from")
+    return seen
+
+
+def check_evaluation_cases(cfg: Config, run_dir: pathlib.Path, val_cases: list[str]) -> None:
+    """Refuse (one line) to score on cases the run or its ancestors trained on (the volume leak guard)."""
+    seen = trained_cases(run_dir, cfg.data_dir)
+    overlap = [c for c in val_cases if c in seen]
+    if overlap:
+        runs = sorted({run for case in overlap for run in seen[case]})
+        raise UNetError(f"--fold={cfg.fold} --num_folds={cfg.num_folds}: {len(overlap)} of the {len(val_cases)} "
+                        f"evaluation cases (first: {overlap[0]}) were training cases of {'; '.join(runs)}; evaluate "
+                        "the run's own fold (omit --fold/--num_folds) or pass --allow_training_slices")
+
+
+def require_volume_run(cfg: Config, info: RunRecord) -> dict[str, Any]:
+    if info.volume is None:
+        raise UNetError(f"--model_dir={cfg.model_dir}: its model was trained on 2D images, not volumes; "
+                        f"it cannot score or predict the volumes of {cfg.input or cfg.data_dir}")
+    return info.volume
+
+
+def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
+    """--exec_mode evaluate on volumes: the fold's validation cases, cut and scaled as the run recorded."""
+    model, spec, info = restore_model(cfg, logger)
+    record = require_volume_run(cfg, info)
+    log_recorded_dims(record, logger)
+    data = load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
+                              num_classes=cfg.num_classes, dims=record["dims"], context_slices=record["context_slices"],
+                              windows=windows_from_record(record["normalization"]))
+    if tuple(data.class_names) != tuple(info.class_names):
+        raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
+    _, val_idx = case_fold_split(data.case_of_slice, cfg.num_folds, cfg.fold)
+    source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path)
+    if source is not None and not cfg.allow_training_slices:
+        check_evaluation_cases(cfg, source.path, cases_of(data, val_idx))
+    evaluate = make_volume_evaluator(cfg, spec, data, val_idx, logger, info.normalization)
+    return evaluate(model, info.step)
+
+
+def log_recorded_dims(record: dict[str, Any], logger: runlog.Logger) -> None:
+    """The slicing in effect for a trained run: its record's, whatever --dims/--context_slices say."""
+    logger.log("PARAMETER", {"dims": record["dims"], "context_slices": record["context_slices"],
+                             "dims_reason": "recorded by the training run (model.json volume)"})
+
+
+def volume_record_of(cfg: Config, info: RunRecord) -> dict[str, Any] | None:
+    """The run's volume record: in info, or (for an exported --model_path) in the run folder it came from."""
+    if info.volume is not None:
+        return info.volume
+    source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path)
+    if source is None or not (source.path / "model.json").is_file():
+        return None
+    return load_run_record(source.path).volume
+
+
+def prediction_dir(cfg: Config) -> pathlib.Path:
+    return pathlib.Path(cfg.output_dir) if cfg.output_dir else pathlib.Path(cfg.model_dir) / PREDICTIONS
+
+
+def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: UNetSpec, info: RunRecord,
+                          record: dict[str, Any]) -> list[pathlib.Path]:
+    """Predict every volume of --input (default: --data_dir's imagesTs/) into output_dir/CASE.nii.gz,
+    each with its input's voxel grid, affine, qform/sform and codes (data.volumes.write_nifti)."""
+    log_recorded_dims(record, logger)
+    cases = prediction_cases(cfg.input or cfg.data_dir, len(record["channel_names"]))
+    predictor, tile_size = as_predictor(model, cfg.tile_size)
+    out, written, seconds = prediction_dir(cfg), [], []
+    for name, image in cases:
+        start = time.perf_counter()
+        inputs = [normalize_image(x, info.normalization) for x in case_inputs(image, record)]
+        if inputs[0].shape[-1] != spec.in_channels:
+            raise UNetError(f"{image.path}: slices of {inputs[0].shape[-1]} channels, the model expects "
+                            f"{spec.in_channels}")
+        labels = predict_label_map(cfg, predictor, tile_size, spec, inputs, logger, f"predict {name}")
+        written.append(write_nifti(labels, image, out / f"{name}.nii.gz"))
+        seconds.append(time.perf_counter() - start)
+    logger.log("PREDICT", {"cases": len(written), "output": str(out), "seconds_per_case": round(float(np.mean(seconds)), 3),
+                           "dims": record["dims"], "step": info.step})
+    return written

@@ -1,0 +1,78 @@
+"""How a volume becomes network inputs (--dims): a registry of slicing modes, one entry per mode.
+
+    "2"    each slice k of the third voxel axis alone: (I, J, C)
+    "2.5"  slice k with `context` neighbours on each side as extra channels: (I, J, (2 * context + 1) * C),
+           neighbours ordered k - context .. k + context, channels of one slice kept together
+    "3"    a 3D network on whole patches: not built yet (the next issue); asking for it fails with one line
+
+A new mode is one SliceMode entry in DIMS; every consumer (training slices, evaluation, prediction)
+asks the registry for the channel count and the per-slice input, so it needs no other change.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from unet_medical.base.errors import UNetError
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceMode:
+    """One --dims value.
+
+    Attributes:
+        dims: the flag value.
+        description: one line for the RECIPE log.
+        uses_context: True if neighbouring slices become channels (--context_slices applies).
+        built: False for a mode that is designed but not implemented yet.
+    """
+
+    dims: str
+    description: str
+    uses_context: bool = False
+    built: bool = True
+
+    def context(self, context_slices: int) -> int:
+        """Neighbours taken on each side of a slice: context_slices for 2.5D, 0 otherwise."""
+        return context_slices if self.uses_context else 0
+
+    def channels(self, volume_channels: int, context_slices: int) -> int:
+        """Input channels of the 2D network for volumes of `volume_channels` channels."""
+        return (2 * self.context(context_slices) + 1) * volume_channels
+
+
+DIMS: dict[str, SliceMode] = {
+    "2": SliceMode("2", "2D network on single slices of the in-plane axes (I, J), one per K"),
+    "2.5": SliceMode("2.5", "2D network on a slice with its neighbours along K as channels", uses_context=True),
+    "3": SliceMode("3", "3D network on volume patches", built=False),
+}
+
+
+def slice_mode(dims: str) -> SliceMode:
+    """The registry entry of --dims, refusing unknown and unbuilt modes with one line."""
+    mode = DIMS.get(str(dims))
+    if mode is None:
+        raise UNetError(f"--dims={dims!r}: expected one of {', '.join(DIMS)}")
+    if not mode.built:
+        raise UNetError(f"--dims={dims}: {mode.description}: not built yet; use --dims "
+                        f"{' or '.join(d for d, m in DIMS.items() if m.built)}")
+    return mode
+
+
+def slice_input(volume: np.ndarray, k: int, context: int) -> np.ndarray:
+    """Network input for slice k of `volume` (I, J, K, C): (I, J, (2 * context + 1) * C).
+
+    Neighbours beyond the first or last slice repeat the edge slice (replicate padding along K), so the
+    edge slices get inputs of the same channel count and a plausible content instead of zeros.
+    """
+    depth = volume.shape[2]
+    if not 0 <= k < depth:
+        raise UNetError(f"slice {k} outside a volume of {depth} slices")
+    ks = np.clip(np.arange(k - context, k + context + 1), 0, depth - 1)
+    return np.ascontiguousarray(np.concatenate([volume[:, :, j, :] for j in ks], axis=-1))
+
+
+def volume_inputs(volume: np.ndarray, context: int) -> list[np.ndarray]:
+    """slice_input for every k = 0..K-1 of `volume` (I, J, K, C)."""
+    return [slice_input(volume, k, context) for k in range(volume.shape[2])]

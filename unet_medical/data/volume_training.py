@@ -1,0 +1,186 @@
+"""A volume data set as the training data of the 2D network, and what a run must record to predict alike.
+
+load_volume_slices turns an MSD / nnU-Net raw folder or images/ + masks/ volume folders
+(data.volume_layouts) into VolumeSlices: the SegmentationData every stage already trains on (one item
+per slice, case after case), plus the volumes themselves, the case of every slice (folds split by
+case: data.folds.case_fold_split) and the intensity windows. volume_record is the part of model.json
+that lets prediction cut and scale new volumes exactly as training did: --dims, the context slices,
+the normalization rule per channel (the CT window in HU, or per-case percentiles) and the case names
+on each side of the split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from unet_medical.base.errors import UNetError
+from unet_medical.data.folds import case_fold_split, fold_split
+from unet_medical.data.layouts import SegmentationData
+from unet_medical.data.volume_dims import slice_mode, volume_inputs
+# the layout module's own channel-file rules, reused so prediction groups files exactly as training did
+from unet_medical.data.volume_layouts import (_CHANNEL, VolumeCase, VolumeDataSet, _volume_files, _with_channels,
+                                              load_volume_data)
+from unet_medical.data.volume_slices import PERCENTILES, Window, case_image_uint16, set_windows, volume_slices
+from unet_medical.data.volumes import Volume, read_dicom_series, read_volume, volume_ending
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VolumeSlices(SegmentationData):
+    """SegmentationData of a volume set's slices, knowing where each came from.
+
+    Attributes (besides SegmentationData's; images are (I, J, (2 * context + 1) * C) uint16):
+        volumes: the cases with their geometry (image and label volumes).
+        case_of_slice: (N,) int64 index into volumes.cases of each slice.
+        windows: per channel, the data set's CT window (lo, hi) or None (each case's own percentiles).
+        dims: the --dims the slices were cut for; context: neighbours per side taken as channels.
+    """
+
+    volumes: VolumeDataSet | None = None
+    case_of_slice: np.ndarray | None = None
+    windows: tuple[Window | None, ...] = ()
+    dims: str = "2"
+    context: int = 0
+
+    def slices_of(self, case_index: int) -> np.ndarray:
+        """Item indices of one case's slices, k = 0..K-1 in order."""
+        return np.flatnonzero(self.case_of_slice == case_index)
+
+
+def load_volume_slices(data_dir: str | os.PathLike, *, images_dir: str = "images", masks_dir: str = "masks",
+                       num_classes: int | None = None, dims: str = "2", context_slices: int = 1,
+                       windows: tuple[Window | None, ...] | None = None, num_folds: int | None = None,
+                       fold: int = 0) -> VolumeSlices:
+    """The labelled volumes of data_dir cut into the network's slices for --dims (module docstring).
+
+    windows None: the CT window is measured on the training cases of fold `fold` of `num_folds` (all
+    cases without num_folds), so no validation voxel shapes the scale the model is judged on; a run's
+    evaluation passes the windows it recorded instead.
+    """
+    mode = slice_mode(dims)
+    context = mode.context(context_slices)
+    volumes = load_volume_data(data_dir, images_dir, masks_dir, num_classes)
+    if windows is None:
+        train_cases = (np.arange(len(volumes.cases)) if num_folds is None
+                       else fold_split(len(volumes.cases), num_folds, fold)[0])  # = case_fold_split's cases
+        windows = set_windows(dataclasses.replace(volumes, cases=[volumes.cases[i] for i in train_cases]))
+    cut = volume_slices(volumes, windows, context=context)
+    data = cut.data
+    return VolumeSlices(data.images, data.masks, data.names, data.class_names, data.source,
+                        mask_format=f"NIfTI label maps, classes {', '.join(data.class_names)} "
+                                    f"[{len(volumes.cases)} cases, {len(data.images)} slices]",
+                        volumes=volumes, case_of_slice=cut.case_of_slice, windows=cut.windows, dims=mode.dims,
+                        context=context)
+
+
+def split_items(data: SegmentationData, num_folds: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) of fold `fold`: by case for volume slices, contiguous blocks of images otherwise."""
+    if isinstance(data, VolumeSlices):
+        return case_fold_split(data.case_of_slice, num_folds, fold)
+    return fold_split(len(data.images), num_folds, fold)
+
+
+def cases_of(data: VolumeSlices, items: np.ndarray) -> list[str]:
+    """Names of the cases that own `items` (slice indices), in data set order."""
+    owners = np.unique(data.case_of_slice[np.asarray(items, np.int64)])
+    return [data.volumes.cases[int(i)].name for i in owners]
+
+
+def normalization_record(windows: tuple[Window | None, ...], channel_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per channel, JSON-ready: {"channel", "rule": "ct_window" with "window": [lo, hi] in the image's
+    units, or "per_case_percentiles" with "percentiles"}."""
+    out = []
+    for name, window in zip(channel_names, windows):
+        if window is None:
+            out.append({"channel": name, "rule": "per_case_percentiles", "percentiles": list(PERCENTILES)})
+        else:
+            out.append({"channel": name, "rule": "ct_window", "window": [float(window[0]), float(window[1])]})
+    return out
+
+
+def windows_from_record(record: list[dict[str, Any]]) -> tuple[Window | None, ...]:
+    """The windows normalization_record described (inverse of it)."""
+    try:
+        return tuple((float(c["window"][0]), float(c["window"][1])) if c["rule"] == "ct_window" else None
+                     for c in record)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise UNetError(f"model.json: volume normalization record {record!r} is incomplete ({exc})") from None
+
+
+def geometry_summary(volumes: VolumeDataSet) -> dict[str, Any]:
+    """Median voxel spacing (mm, along I, J, K), anisotropy (largest / smallest median spacing) and median
+    shape (voxels) of a set's cases."""
+    spacing = np.median(np.array([c.image.spacing for c in volumes.cases], np.float64), axis=0)
+    shape = np.median(np.array([c.image.shape for c in volumes.cases], np.float64), axis=0)
+    return {"spacing_median_mm": [round(float(s), 4) for s in spacing],
+            "anisotropy": round(float(spacing.max() / spacing.min()), 3),
+            "shape_median": [int(s) for s in shape]}
+
+
+def volume_record(data: VolumeSlices, train_idx: np.ndarray, val_idx: np.ndarray) -> dict[str, Any]:
+    """model.json's "volume" entry: how to cut and scale volumes as this run did, and which cases it saw."""
+    return {"dims": data.dims, "context_slices": data.context,
+            "channel_names": list(data.volumes.channel_names),
+            "normalization": normalization_record(data.windows, data.volumes.channel_names),
+            "train_cases": cases_of(data, train_idx), "validation_cases": cases_of(data, val_idx),
+            **geometry_summary(data.volumes)}
+
+
+def case_inputs(image: Volume, record: dict[str, Any]) -> list[np.ndarray]:
+    """The network inputs (uint16 slices k = 0..K-1) of a new image volume (I, J, K[, C]) under a run's
+    volume record, exactly as its training slices were made."""
+    array = image.array if image.array.ndim == 4 else image.array[..., None]
+    channels = len(record["channel_names"])
+    if array.shape[-1] != channels:
+        raise UNetError(f"{image.path}: {array.shape[-1]} channel(s), the model was trained on {channels} "
+                        f"({', '.join(record['channel_names'])})")
+    case = VolumeCase("", dataclasses.replace(image, array=array), None)
+    return volume_inputs(case_image_uint16(case, windows_from_record(record["normalization"])),
+                         int(record["context_slices"]))
+
+
+def _channel_groups(files: dict[str, pathlib.Path], channels: int, folder: pathlib.Path
+                    ) -> dict[str, list[pathlib.Path]]:
+    """{case: channel files} of a folder: nnU-Net naming (CASE_0000, CASE_0001, ...) when every file has
+    a four-digit channel suffix, else one case per file (4D files carry their channels)."""
+    matches = {stem: _CHANNEL.match(stem) for stem in files}
+    if not all(matches.values()):
+        return {stem: [path] for stem, path in files.items()}
+    by_case: dict[str, dict[int, pathlib.Path]] = {}
+    for stem, match in matches.items():
+        by_case.setdefault(match["case"], {})[int(match["channel"])] = files[stem]
+    for case, found in by_case.items():
+        if sorted(found) != list(range(channels)):
+            raise UNetError(f"{folder}: case {case} has channel files {sorted(found)}, the model needs "
+                            f"{list(range(channels))} (_0000 ... one per channel it was trained on)")
+    return {case: [found[c] for c in range(channels)] for case, found in sorted(by_case.items())}
+
+
+def prediction_cases(path: str | os.PathLike, channels: int) -> list[tuple[str, Volume]]:
+    """(case name, image (I, J, K, C)) of every volume to predict at `path`.
+
+    path is one .nii/.nii.gz file (its name without ending and channel suffix is the case), an MSD /
+    nnU-Net folder (dataset.json: its imagesTs/), a folder of volume files (nnU-Net channel files
+    CASE_0000 ... are grouped into one case), or a folder holding one DICOM series (the case is the
+    folder's name).
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise UNetError(f"--input={path}: no such file or folder")
+    if path.is_file():
+        ending = volume_ending(path)
+        if ending is None:
+            raise UNetError(f"--input={path}: not a volume file (.nii, .nii.gz) nor a DICOM series folder")
+        stem = path.name[: -len(ending)]
+        match = _CHANNEL.match(stem)
+        return [(match["case"] if match else stem, _with_channels([read_volume(path)]))]
+    if (path / "dataset.json").is_file():
+        path = path / "imagesTs"
+    if path.is_dir() and any(volume_ending(p) for p in path.iterdir()):
+        groups = _channel_groups(_volume_files(path), channels, path)
+        return [(case, _with_channels([read_volume(p) for p in files])) for case, files in groups.items()]
+    image = read_dicom_series(path)  # raises one line naming the folder if it holds no series
+    return [(path.name, _with_channels([image]))]
