@@ -165,6 +165,7 @@ def test_nested_and_shared_layers():
     assert total_macs(inner, hw) == before
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_quantized_model_costs_as_the_float_model():
     import tensorflow_model_optimization as tfmot
 

@@ -90,6 +90,7 @@ def test_exported_model_agrees_with_keras(run, export_format, precision):
     assert entry["parity"]["tiled"]["max_abs_prob_diff"] == pytest.approx(max_diff, rel=1e-3, abs=1e-6)
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_serving_signature_takes_raw_images_of_two_sizes(run):
     serve = tf.saved_model.load(str(exported(run, "savedmodel", "fp32"))).signatures["serving_default"]
     model, spec = run["model"], run["spec"]
@@ -117,6 +118,7 @@ def test_valid_padding_serving_handles_any_size(hw):
     np.testing.assert_allclose(probs, expected, atol=2e-5)
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_tftrt_without_tensorrt_is_one_clear_error(run, capsys):
     if not formats.tensorrt_problems():
         pytest.skip("this TensorFlow has TensorRT and a GPU: TF-TRT export can run here")
@@ -163,6 +165,7 @@ def test_predict_and_evaluate_with_an_exported_model(run, tmp_path):
     assert exported_eval["mean_dice"] == pytest.approx(keras_eval["mean_dice"], abs=0.01)
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_fixed_tile_runtime_rejects_another_tile_size(run):
     model = load_exported(exported(run, "tflite", "fp32"))
     assert model.tile_size_for(None) == TILE

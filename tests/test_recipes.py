@@ -163,6 +163,7 @@ def test_mirrored_on_eight_gpus_keeps_the_per_gpu_batch_and_scaling():
     assert math.isclose(lr, 1e-4 * 2) and "--batch_size 32" in sqrt.stdout
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_detection_falls_back_to_mirrored_without_horovod(tmp_path):
     hidden = tmp_path / "horovod"  # shadows any installed horovod
     hidden.mkdir()

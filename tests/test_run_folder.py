@@ -190,6 +190,7 @@ def test_the_lock_is_released_when_the_command_fails(run, capsys):
 
 
 # ----------------------------------------------------------------------------- 6. crash in the final evaluation
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_a_crash_in_the_final_evaluation_is_finished_by_a_resume(data_dir, tmp_path, monkeypatch):
     from unet_medical.cli import modes
 

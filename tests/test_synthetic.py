@@ -86,6 +86,7 @@ def test_full_size_stack_looks_like_isbi(full_stack):
     assert np.mean(images[~membrane] < np.median(images[membrane])) > 0.02
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_adjacent_slices_are_correlated(full_stack):
     _, labels = full_stack
     membrane = labels == 0

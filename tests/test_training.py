@@ -120,7 +120,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, isbi_data_dir, 
 @pytest.mark.parametrize("args,needle", [
     (["--data_dir", "/nonexistent/data"], "/nonexistent/data"),
     (["--padding", "sideways"], "--padding"),
-    (["--crop_size", "100", "--padding", "valid"], "--crop_size=100"),
+    pytest.param(["--crop_size", "100", "--padding", "valid"], "--crop_size=100", marks=pytest.mark.slow),
 ])
 def test_cli_errors_are_one_clear_line(tmp_path, capsys, args, needle, isbi_data_dir):
     argv = ["--exec_mode", "train", "--data_dir", str(isbi_data_dir), "--model_dir", str(tmp_path),

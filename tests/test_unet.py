@@ -282,6 +282,7 @@ def test_get_config_from_config_round_trip(spec):
     _same_outputs(model, clone, np.random.default_rng(1).random((2, size, size, 1), "float32"))
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_savedmodel_round_trip(tmp_path):
     spec = UNetSpec(base_filters=4, depth=2, n_classes=3)
     model = build_unet(spec)
