@@ -336,11 +336,7 @@ def write_synthetic_folders(data_dir: str | os.PathLike, kind: str, num_images: 
                             log: Log = print) -> list[pathlib.Path]:
     """Write a folder-layout synthetic kind (utils.data.synthetic_kinds) and log one line per folder."""
     written = synthetic_kinds.write_folder_kind(data_dir, kind, num_images, seed)
-    by_folder: dict[pathlib.Path, int] = {}
-    for path in written:
-        by_folder[path.parent] = by_folder.get(path.parent, 0) + 1
-    for folder, count in by_folder.items():
-        log(f"{folder}: {count} PNG files written (synthetic {kind}, seed {seed})")
+    _log_per_folder(written, f"PNG files written (synthetic {kind}, seed {seed})", log)
     return written
 
 
@@ -348,12 +344,17 @@ def write_synthetic_volumes(data_dir: str | os.PathLike, kind: str, num_training
                             log: Log = print) -> list[pathlib.Path]:
     """Write a volume kind (data.synthetic_volumes) and log one line per folder."""
     written = synthetic_volumes.write_volume_kind(data_dir, kind, num_training, seed)
+    _log_per_folder(written, f"file(s) written (synthetic {kind}, seed {seed})", log)
+    return written
+
+
+def _log_per_folder(written: list[pathlib.Path], what: str, log: Log) -> None:
+    """One line per folder: 'FOLDER: N <what>'."""
     by_folder: dict[pathlib.Path, int] = {}
     for path in written:
         by_folder[path.parent] = by_folder.get(path.parent, 0) + 1
     for folder, count in by_folder.items():
-        log(f"{folder}: {count} file(s) written (synthetic {kind}, seed {seed})")
-    return written
+        log(f"{folder}: {count} {what}")
 
 
 def _check_synthetic_flags(args: argparse.Namespace) -> None:

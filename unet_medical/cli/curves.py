@@ -9,11 +9,10 @@ its last value, which is the one the finished run's weights come from.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Sequence
 
-from unet_medical.base.runlog import JSON_PREFIX
+from unet_medical.base import runlog
 from unet_medical.base.fileio import atomic_write
 
 CURVES = "curves.png"
@@ -34,19 +33,8 @@ def read_curves(log_path: str | pathlib.Path, score_keys: Sequence[str]) -> Curv
     Lines that are not complete records (a run killed mid-write) are skipped.
     """
     curves = Curves(scores={key: {} for key in score_keys})
-    path = pathlib.Path(log_path)
-    if not path.exists():
-        return curves
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith(JSON_PREFIX):
-            continue
-        try:
-            record = json.loads(line[len(JSON_PREFIX):])
-        except json.JSONDecodeError:
-            continue
-        step, data = record.get("step"), record.get("data") or {}
-        if record.get("type") != "LOG":
-            continue
+    for record in runlog.read_log(log_path):
+        step, data = record.get("step"), record["data"]
         if isinstance(step, int) and not isinstance(step, bool):
             for name, series in (("loss", curves.loss), ("learning_rate", curves.learning_rate)):
                 if isinstance(data.get(name), (int, float)):

@@ -27,7 +27,7 @@ from unet_medical.base.artifacts import (EVAL_RESULTS, FINGERPRINT, MODEL_JSON, 
                                          REPORT)
 from unet_medical.base.errors import UNetError, run_cli
 from unet_medical.base.fileio import atomic_write_text
-from unet_medical.base.runlog import JSON_PREFIX
+from unet_medical.base import runlog
 from unet_medical.cli import report_html as h
 from unet_medical.cli.curves import read_curves
 from unet_medical.cli.lineage import TRAINING_MODES
@@ -43,24 +43,9 @@ NOT_SCORES = frozenset({"fold", "num_folds", "step", "num_images", "tta", "per_c
 
 # --- reading the run's files --------------------------------------------------------------------
 
-def read_log_records(path: pathlib.Path) -> list[dict[str, Any]]:
-    """The LOG records of the run log at `path` ([] when there is none)."""
-    return read_log_records_from_text(path.read_text(encoding="utf-8")) if path.is_file() else []
-
-
-def read_log_records_from_text(text: str) -> list[dict[str, Any]]:
-    """The LOG records of JSON-lines log text, in order; incomplete lines (a killed run) are skipped."""
-    records = []
-    for line in text.splitlines():
-        if not line.startswith(JSON_PREFIX):
-            continue
-        try:
-            record = json.loads(line[len(JSON_PREFIX):])
-        except json.JSONDecodeError:
-            continue
-        if record.get("type") == "LOG" and isinstance(record.get("data"), dict):
-            records.append(record)
-    return records
+# The run log's LOG records, read by the log format's own reader.
+read_log_records = runlog.read_log
+read_log_records_from_text = runlog.parse_log_lines
 
 
 def named_records(records: Sequence[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:

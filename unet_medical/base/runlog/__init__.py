@@ -13,10 +13,11 @@ unconditionally (nothing is written). Importing this package never imports Tenso
 """
 from typing import Any, Mapping, Sequence
 
-from unet_medical.base.runlog.backends import JSON_PREFIX, JSONStreamBackend, StdOutBackend, TensorBoardBackend
+from unet_medical.base.runlog.backends import (JSON_PREFIX, JSONStreamBackend, StdOutBackend, TensorBoardBackend,
+                                               parse_log_lines, read_log)
 from unet_medical.base.runlog.logger import Backend, Logger, Record, Step, Verbosity, to_builtin
 
-__all__ = ["Backend", "JSONStreamBackend", "JSON_PREFIX", "Logger", "Record", "StdOutBackend",
+__all__ = ["Backend", "JSONStreamBackend", "JSON_PREFIX", "Logger", "Record", "StdOutBackend", "parse_log_lines", "read_log",
            "Step", "TensorBoardBackend", "Verbosity", "close", "flush", "get_logger", "init", "log",
            "metadata", "to_builtin"]
 

@@ -118,6 +118,28 @@ class JSONStreamBackend(Backend):
             self._file = None
 
 
+def parse_log_lines(text: str) -> list[dict[str, Any]]:
+    """The LOG records of JSONStreamBackend text, in order (dicts with "type", "step", "data", "timestamp").
+    Lines that are not records, and the incomplete last line of a killed run, are skipped."""
+    records = []
+    for line in text.splitlines():
+        if not line.startswith(JSON_PREFIX):
+            continue
+        try:
+            record = json.loads(line[len(JSON_PREFIX):])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("type") == "LOG" and isinstance(record.get("data"), dict):
+            records.append(record)
+    return records
+
+
+def read_log(path: Union[str, os.PathLike]) -> list[dict[str, Any]]:
+    """parse_log_lines of a log.json file; [] when there is none yet."""
+    path = pathlib.Path(path)
+    return parse_log_lines(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
 def _tensorboard_step(step: Any) -> tuple[str, int] | None:
     """(tag prefix, integer step) of a record TensorBoard can plot, None for the others.
 
