@@ -89,6 +89,6 @@ def test_amp_applies_to_a_model_trained_in_float32(isbi_data_dir, tmp_path, floa
     keras.mixed_precision.set_global_policy("float32")
     from unet_medical.cli.config import parse_config
 
-    model, _, _ = assemble.restore_model(parse_config(["--model_dir", str(float_dir), "--amp"]))
+    model, _, _ = assemble.restore_model(parse_config(["--exec_mode", "evaluate", "--model_dir", str(float_dir), "--amp"]))
     assert model.get_layer("enc1_conv1").compute_dtype == "bfloat16"
     assert model.get_layer("head").compute_dtype == "float32"
