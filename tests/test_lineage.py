@@ -278,8 +278,8 @@ def test_predict_from_the_run_writes_test_masks(fold1_run, tmp_path, isbi_data_d
     with tifffile.TiffFile(isbi_data_dir / "test-volume.tif") as tif:
         tifffile.imwrite(stack, np.stack([p.asarray() for p in tif.pages[:2]]), photometric="minisblack")
     assert main.main(["--exec_mode", "predict", "--model_dir", str(run), "--input", str(stack)]) == 0
-    probs = tifffile.imread(run / "predictions" / "test-volume-probabilities.tif")
-    masks = tifffile.imread(run / "predictions" / "test-masks.tif")
+    probs = tifffile.imread(run / "predictions" / "001" / "test-volume-probabilities.tif")
+    masks = tifffile.imread(run / "predictions" / "001" / "test-masks.tif")
     assert masks.shape == probs.shape == (2, 512, 512) and masks.dtype == np.uint8
     decided = probs != 0.5  # exact ties are the argmax's choice
     np.testing.assert_array_equal(masks[decided], np.where(probs[decided] > 0.5, 255, 0))

@@ -24,10 +24,11 @@ from unet_medical.data.layouts import SegmentationData, load_test_data
 from unet_medical.data.folds import fold_split
 from unet_medical.data.normalize import normalize_image
 from unet_medical.base.errors import UNetError
-from unet_medical.inference.tiling import predict_images
+from unet_medical.inference.tiling import iter_predictions, predict_images
 from unet_medical.evaluation.cases import best_and_worst, case_scores
 from unet_medical.evaluation.metrics import segmentation_metrics
-from unet_medical.inference.outputs import background_class, comparison_panel, write_png, write_predictions
+from unet_medical.inference.outputs import (PredictionWriter, background_class, check_unique_stems, comparison_panel,
+                                            write_png)
 from unet_medical.base.precision import configure_precision, configure_seeds
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.cli.recipe import FINGERPRINT_FILE, resolve_recipe, trainer_data
@@ -281,15 +282,19 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
     if images[0].shape[-1] != spec.in_channels:
         raise UNetError(f"{data.source}: images have {images[0].shape[-1]} channels, the model expects "
                         f"{spec.in_channels}")
-    predictor, tile_size = as_predictor(model, cfg.tile_size)
-    probs = predict_images(predictor, spec, images, tile_size=tile_size,
-                           max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                           batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="predict",
-                           input_scale=recorded_input_scale(cfg, info.input_scale))
+    check_unique_stems(data.names, data.source)
     source = pathlib.Path(data.source)
     stack_name = source.name.split(".")[0] if source.suffix.lower() in (".tif", ".tiff") else None
-    written = write_predictions(volume_modes.prediction_dir(cfg), probs, images, data.names,
-                                info.class_names, stack_name)
+    predictor, tile_size = as_predictor(model, cfg.tile_size)
+    probs = iter_predictions(predictor, spec, images, tile_size=tile_size,
+                             max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
+                             batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="predict",
+                             input_scale=recorded_input_scale(cfg, info.input_scale))
+    # Each map is written as it is made: a predict that stops half-way keeps the images it finished.
+    with PredictionWriter(volume_modes.prediction_dir(cfg), data.names, info.class_names, stack_name) as writer:
+        for name, p, image in zip(data.names, probs, images):
+            writer.add(name, p, image)
+    written = writer.written
     logger.log("PREDICT", {"images": len(images), "output": str(written[0]), "masks": str(written[1]),
                            "step": info.step})
     return written

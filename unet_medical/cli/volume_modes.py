@@ -173,7 +173,22 @@ def volume_record_of(cfg: Config, info: RunRecord) -> dict[str, Any] | None:
 
 
 def prediction_dir(cfg: Config) -> pathlib.Path:
-    return pathlib.Path(cfg.output_dir) if cfg.output_dir else pathlib.Path(cfg.model_dir) / PREDICTIONS
+    """A fresh, empty folder for one predict's files, created here: --output_dir (refused if it holds
+    files, which would mix with this predict's), else the next of model_dir/predictions/001, 002, ...
+    An earlier predict's files are never overwritten nor mixed in."""
+    if cfg.output_dir:
+        out = pathlib.Path(cfg.output_dir)
+        if out.is_dir() and any(out.iterdir()):
+            raise UNetError(f"--output_dir {out}: not empty; predictions go to an empty or new folder so they "
+                            f"never mix with earlier files")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    root = pathlib.Path(cfg.model_dir) / PREDICTIONS
+    root.mkdir(parents=True, exist_ok=True)
+    number = 1 + max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0)
+    out = root / f"{number:03d}"
+    out.mkdir()  # the run lock holds off another predict in this model_dir; mkdir fails rather than share
+    return out
 
 
 def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: UNetSpec, info: RunRecord,
