@@ -25,6 +25,6 @@ class InferenceConfig(Settings):
                              "(highest validation mean Dice)", choices=("best", "last"))
     model_path: str | None = setting(None, "predict/benchmark/evaluate with an exported model (SavedModel "
                                     "folder, .onnx or .tflite) instead of model_dir's checkpoint")
-    output_dir: str | None = setting(None, "predict: an empty or new folder for the predictions (default: a fresh model_dir/predictions/NNN)")
+    output_dir: str | None = setting(None, "predict: an empty or new folder for the predictions (default: fresh model_dir/predictions/NNN)")
     use_trt: bool = setting(False, "predict through a TF-TRT export of the run (made on first use; needs "
                            "TensorFlow built with TensorRT and a GPU, e.g. NVIDIA's NGC container)")
