@@ -157,9 +157,9 @@ def test_predict_and_evaluate_with_an_exported_model(run, tmp_path):
 
     evaluate = ["--exec_mode", "evaluate", *run["common"]]
     assert main.main(evaluate) == 0
-    keras_eval = json.loads((run["dir"] / "eval_results.json").read_text())
+    keras_eval = json.loads((run["dir"] / "eval_results_last.json").read_text())
     assert main.main([*evaluate, "--model_path", str(tflite)]) == 0
-    exported_eval = json.loads((run["dir"] / "eval_results.json").read_text())
+    exported_eval = json.loads((run["dir"] / f"eval_results_{tflite.name}.json").read_text())
     assert exported_eval["mean_dice"] == pytest.approx(keras_eval["mean_dice"], abs=0.01)
 
 

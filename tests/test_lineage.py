@@ -231,10 +231,11 @@ def test_evaluate_with_only_model_dir_reproduces_the_run(fold1_run, tmp_path, is
     run = copy_run(fold1_run, tmp_path)
     trained = json.loads((run / "eval_results.json").read_text())
     assert main.main(["--exec_mode", "evaluate", "--model_dir", str(run)]) == 0
-    again = json.loads((run / "eval_results.json").read_text())
+    again = json.loads((run / "eval_results_last.json").read_text())  # the training run's file stays its own
     assert again["fold"] == 1 and again["step"] == trained["step"] == 2
+    assert again["provenance"]["files"] == trained["provenance"]["files"]
     for key, value in trained.items():
-        if key != "per_case":  # a list of records: compared case by case below
+        if key not in ("per_case", "provenance"):  # per_case: compared case by case below
             assert again[key] == pytest.approx(value, abs=1e-6), key
     assert [(c["index"], c["name"]) for c in again["per_case"]] == [(c["index"], c["name"]) for c in trained["per_case"]]
     for case, before in zip(again["per_case"], trained["per_case"]):
@@ -257,7 +258,7 @@ def test_evaluating_training_slices_is_refused_unless_allowed(fold1_run, tmp_pat
     assert (run / "eval_results.json").read_text() == before
     assert main.main(["--exec_mode", "evaluate", "--model_dir", str(run), "--fold", "0",
                       "--allow_training_slices"]) == 0
-    assert json.loads((run / "eval_results.json").read_text())["fold"] == 0
+    assert json.loads((run / "eval_results_last.json").read_text())["fold"] == 0
 
 
 @pytest.mark.slow

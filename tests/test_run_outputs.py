@@ -1,7 +1,10 @@
 """What predict and evaluate leave in a run folder: each predict its own fresh folder (never mixed with an
-earlier one, nor two inputs colliding on one output name), written image by image as the maps are made."""
+earlier one, nor two inputs colliding on one output name), written image by image as the maps are made;
+every score and prediction names the weights file (and its SHA-256), precision and inputs that made it."""
 from __future__ import annotations
 
+import hashlib
+import json
 import pathlib
 import shutil
 
@@ -10,6 +13,8 @@ import pytest
 import tifffile
 from PIL import Image
 
+from unet_medical.base.errors import UNetError
+from unet_medical.cli.config import parse_config
 from unet_medical.cli.main import main as cli_main
 from unet_medical.data import synthetic
 from unet_medical.inference import tiling
@@ -29,7 +34,7 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir) -> pathlib.Path:
     run = tmp_path_factory.mktemp("runs") / "run"
-    assert cli_main(["train", "--data_dir", str(data_dir), "--model_dir", str(run), *TINY]) == 0
+    assert cli_main(["--exec_mode", "train_and_evaluate", "--data_dir", str(data_dir), "--model_dir", str(run), *TINY]) == 0
     return run
 
 
@@ -102,3 +107,45 @@ def test_predictions_are_written_as_they_are_made(run, tmp_path, monkeypatch):
     assert {"p1-mask.tif", "p1-probabilities.tif", "p2-mask.tif", "p2-probabilities.tif"} <= written
     assert not any(pathlib.Path(name).name.startswith("p3") for name in written)
     assert tifffile.imread(folder / "p1-mask.tif").shape == (48, 48)
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_standalone_evaluate_keeps_the_training_scores_and_records_its_weights(run, data_dir):
+    training_scores = (run / "eval_results.json").read_bytes()
+    assert json.loads(training_scores)["provenance"]["checkpoint"] == "in memory at the evaluated step"
+    assert cli_main(["evaluate", "--model_dir", str(run), "--checkpoint", "best", "--precision", "fp32"]) == 0
+    assert (run / "eval_results.json").read_bytes() == training_scores  # the model card's and CV's file
+    results = json.loads((run / "eval_results_best.json").read_text())
+    origin = results["provenance"]
+    assert "mean_dice" in results and results["step"] > 0
+    assert origin["model_file"] == str((run / "checkpoints" / "best.npz").resolve())
+    assert origin["model_sha256"] == sha256(run / "checkpoints" / "best.npz")
+    assert origin["checkpoint"] == "best" and origin["precision"] == "float32"
+    assert origin["data"] == str(data_dir.resolve())
+    assert origin["files"] == [case["name"] for case in results["per_case"]] and len(origin["files"]) == 2
+
+
+def test_each_predict_folder_records_its_weights_and_inputs(run, tmp_path):
+    inputs = image_folder(tmp_path / "in", ["u.png", "v.png"])
+    assert cli_main(["predict", "--model_dir", str(run), "--input", str(inputs), "--precision", "fp32"]) == 0
+    origin = json.loads((run / "predictions" / "001" / "provenance.json").read_text())
+    assert origin["model_sha256"] == sha256(run / "checkpoints" / "last.npz") and origin["checkpoint"] == "last"
+    assert origin["files"] == ["u.png", "v.png"] and origin["data"] == str(inputs.resolve())
+    assert origin["precision"] == "float32"
+
+
+def test_an_exported_model_without_model_dir_writes_into_its_own_run(run, tmp_path):
+    (run / "export").mkdir(exist_ok=True)
+    (run / "export" / "model.onnx").write_bytes(b"onnx")
+    for mode in ("evaluate", "predict"):
+        assert parse_config(["--exec_mode", mode, "--model_path", str(run / "export" / "model.onnx")]
+                            ).model_dir == str(run)
+    stray = tmp_path / "model.onnx"
+    stray.write_bytes(b"onnx")
+    with pytest.raises(UNetError, match="--model_path=.*give --model_dir"):
+        parse_config(["--exec_mode", "predict", "--model_path", str(stray)])
+    assert parse_config(["--exec_mode", "predict", "--model_path", str(stray), "--model_dir", str(tmp_path / "o")]
+                        ).model_dir == str(tmp_path / "o")

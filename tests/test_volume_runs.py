@@ -249,7 +249,7 @@ def test_synthetic_ct_trains_evaluates_and_predicts_nifti_with_the_input_geometr
         assert out.header.get_sform(coded=True)[1] == source.header.get_sform(coded=True)[1]
     again = main_py("--exec_mode", "evaluate", "--model_dir", str(run))
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((run / "eval_results.json").read_text())["organ_dice"] == pytest.approx(results["organ_dice"], abs=1e-6)
+    assert json.loads((run / "eval_results_last.json").read_text())["organ_dice"] == pytest.approx(results["organ_dice"], abs=1e-6)
     leak = main_py("--exec_mode", "evaluate", "--model_dir", str(run), "--fold", "1")
     assert leak.returncode != 0 and "were training cases of" in leak.stderr
     served = serve_volume(run, data / "imagesTs" / "case_013_0000.nii.gz", tmp_path / "served.nii.gz")

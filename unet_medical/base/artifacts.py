@@ -26,6 +26,11 @@ def last_checkpoint(model_dir: str | pathlib.Path) -> pathlib.Path:
     """model_dir/checkpoints/last.npz: what --resume_training continues from."""
     return pathlib.Path(model_dir) / CHECKPOINTS / LAST_CHECKPOINT
 
+
+def checkpoint_file(model_dir: str | pathlib.Path, which: str) -> pathlib.Path:
+    """model_dir/checkpoints/best.npz or last.npz (--checkpoint best / last)."""
+    return pathlib.Path(model_dir) / CHECKPOINTS / (BEST_CHECKPOINT if which == "best" else LAST_CHECKPOINT)
+
 REPORT = "report.html"  # the run on one self-contained page (cli/report.py)
 # input | prediction | truth of the best and the worst validation case of the latest evaluation
 OVERLAY_BEST = "overlay_best.png"

@@ -202,11 +202,25 @@ def with_run_defaults(values: Mapping[str, Any], defaults: Mapping[str, Any]) ->
     require_source(*args)
     refuse_overwrite(setting["exec_mode"], setting["model_dir"], bool(setting["resume_training"]))
     source = run_source(*args, resume_training=bool(setting["resume_training"]))
+    values = {**values, **outputs_of_exported(setting, values, source)}
     if source is None:
         return dict(values)
     recorded = recorded_values(source)
     refuse_contradictions(values, recorded, source)
     return {**{k: v for k, v in recorded.items() if k not in values}, **values}
+
+
+def outputs_of_exported(setting: Mapping[str, Any], values: Mapping[str, Any], source: RunSource | None
+                        ) -> dict[str, Any]:
+    """evaluate/predict with --model_path and no explicit --model_dir: the outputs go into the run the
+    exported file came from (RUN/export/FILE), beside the weights that made them, instead of ./results,
+    where runs of unrelated models would mix. A file outside a run must name its --model_dir."""
+    if setting["exec_mode"] not in ("evaluate", "predict") or not setting["model_path"] or "model_dir" in values:
+        return {}
+    if source is not None and source.flag == "--model_path":
+        return {"model_dir": str(source.path)}
+    raise UNetError(f"--model_path={setting['model_path']}: not in a training run's export/ folder, so its "
+                    "outputs have no run to go to; give --model_dir (nothing was created)")
 
 
 def _same_data(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

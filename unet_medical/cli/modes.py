@@ -40,6 +40,7 @@ from unet_medical.base.runlock import run_lock
 from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, refuse_overwrite,
                                       require_source, run_source)
 from unet_medical.cli import volume_modes
+from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance, training_provenance
 from unet_medical.data.volume_training import VolumeSlices, split_items, volume_record
 
 OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
@@ -63,7 +64,11 @@ def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.nda
 
 
 def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val_idx: np.ndarray,
-                        logger: runlog.Logger, normalization: str, input_scale: float = 1.0):
+                        logger: runlog.Logger, normalization: str, input_scale: float = 1.0,
+                        origin: dict[str, Any] | None = None, results_name: str = EVAL_RESULTS):
+    """evaluate(model, step): scores of the validation images into model_dir/`results_name` with the
+    `origin` provenance block (cli.provenance); the training run's own file (EVAL_RESULTS) also gets
+    the best/worst case overlays that belong to it."""
     images = [normalize_image(data.images[i], normalization) for i in val_idx]
     masks = [data.masks[i] for i in val_idx]
     names = [data.names[i] for i in val_idx]
@@ -75,8 +80,11 @@ def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val
         per_case = case_scores(predicted, masks, data.class_names, names, [int(i) for i in val_idx])
         results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
                    "num_images": len(images), "tta": cfg.tta, "per_case": per_case}
-        write_json(pathlib.Path(cfg.model_dir) / EVAL_RESULTS, results)
-        write_case_overlays(pathlib.Path(cfg.model_dir), per_case, images, predicted, masks, skip)
+        if origin is not None:
+            results["provenance"] = origin
+        write_json(pathlib.Path(cfg.model_dir) / results_name, results)
+        if results_name == EVAL_RESULTS:
+            write_case_overlays(pathlib.Path(cfg.model_dir), per_case, images, predicted, masks, skip)
         # ("eval", step): the JSON log keeps validation records apart from training steps, and the
         # TensorBoard backend plots them as eval/<metric> at that step.
         logger.log(("eval", int(step)), {k: v for k, v in results.items() if isinstance(v, (int, float))})
@@ -158,9 +166,13 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     evaluate = None
     if wants_eval:
         if volumes:
-            evaluate_fold = volume_modes.make_volume_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization)
+            origin = training_provenance(cfg, policy, volume_modes.cases_of(data, val_idx))
+            evaluate_fold = volume_modes.make_volume_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization,
+                                                               origin)
         else:
-            evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization, cfg.input_scale)
+            origin = training_provenance(cfg, policy, [data.names[i] for i in val_idx])
+            evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization, cfg.input_scale,
+                                                origin)
 
         def evaluate(model: Any, step: int) -> dict[str, Any]:
             results = evaluate_fold(model, step)
@@ -258,8 +270,9 @@ def run_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
     source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path)
     if source is not None and not cfg.allow_training_slices:
         check_evaluation_slices(source.path, val_idx, len(data.images), cfg.to_dict(), cfg.fold, cfg.num_folds)
+    origin = provenance(cfg, info, cfg.data_dir, [data.names[i] for i in val_idx])
     evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, info.normalization,
-                                   recorded_input_scale(cfg, info.input_scale))
+                                   recorded_input_scale(cfg, info.input_scale), origin, evaluation_results_name(cfg))
     return evaluate(model, info.step)
 
 
@@ -291,7 +304,9 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
                              batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="predict",
                              input_scale=recorded_input_scale(cfg, info.input_scale))
     # Each map is written as it is made: a predict that stops half-way keeps the images it finished.
-    with PredictionWriter(volume_modes.prediction_dir(cfg), data.names, info.class_names, stack_name) as writer:
+    out = volume_modes.prediction_dir(cfg)
+    write_json(out / PROVENANCE, provenance(cfg, info, data.source, data.names))  # first: a partial predict has it too
+    with PredictionWriter(out, data.names, info.class_names, stack_name) as writer:
         for name, p, image in zip(data.names, probs, images):
             writer.add(name, p, image)
     written = writer.written
