@@ -127,15 +127,16 @@ def test_training_slices_follow_the_init_from_ancestry(tmp_path):
     base = {**data, "exec_mode": "train_and_evaluate", "num_folds": 5, "max_steps": 10}
     parent = fake_run(tmp_path / "parent", {**base, "fold": 0})
     child = fake_run(tmp_path / "child", {**base, "fold": 1, "init_from": str(parent)})
-    seen = lineage.training_slices(child, 10, data)
+    names = [f"s{i}.png" for i in range(10)]  # runs recorded without train_files: their fold of today's names
+    seen = lineage.training_slices(child, names, data)
     # 10 slices in 5 blocks of 2: the child trained on all but 2-3, its parent on all but 0-1.
-    assert sorted(seen) == list(range(10))
-    assert len(seen[0]) == 1 and "fold 1 of 5" in seen[0][0] and len(seen[4]) == 2
-    assert lineage.training_slices(child, 10, {**data, "data_dir": str(tmp_path / "other")}) == {}
+    assert sorted(seen) == sorted(names)
+    assert len(seen["s0.png"]) == 1 and "fold 1 of 5" in seen["s0.png"][0] and len(seen["s4.png"]) == 2
+    assert lineage.training_slices(child, names, {**data, "data_dir": str(tmp_path / "other")}) == {}
     with pytest.raises(UNetError, match="--allow_training_slices"):
-        lineage.check_evaluation_slices(child, np.array([2, 3]), 10, data, 1, 5)
+        lineage.check_evaluation_slices(child, names[2:4], names, data, 1, 5)
     orphan = fake_run(tmp_path / "orphan", {**base, "fold": 1})
-    lineage.check_evaluation_slices(orphan, np.array([2, 3]), 10, data, 1, 5)  # its own block: allowed
+    lineage.check_evaluation_slices(orphan, names[2:4], names, data, 1, 5)  # its own block: allowed
 
 
 def test_finished_evaluation(tmp_path):

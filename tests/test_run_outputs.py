@@ -149,3 +149,29 @@ def test_an_exported_model_without_model_dir_writes_into_its_own_run(run, tmp_pa
         parse_config(["--exec_mode", "predict", "--model_path", str(stray)])
     assert parse_config(["--exec_mode", "predict", "--model_path", str(stray), "--model_dir", str(tmp_path / "o")]
                         ).model_dir == str(tmp_path / "o")
+
+
+def test_evaluate_scores_the_recorded_validation_images_after_images_were_added(data_dir, tmp_path):
+    """Fold 0 of 5 of 10 slices validates on slices 0-1; with 15 slices a recount would make it 0-2,
+    and slice 2 is one the model trained on."""
+    data, run = pathlib.Path(shutil.copytree(data_dir, tmp_path / "data")), tmp_path / "run"
+    assert cli_main(["--exec_mode", "train_and_evaluate", "--data_dir", str(data), "--model_dir", str(run),
+                     *TINY]) == 0
+    for stack in ("train-volume.tif", "train-labels.tif"):  # five more slices at the end of each stack
+        slices = tifffile.imread(data / stack)
+        tifffile.imwrite(data / stack, np.concatenate([slices, slices[:5]]), photometric="minisblack")
+    assert cli_main(["evaluate", "--model_dir", str(run)]) == 0
+    results = json.loads((run / "eval_results_last.json").read_text())
+    validation = ["train-volume.tif[0]", "train-volume.tif[1]"]
+    assert [case["name"] for case in results["per_case"]] == validation and results["num_images"] == 2
+    record = json.loads((run / "model.json").read_text())
+    assert record["validation_files"] == results["provenance"]["files"] == validation
+    assert len(record["train_files"]) == 8 and "train-volume.tif[2]" in record["train_files"]
+
+
+def test_a_recorded_validation_image_that_is_gone_is_one_line(tmp_path):
+    from unet_medical.cli.lineage import select_by_name
+
+    assert select_by_name(["a.png", "b.png", "c.png"], ["c.png", "a.png"], "D", "R").tolist() == [2, 0]
+    with pytest.raises(UNetError, match=r"D: 1 of the 2 validation images R recorded \(first: z.png\)"):
+        select_by_name(["a.png", "b.png"], ["a.png", "z.png"], "D", "R")

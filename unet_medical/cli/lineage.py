@@ -31,7 +31,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -231,12 +231,23 @@ def _same_data(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
             and a.get("image_stack") == b.get("image_stack") and a.get("images_dir") == b.get("images_dir"))
 
 
-def training_slices(run_dir: str | os.PathLike, num_items: int, data: Mapping[str, Any]
-                    ) -> dict[int, list[str]]:
-    """slice index -> the runs (with their fold) that trained on it, over `run_dir` and its
-    --init_from ancestry, counting only runs that read the same data as `data` (data_dir,
-    image_stack, images_dir). Runs without config.yaml contribute nothing (unknown split)."""
-    seen: dict[int, list[str]] = {}
+def recorded_names(run_dir: str | os.PathLike, key: str) -> list[str] | None:
+    """model.json's `key` ("train_files" or "validation_files"): the image names of one side of the
+    run's split; None for runs recorded before names were (or without model.json)."""
+    if not is_run(run_dir):
+        return None
+    names = read_model_json(run_dir).get(key)
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def training_slices(run_dir: str | os.PathLike, names: Sequence[str], data: Mapping[str, Any]
+                    ) -> dict[str, list[str]]:
+    """image name -> the runs (with their fold) that trained on it, over `run_dir` and its --init_from
+    ancestry, counting only runs that read the same data as `data` (data_dir, image_stack, images_dir).
+    A run's recorded train_files are compared by name; a run recorded before them falls back to its
+    fold of today's `names` (which is wrong if images were added since). Runs without config.yaml
+    contribute nothing (unknown split)."""
+    seen: dict[str, list[str]] = {}
     visited: set[str] = set()
     current: str | None = str(run_dir)
     while current is not None and os.path.realpath(current) not in visited and len(visited) < _MAX_ANCESTRY:
@@ -245,23 +256,47 @@ def training_slices(run_dir: str | os.PathLike, num_items: int, data: Mapping[st
         trained = config.get("exec_mode") in TRAINING_MODES and (config.get("max_steps", 0) > 0
                                                                  or config.get("num_epochs"))
         if trained and _same_data(config, data) and "fold" in config and "num_folds" in config:
-            train_idx, _ = fold_split(num_items, int(config["num_folds"]), int(config["fold"]))
-            for i in train_idx.tolist():
-                seen.setdefault(i, []).append(f"{current} (fold {config['fold']} of {config['num_folds']})")
+            train_names = recorded_names(current, "train_files")
+            if train_names is None:
+                train_idx, _ = fold_split(len(names), int(config["num_folds"]), int(config["fold"]))
+                train_names = [names[i] for i in train_idx.tolist()]
+            for name in train_names:
+                seen.setdefault(name, []).append(f"{current} (fold {config['fold']} of {config['num_folds']})")
         current = config.get("init_from")
     return seen
 
 
-def check_evaluation_slices(run_dir: str | os.PathLike, val_idx: np.ndarray, num_items: int,
+def check_evaluation_slices(run_dir: str | os.PathLike, val_names: Sequence[str], names: Sequence[str],
                             data: Mapping[str, Any], fold: int, num_folds: int) -> None:
-    """Refuse (UNetError, one line) to score on slices the run or its ancestors trained on."""
-    seen = training_slices(run_dir, num_items, data)
-    overlap = [int(i) for i in val_idx if int(i) in seen]
+    """Refuse (UNetError, one line) to score on images the run or its ancestors trained on, by name."""
+    seen = training_slices(run_dir, names, data)
+    overlap = [name for name in val_names if name in seen]
     if overlap:
-        runs = sorted({run for i in overlap for run in seen[i]})
-        raise UNetError(f"--fold={fold} --num_folds={num_folds}: {len(overlap)} of the {len(val_idx)} evaluation "
+        runs = sorted({run for name in overlap for run in seen[name]})
+        raise UNetError(f"--fold={fold} --num_folds={num_folds}: {len(overlap)} of the {len(val_names)} evaluation "
                         f"slices (first: {overlap[0]}) were training slices of {'; '.join(runs)}; evaluate the "
                         "run's own fold (omit --fold/--num_folds) or pass --allow_training_slices")
+
+
+def recorded_validation(run_dir: str | os.PathLike, data: Mapping[str, Any], fold: int, num_folds: int
+                        ) -> list[str] | None:
+    """The validation image names `run_dir` recorded, when `fold`/`num_folds` and `data` are the run's own
+    (else None: another fold is split from today's images and checked by check_evaluation_slices)."""
+    config = read_run_config(run_dir)
+    if config.get("fold") != fold or config.get("num_folds") != num_folds or not _same_data(config, data):
+        return None
+    return recorded_names(run_dir, "validation_files")
+
+
+def select_by_name(names: Sequence[str], wanted: Sequence[str], data_dir: str, run_dir: str | os.PathLike
+                   ) -> np.ndarray:
+    """Indices of `wanted` in `names`; one-line UNetError if the data folder no longer holds one."""
+    index = {name: i for i, name in enumerate(names)}
+    missing = [name for name in wanted if name not in index]
+    if missing:
+        raise UNetError(f"{data_dir}: {len(missing)} of the {len(wanted)} validation images {run_dir} recorded "
+                        f"(first: {missing[0]}) are not there any more; evaluate on the data it was trained with")
+    return np.array([index[name] for name in wanted], dtype=int)
 
 
 def finished_evaluation(model_dir: str | os.PathLike, max_steps: int | None, fold: int, num_folds: int

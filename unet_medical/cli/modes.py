@@ -37,8 +37,8 @@ from unet_medical.cli.assemble import (load_training_set, log_path, make_logger,
                               restore_model)
 from unet_medical.cli.curves import write_curves
 from unet_medical.base.runlock import run_lock
-from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, refuse_overwrite,
-                                      require_source, run_source)
+from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, recorded_validation,
+                                      refuse_overwrite, require_source, run_source, select_by_name)
 from unet_medical.cli import volume_modes
 from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance, training_provenance
 from unet_medical.data.volume_training import VolumeSlices, split_items, volume_record
@@ -154,7 +154,9 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         architecture=getattr(model, "float_architecture", None) or model.to_json(),
         quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
         normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy,
-        input_scale=cfg.input_scale, volume=volume_record(data, train_idx, val_idx) if volumes else None)
+        input_scale=cfg.input_scale, volume=volume_record(data, train_idx, val_idx) if volumes else None,
+        train_files=None if volumes else [data.names[i] for i in train_idx],
+        validation_files=None if volumes else [data.names[i] for i in val_idx])
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
     keys = score_keys(data.class_names)
 
@@ -266,10 +268,16 @@ def run_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
     data = load_training_set(cfg)
     if tuple(data.class_names) != tuple(info.class_names):
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
-    _, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
     source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path)
+    # The run's own fold: exactly the images it recorded as validation, whatever was added since.
+    recorded = None if source is None else recorded_validation(source.path, cfg.to_dict(), cfg.fold, cfg.num_folds)
+    if recorded is not None:
+        val_idx = select_by_name(data.names, recorded, cfg.data_dir, source.path)
+    else:
+        _, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
     if source is not None and not cfg.allow_training_slices:
-        check_evaluation_slices(source.path, val_idx, len(data.images), cfg.to_dict(), cfg.fold, cfg.num_folds)
+        check_evaluation_slices(source.path, [data.names[i] for i in val_idx], data.names, cfg.to_dict(),
+                                cfg.fold, cfg.num_folds)
     origin = provenance(cfg, info, cfg.data_dir, [data.names[i] for i in val_idx])
     evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, info.normalization,
                                    recorded_input_scale(cfg, info.input_scale), origin, evaluation_results_name(cfg))
