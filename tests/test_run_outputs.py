@@ -175,3 +175,40 @@ def test_a_recorded_validation_image_that_is_gone_is_one_line(tmp_path):
     assert select_by_name(["a.png", "b.png", "c.png"], ["c.png", "a.png"], "D", "R").tolist() == [2, 0]
     with pytest.raises(UNetError, match=r"D: 1 of the 2 validation images R recorded \(first: z.png\)"):
         select_by_name(["a.png", "b.png"], ["a.png", "z.png"], "D", "R")
+
+
+def weight_arrays(model) -> list[np.ndarray]:
+    return [np.asarray(w) for w in model.weights]
+
+
+@pytest.mark.slow  # ~25 s: writes a SavedModel
+def test_the_savedmodel_holds_the_weights_evaluate_and_predict_use_by_default(data_dir, tmp_path, monkeypatch):
+    """Scores that fall at every evaluation make best.npz (step 2) differ from last.npz (step 4)."""
+    import tensorflow as tf
+
+    from unet_medical.cli import modes
+    from unet_medical.cli.assemble import restore_model
+
+    real = modes.make_fold_evaluator
+
+    def falling_scores(*args, **kwargs):
+        evaluate = real(*args, **kwargs)
+        return lambda model, step: {**evaluate(model, step), "mean_dice": 1.0 / step}
+
+    monkeypatch.setattr(modes, "make_fold_evaluator", falling_scores)
+    run = tmp_path / "run"
+    flags = [f for f in TINY if f != "--no-saved_model"]
+    assert cli_main(["--exec_mode", "train_and_evaluate", "--data_dir", str(data_dir), "--model_dir", str(run),
+                     "--evaluate_every", "2", *flags]) == 0
+    monkeypatch.undo()
+    default, _, info = restore_model(parse_config(["--exec_mode", "predict", "--model_dir", str(run)]))
+    best, _, best_info = restore_model(parse_config(["--exec_mode", "predict", "--model_dir", str(run),
+                                                     "--checkpoint", "best"]))
+    assert (info.step, best_info.step) == (4, 2)  # the two files differ, so the test can tell them apart
+    reader = tf.train.load_checkpoint(str(run / "saved_model" / "variables" / "variables"))
+    served = [np.asarray(reader.get_tensor(key)) for key in reader.get_variable_to_shape_map()
+              if key != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    for weights in weight_arrays(default):
+        assert any(s.shape == weights.shape and np.array_equal(s, weights) for s in served)
+    assert not all(any(s.shape == w.shape and np.array_equal(s, w) for s in served) for w in weight_arrays(best))
+    assert json.loads((run / "eval_results.json").read_text())["step"] == info.step
