@@ -212,3 +212,18 @@ def test_the_savedmodel_holds_the_weights_evaluate_and_predict_use_by_default(da
         assert any(s.shape == weights.shape and np.array_equal(s, weights) for s in served)
     assert not all(any(s.shape == w.shape and np.array_equal(s, w) for s in served) for w in weight_arrays(best))
     assert json.loads((run / "eval_results.json").read_text())["step"] == info.step
+
+
+def test_predict_refuses_images_of_another_dtype_unless_normalized_per_image(run, tmp_path, capsys):
+    assert json.loads((run / "model.json").read_text())["image_dtype"] == "uint8"
+    stack = tmp_path / "deep.tif"  # 12-bit data in uint16: /65535 would make it 16x darker than training
+    tifffile.imwrite(stack, np.random.default_rng(0).integers(0, 4096, (2, 48, 48), dtype=np.uint16))
+    capsys.readouterr()
+    assert cli_main(["predict", "--model_dir", str(run), "--input", str(stack)]) == 2
+    line = one_error_line(capsys)
+    assert "deep.tif" in line and "uint16" in line and "uint8" in line and "per_image" in line
+    assert not any((run / "predictions").rglob("*.tif"))
+    record = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**record, "normalization": "per_image"}))
+    assert cli_main(["predict", "--model_dir", str(run), "--input", str(stack)]) == 0
+    assert tifffile.imread(run / "predictions" / "001" / "deep-masks.tif").shape == (2, 48, 48)

@@ -297,6 +297,7 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
     if volume is not None:
         return volume_modes.run_volume_prediction(cfg, logger, model, spec, info, volume)
     data = load_test_data(cfg.data_dir, input_path=cfg.input)
+    check_input_dtype(data.source, data.images[0].dtype, info)
     images = [normalize_image(im, info.normalization) for im in data.images]
     if images[0].shape[-1] == 1 and spec.in_channels == 3:  # grayscale input to a colour model: as RGB
         images = [np.repeat(im, 3, axis=-1) for im in images]
@@ -322,6 +323,17 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
                            "step": info.step})
     return written
 
+
+
+def check_input_dtype(source: str, dtype: np.dtype, info: RunRecord) -> None:
+    """Refuse images of another dtype than the training images' under global normalization: it divides by
+    the dtype's maximum, so 12-bit data in uint16 given to a uint8-trained model comes out ~16x too dark
+    and the masks are silent garbage. per_image normalization rescales each image and is safe."""
+    if info.normalization == "per_image" or info.image_dtype is None or np.dtype(dtype).name == info.image_dtype:
+        return
+    raise UNetError(f"{source}: images are {np.dtype(dtype).name}, the model was trained on {info.image_dtype} "
+                    f"images with global normalization (model.json image_dtype); convert them to "
+                    f"{info.image_dtype}, or train with --normalization per_image")
 
 
 def run(cfg: Config) -> None:
