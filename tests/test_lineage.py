@@ -13,7 +13,7 @@ import tifffile
 import yaml
 
 import main
-from unet_medical.base.artifacts import read_run_config, RunRecord, save_run_record
+from unet_medical.base.artifacts import flatten_config, read_run_config, RunRecord, save_run_record
 from unet_medical.cli import lineage
 from unet_medical.cli.config import parse_config
 from unet_medical.base.errors import UNetError
@@ -242,7 +242,7 @@ def test_evaluate_with_only_model_dir_reproduces_the_run(fold1_run, tmp_path, is
     for case, before in zip(again["per_case"], trained["per_case"]):
         assert case["dice"] == pytest.approx(before["dice"], abs=1e-6)
         assert case["mean_dice"] == pytest.approx(before["mean_dice"], abs=1e-6)
-    used = yaml.safe_load((run / "config_evaluate.yaml").read_text())
+    used = flatten_config(yaml.safe_load((run / "config_evaluate.yaml").read_text()))  # version 2: by section
     assert (used["data_dir"], used["fold"], used["padding"], used["base_filters"], used["crop_size"]) == \
         (str(isbi_data_dir), 1, "same", 4, 32)
     logged = parameters(run)  # the PARAMETER line shows the values in effect
