@@ -11,4 +11,4 @@ bash "$here/scripts/setup.sh"
 "$here/scripts/python" "$here/main.py" --exec_mode train_and_predict --data_dir "$here/data/synthetic" \
   --model_dir "$results" --padding same --base_filters 8 --depth 3 --batch_norm --dropout 0 --crop_size 128 \
   --batch_size 4 --learning_rate 2e-3 --warmup_steps 20 --max_steps 150 --log_every 25 --checkpoint_every 50 --resume_training
-echo "Done: $results/eval_results.json and $results/predictions/"
+echo "Done: $results/eval_results.json and $results/predictions/001/"

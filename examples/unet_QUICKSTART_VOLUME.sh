@@ -14,4 +14,4 @@ bash "$here/scripts/setup.sh"
   --model_dir "$results" --padding same --base_filters 8 --depth 3 --batch_norm --dropout 0 --crop_size 48 \
   --batch_size 4 --learning_rate 2e-3 --warmup_steps 20 --max_steps 1200 --log_every 100 --checkpoint_every 200 \
   --resume_training "${@:2}"
-echo "Done: $results/eval_results.json and $results/predictions/*.nii.gz"
+echo "Done: $results/eval_results.json and $results/predictions/001/*.nii.gz"

@@ -150,18 +150,18 @@ def test_predict_and_evaluate_with_an_exported_model(run, tmp_path):
     tflite = exported(run, "tflite", "int8")
     predict = ["--exec_mode", "predict", "--input", str(stack), *run["common"]]
     assert main.main(predict) == 0
-    (keras_file,) = (run["dir"] / "predictions").glob("*probabilities*.tif")
+    (keras_file,) = (run["dir"] / "predictions" / "001").glob("*probabilities*.tif")
     keras_probs = tifffile.imread(keras_file)
-    assert main.main([*predict, "--model_path", str(tflite)]) == 0
-    exported_probs = tifffile.imread(keras_file)
+    assert main.main([*predict, "--model_path", str(tflite)]) == 0  # its own folder: 002
+    exported_probs = tifffile.imread(run["dir"] / "predictions" / "002" / keras_file.name)
     assert exported_probs.shape == keras_probs.shape == (2, 512, 512)
     assert np.mean((exported_probs > 0.5) == (keras_probs > 0.5)) >= 0.99
 
     evaluate = ["--exec_mode", "evaluate", *run["common"]]
     assert main.main(evaluate) == 0
-    keras_eval = json.loads((run["dir"] / "eval_results.json").read_text())
+    keras_eval = json.loads((run["dir"] / "eval_results_last.json").read_text())
     assert main.main([*evaluate, "--model_path", str(tflite)]) == 0
-    exported_eval = json.loads((run["dir"] / "eval_results.json").read_text())
+    exported_eval = json.loads((run["dir"] / f"eval_results_{tflite.name}.json").read_text())
     assert exported_eval["mean_dice"] == pytest.approx(keras_eval["mean_dice"], abs=0.01)
 
 

@@ -29,7 +29,7 @@ def test_packed_export_and_predict(tmp_path, isbi_data_dir):
     serve_dir = tmp_path / "serve"  # no checkpoint here: predict must run the packed file itself
     assert main.main(["--exec_mode", "predict", "--model_path", str(tmp_path / "export" / "model_packed.npz"),
                       "--input", str(stack), "--model_dir", str(serve_dir)]) == 0
-    probs = tifffile.imread(serve_dir / "predictions" / "three-probabilities.tif")
+    probs = tifffile.imread(serve_dir / "predictions" / "001" / "three-probabilities.tif")
     assert probs.shape == (3, 512, 512) and probs.dtype == np.float32 and 0 <= probs.min() <= probs.max() <= 1
     # The benchmark runs the exported file through the same inference path.
     assert main.main(["--exec_mode", "benchmark", "--benchmark_mode", "predict", "--bench_input", "real",

@@ -13,7 +13,7 @@ import tifffile
 import yaml
 
 import main
-from unet_medical.base.artifacts import read_run_config, RunRecord, save_run_record
+from unet_medical.base.artifacts import flatten_config, read_run_config, RunRecord, save_run_record
 from unet_medical.cli import lineage
 from unet_medical.cli.config import parse_config
 from unet_medical.base.errors import UNetError
@@ -127,15 +127,16 @@ def test_training_slices_follow_the_init_from_ancestry(tmp_path):
     base = {**data, "exec_mode": "train_and_evaluate", "num_folds": 5, "max_steps": 10}
     parent = fake_run(tmp_path / "parent", {**base, "fold": 0})
     child = fake_run(tmp_path / "child", {**base, "fold": 1, "init_from": str(parent)})
-    seen = lineage.training_slices(child, 10, data)
+    names = [f"s{i}.png" for i in range(10)]  # runs recorded without train_files: their fold of today's names
+    seen = lineage.training_slices(child, names, data)
     # 10 slices in 5 blocks of 2: the child trained on all but 2-3, its parent on all but 0-1.
-    assert sorted(seen) == list(range(10))
-    assert len(seen[0]) == 1 and "fold 1 of 5" in seen[0][0] and len(seen[4]) == 2
-    assert lineage.training_slices(child, 10, {**data, "data_dir": str(tmp_path / "other")}) == {}
+    assert sorted(seen) == sorted(names)
+    assert len(seen["s0.png"]) == 1 and "fold 1 of 5" in seen["s0.png"][0] and len(seen["s4.png"]) == 2
+    assert lineage.training_slices(child, names, {**data, "data_dir": str(tmp_path / "other")}) == {}
     with pytest.raises(UNetError, match="--allow_training_slices"):
-        lineage.check_evaluation_slices(child, np.array([2, 3]), 10, data, 1, 5)
+        lineage.check_evaluation_slices(child, names[2:4], names, data, 1, 5)
     orphan = fake_run(tmp_path / "orphan", {**base, "fold": 1})
-    lineage.check_evaluation_slices(orphan, np.array([2, 3]), 10, data, 1, 5)  # its own block: allowed
+    lineage.check_evaluation_slices(orphan, names[2:4], names, data, 1, 5)  # its own block: allowed
 
 
 def test_finished_evaluation(tmp_path):
@@ -231,16 +232,17 @@ def test_evaluate_with_only_model_dir_reproduces_the_run(fold1_run, tmp_path, is
     run = copy_run(fold1_run, tmp_path)
     trained = json.loads((run / "eval_results.json").read_text())
     assert main.main(["--exec_mode", "evaluate", "--model_dir", str(run)]) == 0
-    again = json.loads((run / "eval_results.json").read_text())
+    again = json.loads((run / "eval_results_last.json").read_text())  # the training run's file stays its own
     assert again["fold"] == 1 and again["step"] == trained["step"] == 2
+    assert again["provenance"]["files"] == trained["provenance"]["files"]
     for key, value in trained.items():
-        if key != "per_case":  # a list of records: compared case by case below
+        if key not in ("per_case", "provenance"):  # per_case: compared case by case below
             assert again[key] == pytest.approx(value, abs=1e-6), key
     assert [(c["index"], c["name"]) for c in again["per_case"]] == [(c["index"], c["name"]) for c in trained["per_case"]]
     for case, before in zip(again["per_case"], trained["per_case"]):
         assert case["dice"] == pytest.approx(before["dice"], abs=1e-6)
         assert case["mean_dice"] == pytest.approx(before["mean_dice"], abs=1e-6)
-    used = yaml.safe_load((run / "config_evaluate.yaml").read_text())
+    used = flatten_config(yaml.safe_load((run / "config_evaluate.yaml").read_text()))  # version 2: by section
     assert (used["data_dir"], used["fold"], used["padding"], used["base_filters"], used["crop_size"]) == \
         (str(isbi_data_dir), 1, "same", 4, 32)
     logged = parameters(run)  # the PARAMETER line shows the values in effect
@@ -257,7 +259,7 @@ def test_evaluating_training_slices_is_refused_unless_allowed(fold1_run, tmp_pat
     assert (run / "eval_results.json").read_text() == before
     assert main.main(["--exec_mode", "evaluate", "--model_dir", str(run), "--fold", "0",
                       "--allow_training_slices"]) == 0
-    assert json.loads((run / "eval_results.json").read_text())["fold"] == 0
+    assert json.loads((run / "eval_results_last.json").read_text())["fold"] == 0
 
 
 @pytest.mark.slow
@@ -278,8 +280,8 @@ def test_predict_from_the_run_writes_test_masks(fold1_run, tmp_path, isbi_data_d
     with tifffile.TiffFile(isbi_data_dir / "test-volume.tif") as tif:
         tifffile.imwrite(stack, np.stack([p.asarray() for p in tif.pages[:2]]), photometric="minisblack")
     assert main.main(["--exec_mode", "predict", "--model_dir", str(run), "--input", str(stack)]) == 0
-    probs = tifffile.imread(run / "predictions" / "test-volume-probabilities.tif")
-    masks = tifffile.imread(run / "predictions" / "test-masks.tif")
+    probs = tifffile.imread(run / "predictions" / "001" / "test-volume-probabilities.tif")
+    masks = tifffile.imread(run / "predictions" / "001" / "test-masks.tif")
     assert masks.shape == probs.shape == (2, 512, 512) and masks.dtype == np.uint8
     decided = probs != 0.5  # exact ties are the argmax's choice
     np.testing.assert_array_equal(masks[decided], np.where(probs[decided] > 0.5, 255, 0))

@@ -217,16 +217,16 @@ def test_saved_model_alone_gives_predicts_probabilities(trained):
     assert not [p for p in run.iterdir() if p.name.startswith(".saved_model")]  # no staging left behind
     record = [json.loads(line[len("DLLL "):]) for line in (run / "log.json").read_text().splitlines()
               if line.startswith("DLLL ") and '"SAVED_MODEL"' in line]
-    assert record and record[-1]["data"]["size_bytes"] > 0 and record[-1]["data"]["checkpoint"] == "best"
+    assert record and record[-1]["data"]["size_bytes"] > 0 and record[-1]["data"]["checkpoint"] == "last"
 
     inputs = write_inputs(trained["root"] / "inputs")
-    assert main.main(["--exec_mode", "predict", "--checkpoint", "best", "--input", str(trained["root"] / "inputs"),
+    assert main.main(["--exec_mode", "predict", "--input", str(trained["root"] / "inputs"),  # its default weights
                       *trained["flags"]]) == 0
     served, stdout = serve_without_project_code(saved, inputs, trained["root"] / "elsewhere")
     # The project's modules were neither imported nor importable in that process.
     assert "CLASSES background,foreground PROJECT_MODULES [] IMPORTABLE []" in stdout
     for name, image in inputs.items():
-        predicted = tifffile.imread(run / "predictions" / f"{name}-probabilities.tif")  # class 1 of 2
+        predicted = tifffile.imread(run / "predictions" / "001" / f"{name}-probabilities.tif")  # class 1 of 2
         assert served[name].shape == (*image.shape[:2], 2) and predicted.shape == image.shape[:2]
         np.testing.assert_allclose(served[name].sum(-1), 1.0, atol=1e-5)
         diff = float(np.abs(served[name][..., 1] - predicted).max())

@@ -244,16 +244,16 @@ def test_synthetic_ct_trains_evaluates_and_predicts_nifti_with_the_input_geometr
     log = (run / "log.json").read_text()
     assert '"flag": "resampling"' in log and '"anisotropy": 3.125' in log
     for case in ("case_012", "case_013", "case_014", "case_015"):
-        source, out = nib.load(data / "imagesTs" / f"{case}_0000.nii.gz"), nib.load(run / "predictions" / f"{case}.nii.gz")
+        source, out = nib.load(data / "imagesTs" / f"{case}_0000.nii.gz"), nib.load(run / "predictions" / "001" / f"{case}.nii.gz")
         assert out.shape == source.shape and np.array_equal(out.affine, source.affine)
         assert out.header.get_sform(coded=True)[1] == source.header.get_sform(coded=True)[1]
     again = main_py("--exec_mode", "evaluate", "--model_dir", str(run))
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((run / "eval_results.json").read_text())["organ_dice"] == pytest.approx(results["organ_dice"], abs=1e-6)
+    assert json.loads((run / "eval_results_last.json").read_text())["organ_dice"] == pytest.approx(results["organ_dice"], abs=1e-6)
     leak = main_py("--exec_mode", "evaluate", "--model_dir", str(run), "--fold", "1")
     assert leak.returncode != 0 and "were training cases of" in leak.stderr
     served = serve_volume(run, data / "imagesTs" / "case_013_0000.nii.gz", tmp_path / "served.nii.gz")
-    predicted = np.asarray(nib.load(run / "predictions" / "case_013.nii.gz").dataobj)
+    predicted = np.asarray(nib.load(run / "predictions" / "001" / "case_013.nii.gz").dataobj)
     source = nib.load(data / "imagesTs" / "case_013_0000.nii.gz")
     assert served.shape == predicted.shape and np.array_equal(served.affine, source.affine)
     # the SavedModel computes in float32, predict in this CPU's bfloat16: a few boundary voxels may differ

@@ -26,6 +26,11 @@ def last_checkpoint(model_dir: str | pathlib.Path) -> pathlib.Path:
     """model_dir/checkpoints/last.npz: what --resume_training continues from."""
     return pathlib.Path(model_dir) / CHECKPOINTS / LAST_CHECKPOINT
 
+
+def checkpoint_file(model_dir: str | pathlib.Path, which: str) -> pathlib.Path:
+    """model_dir/checkpoints/best.npz or last.npz (--checkpoint best / last)."""
+    return pathlib.Path(model_dir) / CHECKPOINTS / (BEST_CHECKPOINT if which == "best" else LAST_CHECKPOINT)
+
 REPORT = "report.html"  # the run on one self-contained page (cli/report.py)
 # input | prediction | truth of the best and the worst validation case of the latest evaluation
 OVERLAY_BEST = "overlay_best.png"
@@ -58,6 +63,9 @@ class RunRecord:
             the input's size (data.resample); 1 for runs recorded before the option existed.
         volume: for a run trained on medical volumes, how volumes were cut and scaled and which cases
             trained and validated (data.volume_training.volume_record); None for 2D images.
+        train_files, validation_files: for 2D images, the names of the images of each side of the split
+            (data.layouts names: 'a.png', 'train-volume.tif[3]'), so evaluate scores and guards by name,
+            whatever was added to the data folder since; None for runs recorded before.
     """
 
     spec: dict[str, Any]
@@ -72,6 +80,8 @@ class RunRecord:
     precision: str | None = None
     input_scale: float = 1.0
     volume: dict[str, Any] | None = None
+    train_files: list[str] | None = None
+    validation_files: list[str] | None = None
 
     @property
     def variant(self) -> str:
@@ -85,7 +95,7 @@ class RunRecord:
 
 
 _STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype", "precision",
-           "input_scale", "volume")
+           "input_scale", "volume", "train_files", "validation_files")
 
 
 def save_run_record(model_dir: str | pathlib.Path, record: RunRecord) -> pathlib.Path:

@@ -133,11 +133,12 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
 
 
 def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Path:
-    """model_dir/saved_model/: the run's best checkpoint as a SavedModel (utils.export.serving).
+    """model_dir/saved_model/: the run's --checkpoint weights (last by default) as a SavedModel
+    (utils.export.serving).
 
-    best.npz is the checkpoint with the best held-out mean Dice, or the final weights when no
-    evaluation ran (utils.training.loop always writes it), so it is what a deployment should ship;
-    `--exec_mode predict --checkpoint best` with the run's tile flags gives the same probabilities.
+    One run ships one model: the SavedModel, the final eval_results.json and, since config.yaml records
+    --checkpoint and later modes inherit it (cli.lineage), evaluate/predict/export on the run all use
+    the same checkpoint file; `--exec_mode predict` with the run's tile flags gives the same probabilities.
     The tile plan is the run's --tile_size / --max_tile_size / --tile_context; `serving_default`
     takes `image_dtype` images (the training data's). Written beside and renamed into place, so a
     crash never leaves a half-written SavedModel. Returns the path.
@@ -145,7 +146,7 @@ def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Pat
     from unet_medical.cli.assemble import restore_model
 
     start = time.perf_counter()
-    model, spec, info = restore_model(cfg.replace(checkpoint="best", model_path=None))
+    model, spec, info = restore_model(cfg.replace(model_path=None))
     module = UNetServingModule(model, spec, cfg.tile_context, image_dtype, tile_size=cfg.tile_size,
                                max_tile_size=cfg.max_tile_size, class_names=info.class_names,
                                normalization=info.normalization, input_scale=info.input_scale)
@@ -159,7 +160,7 @@ def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Pat
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
-    logger.log("SAVED_MODEL", {"path": str(target), "checkpoint": "best", "step": info.step,
+    logger.log("SAVED_MODEL", {"path": str(target), "checkpoint": cfg.checkpoint, "step": info.step,
                                "image_dtype": np.dtype(image_dtype).name, "size_bytes": size,
                                "seconds": round(time.perf_counter() - start, 2)})
     return target

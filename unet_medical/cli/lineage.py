@@ -6,7 +6,8 @@ reads that folder. Benchmarks build their network from the flags and read no run
 
 What is inherited, unless the flag was given explicitly (command line or --config YAML):
     from RUN/config.yaml (written by runtime.modes.run when the run trained):
-        data_dir, image_stack, mask_stack, images_dir, masks_dir, num_classes, fold, num_folds, crop_size
+        data_dir, image_stack, mask_stack, images_dir, masks_dir, num_classes, fold, num_folds, crop_size,
+        checkpoint (the weights the run's SavedModel holds)
     from RUN/model.json (the weights fix it, so this is the authority):
         padding, base_filters, depth, batch_norm, dropout; for --model_dir modes also the quantization
         settings (shown in the PARAMETER line; the model itself is always rebuilt from model.json)
@@ -31,7 +32,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -44,7 +45,8 @@ TRAINING_MODES = ("train", "train_and_evaluate", "train_and_predict", "compress"
 RUN_MODES = ("evaluate", "predict", "export", "visualize")
 DATA_KEYS = ("data_dir", "image_stack", "mask_stack", "images_dir", "masks_dir", "num_classes")
 SPLIT_KEYS = ("fold", "num_folds")
-CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size")
+# checkpoint: the weights the run's SavedModel was written from are the later modes' default too.
+CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size", "checkpoint")
 ARCHITECTURE_KEYS = ("padding", "base_filters", "depth", "batch_norm", "dropout")
 QUANTIZATION_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width",
                      "activation_f_width", "weight_bits", "activation_bits", "keep_first_float", "keep_last_float")
@@ -52,7 +54,7 @@ QUANTIZATION_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activa
 RESUME_FIXED_KEYS = (*ARCHITECTURE_KEYS, *SPLIT_KEYS, *DATA_KEYS, *QUANTIZATION_KEYS, "fixed_scheme",
                      "init_from", "rank_factor", "rank", "rank_min")
 # What a resume inherits but may change by flag: left out, the resume finishes the same run.
-RESUME_INHERITED_KEYS = ("crop_size", "max_steps", "num_epochs", "batch_size", "seed", "evaluate_every")
+RESUME_INHERITED_KEYS = ("crop_size", "max_steps", "num_epochs", "batch_size", "seed", "evaluate_every", "checkpoint")
 RESUME_FLAG = "--model_dir (--resume_training)"
 _MAX_ANCESTRY = 64  # --init_from chains longer than this are surely a cycle of copied folders
 
@@ -202,11 +204,25 @@ def with_run_defaults(values: Mapping[str, Any], defaults: Mapping[str, Any]) ->
     require_source(*args)
     refuse_overwrite(setting["exec_mode"], setting["model_dir"], bool(setting["resume_training"]))
     source = run_source(*args, resume_training=bool(setting["resume_training"]))
+    values = {**values, **outputs_of_exported(setting, values, source)}
     if source is None:
         return dict(values)
     recorded = recorded_values(source)
     refuse_contradictions(values, recorded, source)
     return {**{k: v for k, v in recorded.items() if k not in values}, **values}
+
+
+def outputs_of_exported(setting: Mapping[str, Any], values: Mapping[str, Any], source: RunSource | None
+                        ) -> dict[str, Any]:
+    """evaluate/predict with --model_path and no explicit --model_dir: the outputs go into the run the
+    exported file came from (RUN/export/FILE), beside the weights that made them, instead of ./results,
+    where runs of unrelated models would mix. A file outside a run must name its --model_dir."""
+    if setting["exec_mode"] not in ("evaluate", "predict") or not setting["model_path"] or "model_dir" in values:
+        return {}
+    if source is not None and source.flag == "--model_path":
+        return {"model_dir": str(source.path)}
+    raise UNetError(f"--model_path={setting['model_path']}: not in a training run's export/ folder, so its "
+                    "outputs have no run to go to; give --model_dir (nothing was created)")
 
 
 def _same_data(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -217,12 +233,23 @@ def _same_data(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
             and a.get("image_stack") == b.get("image_stack") and a.get("images_dir") == b.get("images_dir"))
 
 
-def training_slices(run_dir: str | os.PathLike, num_items: int, data: Mapping[str, Any]
-                    ) -> dict[int, list[str]]:
-    """slice index -> the runs (with their fold) that trained on it, over `run_dir` and its
-    --init_from ancestry, counting only runs that read the same data as `data` (data_dir,
-    image_stack, images_dir). Runs without config.yaml contribute nothing (unknown split)."""
-    seen: dict[int, list[str]] = {}
+def recorded_names(run_dir: str | os.PathLike, key: str) -> list[str] | None:
+    """model.json's `key` ("train_files" or "validation_files"): the image names of one side of the
+    run's split; None for runs recorded before names were (or without model.json)."""
+    if not is_run(run_dir):
+        return None
+    names = read_model_json(run_dir).get(key)
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def training_slices(run_dir: str | os.PathLike, names: Sequence[str], data: Mapping[str, Any]
+                    ) -> dict[str, list[str]]:
+    """image name -> the runs (with their fold) that trained on it, over `run_dir` and its --init_from
+    ancestry, counting only runs that read the same data as `data` (data_dir, image_stack, images_dir).
+    A run's recorded train_files are compared by name; a run recorded before them falls back to its
+    fold of today's `names` (which is wrong if images were added since). Runs without config.yaml
+    contribute nothing (unknown split)."""
+    seen: dict[str, list[str]] = {}
     visited: set[str] = set()
     current: str | None = str(run_dir)
     while current is not None and os.path.realpath(current) not in visited and len(visited) < _MAX_ANCESTRY:
@@ -231,23 +258,47 @@ def training_slices(run_dir: str | os.PathLike, num_items: int, data: Mapping[st
         trained = config.get("exec_mode") in TRAINING_MODES and (config.get("max_steps", 0) > 0
                                                                  or config.get("num_epochs"))
         if trained and _same_data(config, data) and "fold" in config and "num_folds" in config:
-            train_idx, _ = fold_split(num_items, int(config["num_folds"]), int(config["fold"]))
-            for i in train_idx.tolist():
-                seen.setdefault(i, []).append(f"{current} (fold {config['fold']} of {config['num_folds']})")
+            train_names = recorded_names(current, "train_files")
+            if train_names is None:
+                train_idx, _ = fold_split(len(names), int(config["num_folds"]), int(config["fold"]))
+                train_names = [names[i] for i in train_idx.tolist()]
+            for name in train_names:
+                seen.setdefault(name, []).append(f"{current} (fold {config['fold']} of {config['num_folds']})")
         current = config.get("init_from")
     return seen
 
 
-def check_evaluation_slices(run_dir: str | os.PathLike, val_idx: np.ndarray, num_items: int,
+def check_evaluation_slices(run_dir: str | os.PathLike, val_names: Sequence[str], names: Sequence[str],
                             data: Mapping[str, Any], fold: int, num_folds: int) -> None:
-    """Refuse (UNetError, one line) to score on slices the run or its ancestors trained on."""
-    seen = training_slices(run_dir, num_items, data)
-    overlap = [int(i) for i in val_idx if int(i) in seen]
+    """Refuse (UNetError, one line) to score on images the run or its ancestors trained on, by name."""
+    seen = training_slices(run_dir, names, data)
+    overlap = [name for name in val_names if name in seen]
     if overlap:
-        runs = sorted({run for i in overlap for run in seen[i]})
-        raise UNetError(f"--fold={fold} --num_folds={num_folds}: {len(overlap)} of the {len(val_idx)} evaluation "
+        runs = sorted({run for name in overlap for run in seen[name]})
+        raise UNetError(f"--fold={fold} --num_folds={num_folds}: {len(overlap)} of the {len(val_names)} evaluation "
                         f"slices (first: {overlap[0]}) were training slices of {'; '.join(runs)}; evaluate the "
                         "run's own fold (omit --fold/--num_folds) or pass --allow_training_slices")
+
+
+def recorded_validation(run_dir: str | os.PathLike, data: Mapping[str, Any], fold: int, num_folds: int
+                        ) -> list[str] | None:
+    """The validation image names `run_dir` recorded, when `fold`/`num_folds` and `data` are the run's own
+    (else None: another fold is split from today's images and checked by check_evaluation_slices)."""
+    config = read_run_config(run_dir)
+    if config.get("fold") != fold or config.get("num_folds") != num_folds or not _same_data(config, data):
+        return None
+    return recorded_names(run_dir, "validation_files")
+
+
+def select_by_name(names: Sequence[str], wanted: Sequence[str], data_dir: str, run_dir: str | os.PathLike
+                   ) -> np.ndarray:
+    """Indices of `wanted` in `names`; one-line UNetError if the data folder no longer holds one."""
+    index = {name: i for i, name in enumerate(names)}
+    missing = [name for name in wanted if name not in index]
+    if missing:
+        raise UNetError(f"{data_dir}: {len(missing)} of the {len(wanted)} validation images {run_dir} recorded "
+                        f"(first: {missing[0]}) are not there any more; evaluate on the data it was trained with")
+    return np.array([index[name] for name in wanted], dtype=int)
 
 
 def finished_evaluation(model_dir: str | os.PathLike, max_steps: int | None, fold: int, num_folds: int

@@ -24,10 +24,11 @@ from unet_medical.data.layouts import SegmentationData, load_test_data
 from unet_medical.data.folds import fold_split
 from unet_medical.data.normalize import normalize_image
 from unet_medical.base.errors import UNetError
-from unet_medical.inference.tiling import predict_images
+from unet_medical.inference.tiling import iter_predictions, predict_images
 from unet_medical.evaluation.cases import best_and_worst, case_scores
 from unet_medical.evaluation.metrics import segmentation_metrics
-from unet_medical.inference.outputs import background_class, comparison_panel, write_png, write_predictions
+from unet_medical.inference.outputs import (PredictionWriter, background_class, check_unique_stems, comparison_panel,
+                                            write_png)
 from unet_medical.base.precision import configure_precision, configure_seeds
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.cli.recipe import FINGERPRINT_FILE, resolve_recipe, trainer_data
@@ -36,9 +37,10 @@ from unet_medical.cli.assemble import (load_training_set, log_path, make_logger,
                               restore_model)
 from unet_medical.cli.curves import write_curves
 from unet_medical.base.runlock import run_lock
-from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, refuse_overwrite,
-                                      require_source, run_source)
+from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, recorded_validation,
+                                      refuse_overwrite, require_source, run_source, select_by_name)
 from unet_medical.cli import volume_modes
+from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance, training_provenance
 from unet_medical.data.volume_training import VolumeSlices, split_items, volume_record
 
 OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
@@ -62,7 +64,11 @@ def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.nda
 
 
 def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val_idx: np.ndarray,
-                        logger: runlog.Logger, normalization: str, input_scale: float = 1.0):
+                        logger: runlog.Logger, normalization: str, input_scale: float = 1.0,
+                        origin: dict[str, Any] | None = None, results_name: str = EVAL_RESULTS):
+    """evaluate(model, step): scores of the validation images into model_dir/`results_name` with the
+    `origin` provenance block (cli.provenance); the training run's own file (EVAL_RESULTS) also gets
+    the best/worst case overlays that belong to it."""
     images = [normalize_image(data.images[i], normalization) for i in val_idx]
     masks = [data.masks[i] for i in val_idx]
     names = [data.names[i] for i in val_idx]
@@ -74,8 +80,11 @@ def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val
         per_case = case_scores(predicted, masks, data.class_names, names, [int(i) for i in val_idx])
         results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
                    "num_images": len(images), "tta": cfg.tta, "per_case": per_case}
-        write_json(pathlib.Path(cfg.model_dir) / EVAL_RESULTS, results)
-        write_case_overlays(pathlib.Path(cfg.model_dir), per_case, images, predicted, masks, skip)
+        if origin is not None:
+            results["provenance"] = origin
+        write_json(pathlib.Path(cfg.model_dir) / results_name, results)
+        if results_name == EVAL_RESULTS:
+            write_case_overlays(pathlib.Path(cfg.model_dir), per_case, images, predicted, masks, skip)
         # ("eval", step): the JSON log keeps validation records apart from training steps, and the
         # TensorBoard backend plots them as eval/<metric> at that step.
         logger.log(("eval", int(step)), {k: v for k, v in results.items() if isinstance(v, (int, float))})
@@ -145,7 +154,9 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         architecture=getattr(model, "float_architecture", None) or model.to_json(),
         quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
         normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy,
-        input_scale=cfg.input_scale, volume=volume_record(data, train_idx, val_idx) if volumes else None)
+        input_scale=cfg.input_scale, volume=volume_record(data, train_idx, val_idx) if volumes else None,
+        train_files=None if volumes else [data.names[i] for i in train_idx],
+        validation_files=None if volumes else [data.names[i] for i in val_idx])
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
     keys = score_keys(data.class_names)
 
@@ -157,9 +168,13 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     evaluate = None
     if wants_eval:
         if volumes:
-            evaluate_fold = volume_modes.make_volume_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization)
+            origin = training_provenance(cfg, policy, volume_modes.cases_of(data, val_idx))
+            evaluate_fold = volume_modes.make_volume_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization,
+                                                               origin)
         else:
-            evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization, cfg.input_scale)
+            origin = training_provenance(cfg, policy, [data.names[i] for i in val_idx])
+            evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization, cfg.input_scale,
+                                                origin)
 
         def evaluate(model: Any, step: int) -> dict[str, Any]:
             results = evaluate_fold(model, step)
@@ -253,12 +268,19 @@ def run_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
     data = load_training_set(cfg)
     if tuple(data.class_names) != tuple(info.class_names):
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
-    _, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
     source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path)
+    # The run's own fold: exactly the images it recorded as validation, whatever was added since.
+    recorded = None if source is None else recorded_validation(source.path, cfg.to_dict(), cfg.fold, cfg.num_folds)
+    if recorded is not None:
+        val_idx = select_by_name(data.names, recorded, cfg.data_dir, source.path)
+    else:
+        _, val_idx = fold_split(len(data.images), cfg.num_folds, cfg.fold)
     if source is not None and not cfg.allow_training_slices:
-        check_evaluation_slices(source.path, val_idx, len(data.images), cfg.to_dict(), cfg.fold, cfg.num_folds)
+        check_evaluation_slices(source.path, [data.names[i] for i in val_idx], data.names, cfg.to_dict(),
+                                cfg.fold, cfg.num_folds)
+    origin = provenance(cfg, info, cfg.data_dir, [data.names[i] for i in val_idx])
     evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, info.normalization,
-                                   recorded_input_scale(cfg, info.input_scale))
+                                   recorded_input_scale(cfg, info.input_scale), origin, evaluation_results_name(cfg))
     return evaluate(model, info.step)
 
 
@@ -275,25 +297,43 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
     if volume is not None:
         return volume_modes.run_volume_prediction(cfg, logger, model, spec, info, volume)
     data = load_test_data(cfg.data_dir, input_path=cfg.input)
+    check_input_dtype(data.source, data.images[0].dtype, info)
     images = [normalize_image(im, info.normalization) for im in data.images]
     if images[0].shape[-1] == 1 and spec.in_channels == 3:  # grayscale input to a colour model: as RGB
         images = [np.repeat(im, 3, axis=-1) for im in images]
     if images[0].shape[-1] != spec.in_channels:
         raise UNetError(f"{data.source}: images have {images[0].shape[-1]} channels, the model expects "
                         f"{spec.in_channels}")
-    predictor, tile_size = as_predictor(model, cfg.tile_size)
-    probs = predict_images(predictor, spec, images, tile_size=tile_size,
-                           max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                           batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="predict",
-                           input_scale=recorded_input_scale(cfg, info.input_scale))
+    check_unique_stems(data.names, data.source)
     source = pathlib.Path(data.source)
     stack_name = source.name.split(".")[0] if source.suffix.lower() in (".tif", ".tiff") else None
-    written = write_predictions(volume_modes.prediction_dir(cfg), probs, images, data.names,
-                                info.class_names, stack_name)
+    predictor, tile_size = as_predictor(model, cfg.tile_size)
+    probs = iter_predictions(predictor, spec, images, tile_size=tile_size,
+                             max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
+                             batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="predict",
+                             input_scale=recorded_input_scale(cfg, info.input_scale))
+    # Each map is written as it is made: a predict that stops half-way keeps the images it finished.
+    out = volume_modes.prediction_dir(cfg)
+    write_json(out / PROVENANCE, provenance(cfg, info, data.source, data.names))  # first: a partial predict has it too
+    with PredictionWriter(out, data.names, info.class_names, stack_name) as writer:
+        for name, p, image in zip(data.names, probs, images):
+            writer.add(name, p, image)
+    written = writer.written
     logger.log("PREDICT", {"images": len(images), "output": str(written[0]), "masks": str(written[1]),
                            "step": info.step})
     return written
 
+
+
+def check_input_dtype(source: str, dtype: np.dtype, info: RunRecord) -> None:
+    """Refuse images of another dtype than the training images' under global normalization: it divides by
+    the dtype's maximum, so 12-bit data in uint16 given to a uint8-trained model comes out ~16x too dark
+    and the masks are silent garbage. per_image normalization rescales each image and is safe."""
+    if info.normalization == "per_image" or info.image_dtype is None or np.dtype(dtype).name == info.image_dtype:
+        return
+    raise UNetError(f"{source}: images are {np.dtype(dtype).name}, the model was trained on {info.image_dtype} "
+                    f"images with global normalization (model.json image_dtype); convert them to "
+                    f"{info.image_dtype}, or train with --normalization per_image")
 
 
 def run(cfg: Config) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from unet_medical.base import runlog
 from unet_medical.base.artifacts import EVAL_RESULTS, PREDICTIONS, RunRecord, load_run_record, write_json
 from unet_medical.base.errors import UNetError
+from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance
 from unet_medical.cli.assemble import restore_model
 from unet_medical.cli.config import Config
 from unet_medical.cli.lineage import read_run_config, run_source
@@ -78,9 +79,10 @@ def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: 
 
 
 def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_idx: np.ndarray,
-                          logger: runlog.Logger, normalization: str):
+                          logger: runlog.Logger, normalization: str, origin: dict[str, Any] | None = None,
+                          results_name: str = EVAL_RESULTS):
     """evaluate(model, step) -> eval_results of the validation cases (evaluation.volumes), also written to
-    model_dir/eval_results.json and logged as ("eval", step)."""
+    model_dir/`results_name` with the `origin` provenance block and logged as ("eval", step)."""
     val_cases = [int(c) for c in np.unique(data.case_of_slice[val_idx])]
     inputs = {c: [normalize_image(data.images[i], normalization) for i in data.slices_of(c)] for c in val_cases}
 
@@ -94,7 +96,9 @@ def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_i
                                 cfg.nsd_tolerance)
         results.update(fold=cfg.fold, num_folds=cfg.num_folds, step=int(step), num_images=len(val_idx),
                        tta=cfg.tta, dims=data.dims)
-        write_json(pathlib.Path(cfg.model_dir) / EVAL_RESULTS, results)
+        if origin is not None:
+            results["provenance"] = origin
+        write_json(pathlib.Path(cfg.model_dir) / results_name, results)
         logger.log(("eval", int(step)), {k: v for k, v in results.items()
                                          if isinstance(v, (int, float)) and not isinstance(v, bool)})
         return results
@@ -152,7 +156,9 @@ def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
     source = run_source(cfg.exec_mode, cfg.model_dir, cfg.init_from, cfg.model_path)
     if source is not None and not cfg.allow_training_slices:
         check_evaluation_cases(cfg, source.path, cases_of(data, val_idx))
-    evaluate = make_volume_evaluator(cfg, spec, data, val_idx, logger, info.normalization)
+    origin = provenance(cfg, info, cfg.data_dir, cases_of(data, val_idx))
+    evaluate = make_volume_evaluator(cfg, spec, data, val_idx, logger, info.normalization, origin,
+                                     evaluation_results_name(cfg))
     return evaluate(model, info.step)
 
 
@@ -173,7 +179,22 @@ def volume_record_of(cfg: Config, info: RunRecord) -> dict[str, Any] | None:
 
 
 def prediction_dir(cfg: Config) -> pathlib.Path:
-    return pathlib.Path(cfg.output_dir) if cfg.output_dir else pathlib.Path(cfg.model_dir) / PREDICTIONS
+    """A fresh, empty folder for one predict's files, created here: --output_dir (refused if it holds
+    files, which would mix with this predict's), else the next of model_dir/predictions/001, 002, ...
+    An earlier predict's files are never overwritten nor mixed in."""
+    if cfg.output_dir:
+        out = pathlib.Path(cfg.output_dir)
+        if out.is_dir() and any(out.iterdir()):
+            raise UNetError(f"--output_dir {out}: not empty; predictions go to an empty or new folder so they "
+                            f"never mix with earlier files")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    root = pathlib.Path(cfg.model_dir) / PREDICTIONS
+    root.mkdir(parents=True, exist_ok=True)
+    number = 1 + max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0)
+    out = root / f"{number:03d}"
+    out.mkdir()  # the run lock holds off another predict in this model_dir; mkdir fails rather than share
+    return out
 
 
 def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: UNetSpec, info: RunRecord,
@@ -184,6 +205,7 @@ def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: 
     cases = prediction_cases(cfg.input or cfg.data_dir, len(record["channel_names"]))
     predictor, tile_size = as_predictor(model, cfg.tile_size)
     out, written, seconds = prediction_dir(cfg), [], []
+    write_json(out / PROVENANCE, provenance(cfg, info, cfg.input or cfg.data_dir, [name for name, _ in cases]))
     for name, image in cases:
         start = time.perf_counter()
         inputs = [normalize_image(x, info.normalization) for x in case_inputs(image, record)]

@@ -18,7 +18,7 @@ class ExportConfig(Settings):
     section: ClassVar[str] = "export"
     title: ClassVar[str] = "export"
 
-    saved_model: bool = setting(True, "training ends by writing model_dir/saved_model/: the best checkpoint as a "
+    saved_model: bool = setting(True, "training ends by writing model_dir/saved_model/: the --checkpoint weights as a "
                                "SavedModel whose serving_default runs predict's tiled inference on raw images "
                                "(docs/deployment.md)")
     export_format: str | None = setting(None, "--exec_mode export target (default: export every CPU "

@@ -21,10 +21,11 @@ class InferenceConfig(Settings):
     tile_context: int | None = setting(None, "pixels of each same-padding tile's border thrown away "
                                       "(default 16 for same padding, 0 for valid)", rule=at_least(0))
     tta: bool = setting(False, "test-time augmentation: average over the 8 flips/rotations")
-    checkpoint: str = setting("last", "weights used by evaluate/predict/export: last (final) or best "
-                             "(highest validation mean Dice)", choices=("best", "last"))
+    checkpoint: str = setting("last", "weights of the run's SavedModel and of evaluate/predict/export: last "
+                             "(final; what eval_results.json scored) or best (highest validation mean Dice); "
+                             "recorded in config.yaml, later modes on the run take it", choices=("best", "last"))
     model_path: str | None = setting(None, "predict/benchmark/evaluate with an exported model (SavedModel "
                                     "folder, .onnx or .tflite) instead of model_dir's checkpoint")
-    output_dir: str | None = setting(None, "predict: where the predictions go (default: model_dir/predictions)")
+    output_dir: str | None = setting(None, "predict: an empty or new folder for the predictions (default: fresh model_dir/predictions/NNN)")
     use_trt: bool = setting(False, "predict through a TF-TRT export of the run (made on first use; needs "
                            "TensorFlow built with TensorRT and a GPU, e.g. NVIDIA's NGC container)")

@@ -2,6 +2,7 @@
 overlays a person can look at."""
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 from typing import Sequence
@@ -10,6 +11,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_write
 
 # Overlay colour of each class index (class 0 is the ISBI membrane): RGB.
@@ -97,30 +99,74 @@ def write_png(path: pathlib.Path, rgb: np.ndarray) -> pathlib.Path:
 def write_predictions(out_dir: pathlib.Path, probs: Sequence[np.ndarray], images: Sequence[np.ndarray],
                       names: Sequence[str], class_names: Sequence[str], stack_name: str | None,
                       max_overlays: int = 30) -> list[pathlib.Path]:
-    """Write probabilities and label masks (when the input was a stack of equal-size slices: one
-    `<stack_name>-probabilities.tif` and one multi-page mask TIFF named by `masks_name`, e.g.
-    test-masks.tif; else `<stem>-probabilities.tif` and `<stem>-mask.tif` per image) and PNG
-    overlays. Masks are deflate-compressed (mostly 0 and 255). Returns the written paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    maps = [probability_maps(p, class_names) for p in probs]
-    masks = [label_mask(p, class_names) for p in probs]
-    same_shape = len({m.shape for m in maps}) == 1
-    if stack_name is not None and same_shape:
-        written.append(write_tiff(out_dir / f"{stack_name}-probabilities.tif", np.stack(maps)))
-        written.append(write_tiff(out_dir / masks_name(stack_name), np.stack(masks), compression="zlib"))
-    else:
-        for name, m, mask in zip(names, maps, masks):
-            written.append(write_tiff(out_dir / f"{_stem(name)}-probabilities.tif", m))
-            written.append(write_tiff(out_dir / f"{_stem(name)}-mask.tif", mask, compression="zlib"))
-    # The interior/background class (1 of 2) is left untinted so membranes/foreground stand out.
-    skip = background_class(class_names)
-    for i, (name, p, image) in enumerate(zip(names, probs, images)):
-        if i >= max_overlays:
-            break
-        written.append(write_png(out_dir / "overlays" / f"{_stem(name)}.png",
-                                 overlay(image, p.argmax(-1), skip_class=skip)))
-    return written
+    """PredictionWriter over lists already in memory. Returns the written paths."""
+    with PredictionWriter(out_dir, names, class_names, stack_name, max_overlays) as writer:
+        for name, p, image in zip(names, probs, images):
+            writer.add(name, p, image)
+    return writer.written
+
+
+def check_unique_stems(names: Sequence[str], source: str) -> None:
+    """Refuse inputs whose output files would collide: 'a.png' and 'a.tif' both write a-mask.tif."""
+    seen: dict[str, str] = {}
+    for name in names:
+        stem = _stem(name)
+        if stem in seen:
+            raise UNetError(f"{source}: {seen[stem]} and {name} would both write {stem}-*.tif; "
+                            f"rename one or predict them separately")
+        seen[stem] = name
+
+
+class PredictionWriter:
+    """Writes each image's probabilities and label mask as it is predicted, so a run that stops half-way
+    (out of memory, killed) keeps what it made and never holds more than one probability map.
+
+    A stack (`stack_name` given): one `<stack_name>-probabilities.tif` and one multi-page mask TIFF named
+    by `masks_name` (e.g. test-masks.tif), appended page by page to temporary files that are moved into
+    place on a clean close. Otherwise `<stem>-probabilities.tif` and `<stem>-mask.tif` per image. Masks
+    are deflate-compressed (mostly 0 and 255); the first `max_overlays` images get a PNG overlay.
+    """
+
+    def __init__(self, out_dir: pathlib.Path, names: Sequence[str], class_names: Sequence[str],
+                 stack_name: str | None, max_overlays: int = 30):
+        check_unique_stems(names, str(out_dir))
+        self.out_dir, self.class_names, self.stack_name = pathlib.Path(out_dir), tuple(class_names), stack_name
+        self.max_overlays, self.count, self.written = max_overlays, 0, []
+        # The interior/background class (1 of 2) is left untinted so membranes/foreground stand out.
+        self.skip = background_class(class_names)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._stacks: list[tuple[pathlib.Path, pathlib.Path, tifffile.TiffWriter]] = []
+        if stack_name is not None:
+            for final in (f"{stack_name}-probabilities.tif", masks_name(stack_name)):
+                tmp = self.out_dir / f".{final}.partial"
+                self._stacks.append((tmp, self.out_dir / final, tifffile.TiffWriter(tmp)))
+
+    def add(self, name: str, probs: np.ndarray, image: np.ndarray) -> None:
+        maps, mask = probability_maps(probs, self.class_names), label_mask(probs, self.class_names)
+        if self._stacks:
+            for (_, _, tif), array, compression in zip(self._stacks, (maps, mask), (None, "zlib")):
+                # metadata=None: pages of one shape read back as one (N, H, W) series
+                tif.write(array, photometric="minisblack", compression=compression, metadata=None)
+        else:
+            self.written.append(write_tiff(self.out_dir / f"{_stem(name)}-probabilities.tif", maps))
+            self.written.append(write_tiff(self.out_dir / f"{_stem(name)}-mask.tif", mask, compression="zlib"))
+        if self.count < self.max_overlays:
+            self.written.append(write_png(self.out_dir / "overlays" / f"{_stem(name)}.png",
+                                          overlay(image, probs.argmax(-1), skip_class=self.skip)))
+        self.count += 1
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        finals = []
+        for tmp, final, tif in self._stacks:
+            tif.close()
+            if exc_type is None:
+                finals.append(pathlib.Path(os.replace(tmp, final) or final))
+            else:
+                tmp.unlink(missing_ok=True)
+        self.written = finals + self.written  # the stack's two files first, as the PREDICT log line reads them
 
 
 def _stem(name: str) -> str:

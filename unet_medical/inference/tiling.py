@@ -167,7 +167,16 @@ def predict_images(predictor: Predictor, spec: UNetSpec, images: Sequence[np.nda
     With a `logger` (a dllogger.Logger), the loop shows its progress (utils.progress) under `label`:
     per image, and per tile for big images.
     """
-    out = []
+    return list(iter_predictions(predictor, spec, images, tile_size=tile_size, max_tile_size=max_tile_size,
+                                 context=context, batch_size=batch_size, tta=tta, logger=logger, label=label,
+                                 input_scale=input_scale))
+
+
+def iter_predictions(predictor: Predictor, spec: UNetSpec, images: Sequence[np.ndarray], *,
+                     tile_size: int | None = None, max_tile_size: int = 1024, context: int | None = None,
+                     batch_size: int = 1, tta: bool = False, logger: Any = None,
+                     label: str = "predict", input_scale: float = 1.0) -> Iterator[np.ndarray]:
+    """predict_images one image at a time: a caller that writes each map as it comes holds one in memory."""
     with Progress(len(images), label, logger, unit="img", enabled=logger is not None) as progress:
         for image in images:
             seen = resize_image(image, scaled_shape(image.shape[:2], input_scale)) if input_scale != 1 else image
@@ -175,6 +184,5 @@ def predict_images(predictor: Predictor, spec: UNetSpec, images: Sequence[np.nda
                               context=context)
             probs = tiled_predict(predictor, seen, plan, batch_size=batch_size, tta=tta, logger=logger,
                                   label=label)
-            out.append(resize_image(probs, image.shape[:2]) if input_scale != 1 else probs)
+            yield resize_image(probs, image.shape[:2]) if input_scale != 1 else probs
             progress.update()
-    return out
