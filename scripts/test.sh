@@ -9,5 +9,5 @@ bash scripts/install_chromium.sh  # tests/test_report.py renders a run report in
 if [ "${UNET_SKIP_HOROVOD:-0}" != 1 ] || [ "${CI:-}" = true ]; then
   bash scripts/install_horovod.sh
 fi
-# -n auto --dist loadfile: one worker per core, each test file on one worker (its module fixtures built once).
-exec .venv/bin/python -m pytest -q -n auto --dist loadfile tests "$@"
+# pyproject.toml adds -n auto --dist loadfile: one worker per core, each test file on one worker.
+exec .venv/bin/python -m pytest -q tests "$@"

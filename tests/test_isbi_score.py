@@ -271,6 +271,7 @@ def test_real_labels_match_reference(real_labels):
     assert_matches_reference(real_labels, degraded(real_labels))
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_cli_prints_one_json_object(real_labels, tmp_path):
     labels_path, probs_path = tmp_path / "labels.tif", tmp_path / "probs.tif"
     tifffile.imwrite(labels_path, real_labels)

@@ -221,6 +221,7 @@ def test_thick_but_correct_membranes_score_high_only_when_thinned():
     assert results["v_rand_argmax"] < 0.99
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_thinned_scores_of_slices_equal_the_stack_scorer(isbi_label_slices):
     from unet_medical.evaluation.isbi import score_stack
 

@@ -372,6 +372,7 @@ def test_compress_argument_errors(small_model):
 
 
 @pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_saved_and_loaded_model_gives_identical_outputs(compressed, image, tmp_path):
     new, _ = compressed
     expected = new(image).numpy()
@@ -382,6 +383,7 @@ def test_saved_and_loaded_model_gives_identical_outputs(compressed, image, tmp_p
         np.testing.assert_array_equal(loaded(image).numpy(), expected)
 
 
+@pytest.mark.slow  # seconds of setup or a subprocess: the fast subset stays under 2 minutes
 def test_decomposed_model_trains(small_model, image):
     new, _ = tucker_compress(small_model, rank_factor=0.5, input_hw=(16, 16))
     labels = (image > 0.5).astype(np.int32)[..., 0]
