@@ -12,18 +12,13 @@ import numpy as np
 import pytest
 
 from unet_medical.cli.main import main as cli_main
-from unet_medical.data import synthetic
+from tests.tiny_run import TINY, write_tiny_data
 
-TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--batch_norm", "--dropout", "0",
-        "--crop_size", "32", "--batch_size", "2", "--max_steps", "4", "--log_every", "2",
-        "--checkpoint_every", "2", "--no-saved_model"]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("data")
-    synthetic.write_isbi_layout(out, num_slices=10, size=64, seed=0)
-    return out
+    return write_tiny_data(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -271,12 +271,17 @@ def training_slices(run_dir: str | os.PathLike, names: Sequence[str], data: Mapp
 def check_evaluation_slices(run_dir: str | os.PathLike, val_names: Sequence[str], names: Sequence[str],
                             data: Mapping[str, Any], fold: int, num_folds: int) -> None:
     """Refuse (UNetError, one line) to score on images the run or its ancestors trained on, by name."""
-    seen = training_slices(run_dir, names, data)
+    refuse_trained_on(val_names, training_slices(run_dir, names, data), "slices", fold, num_folds)
+
+
+def refuse_trained_on(val_names: Sequence[str], seen: Mapping[str, Any], unit: str, fold: int, num_folds: int) -> None:
+    """The leak guard's one line: some of `val_names` ("slices" or "cases") are keys of `seen` (name -> the
+    runs that trained on it)."""
     overlap = [name for name in val_names if name in seen]
     if overlap:
         runs = sorted({run for name in overlap for run in seen[name]})
         raise UNetError(f"--fold={fold} --num_folds={num_folds}: {len(overlap)} of the {len(val_names)} evaluation "
-                        f"slices (first: {overlap[0]}) were training slices of {'; '.join(runs)}; evaluate the "
+                        f"{unit} (first: {overlap[0]}) were training {unit} of {'; '.join(runs)}; evaluate the "
                         "run's own fold (omit --fold/--num_folds) or pass --allow_training_slices")
 
 

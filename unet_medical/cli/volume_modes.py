@@ -24,7 +24,7 @@ from unet_medical.base.errors import UNetError
 from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance
 from unet_medical.cli.assemble import restore_model
 from unet_medical.cli.config import Config
-from unet_medical.cli.lineage import read_run_config, run_source
+from unet_medical.cli.lineage import read_run_config, refuse_trained_on, run_source
 from unet_medical.data.folds import case_fold_split
 from unet_medical.data.normalize import normalize_image
 from unet_medical.data.volume_dims import DIMS
@@ -126,13 +126,7 @@ def trained_cases(run_dir: str | os.PathLike, data_dir: str) -> dict[str, list[s
 
 def check_evaluation_cases(cfg: Config, run_dir: pathlib.Path, val_cases: list[str]) -> None:
     """Refuse (one line) to score on cases the run or its ancestors trained on (the volume leak guard)."""
-    seen = trained_cases(run_dir, cfg.data_dir)
-    overlap = [c for c in val_cases if c in seen]
-    if overlap:
-        runs = sorted({run for case in overlap for run in seen[case]})
-        raise UNetError(f"--fold={cfg.fold} --num_folds={cfg.num_folds}: {len(overlap)} of the {len(val_cases)} "
-                        f"evaluation cases (first: {overlap[0]}) were training cases of {'; '.join(runs)}; evaluate "
-                        "the run's own fold (omit --fold/--num_folds) or pass --allow_training_slices")
+    refuse_trained_on(val_cases, trained_cases(run_dir, cfg.data_dir), "cases", cfg.fold, cfg.num_folds)
 
 
 def require_volume_run(cfg: Config, info: RunRecord) -> dict[str, Any]:
