@@ -180,3 +180,40 @@ def test_quantized_model_costs_as_the_float_model():
             matched += cost.macs > 0
     assert matched == 2 * 5 + 2 + 1  # every conv, up-conv and the head is a wrapped layer
     assert total_macs(quantized, (32, 32)) == sum(float_costs.values())
+
+
+# ------------------------------------------------------------------ 3-D volumes
+
+def _volume_model() -> keras.Model:
+    """Conv3D (strided, grouped, Tucker-style 1x1x1 -> 3x3x3 -> 1x1x1), Conv3DTranspose, pooling."""
+    x = inputs = keras.Input((None, None, None, 2))
+    x = keras.layers.Conv3D(8, 3, strides=2, padding="same", name="strided")(x)
+    x = keras.layers.Conv3D(8, (3, 1, 3), groups=2, padding="valid", name="grouped")(x)
+    x = keras.layers.MaxPooling3D(name="pool")(x)
+    x = keras.layers.Conv3D(3, 1, use_bias=False, name="tucker_in")(x)
+    x = keras.layers.Conv3D(5, 3, use_bias=False, padding="same", name="tucker_core")(x)
+    x = keras.layers.Conv3D(16, 1, name="tucker_out")(x)
+    x = keras.layers.Conv3DTranspose(6, 2, strides=2, name="upconv")(x)
+    return keras.Model(inputs, x, name="volume")
+
+
+def test_conv3d_layers_match_formulas_on_run_shapes():
+    model = _volume_model()
+    size = (12, 16, 20)
+    shapes = {layer.name: keras.Model(model.inputs, layer.output)(np.zeros((1, *size, 2), "float32")).shape
+              for layer in model.layers[1:]}
+    # By hand, from the shapes a real forward pass gives (kernel volume x cin x cout x positions).
+    assert shapes["strided"] == (1, 6, 8, 10, 8) and shapes["upconv"] == (1, 4, 8, 8, 6)
+    expected = {"strided": 27 * 2 * 8 * 6 * 8 * 10, "grouped": 9 * 4 * 8 * 4 * 8 * 8,
+                "tucker_in": 8 * 3 * 2 * 4 * 4, "tucker_core": 27 * 3 * 5 * 2 * 4 * 4,
+                "tucker_out": 5 * 16 * 2 * 4 * 4,
+                "upconv": 8 * 16 * 6 * 2 * 4 * 4}  # transposed: input positions
+    costs = {c.name: c for c in layer_costs(model, size)}
+    assert {name: c.macs for name, c in costs.items() if c.macs} == expected
+    assert costs["strided"].params == 27 * 2 * 8 + 8 and costs["pool"].macs == 0
+    assert total_macs(model, size) == sum(expected.values())
+
+
+def test_volume_model_needs_three_sizes():
+    with pytest.raises(UNetError, match=r"3 positive integers \(D, H, W\)"):
+        layer_costs(_volume_model(), (16, 16))

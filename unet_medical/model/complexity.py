@@ -1,19 +1,21 @@
 """Parameters and multiply-accumulates (MACs) per layer of any Functional tf_keras model.
 
 How shapes are found: the model's layer graph is replayed node by node (the same walk
-`Functional.call` does) inside a `tf.function` traced on a `tf.TensorSpec` of shape (1, H, W, C),
-with `training` off. Nothing is computed and no weights are created; each layer call is recorded
-with the static input and output shapes that graph tracing infers at that size. This works for any
-input size the model accepts, for models built with unknown spatial dimensions, for layers reused in
-several models (only this model's nodes are replayed) and for models whose convolutions were later
-replaced by 1x1 -> kxk -> 1x1 sequences. It reads three tf_keras internals (`_nodes_by_depth`,
-`_tensor_usage_count`, `Node.map_arguments`), which is why tf_keras is pinned.
+`Functional.call` does) inside a `tf.function` traced on a `tf.TensorSpec` of shape (1, H, W, C) for
+a 2-D model or (1, D, H, W, C) for a 3-D one, with `training` off. Nothing is computed and no weights
+are created; each layer call is recorded with the static input and output shapes that graph tracing
+infers at that size. This works for any input size the model accepts, for models built with unknown
+spatial dimensions, for layers reused in several models (only this model's nodes are replayed) and
+for models whose convolutions were later replaced by 1x1 -> kxk -> 1x1 sequences. It reads three
+tf_keras internals (`_nodes_by_depth`, `_tensor_usage_count`, `Node.map_arguments`), which is why
+tf_keras is pinned.
 
-MACs per image, from the layer's kernel and the traced shapes:
-    Conv2D                 kh * kw * (cin / groups) * cout * Hout * Wout
-    Conv2DTranspose        kh * kw * cin * cout * Hin * Win
-    DepthwiseConv2D        kh * kw * cin * multiplier * Hout * Wout
-    Dense                  (product of the output's non-batch, non-channel dims) * cin * cout
+MACs per image, from the layer's kernel and the traced shapes, for 1-D, 2-D and 3-D layers alike
+(k = the kernel's spatial extents, e.g. kd * kh * kw for Conv3D; "out"/"in" = output/input positions):
+    Conv1D/2D/3D                prod(k) * (cin / groups) * cout * prod(out)
+    Conv1D/2D/3DTranspose       prod(k) * cin * cout * prod(in)
+    DepthwiseConv1D/2D          prod(k) * cin * multiplier * prod(out)
+    Dense                       (product of the output's non-batch, non-channel dims) * cin * cout
 Wrappers (e.g. TF-MOT QuantizeWrapper) are costed as the layer they wrap; a nested Functional model
 as the sum of its own layers. Other layers (BatchNorm, ReLU, pooling, concatenation) count
 parameters only: their arithmetic is small next to the convolutions. FLOPs = 2 * MACs.
@@ -56,31 +58,40 @@ def _dims(shape: tf.TensorShape, layer: keras.layers.Layer) -> list[int]:
     return dims
 
 
+# Layer families with the same MAC formula whatever their number of spatial dimensions.
+TRANSPOSED_CONVS = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+                    keras.layers.Conv3DTranspose)
+PLAIN_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)  # transposed ones too
+DEPTHWISE_CONVS = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+
+
 def layer_macs(
     layer: keras.layers.Layer, input_shape: tf.TensorShape, output_shape: tf.TensorShape
 ) -> int:
-    """Multiply-accumulates of one call of `layer` on one image, given its static (1, ...) input and
+    """Multiply-accumulates of one call of `layer` on one image, given its static (1, ..., C) input and
     output shapes (formulas in the module docstring); 0 for layers without a matrix product."""
     while isinstance(layer, keras.layers.Wrapper):
         layer = layer.layer
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        kh, kw, cin, multiplier = layer.depthwise_kernel.shape.as_list()
-        _, h_out, w_out, _ = _dims(output_shape, layer)
-        return kh * kw * cin * multiplier * h_out * w_out
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        kh, kw, cout, cin = layer.kernel.shape.as_list()
-        _, h_in, w_in, _ = _dims(input_shape, layer)
-        return kh * kw * cin * cout * h_in * w_in
-    if isinstance(layer, keras.layers.Conv2D):
-        # The kernel is (kh, kw, cin / groups, cout), so grouped convs need no special case.
-        kh, kw, cin_per_group, cout = layer.kernel.shape.as_list()
-        _, h_out, w_out, _ = _dims(output_shape, layer)
-        return kh * kw * cin_per_group * cout * h_out * w_out
+    if isinstance(layer, DEPTHWISE_CONVS):
+        *kernel, cin, multiplier = layer.depthwise_kernel.shape.as_list()
+        return int(np.prod(kernel)) * cin * multiplier * _positions(output_shape, layer)
+    if isinstance(layer, TRANSPOSED_CONVS):
+        # Each input position scatters a full kernel: the cost follows the input, not the output.
+        *kernel, cout, cin = layer.kernel.shape.as_list()
+        return int(np.prod(kernel)) * cin * cout * _positions(input_shape, layer)
+    if isinstance(layer, PLAIN_CONVS):
+        # The kernel is (*k, cin / groups, cout), so grouped convs need no special case.
+        *kernel, cin_per_group, cout = layer.kernel.shape.as_list()
+        return int(np.prod(kernel)) * cin_per_group * cout * _positions(output_shape, layer)
     if isinstance(layer, keras.layers.Dense):
         cin, cout = layer.kernel.shape.as_list()
-        positions = int(np.prod(_dims(output_shape, layer)[1:-1]))
-        return positions * cin * cout
+        return _positions(output_shape, layer) * cin * cout
     return 0
+
+
+def _positions(shape: tf.TensorShape, layer: keras.layers.Layer) -> int:
+    """Spatial positions of a static (1, ..., C) shape: the product of the dims between batch and channels."""
+    return int(np.prod(_dims(shape, layer)[1:-1]))
 
 
 def _float_weight_count(weights: list[tf.Variable]) -> int:
@@ -95,8 +106,12 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
-def _check_input(model: keras.Model, input_hw: tuple[int, int]) -> tf.TensorSpec:
-    """The (1, H, W, C) spec to trace `model` on; UNetError if the model or size does not fit."""
+def _check_input(model: keras.Model, input_hw: tuple[int, ...]) -> tf.TensorSpec:
+    """The (1, *input_hw, C) spec to trace `model` on; UNetError if the model or size does not fit.
+
+    input_hw has one entry per spatial dimension of the model's input: (H, W) for an image model,
+    (D, H, W) for a volume model.
+    """
     if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
         raise UNetError(
             f"complexity counting needs a Functional tf_keras model, got {type(model).__name__}"
@@ -106,20 +121,24 @@ def _check_input(model: keras.Model, input_hw: tuple[int, int]) -> tf.TensorSpec
             f"complexity counting needs a model with one input; {model.name} has "
             f"{len(model.inputs)}"
         )
+    model_input = model.inputs[0]
+    spatial = (model_input.shape.rank or 0) - 2
     if (
         not isinstance(input_hw, (tuple, list))
-        or len(input_hw) != 2
+        or len(input_hw) != spatial
         or not all(_is_positive_int(v) for v in input_hw)
     ):
-        raise UNetError(f"input size must be a pair of positive integers (H, W), got {input_hw!r}")
-    model_input = model.inputs[0]
-    fits = model_input.shape.rank == 4 and model_input.shape[1:3].is_compatible_with(list(input_hw))
-    if not fits:
+        names = {1: "(W)", 2: "(H, W)", 3: "(D, H, W)"}.get(spatial, f"{spatial} sizes")
+        raise UNetError(
+            f"input size must be {spatial} positive integers {names} for model {model.name} "
+            f"(input shape {model_input.shape}), got {input_hw!r}"
+        )
+    if not model_input.shape[1:-1].is_compatible_with(list(input_hw)):
         raise UNetError(
             f"input size {tuple(input_hw)} does not fit the input shape {model_input.shape} of "
             f"model {model.name}"
         )
-    shape = [1, int(input_hw[0]), int(input_hw[1]), model_input.shape[-1]]
+    shape = [1, *(int(v) for v in input_hw), model_input.shape[-1]]
     return tf.TensorSpec(shape, model_input.dtype)
 
 
@@ -156,10 +175,11 @@ def _traced_calls(
     return calls
 
 
-def layer_costs(model: keras.Model, input_hw: tuple[int, int]) -> list[LayerCost]:
+def layer_costs(model: keras.Model, input_hw: tuple[int, ...]) -> list[LayerCost]:
     """Parameters and MACs per image of every top-level layer of `model`, in `unet_medical.model.layers` order.
 
-    input_hw: (H, W) in pixels; must be a size the model accepts (for a valid-padding U-Net see
+    input_hw: (H, W) in pixels, or (D, H, W) in voxels for a 3-D model; must be a size the model
+    accepts (for a valid-padding U-Net see
     `unet_medical.model.unet.is_valid_input_size`). A layer called several times sums its calls.
     Raises UNetError for a bad size or a model that is not a one-input Functional model.
     """
@@ -167,7 +187,7 @@ def layer_costs(model: keras.Model, input_hw: tuple[int, int]) -> list[LayerCost
     macs = {id(layer): 0 for layer in model.layers}
     for layer, in_shape, out_shape in _traced_calls(model, spec):
         if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
-            cost = total_macs(layer, tuple(_dims(in_shape, layer)[1:3]))
+            cost = total_macs(layer, tuple(_dims(in_shape, layer)[1:-1]))
         else:
             cost = layer_macs(layer, in_shape, out_shape)
         macs[id(layer)] += cost
@@ -182,7 +202,7 @@ def layer_costs(model: keras.Model, input_hw: tuple[int, int]) -> list[LayerCost
     ]
 
 
-def largest_layer_call(model: keras.Model, input_hw: tuple[int, int]) -> tuple[keras.layers.Layer, tf.TensorShape, int]:
+def largest_layer_call(model: keras.Model, input_hw: tuple[int, ...]) -> tuple[keras.layers.Layer, tf.TensorShape, int]:
     """(layer, its (1, h, w, c) input shape, MACs per image) of the costliest single layer call of `model`
     at `input_hw`: the convolution a benchmark times alone as the network's speed ceiling."""
     spec = _check_input(model, input_hw)
@@ -196,8 +216,8 @@ def total_params(model: keras.Model) -> int:
     return _float_weight_count(model.weights)
 
 
-def total_macs(model: keras.Model, input_hw: tuple[int, int]) -> int:
-    """Multiply-accumulates of one forward pass on one (H, W) image. FLOPs = 2 * MACs."""
+def total_macs(model: keras.Model, input_hw: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on one (H, W) image or (D, H, W) volume. FLOPs = 2 * MACs."""
     return sum(cost.macs for cost in layer_costs(model, input_hw))
 
 
