@@ -1,13 +1,16 @@
-"""Post-training Tucker-2 compression of 2-D convolutions: factorization, rank choice, report.
+"""Post-training Tucker-2 compression of 2-D and 3-D convolutions: factorization, rank choice, report.
 
-Each eligible convolution with kernel W (kh, kw, cin, cout) is replaced by three standard layers
+Each eligible convolution with kernel W (*k, cin, cout), k = (kh, kw) for Conv2D or (kd, kh, kw) for
+Conv3D, is replaced by three standard layers of the same dimension
 
-    1x1 conv (cin -> r_in)  ->  kh x kw core conv (r_in -> r_out)  ->  1x1 conv (r_out -> cout)
+    1x1(x1) conv (cin -> r_in)  ->  k core conv (r_in -> r_out)  ->  1x1(x1) conv (r_out -> cout)
 
-from a Tucker-2 decomposition of W over its channel modes, W ~ core x_in U_in x_out U_out, i.e.
-W_hat[h, w, i, o] = sum_ab core[h, w, a, b] U_in[i, a] U_out[o, b]. Because the channel projections
-are linear and act per pixel, the sequence computes exactly a conv with W_hat (with the original
-stride, padding and dilation on the core, and the bias and activation on the last 1x1).
+from a Tucker-2 decomposition of W over its two channel modes, W ~ core x_in U_in x_out U_out, i.e.
+W_hat[..., i, o] = sum_ab core[..., a, b] U_in[i, a] U_out[o, b] (the spatial modes are not
+factored). Because the channel projections are linear and act per pixel (voxel), the sequence
+computes exactly a conv with W_hat (with the original stride, padding and dilation on the core, and
+the bias and activation on the last 1x1). The code is the same for both dimensions: only the layer
+classes (`_CONV_CLASSES`) and the number of leading spatial kernel modes differ.
 
 Reference: "Post-Training Network Compression for 3D Medical Image Segmentation" (tucker-cnn,
 PyTorch): Tucker-2 over the channel modes, ranks ceil(channels x factor) with a floor `rank_min`.
@@ -45,34 +48,37 @@ from unet_medical.base.errors import UNetError
 
 def _partial_tucker_channels(kernel: np.ndarray, ranks: tuple[int, int]
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tucker-2 of a 4-D kernel over modes 2 and 3: (core, U_mode2, U_mode3), all float64.
+    """Tucker-2 of a 4-D (2-D conv) or 5-D (3-D conv) kernel over its last two modes, the channels:
+    (core, U_second_last, U_last), all float64.
 
     float64 so that a full-rank factorization reconstructs the float32 kernel to its own precision.
     """
     kernel = np.asarray(kernel)
-    if kernel.ndim != 4:
-        raise UNetError(f"kernel of shape {kernel.shape}: expected a 4-D conv kernel")
-    for mode, rank in zip((2, 3), ranks):
+    if kernel.ndim not in (4, 5):
+        raise UNetError(f"kernel of shape {kernel.shape}: expected a 4-D (Conv2D) or 5-D (Conv3D) "
+                        "conv kernel")
+    modes = (kernel.ndim - 2, kernel.ndim - 1)
+    for mode, rank in zip(modes, ranks):
         if not (isinstance(rank, (int, np.integer)) and 1 <= rank <= kernel.shape[mode]):
             raise UNetError(f"rank {rank!r} for kernel mode {mode} of size {kernel.shape[mode]} "
                             f"(kernel shape {kernel.shape}): expected an int in "
                             f"[1, {kernel.shape[mode]}]")
     (core, (u2, u3)), _ = partial_tucker(kernel.astype(np.float64),
-                                         rank=tuple(int(r) for r in ranks), modes=(2, 3),
+                                         rank=tuple(int(r) for r in ranks), modes=modes,
                                          init="svd")
     return core, u2, u3
 
 
 def tucker2_factors(kernel: np.ndarray, rank_in: int, rank_out: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tucker-2 factors of a Conv2D kernel over its input and output channel modes.
+    """Tucker-2 factors of a Conv2D or Conv3D kernel over its input and output channel modes.
 
     Args:
-        kernel: Conv2D kernel, shape (kh, kw, cin, cout).
+        kernel: Conv2D kernel (kh, kw, cin, cout) or Conv3D kernel (kd, kh, kw, cin, cout).
         rank_in, rank_out: ranks of the input / output channel modes, 1 <= r <= channels.
 
     Returns:
-        (U_in (cin, r_in), core (kh, kw, r_in, r_out), U_out (cout, r_out)), float64, with
+        (U_in (cin, r_in), core (*k, r_in, r_out), U_out (cout, r_out)), float64, with
         orthonormal columns in U_in and U_out (HOOI from tensorly's `partial_tucker`, SVD init).
     """
     core, u_in, u_out = _partial_tucker_channels(kernel, (rank_in, rank_out))
@@ -81,23 +87,23 @@ def tucker2_factors(kernel: np.ndarray, rank_in: int, rank_out: int
 
 def tucker2_factors_transposed(kernel: np.ndarray, rank_in: int, rank_out: int
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tucker-2 factors of a Conv2DTranspose kernel, whose channel modes are swapped.
+    """Tucker-2 factors of a Conv2DTranspose / Conv3DTranspose kernel, whose channel modes are swapped.
 
     Args:
-        kernel: Conv2DTranspose kernel, shape (kh, kw, cout, cin).
+        kernel: transposed-conv kernel, shape (*k, cout, cin) with k = (kh, kw) or (kd, kh, kw).
         rank_in, rank_out: ranks of the input / output channel modes.
 
     Returns:
-        (U_in (cin, r_in), core (kh, kw, r_out, r_in), U_out (cout, r_out)), float64; the core is in
-        Conv2DTranspose layout, so it is the kernel of the transposed core layer as it stands.
+        (U_in (cin, r_in), core (*k, r_out, r_in), U_out (cout, r_out)), float64; the core is in
+        transposed-conv layout, so it is the kernel of the transposed core layer as it stands.
     """
     core, u_out, u_in = _partial_tucker_channels(kernel, (rank_out, rank_in))
     return u_in, core, u_out
 
 
 def tucker2_reconstruct(u_in: np.ndarray, core: np.ndarray, u_out: np.ndarray) -> np.ndarray:
-    """W_hat (kh, kw, cin, cout) = core x_in U_in x_out U_out for a Conv2D-layout core."""
-    return np.einsum("hwab,ia,ob->hwio", core, u_in, u_out)
+    """W_hat (*k, cin, cout) = core x_in U_in x_out U_out for a conv-layout core (*k, r_in, r_out)."""
+    return np.einsum("...ab,ia,ob->...io", core, u_in, u_out)
 
 
 def relative_error(kernel: np.ndarray, approx: np.ndarray) -> float:
@@ -155,10 +161,16 @@ def _is_positive_int(value: object) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def is_conv2d_like(layer: keras.layers.Layer) -> bool:
-    """2-D convolutions that appear in the report (decomposed or kept with a reason)."""
-    return isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
-                              keras.layers.SeparableConv2D))
+# Spatial dimensions -> (conv class, transposed conv class) the decomposition builds and accepts.
+_CONV_CLASSES = {2: (keras.layers.Conv2D, keras.layers.Conv2DTranspose),
+                 3: (keras.layers.Conv3D, keras.layers.Conv3DTranspose)}
+_TRANSPOSED = tuple(transposed for _, transposed in _CONV_CLASSES.values())
+
+
+def is_conv_like(layer: keras.layers.Layer) -> bool:
+    """2-D and 3-D convolutions that appear in the report (decomposed or kept with a reason)."""
+    return isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv3D,
+                              keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D))
 
 
 def ineligibility(layer: keras.layers.Layer) -> Optional[str]:
@@ -168,21 +180,22 @@ def ineligibility(layer: keras.layers.Layer) -> Optional[str]:
         return "depthwise convolution: no channel mixing to factor"
     if isinstance(layer, keras.layers.SeparableConv2D):
         return "separable convolution: already factored"
-    if type(layer) not in (keras.layers.Conv2D, keras.layers.Conv2DTranspose):
-        return f"{kind} is not a plain Conv2D/Conv2DTranspose (its call may differ)"
+    if not any(type(layer) in classes for classes in _CONV_CLASSES.values()):
+        return (f"{kind} is not a plain Conv2D/Conv3D or their transposed form "
+                "(its call may differ)")
     if layer.data_format != "channels_last":
         return f"data_format={layer.data_format!r}: only channels_last is supported"
     if getattr(layer, "groups", 1) != 1:
         return f"grouped convolution (groups={layer.groups})"
-    if tuple(layer.kernel_size) == (1, 1):
-        return "1x1 kernel: nothing to factor"
+    if all(k == 1 for k in layer.kernel_size):
+        return f"{'x'.join(map(str, layer.kernel_size))} kernel: nothing to factor"
     return None
 
 
 def _channels(layer: keras.layers.Layer) -> tuple[int, int]:
-    """(cin, cout) of a Conv2D or Conv2DTranspose from its kernel."""
-    _, _, a, b = (int(d) for d in layer.kernel.shape)
-    return (b, a) if isinstance(layer, keras.layers.Conv2DTranspose) else (a, b)
+    """(cin, cout) of a conv or transposed conv (2-D or 3-D) from its kernel (*k, cin, cout)."""
+    a, b = (int(d) for d in layer.kernel.shape[-2:])
+    return (b, a) if isinstance(layer, _TRANSPOSED) else (a, b)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +203,7 @@ class _Factors:
     """Tucker-2 factors of one layer's kernel, ready to be turned into layers."""
     ranks: tuple[int, int]
     u_in: np.ndarray    # (cin, r_in)
-    core: np.ndarray    # (kh, kw, r_in, r_out); (kh, kw, r_out, r_in) for a transposed conv
+    core: np.ndarray    # (*k, r_in, r_out); (*k, r_out, r_in) for a transposed conv
     u_out: np.ndarray   # (cout, r_out)
     rel_error: float    # ||W - W_hat||_F / ||W||_F
 
@@ -204,9 +217,9 @@ def _factorize(layer: keras.layers.Layer, ranks: tuple[int, int]) -> _Factors:
         raise UNetError(f"layer {layer.name!r} has no weights yet: build it (or the model) first")
     r_in, r_out = (int(r) for r in ranks)
     kernel = layer.get_weights()[0]
-    if isinstance(layer, keras.layers.Conv2DTranspose):
+    if isinstance(layer, _TRANSPOSED):
         u_in, core, u_out = tucker2_factors_transposed(kernel, r_in, r_out)
-        swap = (0, 1, 3, 2)   # Conv2DTranspose layout <-> Conv2D layout
+        swap = (*range(kernel.ndim - 2), kernel.ndim - 1, kernel.ndim - 2)  # transposed <-> conv layout
         approx = np.transpose(tucker2_reconstruct(u_in, np.transpose(core, swap), u_out), swap)
     else:
         u_in, core, u_out = tucker2_factors(kernel, r_in, r_out)
@@ -218,45 +231,48 @@ def _build_sequence(layer: keras.layers.Layer, factors: _Factors) -> list[keras.
     """Fresh, built 1x1 -> core -> 1x1 layers carrying `factors` (see `decompose_layer`)."""
     r_in, r_out = factors.ranks
     cin, cout = _channels(layer)
+    spatial = len(layer.kernel_size)
+    conv, transposed = _CONV_CLASSES[spatial]
     # Same dtype policy (mixed precision) and trainability as the layer being replaced.
     common = dict(dtype=layer.dtype_policy, trainable=layer.trainable, data_format="channels_last")
-    first = keras.layers.Conv2D(r_in, 1, use_bias=False, name=f"{layer.name}_tucker_in", **common)
+    first = conv(r_in, 1, use_bias=False, name=f"{layer.name}_tucker_in", **common)
     core_args = dict(kernel_size=layer.kernel_size, strides=layer.strides, padding=layer.padding,
                      dilation_rate=layer.dilation_rate, use_bias=False,
                      name=f"{layer.name}_tucker_core", **common)
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        core = keras.layers.Conv2DTranspose(r_out, output_padding=layer.output_padding,
-                                            **core_args)
+    if isinstance(layer, _TRANSPOSED):
+        core = transposed(r_out, output_padding=layer.output_padding, **core_args)
     else:
-        core = keras.layers.Conv2D(r_out, **core_args)
-    last = keras.layers.Conv2D(cout, 1, use_bias=layer.use_bias, activation=layer.activation,
-                               name=f"{layer.name}_tucker_out", **common)
+        core = conv(r_out, **core_args)
+    last = conv(cout, 1, use_bias=layer.use_bias, activation=layer.activation,
+                name=f"{layer.name}_tucker_out", **common)
 
     dtype = layer.kernel.dtype.as_numpy_dtype
-    last_weights = [factors.u_out.T[None, None].astype(dtype)]
+    pointwise = (None,) * spatial   # a (c_in, c_out) matrix as a 1x1 (2-D) or 1x1x1 (3-D) kernel
+    last_weights = [factors.u_out.T[pointwise].astype(dtype)]
     if layer.use_bias:
         last_weights.append(layer.get_weights()[1])
-    for new_layer, channels_in, weights in ((first, cin, [factors.u_in[None, None].astype(dtype)]),
+    for new_layer, channels_in, weights in ((first, cin, [factors.u_in[pointwise].astype(dtype)]),
                                             (core, r_in, [factors.core.astype(dtype)]),
                                             (last, r_out, last_weights)):
-        new_layer.build((None, None, None, channels_in))
+        new_layer.build((None, *pointwise, channels_in))
         new_layer.set_weights(weights)
     return [first, core, last]
 
 
 def decompose_layer(layer: keras.layers.Layer, ranks: tuple[int, int]) -> list[keras.layers.Layer]:
-    """Three built layers, weights set, that replace a Conv2D or Conv2DTranspose.
+    """Three built layers, weights set, that replace a Conv2D/3D or Conv2D/3DTranspose.
 
-    Conv2D 1x1 (cin -> r_in, no bias) -> core (kh x kw, r_in -> r_out, the original strides,
-    padding and dilation, no bias; a Conv2DTranspose core, with the original output padding, for a
-    transposed conv) -> Conv2D 1x1 (r_out -> cout, the original bias and activation). Named
-    f"{name}_tucker_in", f"{name}_tucker_core", f"{name}_tucker_out". Kernel regularizers and
-    constraints of the original are not carried over. At full rank (cin, cout) the sequence
+    Conv 1x1(x1) (cin -> r_in, no bias) -> core (the original kernel size, r_in -> r_out, the
+    original strides, padding and dilation, no bias; a transposed core, with the original output
+    padding, for a transposed conv) -> Conv 1x1(x1) (r_out -> cout, the original bias and
+    activation), all of the original's dimension (Conv2D layers for a 2-D conv, Conv3D for 3-D).
+    Named f"{name}_tucker_in", f"{name}_tucker_core", f"{name}_tucker_out". Kernel regularizers
+    and constraints of the original are not carried over. At full rank (cin, cout) the sequence
     computes the original layer's function up to float rounding.
 
     Args:
-        layer: a built, plain Conv2D or Conv2DTranspose with channels_last data, groups=1, kernel
-            larger than 1x1.
+        layer: a built, plain Conv2D, Conv3D, Conv2DTranspose or Conv3DTranspose with channels_last
+            data, groups=1, kernel larger than 1x1(x1).
         ranks: (r_in, r_out), each in [1, channels].
 
     Raises:
@@ -274,11 +290,11 @@ _SEQUENCE_SUFFIXES = ("_tucker_in", "_tucker_core", "_tucker_out")
 
 @dataclasses.dataclass(frozen=True)
 class LayerReport:
-    """What happened to one 2-D convolution of the model.
+    """What happened to one 2-D or 3-D convolution of the model.
 
     rank_in/rank_out: the ranks used (decomposed) or considered (kept because the MACs would not
     drop); None when the layer is structurally ineligible. params (floating-point weights) and
-    MACs (multiply-accumulates per image at the report's input size, counted by
+    MACs (multiply-accumulates per image or volume at the report's input size, counted by
     `unet_medical.model.complexity.layer_costs`) before and after; equal for kept layers. rel_error is
     ||W - W_hat||_F / ||W||_F of the kernel (0 for kept layers).
     """
@@ -295,7 +311,7 @@ class LayerReport:
     rel_error: float
 
 
-def _costs_by_name(model: keras.Model, input_hw: tuple[int, int]) -> dict[str, LayerCost]:
+def _costs_by_name(model: keras.Model, input_hw: tuple[int, ...]) -> dict[str, LayerCost]:
     try:
         return {cost.name: cost for cost in layer_costs(model, input_hw)}
     except (ValueError, tf.errors.InvalidArgumentError) as err:
@@ -315,14 +331,14 @@ def _error_summary(err: Exception) -> str:
 
 def tucker_compress(model: keras.Model, *, rank_factor: Optional[float] = None,
                     rank: Optional[int | tuple[int, int]] = None, rank_min: int = 1,
-                    input_hw: tuple[int, int] = (512, 512),
+                    input_hw: tuple[int, ...] = (512, 512),
                     require_mac_reduction: bool = True
                     ) -> tuple[keras.Model, list[LayerReport]]:
     """Replace every eligible conv of a Functional model by its Tucker-2 three-layer sequence.
 
-    Eligible: plain Conv2D / Conv2DTranspose, channels_last, groups=1, kernel larger than 1x1, and
-    (if `require_mac_reduction`) fewer MACs after than before at `input_hw`. Ineligible 2-D convs
-    are kept and reported with the reason. Layers inside nested sub-models are neither decomposed
+    Eligible: plain Conv2D / Conv2DTranspose / Conv3D / Conv3DTranspose, channels_last, groups=1,
+    kernel larger than 1x1(x1), and (if `require_mac_reduction`) fewer MACs after than before at
+    `input_hw`. Ineligible convs are kept and reported with the reason. Layers inside nested sub-models are neither decomposed
     nor reported. Kept layers are clones with the original weights (see
     `unet_medical.model.surgery.replace_layers`), so the original model is left untouched.
 
@@ -331,17 +347,19 @@ def tucker_compress(model: keras.Model, *, rank_factor: Optional[float] = None,
     as much is put back and the model rebuilt once more.
 
     Args:
-        model: Functional tf_keras model with one image input (batch, H, W, C).
+        model: Functional tf_keras model with one image input (batch, H, W, C) or volume input
+            (batch, D, H, W, C).
         rank_factor: relative rank, ceil(channels * rank_factor), in (0, 1].
         rank: fixed rank (int, or (r_in, r_out)); exactly one of rank_factor / rank.
         rank_min: lower bound for every rank (ranks are also capped at the channel counts).
-        input_hw: (height, width) in pixels at which MACs are counted; must be a valid input
-            size for the model (and fit its static size, if it has one).
+        input_hw: (height, width) in pixels, or (depth, height, width) in voxels for a 3-D
+            model, at which MACs are counted; must be a valid input size for the model (and fit
+            its static size, if it has one).
         require_mac_reduction: keep layers whose decomposition would not reduce MACs (True), or
             decompose every eligible layer regardless (False; e.g. full-rank checks).
 
     Returns:
-        (new Functional model of standard layers, one LayerReport per 2-D conv in graph order).
+        (new Functional model of standard layers, one LayerReport per conv in graph order).
         The new model saves/loads with tf_keras.models.load_model (h5 and SavedModel) and trains
         like any other.
 
@@ -350,7 +368,7 @@ def tucker_compress(model: keras.Model, *, rank_factor: Optional[float] = None,
     """
     _check_rank_args(rank_factor, rank, rank_min)
     layers = list({id(n.layer): n.layer for n in graph_nodes(model)
-                   if is_conv2d_like(n.layer)}.values())
+                   if is_conv_like(n.layer)}.values())
     before = _costs_by_name(model, input_hw)
 
     plan: dict[str, _Factors] = {}
@@ -410,7 +428,7 @@ REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(LayerReport))
 
 
 def report_table(report: Sequence[LayerReport]) -> str:
-    """Aligned text table of the report with a totals row (MACs in millions per image)."""
+    """Aligned text table of the report with a totals row (MACs in millions per image or volume)."""
     header = ("layer", "kind", "action", "ranks", "params", "params_new", "MMACs", "MMACs_new",
               "rel_error", "reason")
     rows = [header]
