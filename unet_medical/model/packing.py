@@ -1,6 +1,6 @@
 """Bit-packed storage of a quantized U-Net: architecture, integer weight codes and scales in one .npz.
 
-A kernel of a quantized layer (model.quantization.QuantConv2D / QuantConv2DTranspose) is stored as
+A kernel of a quantized layer (model.quantized_layers: QuantConv2D/3D and their transposes) is stored as
 its integer codes, offset to be non-negative and bit-packed at the layer's weight width
 (`QuantSpec.storage_bits`: two's complement Q0.4 -> 4 bits, INT8 -> 8, BNN -> 1, TERNARY -> 2; the
 paper's sign-magnitude Q0.4 codes -16..16 -> 6 bits, offset by 16: as many bits as sign + magnitude),
@@ -115,7 +115,7 @@ def save_packed(model: keras.Model, config: QuantizationConfig, path: PathLike) 
     """Write `model` (the output of quantize_unet(model, config)) as a bit-packed .npz file.
 
     Args:
-        model: Functional model, possibly with QuantConv2D / QuantConv2DTranspose layers.
+        model: Functional model, possibly with QuantConv2D/3D (and transposed) layers.
         config: the QuantizationConfig it was quantized with (stored in the header, checked).
         path: output file; written as given (no suffix added).
     Returns:

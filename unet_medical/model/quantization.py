@@ -205,7 +205,7 @@ def _copy_weights(source: keras.Model, target: keras.Model) -> None:
 
 
 def quantize_unet(model: keras.Model, config: QuantizationConfig) -> keras.Model:
-    """A new Functional model with every Conv2D/Conv2DTranspose replaced by its Quant version.
+    """A new Functional model with every Conv2D/Conv3D (and transposed) conv replaced by its Quant version.
 
     Weights are copied; layer names are kept; other layers (custom ones included) are recreated
     from their config. With keep_first_float / keep_last_float the convs returned by

@@ -1,5 +1,9 @@
 """Keras layers that fake-quantize their kernel and input with a model.quantizers spec (QuantConv2D,
-QuantConv2DTranspose); they serialize through get_config.
+QuantConv2DTranspose, QuantConv3D, QuantConv3DTranspose); they serialize through get_config.
+
+The 2-D and 3-D layers are one mixin on the matching Keras conv: the quantizers act elementwise
+(or per output channel, the kernel's last axis for a conv and second-to-last for a transposed conv,
+whatever the number of spatial axes), so nothing in the maths depends on the dimension.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def _segments(value: Union[QuantSpec, Mapping, Sequence, None], layer: str) -> t
 
 
 class _QuantizedConvMixin:
-    """Shared by QuantConv2D and QuantConv2DTranspose: fake-quantizes the kernel and the input.
+    """Shared by the quantized 2-D and 3-D (transposed) convs: fake-quantizes the kernel and the input.
 
     The input of a conv is the previous block's output (ReLU, then possibly max-pooling or
     concatenation), so quantizing every quantized conv's input quantizes the activations between
@@ -200,9 +204,36 @@ class QuantConv2DTranspose(_QuantizedConvMixin, keras.layers.Conv2DTranspose):
     kernel_channel_axis = -2
 
 
-QUANTIZED_LAYERS = (QuantConv2D, QuantConv2DTranspose)
+@keras.saving.register_keras_serializable(package="unet")
+class QuantConv3D(_QuantizedConvMixin, keras.layers.Conv3D):
+    """Conv3D with fake-quantized kernel (kd, kh, kw, in, out; per-channel axis -1) and input
+    (batch, depth, height, width, channels).
+
+    Args: those of Conv3D plus the quantizer arguments of `QuantConv2D`.
+    Example:
+        QuantConv3D(32, 3, padding="same", weight_quantizer=QuantSpec("INT", bits=8))
+    """
+
+    kernel_channel_axis = -1
 
 
+@keras.saving.register_keras_serializable(package="unet")
+class QuantConv3DTranspose(_QuantizedConvMixin, keras.layers.Conv3DTranspose):
+    """Conv3DTranspose with fake-quantized kernel (kd, kh, kw, out, in: per-channel axis -2) and input.
+
+    Args: those of Conv3DTranspose plus the quantizer arguments of `QuantConv2D`.
+    """
+
+    kernel_channel_axis = -2
+
+
+QUANTIZED_LAYERS = (QuantConv2D, QuantConv2DTranspose, QuantConv3D, QuantConv3DTranspose)
+
+
+# Float Keras conv class -> its quantized twin (quantize_unet swaps them; exact types, so a
+# subclass with a different call is never swapped).
 _QUANTIZED_VERSION = {keras.layers.Conv2D: QuantConv2D,
-                      keras.layers.Conv2DTranspose: QuantConv2DTranspose}
+                      keras.layers.Conv2DTranspose: QuantConv2DTranspose,
+                      keras.layers.Conv3D: QuantConv3D,
+                      keras.layers.Conv3DTranspose: QuantConv3DTranspose}
 
