@@ -197,11 +197,17 @@ def write_onnx_int8(module: UNetServingModule, path: pathlib.Path, tiles: np.nda
 
 def tflite_flatbuffer(function: Any, trackable: Any, precision: str, tiles: np.ndarray | None = None,
                       progress: Progress | None = None, qat: bool = False) -> bytes:
-    """The one TFLite converter: a concrete function (static H, W) -> flatbuffer bytes.
+    """The one TFLite converter: a concrete function (static H, W, or D, H, W) -> flatbuffer bytes.
 
     fp32; fp16 (float16 weights); int8: for a TF-MOT QAT model (`qat`) from its own trained ranges (no
     representative data set needed), otherwise full-integer kernels calibrated on `tiles` (N, T, T, C).
     Inputs and outputs stay float32 either way.
+
+    Volume models (5-D input): TFLite's CONV_3D / CONV_3D_TRANSPOSE run in float only, so an int8 volume
+    model keeps int8 activations between float 3-D convolutions (quantize/dequantize around each). TFLite
+    has no builtin MaxPool3D (TF 2.21), and the TensorFlow wheel's interpreter has no Flex delegate to run
+    TF ops, so a model with MaxPooling3D is refused (UNetError naming the ops) rather than converted to a
+    file no runtime here can run.
     """
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
     if precision == "fp16":
@@ -216,7 +222,14 @@ def tflite_flatbuffer(function: Any, trackable: Any, precision: str, tiles: np.n
         converter.representative_dataset = lambda: ([t[None]] for t in _feed(tiles, progress))
         # Every kernel integer; the float32 input/output are quantized/dequantized at the ends.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    try:
+        return converter.convert()
+    except Exception as exc:  # tf.lite's ConverterError lives in a private module
+        ops = [line.split(":", 1)[1].strip() for line in str(exc).splitlines() if line.startswith("TF Select ops:")]
+        if not ops:
+            raise
+        raise UNetError(f"TFLite has no builtin op for {', '.join(ops)} and this TensorFlow's interpreter cannot "
+                        "run TF ops (no Flex delegate): export this model as ONNX or OpenVINO") from None
 
 
 def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, tile_size: int,
@@ -228,15 +241,17 @@ def write_tflite(module: UNetServingModule, path: pathlib.Path, precision: str, 
 
 
 def keras_to_tflite(model: Any, input_shape: Sequence[int], precision: str = "int8") -> bytes:
-    """A Keras model's own outputs (no softmax added) as TFLite for (B, H, W, C) float32 inputs, any B.
+    """A Keras model's own outputs (no softmax added) as TFLite for (B, H, W, C) or (B, D, H, W, C)
+    float32 inputs, any B.
 
     The model is called from a tf.function held by a tf.Module, which converts where a SavedModel export
     of a QAT model with a quantized Conv2DTranspose would fail. Used for models that are not U-Nets of a
     run (tests/test_qat.py); a run's models are exported with export_model.
     """
     shape = tuple(input_shape)
-    if len(shape) != 3 or not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape):
-        raise UNetError(f"input_shape={input_shape!r}: expected (height, width, channels) positive integers")
+    if len(shape) not in (3, 4) or not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape):
+        raise UNetError(f"input_shape={input_shape!r}: expected (height, width, channels) or (depth, height, "
+                        "width, channels) positive integers")
     holder = tf.Module()
     holder.model = model
     holder.serve = tf.function(lambda images: model(images, training=False),

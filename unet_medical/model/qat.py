@@ -2,12 +2,15 @@
 
 TF-MOT's default 8-bit scheme handles a same-padding U-Net built from Conv2D (linear) ->
 BatchNormalization -> ReLU blocks, MaxPooling2D, Conv2DTranspose, nearest UpSampling2D,
-Concatenate and a sigmoid/softmax head (measured with TF-MOT 0.8.1: tests/test_qat.py). Layers it does not know (the project's
-custom layers, Lambda) must be annotated with a QuantizeConfig: `NoOpQuantizeConfig` keeps them in
-float. A QAT model with a quantized Conv2DTranspose cannot be saved as a SavedModel: use .h5
-(`save_qat_model` / `load_qat_model`). The int8 TFLite file is written by the export stage
-(`--export_format tflite --export_precision int8`, unet_medical.export.formats, which converts QAT
-models from their own ranges) and run by unet_medical.inference.runtimes.tflite_predictor.
+Concatenate and a sigmoid/softmax head (measured with TF-MOT 0.8.1: tests/test_qat.py). Layers it
+does not know (the project's custom layers, Lambda) must be annotated with a QuantizeConfig:
+`NoOpQuantizeConfig` keeps them in float. Conv3D and Conv3DTranspose are not in TF-MOT's default
+8-bit registry (commented out in default_8bit_quantize_registry.py, 0.8.1): `ConvQuantizeConfig`
+quantizes them as the registry quantizes Conv2D / Conv2DTranspose (tests/test_qat3d.py says what
+TFLite then runs in int8). A QAT model with a quantized Conv2DTranspose cannot be saved as a
+SavedModel: use .h5 (`save_qat_model` / `load_qat_model`). The int8 TFLite file is written by the
+export stage (`--export_format tflite --export_precision int8`, unet_medical.export.formats, which
+converts QAT models from their own ranges) and run by unet_medical.inference.runtimes.tflite_predictor.
 
 Usage:
     qat_model = quantize_model_qat(float_model)       # then train as usual
@@ -53,6 +56,48 @@ class NoOpQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         return {}
 
 
+@keras.saving.register_keras_serializable(package="unet")
+class ConvQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """8-bit QAT of a convolution the default registry does not cover (Conv3D, Conv3DTranspose).
+
+    The quantizers TF-MOT gives Conv2DTranspose, for any number of spatial axes: the kernel
+    symmetric 8-bit in [-127, 127] steps (narrow range), one range per tensor taken from the
+    kernel's own min/max at every step; the layer's output after its activation asymmetric 8-bit
+    with a moving-average range. Per tensor, not per channel, because TF-MOT's per-channel
+    LastValueQuantize only handles 2-D and 4-D tensors (quant_ops.py, 0.8.1), not a 5-D kernel.
+    """
+
+    def __init__(self):
+        quantizers = tfmot.quantization.keras.quantizers
+        self.weight_quantizer = quantizers.LastValueQuantizer(
+            num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
+        self.activation_quantizer = quantizers.MovingAverageQuantizer(
+            num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.kernel, self.weight_quantizer)]
+
+    def get_activations_and_quantizers(self, layer):
+        return [(layer.activation, self.activation_quantizer)]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        # The wrapper calls the layer with its kernel attribute set to the fake-quantized tensor.
+        layer.kernel = quantize_weights[0]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        layer.activation = quantize_activations[0]
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+
+# Convs quantized with ConvQuantizeConfig: those the default 8-bit registry does not know.
+_CONVS_OUTSIDE_REGISTRY = (keras.layers.Conv3D, keras.layers.Conv3DTranspose)
+
+
 def _registered_by_class_name() -> dict:
     """Registered custom objects under their bare class names (unique ones only).
 
@@ -72,7 +117,7 @@ def quantize_scope(custom_objects: Optional[Mapping[str, Any]] = None):
     """Scope in which QAT models deserialize: NoOpQuantizeConfig, every registered custom layer
     and `custom_objects`."""
     objects = {**_registered_by_class_name(), "NoOpQuantizeConfig": NoOpQuantizeConfig,
-               **(custom_objects or {})}
+               "ConvQuantizeConfig": ConvQuantizeConfig, **(custom_objects or {})}
     return tfmot.quantization.keras.quantize_scope(objects)
 
 
@@ -80,8 +125,9 @@ def quantize_model_qat(model: keras.Model) -> keras.Model:
     """A TF-MOT 8-bit QAT copy of a float Functional model (weights copied; layer names get 'quant_').
 
     Layers the default 8-bit registry supports are quantized as TF-MOT decides (Conv -> BN -> ReLU
-    quantized as one fused op, as TFLite runs it); any other layer is annotated with
-    NoOpQuantizeConfig and runs in float.
+    quantized as one fused op, as TFLite runs it); Conv3D / Conv3DTranspose with ConvQuantizeConfig
+    (TF-MOT has no Conv3D -> BN fold: the BN runs in float between the conv's and the ReLU's
+    quantized outputs); any other layer is annotated with NoOpQuantizeConfig and runs in float.
     """
     if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
         raise UNetError(f"model {getattr(model, 'name', model)!r}: TF-MOT QAT needs a tf_keras "
@@ -95,7 +141,10 @@ def quantize_model_qat(model: keras.Model) -> keras.Model:
         if isinstance(layer, keras.Model):
             raise UNetError(f"layer {layer.name!r} is a nested model, which TF-MOT cannot quantize")
         # The annotation wraps the original layer object, so its weights carry over.
-        quantize_config = None if registry.supports(layer) else NoOpQuantizeConfig()
+        if type(layer) in _CONVS_OUTSIDE_REGISTRY:
+            quantize_config = ConvQuantizeConfig()
+        else:
+            quantize_config = None if registry.supports(layer) else NoOpQuantizeConfig()
         return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config)
 
     annotated = keras.models.clone_model(model, clone_function=annotate)
