@@ -23,11 +23,11 @@ PARITY_THRESHOLDS = {"fp32": 0.995, "bf16": 0.995, "fp16": 0.995, "int8": 0.99}
 class ParityReport:
     """How an artefact's predictions compare with the Keras model's on the same images."""
 
-    label_agreement: float      # fraction of pixels with the same argmax class
+    label_agreement: float      # fraction of pixels (voxels) with the same argmax class
     max_abs_prob_diff: float    # largest |p_export - p_keras| over pixels and classes
     mean_abs_prob_diff: float
     threshold: float            # required label_agreement
-    pixels: int
+    pixels: int                 # pixels, or voxels for volumes
 
     @property
     def passed(self) -> bool:
@@ -37,14 +37,14 @@ class ParityReport:
 
 def compare_probabilities(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
                           threshold: float) -> ParityReport:
-    """Parity of two lists of (H, W, K) probability maps (same shapes, pairwise)."""
+    """Parity of two lists of (H, W, K) or (D, H, W, K) probability maps (same shapes, pairwise)."""
     same = total = 0
     max_diff, sum_diff, count = 0.0, 0.0, 0
     for ref, cand in zip(reference, candidate, strict=True):
         if ref.shape != cand.shape:
             raise UNetError(f"exported model output shape {cand.shape} differs from the Keras model's {ref.shape}")
         same += int(np.count_nonzero(ref.argmax(-1) == cand.argmax(-1)))
-        total += ref.shape[0] * ref.shape[1]
+        total += int(np.prod(ref.shape[:-1]))
         diff = np.abs(ref.astype(np.float64) - cand)
         max_diff, sum_diff, count = max(max_diff, float(diff.max())), sum_diff + float(diff.sum()), count + diff.size
     return ParityReport(label_agreement=same / total, max_abs_prob_diff=max_diff,
