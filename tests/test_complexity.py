@@ -217,3 +217,10 @@ def test_conv3d_layers_match_formulas_on_run_shapes():
 def test_volume_model_needs_three_sizes():
     with pytest.raises(UNetError, match=r"3 positive integers \(D, H, W\)"):
         layer_costs(_volume_model(), (16, 16))
+
+
+def test_isotropic_size_follows_the_input_rank():
+    from unet_medical.model.complexity import isotropic_size
+
+    assert isotropic_size(_volume_model(), 16) == (16, 16, 16)
+    assert isotropic_size(_mixed_model(), 16) == (16, 16)

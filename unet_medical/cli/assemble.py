@@ -169,8 +169,11 @@ def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: runl
     `write_report`) model_dir/tucker_report.csv."""
     from unet_medical.model.tucker import report_table, tucker_compress, write_report_csv
 
-    compressed, report = tucker_compress(model, rank_factor=cfg.rank_factor, rank=cfg.rank,
-                                         rank_min=cfg.rank_min, input_hw=(geometry.input_size,) * 2)
+    from unet_medical.model.complexity import isotropic_size
+
+    # MACs at the training crop: a square tile for a 2-D model, a cubic patch for a 3-D one.
+    compressed, report = tucker_compress(model, rank_factor=cfg.rank_factor, rank=cfg.rank, rank_min=cfg.rank_min,
+                                         input_hw=isotropic_size(model, geometry.input_size))
     if write_report:
         write_report_csv(report, pathlib.Path(cfg.model_dir) / "tucker_report.csv")
     print(report_table(report), flush=True)

@@ -142,6 +142,16 @@ def _check_input(model: keras.Model, input_hw: tuple[int, ...]) -> tf.TensorSpec
     return tf.TensorSpec(shape, model_input.dtype)
 
 
+def isotropic_size(model: keras.Model, side: int) -> tuple[int, ...]:
+    """(side,) once per spatial dimension of the model's input: (side, side) for an image model
+    (B, H, W, C), (side, side, side) for a volume model (B, D, H, W, C); the `input_hw` of a square
+    tile or cubic patch."""
+    rank = model.inputs[0].shape.rank if getattr(model, "inputs", None) else None
+    if rank is None or rank < 3:
+        raise UNetError(f"model {getattr(model, 'name', model)!r}: its input has no spatial dimensions")
+    return (side,) * (rank - 2)
+
+
 def _traced_calls(
     model: keras.Model, spec: tf.TensorSpec
 ) -> list[tuple[keras.layers.Layer, tf.TensorShape, tf.TensorShape]]:
