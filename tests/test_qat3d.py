@@ -12,7 +12,8 @@ import tf_keras as keras
 from unet_medical.base.errors import UNetError
 from unet_medical.export.formats import keras_to_tflite
 from unet_medical.inference.runtimes import tflite_predictor
-from unet_medical.model.qat import ConvQuantizeConfig, load_qat_model, quantize_model_qat, save_qat_model
+from unet_medical.model.qat import (ConvQuantizeConfig, PerChannelKernelQuantizer, load_qat_model,
+                                   quantize_model_qat, save_qat_model)
 
 SIZE = 8
 L = keras.layers
@@ -61,10 +62,24 @@ def test_conv3d_layers_get_the_conv_quantize_config(trained_qat):
         wrapped = trained_qat.get_layer(name)
         assert isinstance(wrapped, tfmot.quantization.keras.QuantizeWrapperV2)
         assert isinstance(wrapped.quantize_config, ConvQuantizeConfig)
-    # The kernel's fake quantization: per tensor, 255 symmetric levels within the kernel's range.
-    wrapped = trained_qat.get_layer("quant_bottom_conv")
-    kernel_range = [w for w in wrapped.weights if "kernel_max" in w.name]
-    assert kernel_range and kernel_range[0].shape == ()
+
+    def kernel_range_shape(name):
+        (weight,) = [w for w in trained_qat.get_layer(name).weights if "kernel_max" in w.name]
+        return tuple(weight.shape)
+
+    # Per output channel for Conv3D, per tensor for Conv3DTranspose (as TF-MOT does in 2-D).
+    assert kernel_range_shape("quant_bottom_conv") == (8,) and kernel_range_shape("quant_upconv") == ()
+
+
+def test_per_channel_kernel_quantizer_matches_numpy_on_a_5d_kernel():
+    kernel = np.random.default_rng(3).normal(size=(3, 3, 3, 4, 6)).astype(np.float32)
+    quantizer = PerChannelKernelQuantizer()
+    variables = quantizer.build(kernel.shape, "kernel", keras.layers.Layer())
+    quantized = quantizer(tf.constant(kernel), True, variables).numpy()
+    # Symmetric narrow-range 8 bits per output channel: step max|w_c| / 127, codes in [-127, 127].
+    step = np.abs(kernel).max(axis=(0, 1, 2, 3)) / 127
+    np.testing.assert_allclose(quantized, np.round(kernel / step) * step, rtol=0, atol=1e-6)
+    assert len(np.unique(np.round(quantized / step))) <= 255
 
 
 def test_tflite_int8_matches_keras_qat_3d(trained_qat, data, tmp_path):

@@ -21,6 +21,7 @@ import os
 from typing import Any, Mapping, Optional, Union
 
 
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
@@ -56,23 +57,68 @@ class NoOpQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         return {}
 
 
+class PerChannelKernelQuantizer(tfmot.quantization.keras.quantizers.LastValueQuantizer):
+    """TF-MOT's symmetric 8-bit per-output-channel kernel quantizer, for kernels of any rank.
+
+    TF-MOT's per-channel LastValueQuantize only handles 2-D and 4-D tensors (quant_ops.py, 0.8.1), so a
+    5-D Conv3D kernel (kd, kh, kw, in, out) gets the same computation here: in training the range of
+    output channel c is [-m_c, m_c], m_c = max|w[..., c]| (stored in the quantizer's min/max
+    variables), at inference the stored range; TF's per-channel fake quantization (any rank, channels
+    last) then rounds w to multiples of m_c / 127. Folding the kernel to 4-D around TF-MOT's op instead
+    breaks TFLite conversion (its per-channel axis changes under the reshape).
+    """
+
+    def __init__(self):
+        super().__init__(num_bits=8, per_axis=True, symmetric=True, narrow_range=True)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        if inputs.shape.rank <= 4:
+            return super().__call__(inputs, training, weights, **kwargs)
+        min_var, max_var = weights["min_var"], weights["max_var"]
+        # QuantizeWrapper calls a quantizer once per branch of its smart_cond: `training` is a bool.
+        if not training:
+            return self._fake_quantize(inputs, min_var, max_var)
+        axes = list(range(inputs.shape.rank - 1))
+        low, high = tf.reduce_min(inputs, axis=axes), tf.reduce_max(inputs, axis=axes)
+        # Symmetric and containing 0, as TF-MOT's symmetric narrow-range LastValueQuantize.
+        min_var.assign(tf.minimum(low, -high))
+        max_var.assign(tf.maximum(high, -low))
+        # TF has no gradient of the per-channel op above rank 4: pass it straight through, which is
+        # what its gradient is here (every weight lies inside its own channel's range).
+        return inputs + tf.stop_gradient(self._fake_quantize(inputs, min_var, max_var) - inputs)
+
+    def _fake_quantize(self, inputs, min_var, max_var):
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            inputs, min_var, max_var, num_bits=self.num_bits, narrow_range=self.narrow_range)
+
+
 @keras.saving.register_keras_serializable(package="unet")
 class ConvQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
     """8-bit QAT of a convolution the default registry does not cover (Conv3D, Conv3DTranspose).
 
-    The quantizers TF-MOT gives Conv2DTranspose, for any number of spatial axes: the kernel
-    symmetric 8-bit in [-127, 127] steps (narrow range), one range per tensor taken from the
-    kernel's own min/max at every step; the layer's output after its activation asymmetric 8-bit
-    with a moving-average range. Per tensor, not per channel, because TF-MOT's per-channel
-    LastValueQuantize only handles 2-D and 4-D tensors (quant_ops.py, 0.8.1), not a 5-D kernel.
+    The quantizers TF-MOT gives Conv2D / Conv2DTranspose, for any number of spatial axes: the kernel
+    symmetric 8-bit in [-127, 127] steps (narrow range), its range the kernel's own min/max at every
+    step, per output channel (the kernel's last axis) when `per_channel`, else one range per tensor
+    (a transposed conv: its last kernel axis is the input channels, and TFLite takes per-channel
+    scales on output channels only); the layer's output after its activation asymmetric 8-bit with a
+    moving-average range.
+
+    Args:
+        per_channel: one kernel range per output channel (plain convs) or one per tensor.
     """
 
-    def __init__(self):
+    def __init__(self, per_channel: bool = True):
+        self.per_channel = bool(per_channel)
         quantizers = tfmot.quantization.keras.quantizers
-        self.weight_quantizer = quantizers.LastValueQuantizer(
+        self.weight_quantizer = PerChannelKernelQuantizer() if self.per_channel else quantizers.LastValueQuantizer(
             num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
         self.activation_quantizer = quantizers.MovingAverageQuantizer(
             num_bits=8, per_axis=False, symmetric=False, narrow_range=False)
+
+    @classmethod
+    def for_layer(cls, layer: keras.layers.Layer) -> "ConvQuantizeConfig":
+        """Per channel for a plain conv, per tensor for a transposed conv."""
+        return cls(per_channel=not isinstance(layer, _TRANSPOSED_CONVS))
 
     def get_weights_and_quantizers(self, layer):
         return [(layer.kernel, self.weight_quantizer)]
@@ -91,11 +137,12 @@ class ConvQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         return []
 
     def get_config(self):
-        return {}
+        return {"per_channel": self.per_channel}
 
 
 # Convs quantized with ConvQuantizeConfig: those the default 8-bit registry does not know.
 _CONVS_OUTSIDE_REGISTRY = (keras.layers.Conv3D, keras.layers.Conv3DTranspose)
+_TRANSPOSED_CONVS = (keras.layers.Conv3DTranspose,)
 
 
 def _registered_by_class_name() -> dict:
@@ -142,7 +189,7 @@ def quantize_model_qat(model: keras.Model) -> keras.Model:
             raise UNetError(f"layer {layer.name!r} is a nested model, which TF-MOT cannot quantize")
         # The annotation wraps the original layer object, so its weights carry over.
         if type(layer) in _CONVS_OUTSIDE_REGISTRY:
-            quantize_config = ConvQuantizeConfig()
+            quantize_config = ConvQuantizeConfig.for_layer(layer)
         else:
             quantize_config = None if registry.supports(layer) else NoOpQuantizeConfig()
         return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config)
