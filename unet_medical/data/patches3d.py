@@ -28,7 +28,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from unet_medical.base.errors import UNetError
 
@@ -169,6 +168,8 @@ def cut_patch(image: np.ndarray, mask: np.ndarray, origin: np.ndarray, patch: Pa
     if matrix is None:
         window = tuple(slice(int(o), int(o) + p) for o, p in zip(origin, patch))
         return image[window].astype(np.float32), mask[window].astype(np.int32)
+    from scipy import ndimage  # here, not at the top: data.config (the flags) imports this module
+
     half = (np.array(patch, np.float64) - 1.0) / 2.0
     offset = np.asarray(origin, np.float64) + half - matrix @ half
     channels = [ndimage.affine_transform(image[..., c], matrix, offset, output_shape=patch, order=1,

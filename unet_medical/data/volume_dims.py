@@ -3,7 +3,8 @@
     "2"    each slice k of the third voxel axis alone: (I, J, C)
     "2.5"  slice k with `context` neighbours on each side as extra channels: (I, J, (2 * context + 1) * C),
            neighbours ordered k - context .. k + context, channels of one slice kept together
-    "3"    a 3D network on whole patches: not built yet (the next issue); asking for it fails with one line
+    "3"    a 3D network (model.unet, UNetSpec dims 3): each case whole, (I, J, K, C), trained on patches
+           (data.patches3d) and predicted by sliding windows (inference.sliding_window)
 
 A new mode is one SliceMode entry in DIMS; every consumer (training slices, evaluation, prediction)
 asks the registry for the channel count and the per-slice input, so it needs no other change.
@@ -26,12 +27,14 @@ class SliceMode:
         description: one line for the RECIPE log.
         uses_context: True if neighbouring slices become channels (--context_slices applies).
         built: False for a mode that is designed but not implemented yet.
+        volumetric: True if the network takes whole volumes (I, J, K, C) instead of slices.
     """
 
     dims: str
     description: str
     uses_context: bool = False
     built: bool = True
+    volumetric: bool = False
 
     def context(self, context_slices: int) -> int:
         """Neighbours taken on each side of a slice: context_slices for 2.5D, 0 otherwise."""
@@ -45,7 +48,7 @@ class SliceMode:
 DIMS: dict[str, SliceMode] = {
     "2": SliceMode("2", "2D network on single slices of the in-plane axes (I, J), one per K"),
     "2.5": SliceMode("2.5", "2D network on a slice with its neighbours along K as channels", uses_context=True),
-    "3": SliceMode("3", "3D network on volume patches", built=False),
+    "3": SliceMode("3", "3D network on volume patches, sliding-window prediction", volumetric=True),
 }
 
 
