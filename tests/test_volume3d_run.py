@@ -34,6 +34,16 @@ def test_items_are_whole_cases_and_prediction_scales_them_as_training_did(ct_dir
     assert len(inputs) == 1 and np.array_equal(inputs[0], data.images[2])
 
 
+def test_dims_auto_chooses_3d_for_near_isotropic_voxels_and_says_why(ct_dir, tmp_path):
+    from unet_medical.cli.config import parse_config
+    from unet_medical.data.volume_dims import choose_dims
+
+    assert choose_dims(1.25)[0] == "3" and choose_dims(3.0)[0] == "3" and choose_dims(3.2)[0] == "2"
+    data = load_volume_slices(ct_dir, dims="auto", num_folds=3)  # 0.8 x 0.8 x 2.5 mm: anisotropy 3.125
+    assert data.dims == "2" and data.dims_reason.startswith("median spacing anisotropy 3.12 > 3")
+    assert parse_config(["--dims", "auto", "--model_dir", str(tmp_path / "r")]).padding == "same"
+
+
 def test_the_patch_recipe_follows_the_median_case_and_flags_win():
     from unet_medical.cli.config import Config
     from unet_medical.cli.recipe import volume_choices

@@ -293,8 +293,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         values["model_dir"] = str(pathlib.Path(values.get("model_dir", Config.model_dir)) / values["experiment_name"])
     explicit = set(values)
     values = with_run_defaults(values, {f.name: f.default for f in dataclasses.fields(Config)})
-    if str(values.get("dims")) == "3":
-        values.setdefault("padding", "same")  # the 3D U-Net's only padding is its default (explicit valid: refused)
+    if str(values.get("dims")) in ("3", "auto"):
+        # the 3D U-Net's only padding is its default (explicit valid: refused); auto may choose 3D
+        values.setdefault("padding", "same")
     load_plugins(values.get("plugins"), source="plugins recorded in the run's config.yaml")
     values.update(nvidia_benchmark_steps(values))
     values.update(steps_over_budget(values, explicit))

@@ -127,6 +127,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     data = load_training_set(cfg)
     train_idx, val_idx = split_items(data, cfg.num_folds, cfg.fold)  # volumes: by case
     volumes = isinstance(data, VolumeSlices)
+    if volumes and cfg.dims != data.dims:  # --dims auto: the data's choice is the run's (and is checked)
+        cfg = cfg.replace(dims=data.dims)
     if cfg.num_epochs is not None:  # an epoch = one pass over the training images, one crop each
         cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))
     configure_seeds(cfg.seed, cfg.deterministic)

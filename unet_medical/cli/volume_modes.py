@@ -42,7 +42,7 @@ from unet_medical.inference.tiling import predict_images
 from unet_medical.model.unet import UNetSpec
 
 # nnU-Net resamples every case to the median spacing; these slices keep each case's own grid.
-RESAMPLING_REASON = ("not resampled: each case is sliced on its own voxel grid (in-plane spacing is taken as "
+RESAMPLING_REASON = ("not resampled: each case stays on its own voxel grid (its spacing is taken as "
                      "it comes; resampling to the median spacing is not built)")
 
 
@@ -62,7 +62,8 @@ def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> 
                                "spacing_median_mm": "x".join(f"{s:g}" for s in geometry["spacing_median_mm"]),
                                "anisotropy": geometry["anisotropy"],
                                "shape_median": "x".join(map(str, geometry["shape_median"]))})
-    logger.log("RECIPE", {"flag": "dims", "value": data.dims, "reason": DIMS[data.dims].description
+    chosen = f"--dims auto: {data.dims_reason}; " if data.dims_reason else ""
+    logger.log("RECIPE", {"flag": "dims", "value": data.dims, "reason": chosen + DIMS[data.dims].description
                           + (f", {data.context} on each side" if data.context else "")})
     for channel, window in zip(data.volumes.channel_names, data.windows):
         rule = (f"CT window [{window[0]:.1f}, {window[1]:.1f}]: 0.5-99.5 percentiles of the training cases' "
@@ -72,7 +73,7 @@ def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> 
     if cfg.normalization == "auto":
         cfg = cfg.replace(normalization="global")
         logger.log("RECIPE", {"flag": "normalization", "value": "global",
-                              "reason": "volume slices are already scaled by their intensity window"})
+                              "reason": "volumes are already scaled by their intensity window"})
     return cfg
 
 

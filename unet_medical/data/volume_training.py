@@ -21,7 +21,7 @@ import numpy as np
 from unet_medical.base.errors import UNetError
 from unet_medical.data.folds import case_fold_split, fold_split
 from unet_medical.data.layouts import SegmentationData
-from unet_medical.data.volume_dims import slice_mode, volume_inputs
+from unet_medical.data.volume_dims import AUTO, choose_dims, slice_mode, volume_inputs
 # the layout module's own channel-file rules, reused so prediction groups files exactly as training did
 from unet_medical.data.volume_layouts import (_CHANNEL, VolumeCase, VolumeDataSet, _volume_files, _with_channels,
                                               load_volume_data)
@@ -46,6 +46,7 @@ class VolumeSlices(SegmentationData):
     windows: tuple[Window | None, ...] = ()
     dims: str = "2"
     context: int = 0
+    dims_reason: str = ""  # why --dims auto chose `dims` ("" when --dims was given)
 
     def slices_of(self, case_index: int) -> np.ndarray:
         """Item indices of one case's slices, k = 0..K-1 in order."""
@@ -62,22 +63,27 @@ def load_volume_slices(data_dir: str | os.PathLike, *, images_dir: str = "images
     cases without num_folds), so no validation voxel shapes the scale the model is judged on; a run's
     evaluation passes the windows it recorded instead.
     """
+    if dims != AUTO:
+        slice_mode(dims)  # an unknown --dims fails before any volume is read
+    volumes = load_volume_data(data_dir, images_dir, masks_dir, num_classes)
+    reason = ""
+    if dims == AUTO:
+        dims, reason = choose_dims(geometry_summary(volumes)["anisotropy"])
     mode = slice_mode(dims)
     context = mode.context(context_slices)
-    volumes = load_volume_data(data_dir, images_dir, masks_dir, num_classes)
     if windows is None:
         train_cases = (np.arange(len(volumes.cases)) if num_folds is None
                        else fold_split(len(volumes.cases), num_folds, fold)[0])  # = case_fold_split's cases
         windows = set_windows(dataclasses.replace(volumes, cases=[volumes.cases[i] for i in train_cases]))
     if mode.volumetric:
-        return whole_volumes(volumes, windows, mode.dims)
+        return dataclasses.replace(whole_volumes(volumes, windows, mode.dims), dims_reason=reason)
     cut = volume_slices(volumes, windows, context=context)
     data = cut.data
     return VolumeSlices(data.images, data.masks, data.names, data.class_names, data.source,
                         mask_format=f"NIfTI label maps, classes {', '.join(data.class_names)} "
                                     f"[{len(volumes.cases)} cases, {len(data.images)} slices]",
                         volumes=volumes, case_of_slice=cut.case_of_slice, windows=cut.windows, dims=mode.dims,
-                        context=context)
+                        context=context, dims_reason=reason)
 
 
 def whole_volumes(volumes: VolumeDataSet, windows: tuple[Window | None, ...], dims: str) -> VolumeSlices:
