@@ -74,6 +74,16 @@ def test_2d_only_and_malformed_flags_are_refused_in_one_line(tmp_path, flags, me
     assert parse_config(["--dims", "3", "--model_dir", str(tmp_path / "r")]).padding == "same"  # the 3D default
 
 
+def test_dims_3_on_2d_images_is_refused_naming_the_folder(tmp_path):
+    from unet_medical.cli.assemble import load_training_set
+    from unet_medical.cli.config import Config
+    from unet_medical.data import synthetic
+
+    synthetic.write_isbi_layout(tmp_path, num_slices=2, size=32, seed=0)
+    with pytest.raises(UNetError, match=f"^--dims 3: {tmp_path} holds 2D images, not volumes"):
+        load_training_set(Config(dims="3", padding="same", data_dir=str(tmp_path)))
+
+
 def test_a_3d_model_predicts_a_nifti_with_the_inputs_geometry(tmp_path):
     from unet_medical.base import runlog
     from unet_medical.base.artifacts import RunRecord

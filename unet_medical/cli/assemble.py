@@ -44,6 +44,8 @@ def load_training_set(cfg: Config) -> SegmentationData:
         return load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
                                   num_classes=cfg.num_classes, dims=cfg.dims, context_slices=cfg.context_slices,
                                   num_folds=cfg.num_folds, fold=cfg.fold)
+    if cfg.dims == "3":  # a 3D network needs volumes; 2D images would silently train a 2D one
+        raise UNetError(f"--dims 3: {cfg.data_dir} holds 2D images, not volumes (NIfTI, MSD / nnU-Net folders)")
     return load_training_data(cfg.data_dir, image_stack=cfg.image_stack, mask_stack=cfg.mask_stack,
                               images_dir=cfg.images_dir, masks_dir=cfg.masks_dir, num_classes=cfg.num_classes)
 
