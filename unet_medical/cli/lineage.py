@@ -7,7 +7,8 @@ reads that folder. Benchmarks build their network from the flags and read no run
 What is inherited, unless the flag was given explicitly (command line or --config YAML):
     from RUN/config.yaml (written by runtime.modes.run when the run trained):
         data_dir, image_stack, mask_stack, images_dir, masks_dir, num_classes, fold, num_folds, crop_size,
-        checkpoint (the weights the run's SavedModel holds)
+        checkpoint (the weights the run's SavedModel holds), dims, context_slices, patch_size (how volumes
+        were cut; fixed for a resume like the data)
     from RUN/model.json (the weights fix it, so this is the authority):
         padding, base_filters, depth, batch_norm, dropout; for --model_dir modes also the quantization
         settings (shown in the PARAMETER line; the model itself is always rebuilt from model.json)
@@ -46,13 +47,15 @@ RUN_MODES = ("evaluate", "predict", "export", "visualize")
 DATA_KEYS = ("data_dir", "image_stack", "mask_stack", "images_dir", "masks_dir", "num_classes")
 SPLIT_KEYS = ("fold", "num_folds")
 # checkpoint: the weights the run's SavedModel was written from are the later modes' default too.
-CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size", "checkpoint")
+# dims, context_slices, patch_size: how volumes were cut for the network (a 3D model cannot take slices)
+VOLUME_KEYS = ("dims", "context_slices", "patch_size")
+CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size", "checkpoint", *VOLUME_KEYS)
 ARCHITECTURE_KEYS = ("padding", "base_filters", "depth", "batch_norm", "dropout")
 QUANTIZATION_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width",
                      "activation_f_width", "weight_bits", "activation_bits", "keep_first_float", "keep_last_float")
 # What a resume may not change: the checkpoint's weights were trained with these.
 RESUME_FIXED_KEYS = (*ARCHITECTURE_KEYS, *SPLIT_KEYS, *DATA_KEYS, *QUANTIZATION_KEYS, "fixed_scheme",
-                     "init_from", "rank_factor", "rank", "rank_min")
+                     "init_from", "rank_factor", "rank", "rank_min", *VOLUME_KEYS)
 # What a resume inherits but may change by flag: left out, the resume finishes the same run.
 RESUME_INHERITED_KEYS = ("crop_size", "max_steps", "num_epochs", "batch_size", "seed", "evaluate_every", "checkpoint")
 RESUME_FLAG = "--model_dir (--resume_training)"

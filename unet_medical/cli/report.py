@@ -228,12 +228,14 @@ def validation_section(run_dir: pathlib.Path, results: Mapping[str, Any], class_
     if not results:
         return '<p class="note">No evaluation yet (eval_results.json missing).</p>'
     cases = results.get("per_case") or []
+    volume_cases = isinstance(cases, Mapping)  # a volume run's {case: {class: scores}}: no 2D overlays
     intro = (f'<p>Held-out fold {results.get("fold")} of {results.get("num_folds")}, step {results.get("step")}, '
              f'{results.get("num_images")} images at native resolution, TTA {results.get("tta")}.</p>')
     parts = [intro, h.html_table(("class", "Dice", "IoU"), class_rows(results, class_names), table_id="class-scores"),
              h.html_table(("metric", "value"), other_score_rows(results, class_names), table_id="other-scores"),
-             overlay_section(run_dir, cases)]
-    if cases:
+             f'<p class="note">Dice, HD95 and NSD of each of the {len(cases)} volume cases are in '
+             f'eval_results.json (per_case).</p>' if volume_cases else overlay_section(run_dir, cases)]
+    if cases and not volume_cases:
         header, rows, classes = case_table(cases, class_names)
         parts.append("<h3>Scores per case</h3>" + h.html_table(header, rows, classes, table_id="case-scores"))
     return "".join(parts)

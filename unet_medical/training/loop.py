@@ -23,6 +23,7 @@ from unet_medical.training import budget
 from unet_medical.training import checkpoint as ckpt
 from unet_medical.base.errors import UNetError
 from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
+from unet_medical.data.patches3d import PatchSize, VolumeAugment, make_patch_dataset
 from unet_medical.data.pipeline import AugmentFn, CropGeometry, Sampling, make_train_dataset
 from unet_medical.base.progress import Progress
 
@@ -169,7 +170,10 @@ class TrainData:
 
     `images` are normalized float32 (H, W, C) with the run's --normalization, `masks` int class ids
     (H, W), `names` name them in error messages; crops of `geometry`, centred on rare classes as
-    `sampling` says, augmented by `augment`; `class_weights` (one per class) weigh the cross-entropy."""
+    `sampling` says, augmented by `augment`; `class_weights` (one per class) weigh the cross-entropy.
+    With `patch_size` (--dims 3) the images are volumes (I, J, K, C) and masks (I, J, K), cut into
+    patches of that size (data.patches3d: `sampling` is the foreground fraction and classes, the
+    augmentation is `volume_augment`; `geometry` and `augment` are not used)."""
 
     images: Sequence[np.ndarray]
     masks: Sequence[np.ndarray]
@@ -179,6 +183,8 @@ class TrainData:
     augment: AugmentFn | None = None
     sampling: Sampling = Sampling()
     class_weights: Sequence[float] | None = None
+    patch_size: PatchSize | None = None
+    volume_augment: VolumeAugment | None = None
 
 
 @dataclasses.dataclass
@@ -199,9 +205,16 @@ class Trainer:
         return schedule_of(self.optimizer)
 
     def batches(self, start_step: int, stop_step: int) -> tf.data.Dataset:
-        """Batches for steps start_step..stop_step-1: (B, I, I, C) float32 images, (B, O, O) int32 labels;
-        each a pure function of (seed, step), so a resumed run sees the batches it would have seen."""
+        """Batches for steps start_step..stop_step-1: (B, I, I, C) float32 images, (B, O, O) int32 labels
+        ((B, P0, P1, P2, C) and (B, P0, P1, P2) patches for volumes); each a pure function of
+        (seed, step), so a resumed run sees the batches it would have seen."""
         d = self.data
+        if d.patch_size is not None:
+            return make_patch_dataset(list(d.images), list(d.masks), list(d.names), d.patch_size,
+                                      batch_size=self.batch_size, seed=self.seed, start_step=start_step,
+                                      max_steps=stop_step, classes=d.sampling.classes,
+                                      foreground=d.sampling.foreground, augment=d.volume_augment, rank=self.rank,
+                                      world_size=self.world_size)
         return make_train_dataset(list(d.images), list(d.masks), list(d.names), d.geometry,
                                   batch_size=self.batch_size, seed=self.seed, start_step=start_step,
                                   max_steps=stop_step, augment=d.augment, rank=self.rank,
