@@ -370,7 +370,9 @@ def run_locked(cfg: Config, dist: Any) -> None:
             return
         if cfg.exec_mode in TRAINING_MODES:
             run_training(cfg, logger, dist)
-        if cfg.exec_mode == "evaluate":
+        # Evaluate, like predict and export, runs on the chief alone: every rank holds the same weights
+        # (broadcast), so other ranks would only race it writing the same eval_results file.
+        if cfg.exec_mode == "evaluate" and dist.is_chief:
             run_evaluation(cfg, logger)
         if cfg.exec_mode == "visualize" and dist.is_chief:
             from unet_medical.cli.visualize import write_weight_histograms
