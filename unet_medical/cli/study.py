@@ -32,7 +32,7 @@ from unet_medical.base.timing import latency_stats, time_alternating
 from unet_medical.cli.config import Config, read_yaml_file
 from unet_medical.model.config import QuantizationSettings
 from unet_medical.base.errors import UNetError, run_cli
-from unet_medical.base.fileio import atomic_write_text
+from unet_medical.base.fileio import atomic_write, atomic_write_text
 from unet_medical.base.progress import Progress
 from unet_medical.inference.artifact_formats import WriteRequest, format_of
 
@@ -148,10 +148,13 @@ def export_file(model: Any, info: Any, export_dir: pathlib.Path, export_format: 
 
     fmt = format_of(export_format)
     spec = UNetSpec(**info.spec)
-    path = export_dir / fmt.file_name(precision)
-    fmt.writer()(WriteRequest(model=model, module=UNetServingModule(model, spec), spec=spec, path=path,
-                              precision=precision, tile_size=tile, quantization=info.quantization_config))
-    return path
+    module = UNetServingModule(model, spec)
+
+    def write(tmp: str) -> None:  # into a temporary file: a crash never leaves a truncated model to time
+        fmt.writer()(WriteRequest(model=model, module=module, spec=spec, path=pathlib.Path(tmp),
+                                  precision=precision, tile_size=tile, quantization=info.quantization_config))
+
+    return atomic_write(export_dir / fmt.file_name(precision), write)
 
 
 def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tuple[int, int],
@@ -269,10 +272,8 @@ def plot_pareto(path: pathlib.Path, rows: list[dict[str, Any]], metric: str) -> 
     axes[0].set_title("accuracy vs stored bytes")
     axes[1].set_title("accuracy vs CPU latency of the deployable file (one process, round-robin)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
