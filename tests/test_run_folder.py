@@ -248,3 +248,17 @@ def test_a_worker_that_is_not_the_chief_writes_no_results(run, monkeypatch, mode
     before = snapshot(run)
     assert cli_main([mode, "--model_dir", str(run)]) == 0
     assert snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------- 9. versioned run files
+def test_a_run_writes_versioned_files_and_refuses_a_newer_model_json_in_one_line(run, capsys):
+    from unet_medical.base.artifacts import SCHEMA_KEY, SCHEMA_VERSION
+
+    for name in ("model.json", "eval_results.json"):
+        assert json.loads((run / name).read_text())[SCHEMA_KEY] == SCHEMA_VERSION, name
+    record = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**record, SCHEMA_KEY: SCHEMA_VERSION + 1}))
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--model_dir", str(run)]) == 2
+    line = one_error_line(capsys)
+    assert str(run / "model.json") in line and "is newer than this version" in line, line

@@ -31,7 +31,7 @@ import time
 from typing import Any, Sequence
 
 from unet_medical.base import runlog
-from unet_medical.base.artifacts import EVAL_RESULTS, write_json
+from unet_medical.base.artifacts import EVAL_RESULTS, read_eval_results, write_json
 from unet_medical.base.timing import latency_stats, time_alternating
 from unet_medical.cli.config import Config, read_yaml_file
 from unet_medical.model.config import QuantizationSettings
@@ -121,10 +121,10 @@ def run_variant(variant: Variant, base: dict[str, Any], data_dir: str, results_d
     if returncode != 0:
         raise UNetError(f"study: variant {variant.name!r} failed (exit {returncode}); its log is "
                         f"{out / 'log.json'}; rerun the study to continue")
-    results = json.loads((out / EVAL_RESULTS).read_text())
+    results = read_eval_results(out / EVAL_RESULTS)
     before = out / "eval_before_finetune.json"
     write_json(out / DONE, {"eval": results, "train_seconds": time.perf_counter() - start, "made_from": made_from.digest,
-                            "eval_before_finetune": json.loads(before.read_text()) if before.exists() else None})
+                            "eval_before_finetune": read_eval_results(before) if before.exists() else None})
 
 
 def run_child(args: list[str], env: dict[str, str]) -> int:
