@@ -142,9 +142,9 @@ def read_versioned_json(path: str | pathlib.Path, kind: str) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text())
     except ValueError as exc:
-        raise UNetError(f"{path} is corrupt: not readable JSON ({exc})") from None
+        raise UNetError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(document, dict):
-        raise UNetError(f"{path} is corrupt: expected a JSON object, got {type(document).__name__}")
+        raise UNetError(f"{path}: expected a JSON object, got {type(document).__name__}")
     version = document.pop(SCHEMA_KEY, 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise UNetError(f"{path}: {SCHEMA_KEY} {version!r} is not a version number")
