@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from unet_medical.base import artifacts
 from unet_medical.base.artifacts import EVAL_RESULTS, FINGERPRINT, MODEL_JSON, RUN_CONFIG, last_checkpoint, read_run_config
 from unet_medical.data.folds import fold_split
 from unet_medical.base.errors import UNetError
@@ -143,14 +144,15 @@ def require_source(exec_mode: str, model_dir: str | None, init_from: str | None,
 
 
 def read_model_json(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """RUN/model.json in the current layout (base.artifacts migrates older versions); it must have a spec."""
     path = pathlib.Path(run_dir) / MODEL_JSON
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UNetError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("spec"), Mapping):
+        raw = artifacts.read_model_json(path)
+    except OSError as exc:
+        raise UNetError(f"{path}: not readable ({exc})") from None
+    if not isinstance(raw.get("spec"), Mapping):
         raise UNetError(f"{path}: has no model spec")
-    return dict(raw)
+    return raw
 
 
 def recorded_quantization(model: Mapping[str, Any]) -> dict[str, Any]:
@@ -322,11 +324,9 @@ def finished_evaluation(model_dir: str | os.PathLike, max_steps: int | None, fol
             return None
     path = pathlib.Path(model_dir) / EVAL_RESULTS
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(results, Mapping):
-        return None
+        results = artifacts.read_eval_results(path)
+    except OSError:
+        return None  # no evaluation yet (a damaged or newer file is refused in one line)
     done = (results.get("step") == max_steps and results.get("fold") == fold
             and results.get("num_folds") == num_folds)
     return dict(results) if done else None

@@ -18,7 +18,7 @@ from unet_medical.model.unet import UNetSpec
 from unet_medical.training import distributed
 from unet_medical.training.budget import budget_evaluate_every
 from unet_medical.base.artifacts import (EVAL_RESULTS, OVERLAY_BEST, OVERLAY_WORST, RUN_CONFIG,
-                                       RunRecord, load_run_record, save_run_record, write_json)
+                                       RunRecord, load_run_record, save_run_record, write_eval_results, write_json)
 from unet_medical.cli.config import Config, save_config
 from unet_medical.data.layouts import SegmentationData, load_test_data
 from unet_medical.data.folds import fold_split
@@ -83,7 +83,7 @@ def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val
                    "num_images": len(images), "tta": cfg.tta, "per_case": per_case}
         if origin is not None:
             results["provenance"] = origin
-        write_json(pathlib.Path(cfg.model_dir) / results_name, results)
+        write_eval_results(pathlib.Path(cfg.model_dir) / results_name, results)
         if results_name == EVAL_RESULTS:
             write_case_overlays(pathlib.Path(cfg.model_dir), per_case, images, predicted, masks, skip)
         # ("eval", step): the JSON log keeps validation records apart from training steps, and the
@@ -199,7 +199,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         save_run_record(cfg.model_dir, record)
         if cfg.exec_mode == "compress" and step == 0:
             before = evaluate(model, 0)  # the compressed model before fine-tuning
-            write_json(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
+            write_eval_results(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
     # A resumed budget's total is recorded: the loop trains to it (cfg.max_steps) and measures nothing.
     loop_cfg = cfg if measure_budget else cfg.replace(time_budget=None)
     started = time.perf_counter()
@@ -382,7 +382,9 @@ def run_locked(cfg: Config, dist: Any) -> None:
             return
         if cfg.exec_mode in TRAINING_MODES:
             run_training(cfg, logger, dist)
-        if cfg.exec_mode == "evaluate":
+        # Evaluate, like predict and export, runs on the chief alone: every rank holds the same weights
+        # (broadcast), so other ranks would only race it writing the same eval_results file.
+        if cfg.exec_mode == "evaluate" and dist.is_chief:
             run_evaluation(cfg, logger)
         if cfg.exec_mode == "visualize" and dist.is_chief:
             from unet_medical.cli.visualize import write_weight_histograms

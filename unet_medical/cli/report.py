@@ -23,8 +23,8 @@ import pathlib
 import statistics
 from typing import Any, Mapping, Sequence
 
-from unet_medical.base.artifacts import (EVAL_RESULTS, FINGERPRINT, MODEL_JSON, OVERLAY_BEST, OVERLAY_WORST,
-                                         REPORT)
+from unet_medical.base.artifacts import (EVAL_RESULTS, EXPORT_JSON, FINGERPRINT, MODEL_JSON, OVERLAY_BEST,
+                                         OVERLAY_WORST, REPORT, read_versioned_json)
 from unet_medical.base.errors import UNetError, run_cli
 from unet_medical.base.fileio import atomic_write_text
 from unet_medical.base import runlog
@@ -125,10 +125,13 @@ def timing_rows(records: Sequence[Mapping[str, Any]], parameters: Mapping[str, A
     return [(k, v) for k, v in rows if v is not None]
 
 
-def read_json(path: pathlib.Path) -> dict[str, Any]:
-    """A run file's JSON object ({} when absent); a corrupt file is the user's problem, named."""
+def read_json(path: pathlib.Path, kind: str | None = None) -> dict[str, Any]:
+    """A run file's JSON object ({} when absent); a corrupt file is the user's problem, named. A versioned
+    file (`kind`: MODEL_JSON, EVAL_RESULTS, EXPORT_JSON) is read by base.artifacts, which migrates it."""
     if not path.is_file():
         return {}
+    if kind is not None:
+        return read_versioned_json(path, kind)
     try:
         value = json.loads(path.read_text())
     except ValueError as exc:
@@ -243,7 +246,7 @@ def validation_section(run_dir: pathlib.Path, results: Mapping[str, Any], class_
 
 def export_section(run_dir: pathlib.Path, records: Sequence[Mapping[str, Any]]) -> str | None:
     """The exported files (export/export.json) and the SavedModel written after training; None if neither."""
-    export_doc = read_json(run_dir / EXPORT_FILE)
+    export_doc = read_json(run_dir / EXPORT_FILE, EXPORT_JSON)
     saved = named_records(records, "SAVED_MODEL")
     if not export_doc.get("artifacts") and not saved:
         return None
@@ -267,8 +270,8 @@ def run_page(run_dir: pathlib.Path) -> str:
     records = read_log_records(run_dir / LOG)
     parameters = merged_parameters(records)
     fingerprint_doc = read_json(run_dir / FINGERPRINT)
-    results = read_json(run_dir / EVAL_RESULTS)
-    model = read_json(run_dir / MODEL_JSON)
+    results = read_json(run_dir / EVAL_RESULTS, EVAL_RESULTS)
+    model = read_json(run_dir / MODEL_JSON, MODEL_JSON)
     # model.json names the classes; a run killed before writing it still logged them in PARAMETER.
     class_names = list(model.get("class_names") or [c for c in str(parameters.get("classes", "")).split(",") if c])
     spec = model.get("spec", {})

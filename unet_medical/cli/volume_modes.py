@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from unet_medical.base import runlog
-from unet_medical.base.artifacts import EVAL_RESULTS, PREDICTIONS, RunRecord, load_run_record, write_json
+from unet_medical.base.artifacts import (EVAL_RESULTS, PREDICTIONS, RunRecord, load_run_record, write_eval_results,
+                                         write_json)
 from unet_medical.base.errors import UNetError
 from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance
 from unet_medical.cli.assemble import restore_model
@@ -114,7 +115,7 @@ def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_i
                        tta=cfg.tta, dims=data.dims)
         if origin is not None:
             results["provenance"] = origin
-        write_json(pathlib.Path(cfg.model_dir) / results_name, results)
+        write_eval_results(pathlib.Path(cfg.model_dir) / results_name, results)
         logger.log(("eval", int(step)), {k: v for k, v in results.items()
                                          if isinstance(v, (int, float)) and not isinstance(v, bool)})
         return results
