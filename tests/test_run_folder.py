@@ -231,3 +231,34 @@ def test_a_full_disk_while_writing_a_record_is_one_line(run, tmp_path, capsys, m
     assert cli_main(["evaluate", "--model_dir", str(run)]) == 2
     line = one_error_line(capsys)
     assert "No space left on device" in line and str(run) in line, line
+
+
+# ----------------------------------------------------------------------------- 8. one rank writes results
+@pytest.mark.parametrize("mode", ["evaluate", "predict"])
+def test_a_worker_that_is_not_the_chief_writes_no_results(run, monkeypatch, mode):
+    """With several workers (--distribution), rank 1 of 2 runs the mode but leaves the run folder alone:
+    results come from the chief only."""
+    from unet_medical.cli import modes
+    from unet_medical.training import distributed
+
+    class SecondWorker(distributed.SingleProcess):
+        rank, size = 1, 2
+
+    monkeypatch.setattr(modes.distributed, "create", lambda name: SecondWorker())
+    before = snapshot(run)
+    assert cli_main([mode, "--model_dir", str(run)]) == 0
+    assert snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------- 9. versioned run files
+def test_a_run_writes_versioned_files_and_refuses_a_newer_model_json_in_one_line(run, capsys):
+    from unet_medical.base.artifacts import SCHEMA_KEY, SCHEMA_VERSION
+
+    for name in ("model.json", "eval_results.json"):
+        assert json.loads((run / name).read_text())[SCHEMA_KEY] == SCHEMA_VERSION, name
+    record = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**record, SCHEMA_KEY: SCHEMA_VERSION + 1}))
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--model_dir", str(run)]) == 2
+    line = one_error_line(capsys)
+    assert str(run / "model.json") in line and "is newer than this version" in line, line

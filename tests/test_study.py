@@ -126,3 +126,106 @@ def test_qat_variant_ships_an_int8_tflite_written_and_run_by_the_exporter(tmp_pa
     reference = tf.nn.softmax(model(tiles, training=False), axis=-1).numpy()
     assert probabilities.shape == reference.shape and 0 <= probabilities.min() and probabilities.max() <= 1
     assert np.mean(probabilities.argmax(-1) == reference.argmax(-1)) >= 0.95
+
+
+# ----------------------------------------------------------------------------- reuse only what is unchanged
+SMALL_STUDY = """
+base:
+  max_steps: 4
+variants:
+  - name: fp32
+  - name: int8
+    init_from: "@fp32"
+    quantization: INT
+"""
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """The study with its variants' training and its measuring replaced: each "training" writes the
+    eval_results.json main.py would and is recorded by variant name."""
+    import json
+
+    from unet_medical.cli import study
+
+    ran = []
+
+    def train(args, env):
+        out = pathlib.Path(args[args.index("--model_dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_results.json").write_text(json.dumps({"mean_dice": 0.5, "step": 4}))
+        ran.append(out.name)
+        return 0
+
+    monkeypatch.setattr(study, "run_child", train)
+    monkeypatch.setattr(study, "report_study", lambda *args: None)
+    return ran
+
+
+def run_small_study(tmp_path, data_dir, text=SMALL_STUDY, *extra):
+    from unet_medical.cli import study
+
+    config = tmp_path / "study.yaml"
+    config.write_text(text)
+    return study.main(["--config", str(config), "--data_dir", str(data_dir), "--results_dir",
+                       str(tmp_path / "results"), *extra])
+
+
+def error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("change, named, said", [
+    (lambda cfg, data: (cfg.replace("max_steps: 4", "max_steps: 6"), data), "fp32", "max_steps: 4 -> 6"),
+    (lambda cfg, data: (cfg.replace("quantization: INT", "quantization: INT\n    weight_bits: 4"), data),
+     "int8", "weight_bits: (unset) -> 4"),
+    (lambda cfg, data: (cfg, (data / "c.png").write_bytes(b"new image")), "fp32", "1 file added (first: c.png)"),
+    (lambda cfg, data: (cfg, (data / "a.png").write_bytes(b"edited")), "fp32", "1 file changed (first: a.png)"),
+])
+def test_a_changed_study_or_data_is_refused_before_anything_runs(tmp_path, fake_training, capsys, change, named,
+                                                                  said):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"image a")
+    (data / "b.png").write_bytes(b"image b")
+    assert run_small_study(tmp_path, data) == 0
+    assert fake_training == ["fp32", "int8"]
+    assert run_small_study(tmp_path, data) == 0 and fake_training == ["fp32", "int8"]  # unchanged: reused
+
+    text, _ = change(SMALL_STUDY, data)
+    results = tmp_path / "results"
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert run_small_study(tmp_path, data, text) == 2
+    line = error_line(capsys)
+    assert f"variant {named!r}" in line and said in line and "--rerun_changed" in line, line
+    assert fake_training == ["fp32", "int8"]
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before
+
+
+def test_rerun_changed_trains_the_changed_variant_and_those_made_from_it_again(tmp_path, fake_training, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"image a")
+    assert run_small_study(tmp_path, data) == 0
+    changed = SMALL_STUDY.replace("max_steps: 4", "max_steps: 6")
+    assert run_small_study(tmp_path, data, changed, "--rerun_changed") == 0
+    assert fake_training == ["fp32", "int8", "fp32", "int8"]  # int8 starts from the new fp32
+    variants = tmp_path / "results" / "variants"
+    assert sorted(p.name.split(".replaced-")[0] for p in variants.iterdir() if ".replaced-" in p.name) == \
+        ["fp32", "int8"]
+    assert run_small_study(tmp_path, data, changed) == 0 and len(fake_training) == 4
+
+
+def test_a_variant_without_a_record_is_not_trusted(tmp_path, fake_training, capsys):
+    """A finished variant of a study from before made_from.json: what it was made from is unknown."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"image a")
+    assert run_small_study(tmp_path, data) == 0
+    (tmp_path / "results" / "variants" / "fp32" / "made_from.json").unlink()
+    capsys.readouterr()
+    assert run_small_study(tmp_path, data) == 2
+    assert "variant 'fp32'" in error_line(capsys)

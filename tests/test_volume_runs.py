@@ -36,21 +36,20 @@ def ct_dir(tmp_path_factory) -> pathlib.Path:
 
 # ---- --dims ------------------------------------------------------------------------------------------
 
-def test_dims_registry_refuses_3d_with_one_line_and_unknown_values():
-    with pytest.raises(UNetError, match=r"^--dims=3: 3D network on volume patches: not built yet; use --dims 2 or 2.5$"):
-        slice_mode("3")
+def test_dims_registry_knows_3d_and_refuses_unknown_values():
+    assert slice_mode("3").volumetric and not slice_mode("2.5").volumetric
     with pytest.raises(UNetError, match="expected one of 2, 2.5, 3"):
         slice_mode("4")
-    assert DIMS["2"].channels(1, 5) == 1 and DIMS["2.5"].channels(2, 1) == 6
+    assert DIMS["2"].channels(1, 5) == 1 and DIMS["2.5"].channels(2, 1) == 6 and DIMS["3"].channels(2, 1) == 2
 
 
-def test_dims_3_fails_at_the_command_line_before_anything_runs(tmp_path):
+def test_dims_3_refuses_2d_only_flags_at_the_command_line_before_anything_runs(tmp_path):
     run = subprocess.run([sys.executable, "-m", "unet_medical", "--exec_mode", "train", "--dims", "3",
-                          "--data_dir", str(tmp_path), "--model_dir", str(tmp_path / "run")],
+                          "--padding", "valid", "--data_dir", str(tmp_path), "--model_dir", str(tmp_path / "run")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
-    assert run.stderr.strip().splitlines()[-1] == ("error: --dims=3: 3D network on volume patches: not built yet; "
-                                                   "use --dims 2 or 2.5")
+    assert run.stderr.strip().splitlines()[-1] == ("error: --padding='valid': expected same for --dims 3 (the 3D "
+                                                   "U-Net pads its convolutions)")
     assert not (tmp_path / "run").exists()
 
 

@@ -6,13 +6,14 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_write_text
 
 MODEL_JSON = "model.json"
 EVAL_RESULTS = "eval_results.json"
+EXPORT_JSON = "export.json"  # in RUN/export/: one entry per exported file, and the default export's choice
 RUN_CONFIG = "config.yaml"  # the run's settings: {"config_version": 2, section: {flag: value}}; version 1 was flat
 CONFIG_VERSION = 2
 PREDICTIONS = "predictions"
@@ -98,26 +99,106 @@ _STORED = ("architecture", "quantization", "quantization_config", "step", "norma
            "input_scale", "volume", "train_files", "validation_files")
 
 
+# --- versioned run files ------------------------------------------------------------------------------
+# model.json, eval_results.json (with eval_results_<weights>.json and eval_before_finetune.json, which
+# share its layout) and export.json carry "schema_version". Each has one writer and one reader below.
+#   version 1: the files written before the field existed (no "schema_version"); model.json of the very
+#              first releases nested the quantization fields under "extra"
+#   version 2: version 1 with "schema_version": 2; model.json keeps every field at the top level
+# A reader migrates older versions to the current layout and refuses a newer one it cannot know.
+SCHEMA_KEY = "schema_version"
+SCHEMA_VERSION = 2
+
+
+def _migrate_model_json_v1(document: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 model.json: the fields early files nested under "extra" move to the top level
+    (a top-level value wins, as it did when both were read)."""
+    extra = document.pop("extra", None)
+    return {**extra, **document} if isinstance(extra, dict) else document
+
+
+def _unchanged(document: dict[str, Any]) -> dict[str, Any]:
+    return document
+
+
+# file kind -> {version: migration of a document of that version to the next}
+_MIGRATIONS: dict[str, dict[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    MODEL_JSON: {1: _migrate_model_json_v1},
+    EVAL_RESULTS: {1: _unchanged},
+    EXPORT_JSON: {1: _unchanged},
+}
+
+
+def write_versioned_json(path: str | pathlib.Path, document: Mapping[str, Any]) -> pathlib.Path:
+    """`document` with the current schema_version, written atomically (keys sorted, indented)."""
+    return write_json(path, {**document, SCHEMA_KEY: SCHEMA_VERSION})
+
+
+def read_versioned_json(path: str | pathlib.Path, kind: str) -> dict[str, Any]:
+    """The JSON object in `path`, a file of `kind` (MODEL_JSON, EVAL_RESULTS or EXPORT_JSON), migrated
+    to the current layout; "schema_version" is taken out (it describes the file, not its contents).
+    UNetError (one line naming the file) if it is unreadable, not an object, or of an unknown version."""
+    path = pathlib.Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except ValueError as exc:
+        raise UNetError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise UNetError(f"{path}: expected a JSON object, got {type(document).__name__}")
+    version = document.pop(SCHEMA_KEY, 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UNetError(f"{path}: {SCHEMA_KEY} {version!r} is not a version number")
+    if version > SCHEMA_VERSION:
+        raise UNetError(f"{path}: {SCHEMA_KEY} {version} is newer than this version of unet_medical reads "
+                        f"(up to {SCHEMA_VERSION}); upgrade unet_medical to read it")
+    for step in range(version, SCHEMA_VERSION):
+        document = _MIGRATIONS[kind][step](document)
+    return document
+
+
+def read_model_json(path: str | pathlib.Path) -> dict[str, Any]:
+    """A model.json (RUN/model.json, or the file itself) as a current-version dict."""
+    path = pathlib.Path(path)
+    return read_versioned_json(path / MODEL_JSON if path.is_dir() else path, MODEL_JSON)
+
+
+def read_eval_results(path: str | pathlib.Path) -> dict[str, Any]:
+    """An eval_results*.json (or eval_before_finetune.json) as a current-version dict."""
+    return read_versioned_json(path, EVAL_RESULTS)
+
+
+def write_eval_results(path: str | pathlib.Path, results: Mapping[str, Any]) -> pathlib.Path:
+    return write_versioned_json(path, results)
+
+
+def read_export_document(path: str | pathlib.Path) -> dict[str, Any]:
+    """An export.json as a current-version dict: {"artifacts": {file: entry}, "selection": ...}."""
+    return read_versioned_json(path, EXPORT_JSON)
+
+
+def write_export_document(path: str | pathlib.Path, document: Mapping[str, Any]) -> pathlib.Path:
+    return write_versioned_json(path, document)
+
+
 def save_run_record(model_dir: str | pathlib.Path, record: RunRecord) -> pathlib.Path:
     payload = {"spec": record.spec, "class_names": list(record.class_names),
                **{k: getattr(record, k) for k in _STORED}}
-    return atomic_write_text(pathlib.Path(model_dir) / MODEL_JSON, json.dumps(payload, indent=2))
+    return write_versioned_json(pathlib.Path(model_dir) / MODEL_JSON, payload)
 
 
 def load_run_record(model_dir: str | pathlib.Path) -> RunRecord:
     path = pathlib.Path(model_dir) / MODEL_JSON
     if not path.is_file():
         raise UNetError(f"{path} not found: --model_dir must be the folder of a training run")
+    payload = read_model_json(path)
     try:
-        payload = json.loads(path.read_text())
-        stored = {**payload.get("extra", {}), **payload}  # model.json of earlier versions nests them in "extra"
         return RunRecord(spec=dict(payload["spec"]), class_names=tuple(payload["class_names"]),
-                         **{k: stored[k] for k in _STORED if k in stored})
+                         **{k: payload[k] for k in _STORED if k in payload})
     except (ValueError, KeyError, TypeError) as exc:
         raise UNetError(f"{path} is corrupt ({exc})") from None
 
 
-def write_json(path: str | pathlib.Path, data: dict[str, Any]) -> pathlib.Path:
+def write_json(path: str | pathlib.Path, data: Mapping[str, Any]) -> pathlib.Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 

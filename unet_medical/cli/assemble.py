@@ -15,6 +15,7 @@ from unet_medical.cli.config import Config
 from unet_medical.model.config import DEFAULT_DEPTH
 from unet_medical.model.config import QuantizationSettings
 from unet_medical.data.config import augment_config
+from unet_medical.data.patches3d import check_patch_size, parse_patch_size
 from unet_medical.data.layouts import SegmentationData, load_training_data
 from unet_medical.data.volume_layouts import is_volume_layout
 from unet_medical.data.volume_training import load_volume_slices
@@ -43,6 +44,8 @@ def load_training_set(cfg: Config) -> SegmentationData:
         return load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
                                   num_classes=cfg.num_classes, dims=cfg.dims, context_slices=cfg.context_slices,
                                   num_folds=cfg.num_folds, fold=cfg.fold)
+    if cfg.dims == "3":  # a 3D network needs volumes; 2D images would silently train a 2D one
+        raise UNetError(f"--dims 3: {cfg.data_dir} holds 2D images, not volumes (NIfTI, MSD / nnU-Net folders)")
     return load_training_data(cfg.data_dir, image_stack=cfg.image_stack, mask_stack=cfg.mask_stack,
                               images_dir=cfg.images_dir, masks_dir=cfg.masks_dir, num_classes=cfg.num_classes)
 
@@ -59,9 +62,21 @@ def make_augment(cfg: Config) -> Any:
 
 
 def spec_for(cfg: Config, data: SegmentationData) -> UNetSpec:
+    """The U-Net of the flags for `data`: its classes and channels; a 3D U-Net for --dims 3 volumes."""
+    dims = 3 if getattr(data, "dims", "2") == "3" else 2
     return UNetSpec(n_classes=len(data.class_names), in_channels=int(data.images[0].shape[-1]),
                     base_filters=cfg.base_filters, depth=cfg.depth or DEFAULT_DEPTH, padding=cfg.padding,
-                    batch_norm=cfg.batch_norm, dropout=cfg.dropout)
+                    batch_norm=cfg.batch_norm, dropout=cfg.dropout, dims=dims)
+
+
+def patch_geometry(spec: UNetSpec, patch_size: str | None) -> CropGeometry:
+    """--dims 3: the patch's (same-padding, so input = output) longest side stands for the crop in the
+    records that expect one; the patches themselves are cut by data.patches3d at --patch_size."""
+    patch = parse_patch_size(patch_size)
+    if patch is None:
+        raise UNetError("--patch_size: not chosen (the --dims 3 recipe sets it before the model is built)")
+    check_patch_size(patch, spec.depth)
+    return CropGeometry(max(patch), max(patch))
 
 
 
@@ -198,11 +213,15 @@ def make_model(cfg: Config, data: SegmentationData, logger: runlog.Logger, write
             raise UNetError(f"--init_from {cfg.init_from}: its model has classes {info.class_names} and "
                             f"{spec.in_channels} channels; the data in {cfg.data_dir} has {data.class_names} "
                             f"and {data.images[0].shape[-1]}")
+        wanted = spec_for(cfg, data).dims
+        if spec.dims != wanted:
+            raise UNetError(f"--init_from {cfg.init_from}: its model is a {spec.dims}D U-Net; --dims "
+                            f"{getattr(data, 'dims', '2')} trains a {wanted}D one")
         logger.log("PARAMETER", {"init_from": str(cfg.init_from), "init_step": step})
     else:
         spec = spec_for(cfg, data)
         model = build_unet(spec)
-    geometry = check_crop_size(spec, cfg.crop_size)
+    geometry = check_crop_size(spec, cfg.crop_size) if spec.dims == 2 else patch_geometry(spec, cfg.patch_size)
     if cfg.rank_factor is not None or cfg.rank is not None:
         model = compress_model(cfg, model, geometry, logger, write_report)
     float_architecture = model.to_json()

@@ -24,6 +24,7 @@ from unet_medical.data.layouts import SegmentationData, load_training_data
 from unet_medical.data.normalize import normalize_image
 from unet_medical.data.pipeline import AugmentFn, CropGeometry, make_train_dataset
 from unet_medical.base.errors import UNetError, run_cli
+from unet_medical.base.fileio import atomic_write
 from unet_medical.base.timing import latency_stats, throughput, time_steps
 
 _PRESETS = {"default": AugmentConfig, "all_on": AugmentConfig.all_on}
@@ -64,7 +65,9 @@ def write_preview(out_path: str | pathlib.Path, data_dir: str | pathlib.Path, n:
         x, y = (k % cols) * tile, (k // cols) * tile
         sheet.paste(Image.fromarray(rgb).resize((tile, tile), Image.BILINEAR), (x, y))
         draw.text((x + 4, y + 4), caption, fill=(255, 255, 0))
-    sheet.save(out_path)
+    # The temporary file has no image suffix: the format comes from the destination's (PNG if unknown).
+    image_format = Image.registered_extensions().get(out_path.suffix.lower(), "PNG")
+    atomic_write(out_path, lambda tmp: sheet.save(tmp, format=image_format))
     return out_path
 
 

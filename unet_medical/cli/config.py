@@ -141,12 +141,37 @@ def check_across(cfg: Config) -> None:
                 "exactly one of --rank_factor and --rank for --exec_mode compress")
     require(not cfg.skip_finished or cfg.exec_mode in ("train", "train_and_evaluate", "train_and_predict", "compress"),
             "skip_finished", cfg.skip_finished, "a training --exec_mode (train, train_and_evaluate, ...)")
+    if cfg.dims == "3":
+        check_volumetric(cfg)
     if cfg.use_trt:
         require(cfg.exec_mode in ("predict", "train_and_predict") and not cfg.benchmark, "use_trt", cfg.use_trt,
                 "--exec_mode predict (TF-TRT serves predictions; export one with --exec_mode export "
                 "--export_format tftrt)")
         require(cfg.model_path is None, "use_trt", cfg.use_trt,
                 "no --model_path (--use_trt exports model_dir's checkpoint to TF-TRT and predicts with it)")
+
+
+def check_volumetric(cfg: Config) -> None:
+    """--dims 3 refuses, in one line each, the 2D-only settings that would otherwise do nothing."""
+    require(cfg.padding == "same", "padding", cfg.padding, "same for --dims 3 (the 3D U-Net pads its convolutions)")
+    require(cfg.crop_size is None, "crop_size", cfg.crop_size, "no --crop_size with --dims 3 (give --patch_size)")
+    require(cfg.augment_params is None, "augment_params", cfg.augment_params,
+            "none with --dims 3 (3D patches use data.patches3d.VolumeAugment: flips, rotations, intensity)")
+    require(cfg.normalization != "per_image", "normalization", cfg.normalization,
+            "auto or global with --dims 3 (volumes are scaled by their intensity window)")
+    require(cfg.input_scale in (None, 1.0), "input_scale", cfg.input_scale, "1 with --dims 3 (no rescaling)")
+    require(cfg.tile_size is None and cfg.tile_context is None, "tile_size", cfg.tile_size,
+            "no --tile_size/--tile_context with --dims 3 (3D prediction slides windows of the training patch)")
+    # Not built for 3D yet (the 2D export graph, Conv2D-only quantizers and Tucker surgery): refused
+    # rather than run on a network they would silently leave alone or break.
+    not_yet = "--dims 3 networks (not built for 3D yet)"
+    require(cfg.exec_mode not in ("export", "benchmark", "compress") and not cfg.benchmark, "exec_mode",
+            cfg.exec_mode, f"train, evaluate, predict or visualize for {not_yet}")
+    require(cfg.quantization == "NONE", "quantization", cfg.quantization, f"NONE for {not_yet}")
+    require(cfg.rank_factor is None and cfg.rank is None, "rank_factor", cfg.rank_factor,
+            f"no Tucker ranks for {not_yet}")
+    require(not cfg.use_trt and cfg.model_path is None, "model_path", cfg.model_path,
+            f"no exported model (--model_path, --use_trt) for {not_yet}")
 
 
 def _flag_type(f: dataclasses.Field) -> Any:
@@ -268,6 +293,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         values["model_dir"] = str(pathlib.Path(values.get("model_dir", Config.model_dir)) / values["experiment_name"])
     explicit = set(values)
     values = with_run_defaults(values, {f.name: f.default for f in dataclasses.fields(Config)})
+    if str(values.get("dims")) in ("3", "auto"):
+        # the 3D U-Net's only padding is its default (explicit valid: refused); auto may choose 3D
+        values.setdefault("padding", "same")
     load_plugins(values.get("plugins"), source="plugins recorded in the run's config.yaml")
     values.update(nvidia_benchmark_steps(values))
     values.update(steps_over_budget(values, explicit))

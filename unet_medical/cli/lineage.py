@@ -7,7 +7,8 @@ reads that folder. Benchmarks build their network from the flags and read no run
 What is inherited, unless the flag was given explicitly (command line or --config YAML):
     from RUN/config.yaml (written by runtime.modes.run when the run trained):
         data_dir, image_stack, mask_stack, images_dir, masks_dir, num_classes, fold, num_folds, crop_size,
-        checkpoint (the weights the run's SavedModel holds)
+        checkpoint (the weights the run's SavedModel holds), dims, context_slices, patch_size (how volumes
+        were cut; fixed for a resume like the data)
     from RUN/model.json (the weights fix it, so this is the authority):
         padding, base_filters, depth, batch_norm, dropout; for --model_dir modes also the quantization
         settings (shown in the PARAMETER line; the model itself is always rebuilt from model.json)
@@ -36,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from unet_medical.base import artifacts
 from unet_medical.base.artifacts import EVAL_RESULTS, FINGERPRINT, MODEL_JSON, RUN_CONFIG, last_checkpoint, read_run_config
 from unet_medical.data.folds import fold_split
 from unet_medical.base.errors import UNetError
@@ -46,13 +48,15 @@ RUN_MODES = ("evaluate", "predict", "export", "visualize")
 DATA_KEYS = ("data_dir", "image_stack", "mask_stack", "images_dir", "masks_dir", "num_classes")
 SPLIT_KEYS = ("fold", "num_folds")
 # checkpoint: the weights the run's SavedModel was written from are the later modes' default too.
-CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size", "checkpoint")
+# dims, context_slices, patch_size: how volumes were cut for the network (a 3D model cannot take slices)
+VOLUME_KEYS = ("dims", "context_slices", "patch_size")
+CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size", "checkpoint", *VOLUME_KEYS)
 ARCHITECTURE_KEYS = ("padding", "base_filters", "depth", "batch_norm", "dropout")
 QUANTIZATION_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width",
                      "activation_f_width", "weight_bits", "activation_bits", "keep_first_float", "keep_last_float")
 # What a resume may not change: the checkpoint's weights were trained with these.
 RESUME_FIXED_KEYS = (*ARCHITECTURE_KEYS, *SPLIT_KEYS, *DATA_KEYS, *QUANTIZATION_KEYS, "fixed_scheme",
-                     "init_from", "rank_factor", "rank", "rank_min")
+                     "init_from", "rank_factor", "rank", "rank_min", *VOLUME_KEYS)
 # What a resume inherits but may change by flag: left out, the resume finishes the same run.
 RESUME_INHERITED_KEYS = ("crop_size", "max_steps", "num_epochs", "batch_size", "seed", "evaluate_every", "checkpoint")
 RESUME_FLAG = "--model_dir (--resume_training)"
@@ -140,14 +144,15 @@ def require_source(exec_mode: str, model_dir: str | None, init_from: str | None,
 
 
 def read_model_json(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """RUN/model.json in the current layout (base.artifacts migrates older versions); it must have a spec."""
     path = pathlib.Path(run_dir) / MODEL_JSON
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UNetError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("spec"), Mapping):
+        raw = artifacts.read_model_json(path)
+    except OSError as exc:
+        raise UNetError(f"{path}: not readable ({exc})") from None
+    if not isinstance(raw.get("spec"), Mapping):
         raise UNetError(f"{path}: has no model spec")
-    return dict(raw)
+    return raw
 
 
 def recorded_quantization(model: Mapping[str, Any]) -> dict[str, Any]:
@@ -319,11 +324,9 @@ def finished_evaluation(model_dir: str | os.PathLike, max_steps: int | None, fol
             return None
     path = pathlib.Path(model_dir) / EVAL_RESULTS
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(results, Mapping):
-        return None
+        results = artifacts.read_eval_results(path)
+    except OSError:
+        return None  # no evaluation yet (a damaged or newer file is refused in one line)
     done = (results.get("step") == max_steps and results.get("fold") == fold
             and results.get("num_folds") == num_folds)
     return dict(results) if done else None

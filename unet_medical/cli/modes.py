@@ -18,7 +18,7 @@ from unet_medical.model.unet import UNetSpec
 from unet_medical.training import distributed
 from unet_medical.training.budget import budget_evaluate_every
 from unet_medical.base.artifacts import (EVAL_RESULTS, OVERLAY_BEST, OVERLAY_WORST, RUN_CONFIG,
-                                       RunRecord, load_run_record, save_run_record, write_json)
+                                       RunRecord, load_run_record, save_run_record, write_eval_results, write_json)
 from unet_medical.cli.config import Config, save_config
 from unet_medical.data.layouts import SegmentationData, load_test_data
 from unet_medical.data.folds import fold_split
@@ -31,7 +31,8 @@ from unet_medical.inference.outputs import (PredictionWriter, background_class, 
                                             write_png)
 from unet_medical.base.precision import configure_precision, configure_seeds
 from unet_medical.inference.runtimes import as_predictor
-from unet_medical.cli.recipe import FINGERPRINT_FILE, resolve_recipe, trainer_data
+from unet_medical.cli.recipe import FINGERPRINT_FILE, is_volumetric, resolve_recipe, resolve_volume_recipe, trainer_data
+from unet_medical.data.patches3d import parse_patch_size
 from unet_medical.cli.recipe import recorded_input_scale
 from unet_medical.cli.assemble import (load_training_set, log_path, make_logger, make_model, quantization_config,
                               restore_model)
@@ -82,7 +83,7 @@ def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val
                    "num_images": len(images), "tta": cfg.tta, "per_case": per_case}
         if origin is not None:
             results["provenance"] = origin
-        write_json(pathlib.Path(cfg.model_dir) / results_name, results)
+        write_eval_results(pathlib.Path(cfg.model_dir) / results_name, results)
         if results_name == EVAL_RESULTS:
             write_case_overlays(pathlib.Path(cfg.model_dir), per_case, images, predicted, masks, skip)
         # ("eval", step): the JSON log keeps validation records apart from training steps, and the
@@ -126,6 +127,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     data = load_training_set(cfg)
     train_idx, val_idx = split_items(data, cfg.num_folds, cfg.fold)  # volumes: by case
     volumes = isinstance(data, VolumeSlices)
+    if volumes and cfg.dims != data.dims:  # --dims auto: the data's choice is the run's (and is checked)
+        cfg = cfg.replace(dims=data.dims)
     if cfg.num_epochs is not None:  # an epoch = one pass over the training images, one crop each
         cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))
     configure_seeds(cfg.seed, cfg.deterministic)
@@ -136,17 +139,21 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         padding, depth = record.spec["padding"], record.spec["depth"]
     if volumes:
         cfg = volume_modes.prepare_training(cfg, data, logger)
-    cfg = resolve_recipe(cfg, data, train_idx, padding, depth, logger, dist.is_chief)
+    if is_volumetric(data):  # --dims 3: patch size and depth from the case shapes
+        cfg = resolve_volume_recipe(cfg, data, train_idx, depth, logger, dist.is_chief)
+    else:
+        cfg = resolve_recipe(cfg, data, train_idx, padding, depth, logger, dist.is_chief)
     cfg, measure_budget = steps_of_budget(cfg, logger)
     resuming = is_resume(cfg.exec_mode, cfg.model_dir, cfg.resume_training)
     with dist.scope():
         # A resume's Tucker report is the run's record: it is not rewritten (the ranks cannot change).
         model, spec, geometry = make_model(cfg, data, logger, write_report=not resuming)
+    # complexity counts 2D inputs; a 3D run states its patch instead
+    sizes = ({"input_size": geometry.input_size, "output_size": geometry.output_size,
+              "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9}
+             if spec.dims == 2 else {"patch_size": cfg.patch_size})
     logger.log("PARAMETER", {"precision": policy, "precision_reason": reason, "cpu": describe(read_cpu_info()),
-                             "parameters": total_params(model),
-                             "input_size": geometry.input_size,
-                             "output_size": geometry.output_size,
-                             "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9,
+                             "parameters": total_params(model), **sizes,
                              "train_images": len(train_idx), "validation_images": len(val_idx),
                              "classes": ",".join(data.class_names), "masks": data.mask_format})
     record = RunRecord(
@@ -154,7 +161,9 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         architecture=getattr(model, "float_architecture", None) or model.to_json(),
         quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
         normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy,
-        input_scale=cfg.input_scale, volume=volume_record(data, train_idx, val_idx) if volumes else None,
+        input_scale=cfg.input_scale,
+        volume=volume_record(data, train_idx, val_idx, parse_patch_size(cfg.patch_size) if spec.dims == 3 else None)
+        if volumes else None,
         train_files=None if volumes else [data.names[i] for i in train_idx],
         validation_files=None if volumes else [data.names[i] for i in val_idx])
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
@@ -190,7 +199,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         save_run_record(cfg.model_dir, record)
         if cfg.exec_mode == "compress" and step == 0:
             before = evaluate(model, 0)  # the compressed model before fine-tuning
-            write_json(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
+            write_eval_results(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
     # A resumed budget's total is recorded: the loop trains to it (cfg.max_steps) and measures nothing.
     loop_cfg = cfg if measure_budget else cfg.replace(time_budget=None)
     started = time.perf_counter()
@@ -203,7 +212,10 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     if dist.is_chief:
         logger.flush()
         plot()
-    if cfg.saved_model and dist.is_chief:  # after the final checkpoint: every weight file is on disk
+    if cfg.saved_model and dist.is_chief and spec.dims == 3:
+        logger.log("PARAMETER", {"saved_model": "not written: the serving graph tiles 2D images; a 3D run "
+                                                 "predicts with --exec_mode predict (sliding windows)"})
+    elif cfg.saved_model and dist.is_chief:  # after the final checkpoint: every weight file is on disk
         from unet_medical.cli.export_mode import write_run_savedmodel
 
         write_run_savedmodel(cfg, data.images[0].dtype, logger)
@@ -370,7 +382,9 @@ def run_locked(cfg: Config, dist: Any) -> None:
             return
         if cfg.exec_mode in TRAINING_MODES:
             run_training(cfg, logger, dist)
-        if cfg.exec_mode == "evaluate":
+        # Evaluate, like predict and export, runs on the chief alone: every rank holds the same weights
+        # (broadcast), so other ranks would only race it writing the same eval_results file.
+        if cfg.exec_mode == "evaluate" and dist.is_chief:
             run_evaluation(cfg, logger)
         if cfg.exec_mode == "visualize" and dist.is_chief:
             from unet_medical.cli.visualize import write_weight_histograms

@@ -5,6 +5,9 @@ model_dir/dataset_fingerprint.json, and turn the run's settings into the trainer
 
 A resumed run reuses the choices recorded in dataset_fingerprint.json, so it continues the same recipe
 (the same crop, sampling, weights and number of steps) whatever the machine's speed is now.
+
+--dims 3 has its own few choices (resolve_volume_recipe): the patch and the depth from the training
+cases' median shape, a third of the patches on foreground, no class weights, volumes at full resolution.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ import numpy as np
 from unet_medical.cli.config import Config
 from unet_medical.base.artifacts import FINGERPRINT, write_json
 from unet_medical.data.fingerprint import measure_fingerprint
+from unet_medical.data.patches3d import (FOREGROUND_FRACTION, VolumeAugment, check_patch_size, choose_depth_3d,
+                                         choose_patch_size, parse_patch_size)
+from unet_medical.data.volume_training import VolumeSlices
 from unet_medical.data.layouts import SegmentationData
 from unet_medical.data.normalize import normalize_image
 from unet_medical.data.pipeline import CropGeometry, Sampling
@@ -64,6 +70,88 @@ def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, p
     return cfg
 
 
+PATCH_CAP_CPU, PATCH_CAP_GPU = 64, 128  # voxels per patch side: what a step can afford on each
+
+
+def patch_cap() -> tuple[int, str]:
+    """(largest patch side, why): 128 with a GPU, 64 on CPU (a 64^3 patch is already ~260k voxels per sample)."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return PATCH_CAP_GPU, "a GPU"
+    return PATCH_CAP_CPU, "CPU only"
+
+
+def is_volumetric(data: SegmentationData) -> bool:
+    """True for --dims 3 data: whole volumes, one item per case."""
+    return isinstance(data, VolumeSlices) and data.dims == "3"
+
+
+def volume_choices(cfg: Config, median_shape: list[int], depth: int | None) -> list[Choice]:
+    """The --dims 3 recipe (flags win): depth and patch size from the median case shape, foreground
+    sampling, class weights and input scale."""
+    cap, device = patch_cap()
+    choices = []
+    if depth is None:
+        depth = choose_depth_3d(median_shape, cap)
+        choices.append(Choice("depth", depth, f"poolings that keep the coarsest map at least 4 voxels on the "
+                                              f"shortest side of the median case ({min(median_shape)}, at most {cap})"))
+    if cfg.patch_size is None:
+        patch, reason = choose_patch_size(median_shape, depth, cap)
+        choices.append(Choice("patch_size", ",".join(map(str, patch)), f"{reason} ({device})"))
+    else:
+        check_patch_size(parse_patch_size(cfg.patch_size), depth)
+    if cfg.foreground_sampling is None:
+        choices.append(Choice("foreground_sampling", round(FOREGROUND_FRACTION, 4),
+                              "a third of the patches centred on a foreground voxel (nnU-Net)"))
+    if cfg.class_weights == "auto":
+        choices.append(Choice("class_weights", "none", "patches oversample the foreground; CE + Dice (nnU-Net)"))
+    if cfg.input_scale is None:
+        choices.append(Choice("input_scale", 1.0, "volumes are seen at full resolution (--dims 3)"))
+    return choices
+
+
+def resolve_volume_recipe(cfg: Config, data: VolumeSlices, train_idx: np.ndarray, depth: int | None, logger: Any,
+                          is_chief: bool) -> Config:
+    """resolve_recipe for --dims 3: cfg with depth, patch_size, foreground_sampling, class_weights and
+    input_scale decided, each logged as a RECIPE line; recorded in dataset_fingerprint.json, which a
+    resume reads back."""
+    path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
+    if cfg.resume_training and path.is_file():
+        recorded = json.loads(path.read_text())
+        choices = [Choice(c["flag"], c["value"], "recorded when this run started") for c in recorded["choices"]]
+        fingerprint = recorded["fingerprint"]
+    else:
+        shapes = np.array([data.images[i].shape[:3] for i in train_idx], np.float64)
+        fingerprint = {"cases": len(train_idx), "shape_median": [int(s) for s in np.median(shapes, axis=0)]}
+        choices = volume_choices(cfg, fingerprint["shape_median"], depth)
+    for choice in choices:
+        logger.log("RECIPE", {"flag": choice.flag, "value": choice.value, "reason": choice.reason})
+    cfg = cfg.replace(**{c.flag: c.value for c in choices})
+    if cfg.class_weights not in ("none", "auto"):
+        try:
+            parse_class_weights(cfg.class_weights, len(data.class_names))
+        except ValueError as exc:
+            raise UNetError(f"--class_weights={cfg.class_weights}: {exc} (classes: {', '.join(data.class_names)})")
+    if is_chief and not (cfg.resume_training and path.is_file()):
+        write_json(path, {"fingerprint": fingerprint, "rare_classes": [],
+                          "choices": [{"flag": c.flag, "value": c.value, "reason": c.reason} for c in choices]})
+    return cfg
+
+
+def volume_trainer_data(cfg: Config, data: VolumeSlices, train_idx: np.ndarray, geometry: CropGeometry,
+                        n_classes: int) -> TrainData:
+    """trainer_data for --dims 3: the training volumes (I, J, K, C) normalized, cut into --patch_size
+    patches, a --foreground_sampling share centred on a foreground class (every class but background)."""
+    images = [normalize_image(data.images[i], cfg.normalization) for i in train_idx]
+    return TrainData(images=images, masks=[data.masks[i] for i in train_idx], names=[data.names[i] for i in train_idx],
+                     geometry=geometry, n_classes=n_classes,
+                     sampling=Sampling(foreground=float(cfg.foreground_sampling or 0.0),
+                                       classes=tuple(range(1, n_classes))),
+                     class_weights=class_weights_for(cfg, n_classes), patch_size=parse_patch_size(cfg.patch_size),
+                     volume_augment=VolumeAugment() if cfg.augment else None)
+
+
 def sampling_for(cfg: Config, class_names: tuple[str, ...]) -> Sampling:
     """Crops centred on the rare classes of the recorded fingerprint, at cfg.foreground_sampling."""
     fraction = cfg.foreground_sampling or 0.0
@@ -86,6 +174,9 @@ def trainer_data(cfg: Config, data: SegmentationData, train_idx: np.ndarray, geo
     normalized as cfg.normalization says, its crops, sampling, augmentation and class weights. Training
     and the training benchmark both start from this, so the benchmark times the run's real step."""
     from unet_medical.cli.assemble import make_augment
+
+    if is_volumetric(data):
+        return volume_trainer_data(cfg, data, train_idx, geometry, n_classes)
 
     images = [normalize_image(data.images[i], cfg.normalization) for i in train_idx]
     # The network trains on images seen at the input scale; validation is scored at the input's size.

@@ -23,8 +23,8 @@ import pathlib
 import statistics
 from typing import Any, Mapping, Sequence
 
-from unet_medical.base.artifacts import (EVAL_RESULTS, FINGERPRINT, MODEL_JSON, OVERLAY_BEST, OVERLAY_WORST,
-                                         REPORT)
+from unet_medical.base.artifacts import (EVAL_RESULTS, EXPORT_JSON, FINGERPRINT, MODEL_JSON, OVERLAY_BEST,
+                                         OVERLAY_WORST, REPORT, read_versioned_json)
 from unet_medical.base.errors import UNetError, run_cli
 from unet_medical.base.fileio import atomic_write_text
 from unet_medical.base import runlog
@@ -125,10 +125,13 @@ def timing_rows(records: Sequence[Mapping[str, Any]], parameters: Mapping[str, A
     return [(k, v) for k, v in rows if v is not None]
 
 
-def read_json(path: pathlib.Path) -> dict[str, Any]:
-    """A run file's JSON object ({} when absent); a corrupt file is the user's problem, named."""
+def read_json(path: pathlib.Path, kind: str | None = None) -> dict[str, Any]:
+    """A run file's JSON object ({} when absent); a corrupt file is the user's problem, named. A versioned
+    file (`kind`: MODEL_JSON, EVAL_RESULTS, EXPORT_JSON) is read by base.artifacts, which migrates it."""
     if not path.is_file():
         return {}
+    if kind is not None:
+        return read_versioned_json(path, kind)
     try:
         value = json.loads(path.read_text())
     except ValueError as exc:
@@ -228,12 +231,14 @@ def validation_section(run_dir: pathlib.Path, results: Mapping[str, Any], class_
     if not results:
         return '<p class="note">No evaluation yet (eval_results.json missing).</p>'
     cases = results.get("per_case") or []
+    volume_cases = isinstance(cases, Mapping)  # a volume run's {case: {class: scores}}: no 2D overlays
     intro = (f'<p>Held-out fold {results.get("fold")} of {results.get("num_folds")}, step {results.get("step")}, '
              f'{results.get("num_images")} images at native resolution, TTA {results.get("tta")}.</p>')
     parts = [intro, h.html_table(("class", "Dice", "IoU"), class_rows(results, class_names), table_id="class-scores"),
              h.html_table(("metric", "value"), other_score_rows(results, class_names), table_id="other-scores"),
-             overlay_section(run_dir, cases)]
-    if cases:
+             f'<p class="note">Dice, HD95 and NSD of each of the {len(cases)} volume cases are in '
+             f'eval_results.json (per_case).</p>' if volume_cases else overlay_section(run_dir, cases)]
+    if cases and not volume_cases:
         header, rows, classes = case_table(cases, class_names)
         parts.append("<h3>Scores per case</h3>" + h.html_table(header, rows, classes, table_id="case-scores"))
     return "".join(parts)
@@ -241,7 +246,7 @@ def validation_section(run_dir: pathlib.Path, results: Mapping[str, Any], class_
 
 def export_section(run_dir: pathlib.Path, records: Sequence[Mapping[str, Any]]) -> str | None:
     """The exported files (export/export.json) and the SavedModel written after training; None if neither."""
-    export_doc = read_json(run_dir / EXPORT_FILE)
+    export_doc = read_json(run_dir / EXPORT_FILE, EXPORT_JSON)
     saved = named_records(records, "SAVED_MODEL")
     if not export_doc.get("artifacts") and not saved:
         return None
@@ -265,8 +270,8 @@ def run_page(run_dir: pathlib.Path) -> str:
     records = read_log_records(run_dir / LOG)
     parameters = merged_parameters(records)
     fingerprint_doc = read_json(run_dir / FINGERPRINT)
-    results = read_json(run_dir / EVAL_RESULTS)
-    model = read_json(run_dir / MODEL_JSON)
+    results = read_json(run_dir / EVAL_RESULTS, EVAL_RESULTS)
+    model = read_json(run_dir / MODEL_JSON, MODEL_JSON)
     # model.json names the classes; a run killed before writing it still logged them in PARAMETER.
     class_names = list(model.get("class_names") or [c for c in str(parameters.get("classes", "")).split(",") if c])
     spec = model.get("spec", {})

@@ -11,7 +11,11 @@ variant and times them side by side (round-robin, so machine drift hits all alik
 RESULTS/study.csv, study.md and pareto.png.
 
 Resumable: a finished variant leaves RESULTS/variants/NAME/done.json and is skipped on a rerun; an
-interrupted one continues from its last checkpoint (--resume_training).
+interrupted one continues from its last checkpoint (--resume_training). Each variant folder records what
+the variant is made from (made_from.json: its flags, the variant it starts from, the data's files; see
+cli.study_record): a rerun reuses or continues a variant only if that is unchanged, and otherwise stops
+with one line naming the variant and the change, before anything runs. --rerun_changed trains the
+changed variants again instead, keeping their old folders as variants/NAME.replaced-<hash>.
 """
 from __future__ import annotations
 
@@ -27,14 +31,16 @@ import time
 from typing import Any, Sequence
 
 from unet_medical.base import runlog
-from unet_medical.base.artifacts import EVAL_RESULTS, write_json
+from unet_medical.base.artifacts import EVAL_RESULTS, read_eval_results, write_json
 from unet_medical.base.timing import latency_stats, time_alternating
 from unet_medical.cli.config import Config, read_yaml_file
 from unet_medical.model.config import QuantizationSettings
 from unet_medical.base.errors import UNetError, run_cli
-from unet_medical.base.fileio import atomic_write_text
+from unet_medical.base.fileio import atomic_write, atomic_write_text
 from unet_medical.base.progress import Progress
 from unet_medical.inference.artifact_formats import WriteRequest, format_of
+from unet_medical.cli.study_record import (MadeFrom, data_files, differences, made_from_records, read_made_from,
+                                           write_made_from)
 
 # where the package lives: a child run imports it from there whether it is installed or a checkout
 PACKAGE_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -95,8 +101,11 @@ def variant_dir(results_dir: pathlib.Path, name: str) -> pathlib.Path:
     return results_dir / "variants" / name
 
 
-def run_variant(variant: Variant, base: dict[str, Any], data_dir: str, results_dir: pathlib.Path) -> None:
-    """Train/derive one variant with main.py in a child process (a clean TF state per variant)."""
+def run_variant(variant: Variant, base: dict[str, Any], data_dir: str, results_dir: pathlib.Path,
+                made_from: MadeFrom) -> None:
+    """Train/derive one variant with main.py in a child process (a clean TF state per variant); its folder
+    records what it is made from before anything else is written there."""
+    write_made_from(variant_dir(results_dir, variant.name), made_from)
     flags = {**base, **variant.flags}
     ref = flags.get("init_from")
     if isinstance(ref, str) and ref.startswith("@"):
@@ -108,14 +117,64 @@ def run_variant(variant: Variant, base: dict[str, Any], data_dir: str, results_d
     print(f"study: running {variant.name}: {' '.join(args[3:])}", flush=True)
     start = time.perf_counter()
     pythonpath = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.run(args, env={**os.environ, "PYTHONPATH": pythonpath})
-    if proc.returncode != 0:
-        raise UNetError(f"study: variant {variant.name!r} failed (exit {proc.returncode}); its log is "
+    returncode = run_child(args, {**os.environ, "PYTHONPATH": pythonpath})
+    if returncode != 0:
+        raise UNetError(f"study: variant {variant.name!r} failed (exit {returncode}); its log is "
                         f"{out / 'log.json'}; rerun the study to continue")
-    results = json.loads((out / EVAL_RESULTS).read_text())
+    results = read_eval_results(out / EVAL_RESULTS)
     before = out / "eval_before_finetune.json"
-    write_json(out / DONE, {"eval": results, "train_seconds": time.perf_counter() - start,
-                            "eval_before_finetune": json.loads(before.read_text()) if before.exists() else None})
+    write_json(out / DONE, {"eval": results, "train_seconds": time.perf_counter() - start, "made_from": made_from.digest,
+                            "eval_before_finetune": read_eval_results(before) if before.exists() else None})
+
+
+def run_child(args: list[str], env: dict[str, str]) -> int:
+    """Run a variant's main.py command; its exit status."""
+    return subprocess.run(args, env=env).returncode
+
+
+def variants_to_run(results_dir: pathlib.Path, variants: Sequence[Variant], made_from: dict[str, MadeFrom],
+                    rerun_changed: bool) -> list[int]:
+    """Indices of the variants to train (not finished, or changed and --rerun_changed), in order.
+
+    A started or finished variant made from other flags, data or parent than today's is refused in one
+    line, before anything runs: training a variant costs minutes to hours and the old folder may be the one
+    the user wants (an accidental edit, another data mount), so neither silently reusing it (a table of
+    mixed experiments) nor silently retraining it (finished work thrown away) is right. --rerun_changed
+    says "train it again"; the old folder is kept beside the new one."""
+    pending = []
+    for i, v in enumerate(variants):
+        folder = variant_dir(results_dir, v.name)
+        if not folder.is_dir() or not any(folder.iterdir()):
+            pending.append(i)
+            continue
+        ref = v.flags.get("init_from")
+        parent = ref[1:] if isinstance(ref, str) and ref.startswith("@") else None
+        changed = differences(read_made_from(folder), made_from[v.name], parent)
+        if changed and not rerun_changed:
+            raise UNetError(f"study: variant {v.name!r} in {folder} was made from something else: {changed}; "
+                            "pass --rerun_changed to train it again (its folder is kept aside), or use another "
+                            "--results_dir (nothing was run)")
+        if changed:
+            aside = _free_name(folder.with_name(f"{v.name}.replaced-{_old_hash(folder)}"))
+            folder.rename(aside)
+            print(f"study: {v.name} changed ({changed}): training it again; the old one is now {aside}", flush=True)
+        if changed or not (folder / DONE).exists():
+            pending.append(i)
+    return pending
+
+
+def _old_hash(folder: pathlib.Path) -> str:
+    stored = read_made_from(folder)
+    return stored["hash"][:8] if stored else "unrecorded"
+
+
+def _free_name(path: pathlib.Path) -> pathlib.Path:
+    """`path`, or `path`-2, -3, ... if that exists already."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def deployable(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple[pathlib.Path, str, Any]:
@@ -148,10 +207,13 @@ def export_file(model: Any, info: Any, export_dir: pathlib.Path, export_format: 
 
     fmt = format_of(export_format)
     spec = UNetSpec(**info.spec)
-    path = export_dir / fmt.file_name(precision)
-    fmt.writer()(WriteRequest(model=model, module=UNetServingModule(model, spec), spec=spec, path=path,
-                              precision=precision, tile_size=tile, quantization=info.quantization_config))
-    return path
+    module = UNetServingModule(model, spec)
+
+    def write(tmp: str) -> None:  # into a temporary file: a crash never leaves a truncated model to time
+        fmt.writer()(WriteRequest(model=model, module=module, spec=spec, path=pathlib.Path(tmp),
+                                  precision=precision, tile_size=tile, quantization=info.quantization_config))
+
+    return atomic_write(export_dir / fmt.file_name(precision), write)
 
 
 def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tuple[int, int],
@@ -269,10 +331,8 @@ def plot_pareto(path: pathlib.Path, rows: list[dict[str, Any]], metric: str) -> 
     axes[0].set_title("accuracy vs stored bytes")
     axes[1].set_title("accuracy vs CPU latency of the deployable file (one process, round-robin)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,6 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metric", default="membrane_dice", help="eval_results.json key on the y axis")
     parser.add_argument("--latency_image", type=int, default=512, help="latency input: an N x N image")
     parser.add_argument("--latency_rounds", type=int, default=10)
+    parser.add_argument("--rerun_changed", action="store_true",
+                        help="train again the variants whose flags, data or init_from variant changed since they "
+                             "ran (their old folders are kept as variants/NAME.replaced-<hash>); without it such "
+                             "a variant stops the study")
     args = parser.parse_args(argv)
     return run_cli(lambda: run_study(args))
 
@@ -290,8 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_study(args: argparse.Namespace) -> None:
     base, variants = load_study(args.config)
     results_dir = pathlib.Path(args.results_dir)
+    # What every variant is made from today; checked against the folders before anything runs.
+    made_from = made_from_records(base, variants, data_files(args.data_dir, exclude=[results_dir]))
+    pending = variants_to_run(results_dir, variants, made_from, args.rerun_changed)
     results_dir.mkdir(parents=True, exist_ok=True)
-    pending = [i for i, v in enumerate(variants) if not (variant_dir(results_dir, v.name) / DONE).exists()]
     for i, v in enumerate(variants):
         if i not in pending:
             print(f"study: skipping {v.name} (done)", flush=True)
@@ -302,10 +368,16 @@ def run_study(args: argparse.Namespace) -> None:
                   interval_s=None, bar=False) as progress:
         for i in pending:
             progress.log(variant=f"{i + 1}/{len(variants)} {variants[i].name}")
-            run_variant(variants[i], base, args.data_dir, results_dir)
+            run_variant(variants[i], base, args.data_dir, results_dir, made_from[variants[i].name])
             progress.update()
         if pending:
             progress.log(variant="all trained, measuring")
+    report_study(results_dir, base, variants, args)
+
+
+def report_study(results_dir: pathlib.Path, base: dict[str, Any], variants: Sequence[Variant],
+                 args: argparse.Namespace) -> None:
+    """Time every finished variant side by side and write study.csv, study.md and pareto.png."""
     measured = measure(results_dir, variants, (args.latency_image,) * 2, args.latency_rounds)
     rows = summarize(results_dir, base, variants, measured, args.metric)
     write_outputs(results_dir, rows, args.metric)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from unet_medical.base.fileio import atomic_write
+
 
 def conv_kernels(model: Any) -> list[tuple[str, np.ndarray]]:
     """(layer name, kernel values as used in the forward pass) for every layer with a kernel."""
@@ -48,13 +50,13 @@ def write_weight_histograms(model: Any, out_dir: str | pathlib.Path, bins: int =
         single_ax.set_title(f"{name} ({values.size} weights, {len(distinct)} distinct)")
         single.tight_layout()
         path = out_dir / f"weights_{name}.png"
-        single.savefig(path, dpi=90)
+        atomic_write(path, lambda tmp, figure=single: figure.savefig(tmp, format="png", dpi=90))
         plt.close(single)
         written.append(path)
     for ax in axes.ravel()[len(kernels):]:
         ax.axis("off")
     fig.tight_layout()
     grid = out_dir / "weights_all_layers.png"
-    fig.savefig(grid, dpi=90)
+    atomic_write(grid, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
     return [grid, *written]

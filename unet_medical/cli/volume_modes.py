@@ -1,11 +1,13 @@
 """Exec modes on medical volumes (MSD / nnU-Net raw folders, images/ + masks/ of .nii/.nii.gz), with the 2D
-network (--dims 2, 2.5): the pieces runtime modes.py calls when its data or its run are volumes.
+network (--dims 2, 2.5) or the 3D one (--dims 3): the pieces runtime modes.py calls when its data or its run
+are volumes.
 
 - training: the slices of data.volume_training train like any 2D images; the split is by case, the
   volume's fingerprint (spacing, anisotropy, modality) and the choices only volumes have go to the log
   as FINGERPRINT / RECIPE lines, and model.json records how volumes were cut and scaled.
 - evaluation: each validation case's slices go through the one inference path (predict_images), are
-  stacked back into a label map on the case's grid and scored per case in mm (evaluation.volumes).
+  stacked back into a label map on the case's grid and scored per case in mm (evaluation.volumes); a 3D
+  run predicts the whole case by Gaussian-weighted sliding windows of its training patch instead.
 - prediction: every input volume (NIfTI file or folder, MSD imagesTs/, DICOM series) is cut and scaled
   as the run recorded, predicted, and written as CASE.nii.gz with exactly the input's geometry.
 """
@@ -19,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from unet_medical.base import runlog
-from unet_medical.base.artifacts import EVAL_RESULTS, PREDICTIONS, RunRecord, load_run_record, write_json
+from unet_medical.base.artifacts import (EVAL_RESULTS, PREDICTIONS, RunRecord, load_run_record, write_eval_results,
+                                         write_json)
 from unet_medical.base.errors import UNetError
 from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance
 from unet_medical.cli.assemble import restore_model
@@ -34,12 +37,17 @@ from unet_medical.data.volume_training import (VolumeSlices, case_inputs, cases_
 from unet_medical.data.volumes import write_nifti
 from unet_medical.evaluation.volumes import score_volumes
 from unet_medical.inference.runtimes import as_predictor
+from unet_medical.inference.sliding_window import sliding_window_predict
+from unet_medical.data.patches3d import parse_patch_size
 from unet_medical.inference.tiling import predict_images
 from unet_medical.model.unet import UNetSpec
 
 # nnU-Net resamples every case to the median spacing; these slices keep each case's own grid.
-RESAMPLING_REASON = ("not resampled: each case is sliced on its own voxel grid (in-plane spacing is taken as "
+RESAMPLING_REASON = ("not resampled: each case stays on its own voxel grid (its spacing is taken as "
                      "it comes; resampling to the median spacing is not built)")
+
+
+SLIDING_OVERLAP = 0.5  # nnU-Net's: each voxel of a 3D case is predicted by up to 8 Gaussian-weighted windows
 
 
 def is_volume_data(cfg: Config) -> bool:
@@ -55,7 +63,8 @@ def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> 
                                "spacing_median_mm": "x".join(f"{s:g}" for s in geometry["spacing_median_mm"]),
                                "anisotropy": geometry["anisotropy"],
                                "shape_median": "x".join(map(str, geometry["shape_median"]))})
-    logger.log("RECIPE", {"flag": "dims", "value": data.dims, "reason": DIMS[data.dims].description
+    chosen = f"--dims auto: {data.dims_reason}; " if data.dims_reason else ""
+    logger.log("RECIPE", {"flag": "dims", "value": data.dims, "reason": chosen + DIMS[data.dims].description
                           + (f", {data.context} on each side" if data.context else "")})
     for channel, window in zip(data.volumes.channel_names, data.windows):
         rule = (f"CT window [{window[0]:.1f}, {window[1]:.1f}]: 0.5-99.5 percentiles of the training cases' "
@@ -65,13 +74,21 @@ def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> 
     if cfg.normalization == "auto":
         cfg = cfg.replace(normalization="global")
         logger.log("RECIPE", {"flag": "normalization", "value": "global",
-                              "reason": "volume slices are already scaled by their intensity window"})
+                              "reason": "volumes are already scaled by their intensity window"})
     return cfg
 
 
 def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: UNetSpec, inputs: list[np.ndarray],
                       logger: runlog.Logger | None, label: str) -> np.ndarray:
-    """(I, J, K) uint8 class map of one case from its normalized slice inputs k = 0..K-1 (predict_images)."""
+    """(I, J, K) uint8 class map of one case from its normalized slice inputs k = 0..K-1 (predict_images),
+    or for a 3D network from its one (I, J, K, C) input, by sliding windows of --patch_size (--tta: mirrored)."""
+    if spec.dims == 3:
+        patch = parse_patch_size(cfg.patch_size)
+        if patch is None:
+            raise UNetError(f"--model_dir={cfg.model_dir}: a 3D model needs its patch size (model.json volume record)")
+        probs = sliding_window_predict(predictor, inputs[0], patch, overlap=SLIDING_OVERLAP,
+                                       batch_size=cfg.batch_size, mirror=cfg.tta)
+        return probs.argmax(-1).astype(np.uint8)
     probs = predict_images(predictor, spec, inputs, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
                            context=cfg.tile_context, batch_size=cfg.batch_size, tta=cfg.tta, logger=logger,
                            label=label)
@@ -98,7 +115,7 @@ def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_i
                        tta=cfg.tta, dims=data.dims)
         if origin is not None:
             results["provenance"] = origin
-        write_json(pathlib.Path(cfg.model_dir) / results_name, results)
+        write_eval_results(pathlib.Path(cfg.model_dir) / results_name, results)
         logger.log(("eval", int(step)), {k: v for k, v in results.items()
                                          if isinstance(v, (int, float)) and not isinstance(v, bool)})
         return results
@@ -136,10 +153,23 @@ def require_volume_run(cfg: Config, info: RunRecord) -> dict[str, Any]:
     return info.volume
 
 
+def with_recorded_patch(cfg: Config, record: dict[str, Any]) -> Config:
+    """cfg with the 3D run's training patch (its sliding window); other runs unchanged. A different
+    --patch_size is refused: the windows are the patches the network learned on."""
+    if "patch_size" not in record:
+        return cfg
+    recorded = ",".join(str(int(p)) for p in record["patch_size"])
+    if cfg.patch_size is not None and parse_patch_size(cfg.patch_size) != tuple(record["patch_size"]):
+        raise UNetError(f"--patch_size={cfg.patch_size}: the model in {cfg.model_dir} was trained on {recorded} "
+                        "patches; drop the flag")
+    return cfg.replace(patch_size=recorded)
+
+
 def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
     """--exec_mode evaluate on volumes: the fold's validation cases, cut and scaled as the run recorded."""
     model, spec, info = restore_model(cfg, logger)
     record = require_volume_run(cfg, info)
+    cfg = with_recorded_patch(cfg, record)
     log_recorded_dims(record, logger)
     data = load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
                               num_classes=cfg.num_classes, dims=record["dims"], context_slices=record["context_slices"],
@@ -158,7 +188,8 @@ def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
 
 def log_recorded_dims(record: dict[str, Any], logger: runlog.Logger) -> None:
     """The slicing in effect for a trained run: its record's, whatever --dims/--context_slices say."""
-    logger.log("PARAMETER", {"dims": record["dims"], "context_slices": record["context_slices"],
+    patch = {"patch_size": ",".join(map(str, record["patch_size"]))} if "patch_size" in record else {}
+    logger.log("PARAMETER", {"dims": record["dims"], "context_slices": record["context_slices"], **patch,
                              "dims_reason": "recorded by the training run (model.json volume)"})
 
 
@@ -195,6 +226,7 @@ def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: 
                           record: dict[str, Any]) -> list[pathlib.Path]:
     """Predict every volume of --input (default: --data_dir's imagesTs/) into output_dir/CASE.nii.gz,
     each with its input's voxel grid, affine, qform/sform and codes (data.volumes.write_nifti)."""
+    cfg = with_recorded_patch(cfg, record)
     log_recorded_dims(record, logger)
     cases = prediction_cases(cfg.input or cfg.data_dir, len(record["channel_names"]))
     predictor, tile_size = as_predictor(model, cfg.tile_size)

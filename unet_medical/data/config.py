@@ -6,7 +6,8 @@ import dataclasses
 from typing import Any, ClassVar
 
 from unet_medical.base.errors import UNetError
-from unet_medical.data.volume_dims import DIMS, slice_mode
+from unet_medical.data.patches3d import parse_patch_size
+from unet_medical.data.volume_dims import AUTO, dims_choices, slice_mode
 from unet_medical.base.settings import Settings, at_least, between, require, setting
 
 
@@ -41,13 +42,20 @@ class DataConfig(Settings):
                                         "'elastic_prob=0.8,elastic_sigma=12,scale_range=0.9:1.1' (keys: "
                                         "utils.data.augment.AugmentConfig; in YAML also a mapping)")
     dims: str = setting("2", "how volumes feed the network: 2 = single slices, 2.5 = a slice and its "
-                        "--context_slices neighbours as channels, 3 = a 3D network (not built yet)", choices=tuple(DIMS))
+                        "--context_slices neighbours as channels, 3 = a 3D U-Net on patches (--patch_size), "
+                        "auto = 3 for near-isotropic voxels (anisotropy <= 3), else 2 (a RECIPE line says why)",
+                        choices=dims_choices())
     context_slices: int = setting(1, "--dims 2.5: neighbouring slices taken on each side", rule=at_least(0))
+    patch_size: str | None = setting(None, "--dims 3: training patch in voxels, one side (a cube) or I,J,K, "
+                                    "each a multiple of 2**depth (default: chosen from the median case shape, at "
+                                    "most 64 per side)")
     crop_size: int | None = setting(None, "training input tile (default: chosen from the data for same padding, "
                                    "572 = the paper's tile for valid padding)", rule=at_least(8))
 
     def check(self) -> None:
-        slice_mode(self.dims)  # "3" (designed, not built) stops here with one line
+        if self.dims != AUTO:
+            slice_mode(self.dims)  # a designed but unbuilt mode stops here with one line
+        parse_patch_size(self.patch_size)  # one line naming --patch_size
         require(0 <= self.fold < self.num_folds, "fold", self.fold, f"0 <= fold < num_folds ({self.num_folds})")
         if self.class_weights not in ("auto", "none"):
             try:

@@ -3,7 +3,10 @@
     "2"    each slice k of the third voxel axis alone: (I, J, C)
     "2.5"  slice k with `context` neighbours on each side as extra channels: (I, J, (2 * context + 1) * C),
            neighbours ordered k - context .. k + context, channels of one slice kept together
-    "3"    a 3D network on whole patches: not built yet (the next issue); asking for it fails with one line
+    "3"    a 3D network (model.unet, UNetSpec dims 3): each case whole, (I, J, K, C), trained on patches
+           (data.patches3d) and predicted by sliding windows (inference.sliding_window)
+
+"auto" picks 2 or 3 from the data (choose_dims: the voxel spacing's anisotropy) when the volumes are read.
 
 A new mode is one SliceMode entry in DIMS; every consumer (training slices, evaluation, prediction)
 asks the registry for the channel count and the per-slice input, so it needs no other change.
@@ -26,12 +29,14 @@ class SliceMode:
         description: one line for the RECIPE log.
         uses_context: True if neighbouring slices become channels (--context_slices applies).
         built: False for a mode that is designed but not implemented yet.
+        volumetric: True if the network takes whole volumes (I, J, K, C) instead of slices.
     """
 
     dims: str
     description: str
     uses_context: bool = False
     built: bool = True
+    volumetric: bool = False
 
     def context(self, context_slices: int) -> int:
         """Neighbours taken on each side of a slice: context_slices for 2.5D, 0 otherwise."""
@@ -45,8 +50,33 @@ class SliceMode:
 DIMS: dict[str, SliceMode] = {
     "2": SliceMode("2", "2D network on single slices of the in-plane axes (I, J), one per K"),
     "2.5": SliceMode("2.5", "2D network on a slice with its neighbours along K as channels", uses_context=True),
-    "3": SliceMode("3", "3D network on volume patches", built=False),
+    "3": SliceMode("3", "3D network on volume patches, sliding-window prediction", volumetric=True),
 }
+
+
+AUTO = "auto"
+ANISOTROPY_3D_MAX = 3.0
+"""nnU-Net's threshold: a median spacing whose largest / smallest ratio exceeds 3 is anisotropic."""
+
+
+def dims_choices() -> tuple[str, ...]:
+    """The values --dims takes: the registry's modes and "auto"."""
+    return (*DIMS, AUTO)
+
+
+def choose_dims(anisotropy: float) -> tuple[str, str]:
+    """(--dims, reason) for volumes whose median spacing has this anisotropy (largest / smallest).
+
+    Near-isotropic voxels (<= ANISOTROPY_3D_MAX) get the 3D network, nnU-Net's default configuration, which
+    sees context along every axis; anisotropic ones get 2D slices, because the 3D U-Net here pools every
+    axis alike (no anisotropic pooling yet) and would coarsen the thick-slice axis as fast as the fine
+    in-plane ones. nnU-Net itself settles the choice by cross-validating both; this is its prior.
+    """
+    if anisotropy > ANISOTROPY_3D_MAX:
+        return "2", (f"median spacing anisotropy {anisotropy:.3g} > {ANISOTROPY_3D_MAX:g}: the 3D U-Net pools "
+                     "every axis alike (no anisotropic pooling), so single slices keep the in-plane detail")
+    return "3", (f"median spacing anisotropy {anisotropy:.3g} <= {ANISOTROPY_3D_MAX:g}: near-isotropic voxels, "
+                 "a 3D U-Net sees context along every axis (nnU-Net's default)")
 
 
 def slice_mode(dims: str) -> SliceMode:

@@ -1,9 +1,10 @@
-"""A volume data set as the training data of the 2D network, and what a run must record to predict alike.
+"""A volume data set as the training data of the 2D (or 3D) network, and what a run must record to predict alike.
 
 load_volume_slices turns an MSD / nnU-Net raw folder or images/ + masks/ volume folders
 (data.volume_layouts) into VolumeSlices: the SegmentationData every stage already trains on (one item
-per slice, case after case), plus the volumes themselves, the case of every slice (folds split by
-case: data.folds.case_fold_split) and the intensity windows. volume_record is the part of model.json
+per slice, case after case; for --dims 3 one item per case, the whole volume), plus the volumes
+themselves, the case of every slice (folds split by case: data.folds.case_fold_split) and the
+intensity windows. volume_record is the part of model.json
 that lets prediction cut and scale new volumes exactly as training did: --dims, the context slices,
 the normalization rule per channel (the CT window in HU, or per-case percentiles) and the case names
 on each side of the split.
@@ -13,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from unet_medical.base.errors import UNetError
 from unet_medical.data.folds import case_fold_split, fold_split
 from unet_medical.data.layouts import SegmentationData
-from unet_medical.data.volume_dims import slice_mode, volume_inputs
+from unet_medical.data.volume_dims import AUTO, choose_dims, slice_mode, volume_inputs
 # the layout module's own channel-file rules, reused so prediction groups files exactly as training did
 from unet_medical.data.volume_layouts import (_CHANNEL, VolumeCase, VolumeDataSet, _volume_files, _with_channels,
                                               load_volume_data)
@@ -32,7 +33,8 @@ from unet_medical.data.volumes import Volume, read_dicom_series, read_volume, vo
 class VolumeSlices(SegmentationData):
     """SegmentationData of a volume set's slices, knowing where each came from.
 
-    Attributes (besides SegmentationData's; images are (I, J, (2 * context + 1) * C) uint16):
+    Attributes (besides SegmentationData's; images are (I, J, (2 * context + 1) * C) uint16 slices, or
+    for --dims 3 whole (I, J, K, C) uint16 volumes with (I, J, K) label maps, one item per case):
         volumes: the cases with their geometry (image and label volumes).
         case_of_slice: (N,) int64 index into volumes.cases of each slice.
         windows: per channel, the data set's CT window (lo, hi) or None (each case's own percentiles).
@@ -44,6 +46,7 @@ class VolumeSlices(SegmentationData):
     windows: tuple[Window | None, ...] = ()
     dims: str = "2"
     context: int = 0
+    dims_reason: str = ""  # why --dims auto chose `dims` ("" when --dims was given)
 
     def slices_of(self, case_index: int) -> np.ndarray:
         """Item indices of one case's slices, k = 0..K-1 in order."""
@@ -60,20 +63,41 @@ def load_volume_slices(data_dir: str | os.PathLike, *, images_dir: str = "images
     cases without num_folds), so no validation voxel shapes the scale the model is judged on; a run's
     evaluation passes the windows it recorded instead.
     """
+    if dims != AUTO:
+        slice_mode(dims)  # an unknown --dims fails before any volume is read
+    volumes = load_volume_data(data_dir, images_dir, masks_dir, num_classes)
+    reason = ""
+    if dims == AUTO:
+        dims, reason = choose_dims(geometry_summary(volumes)["anisotropy"])
     mode = slice_mode(dims)
     context = mode.context(context_slices)
-    volumes = load_volume_data(data_dir, images_dir, masks_dir, num_classes)
     if windows is None:
         train_cases = (np.arange(len(volumes.cases)) if num_folds is None
                        else fold_split(len(volumes.cases), num_folds, fold)[0])  # = case_fold_split's cases
         windows = set_windows(dataclasses.replace(volumes, cases=[volumes.cases[i] for i in train_cases]))
+    if mode.volumetric:
+        return dataclasses.replace(whole_volumes(volumes, windows, mode.dims), dims_reason=reason)
     cut = volume_slices(volumes, windows, context=context)
     data = cut.data
     return VolumeSlices(data.images, data.masks, data.names, data.class_names, data.source,
                         mask_format=f"NIfTI label maps, classes {', '.join(data.class_names)} "
                                     f"[{len(volumes.cases)} cases, {len(data.images)} slices]",
                         volumes=volumes, case_of_slice=cut.case_of_slice, windows=cut.windows, dims=mode.dims,
-                        context=context)
+                        context=context, dims_reason=reason)
+
+
+def whole_volumes(volumes: VolumeDataSet, windows: tuple[Window | None, ...], dims: str) -> VolumeSlices:
+    """VolumeSlices with one item per case: its (I, J, K, C) uint16 image under `windows` and its
+    (I, J, K) labels (--dims 3; items and cases coincide, so folds by case need nothing new)."""
+    if len(windows) != len(volumes.channel_names):
+        raise UNetError(f"{len(windows)} intensity windows for {len(volumes.channel_names)} channels")
+    images = [case_image_uint16(case, windows) for case in volumes.cases]
+    masks = [np.ascontiguousarray(case.labels.array) for case in volumes.cases]
+    return VolumeSlices(images, masks, [case.name for case in volumes.cases], volumes.class_names, volumes.source,
+                        mask_format=f"NIfTI label maps, classes {', '.join(volumes.class_names)} "
+                                    f"[{len(volumes.cases)} cases, whole volumes]",
+                        volumes=volumes, case_of_slice=np.arange(len(volumes.cases), dtype=np.int64),
+                        windows=tuple(windows), dims=dims, context=0)
 
 
 def split_items(data: SegmentationData, num_folds: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,26 +144,33 @@ def geometry_summary(volumes: VolumeDataSet) -> dict[str, Any]:
             "shape_median": [int(s) for s in shape]}
 
 
-def volume_record(data: VolumeSlices, train_idx: np.ndarray, val_idx: np.ndarray) -> dict[str, Any]:
-    """model.json's "volume" entry: how to cut and scale volumes as this run did, and which cases it saw."""
-    return {"dims": data.dims, "context_slices": data.context,
-            "channel_names": list(data.volumes.channel_names),
-            "normalization": normalization_record(data.windows, data.volumes.channel_names),
-            "train_cases": cases_of(data, train_idx), "validation_cases": cases_of(data, val_idx),
-            **geometry_summary(data.volumes)}
+def volume_record(data: VolumeSlices, train_idx: np.ndarray, val_idx: np.ndarray,
+                  patch_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """model.json's "volume" entry: how to cut and scale volumes as this run did, and which cases it saw;
+    for --dims 3 also the training patch (voxels), the sliding window of prediction."""
+    record = {"dims": data.dims, "context_slices": data.context,
+              "channel_names": list(data.volumes.channel_names),
+              "normalization": normalization_record(data.windows, data.volumes.channel_names),
+              "train_cases": cases_of(data, train_idx), "validation_cases": cases_of(data, val_idx),
+              **geometry_summary(data.volumes)}
+    if patch_size is not None:
+        record["patch_size"] = [int(p) for p in patch_size]
+    return record
 
 
 def case_inputs(image: Volume, record: dict[str, Any]) -> list[np.ndarray]:
-    """The network inputs (uint16 slices k = 0..K-1) of a new image volume (I, J, K[, C]) under a run's
-    volume record, exactly as its training slices were made."""
+    """The network inputs (uint16 slices k = 0..K-1; for --dims 3 one (I, J, K, C) volume) of a new image
+    volume (I, J, K[, C]) under a run's volume record, exactly as its training items were made."""
     array = image.array if image.array.ndim == 4 else image.array[..., None]
     channels = len(record["channel_names"])
     if array.shape[-1] != channels:
         raise UNetError(f"{image.path}: {array.shape[-1]} channel(s), the model was trained on {channels} "
                         f"({', '.join(record['channel_names'])})")
     case = VolumeCase("", dataclasses.replace(image, array=array), None)
-    return volume_inputs(case_image_uint16(case, windows_from_record(record["normalization"])),
-                         int(record["context_slices"]))
+    scaled = case_image_uint16(case, windows_from_record(record["normalization"]))
+    if slice_mode(record["dims"]).volumetric:
+        return [scaled]
+    return volume_inputs(scaled, int(record["context_slices"]))
 
 
 def _channel_groups(files: dict[str, pathlib.Path], channels: int, folder: pathlib.Path

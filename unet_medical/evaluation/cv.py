@@ -14,7 +14,6 @@ cv_summary.json: {"folds": [eval_results of fold 0, 1, ...], "mean": {metric: va
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import re
 import sys
@@ -22,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from unet_medical.base.artifacts import EVAL_RESULTS, write_json
+from unet_medical.base.artifacts import EVAL_RESULTS, read_eval_results, write_json
 from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_write_text
 
@@ -51,11 +50,11 @@ def read_fold_results(results_dir: str | pathlib.Path) -> dict[int, dict[str, An
     for k, folder in folds:
         path = folder / EVAL_RESULTS
         try:
-            results[k] = json.loads(path.read_text())
+            results[k] = read_eval_results(path)
         except FileNotFoundError:
             raise UNetError(f"{path}: missing (did fold {k} finish train_and_evaluate?)") from None
-        except (OSError, ValueError) as exc:
-            raise UNetError(f"{path}: not readable JSON ({exc})") from None
+        except OSError as exc:
+            raise UNetError(f"{path}: not readable ({exc})") from None
         if results[k].get("fold", k) != k:
             raise UNetError(f"{path}: holds the evaluation of fold {results[k]['fold']}, not of fold {k}")
     recorded = {r["num_folds"] for r in results.values() if "num_folds" in r}

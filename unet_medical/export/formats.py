@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.util
-import json
 import os
 import pathlib
 import shutil
@@ -48,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from unet_medical.model.unet import UNetSpec, margin as model_margin
-from unet_medical.base.artifacts import write_json
+from unet_medical.base.artifacts import read_export_document, write_export_document
 from unet_medical.base.errors import UNetError
 from unet_medical.base.registry import resolve
 from unet_medical.inference.runtimes import EXPORT_JSON, PROBABILITIES, TILE_SIGNATURE
@@ -471,7 +470,7 @@ def _read_export_document(path: pathlib.Path) -> dict[str, Any]:
     if not path.is_file():
         return {"artifacts": {}}
     try:
-        document = json.loads(path.read_text())
+        document = read_export_document(path)
         document["artifacts"] = dict(document["artifacts"])
         return document
     except (ValueError, KeyError, TypeError) as exc:
@@ -484,7 +483,7 @@ def record_artifact(export_dir: pathlib.Path, entry: dict[str, Any]) -> pathlib.
     path = export_dir / EXPORT_JSON
     document = _read_export_document(path)
     document["artifacts"][entry["file"]] = entry
-    return write_json(path, document)
+    return write_export_document(path, document)
 
 
 
@@ -494,7 +493,7 @@ def forget_artifact(export_dir: pathlib.Path, name: str) -> None:
     path = export_dir / EXPORT_JSON
     document = _read_export_document(path)
     if document["artifacts"].pop(name, None) is not None:
-        write_json(path, document)
+        write_export_document(path, document)
 
 
 
@@ -505,7 +504,7 @@ def record_selection(export_dir: pathlib.Path, selection: dict[str, Any] | None)
     document.pop("selection", None)
     if selection is not None:
         document["selection"] = selection
-    return write_json(path, document)
+    return write_export_document(path, document)
 
 
 

@@ -16,7 +16,8 @@ import platform
 import time
 from typing import Any
 
-from unet_medical.base.artifacts import EVAL_RESULTS, MODEL_JSON, RunRecord, load_run_record, read_run_config
+from unet_medical.base.artifacts import (EVAL_RESULTS, MODEL_JSON, RunRecord, load_run_record, read_eval_results,
+                                         read_run_config)
 from unet_medical.base.fileio import atomic_write_text
 
 CARD = "MODEL_CARD.md"
@@ -88,7 +89,7 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
     model_dir, export_dir = pathlib.Path(model_dir), pathlib.Path(export_dir)
     config = read_run_config(model_dir)
     record = load_run_record(model_dir) if (model_dir / MODEL_JSON).exists() else None
-    evaluation = json.loads((model_dir / EVAL_RESULTS).read_text()) if (model_dir / EVAL_RESULTS).exists() else {}
+    evaluation = read_eval_results(model_dir / EVAL_RESULTS) if (model_dir / EVAL_RESULTS).exists() else {}
     lines = [f"# Model card: {model_dir.name}", "",
              "U-Net (Ronneberger et al. 2015) for semantic segmentation, trained with this repository's "
              "`main.py`.", "", "## Model", ""]

@@ -16,7 +16,6 @@ export (no --export_format) export.json names the deploy file chosen there ("sel
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import warnings
@@ -25,12 +24,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from unet_medical.model.unet import UNetSpec
-from unet_medical.base.artifacts import RunRecord
+from unet_medical.base.artifacts import EXPORT_JSON, RunRecord, read_export_document
 from unet_medical.base.errors import UNetError
 from unet_medical.inference.artifact_formats import EXPORT_FORMATS, OPENVINO_XML, SAVED_MODEL_PB
 from unet_medical.inference.tiling import Predictor
 
-EXPORT_JSON = "export.json"
 TILE_SIGNATURE = "tile"
 # OpenVINO's CPU inference precision per export precision: fp32 runs exactly in float32, bf16 runs the
 # float32 file in bfloat16 (AMX / AVX512_BF16), int8 leaves the layers NNCF did not quantize to the
@@ -65,8 +63,8 @@ def resolve_deploy_file(path: str | os.PathLike) -> pathlib.Path:
             or not meta.is_file():
         return path
     try:
-        chosen = (json.loads(meta.read_text()).get("selection") or {}).get("chosen")
-    except (ValueError, AttributeError) as exc:
+        chosen = (read_export_document(meta).get("selection") or {}).get("chosen")
+    except AttributeError as exc:
         raise UNetError(f"{meta} is corrupt ({exc})") from None
     if not chosen:
         raise UNetError(f"--model_path={path}: {meta} names no deploy file (export without --export_format "
@@ -82,8 +80,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise UNetError(f"--model_path={path}: {meta_path} not found; an exported model needs the export.json "
                         "written next to it by --exec_mode export")
     try:
-        artifacts = json.loads(meta_path.read_text())["artifacts"]
-    except (ValueError, KeyError, TypeError) as exc:
+        artifacts = read_export_document(meta_path)["artifacts"]
+    except (KeyError, TypeError) as exc:
         raise UNetError(f"{meta_path} is corrupt ({exc})") from None
     if path.name not in artifacts:
         raise UNetError(f"--model_path={path}: {meta_path} has no entry for {path.name} "

@@ -3,7 +3,9 @@
 Each block adds standard Keras layers only (Conv2D, BatchNormalization, ReLU, MaxPooling2D,
 Conv2DTranspose, Concatenate, plus the project's CenterCropToMatch for valid padding), named
 `{name}_{part}{index}`, so TF-MOT quantization and Tucker layer surgery can find every conv.
-All tensors are NHWC; convolutions use He-normal initialization (Ronneberger et al. 2015, Sec. 3).
+All tensors are channels-last: NHWC for `dims=2`, NDHWC for `dims=3` (Conv3D, MaxPooling3D,
+Conv3DTranspose with the same names; the 3D U-Net of Cicek et al. 2016, arXiv:1606.06650, is this
+network with 3x3x3 kernels). Convolutions use He-normal initialization (Ronneberger et al. 2015, Sec. 3).
 """
 from __future__ import annotations
 
@@ -21,17 +23,34 @@ POOL_SIZE = 2
 
 INITIALIZER = "he_normal"
 
+SPATIAL_DIMS = (2, 3)
+"""Spatial dimensions a block can be built in: 2 (images, NHWC) or 3 (volumes, NDHWC)."""
+
+_LAYERS = {
+    2: (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.Conv2DTranspose),
+    3: (keras.layers.Conv3D, keras.layers.MaxPooling3D, keras.layers.Conv3DTranspose),
+}
+
+
+def spatial_layers(dims: int) -> tuple[type, type, type]:
+    """(convolution, max-pooling, transposed convolution) Keras classes for `dims` spatial axes."""
+    if dims not in _LAYERS:
+        raise ValueError(f"dims must be one of {SPATIAL_DIMS}, got {dims!r}")
+    return _LAYERS[dims]
+
 
 def conv_bn_relu(
-    x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str, index: int
+    x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str, index: int, dims: int = 2
 ) -> tf.Tensor:
-    """One 3x3 convolution -> [BatchNormalization] -> ReLU.
+    """One 3x3 (3x3x3 for dims 3) convolution -> [BatchNormalization] -> ReLU.
 
-    x: (N, H, W, C). Returns (N, H', W', filters) with H' = H - 2 for padding "valid", H for "same".
+    x: (N, H, W, C) or (N, D, H, W, C). Returns (N, H', W', filters) with H' = H - 2 for padding
+    "valid", H for "same" (likewise every spatial axis in 3D).
     With batch_norm the convolution has no bias: BatchNormalization's beta replaces it. The ReLU is
     a separate layer so that BatchNormalization can sit between convolution and activation.
     """
-    x = keras.layers.Conv2D(
+    conv, _, _ = spatial_layers(dims)
+    x = conv(
         filters,
         KERNEL_SIZE,
         padding=padding,
@@ -44,29 +63,37 @@ def conv_bn_relu(
     return keras.layers.ReLU(name=f"{name}_relu{index}")(x)
 
 
-def two_conv(x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str) -> tf.Tensor:
+def two_conv(
+    x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str, dims: int = 2
+) -> tf.Tensor:
     """Two (3x3 conv -> [BN] -> ReLU) layers: one U-Net level.
 
-    x: (N, H, W, C). Returns (N, H - 4, W - 4, filters) for "valid", (N, H, W, filters) for "same".
-    Layers: {name}_conv1, [{name}_bn1], {name}_relu1, {name}_conv2, [{name}_bn2], {name}_relu2.
+    x: (N, H, W, C) (or NDHWC). Returns (N, H - 4, W - 4, filters) for "valid", (N, H, W, filters)
+    for "same". Layers: {name}_conv1, [{name}_bn1], {name}_relu1, {name}_conv2, [{name}_bn2],
+    {name}_relu2.
     """
     for index in range(1, CONVS_PER_BLOCK + 1):
-        x = conv_bn_relu(x, filters, padding, batch_norm, name, index)
+        x = conv_bn_relu(x, filters, padding, batch_norm, name, index, dims)
     return x
 
 
-def down(x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str) -> tf.Tensor:
-    """2x2 max-pool with stride 2, then `two_conv`: one step down the contracting path.
+def down(
+    x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str, dims: int = 2
+) -> tf.Tensor:
+    """2x2 (2x2x2) max-pool with stride 2, then `two_conv`: one step down the contracting path.
 
-    x: (N, H, W, C) with H and W even. Returns (N, H/2 - 4, W/2 - 4, filters) for "valid",
-    (N, H/2, W/2, filters) for "same". Layers: {name}_pool, then those of `two_conv`.
+    x: (N, H, W, C) with H and W even (or NDHWC, every spatial side even). Returns
+    (N, H/2 - 4, W/2 - 4, filters) for "valid", (N, H/2, W/2, filters) for "same".
+    Layers: {name}_pool, then those of `two_conv`.
     """
-    x = keras.layers.MaxPooling2D(POOL_SIZE, strides=POOL_SIZE, name=f"{name}_pool")(x)
-    return two_conv(x, filters, padding, batch_norm, name)
+    _, pool, _ = spatial_layers(dims)
+    x = pool(POOL_SIZE, strides=POOL_SIZE, name=f"{name}_pool")(x)
+    return two_conv(x, filters, padding, batch_norm, name, dims)
 
 
 def up_cat(
-    x: tf.Tensor, skip: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str
+    x: tf.Tensor, skip: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str,
+    dims: int = 2,
 ) -> tf.Tensor:
     """2x2 up-convolution (stride 2) to `filters` channels, concatenate the skip map, `two_conv`.
 
@@ -74,9 +101,13 @@ def up_cat(
     W >= 2w (equal for "same"). Returns (N, 2h - 4, 2w - 4, filters) for "valid",
     (N, 2h, 2w, filters) for "same". For "valid" the skip map is centre-cropped to (2h, 2w) (the
     paper's "copy and crop"). Layers: {name}_upconv, [{name}_crop], {name}_concat, then `two_conv`.
-    The up-convolution is linear (no ReLU), as in the paper's description.
+    The up-convolution is linear (no ReLU), as in the paper's description. In 3D every spatial
+    axis doubles the same way; "valid" is 2D only (CenterCropToMatch crops H and W).
     """
-    up = keras.layers.Conv2DTranspose(
+    if padding == "valid" and dims != 2:
+        raise ValueError("valid padding (copy and crop) is implemented for dims 2 only")
+    _, _, transpose = spatial_layers(dims)
+    up = transpose(
         filters,
         POOL_SIZE,
         strides=POOL_SIZE,
@@ -87,4 +118,4 @@ def up_cat(
     if padding == "valid":
         skip = CenterCropToMatch(name=f"{name}_crop")([skip, up])
     x = keras.layers.Concatenate(axis=-1, name=f"{name}_concat")([skip, up])
-    return two_conv(x, filters, padding, batch_norm, name)
+    return two_conv(x, filters, padding, batch_norm, name, dims)

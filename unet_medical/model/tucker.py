@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import fractions
+import io
 import math
 import os
 from typing import Optional, Sequence
@@ -40,6 +41,7 @@ from tensorly.decomposition import partial_tucker
 from unet_medical.model.complexity import LayerCost, layer_costs
 from unet_medical.model.surgery import graph_nodes, replace_layers
 from unet_medical.base.errors import UNetError
+from unet_medical.base.fileio import atomic_write_text
 
 # --------------------------------------------------------------------------------------------
 # Pure math
@@ -455,13 +457,14 @@ def write_report_csv(report: Sequence[LayerReport], path: str | os.PathLike) -> 
     if not os.path.isdir(directory):
         raise UNetError(f"report CSV path {os.fspath(path)!r}: directory {directory!r} does not "
                         "exist")
-    with open(path, "w", newline="") as f:
+    with io.StringIO(newline="") as f:  # built in memory, then written atomically: no half-written report
         writer = csv.DictWriter(f, fieldnames=REPORT_FIELDS)
         writer.writeheader()
         for r in report:
             row = dataclasses.asdict(r)
             row["rel_error"] = repr(float(r.rel_error))   # repr round-trips exactly
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        atomic_write_text(path, f.getvalue())
 
 
 def read_report_csv(path: str | os.PathLike) -> list[LayerReport]:

@@ -10,6 +10,11 @@ depth, BatchNormalization and dropout rate.
 Example:
     spec = UNetSpec(padding="same", base_filters=16, depth=3, batch_norm=True)
     model = build_unet(spec)          # (N, H, W, 1) float32 -> (N, H, W, 2) float32 logits
+    volume_net = build_unet(dataclasses.replace(spec, dims=3))   # (N, D, H, W, 1) -> (N, D, H, W, 2)
+
+`dims=3` is the 3D U-Net (Cicek et al., MICCAI 2016, arXiv:1606.06650): the same blocks with
+3x3x3 convolutions, 2x2x2 pooling and up-convolutions, same padding only. The size arithmetic
+below is per spatial side, so it holds for every axis of a volume too.
 
 Sizes: a valid-padding U-Net only accepts input sizes for which every map before a pooling is even
 (`is_valid_input_size`); `output_size`, `smallest_valid_input` and `margin` do this arithmetic so
@@ -26,7 +31,9 @@ from unet_medical.model.blocks import (
     INITIALIZER,
     KERNEL_SIZE,
     POOL_SIZE,
+    SPATIAL_DIMS,
     down,
+    spatial_layers,
     two_conv,
     up_cat,
 )
@@ -54,6 +61,8 @@ class UNetSpec:
         batch_norm: put BatchNormalization between each 3x3 convolution and its ReLU. Default False.
         dropout: dropout rate after the bottleneck's two convolutions, in [0, 1); 0 removes the
             layer. Default 0.5.
+        dims: spatial dimensions, 2 (images, NHWC; default) or 3 (volumes, NDHWC, Conv3D layers with
+            the same names). dims 3 needs padding "same".
 
     Raises:
         UNetError: if a field is out of range (the message names the field and the value).
@@ -66,6 +75,7 @@ class UNetSpec:
     padding: str = "valid"
     batch_norm: bool = False
     dropout: float = 0.5
+    dims: int = 2
 
     def __post_init__(self) -> None:
         for field in ("n_classes", "in_channels", "base_filters", "depth"):
@@ -82,6 +92,12 @@ class UNetSpec:
             or not 0.0 <= self.dropout < 1.0
         ):
             raise UNetError(f"UNetSpec.dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not _is_int(self.dims) or self.dims not in SPATIAL_DIMS:
+            raise UNetError(f"UNetSpec.dims must be one of {SPATIAL_DIMS}, got {self.dims!r}")
+        if self.dims == 3 and self.padding != "same":
+            # Copy-and-crop (CenterCropToMatch) is 2D; 3D volumes are tiled with same padding.
+            raise UNetError("UNetSpec.padding must be 'same' for dims 3 (a 3D U-Net), got "
+                            f"{self.padding!r}")
 
     def level_filters(self, level: int) -> int:
         """Filters of encoder/decoder level `level` (1-based); level depth + 1 is the bottleneck."""
@@ -96,7 +112,8 @@ def paper_unet_spec(n_classes: int = 2, in_channels: int = 1) -> UNetSpec:
 def build_unet(spec: UNetSpec, name: str = "unet") -> keras.Model:
     """Build the Functional tf_keras U-Net described by `spec`.
 
-    Input "image": (N, H, W, spec.in_channels) float32, any H, W accepted by `is_valid_input_size`.
+    Input "image": (N, H, W, spec.in_channels) float32, any H, W accepted by `is_valid_input_size`
+    ((N, D, H, W, in_channels) for spec.dims 3, every side a multiple of 2**depth).
     Output: (N, output_size(H), output_size(W), spec.n_classes) float32 LOGITS (no softmax: the loss
     applies it). The 1x1 head is float32 even under a mixed precision policy, so the output is too.
 
@@ -106,23 +123,24 @@ def build_unet(spec: UNetSpec, name: str = "unet") -> keras.Model:
     """
     if not isinstance(spec, UNetSpec):
         raise UNetError(f"build_unet expects a UNetSpec, got {type(spec).__name__}")
-    pad, bn = spec.padding, spec.batch_norm
-    image = keras.Input(shape=(None, None, spec.in_channels), dtype="float32", name="image")
+    pad, bn, dims = spec.padding, spec.batch_norm, spec.dims
+    image = keras.Input(shape=(None,) * dims + (spec.in_channels,), dtype="float32", name="image")
 
     # Contracting path: keep each level's output for the skip connections.
-    skips = [two_conv(image, spec.level_filters(1), pad, bn, name="enc1")]
+    skips = [two_conv(image, spec.level_filters(1), pad, bn, name="enc1", dims=dims)]
     for level in range(2, spec.depth + 1):
-        skips.append(down(skips[-1], spec.level_filters(level), pad, bn, name=f"enc{level}"))
-    x = down(skips[-1], spec.level_filters(spec.depth + 1), pad, bn, name="bottleneck")
+        skips.append(down(skips[-1], spec.level_filters(level), pad, bn, name=f"enc{level}", dims=dims))
+    x = down(skips[-1], spec.level_filters(spec.depth + 1), pad, bn, name="bottleneck", dims=dims)
     if spec.dropout > 0:
         # Paper Sec. 3: "Drop-out layers at the end of the contracting path".
         x = SeededDropout(spec.dropout, name="bottleneck_dropout")(x)
 
     # Expansive path.
     for level in range(spec.depth, 0, -1):
-        x = up_cat(x, skips[level - 1], spec.level_filters(level), pad, bn, name=f"dec{level}")
+        x = up_cat(x, skips[level - 1], spec.level_filters(level), pad, bn, name=f"dec{level}", dims=dims)
 
-    logits = keras.layers.Conv2D(
+    conv, _, _ = spatial_layers(dims)
+    logits = conv(
         spec.n_classes, 1, kernel_initializer=INITIALIZER, dtype="float32", name="head"
     )(x)
     return keras.Model(inputs=image, outputs=logits, name=name)

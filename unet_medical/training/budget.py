@@ -20,6 +20,10 @@ WARMUP_FRACTION = 0.1  # ... at least this fraction of the budget spent ...
 STEADY_FRACTION = 0.05  # ... and this fraction in steady steps: the input pipeline's autotuning and the
 # machine's other jobs settle over seconds, not over 20 fast steps (0.020 s/step measured, 0.013 ran)
 LATEST_FRACTION = 0.5  # fix the total by then whatever was measured (a step slower than the budget)
+RECHECK_FRACTIONS = (0.5, 0.8)  # budget fractions where a fixed total is checked against the recent steps:
+# a job that starts on the same cores after the fix slows every later step (a 30 s budget ran 41 s in CI)
+MIN_RECHECK_STEPS = 10  # steps timed since the last (re)fix before a recheck trusts their mean
+RECHECK_SLACK = 0.03  # ... and refixed when its projected end misses the budget by more than this fraction
 BUDGET_EVALUATIONS = 4  # evaluations of a budgeted run without --evaluate_every (the last one included)
 UNBOUNDED_STEPS = 10**9  # the batch stream's bound while the total is not known (the loop stops it)
 
@@ -119,6 +123,17 @@ def steps_within_budget(costs: BudgetCosts, done: int, remaining_s: float) -> in
             too_many = middle
     return fits
 
+def recheck_total(costs: BudgetCosts, done: int, total: int, remaining_s: float, budget_s: float) -> int | None:
+    """A new total when the rest of the run, at `costs` (the step time measured since the last fix),
+    would miss the budget's remaining `remaining_s` seconds by more than RECHECK_SLACK of `budget_s`;
+    None when the fixed total still fits. The new total may equal `done` (stop now) but never goes below."""
+    projected = remaining_cost_s(costs, done, total)
+    if abs(projected - remaining_s) <= RECHECK_SLACK * budget_s:
+        return None
+    refit = steps_within_budget(costs, done, remaining_s)
+    return None if refit == total else refit
+
+
 def describe_fix(costs: BudgetCosts, meter: StepMeter, done: int, total: int, budget_s: float, spent_s: float,
                  minutes: float) -> dict[str, Any]:
     """The RECIPE record of a fixed total: how the number was reached, in words and in numbers."""
@@ -135,3 +150,14 @@ def describe_fix(costs: BudgetCosts, meter: StepMeter, done: int, total: int, bu
             "steady_steps_timed": len(meter.steady_s), "budget_s": budget_s, "spent_s": round(spent_s, 3),
             "at_step": int(done), "evaluation_s": round(costs.evaluation_s, 3),
             "checkpoint_s": round(costs.checkpoint_s, 3)}
+
+
+def describe_recheck(costs: BudgetCosts, fixed_s_per_step: float, steps_timed: int, done: int, old_total: int,
+                     total: int, spent_s: float, budget_s: float) -> dict[str, Any]:
+    """The RECIPE record of a total changed by `recheck_total`."""
+    reason = (f"rechecked at {spent_s:.1f} s of {budget_s:.0f} s: {costs.step_s:.4f} s/step over the last "
+              f"{steps_timed} steps (fixed at {fixed_s_per_step:.4f} s/step): {old_total} steps would end "
+              f"{'late' if total < old_total else 'early'}, {total} fit")
+    return {"flag": "max_steps", "value": int(total), "reason": reason, "s_per_step": round(costs.step_s, 5),
+            "previous_value": int(old_total), "budget_s": budget_s, "spent_s": round(spent_s, 3),
+            "at_step": int(done), "recheck": True}

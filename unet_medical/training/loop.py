@@ -23,6 +23,7 @@ from unet_medical.training import budget
 from unet_medical.training import checkpoint as ckpt
 from unet_medical.base.errors import UNetError
 from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
+from unet_medical.data.patches3d import PatchSize, VolumeAugment, make_patch_dataset
 from unet_medical.data.pipeline import AugmentFn, CropGeometry, Sampling, make_train_dataset
 from unet_medical.base.progress import Progress
 
@@ -169,7 +170,10 @@ class TrainData:
 
     `images` are normalized float32 (H, W, C) with the run's --normalization, `masks` int class ids
     (H, W), `names` name them in error messages; crops of `geometry`, centred on rare classes as
-    `sampling` says, augmented by `augment`; `class_weights` (one per class) weigh the cross-entropy."""
+    `sampling` says, augmented by `augment`; `class_weights` (one per class) weigh the cross-entropy.
+    With `patch_size` (--dims 3) the images are volumes (I, J, K, C) and masks (I, J, K), cut into
+    patches of that size (data.patches3d: `sampling` is the foreground fraction and classes, the
+    augmentation is `volume_augment`; `geometry` and `augment` are not used)."""
 
     images: Sequence[np.ndarray]
     masks: Sequence[np.ndarray]
@@ -179,6 +183,8 @@ class TrainData:
     augment: AugmentFn | None = None
     sampling: Sampling = Sampling()
     class_weights: Sequence[float] | None = None
+    patch_size: PatchSize | None = None
+    volume_augment: VolumeAugment | None = None
 
 
 @dataclasses.dataclass
@@ -199,9 +205,16 @@ class Trainer:
         return schedule_of(self.optimizer)
 
     def batches(self, start_step: int, stop_step: int) -> tf.data.Dataset:
-        """Batches for steps start_step..stop_step-1: (B, I, I, C) float32 images, (B, O, O) int32 labels;
-        each a pure function of (seed, step), so a resumed run sees the batches it would have seen."""
+        """Batches for steps start_step..stop_step-1: (B, I, I, C) float32 images, (B, O, O) int32 labels
+        ((B, P0, P1, P2, C) and (B, P0, P1, P2) patches for volumes); each a pure function of
+        (seed, step), so a resumed run sees the batches it would have seen."""
         d = self.data
+        if d.patch_size is not None:
+            return make_patch_dataset(list(d.images), list(d.masks), list(d.names), d.patch_size,
+                                      batch_size=self.batch_size, seed=self.seed, start_step=start_step,
+                                      max_steps=stop_step, classes=d.sampling.classes,
+                                      foreground=d.sampling.foreground, augment=d.volume_augment, rank=self.rank,
+                                      world_size=self.world_size)
         return make_train_dataset(list(d.images), list(d.masks), list(d.names), d.geometry,
                                   batch_size=self.batch_size, seed=self.seed, start_step=start_step,
                                   max_steps=stop_step, augment=d.augment, rank=self.rank,
@@ -297,7 +310,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
 
     def fix_total() -> None:
         """End of a budget's warm-up: time an evaluation and a checkpoint, fix the total, set the schedule."""
-        nonlocal total, decay_start, evaluate_every
+        nonlocal total, decay_start, evaluate_every, fixed_costs
         evaluation_s = timed(run_evaluation) if evaluate is not None else 0.0
         checkpoint_s = timed(lambda: save(last_path, with_optimizer=True))
         costs = budget.BudgetCosts(meter.seconds_per_step(), evaluation_s, checkpoint_s, cfg.checkpoint_every,
@@ -310,10 +323,32 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
         evaluate_every = budget.budget_evaluate_every(total, cfg.evaluate_every) if evaluate is not None else None
         logger.log("RECIPE", budget.describe_fix(costs, meter, state.step, total, budget_s, spent,
                                                  cfg.time_budget))
+        fixed_costs = dataclasses.replace(costs, evaluate_every=evaluate_every)
+        record_total()
+
+    def record_total() -> None:
         if on_total_fixed is not None and dist.is_chief:
             on_total_fixed(total, evaluate_every)
         save(last_path, with_optimizer=True)
         progress.set_total(total)
+
+    def recheck_total() -> bool:
+        """At RECHECK_FRACTIONS of the budget: refix the total from the steps since the last (re)fix if
+        the run would miss its budget; the schedule's decay start stays. True when it changed."""
+        nonlocal total
+        assert fixed_costs is not None and total is not None and budget_s is not None
+        costs = dataclasses.replace(fixed_costs, step_s=sum(recent_s) / len(recent_s))
+        spent = time.perf_counter() - started
+        refit = budget.recheck_total(costs, state.step, total, budget_s - spent - costs.checkpoint_s, budget_s)
+        if refit is None:
+            return False
+        logger.log("RECIPE", budget.describe_recheck(costs, fixed_costs.step_s, len(recent_s), state.step, total,
+                                                     refit, spent, budget_s))
+        total = refit
+        trainer.schedule.set_total(total, decay_start)
+        recent_s.clear()
+        record_total()
+        return True
 
     if total is not None and state.step >= total:
         logger.log("PARAMETER", {"message": f"already at step {state.step} >= max_steps: nothing to train"})
@@ -332,6 +367,9 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
     # A budget's stream is bounded by its total once known (the loop stops there), not by the dataset.
     dataset = trainer.batches(state.step, total if total is not None else state.step + budget.UNBOUNDED_STEPS)
     meter = budget.StepMeter()
+    fixed_costs: budget.BudgetCosts | None = None  # set when this process fixes a budget's total
+    recent_s: list[float] = []  # step times since the last (re)fix, for the rechecks
+    rechecks = [f * budget_s for f in budget.RECHECK_FRACTIONS] if budget_s is not None else []
     window_start, window_images, losses = time.perf_counter(), 0, []
     # k/N, rate and ETA on the chief: a bar on a terminal, and in the --log_every record below.
     with Progress(total or state.step + 1, "train", logger, unit="step", initial=state.step, interval_s=None,
@@ -358,6 +396,12 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
                 else:  # the bar's N meanwhile: what the budget's remainder holds at the rate so far
                     left = budget_s - (time.perf_counter() - started)
                     progress.set_total(state.step + max(1, int(left / meter.seconds_per_step())))
+            elif fixed_costs is not None:
+                recent_s.append(step_s)
+                if (rechecks and time.perf_counter() - started >= rechecks[0]
+                        and len(recent_s) >= budget.MIN_RECHECK_STEPS):
+                    del rechecks[0]
+                    fixed_now = recheck_total()
             if state.step % cfg.log_every == 0 or state.step == total:
                 elapsed = time.perf_counter() - window_start
                 # The schedule's current value; a distributed variable under tf.distribute, hence the tensor.

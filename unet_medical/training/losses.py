@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from unet_medical.base.errors import UNetError
 
-# Axes summed per class for the batch-wide soft Dice: batch, height, width.
-_SPATIAL_AND_BATCH = (0, 1, 2)
+# Ranks of the logits: images (B, H, W, C) and volumes (B, D, H, W, C); labels have one axis less.
+LOGIT_RANKS = (4, 5)
 
 
 def weighted_cross_entropy(log_probs: tf.Tensor, one_hot: tf.Tensor,
@@ -39,28 +39,29 @@ def soft_dice_per_class(probs: tf.Tensor, one_hot: tf.Tensor, smooth: float = 1.
     """Soft Dice (2 sum p y + s) / (sum p + sum y + s) per class over the whole batch.
 
     Args:
-        probs: (B, H, W, C) float32 softmax probabilities.
-        one_hot: (B, H, W, C) float32 one-hot labels.
+        probs: (B, H, W, C) (or (B, D, H, W, C)) float32 softmax probabilities.
+        one_hot: the same shape, float32 one-hot labels.
         smooth: s > 0, keeps a class absent from the batch (and not predicted) at Dice ~1 and the
             gradient finite.
 
     Returns:
         float32 (C,).
     """
-    intersection = tf.reduce_sum(probs * one_hot, axis=_SPATIAL_AND_BATCH)
-    total = tf.reduce_sum(probs, axis=_SPATIAL_AND_BATCH) + tf.reduce_sum(one_hot,
-                                                                          axis=_SPATIAL_AND_BATCH)
+    batch_and_space = list(range(probs.shape.rank - 1))  # every axis but the classes
+    intersection = tf.reduce_sum(probs * one_hot, axis=batch_and_space)
+    total = tf.reduce_sum(probs, axis=batch_and_space) + tf.reduce_sum(one_hot, axis=batch_and_space)
     return (2.0 * intersection + smooth) / (total + smooth)
 
 
 def _check_shapes(logits: tf.Tensor, labels: tf.Tensor, num_classes: int,
                   weights: Optional[tf.Tensor]) -> None:
     """Raise UNetError when static shapes disagree (unknown dimensions are not checked)."""
-    if logits.shape.rank is not None and logits.shape.rank != 4:
-        raise UNetError(f"logits must be (batch, height, width, classes), got shape {logits.shape}")
-    if labels.shape.rank is not None and labels.shape.rank != 3:
-        raise UNetError(f"labels must be (batch, height, width) class ids, got shape "
-                        f"{labels.shape}")
+    if logits.shape.rank is not None and logits.shape.rank not in LOGIT_RANKS:
+        raise UNetError(f"logits must be (batch, height, width, classes) or (batch, depth, height, width, "
+                        f"classes), got shape {logits.shape}")
+    if labels.shape.rank is not None and logits.shape.rank is not None and labels.shape.rank != logits.shape.rank - 1:
+        raise UNetError(f"labels must be (batch, height, width) class ids ((batch, depth, height, width) for "
+                        f"volumes), got shape {labels.shape}")
     if logits.shape[-1] is not None and logits.shape[-1] != num_classes:
         raise UNetError(f"logits have {logits.shape[-1]} channels but num_classes is {num_classes}")
     if not logits.shape[:-1].is_compatible_with(labels.shape):
@@ -77,7 +78,7 @@ def cross_entropy_dice_loss(logits: tf.Tensor, labels: tf.Tensor, num_classes: i
     """Cross-entropy + dice_weight * (1 - mean over classes of the batch-wide soft Dice).
 
     Args:
-        logits: (B, H, W, C) network output before softmax; float32, float16 or bfloat16 (cast to
+        logits: (B, H, W, C) (volumes: (B, D, H, W, C)) network output before softmax; float32, float16 or bfloat16 (cast to
             float32 first so mixed-precision training keeps a float32 loss).
         labels: (B, H, W) integer class ids in [0, C). Out-of-range ids are not checked here (the
             data loader validates masks); they would count as "no class" in both terms.
