@@ -182,13 +182,13 @@ def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: runl
                    write_report: bool = True) -> Any:
     """Tucker-2 decomposition of every eligible conv; the per-layer report goes to the log and (with
     `write_report`) model_dir/tucker_report.csv."""
+    from unet_medical.model.complexity import isotropic_size
     from unet_medical.model.tucker import report_table, tucker_compress, write_report_csv
 
-    from unet_medical.model.complexity import isotropic_size
-
-    # MACs at the training crop: a square tile for a 2-D model, a cubic patch for a 3-D one.
+    # MACs at the training input: the square crop of a 2-D model, the --patch_size patch of a 3-D one.
+    patch = parse_patch_size(cfg.patch_size) if model.inputs[0].shape.rank == 5 else None
     compressed, report = tucker_compress(model, rank_factor=cfg.rank_factor, rank=cfg.rank, rank_min=cfg.rank_min,
-                                         input_hw=isotropic_size(model, geometry.input_size))
+                                         input_hw=patch or isotropic_size(model, geometry.input_size))
     if write_report:
         write_report_csv(report, pathlib.Path(cfg.model_dir) / "tucker_report.csv")
     print(report_table(report), flush=True)

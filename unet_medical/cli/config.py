@@ -162,14 +162,11 @@ def check_volumetric(cfg: Config) -> None:
     require(cfg.input_scale in (None, 1.0), "input_scale", cfg.input_scale, "1 with --dims 3 (no rescaling)")
     require(cfg.tile_size is None and cfg.tile_context is None, "tile_size", cfg.tile_size,
             "no --tile_size/--tile_context with --dims 3 (3D prediction slides windows of the training patch)")
-    # Not built for 3D yet (the 2D export graph, Conv2D-only quantizers and Tucker surgery): refused
-    # rather than run on a network they would silently leave alone or break.
+    # Not built for 3D yet (the 2D export graph and tile benchmark): refused rather than run on a network
+    # they would break. Quantization and Tucker compression handle Conv3D (model.quantized_layers, model.tucker).
     not_yet = "--dims 3 networks (not built for 3D yet)"
-    require(cfg.exec_mode not in ("export", "benchmark", "compress") and not cfg.benchmark, "exec_mode",
-            cfg.exec_mode, f"train, evaluate, predict or visualize for {not_yet}")
-    require(cfg.quantization == "NONE", "quantization", cfg.quantization, f"NONE for {not_yet}")
-    require(cfg.rank_factor is None and cfg.rank is None, "rank_factor", cfg.rank_factor,
-            f"no Tucker ranks for {not_yet}")
+    require(cfg.exec_mode not in ("export", "benchmark") and not cfg.benchmark, "exec_mode",
+            cfg.exec_mode, f"train, evaluate, predict, visualize or compress for {not_yet}")
     require(not cfg.use_trt and cfg.model_path is None, "model_path", cfg.model_path,
             f"no exported model (--model_path, --use_trt) for {not_yet}")
 
