@@ -3,9 +3,8 @@
     .venv/bin/python benchmarks/tucker3d.py [--size 128] [--base_filters 32] [--depth 4]
                                             [--rank_factor 0.3] [--rounds 5]
 
-The network is a same-padding 3-D U-Net of plain Keras layers (two Conv3D 3x3x3 + ReLU per level,
-MaxPooling3D 2, Conv3DTranspose 2 stride 2, concatenation, 1x1x1 head): the shape of the project's
-U-Net with Conv3D in place of Conv2D (the project's own 3-D builder replaces it once it is on main).
+The network is the project's 3-D U-Net (`build_unet(UNetSpec(dims=3, padding="same", ...))`: two Conv3D
+3x3x3 -> [BN] -> ReLU per level, MaxPooling3D 2, Conv3DTranspose 2 stride 2, concatenation, 1x1x1 head).
 `unet_medical.model.tucker.tucker_compress` replaces every 3x3x3 conv (and up-conv) whose MACs drop by
 1x1x1 -> 3x3x3 -> 1x1x1 at ranks ceil(channels x rank factor). Both models run a (1, S, S, S, 1)
 float32 volume through a tf.function, one call each per round (unet_medical.base.timing.time_alternating),
@@ -37,6 +36,7 @@ from unet_medical.base.cpu import describe, read_cpu_info  # noqa: E402
 from unet_medical.base.timing import time_alternating  # noqa: E402
 from unet_medical.model.complexity import total_macs, total_params  # noqa: E402
 from unet_medical.model.tucker import tucker_compress  # noqa: E402
+from unet_medical.model.unet import UNetSpec, build_unet  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,32 +44,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=128, help="volume side in voxels (S x S x S)")
     parser.add_argument("--base_filters", type=int, default=32)
     parser.add_argument("--depth", type=int, default=4, help="max-pooling steps")
+    parser.add_argument("--batch_norm", action="store_true", help="BatchNormalization after each conv")
     parser.add_argument("--rank_factor", type=float, default=0.3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one call per model each)")
     return parser.parse_args()
-
-
-def unet3d(base_filters: int, depth: int, n_classes: int = 2) -> keras.Model:
-    """Same-padding 3-D U-Net (any D, H, W divisible by 2**depth) -> (B, D, H, W, n_classes) logits."""
-    def double_conv(x: tf.Tensor, filters: int, name: str) -> tf.Tensor:
-        for i in (1, 2):
-            x = keras.layers.Conv3D(filters, 3, padding="same", activation="relu", name=f"{name}_conv{i}")(x)
-        return x
-
-    x = inputs = keras.Input((None, None, None, 1), name="volume")
-    skips = []
-    for level in range(1, depth + 1):
-        x = double_conv(x, base_filters * 2 ** (level - 1), f"enc{level}")
-        skips.append(x)
-        x = keras.layers.MaxPooling3D(2, name=f"enc{level}_pool")(x)
-    x = double_conv(x, base_filters * 2 ** depth, "bottleneck")
-    for level in range(depth, 0, -1):
-        filters = base_filters * 2 ** (level - 1)
-        x = keras.layers.Conv3DTranspose(filters, 2, strides=2, name=f"dec{level}_up")(x)
-        x = keras.layers.Concatenate(name=f"dec{level}_concat")([skips[level - 1], x])
-        x = double_conv(x, filters, f"dec{level}")
-    return keras.Model(inputs, keras.layers.Conv3D(n_classes, 1, name="head")(x), name="unet3d")
 
 
 def forward(model: keras.Model, volume: tf.Tensor):
@@ -83,9 +62,12 @@ def main() -> None:
     cpu = read_cpu_info()
     print(f"CPU: {describe(cpu)}, {cpu.logical_cores} logical cores")
     print(f"TensorFlow {tf.__version__}; volume 1x{args.size}x{args.size}x{args.size}x1 float32, "
-          f"base filters {args.base_filters}, depth {args.depth}, rank factor {args.rank_factor}")
+          f"3-D U-Net base filters {args.base_filters}, depth {args.depth}, batch norm {args.batch_norm}, "
+          f"rank factor {args.rank_factor}")
     keras.utils.set_random_seed(0)
-    model = unet3d(args.base_filters, args.depth)
+    # Dropout only acts in training: left out of a latency benchmark.
+    model = build_unet(UNetSpec(base_filters=args.base_filters, depth=args.depth, padding="same",
+                                batch_norm=args.batch_norm, dropout=0.0, dims=3))
     size = (args.size,) * 3
     start = time.perf_counter()
     compressed, report = tucker_compress(model, rank_factor=args.rank_factor, input_hw=size)
