@@ -72,6 +72,9 @@ def test_volume_export_refusals(model, patches, tmp_path):
         export_volume_model(model, tmp_path, "onnx", "fp32", patches[..., 0])
     with pytest.raises(UNetError, match="cubic"):
         export_volume_model(model, tmp_path, "tflite", "fp32", patches)
+    with pytest.raises(UNetError, match=r"'pool' \(MaxPooling3D\): TFLite has no builtin"):
+        export_volume_model(model, tmp_path, "tflite", "fp32", patches[:, :, :SIZE])
+    assert list(tmp_path.iterdir()) == []   # the staging folder is gone
     image = keras.Input((None, None, 1))
     flat = keras.Model(image, L.Conv2D(2, 1)(image))
     with pytest.raises(UNetError, match="volume export"):

@@ -205,8 +205,8 @@ def tflite_flatbuffer(function: Any, trackable: Any, precision: str, tiles: np.n
     Volume models (5-D input): TFLite's CONV_3D / CONV_3D_TRANSPOSE run in float only, so an int8 volume
     model keeps int8 activations between float 3-D convolutions (quantize/dequantize around each). TFLite
     has no builtin MaxPool3D (TF 2.21), and the TensorFlow wheel's interpreter has no Flex delegate to run
-    TF ops, so a model with MaxPooling3D is refused (UNetError naming the ops) rather than converted to a
-    file no runtime here can run.
+    TF ops, so a graph needing TF ops is refused (UNetError naming them; `check_tflite_layers` names the
+    layer earlier) rather than converted to a file no runtime here can run.
     """
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], trackable)
     if precision == "fp16":
@@ -251,11 +251,28 @@ def keras_to_tflite(model: Any, input_shape: Sequence[int], precision: str = "in
     if len(shape) not in (3, 4) or not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape):
         raise UNetError(f"input_shape={input_shape!r}: expected (height, width, channels) or (depth, height, "
                         "width, channels) positive integers")
+    check_tflite_layers(model)
     holder = tf.Module()
     holder.model = model
     holder.serve = tf.function(lambda images: model(images, training=False),
                                input_signature=[tf.TensorSpec((None, *map(int, shape)), tf.float32, name="images")])
     return tflite_flatbuffer(holder.serve.get_concrete_function(), holder, precision, qat=is_qat_model(model))
+
+
+# Layers TFLite has no builtin op for (TF 2.21); the pip TensorFlow's interpreter cannot run TF ops instead.
+_NO_TFLITE_BUILTIN = ("MaxPooling3D", "AveragePooling3D")
+
+
+def check_tflite_layers(model: Any) -> None:
+    """UNetError naming the first layer TFLite cannot run (a TF-MOT wrapper is looked through), before a
+    conversion that would fail with a converter message about the graph (for a QAT model: a quantization
+    scale constraint) instead of the layer."""
+    for layer in getattr(model, "layers", ()):
+        inner = getattr(layer, "layer", layer)
+        if type(inner).__name__ in _NO_TFLITE_BUILTIN:
+            raise UNetError(f"layer {layer.name!r} ({type(inner).__name__}): TFLite has no builtin op for it and this "
+                            "TensorFlow's interpreter cannot run TF ops (no Flex delegate): export this model as "
+                            "ONNX or OpenVINO")
 
 
 def is_qat_model(model: Any) -> bool:
@@ -328,6 +345,7 @@ def onnx_writer(request: WriteRequest) -> None:
 
 
 def tflite_writer(request: WriteRequest) -> None:
+    check_tflite_layers(request.model)
     write_tflite(request.module, request.path, request.precision, request.tile_size, request.tiles, request.progress,
                  qat=is_qat_model(request.model))
 
