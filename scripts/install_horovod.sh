@@ -45,6 +45,23 @@ for tool in cmake g++; do
 done
 "$PY" -c "import tensorflow" 2>/dev/null || { echo "install_horovod: install TensorFlow first (scripts/setup.sh)" >&2; exit 1; }
 
+# A built wheel is kept in a per-user cache keyed by everything the build depends on (Horovod, TensorFlow and
+# Python versions, GPU operations): a fresh checkout or venv on the same machine installs it in seconds
+# instead of compiling for minutes. A cached wheel that fails the probe is dropped and rebuilt.
+tf_version="$(TF_CPP_MIN_LOG_LEVEL=3 "$PY" -c "import tensorflow as tf; print(tf.__version__)" 2>/dev/null)"
+py_tag="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+cache="${UNET_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/unet-medical/horovod-$VERSION-tf$tf_version-$py_tag-${HOROVOD_GPU_OPERATIONS:-cpu}}"
+cached=$(ls "$cache"/horovod-*.whl 2>/dev/null | head -n 1 || true)
+if [ -n "$cached" ]; then
+  "$PY" -m pip install -q --no-deps --force-reinstall "$cached" && "$PY" -m pip install -q cloudpickle psutil pyyaml packaging
+  if probe; then
+    echo "install_horovod: horovod $VERSION installed from the cached build $cached"
+    exit 0
+  fi
+  echo "install_horovod: the cached build $cached does not import; rebuilding" >&2
+  rm -f "$cached"
+fi
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 start=$SECONDS
@@ -74,6 +91,8 @@ export HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1
 export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"
 # --no-build-isolation: setup.py must import the TensorFlow it compiles against (the installed one).
 # horovod's runtime dependencies (cloudpickle, psutil, pyyaml, packaging) come from the registry.
-"$PY" -m pip install -q --no-build-isolation --no-cache-dir "$src"
+"$PY" -m pip wheel -q --no-build-isolation --no-cache-dir --no-deps -w "$work/wheel" "$src"
+"$PY" -m pip install -q "$work"/wheel/horovod-*.whl
 probe || { echo "install_horovod: built, but 'import horovod.tensorflow' still fails" >&2; exit 1; }
+mkdir -p "$cache" && cp "$work"/wheel/horovod-*.whl "$cache/"
 echo "install_horovod: horovod $VERSION built and installed in $((SECONDS - start)) s"
