@@ -309,3 +309,18 @@ def test_install_script_in_a_fresh_venv(tmp_path):
                            capture_output=True, text=True, env=env, cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     assert (model_dir / "eval_results.json").is_file()
+
+    # The same venv as a user's: `pip install .` (the requirements are in already) and the console script,
+    # run outside the checkout so that the package comes from site-packages, not from the source tree.
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(REPO)],
+                             capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert install.returncode == 0, install.stderr[-3000:]
+    console = subprocess.run([str(venv / "bin" / "unet-medical"), "train", "--data_dir", str(data), "--model_dir",
+                              str(tmp_path / "run_console"), "--padding", "same", "--base_filters", "4", "--depth",
+                              "2", "--crop_size", "32", "--max_steps", "1", "--no-saved_model"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert console.returncode == 0, console.stderr[-3000:]
+    where = subprocess.run([str(python), "-c", "import unet_medical; print(unet_medical.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path).stdout.strip()
+    assert pathlib.Path(where).is_relative_to(venv), where
+    assert (tmp_path / "run_console" / "checkpoints" / "last.npz").is_file()
