@@ -37,7 +37,10 @@ def patches():
     return np.random.default_rng(0).uniform(size=(2, SIZE, 2 * SIZE, SIZE, 1)).astype(np.float32)
 
 
-@pytest.mark.parametrize("export_format, artefact", [("onnx", "model.onnx"), ("openvino", "openvino_fp32")])
+@pytest.mark.parametrize("export_format, artefact", [
+    ("onnx", "model.onnx"),
+    pytest.param("openvino", "openvino_fp32", marks=pytest.mark.slow),  # seconds: the fast subset stays under 2 min
+])
 def test_fp32_volume_export_agrees_with_keras(model, patches, tmp_path, export_format, artefact):
     entry = export_volume_model(model, tmp_path, export_format, "fp32", patches)
     parity = entry["parity"]

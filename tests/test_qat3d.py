@@ -57,6 +57,7 @@ def trained_qat(data):
     return model
 
 
+@pytest.mark.slow  # seconds of TensorFlow work: the fast subset stays under 2 minutes
 def test_conv3d_layers_get_the_conv_quantize_config(trained_qat):
     for name in ("quant_enc_conv", "quant_bottom_conv", "quant_upconv", "quant_head"):
         wrapped = trained_qat.get_layer(name)
@@ -82,6 +83,7 @@ def test_per_channel_kernel_quantizer_matches_numpy_on_a_5d_kernel():
     assert len(np.unique(np.round(quantized / step))) <= 255
 
 
+@pytest.mark.slow  # seconds of TensorFlow work: the fast subset stays under 2 minutes
 def test_tflite_int8_matches_keras_qat_3d(trained_qat, data, tmp_path):
     flatbuffer = keras_to_tflite(trained_qat, (SIZE, SIZE, SIZE, 1))
     path = tmp_path / "model.tflite"
@@ -99,6 +101,7 @@ def test_tflite_int8_matches_keras_qat_3d(trained_qat, data, tmp_path):
     assert np.int8 in {detail["dtype"] for detail in interpreter.get_tensor_details()}
 
 
+@pytest.mark.slow  # seconds of TensorFlow work: the fast subset stays under 2 minutes
 def test_qat3d_round_trips_h5(trained_qat, data, tmp_path):
     path = tmp_path / "qat3d.h5"
     save_qat_model(trained_qat, path)

@@ -251,7 +251,7 @@ def test_model_config_round_trip(trained_int_model, images):
     np.testing.assert_array_equal(rebuilt(images).numpy(), trained_int_model(images).numpy())
 
 
-@pytest.mark.parametrize("filename", ["model.h5", "saved_model"])
+@pytest.mark.parametrize("filename", ["model.h5", pytest.param("saved_model", marks=pytest.mark.slow)])  # (seconds)
 def test_full_model_round_trip(trained_int_model, images, tmp_path, filename):
     path = str(tmp_path / filename)
     trained_int_model.save(path)

@@ -137,7 +137,7 @@ def test_quantize_unet_swaps_3d_convs_and_splits_the_skip_concat(int_model):
     assert [(n, spec.signed) for n, spec in segments] == [(4, False), (4, True)]
 
 
-@pytest.mark.parametrize("filename", ["model.h5", "saved_model"])
+@pytest.mark.parametrize("filename", ["model.h5", pytest.param("saved_model", marks=pytest.mark.slow)])  # (seconds)
 def test_3d_model_round_trips_in_safe_mode(int_model, volumes, tmp_path, filename):
     path = str(tmp_path / filename)
     int_model.save(path)

@@ -182,6 +182,7 @@ def test_detection_falls_back_to_mirrored_without_horovod(tmp_path):
     assert forced.returncode == 1 and "install_horovod.sh" in forced.stderr
 
 
+@pytest.mark.slow  # seconds of TensorFlow work: the fast subset stays under 2 minutes
 def test_horovod_command_passes_extra_flags(machine):
     if not machine[0]:
         pytest.skip("horovod.tensorflow is not importable here")

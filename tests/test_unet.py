@@ -304,6 +304,7 @@ def test_savedmodel_round_trip(tmp_path):
 
 # ------------------------------------------------------------------ TF-MOT
 
+@pytest.mark.slow  # seconds of TensorFlow work: the fast subset stays under 2 minutes
 def test_tfmot_quantize_model_accepts_same_bn_variant():
     import tensorflow_model_optimization as tfmot
 
