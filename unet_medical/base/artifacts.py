@@ -134,17 +134,24 @@ def write_versioned_json(path: str | pathlib.Path, document: Mapping[str, Any]) 
     return write_json(path, {**document, SCHEMA_KEY: SCHEMA_VERSION})
 
 
-def read_versioned_json(path: str | pathlib.Path, kind: str) -> dict[str, Any]:
-    """The JSON object in `path`, a file of `kind` (MODEL_JSON, EVAL_RESULTS or EXPORT_JSON), migrated
-    to the current layout; "schema_version" is taken out (it describes the file, not its contents).
-    UNetError (one line naming the file) if it is unreadable, not an object, or of an unknown version."""
-    path = pathlib.Path(path)
+def read_json_object(path: pathlib.Path) -> dict[str, Any]:
+    """The JSON object in `path`; UNetError (one line naming the file) if it is not readable JSON or not
+    an object."""
     try:
         document = json.loads(path.read_text())
     except ValueError as exc:
         raise UNetError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(document, dict):
         raise UNetError(f"{path}: expected a JSON object, got {type(document).__name__}")
+    return document
+
+
+def read_versioned_json(path: str | pathlib.Path, kind: str) -> dict[str, Any]:
+    """The JSON object in `path`, a file of `kind` (MODEL_JSON, EVAL_RESULTS or EXPORT_JSON), migrated
+    to the current layout; "schema_version" is taken out (it describes the file, not its contents).
+    UNetError (one line naming the file) if it is unreadable, not an object, or of an unknown version."""
+    path = pathlib.Path(path)
+    document = read_json_object(path)
     version = document.pop(SCHEMA_KEY, 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise UNetError(f"{path}: {SCHEMA_KEY} {version!r} is not a version number")

@@ -18,13 +18,12 @@ command rewrites it, e.g. after an export. No TensorFlow: it runs in a second.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 from typing import Any, Mapping, Sequence
 
 from unet_medical.base.artifacts import (EVAL_RESULTS, EXPORT_JSON, FINGERPRINT, MODEL_JSON, OVERLAY_BEST,
-                                         OVERLAY_WORST, REPORT, read_versioned_json)
+                                         OVERLAY_WORST, REPORT, read_json_object, read_versioned_json)
 from unet_medical.base.errors import UNetError, run_cli
 from unet_medical.base.fileio import atomic_write_text
 from unet_medical.base import runlog
@@ -130,15 +129,7 @@ def read_json(path: pathlib.Path, kind: str | None = None) -> dict[str, Any]:
     file (`kind`: MODEL_JSON, EVAL_RESULTS, EXPORT_JSON) is read by base.artifacts, which migrates it."""
     if not path.is_file():
         return {}
-    if kind is not None:
-        return read_versioned_json(path, kind)
-    try:
-        value = json.loads(path.read_text())
-    except ValueError as exc:
-        raise UNetError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise UNetError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+    return read_versioned_json(path, kind) if kind is not None else read_json_object(path)
 
 
 # --- table rows (pure) ----------------------------------------------------------------------------
