@@ -20,8 +20,10 @@ WARMUP_FRACTION = 0.1  # ... at least this fraction of the budget spent ...
 STEADY_FRACTION = 0.05  # ... and this fraction in steady steps: the input pipeline's autotuning and the
 # machine's other jobs settle over seconds, not over 20 fast steps (0.020 s/step measured, 0.013 ran)
 LATEST_FRACTION = 0.5  # fix the total by then whatever was measured (a step slower than the budget)
-RECHECK_FRACTIONS = (0.5, 0.8)  # budget fractions where a fixed total is checked against the recent steps:
-# a job that starts on the same cores after the fix slows every later step (a 30 s budget ran 41 s in CI)
+# From half the budget on, a fixed total is checked every twentieth of the budget against the steps of the
+# last interval: a job that starts on the same cores after the fix slows every later step (a 30 s budget
+# ran 41 s in CI), and two checks at 50 % and 80 % still ran 42 s when the load kept rising after them.
+RECHECK_FRACTIONS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # 0.5, 0.55, ..., 0.95
 MIN_RECHECK_STEPS = 10  # steps timed since the last (re)fix before a recheck trusts their mean
 RECHECK_SLACK = 0.03  # ... and refixed when its projected end misses the budget by more than this fraction
 BUDGET_EVALUATIONS = 4  # evaluations of a budgeted run without --evaluate_every (the last one included)

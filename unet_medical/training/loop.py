@@ -333,8 +333,8 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
         progress.set_total(total)
 
     def recheck_total() -> bool:
-        """At RECHECK_FRACTIONS of the budget: refix the total from the steps since the last (re)fix if
-        the run would miss its budget; the schedule's decay start stays. True when it changed."""
+        """At RECHECK_FRACTIONS of the budget: refix the total from the steps since the last check if the
+        run would miss its budget; the schedule's decay start stays. True when it changed."""
         nonlocal total
         assert fixed_costs is not None and total is not None and budget_s is not None
         costs = dataclasses.replace(fixed_costs, step_s=sum(recent_s) / len(recent_s))
@@ -346,7 +346,6 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
                                                      refit, spent, budget_s))
         total = refit
         trainer.schedule.set_total(total, decay_start)
-        recent_s.clear()
         record_total()
         return True
 
@@ -368,7 +367,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
     dataset = trainer.batches(state.step, total if total is not None else state.step + budget.UNBOUNDED_STEPS)
     meter = budget.StepMeter()
     fixed_costs: budget.BudgetCosts | None = None  # set when this process fixes a budget's total
-    recent_s: list[float] = []  # step times since the last (re)fix, for the rechecks
+    recent_s: list[float] = []  # step times since the last fix or check, for the next check
     rechecks = [f * budget_s for f in budget.RECHECK_FRACTIONS] if budget_s is not None else []
     window_start, window_images, losses = time.perf_counter(), 0, []
     # k/N, rate and ETA on the chief: a bar on a terminal, and in the --log_every record below.
@@ -398,10 +397,12 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
                     progress.set_total(state.step + max(1, int(left / meter.seconds_per_step())))
             elif fixed_costs is not None:
                 recent_s.append(step_s)
-                if (rechecks and time.perf_counter() - started >= rechecks[0]
-                        and len(recent_s) >= budget.MIN_RECHECK_STEPS):
-                    del rechecks[0]
+                spent = time.perf_counter() - started
+                if rechecks and spent >= rechecks[0] and len(recent_s) >= budget.MIN_RECHECK_STEPS:
+                    while rechecks and spent >= rechecks[0]:  # (slow steps may have passed several)
+                        del rechecks[0]
                     fixed_now = recheck_total()
+                    recent_s.clear()  # the next check measures the next interval's steps alone
             if state.step % cfg.log_every == 0 or state.step == total:
                 elapsed = time.perf_counter() - window_start
                 # The schedule's current value; a distributed variable under tf.distribute, hence the tensor.
