@@ -113,10 +113,10 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
     Raises:
         UNetError: a 2-D-only format, a model or patches of the wrong rank, or a failed parity check.
     """
-    fmt = check_export_request(export_format, precision)
-    if export_format not in VOLUME_FORMATS:
+    if export_format not in VOLUME_FORMATS:  # before the format's own checks (TF-TRT's would name TensorRT)
         raise UNetError(f"--export_format={export_format} is not available for 3-D models "
                         f"(available: {', '.join(VOLUME_FORMATS)})")
+    fmt = check_export_request(export_format, precision)
     if fmt.serving_signatures and not hasattr(module, "signatures"):
         raise UNetError(f"--export_format={export_format} of a 3-D model needs its run's normalization and "
                         "patch (export.volume_serving.VolumeServingModule): export it from a run folder")
