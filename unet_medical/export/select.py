@@ -6,7 +6,8 @@ label agreement >= 99.5 %, >= 99 % for int8), times the ones that passed on one 
 through `unet_medical.base.timing.time_alternating` (A B C A B C ..., so load from other processes hits all alike),
 keeps the fastest by median latency and deletes the others. export.json records every candidate
 (parity, timing or the error that excluded it) under "selection", with the chosen file under
-"chosen"; `--model_path MODEL_DIR/export` then runs the chosen file.
+"chosen"; `--model_path MODEL_DIR/export` then runs the chosen file. `select_fastest` is the selection
+itself: a --dims 3 run's candidates (cli.volume_export) go through it too, timed on one patch.
 """
 from __future__ import annotations
 
