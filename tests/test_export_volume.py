@@ -43,7 +43,7 @@ def patches():
 ])
 def test_fp32_volume_export_agrees_with_keras(model, patches, tmp_path, export_format, artefact):
     entry = export_volume_model(model, tmp_path, export_format, "fp32", patches)
-    parity = entry["parity"]
+    parity = entry["parity"]["patches"]
     print(f"{export_format} fp32 vs Keras on {parity['pixels']} voxels: agreement {parity['label_agreement']:.5f}, "
           f"max probability difference {parity['max_abs_prob_diff']:.2e}")
     assert entry["file"] == artefact and (tmp_path / artefact).exists() and entry["size_bytes"] > 0
@@ -64,12 +64,15 @@ def test_int8_onnx_volume_export_passes_int8_parity(tmp_path):
     model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(volumes, labels, epochs=60, verbose=0)   # confident: 0.5 % of voxels below p = 0.6
     entry = export_volume_model(model, tmp_path, "onnx", "int8", volumes[:2], volumes[2:])
-    print(f"onnx int8 vs Keras: agreement {entry['parity']['label_agreement']:.5f}")
-    assert entry["parity"]["threshold"] == 0.99 and entry["parity"]["label_agreement"] >= 0.99
+    parity = entry["parity"]["patches"]
+    print(f"onnx int8 vs Keras: agreement {parity['label_agreement']:.5f}")
+    assert parity["threshold"] == 0.99 and parity["label_agreement"] >= 0.99
 
 
 def test_volume_export_refusals(model, patches, tmp_path):
     with pytest.raises(UNetError, match="not available for 3-D models"):
+        export_volume_model(model, tmp_path, "tftrt", "fp32", patches)
+    with pytest.raises(UNetError, match="savedmodel of a 3-D model needs its run's normalization and patch"):
         export_volume_model(model, tmp_path, "savedmodel", "fp32", patches)
     with pytest.raises(UNetError, match="parity_patches"):
         export_volume_model(model, tmp_path, "onnx", "fp32", patches[..., 0])

@@ -15,6 +15,7 @@ import numpy as np
 
 from unet_medical.data.layouts import SegmentationData, load_test_data, load_training_images
 from unet_medical.data.normalize import normalize_image
+from unet_medical.base.artifacts import load_run_record
 from unet_medical.base.errors import UNetError
 from unet_medical.inference.tiling import plan_tiles
 from unet_medical.inference.runtimes import EXPORT_JSON, load_exported
@@ -72,6 +73,12 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
     if cfg.model_path:
         raise UNetError(f"--model_path={cfg.model_path}: export reads model_dir's checkpoint "
                         "(--model_dir, --checkpoint); --model_path is for predict/evaluate/benchmark")
+    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
+    if load_run_record(cfg.model_dir).spec.get("dims") == 3:
+        from unet_medical.cli.volume_export import export_volume_run
+
+        entry, sample = export_volume_run(cfg, logger)
+        return finish_export(cfg, logger, entry, sample, "patch", "x".join(map(str, entry["patch_shape"])))
     pairs, fmt, precision = None, None, cfg.export_precision or "fp32"
     if cfg.export_format is None:
         from unet_medical.base.cpu import read_cpu_info
@@ -104,29 +111,40 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                           serving_tile_size=cfg.tile_size, image_dtype=info.image_dtype,
                           normalization=info.normalization, quantization=info.quantization_config,
                           input_scale=info.input_scale)
-    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
     extra = {"checkpoint": cfg.checkpoint, "step": info.step, "parity_images": [data.names[i] for i in parity_idx],
              "calibration_source": data.source, "normalization": info.normalization,
              "input_scale": info.input_scale}
     if pairs is not None:
         from unet_medical.export.select import export_fastest
 
-        entry = export_fastest(model, spec, info.class_names, export_dir, inputs, pairs, extra=extra)
+        entry = export_fastest(model, spec, info.class_names, export_dir, inputs, pairs, extra=extra, logger=logger)
+    else:
+        entry = export_model(model, spec, info.class_names, export_dir, cfg.export_format, precision,
+                             inputs, extra=extra, logger=logger)
+    tile = np.random.default_rng(0).random((1, plan.tile_size, plan.tile_size, spec.in_channels), dtype=np.float32)
+    return finish_export(cfg, logger, entry, tile, "tile_size", entry["parity_tile_size"])
+
+
+def finish_export(cfg: Any, logger: Any, entry: dict[str, Any], sample: np.ndarray, size_key: str,
+                  size: Any) -> dict[str, Any]:
+    """After the artefact(s) of an export are written (2-D or 3-D): log the default export's candidates and
+    rewrite the model card, or log one artefact's parity and time it on `sample` (a batch-1 tile or patch);
+    then the final EXPORT line. Returns the kept artefact's entry."""
+    export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
+    if cfg.export_format is None:
         selection = read_export_selection(export_dir / EXPORT_JSON)
         for candidate in selection["candidates"]:
             logger.log("EXPORT", {k: v for k, v in {**candidate, **candidate.get("latency", {})}.items()
                                   if isinstance(v, (int, float, str)) or v is None})
         write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON), selection)
     else:
-        entry = export_model(model, spec, info.class_names, export_dir, cfg.export_format, precision,
-                             inputs, extra=extra, logger=logger)
         for key, report in entry.get("parity", {}).items():
             logger.log("EXPORT", {"artifact": entry["file"], "check": key,
                                   "label_agreement": report["label_agreement"],
                                   "max_abs_prob_diff": report["max_abs_prob_diff"], "threshold": report["threshold"]})
-        entry = finish_artifact(cfg, entry, entry["parity_tile_size"], spec.in_channels)
+        entry = finish_artifact(cfg, entry, sample)
     logger.log("EXPORT", {"artifact": str(export_dir / entry["file"]), "format": entry["format"],
-                          "precision": entry["precision"], "tile_size": entry["parity_tile_size"],
+                          "precision": entry["precision"], size_key: size,
                           "size_bytes": entry["size_bytes"], "latency_ms_median": entry["latency"]["median_ms"],
                           "deploy": bool(entry.get("deploy"))})
     return entry
@@ -140,16 +158,22 @@ def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Pat
     --checkpoint and later modes inherit it (cli.lineage), evaluate/predict/export on the run all use
     the same checkpoint file; `--exec_mode predict` with the run's tile flags gives the same probabilities.
     The tile plan is the run's --tile_size / --max_tile_size / --tile_context; `serving_default`
-    takes `image_dtype` images (the training data's). Written beside and renamed into place, so a
-    crash never leaves a half-written SavedModel. Returns the path.
+    takes `image_dtype` images (the training data's). A --dims 3 run's takes raw volumes of `image_dtype`
+    (the training volumes' as read) and slides its training patch over them (export.volume_serving).
+    Written beside and renamed into place, so a crash never leaves a half-written SavedModel. Returns the path.
     """
     from unet_medical.cli.assemble import restore_model
 
     start = time.perf_counter()
     model, spec, info = restore_model(cfg.replace(model_path=None))
-    module = UNetServingModule(model, spec, cfg.tile_context, image_dtype, tile_size=cfg.tile_size,
-                               max_tile_size=cfg.max_tile_size, class_names=info.class_names,
-                               normalization=info.normalization, input_scale=info.input_scale)
+    if spec.dims == 3:  # raw volumes, the run's windows and Gaussian sliding window in the graph
+        from unet_medical.cli.volume_export import volume_serving_module
+
+        module = volume_serving_module(model, info, image_dtype)
+    else:
+        module = UNetServingModule(model, spec, cfg.tile_context, image_dtype, tile_size=cfg.tile_size,
+                                   max_tile_size=cfg.max_tile_size, class_names=info.class_names,
+                                   normalization=info.normalization, input_scale=info.input_scale)
     target = pathlib.Path(cfg.model_dir) / SAVED_MODEL
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{SAVED_MODEL}.", dir=cfg.model_dir))
     try:
@@ -167,12 +191,12 @@ def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Pat
 
 
 
-def finish_artifact(cfg: Any, entry: dict[str, Any], tile_size: int, channels: int) -> dict[str, Any]:
-    """Time the written artefact on one tile (utils.timing), record that in export.json, rewrite the model card."""
+def finish_artifact(cfg: Any, entry: dict[str, Any], sample: np.ndarray) -> dict[str, Any]:
+    """Time the written artefact on `sample` (a batch-1 tile or patch; base.timing), record that in
+    export.json, rewrite the model card."""
     export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
     exported = load_exported(export_dir / entry["file"])
-    tile = np.random.default_rng(0).random((1, tile_size, tile_size, channels), dtype=np.float32)
-    entry = {**entry, "latency": latency_summary_ms(time_steps(lambda i: exported(tile), 1, 5))}
+    entry = {**entry, "latency": latency_summary_ms(time_steps(lambda i: exported(sample), 1, 5))}
     record_artifact(export_dir, entry)
     write_model_card(cfg.model_dir, export_dir, read_export_json(export_dir / EXPORT_JSON),
                      read_export_selection(export_dir / EXPORT_JSON))

@@ -212,13 +212,12 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     if dist.is_chief:
         logger.flush()
         plot()
-    if cfg.saved_model and dist.is_chief and spec.dims == 3:
-        logger.log("PARAMETER", {"saved_model": "not written: the serving graph tiles 2D images; a 3D run "
-                                                 "predicts with --exec_mode predict (sliding windows)"})
-    elif cfg.saved_model and dist.is_chief:  # after the final checkpoint: every weight file is on disk
+    if cfg.saved_model and dist.is_chief:  # after the final checkpoint: every weight file is on disk
         from unet_medical.cli.export_mode import write_run_savedmodel
 
-        write_run_savedmodel(cfg, data.images[0].dtype, logger)
+        # A 3D run's SavedModel takes the volumes as read (its graph applies the window), not the uint16 items.
+        raw = data.volumes.cases[0].image.array.dtype if spec.dims == 3 else data.images[0].dtype
+        write_run_savedmodel(cfg, raw, logger)
     if dist.is_chief:
         write_run_report(cfg.model_dir, logger)
     return state.last_eval

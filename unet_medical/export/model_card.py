@@ -64,9 +64,11 @@ def _selection_lines(selection: dict[str, Any] | None) -> list[str]:
     """The default export's competition (export.json "selection"), as a Markdown section."""
     if not selection:
         return []
+    patch = selection.get("patch_shape")  # a 3-D run's candidates are timed on one patch
+    sample = f"{'x'.join(map(str, patch))}-voxel patch" if patch else f"{selection.get('tile_size')}-pixel tile"
     lines = ["## Deploy file", "",
              f"`--exec_mode export` without `--export_format` exported every candidate, checked each against the "
-             f"Keras model, timed the ones that passed on one {selection.get('tile_size')}-pixel tile at batch 1 "
+             f"Keras model, timed the ones that passed on one {sample} at batch 1 "
              f"({selection.get('rounds')} alternating rounds after {selection.get('warmup')} warm-up) and kept the "
              f"fastest: **`{selection.get('chosen')}`** (run it with `--model_path MODEL_DIR/export`, which "
              "resolves to it, or with its own path). The others were deleted.", "",
@@ -126,7 +128,8 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
         parity = entry.get("parity") or {}
         agreement = min((p.get("label_agreement", 1.0) for p in parity.values()), default=None)
         lat = (entry.get("latency") or {}).get("median_ms")
-        tile = entry.get("parity_tile_size") or entry.get("tile_size") or ""
+        tile = entry.get("parity_tile_size") or "x".join(map(str, entry.get("patch_shape") or [])) \
+            or entry.get("tile_size") or ""
         lines.append(f"| `{name}` | {entry.get('format')} | {entry.get('precision')} | "
                      f"{entry.get('size_bytes', 0) / 1e6:.3f} | {'' if agreement is None else f'{agreement:.4%}'} | "
                      f"{'' if lat is None else f'{lat:.1f}'} | {tile} |")

@@ -6,13 +6,15 @@ label agreement >= 99.5 %, >= 99 % for int8), times the ones that passed on one 
 through `unet_medical.base.timing.time_alternating` (A B C A B C ..., so load from other processes hits all alike),
 keeps the fastest by median latency and deletes the others. export.json records every candidate
 (parity, timing or the error that excluded it) under "selection", with the chosen file under
-"chosen"; `--model_path MODEL_DIR/export` then runs the chosen file.
+"chosen"; `--model_path MODEL_DIR/export` then runs the chosen file. `select_fastest` is the selection
+itself: a --dims 3 run's candidates (cli.volume_export) go through it too, timed on one patch.
 """
 from __future__ import annotations
 
 import importlib.util
 import pathlib
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -58,11 +60,33 @@ def timing_tile(inputs: ExportInputs, spec: UNetSpec) -> np.ndarray:
 def export_fastest(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | pathlib.Path,
                    inputs: ExportInputs, pairs: Sequence[tuple[str, str]], *, extra: dict[str, Any] | None = None,
                    warmup: int = SELECTION_WARMUP, rounds: int = SELECTION_ROUNDS,
-                   cpu: CpuInfo | None = None, check_parity: bool = True) -> dict[str, Any]:
+                   cpu: CpuInfo | None = None, check_parity: bool = True, logger: Any = None) -> dict[str, Any]:
     """Export every (format, precision) of `pairs`, keep the fastest that passed parity; return its entry.
 
     The entry carries "latency" (median/p90/max ms of the alternating runs); export.json gets the
     "selection" record described in the module docstring. UNetError if no candidate passed.
+    """
+    def export_one(fmt: str, precision: str) -> dict[str, Any]:
+        return export_model(model, spec, class_names, export_dir, fmt, precision, inputs, extra=extra,
+                            check_parity=check_parity)
+
+    return select_fastest(export_dir, pairs, export_one, timing_tile(inputs, spec), {"tile_size": inputs.tile_size},
+                          warmup=warmup, rounds=rounds, cpu=cpu, logger=logger)
+
+
+def select_fastest(export_dir: str | pathlib.Path, pairs: Sequence[tuple[str, str]],
+                   export_one: Callable[[str, str], dict[str, Any]], sample: np.ndarray, described: dict[str, Any],
+                   *, warmup: int = SELECTION_WARMUP, rounds: int = SELECTION_ROUNDS, cpu: CpuInfo | None = None,
+                   logger: Any = None) -> dict[str, Any]:
+    """The selection itself, for 2-D tiles and 3-D patches alike.
+
+    Args:
+        pairs: the (format, precision) candidates, exported in this order.
+        export_one: (format, precision) -> the artefact's export.json entry (recorded there), raising
+            UNetError when it cannot be written or fails parity (the candidate is then left out).
+        sample: the batch-1 input every passing candidate is timed on ((1, T, T, C) tile, (1, D, H, W, C) patch).
+        described: what `sample` is, for export.json's "selection" ({"tile_size": T} or {"patch_shape": [...]}).
+        logger: a runlog.Logger for one EXPORT progress line per candidate (None: silent).
     """
     from unet_medical.base.cpu import read_cpu_info
 
@@ -71,25 +95,28 @@ def export_fastest(model: Any, spec: UNetSpec, class_names: Sequence[str], expor
         record_selection(export_dir, None)
     records: list[dict[str, Any]] = []
     entries: dict[str, dict[str, Any]] = {}
-    for fmt, precision in pairs:
+    for number, (fmt, precision) in enumerate(pairs, 1):
         record = {"format": fmt, "precision": precision, "file": artifact_name(fmt, precision)}
+        start = time.perf_counter()
         try:
-            entry = export_model(model, spec, class_names, export_dir, fmt, precision, inputs, extra=extra,
-                                 check_parity=check_parity)
+            entry = export_one(fmt, precision)
         except UNetError as exc:  # failed parity or conversion: excluded, the others still compete
             records.append({**record, "status": "failed", "error": str(exc)})
-            continue
-        parity = entry.get("parity") or {}
-        record["label_agreement"] = min((r["label_agreement"] for r in parity.values()), default=None)
-        records.append({**record, "status": "exported"})
-        entries[record["file"]] = entry
+        else:
+            parity = entry.get("parity") or {}
+            record["label_agreement"] = min((r["label_agreement"] for r in parity.values()), default=None)
+            records.append({**record, "status": "exported"})
+            entries[record["file"]] = entry
+        if logger is not None:
+            logger.log("EXPORT", {"candidate": f"{number}/{len(pairs)}", "format": fmt, "precision": precision,
+                                  "status": records[-1]["status"], "label_agreement": record.get("label_agreement"),
+                                  "seconds": round(time.perf_counter() - start, 1)})
     if not entries:
         details = "; ".join(f"{r['format']} {r['precision']}: {r['error']}" for r in records)
         raise UNetError(f"default export: no candidate passed ({details})")
 
-    tile = timing_tile(inputs, spec)
     runners = {name: load_exported(export_dir / name) for name in entries}
-    times = time_alternating({name: (lambda r=runner: r(tile)) for name, runner in runners.items()}, warmup, rounds)
+    times = time_alternating({name: (lambda r=runner: r(sample)) for name, runner in runners.items()}, warmup, rounds)
     latency = {name: latency_summary_ms(seconds) for name, seconds in times.items()}
     chosen = min(latency, key=lambda name: latency[name]["median_ms"])
     del runners  # release the runtimes before deleting their files
@@ -103,6 +130,6 @@ def export_fastest(model: Any, spec: UNetSpec, class_names: Sequence[str], expor
     record_artifact(export_dir, entry)
     record_selection(export_dir, {
         "chosen": chosen, "rule": "fastest median latency among the candidates that passed parity",
-        "tile_size": inputs.tile_size, "batch": 1, "warmup": warmup, "rounds": rounds, "timing": "alternating",
+        **described, "batch": 1, "warmup": warmup, "rounds": rounds, "timing": "alternating",
         "cpu": describe(cpu or read_cpu_info()), "candidates": records})
     return entry

@@ -4,13 +4,15 @@ A volume artefact computes what a 2-D artefact's `tile` computes, one dimension 
 (B, D, H, W, C) -> {"probabilities": (B, D, H, W, K) softmax of the model's logits}. It is written by
 the registered writer of its format (unet_medical.inference.artifact_formats: onnx and openvino
 convert the ONNX of `VolumeModule.tile` with tf2onnx, dynamic batch and patch size; tflite a fixed
-cubic patch) and run by the registered loader, exactly as 2-D artefacts are. SavedModel and TF-TRT
-are 2-D only here (their serving signatures tile whole images in the graph).
+cubic patch; savedmodel the run's export.volume_serving.VolumeServingModule, whose serving signatures
+also normalize and slide windows over whole raw volumes) and run by the registered loader, exactly as
+2-D artefacts are. TF-TRT is 2-D only.
 
 Parity: the Keras model's softmax and the artefact's probabilities on the same whole patches must give
 the same argmax class on >= 99.5 % of voxels (>= 99 % for int8; export.parity.PARITY_THRESHOLDS),
-else the artefact is discarded (UNetError). Tiling whole volumes (sliding windows) and export.json
-entries for volume runs belong to the 3-D inference path, not to this module.
+else the artefact is discarded (UNetError). A SavedModel's serving signature is also checked on whole
+raw volumes against inference.sliding_window on the Keras model ("serving"). With `fields`, the entry
+is recorded in export.json as a 2-D export's is (export.formats.record_artifact, with schema_version).
 """
 from __future__ import annotations
 
@@ -25,13 +27,16 @@ import numpy as np
 import tensorflow as tf
 
 from unet_medical.base.errors import UNetError
-from unet_medical.export.formats import check_export_request
+from unet_medical.export.formats import check_export_request, record_artifact
 from unet_medical.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabilities
-from unet_medical.export.serving import TILE_INPUT
+from unet_medical.export.serving import TILE_INPUT, serving_signature_name
 from unet_medical.inference.artifact_formats import WriteRequest
 from unet_medical.inference.runtimes import PROBABILITIES
+from unet_medical.inference.sliding_window import centre_padding, sliding_window_predict, window_starts
+from unet_medical.inference.tiling import keras_predictor
 
-VOLUME_FORMATS = ("onnx", "openvino", "tflite")
+VOLUME_FORMATS = ("savedmodel", "onnx", "openvino", "tflite")
+ServingCase = tuple[np.ndarray, np.ndarray]  # (raw (I, J, K, C) volume, its normalized float32 (I, J, K, C))
 
 
 class VolumeModule(tf.Module):
@@ -81,7 +86,9 @@ def keras_probabilities(model: Any, patches: np.ndarray) -> list[np.ndarray]:
 def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format: str, precision: str,
                         parity_patches: Sequence[np.ndarray] | np.ndarray,
                         calibration_patches: Sequence[np.ndarray] | np.ndarray | None = None, *,
-                        check_parity: bool = True) -> dict[str, Any]:
+                        check_parity: bool = True, module: VolumeModule | None = None,
+                        serving_cases: Sequence[ServingCase] = (), fields: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:
     """Write one artefact of a volume model into `export_dir` and check its parity with Keras.
 
     Args:
@@ -92,18 +99,28 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
         calibration_patches: (M, D, H, W, C) float32 patches for int8 calibration (default: the parity
             patches).
         check_parity: compare the artefact with the Keras model (and discard it on failure).
+        module: the VolumeModule to export (default: VolumeModule(model)); savedmodel needs the run's
+            export.volume_serving.VolumeServingModule (its serving signatures).
+        serving_cases: (raw, normalized) whole volumes on which a SavedModel's serving signature must
+            agree with sliding_window_predict of the Keras model.
+        fields: extra export.json fields (spec, class names, checkpoint, ...); given, the entry is recorded
+            in export_dir/export.json.
 
     Returns:
-        {"format", "precision", "file", "patch_shape", "dims": 3, "parity": {...} or absent, "size_bytes"}.
+        {"format", "precision", "file", "patch_shape", "dims": 3, "parity": {"patches": {...}[, "serving":
+        {...}]} or absent, "size_bytes", **fields}.
 
     Raises:
         UNetError: a 2-D-only format, a model or patches of the wrong rank, or a failed parity check.
     """
-    fmt = check_export_request(export_format, precision)
-    if export_format not in VOLUME_FORMATS:
+    if export_format not in VOLUME_FORMATS:  # before the format's own checks (TF-TRT's would name TensorRT)
         raise UNetError(f"--export_format={export_format} is not available for 3-D models "
                         f"(available: {', '.join(VOLUME_FORMATS)})")
-    module = VolumeModule(model)
+    fmt = check_export_request(export_format, precision)
+    if fmt.serving_signatures and not hasattr(module, "signatures"):
+        raise UNetError(f"--export_format={export_format} of a 3-D model needs its run's normalization and "
+                        "patch (export.volume_serving.VolumeServingModule): export it from a run folder")
+    module = module if module is not None else VolumeModule(model)
     patches = _check_patches(parity_patches, "parity_patches", module.channels)
     patch_shape = tuple(int(n) for n in patches.shape[1:4])
     if fmt.fixed_tile and len(set(patch_shape)) != 1:
@@ -118,19 +135,25 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
     name = fmt.file_name(precision)
     entry: dict[str, Any] = {"format": export_format, "precision": precision, "file": name, "dims": 3,
                              "patch_shape": list(patch_shape),
-                             "tile_size": patch_shape[0] if fmt.fixed_tile else None}
+                             "tile_size": patch_shape[0] if fmt.fixed_tile else None,
+                             "input": f"{TILE_INPUT}: float32 (B, D, H, W, {module.channels}) normalized patches",
+                             "output": f"{PROBABILITIES}: float32 (B, D, H, W, K) softmax",
+                             "calibration_patches": 0 if tiles is None else len(tiles), **(fields or {})}
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=export_dir))
     try:
         staged = staging / name
         fmt.writer()(WriteRequest(model=model, module=module, spec=None, path=staged, precision=precision,
                                   tile_size=patch_shape[0], tiles=tiles))
         if check_parity:
-            report = volume_parity(model, fmt.loader()(staged, entry), patches, precision)
-            entry["parity"] = dataclasses.asdict(report)
-            if not report.passed:
-                raise UNetError(f"{export_format} {precision} export of 3-D model {model.name!r} failed the parity "
-                                f"check: {report.label_agreement:.4%} of voxels agree (need >= {report.threshold:.1%}), "
-                                f"max probability difference {report.max_abs_prob_diff:.3g}")
+            reports = {"patches": volume_parity(model, fmt.loader()(staged, entry), patches, precision)}
+            if fmt.serving_signatures and serving_cases:
+                reports["serving"] = serving_parity(model, module, staged, serving_cases)
+            entry["parity"] = {key: dataclasses.asdict(r) for key, r in reports.items()}
+            for key, report in reports.items():
+                if not report.passed:
+                    raise UNetError(f"{export_format} {precision} export of 3-D model {model.name!r} failed the "
+                                    f"parity check ({key}): {report.label_agreement:.4%} of voxels agree (need >= "
+                                    f"{report.threshold:.1%}), max probability difference {report.max_abs_prob_diff:.3g}")
         target = export_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -139,6 +162,8 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
                                else sum(p.stat().st_size for p in target.rglob("*") if p.is_file()))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if fields is not None:
+        record_artifact(export_dir, entry)
     return entry
 
 
@@ -147,3 +172,35 @@ def volume_parity(model: Any, predictor: Any, patches: np.ndarray, precision: st
     threshold = PARITY_THRESHOLDS.get(precision, PARITY_THRESHOLDS["fp32"])
     predicted = [np.asarray(predictor(p[None]), np.float32)[0] for p in patches]
     return compare_probabilities(keras_probabilities(model, patches), predicted, threshold)
+
+
+def serving_parity(model: Any, module: Any, path: pathlib.Path, cases: Sequence[ServingCase]) -> ParityReport:
+    """A SavedModel's serving signature on whole raw volumes vs sliding_window_predict of the Keras model on
+    the same volumes normalized by the project (module.patch and module.overlap, no mirroring)."""
+    loaded = tf.saved_model.load(str(path))
+    reference, served = [], []
+    for raw, normalized in cases:
+        reference.append(sliding_window_predict(keras_predictor(model), normalized, module.patch,
+                                                overlap=module.overlap))
+        name = serving_signature_name(raw.dtype)
+        if name not in loaded.signatures:  # a voxel type without a signature of its own: float64 holds its values
+            raw, name = raw.astype(np.float64), serving_signature_name(np.float64)
+        served.append(loaded.signatures[name](volumes=tf.constant(raw[None]))[PROBABILITIES].numpy()[0])
+    return compare_probabilities(reference, served, PARITY_THRESHOLDS["fp32"])
+
+
+def volume_patches(volumes: Sequence[np.ndarray], patch: Sequence[int], count: int, overlap: float = 0.5
+                   ) -> np.ndarray:
+    """(N <= count, P0, P1, P2, C) float32: whole patches as sliding-window inference cuts them (centred zero
+    padding, the windows of window_starts), spread evenly over every window of every volume (I, J, K, C)."""
+    windows = []
+    for volume in volumes:
+        pad = [tuple(int(n) for n in centre_padding(s, p)) for s, p in zip(volume.shape[:3], patch)]
+        padded = np.pad(np.asarray(volume, np.float32), pad + [(0, 0)])
+        starts = [window_starts(n, p, overlap) for n, p in zip(padded.shape[:3], patch)]
+        windows += [(padded, (a, b, c)) for a in starts[0] for b in starts[1] for c in starts[2]]
+    if not windows:
+        raise UNetError("no volume to cut export patches from")
+    chosen = np.unique(np.linspace(0, len(windows) - 1, min(count, len(windows))).round().astype(int))
+    return np.stack([padded[a:a + patch[0], b:b + patch[1], c:c + patch[2]]
+                     for padded, (a, b, c) in (windows[i] for i in chosen)])

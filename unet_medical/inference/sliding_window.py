@@ -12,7 +12,6 @@ functions here are pure NumPy around it.
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -40,17 +39,33 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = SIGMA_SCALE) 
     return np.maximum(weights, smallest).astype(np.float32)
 
 
+def axis_window_starts(length, patch: int, overlap: float, xp=np):
+    """First voxels of the windows along one axis of `length` >= patch voxels: the fewest windows whose
+    step is at most patch * (1 - overlap), spread evenly from 0 to length - patch (rounded half to even).
+
+    The one origin rule of NumPy inference and of the SavedModel's graph: `xp` is NumPy, or a namespace
+    of the same five names over TensorFlow ops (export.volume_serving.GRAPH_OPS) with `length` a tensor.
+    Returns int (n,) starts.
+    """
+    target = max(1.0, patch * (1.0 - overlap))
+    span = xp.asarray(length, xp.float64) - patch
+    count = xp.ceil(span / target) + 1.0  # span 0: one window at 0
+    step = span / xp.maximum(count - 1.0, 1.0)
+    return xp.asarray(xp.rint(step * xp.arange(count)), xp.int32)
+
+
+def centre_padding(length, patch: int, xp=np):
+    """(before, after) zero voxels that centre an axis shorter than the patch in it ((0, 0) otherwise);
+    like axis_window_starts, for NumPy ints or (with xp = GRAPH_OPS) tensors."""
+    missing = xp.maximum(patch - length, 0)
+    return missing // 2, missing - missing // 2
+
+
 def window_starts(length: int, patch: int, overlap: float) -> list[int]:
-    """First voxels of the windows along one axis of `length` voxels (length >= patch): the fewest
-    windows whose step is at most patch * (1 - overlap), spread evenly from 0 to length - patch."""
+    """axis_window_starts as a list, refusing an axis shorter than the patch (pad it first)."""
     if length < patch:
         raise UNetError(f"an axis of {length} voxels is shorter than the patch ({patch}); pad it first")
-    target = max(1.0, patch * (1.0 - overlap))
-    count = int(math.ceil((length - patch) / target)) + 1
-    if count == 1:
-        return [0]
-    step = (length - patch) / (count - 1)
-    return [int(round(step * i)) for i in range(count)]
+    return [int(s) for s in axis_window_starts(length, patch, overlap)]
 
 
 def sliding_window_predict(predict: PatchPredictor, volume: np.ndarray, patch: Sequence[int], *,
@@ -72,7 +87,7 @@ def sliding_window_predict(predict: PatchPredictor, volume: np.ndarray, patch: S
         raise UNetError(f"overlap must be in [0, 1), got {overlap!r}")
     patch = tuple(int(p) for p in patch)
     shape = volume.shape[:3]
-    pad = [(max(0, p - s) // 2, max(0, p - s) - max(0, p - s) // 2) for s, p in zip(shape, patch)]
+    pad = [tuple(int(n) for n in centre_padding(s, p)) for s, p in zip(shape, patch)]
     padded = np.pad(np.asarray(volume, np.float32), pad + [(0, 0)])
     starts = list(itertools.product(*(window_starts(n, p, overlap) for n, p in zip(padded.shape[:3], patch))))
     weights = gaussian_importance(patch) if gaussian else np.ones(patch, np.float32)

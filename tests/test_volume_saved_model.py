@@ -1,0 +1,220 @@
+"""The SavedModel of a 3-D run (export/volume_serving.py): the run's window normalization and the Gaussian
+sliding window in the graph equal the project's NumPy path (data.volume_slices + inference.sliding_window);
+the model loads and serves with TensorFlow alone, `unet_medical` not importable (docs/volumes.md's lines);
+and (slow) a --dims 3 run writes it at the end of training and exports through the one exporter."""
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import main
+from unet_medical.base.errors import UNetError
+from unet_medical.data.normalize import normalize_image
+from unet_medical.data.volume_slices import PERCENTILES, to_uint16
+from unet_medical.export.volume_serving import GRAPH_OPS, VolumeServingModule, percentiles_tf
+from unet_medical.inference.sliding_window import (axis_window_starts, centre_padding, gaussian_importance,
+                                                   sliding_window_predict, window_starts)
+from unet_medical.inference.tiling import keras_predictor
+from unet_medical.model.unet import UNetSpec, build_unet
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs" / "volumes.md"
+PATCH = (16, 8, 8)
+SHAPE = (37, 6, 11, 1)   # axis 0 not a multiple of the patch, axis 1 shorter than it (padded)
+CT_WINDOW = (-200.0, 300.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    tf.keras.utils.set_random_seed(0)
+    return build_unet(UNetSpec(n_classes=3, base_filters=4, depth=2, padding="same", dropout=0.0, dims=3))
+
+
+@pytest.fixture(scope="module")
+def volume() -> np.ndarray:
+    return np.random.default_rng(0).integers(-1000, 1500, SHAPE).astype(np.int16)  # CT-like, HU
+
+
+def numpy_path(model, volume: np.ndarray, window) -> np.ndarray:
+    """What predict does: case_image_uint16 (window or the case's percentiles), normalize_image, sliding windows."""
+    window = window or tuple(float(v) for v in np.percentile(volume[..., 0], PERCENTILES))
+    normalized = normalize_image(to_uint16(volume[..., 0], window)[..., None])
+    return sliding_window_predict(keras_predictor(model), normalized, PATCH, overlap=0.5)
+
+
+@pytest.mark.parametrize("length, patch, overlap", [(n, p, o) for n in (1, 5, 8, 16, 17, 37, 100)
+                                                    for p in (1, 6, 8, 16) for o in (0.0, 0.5, 0.75)])
+def test_graph_window_origins_and_padding_are_numpys(length, patch, overlap):
+    pad = centre_padding(tf.constant(length), patch, GRAPH_OPS)
+    assert tuple(int(t) for t in pad) == centre_padding(length, patch)
+    padded = length + sum(centre_padding(length, patch))
+    starts = axis_window_starts(tf.constant(padded), patch, overlap, GRAPH_OPS).numpy().tolist()
+    assert starts == window_starts(padded, patch, overlap)
+
+
+def test_graph_percentiles_are_numpys_linear_interpolation():
+    rng = np.random.default_rng(3)
+    for values in (rng.normal(size=(2, 1001)), rng.integers(-1024, 3000, (1, 777)).astype(np.float64),
+                   np.full((1, 5), 7.0), rng.normal(size=(1, 1))):
+        got = [t.numpy() for t in percentiles_tf(tf.constant(values), PERCENTILES)]
+        np.testing.assert_array_equal(np.stack(got), np.percentile(values, PERCENTILES, axis=-1))
+
+
+@pytest.mark.parametrize("window", [CT_WINDOW, None], ids=["ct_window", "case_percentiles"])
+def test_serving_graph_equals_numpy_sliding_window(model, volume, window):
+    module = VolumeServingModule(model, PATCH, (window,), image_dtype=np.int16)
+    np.testing.assert_array_equal(module.gaussian_importance.numpy(), gaussian_importance(PATCH))
+    expected = numpy_path(model, volume, window)
+    out = module.serve(tf.constant(volume[None]))
+    probabilities = out["probabilities"].numpy()[0]
+    print(f"{window}: max |p_graph - p_numpy| = {np.abs(probabilities - expected).max():.2e}")
+    assert probabilities.shape == SHAPE[:3] + (3,) and out["labels"].dtype == tf.uint8
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    np.testing.assert_array_equal(out["labels"].numpy()[0], expected.argmax(-1))
+
+
+def test_serving_module_refuses_a_wrong_record_in_one_line(model):
+    with pytest.raises(UNetError, match=r"^2 intensity windows for a model of 1 channel\(s\)$"):
+        VolumeServingModule(model, PATCH, (None, None))
+    with pytest.raises(UNetError, match="expected three positive voxel counts"):
+        VolumeServingModule(model, (16, 8), (None,))
+
+
+def docs_snippet() -> str:
+    """The five lines of docs/volumes.md that serve a NIfTI volume with the 3-D SavedModel."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    (snippet,) = [b for b in blocks if "tf.saved_model.load" in b and "nib.save" in b]
+    assert len(snippet.strip().splitlines()) == 5
+    return snippet
+
+
+# `python -I` in another folder, with `unet_medical` made unimportable (an installed editable copy
+# would otherwise be found): the docs' lines must run on TensorFlow, NumPy and nibabel alone.
+TF_ONLY_SCRIPT = '''
+import sys
+sys.modules["unet_medical"] = None  # any import of the project fails
+SNIPPET
+probabilities = out["probabilities"][0]
+tf.io.write_file("probabilities.out", tf.io.serialize_tensor(probabilities))
+weights = model.gaussian_importance.numpy()
+np.save("weights.npy", weights)
+print("CLASSES", ",".join(n.decode() for n in model.class_names.numpy()),
+      "PROJECT", sorted(m for m in sys.modules if m.startswith("unet_medical") and sys.modules[m] is not None))
+'''
+
+
+def serve_nifti_without_project(saved_model: pathlib.Path, volume: np.ndarray, workdir: pathlib.Path
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(labels read back from the written NIfTI, probabilities, Gaussian weights, stdout) of the docs' lines."""
+    import nibabel as nib
+
+    workdir.mkdir()
+    affine = np.array([[0.0, -0.9, 0.1, 12.0], [0.8, 0.0, 0.0, -30.0], [0.0, 0.1, 2.4, 5.5], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(volume[..., 0], affine), workdir / "scan_0000.nii.gz")
+    snippet = docs_snippet().replace('"RUN/saved_model"', repr(str(saved_model)))
+    script = TF_ONLY_SCRIPT.replace("SNIPPET\n", snippet)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = nib.load(workdir / "scan_labels.nii.gz")
+    assert np.allclose(written.affine, affine, atol=1e-5)
+    probabilities = tf.io.parse_tensor(tf.io.read_file(str(workdir / "probabilities.out")), tf.float32).numpy()
+    return np.asarray(written.dataobj), probabilities, np.load(workdir / "weights.npy"), proc.stdout
+
+
+@pytest.mark.slow  # saving traces six signatures (~10 s) and the subprocess loads TensorFlow
+def test_saved_model_serves_a_nifti_with_tensorflow_alone(model, volume, tmp_path):
+    module = VolumeServingModule(model, PATCH, (CT_WINDOW,), image_dtype=np.int16,
+                                 class_names=("background", "organ", "lesion"))
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures=module.signatures())
+    labels, probabilities, weights, stdout = serve_nifti_without_project(tmp_path / "saved_model", volume,
+                                                                       tmp_path / "elsewhere")
+    assert "CLASSES background,organ,lesion PROJECT []" in stdout
+    expected = numpy_path(model, volume, CT_WINDOW)
+    print(f"SavedModel alone vs NumPy sliding window: max |dp| = {np.abs(probabilities - expected).max():.2e}")
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    np.testing.assert_array_equal(labels, expected.argmax(-1))
+    np.testing.assert_array_equal(weights, gaussian_importance(PATCH))
+
+
+TINY_3D = ["--dims", "3", "--base_filters", "4", "--depth", "2", "--batch_size", "2", "--patch_size", "32,32,16",
+           "--num_folds", "3", "--max_steps", "2", "--log_every", "1"]
+
+
+@pytest.fixture(scope="module")
+def run3d(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """A tiny --dims 3 run (2 steps) on the synthetic CT set, its SavedModel written at the end of training."""
+    from unet_medical.data import synthetic_volumes as sv
+
+    root = tmp_path_factory.mktemp("run3d")
+    data, run = root / "ct", root / "run"
+    sv.write_volume_kind(data, "ct", 3, seed=0)
+    assert main.main(["--exec_mode", "train", "--data_dir", str(data), "--model_dir", str(run), *TINY_3D]) == 0
+    return {"data": data, "run": run}
+
+
+@pytest.mark.slow
+def test_a_3d_run_writes_its_saved_model_at_the_end_of_training(run3d):
+    from unet_medical.data.volume_training import case_inputs, load_volume_slices, windows_from_record
+
+    run = run3d["run"]
+    loaded = tf.saved_model.load(str(run / "saved_model"))
+    record = json.loads((run / "model.json").read_text())["volume"]
+    windows = windows_from_record(record["normalization"])
+    case = load_volume_slices(run3d["data"], dims="3", windows=windows).volumes.cases[2]
+    raw = case.image.array  # the volume as read, (I, J, K, 1)
+    serving = loaded.signatures["serving_default"]
+    assert serving.structured_input_signature[1]["volumes"].dtype == raw.dtype
+    served = serving(volumes=tf.constant(raw[None]))["probabilities"].numpy()[0]
+    tile = loaded.signatures["tile"]  # the run's network alone: the NumPy path around it is the reference
+    expected = sliding_window_predict(lambda x: tile(tiles=tf.constant(x))["probabilities"].numpy(),
+                                      normalize_image(case_inputs(case.image, record)[0]), (32, 32, 16))
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_3d_run_exports_one_format_into_export_json_and_refuses_tflite(run3d, capsys):
+    from unet_medical.base.artifacts import SCHEMA_KEY, SCHEMA_VERSION
+
+    run = run3d["run"]
+    export = ["--exec_mode", "export", "--model_dir", str(run), "--data_dir", str(run3d["data"])]
+    assert main.main([*export, "--export_format", "onnx"]) == 0
+    document = json.loads((run / "export" / "export.json").read_text())
+    entry = document["artifacts"]["model.onnx"]
+    assert document[SCHEMA_KEY] == SCHEMA_VERSION and entry["dims"] == 3 and entry["patch_shape"] == [32, 32, 16]
+    assert entry["parity"]["patches"]["label_agreement"] == 1.0 and entry["latency"]["median_ms"] > 0
+    assert entry["spec"]["dims"] == 3 and entry["class_names"] == ["background", "organ", "lesion"]
+    held_out = json.loads((run / "model.json").read_text())["volume"]["validation_cases"]
+    assert entry["parity_cases"] == held_out and (run / "export" / "MODEL_CARD.md").is_file()
+    capsys.readouterr()
+    assert main.main([*export, "--export_format", "tflite"]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if "TFLite" in line]
+    assert len(error) == 1 and "(MaxPooling3D): TFLite has no builtin op" in error[0], error
+
+
+@pytest.mark.slow
+def test_the_default_export_of_a_3d_run_keeps_the_fastest_candidate(run3d):
+    run = run3d["run"]
+    assert main.main(["--exec_mode", "export", "--model_dir", str(run), "--data_dir", str(run3d["data"])]) == 0
+    document = json.loads((run / "export" / "export.json").read_text())
+    selection = document["selection"]
+    candidates = {(c["format"], c["precision"]): c for c in selection["candidates"]}
+    print({k: (c["status"], (c.get("latency") or {}).get("median_ms"), c.get("error", "")[:80])
+           for k, c in candidates.items()})
+    assert selection["patch_shape"] == [32, 32, 16] and ("tflite", "int8") not in candidates
+    assert candidates[("savedmodel", "fp32")]["status"] == "timed"
+    chosen = document["artifacts"][selection["chosen"]]
+    assert chosen["deploy"] and chosen["dims"] == 3 and (run / "export" / selection["chosen"]).exists()
+    log = [json.loads(line[len("DLLL "):])["data"] for line in (run / "log.json").read_text().splitlines()
+           if line.startswith("DLLL ") and '"EXPORT"' in line]
+    progress = [d for d in log if "/" in str(d.get("candidate", ""))]
+    assert len(progress) == len(candidates) and progress[-1]["candidate"] == f"{len(candidates)}/{len(candidates)}"
+    assert any(d.get("status") == "left out" and d["candidate"] == "tflite int8" for d in log)

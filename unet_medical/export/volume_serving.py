@@ -1,0 +1,178 @@
+"""The SavedModel of a 3-D run: raw volumes of any size -> probabilities and labels, all in the graph.
+
+`VolumeServingModule.serve` (the signatures `serving_default` and `serving_<dtype>`) is `--exec_mode
+predict` of a --dims 3 run inside one graph, so `tf.saved_model.load` alone segments a NIfTI volume:
+
+    1. normalization as data.volume_slices.case_image_uint16 then data.normalize.normalize_image do it:
+       per channel a window [lo, hi] (the run's CT window in HU, or the case's own 0.5 / 99.5 percentiles,
+       NumPy's linear interpolation), values clipped to it, mapped to 0..65535 and rounded as the uint16
+       training images were, then / 65535; computed in float64 like NumPy, so the result is the same;
+    2. the sliding window of inference.sliding_window.sliding_window_predict: an axis shorter than the
+       patch is zero-padded to it (centred, `centre_padding`), windows start where `axis_window_starts`
+       puts them (the same function, run on tensors), one window per iteration of a `tf.while_loop`
+       (memory: the volume's accumulators plus one window's activations), each window's softmax weighted
+       by `gaussian_importance` (NumPy's array, stored as the variable `gaussian_importance`) and added into
+       the running sums in NumPy's window order, then divided by the summed weights and cropped back.
+
+Inputs: `volumes` (B, I, J, K, C) of one of SERVING_VOLUME_DTYPES; outputs `probabilities` (B, I, J, K, n)
+float32 and `labels` (B, I, J, K) uint8. No test-time mirroring in the graph (predict's --tta).
+`tile` (float32 patches -> probabilities) is export.volume.VolumeModule's, for the runtimes.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from unet_medical.base.errors import UNetError
+from unet_medical.data.volume_slices import PERCENTILES, Window
+from unet_medical.export.serving import LABELS, SERVING_SIGNATURE, serving_signature_name
+from unet_medical.export.volume import VolumeModule
+from unet_medical.inference.runtimes import PROBABILITIES
+from unet_medical.inference.sliding_window import SIGMA_SCALE, axis_window_starts, centre_padding, gaussian_importance
+
+VOLUME_INPUT = "volumes"
+# NIfTI's common voxel types: a signature each, so a volume is served in the dtype it was stored in.
+SERVING_VOLUME_DTYPES = tuple(np.dtype(d) for d in (np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64))
+UINT16_MAX = 65535.0
+
+
+class _GraphOps:
+    """The five NumPy names axis_window_starts / centre_padding use, as TensorFlow ops (rint: half to even,
+    as np.rint), so the graph computes window origins with the very function NumPy inference uses."""
+
+    float64, int32 = tf.float64, tf.int32
+    ceil, maximum, rint, arange = staticmethod(tf.math.ceil), staticmethod(tf.maximum), staticmethod(tf.math.rint), \
+        staticmethod(tf.range)
+
+    @staticmethod
+    def asarray(x: Any, dtype: tf.DType) -> tf.Tensor:
+        return tf.cast(x, dtype)
+
+
+GRAPH_OPS = _GraphOps()
+
+
+def percentiles_tf(values: tf.Tensor, quantiles: Sequence[float]) -> list[tf.Tensor]:
+    """np.percentile(values, q, axis=-1) (method "linear") of float64 (..., N) values, one (...) tensor per
+    q, with NumPy's virtual index (N - 1) * q / 100 and its two-sided interpolation (numpy _lerp)."""
+    ordered = tf.sort(values, axis=-1)
+    n = tf.shape(values)[-1]
+    out = []
+    for q in quantiles:
+        index = tf.cast(n - 1, tf.float64) * (q / 100.0)
+        below = tf.floor(index)
+        gamma = index - below
+        lower = tf.gather(ordered, tf.cast(below, tf.int32), axis=-1)
+        upper = tf.gather(ordered, tf.minimum(tf.cast(below, tf.int32) + 1, n - 1), axis=-1)
+        diff = upper - lower
+        out.append(tf.where(gamma >= 0.5, upper - diff * (1.0 - gamma), lower + diff * gamma))
+    return out
+
+
+def window_to_unit(values: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tf.Tensor:
+    """float64 values -> float32 in [0, 1] as to_uint16 (clip, map [lo, hi] to 0..65535, round half to even;
+    a flat window gives 0) followed by normalize_image's uint16 / 65535. lo, hi broadcast against values."""
+    scale = UINT16_MAX / tf.where(hi > lo, hi - lo, 1.0)
+    levels = tf.where(hi > lo, tf.math.rint((tf.clip_by_value(values, lo, hi) - lo) * scale), 0.0)
+    return tf.cast(levels, tf.float32) / tf.constant(UINT16_MAX, tf.float32)
+
+
+class VolumeServingModule(VolumeModule):
+    """A 3-D U-Net with its run's normalization and sliding window (module docstring).
+
+    Args:
+        model: tf_keras model (B, D, H, W, C) float32 in [0, 1] -> (B, D, H, W, n) logits.
+        patch: (P0, P1, P2) sliding window in voxels (the run's training patch).
+        windows: per channel, the CT window (lo, hi) in the image's units, or None for the case's own
+            0.5 / 99.5 percentiles (data.volume_training.windows_from_record).
+        image_dtype: dtype of `serving_default` (the training volumes'; float32 if not a NIfTI type here).
+        overlap: fraction of a window shared with its neighbour per axis (predict's 0.5).
+        class_names: stored as the string variable `class_names`.
+    """
+
+    def __init__(self, model: Any, patch: Sequence[int], windows: Sequence[Window | None], *,
+                 image_dtype: Any = np.float32, overlap: float = 0.5, class_names: Sequence[str] | None = None):
+        super().__init__(model)
+        self.patch = tuple(int(p) for p in patch)
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise UNetError(f"patch {patch!r}: expected three positive voxel counts")
+        if len(windows) != self.channels:
+            raise UNetError(f"{len(windows)} intensity windows for a model of {self.channels} channel(s)")
+        if not 0.0 <= overlap < 1.0:
+            raise UNetError(f"overlap must be in [0, 1), got {overlap!r}")
+        self.windows, self.overlap = tuple(windows), float(overlap)
+        dtype = np.dtype(image_dtype)
+        self.image_dtype = dtype if dtype in SERVING_VOLUME_DTYPES else np.dtype(np.float32)
+        self.n_classes = int(model.outputs[0].shape[-1])
+        self._label_dtype = tf.uint8 if self.n_classes <= 256 else tf.int32
+        self.gaussian_importance = tf.Variable(gaussian_importance(self.patch, SIGMA_SCALE), trainable=False,
+                                               name="gaussian_importance")
+        if class_names is not None:
+            self.class_names = tf.Variable(list(class_names), trainable=False, name="class_names")
+        # One traced sliding-window graph, called by every dtype's signature (nested functions are saved once).
+        self.windowed = tf.function(self.sliding_window_probabilities, input_signature=[
+            tf.TensorSpec((None, None, None, None, self.channels), tf.float32, name=VOLUME_INPUT)])
+        self.serve = tf.function(self._serve)
+
+    def normalize(self, volumes: tf.Tensor) -> tf.Tensor:
+        """(B, I, J, K, C) raw volumes -> float32 in [0, 1] per channel by the run's windows (module docstring)."""
+        x = tf.cast(volumes, tf.float64)
+        channels = []
+        for c, window in enumerate(self.windows):
+            values = x[..., c]
+            if window is None:  # this case's own percentiles, per volume of the batch
+                lo, hi = percentiles_tf(tf.reshape(values, [tf.shape(values)[0], -1]), PERCENTILES)
+                lo, hi = lo[:, None, None, None], hi[:, None, None, None]
+            else:
+                lo, hi = tf.constant(window[0], tf.float64), tf.constant(window[1], tf.float64)
+            channels.append(window_to_unit(values, lo, hi))
+        return tf.stack(channels, axis=-1)
+
+    def sliding_window_probabilities(self, x: tf.Tensor) -> tf.Tensor:
+        """(B, I, J, K, n) float32 probabilities of normalized (B, I, J, K, C) float32 volumes."""
+        shape = tf.shape(x)
+        pads = [centre_padding(shape[1 + a], self.patch[a], GRAPH_OPS) for a in range(3)]
+        padded = tf.pad(x, [[0, 0], *[[before, after] for before, after in pads], [0, 0]])
+        padded_shape = tf.shape(padded)
+        starts = [axis_window_starts(padded_shape[1 + a], self.patch[a], self.overlap, GRAPH_OPS) for a in range(3)]
+        # itertools.product order (axis 0 slowest), NumPy's: the float32 sums then add in the same order.
+        origins = tf.reshape(tf.stack(tf.meshgrid(*starts, indexing="ij"), axis=-1), [-1, 3])
+        grid = np.stack(np.meshgrid(*[np.arange(p) for p in self.patch], indexing="ij"), axis=-1).astype(np.int32)
+        offsets = tf.constant(grid)  # (P0, P1, P2, 3): a window's voxels relative to its origin
+        weights = tf.convert_to_tensor(self.gaussian_importance)
+        batch = padded_shape[0]
+        # Voxel axes first, so one scatter of (P0, P1, P2, B, n) updates adds a whole window for every volume.
+        total = tf.zeros(tf.concat([padded_shape[1:4], [batch, self.n_classes]], 0), tf.float32)
+        weight_sum = tf.zeros(padded_shape[1:4], tf.float32)
+
+        def add_window(i: tf.Tensor, total: tf.Tensor, weight_sum: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            origin = origins[i]
+            window = tf.slice(padded, tf.concat([[0], origin, [0]], 0), [-1, *self.patch, self.channels])
+            probs = self.tile(window)[PROBABILITIES] * weights[None, ..., None]  # (B, P0, P1, P2, n)
+            indices = offsets + origin
+            total = tf.tensor_scatter_nd_add(total, indices, tf.transpose(probs, [1, 2, 3, 0, 4]))
+            return i + 1, total, tf.tensor_scatter_nd_add(weight_sum, indices, weights)
+
+        _, total, weight_sum = tf.while_loop(lambda i, *_: i < tf.shape(origins)[0], add_window,
+                                             (tf.constant(0), total, weight_sum), parallel_iterations=1)
+        result = tf.transpose(total / weight_sum[..., None, None], [3, 0, 1, 2, 4])
+        result = result[:, pads[0][0]:pads[0][0] + shape[1], pads[1][0]:pads[1][0] + shape[2],
+                        pads[2][0]:pads[2][0] + shape[3]]
+        return tf.ensure_shape(result, [None, None, None, None, self.n_classes])
+
+    def _serve(self, volumes: tf.Tensor) -> dict[str, tf.Tensor]:
+        probs = self.windowed(self.normalize(volumes))
+        return {PROBABILITIES: probs, LABELS: tf.cast(tf.argmax(probs, axis=-1), self._label_dtype)}
+
+    def serving_function(self, dtype: Any) -> Any:
+        """Concrete `serve` for (None, None, None, None, C) volumes of `dtype`."""
+        spec = tf.TensorSpec((None, None, None, None, self.channels), tf.as_dtype(np.dtype(dtype)), name=VOLUME_INPUT)
+        return self.serve.get_concrete_function(spec)
+
+    def signatures(self) -> dict[str, Any]:
+        """serving_default (the training volumes' dtype), serving_<dtype> for each NIfTI dtype, and tile."""
+        functions = {serving_signature_name(d): self.serving_function(d) for d in SERVING_VOLUME_DTYPES}
+        return {SERVING_SIGNATURE: functions[serving_signature_name(self.image_dtype)], **functions,
+                "tile": self.tile.get_concrete_function()}
