@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import tifffile
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from PIL import Image
 
 from unet_medical.data.readers import as_image, as_mask, read_image_file, read_stack, to_class_ids
@@ -68,8 +68,19 @@ def damaged_files(draw):
     return kind, bytes(data)
 
 
+# Found by this test: a strip offset past the end makes tifffile log a failed decode and return no pixels.
+EMPTY_STRIP_TIFF = bytes.fromhex(
+    "49492a00080000000e0000010400010000000100000001010400010000000100000002010300010000000801000003010300"
+    "01000000010000000601030001000000010000000e01020012000000b6000000110104000100000000010000150103000100"
+    "0000010000001601040001000000010000001701040001000000010000001a01050001000000d80000001b01050001000000"
+    "e0000000280103000100000001000000310102000c000000e8000000000000007b227368617065223a205b312c20315d7d00"
+    "00000000000000000000000000000000010000000100000001000000010000007469666666696c652e707900000000000000"
+    "00000000000000")
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=damaged_files())
+@example(case=("tif", EMPTY_STRIP_TIFF))
 def test_damaged_files_raise_only_unet_error(tmp_path, case):
     kind, data = case
     path = tmp_path / f"image.{kind}"

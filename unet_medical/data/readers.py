@@ -181,6 +181,8 @@ def _read_tiff(path: pathlib.Path) -> np.ndarray | None:
                             f"({type(exc).__name__}: {exc})") from exc
     if problems:
         raise UNetError(f"{path}: damaged or truncated TIFF ({problems[0]})")
+    if array.size == 0:  # tifffile logs a failed decode and hands back an empty array instead of raising
+        raise UNetError(f"{path}: damaged or truncated TIFF, no pixels could be decoded (shape {array.shape})")
     return _tiff_to_stack(array, axes, path)
 
 
