@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import resource
 import sys
 import time
 
@@ -25,13 +24,10 @@ import unet_medical  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from unet_medical.base.cpu import peak_memory_mb as peak_rss_mb  # noqa: E402
 from unet_medical.model.unet import UNetSpec, build_unet  # noqa: E402
 from unet_medical.inference.sliding_window import sliding_window_predict, window_starts  # noqa: E402
 from unet_medical.inference.tiling import keras_predictor, plan_tiles, tile_starts, tiled_predict  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def main() -> None:

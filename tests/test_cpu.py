@@ -249,3 +249,22 @@ def test_bfloat16_peak_bounds_an_amx_run_that_beats_the_fp32_peak():
     assert report["fp32_peak_gflops"] == pytest.approx(268.8)
     assert report["fraction_of_peak"] == pytest.approx(444.0 / 8601.6)
     assert report["sgemm_fraction_of_peak"] == pytest.approx(100.0 / 268.8)
+
+
+def test_peak_memory_counts_what_the_process_touched():
+    """peak_memory_mb is the high-water mark: it rises by about the size of a freshly touched buffer and
+    does not fall when the buffer is freed. In a fresh interpreter: a test worker's earlier peak would
+    hide the rise."""
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\n"
+              "from unet_medical.base.cpu import peak_memory_mb\n"
+              "before = peak_memory_mb()\n"
+              "buffer = np.ones(400 * 2**20 // 8)  # 400 MiB of float64, every page written\n"
+              "during = peak_memory_mb()\n"
+              "del buffer\n"
+              "print(before, during, peak_memory_mb())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    before, during, after = map(float, out.split())
+    assert 380 <= during - before <= 480 and after == during

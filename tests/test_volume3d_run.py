@@ -130,6 +130,10 @@ def test_synthetic_ct_trains_evaluates_and_predicts_in_3d(tmp_path):
     assert model["spec"]["dims"] == 3 and model["volume"]["patch_size"] == [32, 32, 16]
     log = (run / "log.json").read_text()
     assert '"flag": "foreground_sampling"' in log and '"patch_size": "32,32,16"' in log
+    records = [json.loads(line[5:]) for line in log.splitlines()]
+    for step in ("TRAINING", "PREDICT"):  # a 3-D run states its peak memory
+        (record,) = [r["data"] for r in records if r["step"] == step]
+        assert record["peak_memory_mb"] > 100
     for case in ("case_003", "case_006"):
         source = nib.load(data / "imagesTs" / f"{case}_0000.nii.gz")
         out = nib.load(run / "predictions" / "001" / f"{case}.nii.gz")

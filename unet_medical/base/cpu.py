@@ -478,3 +478,10 @@ def choose_precision(requested: str, cpu: CpuInfo, gpus: list[dict] | int) -> tu
     if cpu_bf16:
         return "mixed_bfloat16", f"CPU has {cpu_bf16_names}: oneDNN runs bfloat16 natively, no loss scaling needed"
     return "float32", "CPU has no AVX512_BF16/AMX: bfloat16 would be emulated and slower"
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far, in MiB (getrusage ru_maxrss: KiB on Linux)."""
+    import resource  # POSIX only; imported here so that the module stays importable elsewhere
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from unet_medical.base import runlog
-from unet_medical.base.cpu import describe, read_cpu_info
+from unet_medical.base.cpu import describe, peak_memory_mb, read_cpu_info
 from unet_medical.model.complexity import total_macs, total_params
 from unet_medical.model.unet import UNetSpec
 from unet_medical.training import distributed
@@ -208,7 +208,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
                   on_total_fixed=lambda total, every: record_budget_total(cfg, total, every))
     # Wall time of this session's train() (evaluations included); a resumed run logs one per session.
     logger.log("TRAINING", {"step": state.step, "seconds": round(time.perf_counter() - started, 3),
-                            "batch_size": cfg.batch_size, "replicas": dist.size})
+                            "batch_size": cfg.batch_size, "replicas": dist.size, "peak_memory_mb": peak_memory_mb()})
     if dist.is_chief:
         logger.flush()
         plot()
@@ -331,7 +331,7 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
             writer.add(name, p, image)
     written = writer.written
     logger.log("PREDICT", {"images": len(images), "output": str(written[0]), "masks": str(written[1]),
-                           "step": info.step})
+                           "step": info.step, "peak_memory_mb": peak_memory_mb()})
     return written
 
 

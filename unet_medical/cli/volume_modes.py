@@ -23,6 +23,7 @@ import numpy as np
 from unet_medical.base import runlog
 from unet_medical.base.artifacts import (EVAL_RESULTS, PREDICTIONS, RunRecord, load_run_record, write_eval_results,
                                          write_json)
+from unet_medical.base.cpu import peak_memory_mb
 from unet_medical.base.errors import UNetError
 from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance
 from unet_medical.cli.assemble import restore_model
@@ -242,5 +243,5 @@ def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: 
         written.append(write_nifti(labels, image, out / f"{name}.nii.gz"))
         seconds.append(time.perf_counter() - start)
     logger.log("PREDICT", {"cases": len(written), "output": str(out), "seconds_per_case": round(float(np.mean(seconds)), 3),
-                           "dims": record["dims"], "step": info.step})
+                           "dims": record["dims"], "step": info.step, "peak_memory_mb": peak_memory_mb()})
     return written
