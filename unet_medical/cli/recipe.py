@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -35,15 +35,41 @@ FINGERPRINT_FILE = FINGERPRINT
 RECIPE_FLAGS = ("normalization", "input_scale", "crop_size", "foreground_sampling", "class_weights")
 
 
+def recorded_recipe(cfg: Config, path: pathlib.Path) -> tuple[dict[str, Any], list[Choice]] | None:
+    """The fingerprint and choices a resumed run recorded in `path` when it started; None for a new run."""
+    if not (cfg.resume_training and path.is_file()):
+        return None
+    recorded = json.loads(path.read_text())
+    return recorded["fingerprint"], [Choice(c["flag"], c["value"], "recorded when this run started")
+                                     for c in recorded["choices"]]
+
+
+def apply_choices(cfg: Config, choices: list[Choice], class_names: Sequence[str], logger: Any,
+                  record_path: pathlib.Path | None, record: dict[str, Any]) -> Config:
+    """cfg with the recipe's choices: each logged as a RECIPE line, --class_weights checked against the
+    classes, and (record_path given: a new run's chief) `record` plus the choices saved there."""
+    for choice in choices:
+        logger.log("RECIPE", {"flag": choice.flag, "value": choice.value, "reason": choice.reason})
+    cfg = cfg.replace(**{c.flag: c.value for c in choices})
+    if cfg.class_weights not in ("none", "auto"):
+        try:
+            parse_class_weights(cfg.class_weights, len(class_names))
+        except ValueError as exc:
+            raise UNetError(f"--class_weights={cfg.class_weights}: {exc} (classes: {', '.join(class_names)})")
+    if record_path is not None:
+        write_json(record_path, {**record, "choices": [{"flag": c.flag, "value": c.value, "reason": c.reason}
+                                                       for c in choices]})
+    return cfg
+
+
 def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, padding: str, depth: int | None,
                    logger: Any, is_chief: bool) -> Config:
     """cfg with normalization, input_scale, depth, crop_size, foreground_sampling and class_weights decided
     (flags win; `depth` None lets the recipe choose it)."""
     path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
-    if cfg.resume_training and path.is_file():
-        recorded = json.loads(path.read_text())
-        choices = [Choice(c["flag"], c["value"], "recorded when this run started") for c in recorded["choices"]]
-        fingerprint = recorded["fingerprint"]
+    recorded = recorded_recipe(cfg, path)
+    if recorded is not None:
+        fingerprint, choices = recorded
     else:
         fingerprint = measure_fingerprint([data.images[i] for i in train_idx], [data.masks[i] for i in train_idx],
                                           data.class_names)
@@ -55,19 +81,8 @@ def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, p
                                "size_median": f"{fingerprint['height']['median']:.0f}x{fingerprint['width']['median']:.0f}",
                                "smallest_side": fingerprint["smallest_side"],
                                **{f"fraction_{k}": round(v, 4) for k, v in fingerprint["class_fraction"].items()}})
-    for choice in choices:
-        logger.log("RECIPE", {"flag": choice.flag, "value": choice.value, "reason": choice.reason})
-    cfg = cfg.replace(**{c.flag: c.value for c in choices})
-    if cfg.class_weights not in ("none", "auto"):
-        try:
-            parse_class_weights(cfg.class_weights, len(data.class_names))
-        except ValueError as exc:
-            raise UNetError(f"--class_weights={cfg.class_weights}: {exc} (classes: {', '.join(data.class_names)})")
-    if is_chief and not (cfg.resume_training and path.is_file()):
-        write_json(path, {"fingerprint": fingerprint,
-                          "choices": [{"flag": c.flag, "value": c.value, "reason": c.reason} for c in choices],
-                          "rare_classes": rare_classes(fingerprint)})
-    return cfg
+    return apply_choices(cfg, choices, data.class_names, logger, path if is_chief and recorded is None else None,
+                         {"fingerprint": fingerprint, "rare_classes": rare_classes(fingerprint)})
 
 
 PATCH_CAP_CPU, PATCH_CAP_GPU = 64, 128  # voxels per patch side: what a step can afford on each
@@ -117,26 +132,15 @@ def resolve_volume_recipe(cfg: Config, data: VolumeSlices, train_idx: np.ndarray
     input_scale decided, each logged as a RECIPE line; recorded in dataset_fingerprint.json, which a
     resume reads back."""
     path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
-    if cfg.resume_training and path.is_file():
-        recorded = json.loads(path.read_text())
-        choices = [Choice(c["flag"], c["value"], "recorded when this run started") for c in recorded["choices"]]
-        fingerprint = recorded["fingerprint"]
+    recorded = recorded_recipe(cfg, path)
+    if recorded is not None:
+        fingerprint, choices = recorded
     else:
         shapes = np.array([data.images[i].shape[:3] for i in train_idx], np.float64)
         fingerprint = {"cases": len(train_idx), "shape_median": [int(s) for s in np.median(shapes, axis=0)]}
         choices = volume_choices(cfg, fingerprint["shape_median"], depth)
-    for choice in choices:
-        logger.log("RECIPE", {"flag": choice.flag, "value": choice.value, "reason": choice.reason})
-    cfg = cfg.replace(**{c.flag: c.value for c in choices})
-    if cfg.class_weights not in ("none", "auto"):
-        try:
-            parse_class_weights(cfg.class_weights, len(data.class_names))
-        except ValueError as exc:
-            raise UNetError(f"--class_weights={cfg.class_weights}: {exc} (classes: {', '.join(data.class_names)})")
-    if is_chief and not (cfg.resume_training and path.is_file()):
-        write_json(path, {"fingerprint": fingerprint, "rare_classes": [],
-                          "choices": [{"flag": c.flag, "value": c.value, "reason": c.reason} for c in choices]})
-    return cfg
+    return apply_choices(cfg, choices, data.class_names, logger, path if is_chief and recorded is None else None,
+                         {"fingerprint": fingerprint, "rare_classes": []})
 
 
 def volume_trainer_data(cfg: Config, data: VolumeSlices, train_idx: np.ndarray, geometry: CropGeometry,
