@@ -80,6 +80,9 @@ def test_a_default_dims_run_records_3d_and_later_modes_inherit_it(small_dir, tmp
     assert main.main(["--exec_mode", "evaluate", "--model_dir", str(run)]) == 0
     assert main.main(["--exec_mode", "predict", "--model_dir", str(run), "--data_dir", str(small_dir)]) == 0
     params = [r["data"] for r in runlog.read_log(run / "log.json") if r["step"] == "PARAMETER" and "dims" in r["data"]]
-    assert params and all(p["dims"] == "3" for p in params)
+    assert params[0]["dims"] == "auto"  # the first training run's flags, before the data decided
+    resumed = [p for p in params if p.get("resume_training")]
+    recorded = [p for p in params if "dims_reason" in p]  # evaluate and predict: the run's record
+    assert resumed and resumed[0]["dims"] == "3" and len(recorded) == 2 and all(p["dims"] == "3" for p in recorded)
     assert json.loads((run / "eval_results_last.json").read_text())["dims"] == "3"
     assert len(list((run / "predictions").rglob("*.nii.gz"))) == sv.NUM_TEST
