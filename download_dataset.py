@@ -20,7 +20,8 @@ stack pair in the ISBI layout; --kind vessels fundus photographs as images/NN.pn
 images/NN.png + masks/NN.png; --kind lesions dermoscopy-like images with lesions covering 20-90 % of
 the image (the large-object case), in the same folders; --kind ct and --kind mr 3D volumes with two foreground classes (organ,
 lesion), anisotropic voxels and oblique affines in the MSD / nnU-Net raw layout (imagesTr/CASE_0000.nii.gz,
-labelsTr/CASE.nii.gz, imagesTs/, dataset.json; data.synthetic_volumes). They rehearse data shapes, they do not replace real data.
+labelsTr/CASE.nii.gz, imagesTs/, dataset.json; data.synthetic_volumes); --kind mr_small small 1 mm isotropic MR crops
+with two adjacent labels (head, tail). They rehearse data shapes, they do not replace real data.
 
 Data: Cardona et al. 2010 (serial-section TEM of the Drosophila first-instar larva ventral nerve
 cord), published for the ISBI 2012 challenge by Arganda-Carreras et al., Front. Neuroanat. 2015.
@@ -368,7 +369,7 @@ def _check_synthetic_flags(args: argparse.Namespace) -> None:
     if kind not in synthetic_kinds.KINDS:
         raise UNetError(f"--kind {kind}: unknown kind; expected one of {', '.join(synthetic_kinds.KINDS)}")
     if kind == "em" and args.num_images is not None:
-        raise UNetError("--num_images is for --kind vessels, nuclei, lesions, ct or mr; --kind em uses --num_slices and --size")
+        raise UNetError("--num_images is for --kind vessels, nuclei, lesions, ct, mr or mr_small; --kind em uses --num_slices and --size")
     if kind != "em":
         for flag in ("num_slices", "size"):
             if getattr(args, flag) is not None:
@@ -385,12 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--synthetic", action="store_true",
                       help="write a synthetic data set instead of downloading (see --kind)")
     parser.add_argument("--kind", help=f"synthetic: {' | '.join(synthetic_kinds.KINDS)} (default em: EM stacks "
-                        "in the ISBI layout; vessels, nuclei, lesions: images/ + masks/ PNG folders; ct, mr: NIfTI volumes in the MSD "
-                        "layout)")
+                        "in the ISBI layout; vessels, nuclei, lesions: images/ + masks/ PNG folders; ct, mr, mr_small: NIfTI volumes "
+                        "in the MSD layout)")
     parser.add_argument("--num_slices", type=int, help="synthetic em: slices per stack (default 30)")
     parser.add_argument("--size", type=int, help="synthetic em: slice height and width in px (default 512)")
-    parser.add_argument("--num_images", type=int, help="synthetic vessels/nuclei/lesions: number of images; ct/mr: training cases (default "
-                        + ", ".join(f"{n} for {k}" for k, n in synthetic_kinds.DEFAULT_NUM_IMAGES.items()) + ")")
+    parser.add_argument("--num_images", type=int, help="synthetic vessels/nuclei/lesions: number of images; volumes: training "
+                        "cases (default " + ", ".join(f"{n} for {k}" for k, n in synthetic_kinds.DEFAULT_NUM_IMAGES.items()) + ")")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: random seed (the test volume uses "
                         f"seed + {synthetic.TEST_SEED_OFFSET})")
     parser.add_argument("--timeout", type=float, default=60.0, help="download: seconds without data before "

@@ -58,3 +58,27 @@ def test_a_non_empty_destination_and_bad_counts_are_refused(tmp_path):
         sv.write_volume_kind(tmp_path, "mr", 1, seed=0)
     with pytest.raises(UNetError, match="num_images=0"):
         sv.write_volume_kind(tmp_path / "new", "ct", 0)
+
+
+def test_mr_small_writes_small_isotropic_cases_with_two_adjacent_labels(tmp_path):
+    """--kind mr_small: 36 x 48 x 36 voxels of 1 mm (anisotropy 1), labels head and tail touching."""
+    sv.write_volume_kind(tmp_path, "mr_small", 2, seed=3)
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "head": 1, "tail": 2} and meta["channel_names"] == {"0": "MRI"}
+    image = volumes.read_volume(tmp_path / "imagesTr" / "case_001_0000.nii.gz")
+    labels = volumes.read_volume(tmp_path / "labelsTr" / "case_001.nii.gz")
+    assert image.shape == labels.shape == sv.SMALL_SHAPE and image.array.dtype == np.float32
+    np.testing.assert_allclose(labels.affine, image.affine, atol=1e-6)
+    assert image.spacing == pytest.approx((1.0, 1.0, 1.0), rel=1e-5)
+    for index in range(4):
+        first = sv.make_case("mr_small", np.random.default_rng(index))
+        again = sv.make_case("mr_small", np.random.default_rng(index))
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+        image, labels = first[0], first[1]
+        head, tail = labels == 1, labels == 2
+        assert 300 < tail.sum() < head.sum() < 0.05 * labels.size  # small structures, as in hippocampus crops
+        assert (ndimage.binary_dilation(head) & tail).any()  # adjacent: the labels share a surface
+        assert ndimage.label(head | tail)[1] == 1  # one structure split in two, not two blobs
+        tissue = image[labels == 0].mean()
+        assert tissue < image[head].mean() and tissue < image[tail].mean()
+    assert sv.dataset_json("mr_small", 5)["numTraining"] == 5

@@ -11,7 +11,7 @@ from unet_medical.base import runlog
 from unet_medical.model.unet import UNetSpec, build_unet, output_size
 from unet_medical.training import checkpoint as ckpt
 from unet_medical.base.artifacts import MODEL_JSON, RunRecord, load_run_record
-from unet_medical.cli.config import Config
+from unet_medical.cli.config import Config, volumetric_conflict
 from unet_medical.model.config import DEFAULT_DEPTH
 from unet_medical.model.config import QuantizationSettings
 from unet_medical.data.config import augment_config
@@ -43,7 +43,7 @@ def load_training_set(cfg: Config) -> SegmentationData:
     if cfg.image_stack is None and is_volume_layout(cfg.data_dir, cfg.images_dir):
         return load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
                                   num_classes=cfg.num_classes, dims=cfg.dims, context_slices=cfg.context_slices,
-                                  num_folds=cfg.num_folds, fold=cfg.fold)
+                                  num_folds=cfg.num_folds, fold=cfg.fold, no_3d=volumetric_conflict(cfg))
     if cfg.dims == "3":  # a 3D network needs volumes; 2D images would silently train a 2D one
         raise UNetError(f"--dims 3: {cfg.data_dir} holds 2D images, not volumes (NIfTI, MSD / nnU-Net folders)")
     return load_training_data(cfg.data_dir, image_stack=cfg.image_stack, mask_stack=cfg.mask_stack,

@@ -172,6 +172,17 @@ def check_volumetric(cfg: Config) -> None:
             f"no exported model (--model_path, --use_trt) for {not_yet}")
 
 
+def volumetric_conflict(cfg: Config) -> str:
+    """Why --dims auto may not choose the 3D network for `cfg`: check_volumetric's one-line refusal of it
+    as a --dims 3 run (e.g. the paper's default --padding valid), or "" when it would pass. The rule stays
+    in check_volumetric alone."""
+    try:
+        check_volumetric(cfg.replace(dims="3"))
+    except UNetError as exc:
+        return str(exc)
+    return ""
+
+
 def _flag_type(f: dataclasses.Field) -> Any:
     hint = str(f.type)
     if "bool" in hint:

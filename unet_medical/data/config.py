@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from unet_medical.base.errors import UNetError
 from unet_medical.data.patches3d import parse_patch_size
-from unet_medical.data.volume_dims import AUTO, dims_choices, slice_mode
+from unet_medical.data.volume_dims import AUTO, DEFAULT_DIMS, dims_choices, slice_mode
 from unet_medical.base.settings import Settings, at_least, between, require, setting
 
 
@@ -41,9 +41,11 @@ class DataConfig(Settings):
     augment_params: str | None = setting(None, "augmentation probabilities/strengths as key=value pairs, e.g. "
                                         "'elastic_prob=0.8,elastic_sigma=12,scale_range=0.9:1.1' (keys: "
                                         "utils.data.augment.AugmentConfig; in YAML also a mapping)")
-    dims: str = setting("2", "how volumes feed the network: 2 = single slices, 2.5 = a slice and its "
+    dims: str = setting(DEFAULT_DIMS, "how volumes feed the network: 2 = single slices, 2.5 = a slice and its "
                         "--context_slices neighbours as channels, 3 = a 3D U-Net on patches (--patch_size), "
-                        "auto = 3 for near-isotropic voxels (anisotropy <= 3), else 2 (a RECIPE line says why)",
+                        "auto (default) = 3 for near-isotropic voxels (anisotropy <= 3) with a median case of at "
+                        "least 16 voxels per side and --padding same, else 2 (a RECIPE line says why); "
+                        "2-D images ignore it",
                         choices=dims_choices())
     context_slices: int = setting(1, "--dims 2.5: neighbouring slices taken on each side", rule=at_least(0))
     patch_size: str | None = setting(None, "--dims 3: training patch in voxels, one side (a cube) or I,J,K, "

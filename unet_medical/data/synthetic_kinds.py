@@ -37,7 +37,8 @@ from unet_medical.base.fileio import atomic_write
 
 KINDS = ("em", "vessels", "nuclei", "lesions") + synthetic_volumes.VOLUME_KINDS
 DEFAULT_NUM_IMAGES = {"vessels": 20, "nuclei": 30, "lesions": 40,
-                      **{kind: synthetic_volumes.DEFAULT_NUM_TRAINING for kind in synthetic_volumes.VOLUME_KINDS}}
+                      **{kind: geometry.default_num_training
+                         for kind, geometry in synthetic_volumes.KIND_GEOMETRY.items()}}
 
 # One image of a folder kind: {folder name: (H, W) or (H, W, 3) uint8 array}.
 Sample = dict[str, np.ndarray]

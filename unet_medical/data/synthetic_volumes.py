@@ -12,11 +12,18 @@ pipeline must keep. CT intensities are Hounsfield-like int16 (air -1000, fat -10
 Gaussian noise sd 12); MR intensities are float32 arbitrary units with a smooth bias field and Rician
 noise, the reason MR is z-scored per image rather than clipped like CT.
 
+--kind mr_small is the other common MR shape: many small near-isotropic crops (36 x 48 x 36 voxels of
+1 mm, hippocampus-like) holding one elongated structure split into two adjacent labels, "head" and "tail",
+of nearly the same intensity (position along the long axis, not contrast, tells them apart), next to a
+dark CSF-like cavity, with the mr kind's bias field and Rician noise. It rehearses the choice between
+2D slices and a 3D network on isotropic data (benchmarks/volume_dims.py).
+
 Like the 2D kinds they rehearse shapes and geometry; no accuracy measured on them says anything about
 real scans. Case n has its own generator SeedSequence(seed, spawn_key=(n,)).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -28,22 +35,49 @@ from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_write_text
 from unet_medical.data.volumes import write_nifti_image
 
-VOLUME_KINDS = ("ct", "mr")
+VOLUME_KINDS = ("ct", "mr", "mr_small")
 SHAPE = (48, 48, 40)  # (I, J, K) voxels: 38 x 38 mm in plane, 100 mm along the slices
 VOXEL_MM = (0.8, 0.8, 2.5)
 LABELS = {"background": 0, "organ": 1, "lesion": 2}
-CHANNEL_NAMES = {"ct": "CT", "mr": "MRI"}
+CHANNEL_NAMES = {"ct": "CT", "mr": "MRI", "mr_small": "MRI"}
 DEFAULT_NUM_TRAINING = 12
 NUM_TEST = 4
+SMALL_SHAPE = (36, 48, 36)  # (I, J, K) voxels of 1 mm: a crop around a small structure
+SMALL_VOXEL_MM = (1.0, 1.0, 1.0)
+SMALL_LABELS = {"background": 0, "head": 1, "tail": 2}
+SMALL_MR_MEANS = (300.0, 500.0, 540.0)  # tissue, head, tail: nearly equal, position separates the labels
+CSF_MEAN = 80.0  # the dark cavity next to the structure
 
 
-def case_affine(rng: np.random.Generator) -> np.ndarray:
-    """(4, 4) oblique affine: VOXEL_MM voxels rotated by up to 20 degrees per axis, RAS mm."""
+@dataclasses.dataclass(frozen=True)
+class VolumeKind:
+    """The geometry of one volume kind: voxel grid, spacing in mm and the label names."""
+
+    shape: tuple[int, int, int]
+    voxel_mm: tuple[float, float, float]
+    labels: dict[str, int]
+    default_num_training: int
+
+
+KIND_GEOMETRY: dict[str, VolumeKind] = {
+    "ct": VolumeKind(SHAPE, VOXEL_MM, LABELS, DEFAULT_NUM_TRAINING),
+    "mr": VolumeKind(SHAPE, VOXEL_MM, LABELS, DEFAULT_NUM_TRAINING),
+    "mr_small": VolumeKind(SMALL_SHAPE, SMALL_VOXEL_MM, SMALL_LABELS, 100),
+}
+
+
+def case_affine(rng: np.random.Generator, voxel_mm: tuple[float, float, float] = VOXEL_MM) -> np.ndarray:
+    """(4, 4) oblique affine: `voxel_mm` voxels rotated by up to 20 degrees per axis, RAS mm."""
     affine = np.eye(4)
     rotation = Rotation.from_euler("xyz", rng.uniform(-20, 20, size=3), degrees=True).as_matrix()
-    affine[:3, :3] = rotation @ np.diag(VOXEL_MM)
+    affine[:3, :3] = rotation @ np.diag(voxel_mm)
     affine[:3, 3] = rng.uniform(-50, 50, size=3)
     return affine
+
+
+def voxel_mm_grid(shape: tuple[int, int, int], voxel_mm: tuple[float, float, float]) -> np.ndarray:
+    """(I, J, K, 3) voxel centres in mm of the axis-aligned grid (the affine's rotation is left out)."""
+    return np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, voxel_mm)], indexing="ij"), axis=-1)
 
 
 def _ellipsoid(mm: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -53,7 +87,7 @@ def _ellipsoid(mm: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.ndar
 
 def case_labels(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
     """(body mask bool, labels uint8), both (I, J, K), drawn in millimetres on the VOXEL_MM grid."""
-    mm = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, VOXEL_MM)], indexing="ij"), axis=-1)
+    mm = voxel_mm_grid(shape, VOXEL_MM)
     extent = np.asarray(shape) * VOXEL_MM
     middle = extent / 2
     body = _ellipsoid(mm * [1, 1, 0], middle * [1, 1, 0], np.r_[0.46 * extent[:2], 1.0])
@@ -78,11 +112,40 @@ def ct_intensities(rng: np.random.Generator, body: np.ndarray, labels: np.ndarra
     return np.clip(np.round(hu), -1024, 3071).astype(np.int16)
 
 
-def mr_intensities(rng: np.random.Generator, body: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """float32 arbitrary units: tissue 300, organ 500, lesion 800, times a linear bias field, Rician noise."""
-    signal = np.where(body, 300.0, 0.0)
-    signal[labels == LABELS["organ"]] = 500.0
-    signal[labels == LABELS["lesion"]] = 800.0
+def small_case_labels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tissue bool, labels uint8, csf bool), all SMALL_SHAPE (I, J, K), for a mr_small case.
+
+    One structure elongated along J (a head ellipsoid and a thinner tail ellipsoid overlapping it),
+    turned by up to 15 degrees per axis; voxels in the head are label 1, the rest of the structure 2,
+    so the two labels touch along a surface. A dark cavity lies beside it, as CSF lies beside the
+    hippocampus. Tissue fills the crop (the scan was cropped around the structure).
+    """
+    mm = voxel_mm_grid(SMALL_SHAPE, SMALL_VOXEL_MM)
+    centre = np.asarray(SMALL_SHAPE) * SMALL_VOXEL_MM / 2 + rng.uniform(-3, 3, size=3)
+    # the structure's own frame: rotating the offsets turns every ellipsoid about `centre` together
+    turn = Rotation.from_euler("xyz", rng.uniform(-15, 15, size=3), degrees=True).as_matrix()
+    local = (mm - centre) @ turn
+    head_length, tail_length = rng.uniform(8, 11), rng.uniform(11, 14)
+    head = _ellipsoid(local, np.r_[0, -head_length * 0.5, 0], np.r_[rng.uniform(5, 7), head_length, rng.uniform(4, 6)])
+    tail = _ellipsoid(local, np.r_[0, tail_length * 0.7, 0], np.r_[rng.uniform(3.5, 4.5), tail_length, rng.uniform(3, 4)])
+    side = rng.choice([-1.0, 1.0])  # the cavity sits on either side, so "beside the cavity" is no label cue
+    csf = _ellipsoid(local, np.r_[side * rng.uniform(7, 9), 0, 0], np.r_[rng.uniform(1.5, 2.5), 14, 3]) & ~(head | tail)
+    labels = np.zeros(SMALL_SHAPE, np.uint8)
+    labels[tail] = SMALL_LABELS["tail"]
+    labels[head] = SMALL_LABELS["head"]
+    return np.ones(SMALL_SHAPE, bool), labels, csf
+
+
+def mr_intensities(rng: np.random.Generator, body: np.ndarray, labels: np.ndarray,
+                   means: tuple[float, float, float] = (300.0, 500.0, 800.0),
+                   dark: np.ndarray | None = None) -> np.ndarray:
+    """float32 arbitrary units: tissue, label 1, label 2 at `means` (default 300, 500, 800), the `dark`
+    voxels (bool, optional) at CSF_MEAN, times a linear bias field, Rician noise (sd 25)."""
+    signal = np.where(body, means[0], 0.0)
+    signal[labels == 1] = means[1]
+    signal[labels == 2] = means[2]
+    if dark is not None:
+        signal[dark] = CSF_MEAN
     ramp = np.meshgrid(*[np.linspace(-1, 1, n) for n in labels.shape], indexing="ij")
     signal *= 1.0 + sum(g * r for g, r in zip(rng.uniform(-0.2, 0.2, size=3), ramp))
     noise = rng.normal(0, 25, size=(2,) + signal.shape)
@@ -90,7 +153,11 @@ def mr_intensities(rng: np.random.Generator, body: np.ndarray, labels: np.ndarra
 
 
 def make_case(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image, labels uint8, affine (4, 4)) of one case; arrays SHAPE in (I, J, K) order."""
+    """(image, labels uint8, affine (4, 4)) of one case; arrays KIND_GEOMETRY[kind].shape in (I, J, K) order."""
+    if kind == "mr_small":
+        tissue, labels, csf = small_case_labels(rng)
+        image = mr_intensities(rng, tissue, labels, SMALL_MR_MEANS, dark=csf)
+        return image, labels, case_affine(rng, SMALL_VOXEL_MM)
     body, labels = case_labels(rng)
     image = ct_intensities(rng, body, labels) if kind == "ct" else mr_intensities(rng, body, labels)
     return image, labels, case_affine(rng)
@@ -98,7 +165,8 @@ def make_case(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
 
 def dataset_json(kind: str, num_training: int) -> dict:
     return {"name": f"synthetic {kind}", "description": "synthetic stand-in written by download_dataset.py "
-            "--synthetic; not real data", "channel_names": {"0": CHANNEL_NAMES[kind]}, "labels": dict(LABELS),
+            "--synthetic; not real data", "channel_names": {"0": CHANNEL_NAMES[kind]},
+            "labels": dict(KIND_GEOMETRY[kind].labels),
             "numTraining": num_training, "file_ending": ".nii.gz"}
 
 
@@ -112,14 +180,14 @@ def _check_destination(out: pathlib.Path) -> None:
 
 def write_volume_kind(out_dir: str | os.PathLike, kind: str, num_training: int | None = None,
                       seed: int = 0) -> list[pathlib.Path]:
-    """Write `num_training` labelled cases and NUM_TEST test images of `kind` ("ct" or "mr") to out_dir.
+    """Write `num_training` labelled cases and NUM_TEST test images of `kind` (VOLUME_KINDS) to out_dir.
 
     Returns:
         The paths written (images and labels as .nii.gz, then dataset.json).
     """
     if kind not in VOLUME_KINDS:
         raise UNetError(f"kind {kind!r} is not a volume kind; expected one of {', '.join(VOLUME_KINDS)}")
-    num_training = DEFAULT_NUM_TRAINING if num_training is None else num_training
+    num_training = KIND_GEOMETRY[kind].default_num_training if num_training is None else num_training
     if int(num_training) != num_training or num_training < 1:
         raise UNetError(f"num_images={num_training!r}: expected an integer >= 1 (training cases)")
     if int(seed) != seed or seed < 0:

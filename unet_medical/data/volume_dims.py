@@ -57,6 +57,16 @@ DIMS: dict[str, SliceMode] = {
 AUTO = "auto"
 ANISOTROPY_3D_MAX = 3.0
 """nnU-Net's threshold: a median spacing whose largest / smallest ratio exceeds 3 is anisotropic."""
+MIN_3D_SIDE = 16
+"""Shortest side (voxels) of the median case below which a 3D patch is not useful: under 16 voxels the 3D
+recipe (data.patches3d.choose_depth_3d) gets a single pooling, a network that sees little more context
+than a 2D one on slices, at the cost of the 3D convolutions."""
+
+DEFAULT_DIMS = AUTO
+"""--dims when none is given. For volumes auto: at equal training time on the 1 mm isotropic rehearsal set
+(download_dataset.py --kind mr_small, benchmarks/volume_dims.py, README "Medical volumes") the 3D network
+scored at least as well as 2D slices, as nnU-Net's maintainers report for 3-D data sets; anisotropic sets
+keep 2D slices (choose_dims). 2-D image folders have no slicing: dims does not apply to them."""
 
 
 def dims_choices() -> tuple[str, ...]:
@@ -64,8 +74,13 @@ def dims_choices() -> tuple[str, ...]:
     return (*DIMS, AUTO)
 
 
-def choose_dims(anisotropy: float) -> tuple[str, str]:
-    """(--dims, reason) for volumes whose median spacing has this anisotropy (largest / smallest).
+def choose_dims(anisotropy: float, shortest_side: int | None = None, no_3d: str = "") -> tuple[str, str]:
+    """(--dims, reason) for --dims auto: 3 or 2 from the volumes' median geometry and the run's settings.
+
+    Args:
+        anisotropy: the median spacing's largest / smallest ratio (1 = isotropic voxels).
+        shortest_side: the median case's shortest side in voxels (None: not checked).
+        no_3d: why the run's other flags rule the 3D network out ("" when they do not), e.g. --padding valid.
 
     Near-isotropic voxels (<= ANISOTROPY_3D_MAX) get the 3D network, nnU-Net's default configuration, which
     sees context along every axis; anisotropic ones get 2D slices, because the 3D U-Net here pools every
@@ -75,8 +90,14 @@ def choose_dims(anisotropy: float) -> tuple[str, str]:
     if anisotropy > ANISOTROPY_3D_MAX:
         return "2", (f"median spacing anisotropy {anisotropy:.3g} > {ANISOTROPY_3D_MAX:g}: the 3D U-Net pools "
                      "every axis alike (no anisotropic pooling), so single slices keep the in-plane detail")
+    if no_3d:
+        return "2", f"median spacing anisotropy {anisotropy:.3g} <= {ANISOTROPY_3D_MAX:g}, but the 3D U-Net is ruled out: {no_3d}"
+    if shortest_side is not None and shortest_side < MIN_3D_SIDE:
+        return "2", (f"median spacing anisotropy {anisotropy:.3g} <= {ANISOTROPY_3D_MAX:g}, but the median case's "
+                     f"shortest side is {shortest_side} voxels < {MIN_3D_SIDE}: too thin for a useful 3D patch")
     return "3", (f"median spacing anisotropy {anisotropy:.3g} <= {ANISOTROPY_3D_MAX:g}: near-isotropic voxels, "
-                 "a 3D U-Net sees context along every axis (nnU-Net's default)")
+                 "a 3D U-Net sees context along every axis (nnU-Net's default; at equal time it scored at least "
+                 "as well as 2D slices on the isotropic rehearsal set, benchmarks/volume_dims.py)")
 
 
 def slice_mode(dims: str) -> SliceMode:

@@ -56,8 +56,11 @@ class VolumeSlices(SegmentationData):
 def load_volume_slices(data_dir: str | os.PathLike, *, images_dir: str = "images", masks_dir: str = "masks",
                        num_classes: int | None = None, dims: str = "2", context_slices: int = 1,
                        windows: tuple[Window | None, ...] | None = None, num_folds: int | None = None,
-                       fold: int = 0) -> VolumeSlices:
+                       fold: int = 0, no_3d: str = "") -> VolumeSlices:
     """The labelled volumes of data_dir cut into the network's slices for --dims (module docstring).
+
+    dims "auto" is decided here from the set's median geometry (volume_dims.choose_dims); `no_3d` says why
+    the run's other flags rule the 3D network out ("" when they do not).
 
     windows None: the CT window is measured on the training cases of fold `fold` of `num_folds` (all
     cases without num_folds), so no validation voxel shapes the scale the model is judged on; a run's
@@ -68,7 +71,8 @@ def load_volume_slices(data_dir: str | os.PathLike, *, images_dir: str = "images
     volumes = load_volume_data(data_dir, images_dir, masks_dir, num_classes)
     reason = ""
     if dims == AUTO:
-        dims, reason = choose_dims(geometry_summary(volumes)["anisotropy"])
+        geometry = geometry_summary(volumes)
+        dims, reason = choose_dims(geometry["anisotropy"], min(geometry["shape_median"][:3]), no_3d)
     mode = slice_mode(dims)
     context = mode.context(context_slices)
     if windows is None:
