@@ -12,7 +12,7 @@ from unet_medical.model.tucker import (REPORT_FIELDS, decompose_layer, read_repo
 from unet_medical.base.errors import UNetError
 
 L = keras.layers
-from tests.numeric import assert_close, random_kernel, rng
+from tests.numeric import assert_close, random_kernel, rng, small_unet
 
 
 def built(layer, channels, seed=0):
@@ -196,15 +196,7 @@ def test_ineligible_layers_are_refused(layer, reason):
 
 def unet_like() -> keras.Model:
     """Small U-Net: two levels, skip connection, Conv2DTranspose up-sampling, Concatenate."""
-    image = keras.Input((None, None, 1), name="image")
-    a = L.ReLU(name="enc_relu1")(L.Conv2D(4, 3, padding="same", name="enc_conv1")(image))
-    a = L.ReLU(name="enc_relu2")(L.Conv2D(4, 3, padding="same", name="enc_conv2")(a))
-    b = L.MaxPooling2D(name="pool")(a)
-    b = L.ReLU(name="mid_relu")(L.Conv2D(8, 3, padding="same", name="mid_conv")(b))
-    u = L.Conv2DTranspose(4, 2, strides=2, name="up")(b)
-    x = L.Concatenate(name="cat")([a, u])
-    x = L.ReLU(name="dec_relu")(L.Conv2D(4, 3, padding="same", name="dec_conv")(x))
-    return keras.Model(image, L.Conv2D(2, 1, name="head")(x), name="unet_like")
+    return small_unet(2, widths=(4, 4, 8, 4))
 
 
 @pytest.fixture(scope="module")

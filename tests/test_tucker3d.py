@@ -9,7 +9,7 @@ from unet_medical.model.tucker import (decompose_layer, report_table, select_ran
                                        tucker2_factors_transposed, tucker_compress)
 
 L = keras.layers
-from tests.numeric import assert_close, random_kernel, rng
+from tests.numeric import assert_close, random_kernel, rng, small_unet
 
 
 def numpy_hooi(kernel, r_in, r_out, iterations=50):
@@ -166,15 +166,7 @@ def test_ineligible_conv3d_layers_are_refused(layer, reason):
 
 def unet3d_like() -> keras.Model:
     """Small 3-D U-Net: two levels, skip connection, Conv3DTranspose up-sampling, 1x1x1 head."""
-    volume = keras.Input((None, None, None, 1), name="volume")
-    a = L.ReLU(name="enc_relu1")(L.Conv3D(4, 3, padding="same", name="enc_conv1")(volume))
-    a = L.ReLU(name="enc_relu2")(L.Conv3D(8, 3, padding="same", name="enc_conv2")(a))
-    b = L.MaxPooling3D(name="pool")(a)
-    b = L.ReLU(name="mid_relu")(L.Conv3D(16, 3, padding="same", name="mid_conv")(b))
-    u = L.Conv3DTranspose(8, 2, strides=2, name="up")(b)
-    x = L.Concatenate(name="cat")([a, u])
-    x = L.ReLU(name="dec_relu")(L.Conv3D(8, 3, padding="same", name="dec_conv")(x))
-    return keras.Model(volume, L.Conv3D(2, 1, name="head")(x), name="unet3d_like")
+    return small_unet(3, widths=(4, 8, 16, 8))
 
 
 @pytest.fixture(scope="module")
