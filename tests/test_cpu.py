@@ -253,8 +253,8 @@ def test_bfloat16_peak_bounds_an_amx_run_that_beats_the_fp32_peak():
 
 def test_peak_memory_counts_what_the_process_touched():
     """peak_memory_mb is the high-water mark: it rises by about the size of a freshly touched buffer and
-    does not fall when the buffer is freed. In a fresh interpreter: a test worker's earlier peak would
-    hide the rise."""
+    does not fall when the buffer is freed. In a fresh interpreter started by this (large) test process:
+    its own peak, not the parent's (getrusage's ru_maxrss started it at the parent's 845 MB in CI)."""
     import subprocess
     import sys
 
@@ -267,4 +267,5 @@ def test_peak_memory_counts_what_the_process_touched():
               "print(before, during, peak_memory_mb())\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     before, during, after = map(float, out.split())
-    assert 380 <= during - before <= 480 and after == during
+    # (the kernel keeps RSS counters per thread and folds them in lazily: the mark may read a few pages apart)
+    assert before < 200 and 380 <= during - before <= 480 and after >= during - 4
