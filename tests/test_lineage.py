@@ -235,8 +235,9 @@ def test_evaluate_with_only_model_dir_reproduces_the_run(fold1_run, tmp_path, is
     again = json.loads((run / "eval_results_last.json").read_text())  # the training run's file stays its own
     assert again["fold"] == 1 and again["step"] == trained["step"] == 2
     assert again["provenance"]["files"] == trained["provenance"]["files"]
+    assert again["decision"] == trained["decision"]  # the run's recorded rule, applied again
     for key, value in trained.items():
-        if key not in ("per_case", "provenance"):  # per_case: compared case by case below
+        if key not in ("per_case", "provenance", "decision"):  # per_case: compared case by case below
             assert again[key] == pytest.approx(value, abs=1e-6), key
     assert [(c["index"], c["name"]) for c in again["per_case"]] == [(c["index"], c["name"]) for c in trained["per_case"]]
     for case, before in zip(again["per_case"], trained["per_case"]):
@@ -283,8 +284,12 @@ def test_predict_from_the_run_writes_test_masks(fold1_run, tmp_path, isbi_data_d
     probs = tifffile.imread(run / "predictions" / "001" / "test-volume-probabilities.tif")
     masks = tifffile.imread(run / "predictions" / "001" / "test-masks.tif")
     assert masks.shape == probs.shape == (2, 512, 512) and masks.dtype == np.uint8
-    decided = probs != 0.5  # exact ties are the argmax's choice
-    np.testing.assert_array_equal(masks[decided], np.where(probs[decided] > 0.5, 255, 0))
+    # The run's recorded rule (inference.decision): interior where 1 - p(interior) <= t, else membrane.
+    threshold = json.loads((run / "model.json").read_text())["decision"]["threshold"]
+    cut = 0.5 if threshold is None else 1.0 - threshold
+    decided = probs != cut  # exact ties are the argmax's choice
+    expected = probs[decided] > cut if threshold is None else probs[decided] >= cut
+    np.testing.assert_array_equal(masks[decided], np.where(expected, 255, 0))
     # --use_trt on a TensorFlow without TensorRT: one clear line, no export attempted.
     import tensorflow as tf
 

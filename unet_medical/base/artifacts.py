@@ -67,6 +67,9 @@ class RunRecord:
         train_files, validation_files: for 2D images, the names of the images of each side of the split
             (data.layouts names: 'a.png', 'train-volume.tif[3]'), so evaluate scores and guards by name,
             whatever was added to the data folder since; None for runs recorded before.
+        decision: how probabilities become labels, chosen on the validation fold when training ended
+            (evaluation.decision: {"threshold": t or None, "tta": bool, "reason": ..., "scores": ...});
+            None for the argmax without flips (runs recorded before, volumes, no validation fold).
     """
 
     spec: dict[str, Any]
@@ -83,6 +86,7 @@ class RunRecord:
     volume: dict[str, Any] | None = None
     train_files: list[str] | None = None
     validation_files: list[str] | None = None
+    decision: dict[str, Any] | None = None
 
     @property
     def variant(self) -> str:
@@ -96,7 +100,7 @@ class RunRecord:
 
 
 _STORED = ("architecture", "quantization", "quantization_config", "step", "normalization", "image_dtype", "precision",
-           "input_scale", "volume", "train_files", "validation_files")
+           "input_scale", "volume", "train_files", "validation_files", "decision")
 
 
 # --- versioned run files ------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
         def step(i: int) -> None:
             k = i % len(data.images)
             tiled_predict(predictor, normalize_image(data.images[k]), plans[k], batch_size=cfg.batch_size,
-                          tta=cfg.tta)
+                          tta=bool(cfg.tta))
 
         times = time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps)
         tiles = [len(tile_starts(im.shape[0], p.core)) * len(tile_starts(im.shape[1], p.core)) * (8 if cfg.tta else 1)
@@ -172,7 +172,7 @@ def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
         gflop = float(np.mean([n * per_tile[p.tile_size] for n, p in zip(tiles, plans)]))
         return times, {"images_per_step": 1, "latency_per": "image", "input_size": plans[0].tile_size,
                        "tiles_per_image": float(np.mean(tiles)), "tiles_per_call": cfg.batch_size,
-                       "image_size": list(data.images[0].shape[:2]), "tta": cfg.tta, "gflop_per_img": gflop,
+                       "image_size": list(data.images[0].shape[:2]), "tta": bool(cfg.tta), "gflop_per_img": gflop,
                        "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
     spec, predictor, model, tile_size = _predictor(cfg, 1)
     size = tile_size or cfg.crop_size or default_crop_size(spec)

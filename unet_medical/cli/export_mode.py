@@ -3,6 +3,7 @@ SavedModel every training run ends with (model_dir/saved_model/).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -17,6 +18,7 @@ from unet_medical.data.layouts import SegmentationData, load_test_data, load_tra
 from unet_medical.data.normalize import normalize_image
 from unet_medical.base.artifacts import load_run_record
 from unet_medical.base.errors import UNetError
+from unet_medical.inference.decision import resolve_decision
 from unet_medical.inference.tiling import plan_tiles
 from unet_medical.inference.runtimes import EXPORT_JSON, load_exported
 from unet_medical.base.registry import resolve
@@ -100,6 +102,7 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
     if data.images[0].shape[-1] != spec.in_channels:
         raise UNetError(f"{data.source}: images have {data.images[0].shape[-1]} channel(s), the model expects "
                         f"{spec.in_channels}")
+    decision = resolve_decision(cfg.threshold, cfg.tta, info.decision)  # flags win over the run's choice
     calibration_idx, parity_idx = export_image_split(len(data.images), training_images, cfg.num_folds, cfg.fold)
     largest = (max(im.shape[0] for im in data.images), max(im.shape[1] for im in data.images))
     plan = plan_tiles(spec, largest, tile_size=cfg.tile_size, max_tile_size=cfg.max_tile_size,
@@ -110,10 +113,10 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                           tile_size=plan.tile_size, context=plan.context, max_tile_size=cfg.max_tile_size,
                           serving_tile_size=cfg.tile_size, image_dtype=info.image_dtype,
                           normalization=info.normalization, quantization=info.quantization_config,
-                          input_scale=info.input_scale)
+                          input_scale=info.input_scale, threshold=decision.threshold, tta=decision.tta)
     extra = {"checkpoint": cfg.checkpoint, "step": info.step, "parity_images": [data.names[i] for i in parity_idx],
              "calibration_source": data.source, "normalization": info.normalization,
-             "input_scale": info.input_scale}
+             "input_scale": info.input_scale, "decision": dataclasses.asdict(decision)}
     if pairs is not None:
         from unet_medical.export.select import export_fastest
 
@@ -171,9 +174,11 @@ def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Pat
 
         module = volume_serving_module(model, info, image_dtype)
     else:
+        decision = resolve_decision(cfg.threshold, cfg.tta, info.decision)
         module = UNetServingModule(model, spec, cfg.tile_context, image_dtype, tile_size=cfg.tile_size,
                                    max_tile_size=cfg.max_tile_size, class_names=info.class_names,
-                                   normalization=info.normalization, input_scale=info.input_scale)
+                                   normalization=info.normalization, input_scale=info.input_scale,
+                                   threshold=decision.threshold, tta=decision.tta)
     target = pathlib.Path(cfg.model_dir) / SAVED_MODEL
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{SAVED_MODEL}.", dir=cfg.model_dir))
     try:

@@ -31,6 +31,7 @@ from unet_medical.inference.outputs import (PredictionWriter, background_class, 
                                             write_png)
 from unet_medical.base.precision import configure_precision, configure_seeds
 from unet_medical.inference.runtimes import as_predictor
+from unet_medical.inference.decision import Decision, decide_labels, resolve_decision
 from unet_medical.cli.recipe import FINGERPRINT_FILE, is_volumetric, resolve_recipe, resolve_volume_recipe, trainer_data
 from unet_medical.data.patches3d import parse_patch_size
 from unet_medical.cli.recipe import recorded_input_scale
@@ -51,46 +52,57 @@ REPORT_PANEL_SIDE = 256  # longest side (pixels) of each third of the best/worst
 
 def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarray],
                     masks: list[np.ndarray], class_names: tuple[str, ...], logger: runlog.Logger | None = None,
-                    input_scale: float = 1.0) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Metrics of the tiled prediction of `images` against `masks`, and the class probabilities (H, W, K)
-    of each image, at the images' resolution (the network sees them at `input_scale`). With a `logger`,
-    the loop shows its progress."""
+                    input_scale: float = 1.0, decision: Decision = Decision()
+                    ) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Metrics of the tiled prediction of `images` against `masks` under `decision` (threshold, flips),
+    and the class probabilities (H, W, K) of each image, at the images' resolution (the network sees them
+    at `input_scale`). With a `logger`, the loop shows its progress."""
     predictor, tile_size = as_predictor(model, cfg.tile_size)
     probs = predict_images(predictor, spec, images, tile_size=tile_size,
                            max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                           batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="evaluate",
+                           batch_size=cfg.batch_size, tta=decision.tta, logger=logger, label="evaluate",
                            input_scale=input_scale)
-    return segmentation_metrics(probs, masks, class_names), probs
+    return segmentation_metrics(probs, masks, class_names, decision.threshold, background_class(class_names)), probs
 
 
 
 def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val_idx: np.ndarray,
                         logger: runlog.Logger, normalization: str, input_scale: float = 1.0,
-                        origin: dict[str, Any] | None = None, results_name: str = EVAL_RESULTS):
-    """evaluate(model, step): scores of the validation images into model_dir/`results_name` with the
-    `origin` provenance block (cli.provenance); the training run's own file (EVAL_RESULTS) also gets
-    the best/worst case overlays that belong to it."""
+                        origin: dict[str, Any] | None = None, results_name: str = EVAL_RESULTS,
+                        decision: Decision = Decision(), decision_record: dict[str, Any] | None = None):
+    """evaluate(model, step): scores of the validation images under `decision` into model_dir/`results_name`
+    with the `origin` provenance block (cli.provenance) and, when `decision` is the run's recorded choice,
+    its `decision_record` (how it was chosen); the training run's own file (EVAL_RESULTS) also gets the
+    best/worst case overlays that belong to it."""
     images = [normalize_image(data.images[i], normalization) for i in val_idx]
     masks = [data.masks[i] for i in val_idx]
     names = [data.names[i] for i in val_idx]
     skip = background_class(data.class_names)
 
-    def evaluate(model: Any, step: int) -> dict[str, Any]:
-        metrics, probs = evaluate_images(cfg, model, spec, images, masks, data.class_names, logger, input_scale)
-        predicted = [p.argmax(-1) for p in probs]
+    default = decision
+
+    def evaluate(model: Any, step: int, decision: Decision = default) -> dict[str, Any]:
+        metrics, probs = evaluate_images(cfg, model, spec, images, masks, data.class_names, logger, input_scale,
+                                         decision)
+        predicted = [decide_labels(p, decision.threshold, skip) for p in probs]
         per_case = case_scores(predicted, masks, data.class_names, names, [int(i) for i in val_idx])
         results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
-                   "num_images": len(images), "tta": cfg.tta, "per_case": per_case}
+                   "num_images": len(images), "tta": decision.tta, "threshold": decision.threshold,
+                   "per_case": per_case}
         if origin is not None:
             results["provenance"] = origin
+        if decision_record is not None and decision == default:
+            results["decision"] = decision_record
         write_eval_results(pathlib.Path(cfg.model_dir) / results_name, results)
         if results_name == EVAL_RESULTS:
             write_case_overlays(pathlib.Path(cfg.model_dir), per_case, images, predicted, masks, skip)
         # ("eval", step): the JSON log keeps validation records apart from training steps, and the
         # TensorBoard backend plots them as eval/<metric> at that step.
-        logger.log(("eval", int(step)), {k: v for k, v in results.items() if isinstance(v, (int, float))})
+        # A re-scoring under the decision chosen at the end is a series of its own: the curves stay argmax.
+        series = "eval" if decision == default else "eval_decided"
+        logger.log((series, int(step)), {k: v for k, v in results.items() if isinstance(v, (int, float))})
         logger.images(int(step), {
-            f"eval/input_prediction_truth_{i}": comparison_panel(images[i], predicted[i], masks[i],
+            f"{series}/input_prediction_truth_{i}": comparison_panel(images[i], predicted[i], masks[i],
                                                                  skip_class=skip)[None]
             for i in range(min(OVERLAYS, len(images)))})
         return results
@@ -182,8 +194,9 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
                                                                origin)
         else:
             origin = training_provenance(cfg, policy, [data.names[i] for i in val_idx])
+            # Until the decision is chosen at the end, validation scores are the argmax's.
             evaluate_fold = make_fold_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization, cfg.input_scale,
-                                                origin)
+                                                origin, decision=Decision(None, bool(cfg.tta)))
 
         def evaluate(model: Any, step: int) -> dict[str, Any]:
             results = evaluate_fold(model, step)
@@ -212,6 +225,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     if dist.is_chief:
         logger.flush()
         plot()
+    if dist.is_chief and evaluate is not None and not volumes and len(val_idx):
+        decide_on_validation(cfg, data, val_idx, record, evaluate_fold, logger)
     if cfg.saved_model and dist.is_chief:  # after the final checkpoint: every weight file is on disk
         from unet_medical.cli.export_mode import write_run_savedmodel
 
@@ -221,6 +236,23 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     if dist.is_chief:
         write_run_report(cfg.model_dir, logger)
     return state.last_eval
+
+
+def decide_on_validation(cfg: Config, data: SegmentationData, val_idx: np.ndarray, record: RunRecord,
+                         evaluate_fold: Any, logger: runlog.Logger) -> RunRecord:
+    """The run's decision (cli.decide) on its validation fold; when it is not the argmax the fold is scored
+    again under it, so eval_results.json (and a later `--exec_mode evaluate`) score what the run ships."""
+    from unet_medical.cli.assemble import restore_model
+    from unet_medical.cli.decide import choose_run_decision, record_in_results
+
+    shipped, spec, info = restore_model(cfg.replace(model_path=None))  # the --checkpoint weights
+    record = choose_run_decision(cfg, shipped, spec, [data.images[i] for i in val_idx],
+                                 [data.masks[i] for i in val_idx], data.class_names, record, logger)
+    decision = resolve_decision("auto", None, record.decision)
+    if decision != Decision(None, bool(cfg.tta)):
+        evaluate_fold(shipped, info.step, decision=decision)
+    record_in_results(cfg.model_dir, record.decision)
+    return record
 
 
 def write_run_report(model_dir: str, logger: runlog.Logger) -> pathlib.Path | None:
@@ -290,8 +322,11 @@ def run_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
         check_evaluation_slices(source.path, [data.names[i] for i in val_idx], data.names, cfg.to_dict(),
                                 cfg.fold, cfg.num_folds)
     origin = provenance(cfg, info, cfg.data_dir, [data.names[i] for i in val_idx])
+    decision = resolve_decision(cfg.threshold, cfg.tta, info.decision)
+    chosen = info.decision if decision == resolve_decision("auto", None, info.decision) else None
     evaluate = make_fold_evaluator(cfg, spec, data, val_idx, logger, info.normalization,
-                                   recorded_input_scale(cfg, info.input_scale), origin, evaluation_results_name(cfg))
+                                   recorded_input_scale(cfg, info.input_scale), origin, evaluation_results_name(cfg),
+                                   decision, chosen)
     return evaluate(model, info.step)
 
 
@@ -319,14 +354,16 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
     source = pathlib.Path(data.source)
     stack_name = source.name.split(".")[0] if source.suffix.lower() in (".tif", ".tiff") else None
     predictor, tile_size = as_predictor(model, cfg.tile_size)
+    decision = resolve_decision(cfg.threshold, cfg.tta, info.decision)
+    logger.log("PARAMETER", {"decision": decision.describe()})
     probs = iter_predictions(predictor, spec, images, tile_size=tile_size,
                              max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                             batch_size=cfg.batch_size, tta=cfg.tta, logger=logger, label="predict",
+                             batch_size=cfg.batch_size, tta=decision.tta, logger=logger, label="predict",
                              input_scale=recorded_input_scale(cfg, info.input_scale))
     # Each map is written as it is made: a predict that stops half-way keeps the images it finished.
     out = volume_modes.prediction_dir(cfg)
     write_json(out / PROVENANCE, provenance(cfg, info, data.source, data.names))  # first: a partial predict has it too
-    with PredictionWriter(out, data.names, info.class_names, stack_name) as writer:
+    with PredictionWriter(out, data.names, info.class_names, stack_name, threshold=decision.threshold) as writer:
         for name, p, image in zip(data.names, probs, images):
             writer.add(name, p, image)
     written = writer.written

@@ -88,10 +88,10 @@ def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: 
         if patch is None:
             raise UNetError(f"--model_dir={cfg.model_dir}: a 3D model needs its patch size (model.json volume record)")
         probs = sliding_window_predict(predictor, inputs[0], patch, overlap=SLIDING_OVERLAP,
-                                       batch_size=cfg.batch_size, mirror=cfg.tta)
+                                       batch_size=cfg.batch_size, mirror=bool(cfg.tta))
         return probs.argmax(-1).astype(np.uint8)
     probs = predict_images(predictor, spec, inputs, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
-                           context=cfg.tile_context, batch_size=cfg.batch_size, tta=cfg.tta, logger=logger,
+                           context=cfg.tile_context, batch_size=cfg.batch_size, tta=bool(cfg.tta), logger=logger,
                            label=label)
     return np.stack([p.argmax(-1) for p in probs], axis=-1).astype(np.uint8)
 
@@ -113,7 +113,7 @@ def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_i
                                 {case.name: case.image.spacing for case in cases}, data.class_names,
                                 cfg.nsd_tolerance)
         results.update(fold=cfg.fold, num_folds=cfg.num_folds, step=int(step), num_images=len(val_idx),
-                       tta=cfg.tta, dims=data.dims)
+                       tta=bool(cfg.tta), dims=data.dims)
         if origin is not None:
             results["provenance"] = origin
         write_eval_results(pathlib.Path(cfg.model_dir) / results_name, results)

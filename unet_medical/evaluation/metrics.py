@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from unet_medical.base.errors import UNetError
 from unet_medical.base.registry import Registry
+from unet_medical.inference.decision import decide_labels
 
 ISBI_CLASS_NAMES = ("membrane", "interior")
 INTERIOR_CLASS = 1
@@ -239,12 +240,14 @@ def _as_slices(stack: ArrayOrSlices, name: str, ndim: int) -> list:
 
 
 def segmentation_metrics(prob: ArrayOrSlices, y_true: ArrayOrSlices,
-                         class_names: Sequence[str]) -> Dict[str, float]:
+                         class_names: Sequence[str], threshold: float | None = None,
+                         background: int = 0) -> Dict[str, float]:
     """All evaluation scores for a stack of predicted probability maps.
 
     Args:
         prob: (N, H, W, C) float class probabilities, or a list of (H, W, C) arrays (sizes may
-            differ between slices). The prediction is argmax over C.
+            differ between slices). The prediction is argmax over C, or with `threshold` the
+            foreground threshold of unet_medical.inference.decision with `background` as background.
         y_true: (N, H, W) integer class ids, or a list of (H, W) arrays matching ``prob``.
         class_names: C names, e.g. ("membrane", "interior").
 
@@ -267,14 +270,12 @@ def segmentation_metrics(prob: ArrayOrSlices, y_true: ArrayOrSlices,
                         f"slices")
     num_classes = len(class_names)
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    pred_slices = []
     for i, (p, t) in enumerate(zip(prob_slices, true_slices)):
         if p.shape != t.shape + (num_classes,):
             raise UNetError(f"slice {i}: probabilities of shape {p.shape} do not match labels of "
                             f"shape {t.shape} with {num_classes} classes {class_names}")
-        pred = np.argmax(p, axis=-1)
+        pred = decide_labels(p, threshold, background)
         cm += confusion_matrix(t, pred, num_classes)
-        pred_slices.append(pred)
 
     per_class = {metric: PER_CLASS_METRICS.get(metric)(cm) for metric in PER_CLASS_METRICS.names()}
     results: Dict[str, float] = {}
@@ -285,7 +286,8 @@ def segmentation_metrics(prob: ArrayOrSlices, y_true: ArrayOrSlices,
 
     if class_names == ISBI_CLASS_NAMES:
         v_rand, v_info = [], []
-        for pred, t in zip(pred_slices, true_slices):
+        for p, t in zip(prob_slices, true_slices):  # on the argmax, whatever the decision: hence the name
+            pred = np.argmax(p, axis=-1)
             gt_cells = segment_cells(t == INTERIOR_CLASS)
             pred_cells = segment_cells(pred == INTERIOR_CLASS)
             v_rand.append(rand_scores(gt_cells, pred_cells)["v_rand"])

@@ -373,6 +373,8 @@ class ExportInputs:
     normalization: utils.data.normalize mode of the run (applied to parity images and in the serving graph).
     quantization: the run's quantization config (the packed format stores the weights at its bit width).
     input_scale: the run's input scale (RunRecord.input_scale), applied by parity checks and the serving graph.
+    threshold, tta: the run's decision (inference.decision), applied by the serving graph; with tta the
+        serving parity's Keras reference averages the same flips.
     """
 
     parity_images: list[np.ndarray]
@@ -385,6 +387,8 @@ class ExportInputs:
     normalization: str = "global"
     quantization: dict[str, Any] | None = None
     input_scale: float = 1.0
+    threshold: float | None = None
+    tta: bool = False
 
 
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,
@@ -453,7 +457,8 @@ def serving_module(model: Any, spec: UNetSpec, class_names: Sequence[str], input
     image_dtype = inputs.image_dtype or (inputs.parity_images[0].dtype if inputs.parity_images else np.uint8)
     return UNetServingModule(model, spec, inputs.context, image_dtype, tile_size=inputs.serving_tile_size,
                              max_tile_size=inputs.max_tile_size, class_names=class_names,
-                             normalization=inputs.normalization, input_scale=inputs.input_scale)
+                             normalization=inputs.normalization, input_scale=inputs.input_scale,
+                             threshold=inputs.threshold, tta=inputs.tta)
 
 
 def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[str, Any],
@@ -475,8 +480,8 @@ def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[s
     if format_of(entry["format"]).serving_signatures:
         # The serving signatures run predict's tile plan in the graph: compare with exactly that plan.
         serving_plan = {**plan, "tile_size": inputs.serving_tile_size}
-        if serving_plan != plan:
-            reference = predict_images(keras_predictor(model), spec, images, **serving_plan)
+        if serving_plan != plan or inputs.tta:
+            reference = predict_images(keras_predictor(model), spec, images, **serving_plan, tta=inputs.tta)
         loaded = tf.saved_model.load(str(path))
         served = [loaded.signatures[serving_signature_name(im.dtype)](**{SERVING_INPUT: tf.constant(im[None])})
                   [PROBABILITIES].numpy()[0] for im in inputs.parity_images]

@@ -118,6 +118,9 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
                   *[f"| {m} | {evaluation[m]:.4f} |" for m in METRICS if m in evaluation], ""]
     else:
         lines += ["No held-out evaluation found in the model folder (run `--exec_mode evaluate`).", ""]
+    if record and record.decision:  # the rule predict and the SavedModel apply (inference.decision)
+        lines += [f"Labels: {record.decision.get('reason', '')}. The metrics above are the argmax's; the "
+                  "SavedModel, predict and the exported files' runtime apply this rule.", ""]
     spread = _fold_spread(model_dir)
     if spread:
         lines += ["Across cross-validation folds (sibling `fold_<k>` runs):", "", spread, ""]

@@ -21,7 +21,11 @@
     4. stitching with the same overwrite order (a pixel covered by two tiles takes the later tile's
        value in row-major order), so the result equals tiled_predict's, not an average of overlaps;
     5. with the run's input scale s != 1, steps 2-4 run on the images resampled to s times their size
-       and the probabilities are resampled back to H x W, with predict's op and rounding (data.resample).
+       and the probabilities are resampled back to H x W, with predict's op and rounding (data.resample);
+    6. the run's decision (inference.decision, chosen on its validation fold): with `tta`, each tile's
+       probabilities are the mean over its 8 flips/rotations (inference.tiling.predict_tiles); with a
+       `threshold`, "labels" are background where 1 - p(background) <= threshold, else the most probable
+       other class (inference.decision.decide_labels); otherwise the argmax.
 
 A batch must hold images of one size (a tensor); every image gets the plan of that size.
 """
@@ -38,6 +42,7 @@ from unet_medical.model.unet import UNetSpec, margin as model_margin, smallest_v
 from unet_medical.data.normalize import normalize_images_tf
 from unet_medical.data.resample import resize_tf
 from unet_medical.base.errors import UNetError
+from unet_medical.inference.outputs import background_class
 from unet_medical.inference.runtimes import PROBABILITIES
 from unet_medical.inference.tiling import plan_tiles
 
@@ -120,6 +125,17 @@ def axis_tiles(length: tf.Tensor, core: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
     return starts, ends - starts
 
 
+def dihedral_tf(x: tf.Tensor, k: int) -> tf.Tensor:
+    """The k-th of the 8 flips/rotations of (B, H, W, C) square tiles: inference.tiling's, in the graph."""
+    x = tf.image.rot90(x, k % 4)
+    return tf.reverse(x, axis=[2]) if k >= 4 else x
+
+
+def dihedral_inverse_tf(x: tf.Tensor, k: int) -> tf.Tensor:
+    x = tf.reverse(x, axis=[2]) if k >= 4 else x
+    return tf.image.rot90(x, -(k % 4) % 4)
+
+
 class UNetServingModule(tf.Module):
     """The exported computation: a Keras U-Net returning logits, wrapped to return probabilities.
 
@@ -133,6 +149,7 @@ class UNetServingModule(tf.Module):
         normalization: the run's utils.data.normalize mode; "per_image" computes its percentiles in the graph.
         input_scale: the run's input scale (RunRecord.input_scale): images are resampled by it before the
             tile loop and the probabilities back to the images' size.
+        threshold, tta: the run's decision (step 6 of the module docstring); `tile` stays the plain network.
 
     Only the model's variables are tracked (not the Keras object), so saving does not trace every
     Keras layer and works for variants Keras cannot save itself (facts.md: QAT transposed convs).
@@ -141,8 +158,12 @@ class UNetServingModule(tf.Module):
     def __init__(self, model: Any, spec: UNetSpec, context: int | None = None, image_dtype: Any = np.uint8, *,
                  tile_size: int | None = None, max_tile_size: int = 1024,
                  class_names: Sequence[str] | None = None, normalization: str = "global",
-                 input_scale: float = 1.0):
+                 input_scale: float = 1.0, threshold: float | None = None, tta: bool = False):
         super().__init__(name="unet_serving")
+        if threshold is not None and not 0 < threshold < 1:
+            raise UNetError(f"threshold must be in (0, 1), got {threshold!r}")
+        self.threshold, self.tta = threshold, bool(tta)
+        self._background = background_class(tuple(class_names or ()))
         self.normalization = normalization
         if not 0 < input_scale <= 1:
             raise UNetError(f"input_scale must be in (0, 1], got {input_scale!r}")
@@ -217,7 +238,7 @@ class UNetServingModule(tf.Module):
         def row(i: tf.Tensor, strips: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
             def column(j: tf.Tensor, pieces: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
                 window = padded[:, ys[i]:ys[i] + tile, xs[j]:xs[j] + tile]
-                probs = self.tile(window)[PROBABILITIES][:, c:c + rows_kept[i], c:c + cols_kept[j]]
+                probs = self._window_probabilities(window)[:, c:c + rows_kept[i], c:c + cols_kept[j]]
                 # Width first so TensorArray.concat (axis 0) joins the pieces of a row.
                 return j + 1, pieces.write(j, tf.transpose(probs, [2, 0, 1, 3]))  # (w_j, B, h_i, K)
 
@@ -229,6 +250,25 @@ class UNetServingModule(tf.Module):
         _, strips = tf.while_loop(lambda i, _: i < tf.size(ys), row, (0, strips), parallel_iterations=1)
         probs = tf.transpose(strips.concat(), [1, 0, 2, 3])  # (H, B, W, K) -> (B, H, W, K)
         return tf.ensure_shape(probs, [None, None, None, self.spec.n_classes])
+
+    def _window_probabilities(self, window: tf.Tensor) -> tf.Tensor:
+        """(B, T, T, C) square tiles -> (B, O, O, K): the network, or with tta the mean over the 8 transforms."""
+        if not self.tta:
+            return self.tile(window)[PROBABILITIES]
+        total = 0.0
+        for k in range(8):
+            total += dihedral_inverse_tf(self.tile(dihedral_tf(window, k))[PROBABILITIES], k)
+        return total / 8.0
+
+    def _labels(self, probs: tf.Tensor) -> tf.Tensor:
+        """(B, H, W, K) -> (B, H, W) class ids: inference.decision.decide_labels in the graph."""
+        if self.threshold is None:
+            return tf.argmax(probs, axis=-1)
+        k = self.spec.n_classes
+        others = [c for c in range(k) if c != self._background]
+        best_other = tf.gather(tf.constant(others, tf.int64), tf.argmax(tf.gather(probs, others, axis=-1), axis=-1))
+        score = 1.0 - probs[..., self._background]
+        return tf.where(score > self.threshold, best_other, tf.constant(self._background, tf.int64))
 
     def scaled_probabilities(self, x: tf.Tensor) -> tf.Tensor:
         """`tiled` on (B, H, W, C) images resampled to scaled_side(H) x scaled_side(W), then (B, H, W, K)."""
@@ -243,4 +283,4 @@ class UNetServingModule(tf.Module):
         else:
             normalized = normalize_images(images)
         probs = self.tiled(normalized) if self.input_scale == 1 else self.scaled_probabilities(normalized)
-        return {PROBABILITIES: probs, LABELS: tf.cast(tf.argmax(probs, axis=-1), self._label_dtype)}
+        return {PROBABILITIES: probs, LABELS: tf.cast(self._labels(probs), self._label_dtype)}

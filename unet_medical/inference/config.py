@@ -5,7 +5,17 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from unet_medical.base.settings import Settings, at_least, setting
+from unet_medical.base.settings import Rule, Settings, at_least, setting
+
+
+def _is_threshold(value: str) -> bool:
+    """auto, argmax or a number strictly between 0 and 1 (inference.decision.parse_threshold's rule)."""
+    if value in ("auto", "argmax"):
+        return True
+    try:
+        return 0.0 < float(value) < 1.0
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +30,13 @@ class InferenceConfig(Settings):
     max_tile_size: int = setting(1024, "largest automatic inference tile (bounds memory)", rule=at_least(8))
     tile_context: int | None = setting(None, "pixels of each same-padding tile's border thrown away "
                                       "(default 16 for same padding, 0 for valid)", rule=at_least(0))
-    tta: bool = setting(False, "test-time augmentation: average over the 8 flips/rotations")
+    tta: bool | None = setting(None, "test-time augmentation: average over the 8 flips/rotations (default: "
+                              "the run's choice on its validation fold, recorded in model.json; a run "
+                              "that recorded none: off)")
+    threshold: str = setting("auto", "how probabilities become labels: auto (training: choose a foreground "
+                             "threshold on the validation fold where there are 1 or 2 foreground classes; "
+                             "later modes: the run's recorded choice), argmax, or a number in (0, 1) on "
+                             "1 - p(background)", rule=Rule(_is_threshold, "auto, argmax or a number in (0, 1)"))
     checkpoint: str = setting("last", "weights of the run's SavedModel and of evaluate/predict/export: last "
                              "(final; what eval_results.json scored) or best (highest validation mean Dice); "
                              "recorded in config.yaml, later modes on the run take it", choices=("best", "last"))

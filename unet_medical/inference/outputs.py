@@ -13,6 +13,7 @@ from PIL import Image
 
 from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_write
+from unet_medical.inference.decision import decide_labels
 
 # Overlay colour of each class index (class 0 is the ISBI membrane): RGB.
 _PALETTE = np.array([[255, 40, 40], [40, 200, 255], [60, 220, 60], [255, 200, 0], [200, 80, 255],
@@ -30,14 +31,15 @@ def probability_maps(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarra
     return np.moveaxis(probs, -1, 0).astype(np.float32)
 
 
-def label_mask(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
-    """uint8 (H, W) mask of one image's probabilities (H, W, K).
+def label_mask(probs: np.ndarray, class_names: Sequence[str], threshold: float | None = None) -> np.ndarray:
+    """uint8 (H, W) mask of one image's probabilities (H, W, K), decided by inference.decision (argmax
+    when `threshold` is None) with background_class(class_names) as the background.
 
-    Two classes: 255 where class 1 wins the argmax, else 0 (NVIDIA's test-masks.tif; for ISBI EM data
-    class 1 is the cell interior, so the mask follows the challenge's label convention, 0 = membrane).
-    More classes: the argmax class id itself.
+    Two classes: 255 where class 1 wins, else 0 (NVIDIA's test-masks.tif; for ISBI EM data class 1 is
+    the cell interior, so the mask follows the challenge's label convention, 0 = membrane).
+    More classes: the class id itself.
     """
-    labels = probs.argmax(axis=-1)
+    labels = decide_labels(probs, threshold, background_class(class_names))
     if len(class_names) == 2:
         return np.where(labels == 1, 255, 0).astype(np.uint8)
     if len(class_names) > 256:
@@ -128,8 +130,9 @@ class PredictionWriter:
     """
 
     def __init__(self, out_dir: pathlib.Path, names: Sequence[str], class_names: Sequence[str],
-                 stack_name: str | None, max_overlays: int = 30):
+                 stack_name: str | None, max_overlays: int = 30, threshold: float | None = None):
         check_unique_stems(names, str(out_dir))
+        self.threshold = threshold  # the run's decision (inference.decision): masks and overlays agree
         self.out_dir, self.class_names, self.stack_name = pathlib.Path(out_dir), tuple(class_names), stack_name
         self.max_overlays, self.count, self.written = max_overlays, 0, []
         # The interior/background class (1 of 2) is left untinted so membranes/foreground stand out.
@@ -142,7 +145,7 @@ class PredictionWriter:
                 self._stacks.append((tmp, self.out_dir / final, tifffile.TiffWriter(tmp)))
 
     def add(self, name: str, probs: np.ndarray, image: np.ndarray) -> None:
-        maps, mask = probability_maps(probs, self.class_names), label_mask(probs, self.class_names)
+        maps, mask = probability_maps(probs, self.class_names), label_mask(probs, self.class_names, self.threshold)
         if self._stacks:
             for (_, _, tif), array, compression in zip(self._stacks, (maps, mask), (None, "zlib")):
                 # metadata=None: pages of one shape read back as one (N, H, W) series
@@ -152,7 +155,8 @@ class PredictionWriter:
             self.written.append(write_tiff(self.out_dir / f"{_stem(name)}-mask.tif", mask, compression="zlib"))
         if self.count < self.max_overlays:
             self.written.append(write_png(self.out_dir / "overlays" / f"{_stem(name)}.png",
-                                          overlay(image, probs.argmax(-1), skip_class=self.skip)))
+                                          overlay(image, decide_labels(probs, self.threshold, self.skip),
+                                                  skip_class=self.skip)))
         self.count += 1
 
     def __enter__(self) -> "PredictionWriter":

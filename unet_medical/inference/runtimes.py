@@ -252,7 +252,8 @@ class ExportedModel:
         return RunRecord(spec=dataclasses.asdict(self.spec), class_names=self.class_names,
                          step=self.metadata.get("step"), model_path=str(self.path),
                          normalization=self.metadata.get("normalization", "global"),
-                         input_scale=float(self.metadata.get("input_scale", 1.0)))
+                         input_scale=float(self.metadata.get("input_scale", 1.0)),
+                         decision=self.metadata.get("decision"))
 
     def tile_size_for(self, requested: int | None) -> int | None:
         """The inference tile: the fixed one if the runtime has one (a different --tile_size is an error)."""
