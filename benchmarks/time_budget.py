@@ -5,7 +5,8 @@
 Generates a synthetic data set (download_dataset.py --synthetic --kind KIND), runs
 examples/unet_CPU_TRAIN.sh on it with `--time_budget MINUTES` (the recipe's evaluations and checkpoints
 included), reads the run's RECIPE records (the step time measured after warm-up, the steps chosen, the
-training seconds) and prints one line per run and the ratio training_s / budget. The target is 1.0 +- 0.1
+training seconds) and prints one line per run and the ratio training_s / budget, and what each
+candidate of the run's decision (threshold, test-time flips: cli.decide) scored on validation. The target is 1.0 +- 0.1
 on an idle machine; read /proc/cpuinfo and the load average beside it.
 """
 from __future__ import annotations
@@ -28,6 +29,21 @@ def recipe_records(log: pathlib.Path) -> list[dict]:
     """The RECIPE records of a run's log.json (JSON lines after the DLLL prefix)."""
     records = [json.loads(line[5:]) for line in log.read_text().splitlines() if line.startswith("DLLL ")]
     return [r["data"] for r in records if r.get("step") == "RECIPE"]
+
+
+def describe_decision(run: pathlib.Path) -> str:
+    """What each choice of the run's decision (model.json, cli.decide) scored on its validation fold."""
+    decision = json.loads((run / "model.json").read_text()).get("decision")
+    if not decision:
+        return "no decision recorded"
+    parts = []
+    for name, value in decision["scores"].items():
+        if isinstance(value, dict):
+            parts.append(f"{name} {value.get('threshold')}: {value['dice']:.4f}")
+        else:
+            parts.append(f"{name}: {value:.4f}")
+    return (f"validation foreground Dice {'; '.join(parts)} -> chosen {decision['chosen']} "
+            f"(gain {decision['gain']:+.4f}, {decision.get('seconds', '?')} s)")
 
 
 def main() -> int:
@@ -53,8 +69,9 @@ def main() -> int:
             ratio = end["training_s"] / (args.minutes * 60.0)
             ratios.append(ratio)
             print(f"run {k}: {fixed.get('s_per_step', float('nan')):.3f} s/step after warm-up, {fixed['value']} "
-                  f"steps, trained {end['training_s']:.1f} s of {args.minutes * 60:.0f} s: ratio {ratio:.3f}",
-                  flush=True)
+                  f"steps, trained {end['training_s']:.1f} s of {args.minutes * 60:.0f} s: ratio {ratio:.3f}; "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+            print(f"run {k}: {describe_decision(run)}", flush=True)
         print(f"training_s / budget: median {sorted(ratios)[len(ratios) // 2]:.3f} over {len(ratios)} run(s)")
     return 0
 
