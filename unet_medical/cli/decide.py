@@ -24,18 +24,21 @@ from unet_medical.inference.outputs import background_class
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.inference.tiling import predict_images
 
-# Flips cost 8 passes over the fold; past this many seconds the choice is not worth the wait.
+# Flips cost 8 passes over the fold (the choice's only large cost: the chosen rule is then scored from the
+# probabilities already made); past this many seconds the choice is not worth the wait.
 TTA_TRIAL_LIMIT_S = 180.0
 MAX_SCANNED_FOREGROUND = 2  # the issue's rule: a threshold where the data has one or two foreground classes
 
 
 def choose_run_decision(cfg: Any, model: Any, spec: Any, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                        class_names: Sequence[str], record: RunRecord, logger: runlog.Logger) -> RunRecord:
+                        class_names: Sequence[str], record: RunRecord, logger: runlog.Logger
+                        ) -> tuple[RunRecord, dict[bool, list[np.ndarray]]]:
     """Choose, log and record the decision of `model` (the weights the run ships) on the validation
     `images` (raw, (H, W, C)) and `masks` (H, W).
 
     Returns `record` with its "decision" set (also saved to model.json; record_in_results adds it to
-    eval_results.json once that file scores the chosen rule).
+    eval_results.json once that file scores the chosen rule) and the validation probabilities, (H, W, K)
+    per image, without (False) and with (True) flips, as far as they were predicted.
     """
     parsed = parse_threshold(cfg.threshold)
     foreground = len(class_names) - 1
@@ -71,7 +74,7 @@ def choose_run_decision(cfg: Any, model: Any, spec: Any, images: Sequence[np.nda
                           "reason": "--tta given" if cfg.tta is not None else choice["reason"]})
     record = record.replace(decision=choice)
     save_run_record(cfg.model_dir, record)
-    return record
+    return record, probs_by_tta
 
 
 def record_in_results(model_dir: str | pathlib.Path, choice: dict[str, Any]) -> None:

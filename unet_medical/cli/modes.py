@@ -52,16 +52,18 @@ REPORT_PANEL_SIDE = 256  # longest side (pixels) of each third of the best/worst
 
 def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarray],
                     masks: list[np.ndarray], class_names: tuple[str, ...], logger: runlog.Logger | None = None,
-                    input_scale: float = 1.0, decision: Decision = Decision()
-                    ) -> tuple[dict[str, Any], list[np.ndarray]]:
+                    input_scale: float = 1.0, decision: Decision = Decision(),
+                    probs: list[np.ndarray] | None = None) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Metrics of the tiled prediction of `images` against `masks` under `decision` (threshold, flips),
     and the class probabilities (H, W, K) of each image, at the images' resolution (the network sees them
-    at `input_scale`). With a `logger`, the loop shows its progress."""
-    predictor, tile_size = as_predictor(model, cfg.tile_size)
-    probs = predict_images(predictor, spec, images, tile_size=tile_size,
-                           max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                           batch_size=cfg.batch_size, tta=decision.tta, logger=logger, label="evaluate",
-                           input_scale=input_scale)
+    at `input_scale`). `probs` given: those (already predicted so) are scored instead. With a `logger`,
+    the loop shows its progress."""
+    if probs is None:
+        predictor, tile_size = as_predictor(model, cfg.tile_size)
+        probs = predict_images(predictor, spec, images, tile_size=tile_size,
+                               max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
+                               batch_size=cfg.batch_size, tta=decision.tta, logger=logger, label="evaluate",
+                               input_scale=input_scale)
     return segmentation_metrics(probs, masks, class_names, decision.threshold, background_class(class_names)), probs
 
 
@@ -81,9 +83,10 @@ def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val
 
     default = decision
 
-    def evaluate(model: Any, step: int, decision: Decision = default) -> dict[str, Any]:
+    def evaluate(model: Any, step: int, decision: Decision = default,
+                 probs: list[np.ndarray] | None = None) -> dict[str, Any]:
         metrics, probs = evaluate_images(cfg, model, spec, images, masks, data.class_names, logger, input_scale,
-                                         decision)
+                                         decision, probs)
         predicted = [decide_labels(p, decision.threshold, skip) for p in probs]
         per_case = case_scores(predicted, masks, data.class_names, names, [int(i) for i in val_idx])
         results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
@@ -246,11 +249,11 @@ def decide_on_validation(cfg: Config, data: SegmentationData, val_idx: np.ndarra
     from unet_medical.cli.decide import choose_run_decision, record_in_results
 
     shipped, spec, info = restore_model(cfg.replace(model_path=None))  # the --checkpoint weights
-    record = choose_run_decision(cfg, shipped, spec, [data.images[i] for i in val_idx],
-                                 [data.masks[i] for i in val_idx], data.class_names, record, logger)
+    record, probs_by_tta = choose_run_decision(cfg, shipped, spec, [data.images[i] for i in val_idx],
+                                               [data.masks[i] for i in val_idx], data.class_names, record, logger)
     decision = resolve_decision("auto", None, record.decision)
-    if decision != Decision(None, bool(cfg.tta)):
-        evaluate_fold(shipped, info.step, decision=decision)
+    if decision != Decision(None, bool(cfg.tta)):  # scored from the probabilities the choice was made on
+        evaluate_fold(shipped, info.step, decision=decision, probs=probs_by_tta[decision.tta])
     record_in_results(cfg.model_dir, record.decision)
     return record
 
