@@ -291,3 +291,29 @@ def test_a_run_on_cases_of_different_spacings_scores_and_predicts_on_each_case_g
     evaluated = main_py("--exec_mode", "evaluate", "--model_dir", str(run))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads((run / "eval_results_last.json").read_text())["organ_dice"] == pytest.approx(results["organ_dice"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_3d_run_resamples_resumes_on_the_same_grid_predicts_on_the_input_grid_and_refuses_export(spacing_dir,
+                                                                                                     tmp_path):
+    run = tmp_path / "run"
+    common = ["--data_dir", str(spacing_dir), "--model_dir", str(run), "--dims", "3", "--base_filters", "4",
+              "--depth", "2", "--batch_size", "2", "--patch_size", "32,32,16", "--num_folds", "2",
+              "--checkpoint_every", "2", "--no-saved_model"]
+    first = main_py("--exec_mode", "train", "--max_steps", "2", *common)
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = main_py("--exec_mode", "train_and_predict", "--max_steps", "4", "--resume_training", *common)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    config = (run / "config.yaml").read_text()
+    assert "target_spacing: 0.8,0.8,2.5" in config
+    log = [json.loads(line[5:]) for line in (run / "log.json").read_text().splitlines() if line.startswith("DLLL ")]
+    values = [r["data"]["value"] for r in log if r["step"] == "RECIPE" and r["data"]["flag"] == "target_spacing"]
+    assert values == ["0.8,0.8,2.5", "0.8,0.8,2.5"]  # the resume resampled to the grid the run started on
+    results = json.loads((run / "eval_results.json").read_text())
+    assert results["dims"] == "3" and sorted(results["per_case"]) == ["case_000", "case_001"]
+    source = nib.load(spacing_dir / "imagesTs" / "case_004_0000.nii.gz")
+    out = nib.load(run / "predictions" / "001" / "case_004.nii.gz")
+    assert out.shape == source.shape and np.array_equal(out.affine, source.affine)
+    export = main_py("--exec_mode", "export", "--model_dir", str(run), "--export_format", "onnx")
+    assert export.returncode != 0
+    assert "resampled to 0.8,0.8,2.5 mm (--target_spacing); exporting a resampled 3-D run is not built yet" in export.stderr
