@@ -139,7 +139,8 @@ def resample_to_shape(volume: np.ndarray, shape: Sequence[int], order: int, slic
     slice_axis given: that axis is resampled with order 0 (nearest slice), the other two with `order`,
     nnU-Net's treatment of anisotropic volumes. The tensor-product spline is separable, so the axes are
     resampled one after another, each by a sparse matrix of scipy.ndimage.zoom's weights: the same values
-    as one 3-D zoom (within 1e-6 of the range) at a fifth to an eighth of its time on a 512x512x100 CT.
+    as one 3-D zoom (within 1e-6 of the range) at a seventh to a ninth of its time on a 512x512x100 CT
+    (benchmarks/volume_resample.py).
     An axis whose size does not change is left alone.
     """
     array = np.asarray(volume)
