@@ -241,7 +241,7 @@ def test_synthetic_ct_trains_evaluates_and_predicts_nifti_with_the_input_geometr
     record = json.loads((run / "model.json").read_text())["volume"]
     assert record["dims"] == "2" and record["validation_cases"] == ["case_000", "case_001", "case_002"]
     log = (run / "log.json").read_text()
-    assert '"flag": "resampling"' in log and '"anisotropy": 3.125' in log
+    assert '"flag": "target_spacing", "value": "none"' in log and '"anisotropy": 3.125' in log
     for case in ("case_012", "case_013", "case_014", "case_015"):
         source, out = nib.load(data / "imagesTs" / f"{case}_0000.nii.gz"), nib.load(run / "predictions" / "001" / f"{case}.nii.gz")
         assert out.shape == source.shape and np.array_equal(out.affine, source.affine)

@@ -43,7 +43,8 @@ def load_training_set(cfg: Config) -> SegmentationData:
     if cfg.image_stack is None and is_volume_layout(cfg.data_dir, cfg.images_dir):
         return load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
                                   num_classes=cfg.num_classes, dims=cfg.dims, context_slices=cfg.context_slices,
-                                  num_folds=cfg.num_folds, fold=cfg.fold, no_3d=volumetric_conflict(cfg))
+                                  num_folds=cfg.num_folds, fold=cfg.fold, no_3d=volumetric_conflict(cfg),
+                                  target_spacing=cfg.target_spacing)
     if cfg.dims == "3":  # a 3D network needs volumes; 2D images would silently train a 2D one
         raise UNetError(f"--dims 3: {cfg.data_dir} holds 2D images, not volumes (NIfTI, MSD / nnU-Net folders)")
     return load_training_data(cfg.data_dir, image_stack=cfg.image_stack, mask_stack=cfg.mask_stack,

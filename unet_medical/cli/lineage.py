@@ -48,8 +48,8 @@ RUN_MODES = ("evaluate", "predict", "export", "visualize")
 DATA_KEYS = ("data_dir", "image_stack", "mask_stack", "images_dir", "masks_dir", "num_classes")
 SPLIT_KEYS = ("fold", "num_folds")
 # checkpoint: the weights the run's SavedModel was written from are the later modes' default too.
-# dims, context_slices, patch_size: how volumes were cut for the network (a 3D model cannot take slices)
-VOLUME_KEYS = ("dims", "context_slices", "patch_size")
+# dims, context_slices, patch_size, target_spacing: how volumes were cut (and resampled) for the network
+VOLUME_KEYS = ("dims", "context_slices", "patch_size", "target_spacing")
 CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size", "checkpoint", *VOLUME_KEYS)
 ARCHITECTURE_KEYS = ("padding", "base_filters", "depth", "batch_norm", "dropout")
 QUANTIZATION_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width",

@@ -21,7 +21,9 @@ from unet_medical.cli.config import Config
 from unet_medical.cli.volume_modes import SLIDING_OVERLAP, require_volume_run
 from unet_medical.data.folds import case_fold_split
 from unet_medical.data.normalize import normalize_image
-from unet_medical.data.volume_training import case_inputs, load_volume_slices, prediction_cases, windows_from_record
+from unet_medical.data.volume_resample import format_spacing
+from unet_medical.data.volume_training import (case_inputs, load_volume_slices, prediction_cases, recorded_target,
+                                               windows_from_record)
 from unet_medical.export.formats import EXPORT_DIR, check_export_request, check_tflite_layers
 from unet_medical.export.volume import VOLUME_FORMATS, ServingCase, export_volume_model, volume_patches
 from unet_medical.export.volume_serving import VolumeServingModule
@@ -109,6 +111,11 @@ def export_volume_run(cfg: Config, logger: runlog.Logger) -> tuple[dict[str, Any
     from unet_medical.export.select import select_fastest
 
     model, spec, info = restore_model(cfg, logger)
+    target = recorded_target(require_volume_run(cfg, info))
+    if target is not None:  # the serving graph slides over the raw grid; it has no resampling step
+        raise UNetError(f"--model_dir={cfg.model_dir}: its cases were resampled to {format_spacing(target)} mm "
+                        "(--target_spacing); exporting a resampled 3-D run is not built yet (--exec_mode predict "
+                        "resamples each input and writes it back on its own grid)")
     pairs = volume_export_pairs(cfg, model, logger)
     calibration, parity_cases, names, source = export_volumes(cfg, info)
     patch = tuple(info.volume["patch_size"])

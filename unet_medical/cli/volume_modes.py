@@ -10,6 +10,9 @@ are volumes.
   run predicts the whole case by Gaussian-weighted sliding windows of its training patch instead.
 - prediction: every input volume (NIfTI file or folder, MSD imagesTs/, DICOM series) is cut and scaled
   as the run recorded, predicted, and written as CASE.nii.gz with exactly the input's geometry.
+- resampling (--target_spacing, data.volume_resample): a run whose cases were resampled to a target
+  spacing predicts on that grid, and its class probabilities go back onto each case's own grid (linear
+  per class) before the argmax; scores are against the labels as read, at the case's own spacing.
 """
 from __future__ import annotations
 
@@ -33,20 +36,17 @@ from unet_medical.data.folds import case_fold_split
 from unet_medical.data.normalize import normalize_image
 from unet_medical.data.volume_dims import DIMS
 from unet_medical.data.volume_layouts import is_volume_layout
+from unet_medical.data.volume_resample import Spacing, format_spacing, probabilities_to_labels
 from unet_medical.data.volume_training import (VolumeSlices, case_inputs, cases_of, geometry_summary,
-                                               load_volume_slices, prediction_cases, windows_from_record)
-from unet_medical.data.volumes import write_nifti
+                                               load_volume_slices, prediction_cases, recorded_target,
+                                               windows_from_record)
+from unet_medical.data.volumes import Volume, write_nifti
 from unet_medical.evaluation.volumes import score_volumes
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.inference.sliding_window import sliding_window_predict
 from unet_medical.data.patches3d import parse_patch_size
 from unet_medical.inference.tiling import predict_images
 from unet_medical.model.unet import UNetSpec
-
-# nnU-Net resamples every case to the median spacing; these slices keep each case's own grid.
-RESAMPLING_REASON = ("not resampled: each case stays on its own voxel grid (its spacing is taken as "
-                     "it comes; resampling to the median spacing is not built)")
-
 
 SLIDING_OVERLAP = 0.5  # nnU-Net's: each voxel of a 3D case is predicted by up to 8 Gaussian-weighted windows
 
@@ -71,7 +71,12 @@ def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> 
         rule = (f"CT window [{window[0]:.1f}, {window[1]:.1f}]: 0.5-99.5 percentiles of the training cases' "
                 "foreground" if window is not None else "each case's own 0.5-99.5 percentiles (no absolute scale)")
         logger.log("RECIPE", {"flag": "volume_normalization", "value": channel, "reason": rule})
-    logger.log("RECIPE", {"flag": "resampling", "value": "none", "reason": RESAMPLING_REASON})
+    logger.log("RECIPE", {"flag": "target_spacing", "value": format_spacing(data.target_spacing),
+                          "reason": data.spacing_reason})
+    if data.target_spacing is not None and data.dims == "3":
+        logger.log("WARNING", {"message": "the run's SavedModel serves raw volumes on their own grid without "
+                                          "resampling to the target spacing; --exec_mode predict resamples"})
+    cfg = cfg.replace(target_spacing=format_spacing(data.target_spacing))  # config.yaml: a resume keeps it
     if cfg.normalization == "auto":
         cfg = cfg.replace(normalization="global")
         logger.log("RECIPE", {"flag": "normalization", "value": "global",
@@ -80,20 +85,34 @@ def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> 
 
 
 def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: UNetSpec, inputs: list[np.ndarray],
-                      logger: runlog.Logger | None, label: str) -> np.ndarray:
+                      logger: runlog.Logger | None, label: str, grid: Volume | None = None,
+                      target: Spacing | None = None) -> np.ndarray:
     """(I, J, K) uint8 class map of one case from its normalized slice inputs k = 0..K-1 (predict_images),
-    or for a 3D network from its one (I, J, K, C) input, by sliding windows of --patch_size (--tta: mirrored)."""
+    or for a 3D network from its one (I, J, K, C) input, by sliding windows of --patch_size (--tta: mirrored).
+
+    target: the spacing (mm) the inputs were resampled to; the class probabilities then go back onto
+    `grid` (the case as read: its shape and spacing) before the argmax. None: inputs on the case's grid.
+    """
     if spec.dims == 3:
         patch = parse_patch_size(cfg.patch_size)
         if patch is None:
             raise UNetError(f"--model_dir={cfg.model_dir}: a 3D model needs its patch size (model.json volume record)")
         probs = sliding_window_predict(predictor, inputs[0], patch, overlap=SLIDING_OVERLAP,
                                        batch_size=cfg.batch_size, mirror=bool(cfg.tta))
-        return probs.argmax(-1).astype(np.uint8)
-    probs = predict_images(predictor, spec, inputs, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
-                           context=cfg.tile_context, batch_size=cfg.batch_size, tta=bool(cfg.tta), logger=logger,
-                           label=label)
-    return np.stack([p.argmax(-1) for p in probs], axis=-1).astype(np.uint8)
+        if target is None:
+            return probs.argmax(-1).astype(np.uint8)
+        class_maps = (probs[..., c] for c in range(probs.shape[-1]))
+    else:
+        slices = predict_images(predictor, spec, inputs, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
+                                context=cfg.tile_context, batch_size=cfg.batch_size, tta=bool(cfg.tta), logger=logger,
+                                label=label)
+        if target is None:
+            return np.stack([p.argmax(-1) for p in slices], axis=-1).astype(np.uint8)
+        # one class at a time: a CT's stacked probabilities of every class would double the memory
+        class_maps = (np.stack([p[..., c] for p in slices], axis=-1) for c in range(slices[0].shape[-1]))
+    if grid is None:
+        raise UNetError(f"{label}: resampled inputs need the case's own grid to predict onto")
+    return probabilities_to_labels(class_maps, grid.shape, grid.spacing, target)
 
 
 def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_idx: np.ndarray,
@@ -107,7 +126,8 @@ def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_i
     def evaluate(model: Any, step: int) -> dict[str, Any]:
         predictor, tile_size = as_predictor(model, cfg.tile_size)
         cases = [data.volumes.cases[c] for c in val_cases]
-        predictions = {case.name: predict_label_map(cfg, predictor, tile_size, spec, inputs[c], logger, "evaluate")
+        predictions = {case.name: predict_label_map(cfg, predictor, tile_size, spec, inputs[c], logger, "evaluate",
+                                                    case.image, data.target_spacing)
                        for c, case in zip(val_cases, cases)}
         results = score_volumes(predictions, {case.name: case.labels.array for case in cases},
                                 {case.name: case.image.spacing for case in cases}, data.class_names,
@@ -174,7 +194,8 @@ def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
     log_recorded_dims(record, logger)
     data = load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
                               num_classes=cfg.num_classes, dims=record["dims"], context_slices=record["context_slices"],
-                              windows=windows_from_record(record["normalization"]))
+                              windows=windows_from_record(record["normalization"]),
+                              target_spacing=recorded_target(record))
     if tuple(data.class_names) != tuple(info.class_names):
         raise UNetError(f"{cfg.data_dir}: classes {data.class_names} differ from the model's {info.class_names}")
     _, val_idx = case_fold_split(data.case_of_slice, cfg.num_folds, cfg.fold)
@@ -188,9 +209,11 @@ def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
 
 
 def log_recorded_dims(record: dict[str, Any], logger: runlog.Logger) -> None:
-    """The slicing in effect for a trained run: its record's, whatever --dims/--context_slices say."""
+    """The slicing and resampling in effect for a trained run: its record's, whatever --dims,
+    --context_slices and --target_spacing say."""
     patch = {"patch_size": ",".join(map(str, record["patch_size"]))} if "patch_size" in record else {}
     logger.log("PARAMETER", {"dims": record["dims"], "context_slices": record["context_slices"], **patch,
+                             "target_spacing": format_spacing(recorded_target(record)),
                              "dims_reason": "recorded by the training run (model.json volume)"})
 
 
@@ -239,7 +262,8 @@ def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: 
         if inputs[0].shape[-1] != spec.in_channels:
             raise UNetError(f"{image.path}: slices of {inputs[0].shape[-1]} channels, the model expects "
                             f"{spec.in_channels}")
-        labels = predict_label_map(cfg, predictor, tile_size, spec, inputs, logger, f"predict {name}")
+        labels = predict_label_map(cfg, predictor, tile_size, spec, inputs, logger, f"predict {name}", image,
+                                   recorded_target(record))
         written.append(write_nifti(labels, image, out / f"{name}.nii.gz"))
         seconds.append(time.perf_counter() - start)
     logger.log("PREDICT", {"cases": len(written), "output": str(out), "seconds_per_case": round(float(np.mean(seconds)), 3),

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from unet_medical.base.errors import UNetError
 from unet_medical.data.patches3d import parse_patch_size
 from unet_medical.data.volume_dims import AUTO, DEFAULT_DIMS, dims_choices, slice_mode
+from unet_medical.data.volume_resample import parse_target_spacing
 from unet_medical.base.settings import Settings, at_least, between, require, setting
 
 
@@ -51,6 +52,10 @@ class DataConfig(Settings):
     patch_size: str | None = setting(None, "--dims 3: training patch in voxels, one side (a cube) or I,J,K, "
                                     "each a multiple of 2**depth (default: chosen from the median case shape, at "
                                     "most 64 per side)")
+    target_spacing: str = setting("auto", "volumes: voxel spacing in mm the cases are resampled to before training "
+                                  "(I,J,K, e.g. 1,1,2.5), none (each case on its own grid) or auto (default: the "
+                                  "median spacing, only when some case is more than 10 percent off it on some axis; a "
+                                  "RECIPE line says why); predict resamples back to each input's grid")
     crop_size: int | None = setting(None, "training input tile (default: chosen from the data for same padding, "
                                    "572 = the paper's tile for valid padding)", rule=at_least(8))
 
@@ -58,6 +63,7 @@ class DataConfig(Settings):
         if self.dims != AUTO:
             slice_mode(self.dims)  # a designed but unbuilt mode stops here with one line
         parse_patch_size(self.patch_size)  # one line naming --patch_size
+        parse_target_spacing(self.target_spacing)  # one line naming --target_spacing
         require(0 <= self.fold < self.num_folds, "fold", self.fold, f"0 <= fold < num_folds ({self.num_folds})")
         if self.class_weights not in ("auto", "none"):
             try:

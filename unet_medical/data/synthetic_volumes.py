@@ -85,10 +85,11 @@ def _ellipsoid(mm: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.ndar
     return (((mm - centre) / radii) ** 2).sum(axis=-1) <= 1.0
 
 
-def case_labels(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
-    """(body mask bool, labels uint8), both (I, J, K), drawn in millimetres on the VOXEL_MM grid."""
-    mm = voxel_mm_grid(shape, VOXEL_MM)
-    extent = np.asarray(shape) * VOXEL_MM
+def case_labels(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE,
+                voxel_mm: tuple[float, float, float] = VOXEL_MM) -> tuple[np.ndarray, np.ndarray]:
+    """(body mask bool, labels uint8), both (I, J, K), drawn in millimetres on the `voxel_mm` grid."""
+    mm = voxel_mm_grid(shape, voxel_mm)
+    extent = np.asarray(shape) * voxel_mm
     middle = extent / 2
     body = _ellipsoid(mm * [1, 1, 0], middle * [1, 1, 0], np.r_[0.46 * extent[:2], 1.0])
     organ_radii = rng.uniform([7, 6, 18], [10, 9, 30])
@@ -206,4 +207,31 @@ def write_volume_kind(out_dir: str | os.PathLike, kind: str, num_training: int |
             written.append(write_nifti_image(image, affine, out / "imagesTs" / f"{case}_0000.nii.gz"))
     written.append(atomic_write_text(out / "dataset.json", json.dumps(dataset_json(kind, int(num_training)),
                                                                       indent=2) + "\n"))
+    return written
+
+
+def write_ct_spacings(out_dir: str | os.PathLike, spacings: list[tuple[float, float, float]], num_test: int = 1,
+                      seed: int = 0) -> list[pathlib.Path]:
+    """A ct-kind set whose cases differ in voxel spacing: labelled case n at spacings[n] (mm), then `num_test`
+    test images at the spacings after them (cycling), each covering the ct kind's field of view
+    (SHAPE x VOXEL_MM mm, so shapes differ) with its organ and lesion drawn in millimetres. The rehearsal set of
+    resampling to the median spacing (data.volume_resample); the ct kind itself keeps one spacing.
+    """
+    out = pathlib.Path(out_dir)
+    _check_destination(out)
+    num_training, written = len(spacings) - num_test, []
+    if num_training < 1:
+        raise UNetError(f"spacings: {len(spacings)} given, need more than num_test={num_test}")
+    for index, voxel_mm in enumerate(spacings):
+        rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(index,)))
+        voxel_mm = tuple(float(v) for v in voxel_mm)
+        shape = tuple(int(round(n * s / v)) for n, s, v in zip(SHAPE, VOXEL_MM, voxel_mm))
+        body, labels = case_labels(rng, shape, voxel_mm)
+        image, affine, case = ct_intensities(rng, body, labels), case_affine(rng, voxel_mm), f"case_{index:03d}"
+        if index < num_training:
+            written.append(write_nifti_image(image, affine, out / "imagesTr" / f"{case}_0000.nii.gz"))
+            written.append(write_nifti_image(labels, affine, out / "labelsTr" / f"{case}.nii.gz"))
+        else:
+            written.append(write_nifti_image(image, affine, out / "imagesTs" / f"{case}_0000.nii.gz"))
+    written.append(atomic_write_text(out / "dataset.json", json.dumps(dataset_json("ct", num_training), indent=2) + "\n"))
     return written

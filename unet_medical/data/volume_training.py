@@ -6,8 +6,13 @@ per slice, case after case; for --dims 3 one item per case, the whole volume), p
 themselves, the case of every slice (folds split by case: data.folds.case_fold_split) and the
 intensity windows. volume_record is the part of model.json
 that lets prediction cut and scale new volumes exactly as training did: --dims, the context slices,
-the normalization rule per channel (the CT window in HU, or per-case percentiles) and the case names
+the normalization rule per channel (the CT window in HU, or per-case percentiles), the target spacing
+the cases were resampled to (data.volume_resample; None: each case on its own grid) and the case names
 on each side of the split.
+
+With a target spacing, every case is resampled once as it is loaded (images cubic, labels per class),
+before the windows are measured and the cases cut into slices or patches: the items are on the target
+grid, while `volumes` keeps the cases as read (their labels and spacing are what evaluation scores).
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from unet_medical.data.volume_dims import AUTO, choose_dims, slice_mode, volume_
 # the layout module's own channel-file rules, reused so prediction groups files exactly as training did
 from unet_medical.data.volume_layouts import (_CHANNEL, VolumeCase, VolumeDataSet, _volume_files, _with_channels,
                                               load_volume_data)
+from unet_medical.data.volume_resample import (Spacing, choose_target_spacing,
+                                               resample_image, resample_labels, resampled_shape)
 from unet_medical.data.volume_slices import PERCENTILES, Window, case_image_uint16, set_windows, volume_slices
 from unet_medical.data.volumes import Volume, read_dicom_series, read_volume, volume_ending
 
@@ -39,6 +46,9 @@ class VolumeSlices(SegmentationData):
         case_of_slice: (N,) int64 index into volumes.cases of each slice.
         windows: per channel, the data set's CT window (lo, hi) or None (each case's own percentiles).
         dims: the --dims the slices were cut for; context: neighbours per side taken as channels.
+        target_spacing: (3,) mm the items were resampled to, or None (each case on its own grid); the
+            cases in `volumes` are always as read.
+        spacing_reason: why that target (data.volume_resample.choose_target_spacing).
     """
 
     volumes: VolumeDataSet | None = None
@@ -47,6 +57,8 @@ class VolumeSlices(SegmentationData):
     dims: str = "2"
     context: int = 0
     dims_reason: str = ""  # why --dims auto chose `dims` ("" when --dims was given)
+    target_spacing: Spacing | None = None
+    spacing_reason: str = ""
 
     def slices_of(self, case_index: int) -> np.ndarray:
         """Item indices of one case's slices, k = 0..K-1 in order."""
@@ -56,7 +68,8 @@ class VolumeSlices(SegmentationData):
 def load_volume_slices(data_dir: str | os.PathLike, *, images_dir: str = "images", masks_dir: str = "masks",
                        num_classes: int | None = None, dims: str = "2", context_slices: int = 1,
                        windows: tuple[Window | None, ...] | None = None, num_folds: int | None = None,
-                       fold: int = 0, no_3d: str = "") -> VolumeSlices:
+                       fold: int = 0, no_3d: str = "", target_spacing: str | Sequence[float] | None = None
+                       ) -> VolumeSlices:
     """The labelled volumes of data_dir cut into the network's slices for --dims (module docstring).
 
     dims "auto" is decided here from the set's median geometry (volume_dims.choose_dims); `no_3d` says why
@@ -65,10 +78,16 @@ def load_volume_slices(data_dir: str | os.PathLike, *, images_dir: str = "images
     windows None: the CT window is measured on the training cases of fold `fold` of `num_folds` (all
     cases without num_folds), so no validation voxel shapes the scale the model is judged on; a run's
     evaluation passes the windows it recorded instead.
+
+    target_spacing: --target_spacing ("auto", "none", "A,B,C" mm) or a run's recorded (3,) mm or None;
+    decided here from the cases as read (choose_target_spacing), which are then resampled to it.
     """
     if dims != AUTO:
         slice_mode(dims)  # an unknown --dims fails before any volume is read
     volumes = load_volume_data(data_dir, images_dir, masks_dir, num_classes)
+    target, spacing_reason = choose_target_spacing(np.array([c.image.spacing for c in volumes.cases]),
+                                                   target_spacing, [c.name for c in volumes.cases])
+    as_read, volumes = volumes, resample_dataset(volumes, target)
     reason = ""
     if dims == AUTO:
         geometry = geometry_summary(volumes)
@@ -79,15 +98,53 @@ def load_volume_slices(data_dir: str | os.PathLike, *, images_dir: str = "images
         train_cases = (np.arange(len(volumes.cases)) if num_folds is None
                        else fold_split(len(volumes.cases), num_folds, fold)[0])  # = case_fold_split's cases
         windows = set_windows(dataclasses.replace(volumes, cases=[volumes.cases[i] for i in train_cases]))
+    resampled = {"volumes": as_read, "target_spacing": target, "spacing_reason": spacing_reason}
     if mode.volumetric:
-        return dataclasses.replace(whole_volumes(volumes, windows, mode.dims), dims_reason=reason)
+        return dataclasses.replace(whole_volumes(volumes, windows, mode.dims), dims_reason=reason, **resampled)
     cut = volume_slices(volumes, windows, context=context)
     data = cut.data
     return VolumeSlices(data.images, data.masks, data.names, data.class_names, data.source,
                         mask_format=f"NIfTI label maps, classes {', '.join(data.class_names)} "
                                     f"[{len(volumes.cases)} cases, {len(data.images)} slices]",
-                        volumes=volumes, case_of_slice=cut.case_of_slice, windows=cut.windows, dims=mode.dims,
-                        context=context, dims_reason=reason)
+                        case_of_slice=cut.case_of_slice, windows=cut.windows, dims=mode.dims,
+                        context=context, dims_reason=reason, **resampled)
+
+
+def resample_case(case: VolumeCase, target: Spacing | None, num_classes: int) -> VolumeCase:
+    """The case on the `target` grid (mm): image (I', J', K', C) float32 by cubic spline, labels per class
+    (data.volume_resample), the affine's columns rescaled to the new spacing with the outer faces kept.
+    target None, or a target that leaves the shape unchanged: the case as it is."""
+    spacing = case.image.spacing
+    if target is None or resampled_shape(case.image.shape, spacing, target) == case.image.shape:
+        return case
+    image = resample_image(case.image.array, spacing, target)
+    grid = resampled_grid(case.image, image.shape[:3])
+    labels = None
+    if case.labels is not None:
+        labels = dataclasses.replace(case.labels, array=resample_labels(case.labels.array, spacing, target,
+                                                                        num_classes), **grid)
+    return VolumeCase(case.name, dataclasses.replace(case.image, array=image, **grid), labels)
+
+
+def resampled_grid(volume: Volume, shape: Sequence[int]) -> dict[str, Any]:
+    """Volume fields of `volume`'s field of view sampled as `shape` voxels: its affine with each column
+    scaled by old / new size and the origin moved so the outer faces stay where they were (the grid of
+    data.volume_resample); no NIfTI header transforms (the resampled case is never written)."""
+    scale = np.asarray(volume.shape, np.float64) / np.asarray(shape, np.float64)
+    affine = np.array(volume.affine, np.float64)
+    # voxel 0's centre moves from half an old voxel to half a new voxel inside the first face
+    affine[:3, 3] += affine[:3, :3] @ ((scale - 1.0) / 2.0)
+    affine[:3, :3] = affine[:3, :3] * scale
+    return {"affine": affine, "spacing": tuple(float(s) for s in np.asarray(volume.spacing) * scale),
+            "qform": None, "sform": None, "qform_code": 0, "sform_code": 0}
+
+
+def resample_dataset(volumes: VolumeDataSet, target: Spacing | None) -> VolumeDataSet:
+    """Every case of `volumes` on the `target` grid (resample_case); None: `volumes` itself."""
+    if target is None:
+        return volumes
+    cases = [resample_case(case, target, len(volumes.class_names)) for case in volumes.cases]
+    return dataclasses.replace(volumes, cases=cases)
 
 
 def whole_volumes(volumes: VolumeDataSet, windows: tuple[Window | None, ...], dims: str) -> VolumeSlices:
@@ -153,6 +210,7 @@ def volume_record(data: VolumeSlices, train_idx: np.ndarray, val_idx: np.ndarray
     """model.json's "volume" entry: how to cut and scale volumes as this run did, and which cases it saw;
     for --dims 3 also the training patch (voxels), the sliding window of prediction."""
     record = {"dims": data.dims, "context_slices": data.context,
+              "target_spacing_mm": None if data.target_spacing is None else [float(s) for s in data.target_spacing],
               "channel_names": list(data.volumes.channel_names),
               "normalization": normalization_record(data.windows, data.volumes.channel_names),
               "train_cases": cases_of(data, train_idx), "validation_cases": cases_of(data, val_idx),
@@ -162,15 +220,23 @@ def volume_record(data: VolumeSlices, train_idx: np.ndarray, val_idx: np.ndarray
     return record
 
 
+def recorded_target(record: dict[str, Any]) -> Spacing | None:
+    """The target spacing (mm) a run's volume record names; None for runs on each case's own grid (and
+    for runs recorded before resampling existed)."""
+    target = record.get("target_spacing_mm")
+    return None if target is None else tuple(float(s) for s in target)  # type: ignore[return-value]
+
+
 def case_inputs(image: Volume, record: dict[str, Any]) -> list[np.ndarray]:
     """The network inputs (uint16 slices k = 0..K-1; for --dims 3 one (I, J, K, C) volume) of a new image
-    volume (I, J, K[, C]) under a run's volume record, exactly as its training items were made."""
+    volume (I, J, K[, C]) under a run's volume record, exactly as its training items were made: on the
+    record's target grid when it names one (the slices then number K', not K)."""
     array = image.array if image.array.ndim == 4 else image.array[..., None]
     channels = len(record["channel_names"])
     if array.shape[-1] != channels:
         raise UNetError(f"{image.path}: {array.shape[-1]} channel(s), the model was trained on {channels} "
                         f"({', '.join(record['channel_names'])})")
-    case = VolumeCase("", dataclasses.replace(image, array=array), None)
+    case = resample_case(VolumeCase("", dataclasses.replace(image, array=array), None), recorded_target(record), 0)
     scaled = case_image_uint16(case, windows_from_record(record["normalization"]))
     if slice_mode(record["dims"]).volumetric:
         return [scaled]
