@@ -35,11 +35,14 @@ import unet_medical  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorF
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
+from threadpoolctl import threadpool_info  # noqa: E402
 
 from unet_medical.base.cpu import describe, read_cpu_info  # noqa: E402
 from unet_medical.base.timing import time_alternating  # noqa: E402
 from unet_medical.model.complexity import total_macs, total_params  # noqa: E402
-from unet_medical.model.tucker import FACTORIZATION_BLAS_THREADS, tucker_compress  # noqa: E402
+from unet_medical.model.tucker import (FACTORIZATION_BLAS_THREADS, blas_thread_limit, ineligibility,  # noqa: E402
+                                       is_conv_like, select_ranks, tucker2_factors, tucker2_factors_transposed,
+                                       tucker_compress)
 from unet_medical.model.unet import UNetSpec, build_unet  # noqa: E402
 
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
@@ -57,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=4, help="random network only: max-pooling steps")
     parser.add_argument("--batch_norm", action="store_true", help="random network only: BN after each conv")
     parser.add_argument("--rank_factor", type=float, default=0.3, help="random network / factorization timing")
+    parser.add_argument("--rank_min", type=int, default=8, help="rank floor (--exec_mode compress's default)")
     parser.add_argument("--factorization_rounds", type=int, default=0,
                         help="time tucker_compress instead, pinned and unpinned BLAS alternated, this many rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds")
@@ -89,16 +93,34 @@ def trained_network(run_dir: str) -> keras.Model:
     return model
 
 
-def time_factorization(model: keras.Model, args: argparse.Namespace, size: tuple[int, ...]) -> None:
-    """tucker_compress with the BLAS pinned (the library's default) and unpinned, alternated."""
+def factorize_all(model: keras.Model, rank_factor: float, rank_min: int, threads: Optional[int]) -> int:
+    """The Tucker-2 factorizations tucker_compress makes for `model` (every eligible conv), with the BLAS
+    limited to `threads` (None: its default); building layers and counting MACs left out. Returns the count."""
+    convs = [layer for layer in model.layers if is_conv_like(layer) and ineligibility(layer) is None]
+    with blas_thread_limit(threads):
+        for layer in convs:
+            kernel = layer.get_weights()[0]
+            transposed = isinstance(layer, keras.layers.Conv3DTranspose)
+            cin, cout = (kernel.shape[-1], kernel.shape[-2]) if transposed else kernel.shape[-2:]
+            ranks = select_ranks(int(cin), int(cout), rank_factor=rank_factor, rank_min=rank_min)
+            (tucker2_factors_transposed if transposed else tucker2_factors)(kernel, *ranks)
+    return len(convs)
+
+
+def time_factorization(model: keras.Model, args: argparse.Namespace) -> None:
+    """The factorizations with the BLAS pinned (the library's default) and unpinned, alternated."""
     settings = {f"{FACTORIZATION_BLAS_THREADS} BLAS thread": FACTORIZATION_BLAS_THREADS, "BLAS default": None}
-    calls = {name: (lambda threads=threads: tucker_compress(model, rank_factor=args.rank_factor, input_hw=size,
-                                                           blas_threads=threads))
+    counts = {}
+    calls = {name: (lambda name=name, threads=threads: counts.__setitem__(
+        name, factorize_all(model, args.rank_factor, args.rank_min, threads)))
              for name, threads in settings.items()}
     times = time_alternating(calls, warmup=0, rounds=args.factorization_rounds)
+    pools = [f"{p['internal_api']} {p['version']} ({p['num_threads']} threads by default)"
+             for p in threadpool_info() if p["user_api"] == "blas"]
+    print(f"  BLAS libraries: {', '.join(pools)}")
     for name, seconds in times.items():
-        print(f"  tucker_compress, {name:14s} rounds (s): {', '.join(f'{s:.1f}' for s in seconds)}; "
-              f"median {statistics.median(seconds):.1f} s")
+        print(f"  {counts[name]} factorizations, {name:14s} rounds (s): {', '.join(f'{s:.2f}' for s in seconds)}; "
+              f"median {statistics.median(seconds):.2f} s")
 
 
 def summary_row(compressed_dir: str, medians: dict[str, float]) -> Optional[str]:
@@ -131,7 +153,7 @@ def main() -> None:
     size = (args.size,) * 3
     if args.factorization_rounds:
         model = trained_network(args.model_dir) if args.model_dir else random_network(args)
-        time_factorization(model, args, size)
+        time_factorization(model, args)
         return
     if args.model_dir:
         model, compressed = trained_network(args.model_dir), trained_network(args.compressed_dir)
@@ -140,7 +162,8 @@ def main() -> None:
               f"{args.batch_norm}, rank factor {args.rank_factor}")
         model = random_network(args)
         start = time.perf_counter()
-        compressed, report = tucker_compress(model, rank_factor=args.rank_factor, input_hw=size)
+        compressed, report = tucker_compress(model, rank_factor=args.rank_factor, rank_min=args.rank_min,
+                                             input_hw=size)
         decomposed = sum(not r.kept for r in report)
         print(f"Tucker-2: {decomposed}/{len(report)} convs decomposed in {time.perf_counter() - start:.1f} s "
               f"(kept: {', '.join(r.name for r in report if r.kept)})")
@@ -160,7 +183,7 @@ def main() -> None:
     if args.compressed_dir:
         row = summary_row(args.compressed_dir, medians)
         if row:
-            print("| rank factor | parameters | GFLOP / patch | time / 128^3 volume | Dice original | "
+            print(f"| rank factor | parameters | GFLOP / patch | time / {args.size}^3 volume | Dice original | "
                   "before fine-tuning | after | change (points) | HD95 mm original -> after | fine-tune steps |")
             print(row)
 
