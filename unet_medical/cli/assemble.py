@@ -182,23 +182,36 @@ def restore_model(cfg: Config, logger: runlog.Logger | None = None) -> tuple[Any
 def compress_model(cfg: Config, model: Any, geometry: CropGeometry, logger: runlog.Logger,
                    write_report: bool = True) -> Any:
     """Tucker-2 decomposition of every eligible conv; the per-layer report goes to the log and (with
-    `write_report`) model_dir/tucker_report.csv."""
-    from unet_medical.model.complexity import isotropic_size
+    `write_report`) model_dir/tucker_report.csv, the whole network's cost to model_dir/tucker_summary.json
+    (cli.tucker_summary; the scores are added when fine-tuning ends)."""
+    import time
+
+    from unet_medical.cli import tucker_summary
+    from unet_medical.model.complexity import isotropic_size, total_macs, total_params
     from unet_medical.model.tucker import report_table, tucker_compress, write_report_csv
 
     # MACs at the training input: the square crop of a 2-D model, the --patch_size patch of a 3-D one.
     patch = parse_patch_size(cfg.patch_size) if model.inputs[0].shape.rank == 5 else None
+    size = patch or isotropic_size(model, geometry.input_size)
+    started = time.perf_counter()
     compressed, report = tucker_compress(model, rank_factor=cfg.rank_factor, rank=cfg.rank, rank_min=cfg.rank_min,
-                                         input_hw=patch or isotropic_size(model, geometry.input_size))
+                                         input_hw=size)
+    seconds = time.perf_counter() - started
+    decomposed = sum(not r.kept for r in report)
     if write_report:
         write_report_csv(report, pathlib.Path(cfg.model_dir) / "tucker_report.csv")
+        tucker_summary.write_model_part(
+            cfg.model_dir, rank_factor=cfg.rank_factor, rank=cfg.rank, rank_min=cfg.rank_min, input_size=size,
+            layers=len(report), decomposed=decomposed, params=(total_params(model), total_params(compressed)),
+            macs=(total_macs(model, size), total_macs(compressed, size)))
     print(report_table(report), flush=True)
     logger.log("PARAMETER", {
-        "tucker_layers_decomposed": sum(not r.kept for r in report),
+        "tucker_layers_decomposed": decomposed,
         "tucker_params_before": sum(r.params_before for r in report),
         "tucker_params_after": sum(r.params_after for r in report),
         "tucker_macs_before": sum(r.macs_before for r in report),
-        "tucker_macs_after": sum(r.macs_after for r in report)})
+        "tucker_macs_after": sum(r.macs_after for r in report),
+        "tucker_seconds": round(seconds, 3)})  # factorization (one BLAS thread) + rebuild + MAC counting
     return compressed
 
 

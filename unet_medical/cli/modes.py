@@ -421,6 +421,10 @@ def run_locked(cfg: Config, dist: Any) -> None:
             return
         if cfg.exec_mode in TRAINING_MODES:
             run_training(cfg, logger, dist)
+        if cfg.exec_mode == "compress" and dist.is_chief:  # the scores of original, decomposed, fine-tuned
+            from unet_medical.cli.tucker_summary import add_scores, headline
+
+            logger.log("TUCKER", headline(add_scores(cfg.model_dir, cfg.init_from)))
         # Evaluate, like predict and export, runs on the chief alone: every rank holds the same weights
         # (broadcast), so other ranks would only race it writing the same eval_results file.
         if cfg.exec_mode == "evaluate" and dist.is_chief:

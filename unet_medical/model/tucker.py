@@ -16,7 +16,8 @@ Reference: "Post-Training Network Compression for 3D Medical Image Segmentation"
 PyTorch): Tucker-2 over the channel modes, ranks ceil(channels x factor) with a floor `rank_min`.
 Unlike the reference, a layer is kept when the factorization would not reduce its MACs at the
 given input size (that check can be switched off). The factorization of big kernels is slow (a
-3x3x256x512 kernel at half rank took about 9 s here): it runs once per layer.
+3x3x256x512 kernel at half rank took about 9 s here): it runs once per layer, with the BLAS pinned to
+`FACTORIZATION_BLAS_THREADS` thread (see `blas_thread_limit`).
 
 Usage::
 
@@ -25,23 +26,31 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import fractions
 import io
 import math
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from tensorly.decomposition import partial_tucker
+from threadpoolctl import threadpool_limits
 
 from unet_medical.model.complexity import LayerCost, layer_costs
 from unet_medical.model.surgery import graph_nodes, replace_layers
 from unet_medical.base.errors import UNetError
 from unet_medical.base.fileio import atomic_write_text
+
+# The factorizations are many small SVDs and products (a 3x3x3x128x128 kernel unfolds to 128 x 3456):
+# too small to share between threads. On 2 vCPUs shared with other jobs OpenBLAS's default threads
+# made one such kernel 7-40x slower (27 s instead of 0.7 s), and the 17 kernels of a trained 16-filter
+# 3-D U-Net took 6.9 s instead of 0.65 s with the machine to themselves (README, Tucker compression).
+FACTORIZATION_BLAS_THREADS = 1
 
 # --------------------------------------------------------------------------------------------
 # Pure math
@@ -156,6 +165,23 @@ def _check_rank_args(rank_factor, rank, rank_min) -> None:
 
 def _is_positive_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+@contextlib.contextmanager
+def blas_thread_limit(threads: Optional[int]) -> Iterator[None]:
+    """Limit the BLAS libraries NumPy/SciPy loaded (OpenBLAS, MKL, BLIS) to `threads` threads inside
+    the block and restore their settings after it; None leaves them alone (the library default).
+
+    Raises:
+        UNetError: `threads` is neither None nor an int >= 1.
+    """
+    if threads is None:
+        yield
+        return
+    if not _is_positive_int(threads):
+        raise UNetError(f"blas_threads={threads!r}: expected an int >= 1 or None (the BLAS default)")
+    with threadpool_limits(limits=int(threads), user_api="blas"):
+        yield
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,7 +360,8 @@ def _error_summary(err: Exception) -> str:
 def tucker_compress(model: keras.Model, *, rank_factor: Optional[float] = None,
                     rank: Optional[int | tuple[int, int]] = None, rank_min: int = 1,
                     input_hw: tuple[int, ...] = (512, 512),
-                    require_mac_reduction: bool = True
+                    require_mac_reduction: bool = True,
+                    blas_threads: Optional[int] = FACTORIZATION_BLAS_THREADS
                     ) -> tuple[keras.Model, list[LayerReport]]:
     """Replace every eligible conv of a Functional model by its Tucker-2 three-layer sequence.
 
@@ -359,6 +386,8 @@ def tucker_compress(model: keras.Model, *, rank_factor: Optional[float] = None,
             its static size, if it has one).
         require_mac_reduction: keep layers whose decomposition would not reduce MACs (True), or
             decompose every eligible layer regardless (False; e.g. full-rank checks).
+        blas_threads: BLAS threads during the factorizations (`blas_thread_limit`); None keeps the
+            BLAS library's own setting (OPENBLAS_NUM_THREADS or one per core).
 
     Returns:
         (new Functional model of standard layers, one LayerReport per conv in graph order).
@@ -374,11 +403,12 @@ def tucker_compress(model: keras.Model, *, rank_factor: Optional[float] = None,
     before = _costs_by_name(model, input_hw)
 
     plan: dict[str, _Factors] = {}
-    for layer in layers:
-        if ineligibility(layer) is None:
-            ranks = select_ranks(*_channels(layer), rank_factor=rank_factor, rank=rank,
-                                 rank_min=rank_min)
-            plan[layer.name] = _factorize(layer, ranks)
+    with blas_thread_limit(blas_threads):
+        for layer in layers:
+            if ineligibility(layer) is None:
+                ranks = select_ranks(*_channels(layer), rank_factor=rank_factor, rank=rank,
+                                     rank_min=rank_min)
+                plan[layer.name] = _factorize(layer, ranks)
 
     def rebuild() -> tuple[keras.Model, dict[str, LayerCost]]:
         new = replace_layers(model, lambda layer: _build_sequence(layer, plan[layer.name])
