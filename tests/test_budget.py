@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from unet_medical.cli.config import parse_config
-from unet_medical.training.budget import (BudgetCosts, StepMeter, budget_evaluate_every, checkpoints_after,
+from unet_medical.training.budget import (BudgetCosts, StepMeter, budget_evaluate_every, checkpoints_after, current_costs,
                                           evaluations_after, recheck_total, remaining_cost_s, steps_within_budget,
                                           warmup_done)
 
@@ -66,6 +66,19 @@ def test_a_recheck_keeps_a_total_that_still_fits_and_refits_one_that_does_not():
     assert recheck_total(costs(step_s=0.0625), done=100, total=200, remaining_s=10.2, budget_s=30.0) == 263
     # Nothing left: stop where the run is, never before it.
     assert recheck_total(costs(step_s=0.1), done=100, total=200, remaining_s=-1.0, budget_s=30.0) == 100
+
+
+def test_a_recheck_counts_the_evaluations_as_slow_as_they_have_become():
+    fixed = costs(step_s=0.1, evaluation_s=1.0, checkpoint_s=0.1, evaluate_every=25)
+    # Before any evaluation after the fix: the fix's times, with the new step time.
+    assert current_costs(fixed, [0.125, 0.125], {}) == BudgetCosts(0.125, 1.0, 0.1, 1000, 25)
+    slowed = current_costs(fixed, [0.1, 0.1], {"evaluation": 3.0, "checkpoint": 0.3})
+    assert (slowed.step_s, slowed.evaluation_s, slowed.checkpoint_s) == (0.1, 3.0, 0.3)
+    # By hand: 100 steps left at 0.1 s, evaluations at 125, 150, 175 and the final one, checkpoints at 200
+    # and after the final evaluation. At 1 s per evaluation the rest takes 10 + 4 + 0.2 = 14.2 s: it fits
+    # 14.5 s. At 3 s (and 0.3 s per checkpoint) it takes 22.6 s: the total must come down.
+    assert recheck_total(current_costs(fixed, [0.1], {}), 100, 200, 14.5, 30.0) is None
+    assert recheck_total(slowed, 100, 200, 14.5, 30.0) < 200
 
 
 def test_checkpoint_count_by_hand():

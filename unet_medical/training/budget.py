@@ -125,6 +125,16 @@ def steps_within_budget(costs: BudgetCosts, done: int, remaining_s: float) -> in
             too_many = middle
     return fits
 
+def current_costs(fixed: BudgetCosts, recent_steps_s: list[float], latest_s: dict[str, float]) -> BudgetCosts:
+    """The costs a recheck projects with: the mean of the steps since the last check, and the latest
+    evaluation and checkpoint timed since the fix (`latest_s` keys "evaluation", "checkpoint"), else the
+    fix's. Evaluations slow down with the steps when another job shares the cores (a 3-minute run under
+    a rising load ended 15 % late with the fix's evaluation time)."""
+    return dataclasses.replace(fixed, step_s=sum(recent_steps_s) / len(recent_steps_s),
+                               evaluation_s=latest_s.get("evaluation", fixed.evaluation_s),
+                               checkpoint_s=latest_s.get("checkpoint", fixed.checkpoint_s))
+
+
 def recheck_total(costs: BudgetCosts, done: int, total: int, remaining_s: float, budget_s: float) -> int | None:
     """A new total when the rest of the run, at `costs` (the step time measured since the last fix),
     would miss the budget's remaining `remaining_s` seconds by more than RECHECK_SLACK of `budget_s`;

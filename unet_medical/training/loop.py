@@ -337,7 +337,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
         run would miss its budget; the schedule's decay start stays. True when it changed."""
         nonlocal total
         assert fixed_costs is not None and total is not None and budget_s is not None
-        costs = dataclasses.replace(fixed_costs, step_s=sum(recent_s) / len(recent_s))
+        costs = budget.current_costs(fixed_costs, recent_s, latest_s)
         spent = time.perf_counter() - started
         refit = budget.recheck_total(costs, state.step, total, budget_s - spent - costs.checkpoint_s, budget_s)
         if refit is None:
@@ -367,6 +367,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
     dataset = trainer.batches(state.step, total if total is not None else state.step + budget.UNBOUNDED_STEPS)
     meter = budget.StepMeter()
     fixed_costs: budget.BudgetCosts | None = None  # set when this process fixes a budget's total
+    latest_s: dict[str, float] = {}  # seconds of the latest evaluation and checkpoint after the fix
     recent_s: list[float] = []  # step times since the last fix or check, for the next check
     rechecks = [f * budget_s for f in budget.RECHECK_FRACTIONS] if budget_s is not None else []
     window_start, window_images, losses = time.perf_counter(), 0, []
@@ -411,9 +412,9 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
                 window_start, window_images, losses = time.perf_counter(), 0, []
             if total is not None and not fixed_now:  # (fix_total has just evaluated and saved)
                 if evaluate_every and state.step % evaluate_every == 0 and state.step < total:
-                    run_evaluation()
+                    latest_s["evaluation"] = timed(run_evaluation)
                 if state.step % cfg.checkpoint_every == 0 or state.step == total:
-                    save(last_path, with_optimizer=True)
+                    latest_s["checkpoint"] = timed(lambda: save(last_path, with_optimizer=True))
             elif total is None and state.step % cfg.checkpoint_every == 0:
                 save(last_path, with_optimizer=True)  # no total yet: a resume goes on measuring
             if total is not None and state.step >= total:
