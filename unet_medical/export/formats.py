@@ -40,7 +40,8 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Iterable, Iterator, Sequence
+import weakref
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -145,15 +146,24 @@ def write_savedmodel(module: UNetServingModule, path: pathlib.Path) -> None:
     tf.saved_model.save(module, str(path), signatures=module.signatures())
 
 
+# The ONNX bytes of each serving module's `tile`, converted once: ONNX int8, OpenVINO int8 and OpenVINO
+# float of one default export all start from the same graph (tf2onnx takes tens of seconds for the paper net).
+# Weak keys: a graph lives as long as its module.
+_ONNX_OF_MODULE: "weakref.WeakKeyDictionary[UNetServingModule, bytes]" = weakref.WeakKeyDictionary()
+
+
 def write_onnx(module: UNetServingModule, path: pathlib.Path) -> None:
-    """ONNX of the `tile` function (dynamic batch and tile size) via tf2onnx."""
+    """ONNX of the `tile` function (dynamic batch and tile size) via tf2onnx (once per module)."""
     import tf2onnx
 
-    try:
-        tf2onnx.convert.from_function(module.tile, input_signature=module.tile.input_signature,
-                                      opset=ONNX_OPSET, output_path=str(path))
-    except Exception as exc:  # tf2onnx raises bare exceptions for unsupported graphs
-        raise UNetError(f"tf2onnx could not convert the model to ONNX ({type(exc).__name__}: {exc})") from exc
+    if module not in _ONNX_OF_MODULE:
+        try:
+            proto, _ = tf2onnx.convert.from_function(module.tile, input_signature=module.tile.input_signature,
+                                                     opset=ONNX_OPSET)
+        except Exception as exc:  # tf2onnx raises bare exceptions for unsupported graphs
+            raise UNetError(f"tf2onnx could not convert the model to ONNX ({type(exc).__name__}: {exc})") from exc
+        _ONNX_OF_MODULE[module] = proto.SerializeToString()
+    path.write_bytes(_ONNX_OF_MODULE[module])
 
 
 class _TileReader:
@@ -334,6 +344,12 @@ def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, t
 
 # Writers in the registry's form (unet_medical.inference.artifact_formats): WriteRequest -> extra entry fields.
 def savedmodel_writer(request: WriteRequest) -> None:
+    # The layers with weights do the arithmetic (the input layer and the head are float32 under every policy).
+    computes = {layer.compute_dtype for layer in request.model.layers if layer.weights and layer.name != "head"}
+    wanted = {"fp32": "float32", "bf16": "bfloat16"}[request.precision]
+    if computes and computes != {wanted}:  # the file's precision is the model's policy, never a label
+        raise UNetError(f"savedmodel {request.precision}: the model computes in {', '.join(sorted(computes))}; "
+                        f"rebuild it under the matching dtype policy (--exec_mode export does)")
     write_savedmodel(request.module, request.path)
 
 
@@ -387,23 +403,51 @@ class ExportInputs:
     input_scale: float = 1.0
 
 
+class SharedExportWork:
+    """What the candidates of one default export have in common, made once: the serving module of each
+    source model (so the ONNX graph behind ONNX and OpenVINO is converted once, see write_onnx) and the Keras
+    model's parity predictions per tile plan (the reference of every candidate's check)."""
+
+    def __init__(self) -> None:
+        self._modules: dict[int, tuple[Any, UNetServingModule]] = {}
+        self._references: dict[tuple[Any, ...], list[np.ndarray]] = {}
+
+    def module(self, model: Any, spec: UNetSpec, class_names: Sequence[str], inputs: ExportInputs) -> UNetServingModule:
+        """serving_module(model, ...), built on the first call for this model."""
+        if id(model) not in self._modules:  # the model is kept with its module, so its id is never reused
+            self._modules[id(model)] = (model, serving_module(model, spec, class_names, inputs))
+        return self._modules[id(model)][1]
+
+    def reference(self, key: tuple[Any, ...], predict: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        """predict() on the first call for `key` (the model and tile plan), the stored result afterwards."""
+        if key not in self._references:
+            self._references[key] = predict()
+        return self._references[key]
+
+
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,
                  export_format: str, precision: str, inputs: ExportInputs, *,
                  extra: dict[str, Any] | None = None, check_parity: bool = True,
-                 calibration_count: int = CALIBRATION_TILES, logger: Any = None) -> dict[str, Any]:
+                 calibration_count: int = CALIBRATION_TILES, logger: Any = None, artifact_model: Any = None,
+                 shared: SharedExportWork | None = None) -> dict[str, Any]:
     """Write one artefact into `export_dir`, check its parity, record it in export.json.
 
     The artefact is written under a temporary name and moved into place only after it passed the
     parity check, so a failed export never leaves a model that disagrees with the checkpoint.
     `check_parity=False` (benchmarks on untrained weights) skips the check and records no parity.
-    With a `logger` (a dllogger.Logger), calibration and the parity predictions show their progress.
-    Returns the artefact's export.json entry.
+    `artifact_model`: the model the artefact is written from when it is not `model` (the Keras model rebuilt
+    in bfloat16 for a bf16 SavedModel); parity always compares with `model`. `shared`: work reused across
+    the candidates of a default export.
+    With a `logger` (a dllogger.Logger), each step gets an EXPORT line when it starts, and calibration and
+    the parity predictions show their progress. Returns the artefact's export.json entry.
     """
     fmt = check_export_request(export_format, precision)
     export_dir = pathlib.Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     name = fmt.file_name(precision)
-    module = serving_module(model, spec, class_names, inputs)
+    shared = shared or SharedExportWork()
+    source = artifact_model if artifact_model is not None else model
+    module = shared.module(source, spec, class_names, inputs)
     tiles = None
     if fmt.calibrates(precision):  # int8 calibration, and TF-TRT's engine shapes
         tiles = calibration_tiles(inputs.calibration_images, inputs.tile_size,
@@ -423,14 +467,17 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=export_dir))
     try:
         staged = staging / name
+        calibrating = tiles is not None and precision == "int8"
+        _log_step(logger, name, f"convert and calibrate on {len(tiles)} tiles" if calibrating else "write")
         with Progress(len(tiles) if tiles is not None else 0, "calibrate", logger, unit="tile",
-                      enabled=logger is not None and tiles is not None and precision == "int8") as calibration:
-            written = fmt.writer()(WriteRequest(model=model, module=module, spec=spec, path=staged, precision=precision,
+                      enabled=logger is not None and calibrating) as calibration:
+            written = fmt.writer()(WriteRequest(model=source, module=module, spec=spec, path=staged, precision=precision,
                                                 tile_size=inputs.tile_size, tiles=tiles, progress=calibration,
                                                 quantization=inputs.quantization))
         entry.update(written or {})
         if check_parity:
-            reports = parity_reports(model, spec, staged, entry, inputs, logger)
+            _log_step(logger, name, f"parity on {len(inputs.parity_images)} held-out images")
+            reports = parity_reports(model, spec, staged, entry, inputs, logger, shared)
             entry["parity"] = {key: dataclasses.asdict(r) for key, r in reports.items()}
             failed = {key: r for key, r in reports.items() if not r.passed}
             if failed:
@@ -448,6 +495,11 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     return entry
 
 
+def _log_step(logger: Any, name: str, step: str) -> None:
+    if logger is not None:
+        logger.log("EXPORT", {"artifact": name, "step": step})
+
+
 def serving_module(model: Any, spec: UNetSpec, class_names: Sequence[str], inputs: ExportInputs) -> UNetServingModule:
     """The UNetServingModule of an export: the serving tile plan and image dtype of `inputs`."""
     image_dtype = inputs.image_dtype or (inputs.parity_images[0].dtype if inputs.parity_images else np.uint8)
@@ -456,30 +508,45 @@ def serving_module(model: Any, spec: UNetSpec, class_names: Sequence[str], input
                              normalization=inputs.normalization, input_scale=inputs.input_scale)
 
 
-def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[str, Any],
-                   inputs: ExportInputs, logger: Any = None) -> dict[str, ParityReport]:
-    """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving").
+# The serving signature is the `tile` function (checked on every parity image) inside the in-graph tiling of
+# predict: its check covers that glue (normalization, padding, stitching), which one whole image exercises.
+SERVING_PARITY_IMAGES = 1
 
-    The reference is always the Keras model's own prediction of the same images (never labels).
+
+def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[str, Any],
+                   inputs: ExportInputs, logger: Any = None,
+                   shared: SharedExportWork | None = None) -> dict[str, ParityReport]:
+    """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving", on the first
+    SERVING_PARITY_IMAGES images).
+
+    The reference is always the Keras model's own prediction of the same images (never labels), made once
+    per tile plan when `shared` is given.
     """
+    shared = shared or SharedExportWork()
     # Precisions without a threshold of their own (packed: the quantization modes) must match as fp32 does.
     threshold = PARITY_THRESHOLDS.get(entry["precision"], PARITY_THRESHOLDS["fp32"])
     images = [normalize_image(im, inputs.normalization) for im in inputs.parity_images]
     plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size,
                 input_scale=inputs.input_scale)
-    reference = predict_images(keras_predictor(model), spec, images, **plan, logger=logger, label="parity keras")
+
+    def keras_reference(plan: dict[str, Any], count: int) -> list[np.ndarray]:
+        key = (id(model), count, *sorted(plan.items()))
+        return shared.reference(key, lambda: predict_images(keras_predictor(model), spec, images[:count], **plan,
+                                                            logger=logger, label="parity keras"))
+
+    reference = keras_reference(plan, len(images))
     exported = load_exported(path, metadata=entry)
     predicted = predict_images(exported, spec, images, **plan, logger=logger,
                                label=f"parity {entry['format']} {entry['precision']}")
     reports = {"tiled": compare_probabilities(reference, predicted, threshold)}
     if format_of(entry["format"]).serving_signatures:
         # The serving signatures run predict's tile plan in the graph: compare with exactly that plan.
+        count = min(SERVING_PARITY_IMAGES, len(images))
         serving_plan = {**plan, "tile_size": inputs.serving_tile_size}
-        if serving_plan != plan:
-            reference = predict_images(keras_predictor(model), spec, images, **serving_plan)
+        reference = reference[:count] if serving_plan == plan else keras_reference(serving_plan, count)
         loaded = tf.saved_model.load(str(path))
         served = [loaded.signatures[serving_signature_name(im.dtype)](**{SERVING_INPUT: tf.constant(im[None])})
-                  [PROBABILITIES].numpy()[0] for im in inputs.parity_images]
+                  [PROBABILITIES].numpy()[0] for im in inputs.parity_images[:count]]
         reports["serving"] = compare_probabilities(reference, served, threshold)
     return reports
 
