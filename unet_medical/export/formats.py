@@ -41,7 +41,7 @@ import pathlib
 import shutil
 import tempfile
 import weakref
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -52,13 +52,10 @@ from unet_medical.base.artifacts import read_export_document, write_export_docum
 from unet_medical.base.errors import UNetError
 from unet_medical.base.registry import resolve
 from unet_medical.inference.runtimes import EXPORT_JSON, PROBABILITIES, TILE_SIGNATURE
-from unet_medical.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabilities
-from unet_medical.data.normalize import normalize_image
-from unet_medical.inference.tiling import keras_predictor, predict_images
-from unet_medical.inference.runtimes import load_exported
+from unet_medical.export.parity import SharedExportWork, parity_reports
 from unet_medical.inference.artifact_formats import ExportFormat, WriteRequest, format_of
 from unet_medical.base.progress import Progress
-from unet_medical.export.serving import SERVING_INPUT, TILE_INPUT, UNetServingModule, serving_signature_name
+from unet_medical.export.serving import TILE_INPUT, UNetServingModule
 
 
 EXPORT_DIR = "export"
@@ -403,28 +400,6 @@ class ExportInputs:
     input_scale: float = 1.0
 
 
-class SharedExportWork:
-    """What the candidates of one default export have in common, made once: the serving module of each
-    source model (so the ONNX graph behind ONNX and OpenVINO is converted once, see write_onnx) and the Keras
-    model's parity predictions per tile plan (the reference of every candidate's check)."""
-
-    def __init__(self) -> None:
-        self._modules: dict[int, tuple[Any, UNetServingModule]] = {}
-        self._references: dict[tuple[Any, ...], list[np.ndarray]] = {}
-
-    def module(self, model: Any, spec: UNetSpec, class_names: Sequence[str], inputs: ExportInputs) -> UNetServingModule:
-        """serving_module(model, ...), built on the first call for this model."""
-        if id(model) not in self._modules:  # the model is kept with its module, so its id is never reused
-            self._modules[id(model)] = (model, serving_module(model, spec, class_names, inputs))
-        return self._modules[id(model)][1]
-
-    def reference(self, key: tuple[Any, ...], predict: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
-        """predict() on the first call for `key` (the model and tile plan), the stored result afterwards."""
-        if key not in self._references:
-            self._references[key] = predict()
-        return self._references[key]
-
-
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,
                  export_format: str, precision: str, inputs: ExportInputs, *,
                  extra: dict[str, Any] | None = None, check_parity: bool = True,
@@ -447,7 +422,8 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     name = fmt.file_name(precision)
     shared = shared or SharedExportWork()
     source = artifact_model if artifact_model is not None else model
-    module = shared.module(source, spec, class_names, inputs)
+    module = shared.once(("serving module", id(source)),  # the model is kept with it: its id is never reused
+                         lambda: (source, serving_module(source, spec, class_names, inputs)))[1]
     tiles = None
     if fmt.calibrates(precision):  # int8 calibration, and TF-TRT's engine shapes
         tiles = calibration_tiles(inputs.calibration_images, inputs.tile_size,
@@ -506,49 +482,6 @@ def serving_module(model: Any, spec: UNetSpec, class_names: Sequence[str], input
     return UNetServingModule(model, spec, inputs.context, image_dtype, tile_size=inputs.serving_tile_size,
                              max_tile_size=inputs.max_tile_size, class_names=class_names,
                              normalization=inputs.normalization, input_scale=inputs.input_scale)
-
-
-# The serving signature is the `tile` function (checked on every parity image) inside the in-graph tiling of
-# predict: its check covers that glue (normalization, padding, stitching), which one whole image exercises.
-SERVING_PARITY_IMAGES = 1
-
-
-def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[str, Any],
-                   inputs: ExportInputs, logger: Any = None,
-                   shared: SharedExportWork | None = None) -> dict[str, ParityReport]:
-    """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving", on the first
-    SERVING_PARITY_IMAGES images).
-
-    The reference is always the Keras model's own prediction of the same images (never labels), made once
-    per tile plan when `shared` is given.
-    """
-    shared = shared or SharedExportWork()
-    # Precisions without a threshold of their own (packed: the quantization modes) must match as fp32 does.
-    threshold = PARITY_THRESHOLDS.get(entry["precision"], PARITY_THRESHOLDS["fp32"])
-    images = [normalize_image(im, inputs.normalization) for im in inputs.parity_images]
-    plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size,
-                input_scale=inputs.input_scale)
-
-    def keras_reference(plan: dict[str, Any], count: int) -> list[np.ndarray]:
-        key = (id(model), count, *sorted(plan.items()))
-        return shared.reference(key, lambda: predict_images(keras_predictor(model), spec, images[:count], **plan,
-                                                            logger=logger, label="parity keras"))
-
-    reference = keras_reference(plan, len(images))
-    exported = load_exported(path, metadata=entry)
-    predicted = predict_images(exported, spec, images, **plan, logger=logger,
-                               label=f"parity {entry['format']} {entry['precision']}")
-    reports = {"tiled": compare_probabilities(reference, predicted, threshold)}
-    if format_of(entry["format"]).serving_signatures:
-        # The serving signatures run predict's tile plan in the graph: compare with exactly that plan.
-        count = min(SERVING_PARITY_IMAGES, len(images))
-        serving_plan = {**plan, "tile_size": inputs.serving_tile_size}
-        reference = reference[:count] if serving_plan == plan else keras_reference(serving_plan, count)
-        loaded = tf.saved_model.load(str(path))
-        served = [loaded.signatures[serving_signature_name(im.dtype)](**{SERVING_INPUT: tf.constant(im[None])})
-                  [PROBABILITIES].numpy()[0] for im in inputs.parity_images[:count]]
-        reports["serving"] = compare_probabilities(reference, served, threshold)
-    return reports
 
 
 def _read_export_document(path: pathlib.Path) -> dict[str, Any]:

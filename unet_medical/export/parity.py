@@ -1,14 +1,22 @@
 """Parity of an exported file with the trained Keras model on the same images: the fraction of pixels
 whose argmax class equals the Keras model's and the largest probability difference, with one
 threshold per precision. The reference is the Keras prediction, never labels: export needs no masks.
+`parity_reports` runs the check of a 2-D artefact; `SharedExportWork` keeps what several artefacts of
+one export share (the Keras reference predictions), so it is computed once.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import pathlib
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
+from unet_medical.data.normalize import normalize_image
+from unet_medical.inference.artifact_formats import format_of
+from unet_medical.inference.runtimes import PROBABILITIES, load_exported
+from unet_medical.inference.tiling import keras_predictor, predict_images
+from unet_medical.export.serving import SERVING_INPUT, serving_signature_name
 
 from unet_medical.base.errors import UNetError
 
@@ -51,5 +59,60 @@ def compare_probabilities(reference: Sequence[np.ndarray], candidate: Sequence[n
                         mean_abs_prob_diff=sum_diff / count, threshold=threshold, pixels=total)
 
 
+# ----------------------------------------------------------------------------- one 2-D artefact's check
+class SharedExportWork:
+    """What the candidates of one default export have in common, made once: the serving module of each
+    source model (so write_onnx converts its graph once) and the Keras model's parity predictions per tile plan."""
+
+    def __init__(self) -> None:
+        self._made: dict[Hashable, Any] = {}
+
+    def once(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """make() on the first call for `key`, the stored result afterwards."""
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
 
 
+# The serving signature is the `tile` function (checked on every parity image) inside the in-graph tiling of
+# predict: its check covers that glue (normalization, padding, stitching), which one whole image exercises.
+SERVING_PARITY_IMAGES = 1
+
+
+def parity_reports(model: Any, spec: Any, path: pathlib.Path, entry: dict[str, Any], inputs: Any,
+                   logger: Any = None, shared: SharedExportWork | None = None) -> dict[str, ParityReport]:
+    """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving", on the first
+    SERVING_PARITY_IMAGES images). `inputs` is the export's formats.ExportInputs, `spec` the UNetSpec.
+
+    The reference is always the Keras model's own prediction of the same images (never labels), made once
+    per tile plan when `shared` is given.
+    """
+    import tensorflow as tf
+
+    shared = shared or SharedExportWork()
+    # Precisions without a threshold of their own (packed: the quantization modes) must match as fp32 does.
+    threshold = PARITY_THRESHOLDS.get(entry["precision"], PARITY_THRESHOLDS["fp32"])
+    images = [normalize_image(im, inputs.normalization) for im in inputs.parity_images]
+    plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size,
+                input_scale=inputs.input_scale)
+
+    def keras_reference(plan: dict[str, Any], count: int) -> list[np.ndarray]:
+        key = ("keras reference", id(model), count, *sorted(plan.items()))
+        return shared.once(key, lambda: predict_images(keras_predictor(model), spec, images[:count], **plan,
+                                                       logger=logger, label="parity keras"))
+
+    reference = keras_reference(plan, len(images))
+    exported = load_exported(path, metadata=entry)
+    predicted = predict_images(exported, spec, images, **plan, logger=logger,
+                               label=f"parity {entry['format']} {entry['precision']}")
+    reports = {"tiled": compare_probabilities(reference, predicted, threshold)}
+    if format_of(entry["format"]).serving_signatures:
+        # The serving signatures run predict's tile plan in the graph: compare with exactly that plan.
+        count = min(SERVING_PARITY_IMAGES, len(images))
+        serving_plan = {**plan, "tile_size": inputs.serving_tile_size}
+        reference = reference[:count] if serving_plan == plan else keras_reference(serving_plan, count)
+        loaded = tf.saved_model.load(str(path))
+        served = [loaded.signatures[serving_signature_name(im.dtype)](**{SERVING_INPUT: tf.constant(im[None])})
+                  [PROBABILITIES].numpy()[0] for im in inputs.parity_images[:count]]
+        reports["serving"] = compare_probabilities(reference, served, threshold)
+    return reports

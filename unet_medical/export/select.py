@@ -22,8 +22,9 @@ import numpy as np
 from unet_medical.model.unet import UNetSpec, margin as model_margin
 from unet_medical.base.cpu import CpuInfo, choose_precision, describe, has_int8_dot_product
 from unet_medical.base.errors import UNetError
-from unet_medical.export.formats import (ExportInputs, SharedExportWork, artifact_name, calibration_tiles, export_model,
-                                         forget_artifact, record_artifact, record_selection)
+from unet_medical.export.formats import (ExportInputs, artifact_name, calibration_tiles, export_model, forget_artifact,
+                                         record_artifact, record_selection)
+from unet_medical.export.parity import SharedExportWork
 from unet_medical.inference.artifact_formats import format_of
 from unet_medical.inference.runtimes import load_exported
 from unet_medical.base.timing import latency_summary_ms, time_alternating
