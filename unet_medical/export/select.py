@@ -1,13 +1,18 @@
 """The default export: the deploy file that is fastest on this machine at equal quality.
 
-`--exec_mode export` without `--export_format` exports every candidate of `candidates()` through
-`unet_medical.export.formats.export_model` (each checked against the Keras model on the held-out slices:
-label agreement >= 99.5 %, >= 99 % for int8), times the ones that passed on one tile at batch 1
-through `unet_medical.base.timing.time_alternating` (A B C A B C ..., so load from other processes hits all alike),
-keeps the fastest by median latency and deletes the others. export.json records every candidate
-(parity, timing or the error that excluded it) under "selection", with the chosen file under
-"chosen"; `--model_path MODEL_DIR/export` then runs the chosen file. `select_fastest` is the selection
-itself: a --dims 3 run's candidates (cli.volume_export) go through it too, timed on one patch.
+`--exec_mode export` without `--export_format` takes the candidates of `candidates()`, among them the
+SavedModel of the Keras model at the run's precision (bf16 where predict runs bfloat16), so the choice is
+never slower than not exporting. Those that measurements say cannot win on this CPU (`SKIP_RULES`, one
+table with the reasons) are recorded as skipped; the others are exported through
+`unet_medical.export.formats.export_model` (each checked against the float32 Keras model on
+PARITY_IMAGES held-out slices: label agreement >= 99.5 %, >= 99 % for int8; the Keras predictions and the
+ONNX graph are made once for all) and those that passed are timed on one tile at batch 1, alternating
+(A B C A B C ..., so load from other processes hits all alike; a candidate over 1.5x the best after two
+rounds stops). The fastest by median latency is kept, the others deleted. export.json records every
+candidate (skip reason, parity, timing or the error that excluded it) under "selection", with the chosen
+file under "chosen"; `--model_path MODEL_DIR/export` then runs the chosen file. `select_fastest` is the
+selection itself: a --dims 3 run's candidates (cli.volume_export) go through it too, timed on one patch.
+Every step logs an EXPORT line when it starts; calibration and parity predictions show their progress.
 """
 from __future__ import annotations
 
@@ -43,6 +48,12 @@ ELIMINATION_RATIO = 1.5
 # alike: two slices spread over the held-out fold are 0.5 M pixels of ISBI 2012, where the int8 threshold
 # (99 %) still leaves only 5,000 pixels of slack, at a third of the six slices' cost per candidate.
 PARITY_IMAGES = 2
+
+
+# int8 calibration tiles of each default-export candidate (an explicit --export_format uses formats.CALIBRATION_TILES).
+# TFLite's calibrator runs the float graph on one thread: 8 s per 572-pixel tile of the paper net on Zen 4, so
+# 16 tiles were two of its minutes. Min-max ranges of EM tiles settle within a few tiles; parity still decides.
+CALIBRATION_TILES = 8
 
 
 def parity_subset(indices: Sequence[int] | np.ndarray, count: int = PARITY_IMAGES) -> np.ndarray:
@@ -156,7 +167,8 @@ def export_fastest(model: Any, spec: UNetSpec, class_names: Sequence[str], expor
     def export_one(fmt: str, precision: str) -> dict[str, Any]:
         source = (precision_models or {}).get(precision) if fmt == "savedmodel" else None
         return export_model(model, spec, class_names, export_dir, fmt, precision, inputs, extra=extra,
-                            check_parity=check_parity, logger=logger, artifact_model=source, shared=shared)
+                            check_parity=check_parity, logger=logger, artifact_model=source, shared=shared,
+                            calibration_count=CALIBRATION_TILES)
 
     return select_fastest(export_dir, pairs, export_one, timing_tile(inputs, spec), {"tile_size": inputs.tile_size},
                           warmup=warmup, rounds=rounds, cpu=cpu, logger=logger)
