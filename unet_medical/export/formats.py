@@ -20,8 +20,8 @@ Artefacts, under MODEL_DIR/export/ (names from `artifact_name`):
     model_{fp32,fp16,int8}.tflite   fixed tile T, dynamic batch; fp16 = float16 weights; int8 = full
                          integer kernels (float32 input/output), calibrated on image tiles
     tftrt_{fp32,fp16,int8}/         TF-TRT SavedModel of `tile` (needs TensorFlow built with TensorRT)
-    openvino_{fp32,bf16,int8}/      OpenVINO IR (model.xml + model.bin, float32 weights) converted from the
-                         ONNX of `tile`; bf16 = the float32 file run at bfloat16 inference precision
+    openvino_{fp32,bf16,int8}/      OpenVINO IR (model.xml + model.bin, float32 weights) converted from
+                         `tile` by OpenVINO's TensorFlow frontend; bf16 = the float32 file run at bfloat16 inference precision
                          (AMX / AVX512_BF16); int8 = NNCF post-training quantization on training tiles
     export.json          per artefact: UNetSpec, class names, tile size, precision, checkpoint step,
                          parity results; what `unet_medical.inference.runtimes` needs to plan tiles.
@@ -40,7 +40,6 @@ import os
 import pathlib
 import shutil
 import tempfile
-import weakref
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -143,24 +142,15 @@ def write_savedmodel(module: UNetServingModule, path: pathlib.Path) -> None:
     tf.saved_model.save(module, str(path), signatures=module.signatures())
 
 
-# The ONNX bytes of each serving module's `tile`, converted once: ONNX int8, OpenVINO int8 and OpenVINO
-# float of one default export all start from the same graph (tf2onnx takes tens of seconds for the paper net).
-# Weak keys: a graph lives as long as its module.
-_ONNX_OF_MODULE: "weakref.WeakKeyDictionary[UNetServingModule, bytes]" = weakref.WeakKeyDictionary()
-
-
 def write_onnx(module: UNetServingModule, path: pathlib.Path) -> None:
-    """ONNX of the `tile` function (dynamic batch and tile size) via tf2onnx (once per module)."""
+    """ONNX of the `tile` function (dynamic batch and tile size) via tf2onnx."""
     import tf2onnx
 
-    if module not in _ONNX_OF_MODULE:
-        try:
-            proto, _ = tf2onnx.convert.from_function(module.tile, input_signature=module.tile.input_signature,
-                                                     opset=ONNX_OPSET)
-        except Exception as exc:  # tf2onnx raises bare exceptions for unsupported graphs
-            raise UNetError(f"tf2onnx could not convert the model to ONNX ({type(exc).__name__}: {exc})") from exc
-        _ONNX_OF_MODULE[module] = proto.SerializeToString()
-    path.write_bytes(_ONNX_OF_MODULE[module])
+    try:
+        tf2onnx.convert.from_function(module.tile, input_signature=module.tile.input_signature,
+                                      opset=ONNX_OPSET, output_path=str(path))
+    except Exception as exc:  # tf2onnx raises bare exceptions for unsupported graphs
+        raise UNetError(f"tf2onnx could not convert the model to ONNX ({type(exc).__name__}: {exc})") from exc
 
 
 class _TileReader:
@@ -290,8 +280,9 @@ def is_qat_model(model: Any) -> bool:
 def write_openvino(module: UNetServingModule, path: pathlib.Path, precision: str, tiles: np.ndarray | None) -> None:
     """OpenVINO IR folder (model.xml + model.bin) of `tile`, dynamic batch and tile size, float32 weights.
 
-    Converted from the tf2onnx ONNX graph (OpenVINO's ONNX frontend), so it computes what every other
-    format computes. fp32 and bf16 write the same float32 file (bf16 is an inference-precision setting,
+    Converted by OpenVINO's TensorFlow frontend from the concrete `tile` function, the graph every other
+    format is converted from (tf2onnx took over a minute of a paper-net export; this takes seconds). fp32 and
+    bf16 write the same float32 file (bf16 is an inference-precision setting,
     utils.inference.runtimes.OPENVINO_HINTS); int8 is NNCF post-training quantization with activation
     ranges from `tiles`.
     """
@@ -299,19 +290,16 @@ def write_openvino(module: UNetServingModule, path: pathlib.Path, precision: str
 
     from unet_medical.inference.runtimes import OPENVINO_XML
 
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        onnx_path = pathlib.Path(tmp) / "model.onnx"
-        write_onnx(module, onnx_path)
-        graph = ov.convert_model(str(onnx_path))
-        if precision == "int8":
-            import nncf
+    graph = ov.convert_model(module.tile.get_concrete_function())
+    if precision == "int8":
+        import nncf
 
-            if tiles is None:
-                raise UNetError("int8 OpenVINO needs calibration tiles")
-            graph = nncf.quantize(graph, nncf.Dataset([t[None] for t in tiles]), subset_size=len(tiles))
-        path.mkdir(parents=True, exist_ok=True)
-        # compress_to_fp16 defaults to True: exported files keep float32 weights.
-        ov.save_model(graph, str(path / OPENVINO_XML), compress_to_fp16=False)
+        if tiles is None:
+            raise UNetError("int8 OpenVINO needs calibration tiles")
+        graph = nncf.quantize(graph, nncf.Dataset([t[None] for t in tiles]), subset_size=len(tiles))
+    path.mkdir(parents=True, exist_ok=True)
+    # compress_to_fp16 defaults to True: exported files keep float32 weights.
+    ov.save_model(graph, str(path / OPENVINO_XML), compress_to_fp16=False)
 
 
 
