@@ -111,7 +111,8 @@ def parity_reports(model: Any, spec: Any, path: pathlib.Path, entry: dict[str, A
         count = min(SERVING_PARITY_IMAGES, len(images))
         serving_plan = {**plan, "tile_size": inputs.serving_tile_size}
         reference = reference[:count] if serving_plan == plan else keras_reference(serving_plan, count)
-        loaded = tf.saved_model.load(str(path))
+        # The SavedModel the tiled check just loaded (a paper-net load takes seconds), else load it.
+        loaded = getattr(exported.predictor, "loaded", None) or tf.saved_model.load(str(path))
         served = [loaded.signatures[serving_signature_name(im.dtype)](**{SERVING_INPUT: tf.constant(im[None])})
                   [PROBABILITIES].numpy()[0] for im in inputs.parity_images[:count]]
         reports["serving"] = compare_probabilities(reference, served, threshold)
