@@ -76,6 +76,14 @@ def test_parity_subset_spreads_over_the_fold():
     assert select.parity_subset(np.arange(10), 3).tolist() == [0, 4, 9]  # linspace 0, 4.5, 9 rounded half to even
 
 
+def test_serving_signatures_are_checked_on_one_image_of_each_dtype():
+    images = [np.zeros((4, 4, 1), np.uint8), np.zeros((4, 4, 1), np.uint8), np.zeros((4, 4, 1), np.uint16),
+              np.zeros((4, 4, 1), np.uint8), np.zeros((4, 4, 1), np.uint16)]
+    assert parity.serving_parity_indices(images, 1) == [0, 2]
+    assert parity.serving_parity_indices(images, 2) == [0, 1, 2, 4]
+    assert parity.serving_parity_indices(images, None) == [0, 1, 2, 3, 4]
+
+
 def test_slow_candidates_stop_being_timed_after_the_elimination_rounds():
     calls = {"fast": 0, "close": 0, "slow": 0}
 
@@ -202,7 +210,7 @@ def test_bf16_savedmodel_computes_in_bfloat16_and_is_checked_against_float32(tmp
     # The reference is the float32 model: bfloat16 rounding shows as a non-zero difference (a bf16-vs-bf16
     # comparison would give exactly 0), small against bfloat16's 2^-8 relative step on these logits.
     assert 0 < report["max_abs_prob_diff"] < 0.05
-    assert entry["parity"]["serving"]["pixels"] == 64 * 64  # the serving check runs on one image
+    assert entry["parity"]["serving"]["pixels"] == 2 * 64 * 64  # an explicit export checks serving on every image
     steps = [data["step"] for step, data in logger.lines if step == "EXPORT"]
     assert steps == ["write", "parity on 2 held-out images"]
 

@@ -374,6 +374,8 @@ class ExportInputs:
     normalization: utils.data.normalize mode of the run (applied to parity images and in the serving graph).
     quantization: the run's quantization config (the packed format stores the weights at its bit width).
     input_scale: the run's input scale (RunRecord.input_scale), applied by parity checks and the serving graph.
+    serving_images_per_dtype: the SavedModel's serving signatures are checked on the first this many parity
+        images of each dtype (None: on every one; the `tile` function is checked on every one either way).
     """
 
     parity_images: list[np.ndarray]
@@ -386,6 +388,7 @@ class ExportInputs:
     normalization: str = "global"
     quantization: dict[str, Any] | None = None
     input_scale: float = 1.0
+    serving_images_per_dtype: int | None = None
 
 
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,

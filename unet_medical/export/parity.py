@@ -62,7 +62,7 @@ def compare_probabilities(reference: Sequence[np.ndarray], candidate: Sequence[n
 # ----------------------------------------------------------------------------- one 2-D artefact's check
 class SharedExportWork:
     """What the candidates of one default export have in common, made once: the serving module of each
-    source model (so write_onnx converts its graph once) and the Keras model's parity predictions per tile plan."""
+    source model (its `tile` traced once) and the Keras model's parity predictions per tile plan."""
 
     def __init__(self) -> None:
         self._made: dict[Hashable, Any] = {}
@@ -74,15 +74,24 @@ class SharedExportWork:
         return self._made[key]
 
 
-# The serving signature is the `tile` function (checked on every parity image) inside the in-graph tiling of
-# predict: its check covers that glue (normalization, padding, stitching), which one whole image exercises.
-SERVING_PARITY_IMAGES = 1
+def serving_parity_indices(images: Sequence[np.ndarray], per_dtype: int | None) -> list[int]:
+    """Which parity images the serving signatures are checked on: every one (`per_dtype` None), or the first
+    `per_dtype` of each dtype, so every signature the images reach (serving_uint8, serving_uint16, ...) is run."""
+    if per_dtype is None:
+        return list(range(len(images)))
+    taken: dict[str, list[int]] = {}
+    for i, image in enumerate(images):
+        same = taken.setdefault(np.dtype(image.dtype).name, [])
+        if len(same) < per_dtype:
+            same.append(i)
+    return sorted(i for indices in taken.values() for i in indices)
 
 
 def parity_reports(model: Any, spec: Any, path: pathlib.Path, entry: dict[str, Any], inputs: Any,
                    logger: Any = None, shared: SharedExportWork | None = None) -> dict[str, ParityReport]:
-    """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving", on the first
-    SERVING_PARITY_IMAGES images). `inputs` is the export's formats.ExportInputs, `spec` the UNetSpec.
+    """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving", on the images
+    `serving_parity_indices` picks by inputs.serving_images_per_dtype). `inputs` is the export's
+    formats.ExportInputs, `spec` the UNetSpec.
 
     The reference is always the Keras model's own prediction of the same images (never labels), made once
     per tile plan when `shared` is given.
@@ -96,24 +105,25 @@ def parity_reports(model: Any, spec: Any, path: pathlib.Path, entry: dict[str, A
     plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size,
                 input_scale=inputs.input_scale)
 
-    def keras_reference(plan: dict[str, Any], count: int) -> list[np.ndarray]:
-        key = ("keras reference", id(model), count, *sorted(plan.items()))
-        return shared.once(key, lambda: predict_images(keras_predictor(model), spec, images[:count], **plan,
-                                                       logger=logger, label="parity keras"))
+    def keras_reference(plan: dict[str, Any], indices: Sequence[int]) -> list[np.ndarray]:
+        key = ("keras reference", id(model), tuple(indices), *sorted(plan.items()))
+        return shared.once(key, lambda: predict_images(keras_predictor(model), spec, [images[i] for i in indices],
+                                                       **plan, logger=logger, label="parity keras"))
 
-    reference = keras_reference(plan, len(images))
+    reference = keras_reference(plan, range(len(images)))
     exported = load_exported(path, metadata=entry)
     predicted = predict_images(exported, spec, images, **plan, logger=logger,
                                label=f"parity {entry['format']} {entry['precision']}")
     reports = {"tiled": compare_probabilities(reference, predicted, threshold)}
     if format_of(entry["format"]).serving_signatures:
         # The serving signatures run predict's tile plan in the graph: compare with exactly that plan.
-        count = min(SERVING_PARITY_IMAGES, len(images))
+        indices = serving_parity_indices(inputs.parity_images, inputs.serving_images_per_dtype)
         serving_plan = {**plan, "tile_size": inputs.serving_tile_size}
-        reference = reference[:count] if serving_plan == plan else keras_reference(serving_plan, count)
+        expected = [reference[i] for i in indices] if serving_plan == plan else keras_reference(serving_plan, indices)
         # The SavedModel the tiled check just loaded (a paper-net load takes seconds), else load it.
         loaded = getattr(exported.predictor, "loaded", None) or tf.saved_model.load(str(path))
+        raw = [inputs.parity_images[i] for i in indices]
         served = [loaded.signatures[serving_signature_name(im.dtype)](**{SERVING_INPUT: tf.constant(im[None])})
-                  [PROBABILITIES].numpy()[0] for im in inputs.parity_images[:count]]
-        reports["serving"] = compare_probabilities(reference, served, threshold)
+                  [PROBABILITIES].numpy()[0] for im in raw]
+        reports["serving"] = compare_probabilities(expected, served, threshold)
     return reports

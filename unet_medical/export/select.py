@@ -5,8 +5,8 @@ SavedModel of the Keras model at the run's precision (bf16 where predict runs bf
 never slower than not exporting. Those that measurements say cannot win on this CPU (`SKIP_RULES`, one
 table with the reasons) are recorded as skipped; the others are exported through
 `unet_medical.export.formats.export_model` (each checked against the float32 Keras model on
-PARITY_IMAGES held-out slices: label agreement >= 99.5 %, >= 99 % for int8; the Keras predictions and the
-ONNX graph are made once for all) and those that passed are timed on one tile at batch 1, alternating
+PARITY_IMAGES held-out slices: label agreement >= 99.5 %, >= 99 % for int8; the Keras predictions are
+made once for all) and those that passed are timed on one tile at batch 1, alternating
 (A B C A B C ..., so load from other processes hits all alike; a candidate over 1.5x the best after two
 rounds stops). The fastest by median latency is kept, the others deleted. export.json records every
 candidate (skip reason, parity, timing or the error that excluded it) under "selection", with the chosen
@@ -49,6 +49,11 @@ ELIMINATION_RATIO = 1.5
 # (99 %) still leaves only 5,000 pixels of slack, at a third of the six slices' cost per candidate.
 PARITY_IMAGES = 2
 
+
+# Parity images per dtype the SavedModel's serving signatures are checked on in the default export (an explicit
+# --export_format checks all). They are the `tile` function, checked on every parity image, inside predict's
+# in-graph tiling: one whole image per signature exercises that glue (normalization, padding, stitching).
+SERVING_IMAGES_PER_DTYPE = 1
 
 # int8 calibration tiles of each default-export candidate (an explicit --export_format uses formats.CALIBRATION_TILES).
 # TFLite's calibrator runs the float graph on one thread: 2.6 s per 572-pixel tile of the paper net on a quiet
@@ -163,7 +168,8 @@ def export_fastest(model: Any, spec: UNetSpec, class_names: Sequence[str], expor
     The entry carries "latency" (median/p90/max ms of the alternating runs); export.json gets the
     "selection" record described in the module docstring. UNetError if no candidate passed.
     """
-    shared = SharedExportWork()  # the Keras reference predictions and the ONNX graph, made once for all candidates
+    shared = SharedExportWork()  # the Keras reference predictions and serving modules, made once for all candidates
+    inputs = dataclasses.replace(inputs, serving_images_per_dtype=SERVING_IMAGES_PER_DTYPE)
 
     def export_one(fmt: str, precision: str) -> dict[str, Any]:
         source = (precision_models or {}).get(precision) if fmt == "savedmodel" else None
