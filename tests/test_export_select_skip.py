@@ -86,6 +86,17 @@ def test_serving_signatures_are_checked_on_one_image_of_each_dtype():
     assert parity.serving_parity_indices(images, None) == [0, 1, 2, 3, 4]
 
 
+def test_the_serving_check_reuses_the_reference_when_the_tiles_are_the_same():
+    from unet_medical.inference.tiling import plan_tiles
+
+    image = np.zeros((64, 64, 1), np.float32)
+    planned = plan_tiles(SPEC, image.shape[:2]).tile_size  # what the serving graph picks without --tile_size
+    plan = dict(tile_size=planned, context=None, max_tile_size=1024, input_scale=1.0)
+    assert parity.same_tiles(SPEC, [image], plan, {**plan, "tile_size": None})
+    assert not parity.same_tiles(SPEC, [image], {**plan, "tile_size": planned - 8}, {**plan, "tile_size": None})
+    assert not parity.same_tiles(SPEC, [image], {**plan, "input_scale": 0.5}, {**plan, "tile_size": None})
+
+
 def test_slow_candidates_stop_being_timed_after_the_elimination_rounds():
     calls = {"fast": 0, "close": 0, "slow": 0}
 
