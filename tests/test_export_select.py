@@ -14,9 +14,10 @@ import main
 from unet_medical.cli.assemble import restore_model
 from unet_medical.cli.config import parse_config
 from unet_medical.base import timing
-from unet_medical.base.cpu import CpuInfo
+from unet_medical.base.cpu import CpuInfo, read_cpu_info
 from unet_medical.base.errors import UNetError
 from unet_medical.export import select
+from unet_medical.export.formats import artifact_name
 from unet_medical.inference.runtimes import load_exported, resolve_deploy_file
 from unet_medical.inference.tiling import keras_predictor
 
@@ -69,7 +70,12 @@ def test_default_export_keeps_the_fastest_candidate_that_passed(trained, tmp_pat
     document = json.loads((export_dir / "export.json").read_text())
     selection = document["selection"]
     timed = {c["file"]: c["latency"]["median_ms"] for c in selection["candidates"] if c["status"] == "timed"}
-    assert len(selection["candidates"]) == len(select.candidates(AMX if "AMX" in selection["cpu"] else ZEN3, []))
+    here = read_cpu_info()
+    pairs = select.candidates(here, [])  # the run trained with --precision auto: predict's policy on this CPU
+    assert [(c["format"], c["precision"]) for c in selection["candidates"] if c["status"] != "skipped"] == \
+        [p for p in pairs if p not in select.skip_reasons(here, pairs)]
+    assert {c["file"]: c["reason"] for c in selection["candidates"] if c["status"] == "skipped"} == \
+        {artifact_name(*p): reason for p, reason in select.skip_reasons(here, pairs).items()}
     assert timed and selection["chosen"] == min(timed, key=timed.get)
     assert all(c["label_agreement"] >= 0.99 for c in selection["candidates"] if c["status"] == "timed")
     assert list(document["artifacts"]) == [selection["chosen"]] and document["artifacts"][selection["chosen"]]["deploy"]

@@ -215,6 +215,7 @@ def test_the_default_export_of_a_3d_run_keeps_the_fastest_candidate(run3d):
     assert chosen["deploy"] and chosen["dims"] == 3 and (run / "export" / selection["chosen"]).exists()
     log = [json.loads(line[len("DLLL "):])["data"] for line in (run / "log.json").read_text().splitlines()
            if line.startswith("DLLL ") and '"EXPORT"' in line]
-    progress = [d for d in log if "/" in str(d.get("candidate", ""))]
-    assert len(progress) == len(candidates) and progress[-1]["candidate"] == f"{len(candidates)}/{len(candidates)}"
+    progress = [d for d in log if "/" in str(d.get("candidate", ""))]  # a line as each candidate starts and ends
+    assert [d["status"] for d in progress[::2]] == ["exporting"] * len(candidates)
+    assert len(progress) == 2 * len(candidates) and progress[-1]["candidate"] == f"{len(candidates)}/{len(candidates)}"
     assert any(d.get("status") == "left out" and d["candidate"] == "tflite int8" for d in log)

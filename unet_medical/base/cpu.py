@@ -234,6 +234,16 @@ def compute_unit(cpu: CpuInfo, precision: str) -> ComputeUnit:
     return ComputeUnit("FP32 FMA", fp32, why)
 
 
+# Instructions that multiply int8 faster than float: VNNI's VPDPBUSD (4 u8 x s8 products per 32-bit lane)
+# and AMX-INT8 tiles. Without them int8 goes through VPMADDUBSW + VPMADDWD, measured no faster than float.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def has_int8_dot_product(cpu: CpuInfo) -> bool:
+    """True if the CPU reports VNNI (AVX-512 or AVX) or AMX-INT8, the units that make int8 pay off."""
+    return cpu.has_any(*INT8_DOT_FLAGS)
+
+
 _SUMMARY_FLAGS = (  # (label, flags any of which shows it), in the order describe() lists them
     ("FMA", ("fma",)),
     ("VNNI", ("avx512_vnni", "avx_vnni")),

@@ -85,9 +85,8 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
     if cfg.export_format is None:
         from unet_medical.base.cpu import read_cpu_info
         from unet_medical.export.select import candidates
-        from unet_medical.base.precision import gpu_available
 
-        pairs = candidates(read_cpu_info(), int(gpu_available()), cfg.export_precision)
+        pairs = candidates(read_cpu_info(), gpu_count(), cfg.export_precision, run_policy(cfg))
         for name, precision in pairs:
             check_export_request(name, precision)
     else:
@@ -104,6 +103,10 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
                         f"{spec.in_channels}")
     decision = resolve_decision(cfg.threshold, cfg.tta, info.decision)  # flags win over the run's choice
     calibration_idx, parity_idx = export_image_split(len(data.images), training_images, cfg.num_folds, cfg.fold)
+    if pairs is not None:
+        from unet_medical.export.select import parity_subset
+
+        parity_idx = parity_subset(parity_idx)
     largest = (max(im.shape[0] for im in data.images), max(im.shape[1] for im in data.images))
     plan = plan_tiles(spec, largest, tile_size=cfg.tile_size, max_tile_size=cfg.max_tile_size,
                       context=cfg.tile_context)
@@ -120,12 +123,51 @@ def run_export(cfg: Any, logger: Any) -> dict[str, Any]:
     if pairs is not None:
         from unet_medical.export.select import export_fastest
 
-        entry = export_fastest(model, spec, info.class_names, export_dir, inputs, pairs, extra=extra, logger=logger)
+        rebuilt = {p: model_in_precision(cfg, POLICY_OF[p]) for f, p in pairs if f == "savedmodel" and p in POLICY_OF}
+        entry = export_fastest(model, spec, info.class_names, export_dir, inputs, pairs, extra=extra, logger=logger,
+                               precision_models=rebuilt)
     else:
+        source = model_in_precision(cfg, POLICY_OF[precision]) \
+            if cfg.export_format == "savedmodel" and precision in POLICY_OF else None
         entry = export_model(model, spec, info.class_names, export_dir, cfg.export_format, precision,
-                             inputs, extra=extra, logger=logger)
+                             inputs, extra=extra, logger=logger, artifact_model=source)
     tile = np.random.default_rng(0).random((1, plan.tile_size, plan.tile_size, spec.in_channels), dtype=np.float32)
     return finish_export(cfg, logger, entry, tile, "tile_size", entry["parity_tile_size"])
+
+
+# SavedModel precisions that are the Keras model rebuilt under a mixed dtype policy (its float32 head kept).
+POLICY_OF = {"bf16": "mixed_bfloat16"}
+
+
+def gpu_count() -> int:
+    from unet_medical.base.precision import gpu_available
+
+    return int(gpu_available())
+
+
+def run_policy(cfg: Any) -> str:
+    """The Keras dtype policy predict would run this run's checkpoint in (--precision, --amp, the run's
+    quantization), i.e. what "not exporting" computes in."""
+    from unet_medical.base.cpu import read_cpu_info
+    from unet_medical.base.precision import decide_precision
+
+    quantization = load_run_record(cfg.model_dir).quantization
+    return decide_precision(cfg.precision, cfg.amp, read_cpu_info(), gpu_count(), quantization)[0]
+
+
+def model_in_precision(cfg: Any, policy: str) -> Any:
+    """The run's --checkpoint rebuilt under the Keras dtype policy `policy` (cli.assemble.load_trained; the
+    global policy is put back afterwards), for a SavedModel that computes as predict does."""
+    import tf_keras as keras
+
+    from unet_medical.cli.assemble import load_trained
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return load_trained(cfg.model_dir, cfg.checkpoint)[0]
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def finish_export(cfg: Any, logger: Any, entry: dict[str, Any], sample: np.ndarray, size_key: str,

@@ -52,6 +52,9 @@ def volume_export_pairs(cfg: Config, model: Any, logger: runlog.Logger) -> list[
                             f"{', '.join(VOLUME_FORMATS)})")
         precision = cfg.export_precision or "fp32"
         check_export_request(cfg.export_format, precision)
+        if (cfg.export_format, precision) == ("savedmodel", "bf16"):
+            raise UNetError("--export_format savedmodel --export_precision bf16: a --dims 3 run's SavedModel is "
+                            "exported in fp32 only; give --export_precision fp32")
         if cfg.export_format == "tflite":
             check_tflite_layers(model)
         return [(cfg.export_format, precision)]
@@ -62,6 +65,8 @@ def volume_export_pairs(cfg: Config, model: Any, logger: runlog.Logger) -> list[
     kept = []
     for fmt, precision in candidates(read_cpu_info(), int(gpu_available()), cfg.export_precision):
         reason = None if fmt in VOLUME_FORMATS else "a 2-D format"
+        if (fmt, precision) == ("savedmodel", "bf16"):
+            reason = "a --dims 3 run's SavedModel is exported in fp32 only"
         if fmt == "tflite" and reason is None:
             try:
                 check_tflite_layers(model)

@@ -20,8 +20,8 @@ Artefacts, under MODEL_DIR/export/ (names from `artifact_name`):
     model_{fp32,fp16,int8}.tflite   fixed tile T, dynamic batch; fp16 = float16 weights; int8 = full
                          integer kernels (float32 input/output), calibrated on image tiles
     tftrt_{fp32,fp16,int8}/         TF-TRT SavedModel of `tile` (needs TensorFlow built with TensorRT)
-    openvino_{fp32,bf16,int8}/      OpenVINO IR (model.xml + model.bin, float32 weights) converted from the
-                         ONNX of `tile`; bf16 = the float32 file run at bfloat16 inference precision
+    openvino_{fp32,bf16,int8}/      OpenVINO IR (model.xml + model.bin, float32 weights) converted from
+                         `tile` by OpenVINO's TensorFlow frontend; bf16 = the float32 file run at bfloat16 inference precision
                          (AMX / AVX512_BF16); int8 = NNCF post-training quantization on training tiles
     export.json          per artefact: UNetSpec, class names, tile size, precision, checkpoint step,
                          parity results; what `unet_medical.inference.runtimes` needs to plan tiles.
@@ -51,13 +51,10 @@ from unet_medical.base.artifacts import read_export_document, write_export_docum
 from unet_medical.base.errors import UNetError
 from unet_medical.base.registry import resolve
 from unet_medical.inference.runtimes import EXPORT_JSON, PROBABILITIES, TILE_SIGNATURE
-from unet_medical.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabilities
-from unet_medical.data.normalize import normalize_image
-from unet_medical.inference.tiling import keras_predictor, predict_images
-from unet_medical.inference.runtimes import load_exported
+from unet_medical.export.parity import SharedExportWork, parity_reports
 from unet_medical.inference.artifact_formats import ExportFormat, WriteRequest, format_of
 from unet_medical.base.progress import Progress
-from unet_medical.export.serving import SERVING_INPUT, TILE_INPUT, UNetServingModule, serving_signature_name
+from unet_medical.export.serving import TILE_INPUT, UNetServingModule
 
 
 EXPORT_DIR = "export"
@@ -283,8 +280,9 @@ def is_qat_model(model: Any) -> bool:
 def write_openvino(module: UNetServingModule, path: pathlib.Path, precision: str, tiles: np.ndarray | None) -> None:
     """OpenVINO IR folder (model.xml + model.bin) of `tile`, dynamic batch and tile size, float32 weights.
 
-    Converted from the tf2onnx ONNX graph (OpenVINO's ONNX frontend), so it computes what every other
-    format computes. fp32 and bf16 write the same float32 file (bf16 is an inference-precision setting,
+    Converted by OpenVINO's TensorFlow frontend from the concrete `tile` function, the graph every other
+    format is converted from (tf2onnx took over a minute of a paper-net export; this takes seconds). fp32 and
+    bf16 write the same float32 file (bf16 is an inference-precision setting,
     utils.inference.runtimes.OPENVINO_HINTS); int8 is NNCF post-training quantization with activation
     ranges from `tiles`.
     """
@@ -292,19 +290,16 @@ def write_openvino(module: UNetServingModule, path: pathlib.Path, precision: str
 
     from unet_medical.inference.runtimes import OPENVINO_XML
 
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        onnx_path = pathlib.Path(tmp) / "model.onnx"
-        write_onnx(module, onnx_path)
-        graph = ov.convert_model(str(onnx_path))
-        if precision == "int8":
-            import nncf
+    graph = ov.convert_model(module.tile.get_concrete_function())
+    if precision == "int8":
+        import nncf
 
-            if tiles is None:
-                raise UNetError("int8 OpenVINO needs calibration tiles")
-            graph = nncf.quantize(graph, nncf.Dataset([t[None] for t in tiles]), subset_size=len(tiles))
-        path.mkdir(parents=True, exist_ok=True)
-        # compress_to_fp16 defaults to True: exported files keep float32 weights.
-        ov.save_model(graph, str(path / OPENVINO_XML), compress_to_fp16=False)
+        if tiles is None:
+            raise UNetError("int8 OpenVINO needs calibration tiles")
+        graph = nncf.quantize(graph, nncf.Dataset([t[None] for t in tiles]), subset_size=len(tiles))
+    path.mkdir(parents=True, exist_ok=True)
+    # compress_to_fp16 defaults to True: exported files keep float32 weights.
+    ov.save_model(graph, str(path / OPENVINO_XML), compress_to_fp16=False)
 
 
 
@@ -334,6 +329,12 @@ def write_tftrt(module: UNetServingModule, path: pathlib.Path, precision: str, t
 
 # Writers in the registry's form (unet_medical.inference.artifact_formats): WriteRequest -> extra entry fields.
 def savedmodel_writer(request: WriteRequest) -> None:
+    # The layers with weights do the arithmetic (the input layer and the head are float32 under every policy).
+    computes = {layer.compute_dtype for layer in request.model.layers if layer.weights and layer.name != "head"}
+    wanted = {"fp32": "float32", "bf16": "bfloat16"}[request.precision]
+    if computes and computes != {wanted}:  # the file's precision is the model's policy, never a label
+        raise UNetError(f"savedmodel {request.precision}: the model computes in {', '.join(sorted(computes))}; "
+                        f"rebuild it under the matching dtype policy (--exec_mode export does)")
     write_savedmodel(request.module, request.path)
 
 
@@ -375,6 +376,8 @@ class ExportInputs:
     input_scale: the run's input scale (RunRecord.input_scale), applied by parity checks and the serving graph.
     threshold, tta: the run's decision (inference.decision), applied by the serving graph; with tta the
         serving parity's Keras reference averages the same flips.
+    serving_images_per_dtype: the SavedModel's serving signatures are checked on the first this many parity
+        images of each dtype (None: on every one; the `tile` function is checked on every one either way).
     """
 
     parity_images: list[np.ndarray]
@@ -389,25 +392,33 @@ class ExportInputs:
     input_scale: float = 1.0
     threshold: float | None = None
     tta: bool = False
+    serving_images_per_dtype: int | None = None
 
 
 def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_dir: str | os.PathLike,
                  export_format: str, precision: str, inputs: ExportInputs, *,
                  extra: dict[str, Any] | None = None, check_parity: bool = True,
-                 calibration_count: int = CALIBRATION_TILES, logger: Any = None) -> dict[str, Any]:
+                 calibration_count: int = CALIBRATION_TILES, logger: Any = None, artifact_model: Any = None,
+                 shared: SharedExportWork | None = None) -> dict[str, Any]:
     """Write one artefact into `export_dir`, check its parity, record it in export.json.
 
     The artefact is written under a temporary name and moved into place only after it passed the
     parity check, so a failed export never leaves a model that disagrees with the checkpoint.
     `check_parity=False` (benchmarks on untrained weights) skips the check and records no parity.
-    With a `logger` (a dllogger.Logger), calibration and the parity predictions show their progress.
-    Returns the artefact's export.json entry.
+    `artifact_model`: the model the artefact is written from when it is not `model` (the Keras model rebuilt
+    in bfloat16 for a bf16 SavedModel); parity always compares with `model`. `shared`: work reused across
+    the candidates of a default export.
+    With a `logger` (a dllogger.Logger), each step gets an EXPORT line when it starts, and calibration and
+    the parity predictions show their progress. Returns the artefact's export.json entry.
     """
     fmt = check_export_request(export_format, precision)
     export_dir = pathlib.Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     name = fmt.file_name(precision)
-    module = serving_module(model, spec, class_names, inputs)
+    shared = shared or SharedExportWork()
+    source = artifact_model if artifact_model is not None else model
+    module = shared.once(("serving module", id(source)),  # the model is kept with it: its id is never reused
+                         lambda: (source, serving_module(source, spec, class_names, inputs)))[1]
     tiles = None
     if fmt.calibrates(precision):  # int8 calibration, and TF-TRT's engine shapes
         tiles = calibration_tiles(inputs.calibration_images, inputs.tile_size,
@@ -427,14 +438,17 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=export_dir))
     try:
         staged = staging / name
+        calibrating = tiles is not None and precision == "int8"
+        _log_step(logger, name, f"convert and calibrate on {len(tiles)} tiles" if calibrating else "write")
         with Progress(len(tiles) if tiles is not None else 0, "calibrate", logger, unit="tile",
-                      enabled=logger is not None and tiles is not None and precision == "int8") as calibration:
-            written = fmt.writer()(WriteRequest(model=model, module=module, spec=spec, path=staged, precision=precision,
+                      enabled=logger is not None and calibrating) as calibration:
+            written = fmt.writer()(WriteRequest(model=source, module=module, spec=spec, path=staged, precision=precision,
                                                 tile_size=inputs.tile_size, tiles=tiles, progress=calibration,
                                                 quantization=inputs.quantization))
         entry.update(written or {})
         if check_parity:
-            reports = parity_reports(model, spec, staged, entry, inputs, logger)
+            _log_step(logger, name, f"parity on {len(inputs.parity_images)} held-out images")
+            reports = parity_reports(model, spec, staged, entry, inputs, logger, shared)
             entry["parity"] = {key: dataclasses.asdict(r) for key, r in reports.items()}
             failed = {key: r for key, r in reports.items() if not r.passed}
             if failed:
@@ -452,6 +466,11 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
     return entry
 
 
+def _log_step(logger: Any, name: str, step: str) -> None:
+    if logger is not None:
+        logger.log("EXPORT", {"artifact": name, "step": step})
+
+
 def serving_module(model: Any, spec: UNetSpec, class_names: Sequence[str], inputs: ExportInputs) -> UNetServingModule:
     """The UNetServingModule of an export: the serving tile plan and image dtype of `inputs`."""
     image_dtype = inputs.image_dtype or (inputs.parity_images[0].dtype if inputs.parity_images else np.uint8)
@@ -459,34 +478,6 @@ def serving_module(model: Any, spec: UNetSpec, class_names: Sequence[str], input
                              max_tile_size=inputs.max_tile_size, class_names=class_names,
                              normalization=inputs.normalization, input_scale=inputs.input_scale,
                              threshold=inputs.threshold, tta=inputs.tta)
-
-
-def parity_reports(model: Any, spec: UNetSpec, path: pathlib.Path, entry: dict[str, Any],
-                   inputs: ExportInputs, logger: Any = None) -> dict[str, ParityReport]:
-    """Keras vs artefact through the tiled path ("tiled"), and the serving signature ("serving").
-
-    The reference is always the Keras model's own prediction of the same images (never labels).
-    """
-    # Precisions without a threshold of their own (packed: the quantization modes) must match as fp32 does.
-    threshold = PARITY_THRESHOLDS.get(entry["precision"], PARITY_THRESHOLDS["fp32"])
-    images = [normalize_image(im, inputs.normalization) for im in inputs.parity_images]
-    plan = dict(tile_size=inputs.tile_size, context=inputs.context, max_tile_size=inputs.max_tile_size,
-                input_scale=inputs.input_scale)
-    reference = predict_images(keras_predictor(model), spec, images, **plan, logger=logger, label="parity keras")
-    exported = load_exported(path, metadata=entry)
-    predicted = predict_images(exported, spec, images, **plan, logger=logger,
-                               label=f"parity {entry['format']} {entry['precision']}")
-    reports = {"tiled": compare_probabilities(reference, predicted, threshold)}
-    if format_of(entry["format"]).serving_signatures:
-        # The serving signatures run predict's tile plan in the graph: compare with exactly that plan.
-        serving_plan = {**plan, "tile_size": inputs.serving_tile_size}
-        if serving_plan != plan or inputs.tta:
-            reference = predict_images(keras_predictor(model), spec, images, **serving_plan, tta=inputs.tta)
-        loaded = tf.saved_model.load(str(path))
-        served = [loaded.signatures[serving_signature_name(im.dtype)](**{SERVING_INPUT: tf.constant(im[None])})
-                  [PROBABILITIES].numpy()[0] for im in inputs.parity_images]
-        reports["serving"] = compare_probabilities(reference, served, threshold)
-    return reports
 
 
 def _read_export_document(path: pathlib.Path) -> dict[str, Any]:

@@ -67,7 +67,8 @@ def _selection_lines(selection: dict[str, Any] | None) -> list[str]:
     patch = selection.get("patch_shape")  # a 3-D run's candidates are timed on one patch
     sample = f"{'x'.join(map(str, patch))}-voxel patch" if patch else f"{selection.get('tile_size')}-pixel tile"
     lines = ["## Deploy file", "",
-             f"`--exec_mode export` without `--export_format` exported every candidate, checked each against the "
+             f"`--exec_mode export` without `--export_format` exported every candidate that can win on this CPU "
+             f"(the others are listed as skipped, with why), checked each against the "
              f"Keras model, timed the ones that passed on one {sample} at batch 1 "
              f"({selection.get('rounds')} alternating rounds after {selection.get('warmup')} warm-up) and kept the "
              f"fastest: **`{selection.get('chosen')}`** (run it with `--model_path MODEL_DIR/export`, which "
@@ -76,7 +77,9 @@ def _selection_lines(selection: dict[str, Any] | None) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for c in selection.get("candidates", []):
         lat = c.get("latency") or {}
-        parity = "passed" if c.get("status") == "timed" else (c.get("error") or c.get("status", ""))[:80]
+        status = c.get("status", "")
+        parity = "passed" if status in ("timed", "eliminated") else (
+            f"skipped: {c.get('reason', '')}"[:120] if status == "skipped" else (c.get("error") or status)[:80])
         median = "" if "median_ms" not in lat else f"{lat['median_ms']:.1f}"
         p90 = "" if "p90_ms" not in lat else f"{lat['p90_ms']:.1f}"
         lines.append(f"| `{c.get('file')}` | {c.get('format')} | {c.get('precision')} | {parity} | {median} | {p90} "

@@ -2,8 +2,8 @@
 
 A volume artefact computes what a 2-D artefact's `tile` computes, one dimension up: float32 patches
 (B, D, H, W, C) -> {"probabilities": (B, D, H, W, K) softmax of the model's logits}. It is written by
-the registered writer of its format (unet_medical.inference.artifact_formats: onnx and openvino
-convert the ONNX of `VolumeModule.tile` with tf2onnx, dynamic batch and patch size; tflite a fixed
+the registered writer of its format (unet_medical.inference.artifact_formats: onnx converts
+`VolumeModule.tile` with tf2onnx, openvino with OpenVINO's TensorFlow frontend, dynamic batch and patch size; tflite a fixed
 cubic patch; savedmodel the run's export.volume_serving.VolumeServingModule, whose serving signatures
 also normalize and slide windows over whole raw volumes) and run by the registered loader, exactly as
 2-D artefacts are. TF-TRT is 2-D only.

@@ -116,7 +116,9 @@ _WRITERS = "unet_medical.export.formats"
 _LOADERS = "unet_medical.inference.runtimes"
 
 for _format in (
-    ExportFormat("savedmodel", ("fp32",), lambda p: "savedmodel", f"{_WRITERS}:savedmodel_writer",
+    # bf16: the Keras model rebuilt under mixed_bfloat16 (float32 in and out), what predict runs on a bf16 CPU.
+    ExportFormat("savedmodel", ("fp32", "bf16"), lambda p: "savedmodel" if p == "fp32" else f"savedmodel_{p}",
+                 f"{_WRITERS}:savedmodel_writer",
                  f"{_LOADERS}:load_savedmodel", detect=_folder_with(SAVED_MODEL_PB), serving_signatures=True),
     # TF-TRT artefacts are SavedModels of `tile`: detected as savedmodel, run by the same loader.
     ExportFormat("tftrt", ("fp32", "fp16", "int8"), lambda p: f"tftrt_{p}", f"{_WRITERS}:tftrt_writer",
