@@ -188,7 +188,7 @@ def test_the_savedmodel_holds_the_weights_evaluate_and_predict_use_by_default(da
 
     def falling_scores(*args, **kwargs):
         evaluate = real(*args, **kwargs)
-        return lambda model, step: {**evaluate(model, step), "mean_dice": 1.0 / step}
+        return lambda model, step, **rule: {**evaluate(model, step, **rule), "mean_dice": 1.0 / step}
 
     monkeypatch.setattr(modes, "make_fold_evaluator", falling_scores)
     run = tmp_path / "run"
