@@ -69,6 +69,28 @@ def test_msd_v1_four_d_images_and_test_split(tmp_path):
     assert [c.name for c in test.cases] == ["BRATS_002"] and test.cases[0].labels is None
 
 
+def test_msd_as_released_skips_macos_resource_forks(tmp_path):
+    """The MSD tars (Task04_Hippocampus among them) ship '._CASE.nii.gz' AppleDouble files beside the cases:
+    a few bytes that are not NIfTI. Read as released, they are passed over, not refused or taken as cases."""
+    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "MRI"},
+                                                       "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+                                                       "training": [{"image": "./imagesTr/hippocampus_001.nii.gz",
+                                                                     "label": "./labelsTr/hippocampus_001.nii.gz"}],
+                                                       "test": ["./imagesTs/hippocampus_267.nii.gz"]}))
+    image = np.random.default_rng(1).random(SHAPE).astype(np.float32)
+    save(tmp_path / "imagesTr" / "hippocampus_001.nii.gz", image)
+    save(tmp_path / "labelsTr" / "hippocampus_001.nii.gz", labels_for(1))
+    save(tmp_path / "imagesTs" / "hippocampus_267.nii.gz", image)
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        name = "hippocampus_001" if folder != "imagesTs" else "hippocampus_267"
+        (tmp_path / folder / f"._{name}.nii.gz").write_bytes(b"\x00\x05\x16\x07Mac OS X        ")
+    data = vl.load_msd(tmp_path)
+    assert [c.name for c in data.cases] == ["hippocampus_001"]
+    assert data.class_names == ("background", "Anterior", "Posterior") and data.channel_names == ("MRI",)
+    np.testing.assert_array_equal(data.cases[0].image.array[..., 0], image)
+    assert [c.name for c in vl.load_msd(tmp_path, "Ts").cases] == ["hippocampus_267"]
+
+
 def test_images_and_masks_folders_of_volumes(tmp_path):
     for n in range(2):
         save(tmp_path / "images" / f"p{n}.nii.gz", np.zeros(SHAPE, np.int16))
