@@ -8,8 +8,8 @@ from typing import ClassVar
 from unet_medical.base.settings import Rule, Settings, at_least, setting
 
 
-def _is_threshold(value: str) -> bool:
-    """auto, argmax or a number strictly between 0 and 1 (inference.decision.parse_threshold's rule)."""
+def is_threshold(value: str | float) -> bool:
+    """auto, argmax or a number strictly between 0 and 1: the --threshold rule (inference.decision uses it too)."""
     if value in ("auto", "argmax"):
         return True
     try:
@@ -36,7 +36,7 @@ class InferenceConfig(Settings):
     threshold: str = setting("auto", "how probabilities become labels: auto (training: choose a foreground "
                              "threshold on the validation fold where there are 1 or 2 foreground classes; "
                              "later modes: the run's recorded choice), argmax, or a number in (0, 1) on "
-                             "1 - p(background)", rule=Rule(_is_threshold, "auto, argmax or a number in (0, 1)"))
+                             "1 - p(background)", rule=Rule(is_threshold, "auto, argmax or a number in (0, 1)"))
     checkpoint: str = setting("last", "weights of the run's SavedModel and of evaluate/predict/export: last "
                              "(final; what eval_results.json scored) or best (highest validation mean Dice); "
                              "recorded in config.yaml, later modes on the run take it", choices=("best", "last"))

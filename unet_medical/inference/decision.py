@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from unet_medical.base.errors import UNetError
+from unet_medical.inference.config import is_threshold
 
 AUTO = "auto"
 ARGMAX = "argmax"
@@ -44,13 +45,9 @@ def parse_threshold(value: str | float | None) -> str | float:
     """The --threshold flag's value: "auto", "argmax" or a float in (0, 1). UNetError naming the flag."""
     if value is None or value in (AUTO, ARGMAX):
         return AUTO if value is None else value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UNetError(f"--threshold={value!r}: expected auto, argmax or a number in (0, 1)") from None
-    if not 0.0 < number < 1.0:
-        raise UNetError(f"--threshold={value!r}: a threshold must lie strictly between 0 and 1")
-    return number
+    if not is_threshold(value):
+        raise UNetError(f"--threshold={value!r}: expected auto, argmax or a number strictly between 0 and 1")
+    return float(value)
 
 
 def resolve_decision(threshold_flag: str | float | None, tta_flag: bool | None,
