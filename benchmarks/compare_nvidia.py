@@ -2,12 +2,17 @@
 
     python benchmarks/compare_nvidia.py nvidia-throughput train|predict < runner_output
     python benchmarks/compare_nvidia.py ours-throughput MODEL_DIR/benchmark_results.json
-    python benchmarks/compare_nvidia.py summarize RESULTS.tsv [--json OUT.json]
+    python benchmarks/compare_nvidia.py summarize RESULTS.tsv [--json OUT.json] [--runs_dir OUT]
+        [--export_seconds S]
 
 RESULTS.tsv has one line per run: `round<TAB>side<TAB>mode<TAB>img_per_s` with side nvidia|ours and
 mode train|predict|predict_deploy (this project's inference through its default deploy file, compared with
 NVIDIA's predict). The summary gives per side and mode the median over rounds, and the ratio
-ours / NVIDIA of the medians (> 1: this project is faster), with the CPU (utils.cpu.describe).
+ours / NVIDIA of the medians (> 1: this project is faster), with the CPU (base.cpu.describe).
+With --runs_dir (the script's OUT_DIR, holding ours_MODE_rK/benchmark_results.json) it adds, per mode of
+this project, the medians of the achieved GFLOP/s, of the fraction of the peak of the unit that ran and of
+the fraction of the same run's single-convolution ceiling, and the ratio deploy file / no-flag Keras
+inference. --export_seconds is the wall time of the default export, printed against its 3-minute target.
 """
 from __future__ import annotations
 
@@ -86,6 +91,36 @@ def summarize(rows: list[tuple[int, str, str, float]]) -> dict:
     return out
 
 
+# benchmark_results.json fields reported per mode (cli.benchmark); absent ones (no ceiling for a deploy file,
+# no peak where the peak model refused) stay out of the medians.
+DETAIL_FIELDS = ("achieved_gflops", "peak_gflops", "fraction_of_peak", "ceiling_gflops", "fraction_of_ceiling")
+EXPORT_TARGET_S = 180.0
+
+
+def details(runs_dir: str | pathlib.Path, rows: list[tuple[int, str, str, float]]) -> dict:
+    """Per mode of this project: medians over rounds of DETAIL_FIELDS and the unit(s) that ran, read from
+    RUNS_DIR/ours_MODE_rK/benchmark_results.json for every ours row; UNetError naming a missing file."""
+    out: dict = {}
+    for mode in MODES:
+        results = []
+        for rnd, side, row_mode, _ in rows:
+            if side == "ours" and row_mode == mode:
+                path = pathlib.Path(runs_dir) / f"ours_{mode}_r{rnd}" / "benchmark_results.json"
+                try:
+                    results.append(json.loads(path.read_text()))
+                except (OSError, ValueError) as exc:
+                    raise UNetError(f"{path}: cannot read ({exc})") from None
+        if not results:
+            continue
+        entry: dict = {"units": sorted({str(r.get("unit")) for r in results if r.get("unit")})}
+        for field in DETAIL_FIELDS:
+            values = [float(r[field]) for r in results if isinstance(r.get(field), (int, float))]
+            if values:
+                entry[field] = statistics.median(values)
+        out[mode] = entry
+    return out
+
+
 def report(summary: dict, cpu: str) -> str:
     lines = [f"CPU: {cpu}", f"rounds: {len(summary['rounds'])} (alternating NVIDIA, ours), batch 1, medians",
              "| mode | NVIDIA img/s | ours img/s | ours / NVIDIA |", "|---|---|---|---|"]
@@ -94,7 +129,26 @@ def report(summary: dict, cpu: str) -> str:
         if f"nvidia_{BASELINE[mode]}" in med and f"ours_{mode}" in med:
             lines.append(f"| {mode} | {med[f'nvidia_{BASELINE[mode]}']:.4g} | {med[f'ours_{mode}']:.4g} | "
                          f"{summary['ratio_ours_over_nvidia'][mode]:.3f} |")
+    med = summary["median_img_per_s"]
+    if "ours_predict" in med and "ours_predict_deploy" in med:
+        lines.append(f"deploy file / no-flag Keras inference: {med['ours_predict_deploy'] / med['ours_predict']:.3f}")
+    if summary.get("details"):
+        lines += ["", "| ours, mode | GFLOP/s | unit | peak GFLOP/s | of peak | ceiling GFLOP/s | of ceiling |",
+                  "|---|---|---|---|---|---|---|"]
+        for mode, entry in summary["details"].items():
+            cells = [_fmt(entry.get(k)) for k in ("achieved_gflops", "peak_gflops", "fraction_of_peak",
+                                                    "ceiling_gflops", "fraction_of_ceiling")]
+            lines.append(f"| {mode} | {cells[0]} | {', '.join(entry['units']) or '-'} | {cells[1]} | {cells[2]} | "
+                         f"{cells[3]} | {cells[4]} |")
+    if summary.get("export_seconds") is not None:
+        seconds = summary["export_seconds"]
+        lines.append(f"default export: {seconds:.0f} s (target < {EXPORT_TARGET_S:.0f} s: "
+                     f"{'met' if seconds < EXPORT_TARGET_S else 'missed'})")
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("summarize")
     p.add_argument("results_tsv")
     p.add_argument("--json", help="also write the summary (and the CPU) here")
+    p.add_argument("--runs_dir", help="OUT_DIR of compare_nvidia.sh: adds GFLOP/s, peak and ceiling fractions")
+    p.add_argument("--export_seconds", type=float, help="wall time of the default export, in seconds")
     args = parser.parse_args(argv)
     try:
         if args.command == "nvidia-throughput":
@@ -114,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "ours-throughput":
             print(ours_throughput(args.results_json))
         else:
-            summary = summarize(read_rows(pathlib.Path(args.results_tsv).read_text().splitlines()))
+            rows = read_rows(pathlib.Path(args.results_tsv).read_text().splitlines())
+            summary = summarize(rows)
+            if args.runs_dir:
+                summary["details"] = details(args.runs_dir, rows)
+            summary["export_seconds"] = args.export_seconds
             cpu = describe(read_cpu_info())
             print(report(summary, cpu))
             if args.json:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # NVIDIA's TF2 UNet_Medical against this project on this machine: training and inference img/s, batch 1,
 # the paper U-Net at 572x572, runs alternated (NVIDIA, ours, NVIDIA, ours) for ROUNDS rounds; prints the
-# medians, the ratios ours / NVIDIA and the CPU (unet_medical.base.cpu.describe).
+# medians, the ratios ours / NVIDIA and the CPU (unet_medical.base.cpu.describe); then, for this project's
+# runs, the achieved GFLOP/s as fractions of the peak of the unit that ran and of the same run's
+# single-convolution ceiling, the deploy file's speed over the no-flag Keras inference, and the wall time of
+# the default export (target: under 3 minutes).
 #
 #   bash benchmarks/compare_nvidia.sh NVIDIA_DIR [DATA_DIR] [OUT_DIR]
 #
@@ -65,8 +68,11 @@ else
     --max_steps "${OURS_TRAIN_STEPS:-100}" --data_dir "$data_dir" --model_dir "$run" --log_every 10 "${ours_flags[@]}"
 fi
 log "default export (every candidate, parity, fastest kept) at a 572-pixel tile"
+export_start=$EPOCHREALTIME
 logged "$out/ours_export.log" "$py" "$here/main.py" --exec_mode export --data_dir "$data_dir" --model_dir "$run" \
   --tile_size 572 "${ours_flags[@]}"
+export_seconds=$(awk -v a="$export_start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+log "default export took ${export_seconds} s"
 deploy=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["selection"]["chosen"])' "$run/export/export.json")
 log "deploy file: $run/export/$deploy"
 
@@ -96,4 +102,5 @@ for r in $(seq 1 "$rounds"); do
 done
 
 echo "NVIDIA: ${runner[*]}; ours: deploy file $deploy (inference), defaults (training); logs in $out"
-"$py" "$here/benchmarks/compare_nvidia.py" summarize "$results" --json "$out/compare_nvidia.json"
+"$py" "$here/benchmarks/compare_nvidia.py" summarize "$results" --json "$out/compare_nvidia.json" --runs_dir "$out" \
+  --export_seconds "$export_seconds"

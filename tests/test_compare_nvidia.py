@@ -48,6 +48,34 @@ def test_medians_and_ratios():
     assert "CPU: a CPU" in table and f"{0.90 / 0.25:.3f}" in table
 
 
+def test_details_are_medians_of_each_runs_results(tmp_path):
+    rows = compare_nvidia.read_rows(["1\tours\tpredict\t2.0", "2\tours\tpredict\t3.0", "3\tours\tpredict\t4.0",
+                                     "1\tours\tpredict_deploy\t5.0", "1\tnvidia\tpredict\t1.0"])
+    fields = {1: (100.0, 0.25, 0.40), 2: (160.0, 0.40, 0.70), 3: (120.0, 0.30, 0.50)}
+    for rnd, (gflops, of_peak, of_ceiling) in fields.items():
+        run = tmp_path / f"ours_predict_r{rnd}"
+        run.mkdir()
+        (run / "benchmark_results.json").write_text(json.dumps({
+            "achieved_gflops": gflops, "unit": "AVX512-BF16", "peak_gflops": 400.0, "fraction_of_peak": of_peak,
+            "ceiling_gflops": gflops / of_ceiling, "fraction_of_ceiling": of_ceiling}))
+    deploy = tmp_path / "ours_predict_deploy_r1"
+    deploy.mkdir()  # a deploy file has no Keras ceiling: its fields stay out
+    (deploy / "benchmark_results.json").write_text(json.dumps({"achieved_gflops": 250.0, "unit": "VNNI"}))
+    found = compare_nvidia.details(tmp_path, rows)
+    assert found["predict"]["achieved_gflops"] == 120.0 and found["predict"]["fraction_of_peak"] == 0.30
+    assert found["predict"]["fraction_of_ceiling"] == 0.50 and found["predict"]["units"] == ["AVX512-BF16"]
+    assert found["predict_deploy"] == {"units": ["VNNI"], "achieved_gflops": 250.0}
+    summary = {**compare_nvidia.summarize(rows), "details": found, "export_seconds": 200.0}
+    text = compare_nvidia.report(summary, "a CPU")
+    assert "deploy file / no-flag Keras inference: 1.667" in text  # 5.0 over the median 3.0
+    assert "| predict | 120 | AVX512-BF16 | 400 | 0.3 | 240 | 0.5 |" in text
+    assert "| predict_deploy | 250 | VNNI | - | - | - | - |" in text
+    assert "default export: 200 s (target < 180 s: missed)" in text
+    (tmp_path / "ours_predict_r2" / "benchmark_results.json").unlink()
+    with pytest.raises(UNetError, match="ours_predict_r2"):
+        compare_nvidia.details(tmp_path, rows)
+
+
 @pytest.mark.parametrize("line", ["1\tnvidia\ttrain", "x\tours\ttrain\t1", "1\tthem\ttrain\t1", "1\tours\ttrain\t0"])
 def test_malformed_results_are_named(line):
     with pytest.raises(UNetError, match="results line 1"):
@@ -110,3 +138,5 @@ def test_toy_comparison_alternates_and_divides_medians(tmp_path, isbi_data_dir):
     assert not any(r.get("model_path") for r in ours["predict"])
     assert ours["train"][0]["bench_input"] == "real"
     assert "CPU: " in proc.stdout and "| train |" in proc.stdout and "| predict |" in proc.stdout
+    assert "of ceiling" in proc.stdout and "default export: " in proc.stdout
+    assert summary["details"]["predict"]["fraction_of_ceiling"] > 0 and summary["export_seconds"] > 0
