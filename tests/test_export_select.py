@@ -23,7 +23,7 @@ from unet_medical.inference.tiling import keras_predictor
 
 ZEN3 = CpuInfo(vendor="AuthenticAMD", family=25, model=1, flags=frozenset({"avx", "avx2", "fma"}))
 AMX = CpuInfo(vendor="GenuineIntel", family=6, model=143, flags=frozenset({"avx2", "fma", "avx512f", "amx_bf16"}))
-HAS_OPENVINO = all(importlib.util.find_spec(m) for m in ("openvino", "nncf", "tf2onnx"))
+HAS_OPENVINO = all(importlib.util.find_spec(m) for m in ("openvino", "nncf"))
 
 
 def test_candidates_follow_the_cpu_and_the_requested_precision():
@@ -91,7 +91,7 @@ def test_default_export_keeps_the_fastest_candidate_that_passed(trained, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO export needs openvino, nncf and tf2onnx (requirements.txt)")
+@pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO export needs openvino and nncf (requirements.txt)")
 @pytest.mark.parametrize("precision, max_diff", [("fp32", 1e-4), ("int8", None)])
 def test_openvino_artefact_agrees_with_keras(trained, precision, max_diff):
     model_dir, common = trained

@@ -251,3 +251,13 @@ def test_keras_reference_is_predicted_once_for_all_candidates(tmp_path, monkeypa
         formats.export_model(fp32, SPEC, ["background", "membrane"], tmp_path, "savedmodel", precision, tiny_inputs(),
                              artifact_model=source, shared=shared)
     assert len(calls) == 2  # 2 parity images of one 64-pixel tile each, for the first candidate only
+
+
+def test_openvino_needs_only_its_own_packages():
+    """The missing-package check runs before any work, so a package the writer does not use would refuse an
+    export that works: OpenVINO converts with its own TensorFlow frontend, not tf2onnx."""
+    from unet_medical.inference.artifact_formats import format_of
+
+    assert format_of("openvino").needs("bf16") == ("openvino",)
+    assert format_of("openvino").needs("int8") == ("openvino", "nncf")
+    assert "tf2onnx" in format_of("onnx").needs("fp32")

@@ -130,7 +130,7 @@ for _format in (
                  f"{_LOADERS}:load_tflite", detect=_suffix(".tflite"), fixed_tile=True),
     ExportFormat("openvino", ("fp32", "bf16", "int8"), lambda p: f"openvino_{p}", f"{_WRITERS}:openvino_writer",
                  f"{_LOADERS}:load_openvino",
-                 needs=lambda p: ("tf2onnx", "openvino") + (("nncf",) if p == "int8" else ()),
+                 needs=lambda p: ("openvino",) + (("nncf",) if p == "int8" else ()),  # its own TF frontend
                  detect=_folder_with(OPENVINO_XML)),
     ExportFormat("packed", ("FIXED", "INT", "BNN", "TERNARY"), lambda p: "model_packed.npz",
                  "unet_medical.export.packed:packed_writer", f"{_LOADERS}:load_packed", detect=_suffix(".npz"),
