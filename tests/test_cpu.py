@@ -11,7 +11,8 @@ import math
 import pytest
 
 from unet_medical.base.cpu import (CpuInfo, choose_precision, describe, flags_summary, fp32_flops_per_cycle,
-                       measure_clock_ghz, measure_sgemm_gflops, peak_report, read_cpu_info)
+                       counted_clock_ghz, dependent_add_chain, kernel_clock_ghz, measure_clock_ghz,
+                       measure_sgemm_gflops, peak_report, read_cpu_info)
 from unet_medical.base.errors import UNetError
 
 BASE_FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat clflush mmx fxsr sse sse2 ht syscall nx lm"
@@ -198,8 +199,25 @@ def test_measure_sgemm_small():
 
 
 def test_measure_clock():
-    ghz = measure_clock_ghz(0.1)
-    assert math.isnan(ghz) or 0.1 < ghz < 10.0
+    ghz, source = measure_clock_ghz(0.1)
+    assert 0.1 < ghz < 10.0 and source.startswith(("counted", "kernel"))
+    kernel = kernel_clock_ghz(0.1)
+    assert math.isnan(kernel) or 0.1 < kernel < 10.0
+
+
+def test_the_add_chain_runs_and_counts_one_cycle_per_add():
+    chain = dependent_add_chain(8)
+    if chain is None:
+        pytest.skip("not x86-64, or no executable mapping: the kernel's clock is used")
+    assert chain(1000) == 8 * 1000 and chain(1) == 8  # the machine code ran, with the loop count it was given
+    # Latency-bound: twice the adds per iteration take twice the time, so both give the same clock (a chain
+    # limited by anything but the add latency, e.g. the loop's branch, would not).
+    short, long_ = counted_clock_ghz(0.1, threads=1, adds=4), counted_clock_ghz(0.1, threads=1, adds=16)
+    assert 0.5 < short < 7.0 and abs(long_ / short - 1) < 0.3, (short, long_)
+    # The kernel's figure in a VM is nominal: the real clock is not far below it (turbo is above).
+    kernel = kernel_clock_ghz(0.1)
+    if math.isfinite(kernel):
+        assert long_ > 0.6 * kernel, (long_, kernel)
 
 
 # FLOP (int8: OP) per cycle per core, worked out by hand from each unit's documented rate, not from the table.
