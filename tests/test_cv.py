@@ -48,6 +48,14 @@ def test_summary_json_and_markdown(tmp_path):
     assert not (tmp_path / "folds_summary.json").exists()
 
 
+def test_markdown_names_each_folds_step_in_fold_order(tmp_path):
+    for k, step in enumerate([1773, 1481, 2039]):  # a time budget: every fold its own count
+        write_fold(tmp_path, k, membrane_dice=0.8, num_folds=3, step=step)
+    assert cv.main([str(tmp_path)]) == 0
+    md = (tmp_path / "cv_summary.md").read_text()
+    assert "at steps 1773 (fold 0), 1481 (fold 1), 2039 (fold 2)." in md
+
+
 def test_one_fold_has_no_sample_sd(tmp_path):
     write_fold(tmp_path, 0, membrane_dice=0.8)
     assert cv.summarize(cv.read_fold_results(tmp_path))["membrane_dice"] == {"mean": 0.8, "sd": None, "n": 1}

@@ -129,9 +129,12 @@ def format_markdown(results: Mapping[int, Mapping[str, Any]], summary: Mapping[s
                     title: str) -> str:
     """cv_summary.md: the same table in Markdown, with what sd means and the steps evaluated."""
     rows = table_rows(results, summary)
-    steps = sorted({str(r.get("step", "?")) for r in results.values()})
+    steps = {k: str(r.get("step", "?")) for k, r in sorted(results.items())}
+    # A time budget gives each fold its own step count: name the fold beside each, in fold order.
+    at = (f"step {next(iter(steps.values()))}" if len(set(steps.values())) == 1
+          else "steps " + ", ".join(f"{step} (fold {k})" for k, step in steps.items()))
     lines = [f"# Cross-validation summary: {title}", "",
-             f"{len(results)} folds, each evaluated on its held-out block at step {', '.join(steps)}. "
+             f"{len(results)} folds, each evaluated on its held-out block at {at}. "
              f"mean = arithmetic mean over the folds; sd = {SD_DEFINITION}.", "",
              "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
