@@ -240,6 +240,11 @@ def test_synthetic_ct_trains_evaluates_and_predicts_nifti_with_the_input_geometr
     assert results["organ_dice"] > 0.3  # 60 steps find the organ; this checks the volume is stacked right
     record = json.loads((run / "model.json").read_text())["volume"]
     assert record["dims"] == "2" and record["validation_cases"] == ["case_000", "case_001", "case_002"]
+    # the slices' in-plane flips were tried on the validation cases; eval_results scores the chosen rule
+    decision = json.loads((run / "model.json").read_text())["decision"]
+    assert set(decision["scores"]) == {"argmax", "argmax_tta"} and decision["threshold"] is None
+    assert results["decision"] == decision and results["tta"] is decision["tta"]
+    assert results["mean_dice"] == pytest.approx(decision["scores"][decision["chosen"]])
     log = (run / "log.json").read_text()
     assert '"flag": "target_spacing", "value": "none"' in log and '"anisotropy": 3.125' in log
     for case in ("case_012", "case_013", "case_014", "case_015"):

@@ -5,7 +5,13 @@ without flips and, when --tta is unset and affordable, once with them. evaluatio
 picks the threshold and TTA; the choice goes to model.json ("decision"), to eval_results.json (the same
 block, beside the argmax scores it was measured against) and to two RECIPE lines. Evaluate, predict, the
 SavedModel and exported files then apply it (resolve_decision: flags win).
-2-D images only: a volume run keeps the argmax (its per-case scores are surface distances too).
+
+A volume run (2-D slices, 2.5-D or 3-D; choose_volume_run_decision) keeps the argmax (no threshold is
+scanned: a foreground cut-off fitted on a few cases would move organ boundaries by their noise) and chooses
+only mirroring: its validation cases are predicted as evaluate predicts them (cli.volume_modes), without
+and, when --tta is unset and the mirrored pass is projected under TTA_TRIAL_LIMIT_S, with mirroring (the
+8 flips of each 3-D window, or the 8 in-plane flips/rotations of each slice), scored by the mean per-case
+Dice over cases and foreground classes, and climb the same ladder (evaluation.decision.choose_mirroring).
 """
 from __future__ import annotations
 
@@ -18,13 +24,13 @@ import numpy as np
 from unet_medical.base import runlog
 from unet_medical.base.artifacts import EVAL_RESULTS, RunRecord, read_eval_results, save_run_record, write_eval_results
 from unet_medical.data.normalize import normalize_image
-from unet_medical.evaluation.decision import choose_decision
+from unet_medical.evaluation.decision import choose_decision, choose_mirroring
 from unet_medical.inference.decision import ARGMAX, AUTO, parse_threshold
 from unet_medical.inference.outputs import background_class
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.inference.tiling import predict_images
 
-# Flips cost 8 passes over the fold (the choice's only large cost: the chosen rule is then scored from the
+# Flips (or a volume's mirroring) cost 8 passes over the fold (the choice's only large cost: the chosen rule is then scored from the
 # probabilities already made); past this many seconds the choice is not worth the wait.
 TTA_TRIAL_LIMIT_S = 180.0
 MAX_SCANNED_FOREGROUND = 2  # the issue's rule: a threshold where the data has one or two foreground classes
@@ -75,6 +81,43 @@ def choose_run_decision(cfg: Any, model: Any, spec: Any, images: Sequence[np.nda
     record = record.replace(decision=choice)
     save_run_record(cfg.model_dir, record)
     return record, probs_by_tta
+
+
+def choose_volume_run_decision(cfg: Any, model: Any, evaluator: Any, record: RunRecord, logger: runlog.Logger
+                               ) -> tuple[RunRecord, dict[bool, dict[str, Any]]]:
+    """Choose, log and record whether a volume run mirrors, with `model` (the weights the run ships) on
+    the validation cases of `evaluator` (cli.volume_modes.VolumeEvaluator: predict, score).
+
+    Returns `record` with its "decision" set (also saved to model.json) and the eval_results of the
+    validation cases (evaluation.volumes.score_volumes) without (False) and with (True) mirroring, as far
+    as they were predicted: the chosen one is written as eval_results.json without predicting again.
+    """
+    allowed = [False, True] if cfg.tta is None else [bool(cfg.tta)]
+    results: dict[bool, dict[str, Any]] = {}
+    seconds: dict[bool, float] = {}
+    tta_note = ""
+    for tta in allowed:
+        if tta and False in seconds and 8 * seconds[False] > TTA_TRIAL_LIMIT_S:
+            tta_note = (f"; mirroring not tried: 8 passes over the fold would take about {8 * seconds[False]:.0f} s "
+                        f"(limit {TTA_TRIAL_LIMIT_S:g} s)")
+            break
+        start = time.perf_counter()
+        predictions = evaluator.predict(model, tta, "decision")
+        seconds[tta] = time.perf_counter() - start  # the prediction alone: scoring costs both passes alike
+        results[tta] = evaluator.score(predictions)
+    choice = choose_mirroring({tta: scored["mean_dice"] for tta, scored in results.items()})
+    measured = ", ".join(f"{'with' if tta else 'without'} mirroring {results[tta]['mean_dice']:.4f} "
+                         f"({seconds[tta]:.1f} s)" for tta in results)
+    why_threshold = "volumes keep the argmax (a threshold is chosen for 2-D images only)"
+    choice = {**choice, "reason": f"{choice['reason']}; measured {measured}{tta_note}", "threshold_rule": why_threshold,
+              "validation_cases": len(evaluator.cases), "predict_seconds": {str(t).lower(): round(s, 1)
+                                                                           for t, s in seconds.items()}}
+    logger.log("RECIPE", {"flag": "threshold", "value": "argmax", "reason": why_threshold})
+    logger.log("RECIPE", {"flag": "tta", "value": choice["tta"],
+                          "reason": ("--tta given; " if cfg.tta is not None else "") + choice["reason"]})
+    record = record.replace(decision=choice)
+    save_run_record(cfg.model_dir, record)
+    return record, results
 
 
 def record_in_results(model_dir: str | pathlib.Path, choice: dict[str, Any]) -> None:

@@ -205,16 +205,19 @@ def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Pat
     The tile plan is the run's --tile_size / --max_tile_size / --tile_context; `serving_default`
     takes `image_dtype` images (the training data's). A --dims 3 run's takes raw volumes of `image_dtype`
     (the training volumes' as read) and slides its training patch over them (export.volume_serving).
+    Both apply the run's decision (flags win): a 3-D run's graph mirrors each window when it says so.
     Written beside and renamed into place, so a crash never leaves a half-written SavedModel. Returns the path.
     """
     from unet_medical.cli.assemble import restore_model
 
     start = time.perf_counter()
     model, spec, info = restore_model(cfg.replace(model_path=None))
-    if spec.dims == 3:  # raw volumes, the run's windows and Gaussian sliding window in the graph
+    if spec.dims == 3:  # raw volumes, the run's windows, Gaussian sliding window and mirroring in the graph
         from unet_medical.cli.volume_export import volume_serving_module
+        from unet_medical.cli.volume_modes import volume_decision
 
-        module = volume_serving_module(model, info, image_dtype)
+        decision = volume_decision(cfg.threshold, cfg.tta, info.decision)
+        module = volume_serving_module(model, info, image_dtype, decision.tta)
     else:
         decision = resolve_decision(cfg.threshold, cfg.tta, info.decision)
         module = UNetServingModule(model, spec, cfg.tile_context, image_dtype, tile_size=cfg.tile_size,
@@ -232,7 +235,7 @@ def write_run_savedmodel(cfg: Any, image_dtype: Any, logger: Any) -> pathlib.Pat
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     logger.log("SAVED_MODEL", {"path": str(target), "checkpoint": cfg.checkpoint, "step": info.step,
-                               "image_dtype": np.dtype(image_dtype).name, "size_bytes": size,
+                               "image_dtype": np.dtype(image_dtype).name, "decision": decision.describe(), "size_bytes": size,
                                "seconds": round(time.perf_counter() - start, 2)})
     return target
 

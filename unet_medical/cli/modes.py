@@ -193,8 +193,9 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     if wants_eval:
         if volumes:
             origin = training_provenance(cfg, policy, volume_modes.cases_of(data, val_idx))
+            # Until the decision is chosen at the end, validation scores are unmirrored (unless --tta).
             evaluate_fold = volume_modes.make_volume_evaluator(cfg, spec, data, val_idx, logger, cfg.normalization,
-                                                               origin)
+                                                               origin, tta=bool(cfg.tta))
         else:
             origin = training_provenance(cfg, policy, [data.names[i] for i in val_idx])
             # Until the decision is chosen at the end, validation scores are the argmax's.
@@ -228,8 +229,11 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     if dist.is_chief:
         logger.flush()
         plot()
-    if dist.is_chief and evaluate is not None and not volumes and len(val_idx):
-        decide_on_validation(cfg, data, val_idx, record, evaluate_fold, logger)
+    if dist.is_chief and evaluate is not None and len(val_idx):
+        if volumes:
+            decide_volume_mirroring(cfg, record, evaluate_fold, logger)
+        else:
+            decide_on_validation(cfg, data, val_idx, record, evaluate_fold, logger)
     if cfg.saved_model and dist.is_chief:  # after the final checkpoint: every weight file is on disk
         from unet_medical.cli.export_mode import write_run_savedmodel
 
@@ -254,6 +258,22 @@ def decide_on_validation(cfg: Config, data: SegmentationData, val_idx: np.ndarra
     decision = resolve_decision("auto", None, record.decision)
     if decision != Decision(None, bool(cfg.tta)):  # scored from the probabilities the choice was made on
         evaluate_fold(shipped, info.step, decision=decision, probs=probs_by_tta[decision.tta])
+    record_in_results(cfg.model_dir, record.decision)
+    return record
+
+
+def decide_volume_mirroring(cfg: Config, record: RunRecord, evaluate_fold: Any, logger: runlog.Logger) -> RunRecord:
+    """A volume run's decision (cli.decide: the argmax, mirrored or not) on its validation cases; when it
+    mirrors and training did not, eval_results.json is rewritten from the mirrored label maps the choice
+    was made on (no third pass over the cases)."""
+    from unet_medical.cli.assemble import restore_model
+    from unet_medical.cli.decide import choose_volume_run_decision, record_in_results
+
+    shipped, _, info = restore_model(cfg.replace(model_path=None))  # the --checkpoint weights
+    record, results = choose_volume_run_decision(cfg, shipped, evaluate_fold, record, logger)
+    tta = bool(record.decision["tta"])
+    if tta != bool(cfg.tta):
+        evaluate_fold(shipped, info.step, tta=tta, scored=results[tta])
     record_in_results(cfg.model_dir, record.decision)
     return record
 

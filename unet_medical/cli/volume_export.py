@@ -4,11 +4,12 @@ The run's volume record (model.json) gives the patch (the sliding window) and th
 artefacts go through the one exporter's format registry (export.volume.export_volume_model): SavedModel,
 ONNX and OpenVINO (TFLite is refused in one line: no builtin MaxPool3D), each checked against the Keras
 model on whole patches cut as sliding-window inference cuts them (the SavedModel's serving signature
-also on a whole raw volume). Without --export_format the default export's candidates that apply to 3-D
+also on a whole raw volume, mirrored as the run's decision says). Without --export_format the default export's candidates that apply to 3-D
 compete as for 2-D (export.select.select_fastest), timed on one patch.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import pathlib
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from unet_medical.base import runlog
 from unet_medical.base.errors import UNetError
 from unet_medical.cli.config import Config
-from unet_medical.cli.volume_modes import SLIDING_OVERLAP, require_volume_run
+from unet_medical.cli.volume_modes import SLIDING_OVERLAP, require_volume_run, volume_decision
 from unet_medical.data.folds import case_fold_split
 from unet_medical.data.normalize import normalize_image
 from unet_medical.data.volume_resample import format_spacing
@@ -33,14 +34,16 @@ CALIBRATION_PATCHES = 16  # int8 calibration patches of the training cases (the 
 SERVING_CASES = 1         # whole held-out volumes the SavedModel's serving signature is checked on
 
 
-def volume_serving_module(model: Any, info: Any, image_dtype: Any) -> VolumeServingModule:
-    """The SavedModel computation of a 3-D run (info: its RunRecord): its patch, windows and class names."""
+def volume_serving_module(model: Any, info: Any, image_dtype: Any, mirror: bool = False) -> VolumeServingModule:
+    """The SavedModel computation of a 3-D run (info: its RunRecord): its patch, windows and class names, and
+    `mirror` (the decision in effect: cli.volume_modes.volume_decision)."""
     record = info.volume
     if not record or "patch_size" not in record:
         raise UNetError("model.json: a --dims 3 run records its volume normalization and patch_size; this one "
                         "does not (train it again)")
     return VolumeServingModule(model, record["patch_size"], windows_from_record(record["normalization"]),
-                               image_dtype=image_dtype, overlap=SLIDING_OVERLAP, class_names=info.class_names)
+                               image_dtype=image_dtype, overlap=SLIDING_OVERLAP, class_names=info.class_names,
+                               mirror=mirror)
 
 
 def volume_export_pairs(cfg: Config, model: Any, logger: runlog.Logger) -> list[tuple[str, str]]:
@@ -127,11 +130,13 @@ def export_volume_run(cfg: Config, logger: runlog.Logger) -> tuple[dict[str, Any
     parity = volume_patches([n for _, n in parity_cases], patch, PARITY_PATCHES, SLIDING_OVERLAP)
     calibration_patches = volume_patches(calibration or [n for _, n in parity_cases], patch, CALIBRATION_PATCHES,
                                          SLIDING_OVERLAP)
-    module = volume_serving_module(model, info, parity_cases[0][0].dtype)
+    decision = volume_decision(cfg.threshold, cfg.tta, info.decision)  # flags win over the run's choice
+    module = volume_serving_module(model, info, parity_cases[0][0].dtype, decision.tta)
     export_dir = pathlib.Path(cfg.model_dir) / EXPORT_DIR
     fields = {"spec": dict(info.spec), "class_names": list(info.class_names), "checkpoint": cfg.checkpoint,
               "step": info.step, "parity_cases": names, "parity_patches": len(parity), "calibration_source": source,
               "normalization": info.normalization, "volume_normalization": info.volume["normalization"],
+              "decision": dataclasses.asdict(decision),
               "tensorflow": tf.__version__, "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
 
     def export_one(fmt: str, precision: str) -> dict[str, Any]:

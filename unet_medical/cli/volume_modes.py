@@ -42,6 +42,7 @@ from unet_medical.data.volume_training import (VolumeSlices, case_inputs, cases_
                                                windows_from_record)
 from unet_medical.data.volumes import Volume, write_nifti
 from unet_medical.evaluation.volumes import score_volumes
+from unet_medical.inference.decision import ARGMAX, AUTO, Decision, parse_threshold, resolve_decision
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.inference.sliding_window import sliding_window_predict
 from unet_medical.data.patches3d import parse_patch_size
@@ -58,7 +59,9 @@ def is_volume_data(cfg: Config) -> bool:
 
 def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> Config:
     """Log the volume fingerprint and the volume-only recipe choices; the windows normalize, so the 2D
-    normalization is fixed to global (per_image would rescale each slice and undo the CT window)."""
+    normalization is fixed to global (per_image would rescale each slice and undo the CT window). A numeric
+    --threshold is refused here, before training: volumes keep the argmax (volume_decision)."""
+    volume_decision(cfg.threshold, cfg.tta, None)
     geometry = geometry_summary(data.volumes)
     logger.log("FINGERPRINT", {"cases": len(data.volumes.cases), "modality": ",".join(data.volumes.channel_names),
                                "spacing_median_mm": "x".join(f"{s:g}" for s in geometry["spacing_median_mm"]),
@@ -115,33 +118,80 @@ def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: 
     return probabilities_to_labels(class_maps, grid.shape, grid.spacing, target)
 
 
-def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_idx: np.ndarray,
-                          logger: runlog.Logger, normalization: str, origin: dict[str, Any] | None = None,
-                          results_name: str = EVAL_RESULTS):
-    """evaluate(model, step) -> eval_results of the validation cases (evaluation.volumes), also written to
-    model_dir/`results_name` with the `origin` provenance block and logged as ("eval", step)."""
-    val_cases = [int(c) for c in np.unique(data.case_of_slice[val_idx])]
-    inputs = {c: [normalize_image(data.images[i], normalization) for i in data.slices_of(c)] for c in val_cases}
+class VolumeEvaluator:
+    """The validation cases of a volume run, predicted (predict_label_map) and scored per case in mm
+    (evaluation.volumes), as evaluate does.
 
-    def evaluate(model: Any, step: int) -> dict[str, Any]:
-        predictor, tile_size = as_predictor(model, cfg.tile_size)
-        cases = [data.volumes.cases[c] for c in val_cases]
-        predictions = {case.name: predict_label_map(cfg, predictor, tile_size, spec, inputs[c], logger, "evaluate",
-                                                    case.image, data.target_spacing)
-                       for c, case in zip(val_cases, cases)}
-        results = score_volumes(predictions, {case.name: case.labels.array for case in cases},
-                                {case.name: case.image.spacing for case in cases}, data.class_names,
-                                cfg.nsd_tolerance)
-        results.update(fold=cfg.fold, num_folds=cfg.num_folds, step=int(step), num_images=len(val_idx),
-                       tta=bool(cfg.tta), dims=data.dims)
-        if origin is not None:
-            results["provenance"] = origin
-        write_eval_results(pathlib.Path(cfg.model_dir) / results_name, results)
-        logger.log(("eval", int(step)), {k: v for k, v in results.items()
-                                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    Calling it, evaluate(model, step), is the training loop's evaluation: eval_results of the cases, also
+    written to model_dir/`results_name` with the `origin` provenance block and logged as ("eval", step).
+    `tta` is the mirroring it applies by default (training: --tta, False unset; evaluate: the run's
+    decision); `decision_record`, how that rule was chosen, goes into the results it writes under it.
+    """
+
+    def __init__(self, cfg: Config, spec: UNetSpec, data: VolumeSlices, val_idx: np.ndarray, logger: runlog.Logger,
+                 normalization: str, origin: dict[str, Any] | None = None, results_name: str = EVAL_RESULTS, *,
+                 tta: bool = False, decision_record: dict[str, Any] | None = None):
+        self.cfg, self.spec, self.data, self.logger = cfg, spec, data, logger
+        self.origin, self.results_name = origin, results_name
+        self.tta, self.decision_record = bool(tta), decision_record
+        self.num_images = len(val_idx)
+        self.cases = [int(c) for c in np.unique(data.case_of_slice[val_idx])]
+        self.inputs = {c: [normalize_image(data.images[i], normalization) for i in data.slices_of(c)]
+                       for c in self.cases}
+
+    def predict(self, model: Any, tta: bool, label: str = "evaluate") -> dict[str, np.ndarray]:
+        """case name -> (I, J, K) uint8 label map of each validation case, mirrored or not (`tta`)."""
+        predictor, tile_size = as_predictor(model, self.cfg.tile_size)
+        cfg = self.cfg.replace(tta=bool(tta))
+        return {case.name: predict_label_map(cfg, predictor, tile_size, self.spec, self.inputs[c], self.logger,
+                                             label, case.image, self.data.target_spacing)
+                for c, case in ((c, self.data.volumes.cases[c]) for c in self.cases)}
+
+    def score(self, predictions: dict[str, np.ndarray]) -> dict[str, Any]:
+        """evaluation.volumes.score_volumes of the label maps against the cases' labels (mean_dice: the mean
+        over cases and foreground classes of the per-case Dice)."""
+        cases = [self.data.volumes.cases[c] for c in self.cases]
+        return score_volumes(predictions, {case.name: case.labels.array for case in cases},
+                             {case.name: case.image.spacing for case in cases}, self.data.class_names,
+                             self.cfg.nsd_tolerance)
+
+    def __call__(self, model: Any, step: int, tta: bool | None = None,
+                 scored: dict[str, Any] | None = None) -> dict[str, Any]:
+        """eval_results under mirroring `tta` (None: the default); `scored` (score() of label maps already
+        predicted so) is written instead of predicting again."""
+        tta = self.tta if tta is None else bool(tta)
+        results = dict(scored) if scored is not None else self.score(self.predict(model, tta))
+        results.update(fold=self.cfg.fold, num_folds=self.cfg.num_folds, step=int(step), num_images=self.num_images,
+                       tta=tta, dims=self.data.dims)
+        if self.origin is not None:
+            results["provenance"] = self.origin
+        if self.decision_record is not None and tta == self.tta:
+            results["decision"] = self.decision_record
+        write_eval_results(pathlib.Path(self.cfg.model_dir) / self.results_name, results)
+        # A re-scoring under the rule chosen at the end is a series of its own: the curves stay unmirrored.
+        series = "eval" if tta == self.tta else "eval_decided"
+        self.logger.log((series, int(step)), {k: v for k, v in results.items()
+                                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
         return results
 
-    return evaluate
+
+def make_volume_evaluator(cfg: Config, spec: UNetSpec, data: VolumeSlices, val_idx: np.ndarray,
+                          logger: runlog.Logger, normalization: str, origin: dict[str, Any] | None = None,
+                          results_name: str = EVAL_RESULTS, tta: bool = False,
+                          decision_record: dict[str, Any] | None = None) -> VolumeEvaluator:
+    """The VolumeEvaluator of the validation slices `val_idx` (their cases, whole)."""
+    return VolumeEvaluator(cfg, spec, data, val_idx, logger, normalization, origin, results_name, tta=tta,
+                           decision_record=decision_record)
+
+
+def volume_decision(threshold_flag: str | float | None, tta_flag: bool | None,
+                    recorded: dict[str, Any] | None) -> Decision:
+    """The decision a volume run applies (inference.decision.resolve_decision: flags win, unset --tta takes
+    the run's choice). Volumes keep the argmax: a numeric --threshold is refused in one line."""
+    if parse_threshold(threshold_flag) not in (AUTO, ARGMAX):
+        raise UNetError(f"--threshold={threshold_flag}: volume runs label by the argmax (a threshold is chosen "
+                        "for 2-D images only); drop the flag or give --threshold argmax")
+    return resolve_decision(threshold_flag, tta_flag, recorded)
 
 
 def trained_cases(run_dir: str | os.PathLike, data_dir: str) -> dict[str, list[str]]:
@@ -203,8 +253,11 @@ def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:
     if source is not None and not cfg.allow_training_slices:
         check_evaluation_cases(cfg, source.path, cases_of(data, val_idx))
     origin = provenance(cfg, info, cfg.data_dir, cases_of(data, val_idx))
+    decision = volume_decision(cfg.threshold, cfg.tta, info.decision)
+    chosen = info.decision if decision == resolve_decision("auto", None, info.decision) else None
+    logger.log("PARAMETER", {"decision": decision.describe()})
     evaluate = make_volume_evaluator(cfg, spec, data, val_idx, logger, info.normalization, origin,
-                                     evaluation_results_name(cfg))
+                                     evaluation_results_name(cfg), decision.tta, chosen)
     return evaluate(model, info.step)
 
 
@@ -252,6 +305,9 @@ def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: 
     each with its input's voxel grid, affine, qform/sform and codes (data.volumes.write_nifti)."""
     cfg = with_recorded_patch(cfg, record)
     log_recorded_dims(record, logger)
+    decision = volume_decision(cfg.threshold, cfg.tta, info.decision)  # flags win over the run's choice
+    logger.log("PARAMETER", {"decision": decision.describe()})
+    cfg = cfg.replace(tta=decision.tta)  # predict_label_map mirrors by cfg.tta
     cases = prediction_cases(cfg.input or cfg.data_dir, len(record["channel_names"]))
     predictor, tile_size = as_predictor(model, cfg.tile_size)
     out, written, seconds = prediction_dir(cfg), [], []

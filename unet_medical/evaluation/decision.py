@@ -11,6 +11,8 @@ Flips cost eight forward passes per tile. A threshold costs nothing at inference
 validation fold of a handful of images also fits its noise: MIN_GAIN is half a Dice point, the order of
 the fold-to-fold spread of the 5-fold tables in the README, so a smaller gain keeps the argmax.
 The gain is measured on the images the choice was made on, so it is optimistic; the record says so.
+Volumes (choose_mirroring) climb the same ladder with the argmax only: their score is the mean per-case Dice
+of evaluation.volumes, and the costlier step is mirroring (8 flips of each window or slice).
 Pure NumPy.
 """
 from __future__ import annotations
@@ -80,13 +82,42 @@ def choose_decision(probs_by_tta: Mapping[bool, Sequence[np.ndarray]], truth: Se
                                         "curve": {f"{t:.2f}": round(d, 5) for t, d in curve.items()}}
         ladder += [(Decision(None, tta), base, f"argmax{suffix}"), (Decision(best_t, tta), curve[best_t],
                                                                      f"threshold{suffix}")]
+    return choose_on_ladder(ladder, min_gain, "validation foreground Dice", scores)
+
+
+def choose_on_ladder(ladder: Sequence[tuple[Decision, float, str]], min_gain: float, score_name: str,
+                     scores: dict[str, Any]) -> dict[str, Any]:
+    """The one rule: the cheapest candidate is the baseline; each costlier one, in order, replaces the
+    current choice only if its score is >= the current one's + `min_gain`.
+
+    Args:
+        ladder: (decision, score, name) from the cheapest to the costliest.
+        score_name: what the score is, for the reason ("validation foreground Dice", ...).
+        scores: the record's "scores" block (every candidate's, as measured).
+    Returns the decision record of model.json (choose_decision's docstring).
+    """
     chosen, chosen_score, chosen_name = ladder[0]
     baseline = chosen_score
     for decision, score, name in ladder[1:]:
         if score >= chosen_score + min_gain:
             chosen, chosen_score, chosen_name = decision, score, name
-    reason = (f"{chosen.describe()}: validation foreground Dice {chosen_score:.4f} against {baseline:.4f} for "
+    reason = (f"{chosen.describe()}: {score_name} {chosen_score:.4f} against {baseline:.4f} for "
               f"{ladder[0][0].describe()}; a costlier rule must gain >= {min_gain:g} (chosen on the validation "
               "images themselves, so the gain is optimistic)")
     return {"threshold": chosen.threshold, "tta": chosen.tta, "chosen": chosen_name, "scores": scores,
             "chosen_dice": chosen_score, "gain": chosen_score - baseline, "min_gain": min_gain, "reason": reason}
+
+
+def choose_mirroring(dice_by_tta: Mapping[bool, float], min_gain: float = MIN_GAIN) -> dict[str, Any]:
+    """The decision record of a volume run: the argmax always (no threshold is scanned for volumes), with
+    test-time mirroring only if it gains `min_gain`.
+
+    Args:
+        dice_by_tta: the validation score without (False) and/or with (True) mirroring: the mean over the
+            validation cases and foreground classes of the per-case Dice (evaluation.volumes' mean_dice).
+            The keys present are the settings allowed (one key when --tta/--no-tta was given).
+    """
+    ladder = [(Decision(None, tta), float(dice_by_tta[tta]), "argmax_tta" if tta else "argmax")
+              for tta in sorted(dice_by_tta)]  # False first: mirroring costs 8 passes
+    return choose_on_ladder(ladder, min_gain, "validation mean per-case Dice",
+                            {name: score for _, score, name in ladder})

@@ -11,8 +11,9 @@ also normalize and slide windows over whole raw volumes) and run by the register
 Parity: the Keras model's softmax and the artefact's probabilities on the same whole patches must give
 the same argmax class on >= 99.5 % of voxels (>= 99 % for int8; export.parity.PARITY_THRESHOLDS),
 else the artefact is discarded (UNetError). A SavedModel's serving signature is also checked on whole
-raw volumes against inference.sliding_window on the Keras model ("serving"). With `fields`, the entry
-is recorded in export.json as a 2-D export's is (export.formats.record_artifact, with schema_version).
+raw volumes against inference.sliding_window on the Keras model, mirrored when the module mirrors (the
+run's decision; "serving"). With `fields`, the entry is recorded in export.json as a 2-D export's is
+(export.formats.record_artifact, with schema_version).
 """
 from __future__ import annotations
 
@@ -176,12 +177,13 @@ def volume_parity(model: Any, predictor: Any, patches: np.ndarray, precision: st
 
 def serving_parity(model: Any, module: Any, path: pathlib.Path, cases: Sequence[ServingCase]) -> ParityReport:
     """A SavedModel's serving signature on whole raw volumes vs sliding_window_predict of the Keras model on
-    the same volumes normalized by the project (module.patch and module.overlap, no mirroring)."""
+    the same volumes normalized by the project (module.patch, module.overlap and module.mirror: with the
+    run's mirroring, the reference is predict_mirrored's mean over the 8 flips of each window)."""
     loaded = tf.saved_model.load(str(path))
     reference, served = [], []
     for raw, normalized in cases:
         reference.append(sliding_window_predict(keras_predictor(model), normalized, module.patch,
-                                                overlap=module.overlap))
+                                                overlap=module.overlap, mirror=module.mirror))
         name = serving_signature_name(raw.dtype)
         if name not in loaded.signatures:  # a voxel type without a signature of its own: float64 holds its values
             raw, name = raw.astype(np.float64), serving_signature_name(np.float64)

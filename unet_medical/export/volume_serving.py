@@ -12,14 +12,18 @@ predict` of a --dims 3 run inside one graph, so `tf.saved_model.load` alone segm
        puts them (the same function, run on tensors), one window per iteration of a `tf.while_loop`
        (memory: the volume's accumulators plus one window's activations), each window's softmax weighted
        by `gaussian_importance` (NumPy's array, stored as the variable `gaussian_importance`) and added into
-       the running sums in NumPy's window order, then divided by the summed weights and cropped back.
+       the running sums in NumPy's window order, then divided by the summed weights and cropped back;
+    3. with the run's decision to mirror (`mirror`, cli.decide: chosen on the validation cases), each
+       window's softmax is the mean over the 8 flips of its three spatial axes (tf.reverse, flipped back),
+       summed in the order of inference.sliding_window.predict_mirrored, which predict --tta runs.
 
 Inputs: `volumes` (B, I, J, K, C) of one of SERVING_VOLUME_DTYPES; outputs `probabilities` (B, I, J, K, n)
-float32 and `labels` (B, I, J, K) uint8. No test-time mirroring in the graph (predict's --tta).
+float32 and `labels` (B, I, J, K) uint8 (the argmax: volumes have no threshold).
 `tile` (float32 patches -> probabilities) is export.volume.VolumeModule's, for the runtimes.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Sequence
 
 import numpy as np
@@ -90,11 +94,15 @@ class VolumeServingModule(VolumeModule):
         image_dtype: dtype of `serving_default` (the training volumes'; float32 if not a NIfTI type here).
         overlap: fraction of a window shared with its neighbour per axis (predict's 0.5).
         class_names: stored as the string variable `class_names`.
+        mirror: average each window over the 8 flips of its spatial axes (step 3 of the module docstring);
+            `tile` stays the plain network.
     """
 
     def __init__(self, model: Any, patch: Sequence[int], windows: Sequence[Window | None], *,
-                 image_dtype: Any = np.float32, overlap: float = 0.5, class_names: Sequence[str] | None = None):
+                 image_dtype: Any = np.float32, overlap: float = 0.5, class_names: Sequence[str] | None = None,
+                 mirror: bool = False):
         super().__init__(model)
+        self.mirror = bool(mirror)
         self.patch = tuple(int(p) for p in patch)
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise UNetError(f"patch {patch!r}: expected three positive voxel counts")
@@ -150,7 +158,7 @@ class VolumeServingModule(VolumeModule):
         def add_window(i: tf.Tensor, total: tf.Tensor, weight_sum: tf.Tensor) -> tuple[tf.Tensor, ...]:
             origin = origins[i]
             window = tf.slice(padded, tf.concat([[0], origin, [0]], 0), [-1, *self.patch, self.channels])
-            probs = self.tile(window)[PROBABILITIES] * weights[None, ..., None]  # (B, P0, P1, P2, n)
+            probs = self.window_probabilities(window) * weights[None, ..., None]  # (B, P0, P1, P2, n)
             indices = offsets + origin
             total = tf.tensor_scatter_nd_add(total, indices, tf.transpose(probs, [1, 2, 3, 0, 4]))
             return i + 1, total, tf.tensor_scatter_nd_add(weight_sum, indices, weights)
@@ -161,6 +169,19 @@ class VolumeServingModule(VolumeModule):
         result = result[:, pads[0][0]:pads[0][0] + shape[1], pads[1][0]:pads[1][0] + shape[2],
                         pads[2][0]:pads[2][0] + shape[3]]
         return tf.ensure_shape(result, [None, None, None, None, self.n_classes])
+
+    def window_probabilities(self, window: tf.Tensor) -> tf.Tensor:
+        """(B, P0, P1, P2, C) windows -> (B, P0, P1, P2, n) softmax: the network, or with `mirror` the mean
+        over the 8 flips of axes 1-3 (predict_mirrored's order, so the float32 sums match NumPy's)."""
+        if not self.mirror:
+            return self.tile(window)[PROBABILITIES]
+        total = None
+        for flips in itertools.product((False, True), repeat=3):
+            axes = [axis + 1 for axis, flip in enumerate(flips) if flip]
+            probs = self.tile(tf.reverse(window, axes) if axes else window)[PROBABILITIES]
+            probs = tf.reverse(probs, axes) if axes else probs
+            total = probs if total is None else total + probs
+        return total / 8.0
 
     def _serve(self, volumes: tf.Tensor) -> dict[str, tf.Tensor]:
         probs = self.windowed(self.normalize(volumes))
