@@ -40,6 +40,7 @@ if [ ${#runner[@]} -eq 0 ]; then
   [ -f "${runner[1]}" ] || { echo "error: ${runner[1]} not found: NVIDIA_DIR must hold NVIDIA's runner" >&2; exit 2; }
 fi
 [ -f "$data_dir/train-volume.tif" ] || { echo "error: DATA_DIR $data_dir has no train-volume.tif" >&2; exit 2; }
+data_dir=$(cd "$data_dir" && pwd)  # absolute: NVIDIA's runner changes into its own folder
 rounds=${ROUNDS:-2}
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "error: ROUNDS=$rounds is not a positive integer" >&2; exit 2; }
 py="$here/scripts/python"
