@@ -224,7 +224,10 @@ def test_conv_ceiling_times_the_costliest_convolution_alone(train):
     assert macs == max(costs.values()) and costs[layer.name] == macs
     alone = layer_alone(layer, in_shape, batch=2)
     assert alone.layers[-1].get_config() == {**layer.get_config(), "name": alone.layers[-1].name}
-    result = conv_ceiling(model, (32, 32), batch=2, train=train, warmup=1, steps=2)
+    result = conv_ceiling(model, (32, 32), batch=2, train=train, warmup=1, steps=2, min_seconds=0.0)
+    assert result["ceiling_steps"] == 2
+    longer = conv_ceiling(model, (32, 32), batch=2, train=train, warmup=1, steps=2, min_seconds=0.3)
+    assert longer["ceiling_steps"] > 2  # a toy convolution takes well under 0.15 s: more steps fill the time
     assert result["ceiling_layer"] == layer.name and result["ceiling_input_shape"] == [2, *in_shape[1:]]
     assert result["ceiling_gflop_per_step"] == pytest.approx(2 * macs * 2 * (3 if train else 1) / 1e9)
     assert result["ceiling_gflops"] > 0

@@ -8,6 +8,7 @@ rate is then reported as a fraction of both.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import tensorflow as tf
@@ -18,6 +19,10 @@ from unet_medical.model.complexity import largest_layer_call
 
 # forward + backward (gradients for the input and the kernel) cost about 3 forward passes
 TRAIN_FORWARD_EQUIVALENTS = 3
+# One convolution alone is a short call (0.08-0.25 s for the paper net on 2 cores): over the benchmark's 5
+# steps one hiccup moved its rate by a third between rounds (333 then 223 GFLOP/s, Zen 4) while the whole
+# network's moved by 4 %. At least this many seconds of steps are timed.
+CEILING_MIN_SECONDS = 2.0
 
 
 def layer_alone(layer: keras.layers.Layer, input_shape: tf.TensorShape, batch: int) -> keras.Model:
@@ -46,15 +51,18 @@ def ceiling_step(model: keras.Model, train: bool) -> Any:
 
 
 def conv_ceiling(model: keras.Model, input_hw: tuple[int, int], batch: int, train: bool,
-                 warmup: int = 3, steps: int = 10) -> dict[str, Any]:
+                 warmup: int = 3, steps: int = 10, min_seconds: float = CEILING_MIN_SECONDS) -> dict[str, Any]:
     """GFLOP/s of `model`'s costliest layer call alone, timed like the benchmark (median-free: total FLOP over
-    total time of `steps` steps after `warmup`). FLOP = 2 x MACs (x 3 for a training step)."""
+    total time of the timed steps after `warmup`): `steps` steps, or more, so that they last about
+    `min_seconds` (one extra step measures the step time). FLOP = 2 x MACs (x 3 for a training step)."""
     layer, in_shape, macs = largest_layer_call(model, input_hw)
     alone = layer_alone(layer, in_shape, batch)
     step = ceiling_step(alone, train)
     x = tf.random.stateless_uniform((batch, *in_shape[1:]), seed=(0, 1))
-    times = time_steps(lambda i: step(x).numpy(), warmup, steps)
+    run = lambda i: step(x).numpy()  # noqa: E731
+    probe = time_steps(run, warmup, 1)[0]
+    times = time_steps(run, 0, max(steps, math.ceil(min_seconds / max(probe, 1e-6))))
     flop = 2 * macs * batch * (TRAIN_FORWARD_EQUIVALENTS if train else 1)
     return {"ceiling_layer": layer.name, "ceiling_layer_kind": type(layer).__name__,
             "ceiling_input_shape": [batch, *in_shape[1:]], "ceiling_gflop_per_step": flop / 1e9,
-            "ceiling_gflops": flop * len(times) / sum(times) / 1e9}
+            "ceiling_gflops": flop * len(times) / sum(times) / 1e9, "ceiling_steps": len(times)}
