@@ -19,7 +19,6 @@ NumPy tiling and normalization, copies, dispatch).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import importlib.util
 import pathlib
