@@ -190,3 +190,26 @@ def test_parsers_do_not_import_tensorflow():
     prof.load_xspace  # noqa: B018 (the module is imported; reading a trace must not pull TensorFlow in)
     xplane_module()
     assert "tensorflow" not in sys.modules
+
+
+# ------------------------------------------------------------------ benchmarks/env_ab.py (A/B of a setting)
+
+def env_ab():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "env_ab.py"
+    spec = importlib.util.spec_from_file_location("env_ab", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_env_ab_sides_and_summary():
+    ab = env_ab()
+    assert ab.parse_assignments(["TF_NUM_INTEROP_THREADS=1", "X=a=b"]) == {"TF_NUM_INTEROP_THREADS": "1", "X": "a=b"}
+    with pytest.raises(UNetError, match="'NOVALUE'"):
+        ab.parse_assignments(["NOVALUE"])
+    assert ab.side_env({"A": "1", "B": "2"}, {"C": "3", "A": "9"}, ["B"]) == {"A": "9", "C": "3"}
+    summary = ab.summarize({"A": [1.0, 3.0, 2.0], "B": [2.0, 3.0]})
+    assert summary["median"] == {"A": 2.0, "B": 2.5} and summary["ratio_b_over_a"] == 1.25
