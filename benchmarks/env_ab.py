@@ -56,6 +56,24 @@ def load_average() -> str:
     return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
 
 
+def cpu_ticks(stat_text: str) -> dict[str, int]:
+    """The aggregate 'cpu' line of /proc/stat as {user, nice, system, idle, iowait, irq, softirq, steal}."""
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    for line in stat_text.splitlines():
+        if line.startswith("cpu "):
+            return dict(zip(names, (int(v) for v in line.split()[1:9])))
+    raise UNetError("/proc/stat has no aggregate 'cpu' line")
+
+
+def other_work_share(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Shares of all CPU time between two /proc/stat readings: 'nice' is niced work of other processes (the
+    runs themselves are not niced), 'steal' time the hypervisor gave to other machines. Either one large
+    means the round was measured on a shared machine."""
+    delta = {k: after[k] - before[k] for k in before}
+    total = sum(delta.values()) or 1
+    return {"nice": delta["nice"] / total, "steal": delta["steal"] / total, "idle": delta["idle"] / total}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--set", action="append", default=[], help="NAME=VALUE set on side B")
@@ -71,21 +89,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UNetError(f"--out {out}: not empty (the runs must not overwrite a record)")
     envs = {"A": dict(os.environ), "B": side_env(dict(os.environ), parse_assignments(args.set), args.unset)}
     results: dict[str, list[float]] = {"A": [], "B": []}
+    contention: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     load_before = load_average()
     out.mkdir(parents=True, exist_ok=True)
     for k in range(args.rounds):
         for side in ("A", "B"):
             run_dir = out / f"{side}_r{k}"
             cmd = [sys.executable, str(REPO / "main.py"), *args.flags, "--model_dir", str(run_dir)]
+            ticks = cpu_ticks(pathlib.Path("/proc/stat").read_text())
             with open(out / f"{side}_r{k}.log", "w") as log:
                 code = subprocess.call(cmd, env=envs[side], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            shares = other_work_share(ticks, cpu_ticks(pathlib.Path("/proc/stat").read_text()))
+            contention[side].append(shares)
             if code != 0:
                 raise UNetError(f"run {side} round {k} failed (exit {code}): see {out / f'{side}_r{k}.log'}")
             value = json.loads((run_dir / "benchmark_results.json").read_text())["img_per_s"]
             results[side].append(value)
-            print(f"round {k} {side}: {value:.4f} img/s", flush=True)
+            print(f"round {k} {side}: {value:.4f} img/s (CPU time to niced other work {100 * shares['nice']:.0f} %, "
+                  f"steal {100 * shares['steal']:.0f} %, idle {100 * shares['idle']:.0f} %)", flush=True)
     summary = summarize(results)
-    summary.update(cpu=describe(read_cpu_info()), load_before=load_before, load_after=load_average(),
+    summary.update(contention=contention, cpu=describe(read_cpu_info()), load_before=load_before, load_after=load_average(),
                    set=args.set, unset=args.unset, flags=args.flags)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"A {summary['median']['A']:.4f} img/s, B ({' '.join(args.set + ['-' + u for u in args.unset])}) "

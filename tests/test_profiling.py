@@ -213,3 +213,14 @@ def test_env_ab_sides_and_summary():
     assert ab.side_env({"A": "1", "B": "2"}, {"C": "3", "A": "9"}, ["B"]) == {"A": "9", "C": "3"}
     summary = ab.summarize({"A": [1.0, 3.0, 2.0], "B": [2.0, 3.0]})
     assert summary["median"] == {"A": 2.0, "B": 2.5} and summary["ratio_b_over_a"] == 1.25
+
+
+def test_env_ab_contention_shares():
+    ab = env_ab()
+    before = ab.cpu_ticks("cpu  100 10 20 70 0 0 0 0 0 0\ncpu0 50 5 10 35 0 0 0 0 0 0\n")
+    after = ab.cpu_ticks("cpu  160 40 30 80 0 0 0 10 0 0\n")
+    assert before == {"user": 100, "nice": 10, "system": 20, "idle": 70, "iowait": 0, "irq": 0, "softirq": 0,
+                      "steal": 0}
+    assert ab.other_work_share(before, after) == {"nice": 0.25, "steal": 10 / 120, "idle": 10 / 120}
+    with pytest.raises(UNetError, match="/proc/stat"):
+        ab.cpu_ticks("intr 1 2 3\n")
