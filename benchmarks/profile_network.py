@@ -109,8 +109,7 @@ def spawn(probe: str, mode: str, args: argparse.Namespace, out: pathlib.Path) ->
 def onednn_report(out: pathlib.Path, window: dict[str, Any], steps: int) -> dict[str, Any]:
     with open(out / "onednn.log") as lines:
         execs = prof.execs_between(prof.parse_verbose(lines), window["start_ms"], window["stop_ms"])
-    summary = prof.verbose_summary(execs)
-    summary["per_step_ms"] = summary["total_ms"] / steps
+    summary = prof.verbose_summary(execs, steps)
     summary["step_wall_ms"] = 1e3 * statistics.median(window["seconds"])
     return summary
 
@@ -132,16 +131,16 @@ def print_report(mode: str, info: dict[str, Any], onednn: dict[str, Any], trace:
     total = onednn["total_ms"]
     print(f"\n=== {mode}: {info.get('precision')} input {info.get('input_size')} "
           f"({onednn['count']} oneDNN primitives over the timed steps) ===")
-    print(f"oneDNN: {onednn['per_step_ms']:.1f} ms of primitives per step (step wall {onednn['step_wall_ms']:.1f} ms "
+    print(f"oneDNN: {total:.1f} ms of primitives per step (step wall {onednn['step_wall_ms']:.1f} ms "
           f"with verbose on); reorders {100 * onednn['reorder_share']:.1f} % of primitive time")
-    print(prof.format_table(["primitive kind", "n", "ms", "%"], prof.share_rows(onednn["by_kind"], total)))
-    print(prof.format_table(["kind / implementation", "n", "ms", "%"],
+    print(prof.format_table(["primitive kind", "n/step", "ms/step", "%"], prof.share_rows(onednn["by_kind"], total)))
+    print(prof.format_table(["kind / implementation", "n/step", "ms/step", "%"],
                             prof.share_rows(onednn["by_implementation"], total, top)))
-    print(prof.format_table(["convolution: fused post-ops", "n", "ms", "%"],
+    print(prof.format_table(["convolution: fused post-ops", "n/step", "ms/step", "%"],
                             prof.share_rows(onednn["conv_by_fusion"], total)))
-    print(prof.format_table(["reorder src->dst dtype", "n", "ms", "%"],
+    print(prof.format_table(["reorder src->dst dtype", "n/step", "ms/step", "%"],
                             prof.share_rows(onednn["reorder_by_dtypes"], total)))
-    print(prof.format_table(["compute dtype", "n", "ms", "%"], prof.share_rows(onednn["by_dtype"], total)))
+    print(prof.format_table(["compute dtype", "n/step", "ms/step", "%"], prof.share_rows(onednn["by_dtype"], total)))
     ops = trace["total_ms"]
     print(f"TF ops: {ops:.1f} ms of op time per step (both threads); step mean {trace['step_ms']['mean']:.1f} ms, "
           f"p50 {trace['step_ms']['p50']:.1f} ms under the profiler")

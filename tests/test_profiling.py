@@ -69,6 +69,10 @@ def test_verbose_summary_sums():
                                    "none": prof.Tally(1, 0.125), "backward": prof.Tally(1, 2.0)}
     assert s["reorder_by_dtypes"] == {"bf16->bf16": prof.Tally(1, 0.5), "f32->bf16": prof.Tally(1, 0.375)}
     assert s["reorder_share"] == pytest.approx(0.875 / 4.75)
+    halved = prof.verbose_summary(prof.parse_verbose(LOG), steps=2)
+    assert halved["total_ms"] == pytest.approx(2.375) and halved["count"] == 6
+    assert halved["by_kind"] == {"convolution": prof.Tally(2, 1.9375), "reorder": prof.Tally(1, 0.4375)}
+    assert halved["reorder_share"] == s["reorder_share"]
 
 
 def test_execs_between_keeps_the_window_and_needs_stamps():

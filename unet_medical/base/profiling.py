@@ -166,21 +166,28 @@ def conv_fusion(p: PrimitiveExec) -> str:
     return "+".join(names) if names else "none"
 
 
-def verbose_summary(execs: Sequence[PrimitiveExec]) -> dict[str, Any]:
-    """Time (ms) and count per kind, per (kind, implementation), per compute dtype, of convolutions by
-    fusion, of reorders by (source, destination) dtype, and the reorders' share of all primitive time."""
+def per_step(table: Mapping[Any, Tally], steps: int) -> dict[Any, Tally]:
+    """A table over `steps` steps as one step's: counts divided and rounded, times (ms) divided."""
+    steps = max(1, steps)
+    return {k: Tally(round(v.count / steps), v.ms / steps) for k, v in table.items()}
+
+
+def verbose_summary(execs: Sequence[PrimitiveExec], steps: int = 1) -> dict[str, Any]:
+    """Per step of `steps`: time (ms) and count per kind, per (kind, implementation), per compute dtype, of
+    convolutions by fusion and by propagation kind, of reorders by (source, destination) dtype; the total
+    ms per step, the number of primitives over all steps, and the reorders' share of primitive time."""
     total = sum(p.ms for p in execs)
     reorders = [p for p in execs if p.kind == "reorder"]
     convs = [p for p in execs if p.kind == "convolution"]
     return {
-        "total_ms": total,
+        "total_ms": total / max(1, steps),
         "count": len(execs),
-        "by_kind": tally((p.kind, p.ms) for p in execs),
-        "by_implementation": tally(((p.kind, p.implementation), p.ms) for p in execs),
-        "by_dtype": tally((p.compute_dtype, p.ms) for p in execs),
-        "conv_by_fusion": tally((conv_fusion(p), p.ms) for p in convs),
-        "conv_by_prop_kind": tally((p.prop_kind, p.ms) for p in convs),
-        "reorder_by_dtypes": tally((f"{p.dtype('src')}->{p.dtype('dst')}", p.ms) for p in reorders),
+        "by_kind": per_step(tally((p.kind, p.ms) for p in execs), steps),
+        "by_implementation": per_step(tally(((p.kind, p.implementation), p.ms) for p in execs), steps),
+        "by_dtype": per_step(tally((p.compute_dtype, p.ms) for p in execs), steps),
+        "conv_by_fusion": per_step(tally((conv_fusion(p), p.ms) for p in convs), steps),
+        "conv_by_prop_kind": per_step(tally((p.prop_kind, p.ms) for p in convs), steps),
+        "reorder_by_dtypes": per_step(tally((f"{p.dtype('src')}->{p.dtype('dst')}", p.ms) for p in reorders), steps),
         "reorder_share": (sum(p.ms for p in reorders) / total) if total else 0.0,
     }
 
@@ -324,17 +331,12 @@ def op_phase(name: str, model_scope: str = "unet") -> str:
 
 def op_summary(events: Sequence[OpEvent], steps: int = 1) -> dict[str, Any]:
     """Op time per kind, per (phase, kind) and per op type, each as a Tally in ms per step, and the total."""
-    steps = max(1, steps)
-
-    def per_step(table: Mapping[Any, Tally]) -> dict[Any, Tally]:
-        return {k: Tally(round(v.count / steps), v.ms / steps) for k, v in table.items()}
-
     return {
-        "total_ms": sum(e.duration_ps for e in events) / 1e9 / steps,
-        "by_kind": per_step(tally((op_kind(e.op_type), e.duration_ps / 1e9) for e in events)),
+        "total_ms": sum(e.duration_ps for e in events) / 1e9 / max(1, steps),
+        "by_kind": per_step(tally((op_kind(e.op_type), e.duration_ps / 1e9) for e in events), steps),
         "by_phase_kind": per_step(tally(((op_phase(e.name), op_kind(e.op_type)), e.duration_ps / 1e9)
-                                        for e in events)),
-        "by_type": per_step(tally((e.op_type, e.duration_ps / 1e9) for e in events)),
+                                        for e in events), steps),
+        "by_type": per_step(tally((e.op_type, e.duration_ps / 1e9) for e in events), steps),
     }
 
 
