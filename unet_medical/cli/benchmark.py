@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -73,6 +73,13 @@ def train_benchmark(cfg: Config, dist: Any, logger: Any = None) -> tuple[list[fl
     stream of the training run these flags would start (the recipe's normalization, crop, sampling,
     class weights; augmentation), on fold --fold's training images; with synthetic input, the same step
     on fixed random tensors (class weights only if given by flag: 'auto' needs the data)."""
+    step, info = train_benchmark_step(cfg, dist, logger)
+    return time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps), info
+
+
+def train_benchmark_step(cfg: Config, dist: Any, logger: Any = None) -> tuple[Callable[[int], Any], dict[str, Any]]:
+    """(step, info): the call train_benchmark times (step(i) runs the i-th optimization step and returns
+    once its loss is on the host) and the run's fields. Also what benchmarks/profile_network.py traces."""
     from unet_medical.cli.assemble import check_crop_size, load_training_set
     from unet_medical.cli.recipe import class_weights_for, resolve_recipe, trainer_data
     from unet_medical.data.folds import fold_split
@@ -104,15 +111,14 @@ def train_benchmark(cfg: Config, dist: Any, logger: Any = None) -> tuple[list[fl
         labels = tf.constant(rng.integers(0, spec.n_classes, (cfg.batch_size, geometry.output_size,
                                                               geometry.output_size), np.int32))
         step = lambda i: float(trainer.step(images, labels))  # noqa: E731
-    times = time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps)
     forward = 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9
-    return times, {"images_per_step": cfg.batch_size * dist.size, "latency_per": "step",
-                   "input_size": geometry.input_size, "output_size": geometry.output_size,
-                   "gflop_per_img_forward": forward, "gflop_per_img": TRAIN_FORWARD_EQUIVALENTS * forward,
-                   "flop_count": f"{TRAIN_FORWARD_EQUIVALENTS} x forward", "xla": cfg.xla,
-                   "normalization": cfg.normalization if cfg.bench_input == "real" else "none (synthetic)",
-                   "class_weights": ",".join(f"{w:g}" for w in inputs.class_weights) if inputs.class_weights
-                   else "none", "workers": dist.size, "distribution": dist.name, "spec": dataclasses.asdict(spec)}
+    return step, {"images_per_step": cfg.batch_size * dist.size, "latency_per": "step",
+                  "input_size": geometry.input_size, "output_size": geometry.output_size,
+                  "gflop_per_img_forward": forward, "gflop_per_img": TRAIN_FORWARD_EQUIVALENTS * forward,
+                  "flop_count": f"{TRAIN_FORWARD_EQUIVALENTS} x forward", "xla": cfg.xla,
+                  "normalization": cfg.normalization if cfg.bench_input == "real" else "none (synthetic)",
+                  "class_weights": ",".join(f"{w:g}" for w in inputs.class_weights) if inputs.class_weights
+                  else "none", "workers": dist.size, "distribution": dist.name, "spec": dataclasses.asdict(spec)}
 
 
 class _Silent:
@@ -149,6 +155,13 @@ def _exported_fields(predictor: Any) -> dict[str, Any]:
 
 
 def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
+    step, info = predict_benchmark_step(cfg)
+    return time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps), info
+
+
+def predict_benchmark_step(cfg: Config) -> tuple[Callable[[int], Any], dict[str, Any]]:
+    """(step, info): the call the predict benchmark times (step(i): one batch of synthetic tiles, or with
+    --bench_input real the i-th test image end to end, normalization and tiling included) and the fields."""
     from unet_medical.data.layouts import load_test_data
     from unet_medical.data.normalize import normalize_image
     from unet_medical.inference.tiling import plan_tiles, tile_starts, tiled_predict
@@ -165,23 +178,22 @@ def _predict_benchmark(cfg: Config) -> tuple[list[float], dict[str, Any]]:
             tiled_predict(predictor, normalize_image(data.images[k]), plans[k], batch_size=cfg.batch_size,
                           tta=bool(cfg.tta))
 
-        times = time_steps(step, cfg.bench_warmup_steps, cfg.bench_steps)
         tiles = [len(tile_starts(im.shape[0], p.core)) * len(tile_starts(im.shape[1], p.core)) * (8 if cfg.tta else 1)
                  for im, p in zip(data.images, plans)]
         per_tile = {p.tile_size: 2 * total_macs(model, (p.tile_size,) * 2) / 1e9 for p in set(plans)}
         gflop = float(np.mean([n * per_tile[p.tile_size] for n, p in zip(tiles, plans)]))
-        return times, {"images_per_step": 1, "latency_per": "image", "input_size": plans[0].tile_size,
-                       "tiles_per_image": float(np.mean(tiles)), "tiles_per_call": cfg.batch_size,
-                       "image_size": list(data.images[0].shape[:2]), "tta": bool(cfg.tta), "gflop_per_img": gflop,
-                       "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
+        return step, {"images_per_step": 1, "latency_per": "image", "input_size": plans[0].tile_size,
+                      "tiles_per_image": float(np.mean(tiles)), "tiles_per_call": cfg.batch_size,
+                      "image_size": list(data.images[0].shape[:2]), "tta": bool(cfg.tta), "gflop_per_img": gflop,
+                      "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
     spec, predictor, model, tile_size = _predictor(cfg, 1)
     size = tile_size or cfg.crop_size or default_crop_size(spec)
     geometry = check_crop_size(spec, size)
     tiles = np.random.default_rng(cfg.seed).random((cfg.batch_size, size, size, spec.in_channels), np.float32)
-    times = time_steps(lambda i: predictor(tiles), cfg.bench_warmup_steps, cfg.bench_steps)
-    return times, {"images_per_step": cfg.batch_size, "latency_per": "batch", "input_size": size,
-                   "output_size": geometry.output_size, "gflop_per_img": 2 * total_macs(model, (size, size)) / 1e9,
-                   "flop_count": "forward", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
+    info = {"images_per_step": cfg.batch_size, "latency_per": "batch", "input_size": size,
+            "output_size": geometry.output_size, "gflop_per_img": 2 * total_macs(model, (size, size)) / 1e9,
+            "flop_count": "forward", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
+    return lambda i: predictor(tiles), info
 
 
 
@@ -263,3 +275,15 @@ def cpu_peak(achieved_gflops: float, precision: str, logger: Any) -> dict[str, A
     return {"peak": report, **{key: report[key] for key in (
         "unit", "flop_per_cycle", "flop_per_cycle_reason", "clock_ghz", "peak_gflops", "sgemm_gflops",
         "fraction_of_peak", "fraction_of_sgemm")}}
+
+
+def benchmark_step(cfg: Config, dist: Any, logger: Any = None) -> tuple[Callable[[int], Any], dict[str, Any]]:
+    """(step, info) of cfg's mode (train_benchmark_step or predict_benchmark_step), with the precision
+    policy and seeds set as run_benchmark sets them: what benchmarks/profile_network.py profiles."""
+    from unet_medical.base.precision import configure_precision, configure_seeds
+
+    configure_seeds(cfg.seed, cfg.deterministic)
+    policy, reason = configure_precision(cfg.precision, cfg.amp)
+    step, info = (train_benchmark_step(cfg, dist, logger) if resolve_mode(cfg) == "train"
+                  else predict_benchmark_step(cfg))
+    return step, {"precision": policy, "precision_reason": reason, **info}
