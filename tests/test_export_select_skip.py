@@ -16,6 +16,7 @@ from unet_medical.base.cpu import CpuInfo, choose_precision, has_int8_dot_produc
 from unet_medical.base.errors import UNetError
 from unet_medical.export import formats, parity, select
 from unet_medical.model.unet import UNetSpec, build_unet
+from tests.recording import RecordingLogger
 
 # Flags as /proc/cpuinfo lists them on the machines of docs/facts.md.
 ZEN3 = CpuInfo(vendor="AuthenticAMD", family=25, model=1, flags=frozenset({"avx", "avx2", "fma"}))
@@ -114,18 +115,6 @@ def test_slow_candidates_stop_being_timed_after_the_elimination_rounds():
     assert min(times["slow"]) >= 0.3
 
 
-class Lines:
-    """A runlog.Logger stand-in that keeps the lines."""
-
-    enabled = True
-
-    def __init__(self):
-        self.lines = []
-
-    def log(self, step, data):
-        self.lines.append((step, dict(data)))
-
-
 def test_selection_records_skipped_candidates_and_shows_progress(tmp_path, monkeypatch):
     """select_fastest without TensorFlow artefacts: fake files, fake runtimes of known speed."""
     latency = {"savedmodel_bf16": 0.0012, "model_int8.tflite": 0.001, "openvino_int8": 0.05}  # seconds per tile
@@ -145,7 +134,7 @@ def test_selection_records_skipped_candidates_and_shows_progress(tmp_path, monke
     # Wall times as if each runtime took `latency`, whatever the load of the machine running the test.
     monkeypatch.setattr(select, "time_alternating", lambda calls, warmup, rounds: {
         name: [call() or latency[name] for _ in range(warmup + rounds)][warmup:] for name, call in calls.items()})
-    logger = Lines()
+    logger = RecordingLogger()
     pairs = [p for p in EVERY if p != ("openvino", "fp32")]
     entry = select.select_fastest(tmp_path, pairs, export_one, np.zeros((1, 8, 8, 1), np.float32), {"tile_size": 8},
                                   rounds=3, cpu=ZEN4, logger=logger)
@@ -161,7 +150,7 @@ def test_selection_records_skipped_candidates_and_shows_progress(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model_int8.tflite"]
     assert all(c["seconds"] >= 0 for c in selection["candidates"] if c["status"] != "skipped")
 
-    lines = [data for step, data in logger.lines if step == "EXPORT"]
+    lines = [data for step, data in logger.records if step == "EXPORT"]
     assert [d["candidate"] for d in lines if d.get("status") == "skipped"] == ["savedmodel fp32", "onnx int8"]
     assert all(d["reason"] for d in lines if d.get("status") == "skipped")
     started = [d["candidate"] for d in lines if d.get("status") == "exporting"]
@@ -215,7 +204,7 @@ def graph_dtypes(path) -> set:
 
 def test_bf16_savedmodel_computes_in_bfloat16_and_is_checked_against_float32(tmp_path):
     fp32, bf16 = tiny_models()
-    logger = Lines()
+    logger = RecordingLogger()
     entry = formats.export_model(fp32, SPEC, ["background", "membrane"], tmp_path, "savedmodel", "bf16", tiny_inputs(),
                                  artifact_model=bf16, logger=logger)
     assert entry["file"] == "savedmodel_bf16" and tf.bfloat16 in graph_dtypes(tmp_path / "savedmodel_bf16")
@@ -224,7 +213,7 @@ def test_bf16_savedmodel_computes_in_bfloat16_and_is_checked_against_float32(tmp
     # comparison would give exactly 0), small against bfloat16's 2^-8 relative step on these logits.
     assert 0 < report["max_abs_prob_diff"] < 0.05
     assert entry["parity"]["serving"]["pixels"] == 2 * 64 * 64  # an explicit export checks serving on every image
-    steps = [data["step"] for step, data in logger.lines if step == "EXPORT"]
+    steps = [data["step"] for step, data in logger.records if step == "EXPORT"]
     assert steps == ["write", "parity on 2 held-out images"]
 
 

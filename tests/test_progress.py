@@ -11,6 +11,7 @@ import pytest
 from unet_medical.base import runlog
 from unet_medical.base.runlog import JSONStreamBackend, Logger, StdOutBackend
 from unet_medical.base.progress import Progress, eta_seconds, format_duration, format_rate, rate_per_s, write_line
+from tests.recording import RecordingLogger
 
 
 class FakeClock:
@@ -19,16 +20,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class RecordingLogger:
-    enabled = True
-
-    def __init__(self):
-        self.records = []
-
-    def log(self, step, data):
-        self.records.append((step, dict(data)))
 
 
 def test_rate_and_eta_formulas():

@@ -29,6 +29,7 @@ from unet_medical.inference.decision import Decision
 from unet_medical.inference.sliding_window import predict_mirrored, sliding_window_predict
 from unet_medical.inference.tiling import keras_predictor
 from unet_medical.model.unet import UNetSpec, build_unet
+from tests.recording import RecordingLogger
 
 CLASSES = ("background", "organ")
 ORGAN = 200  # foreground voxels of each made-up case
@@ -71,18 +72,6 @@ class MadeUpCases:
         return score_volumes(predictions, truth, {name: (1.0, 1.0, 1.0) for name in self.cases}, CLASSES, 1.0)
 
 
-class Lines:
-    def __init__(self):
-        self.records = []
-
-    def log(self, step, data):
-        self.records.append((step, data))
-
-    def recipe(self, flag: str) -> dict:
-        (line,) = [d for s, d in self.records if s == "RECIPE" and d["flag"] == flag]
-        return line
-
-
 def expected_dice(missed: list[int]) -> float:
     return float(np.mean([2 * (ORGAN - m) / (2 * ORGAN - m) for m in missed]))
 
@@ -92,7 +81,7 @@ def test_a_volume_run_keeps_mirroring_by_the_per_case_dice_it_gains(tmp_path, mi
     plain = [20, 10, 4]
     gain = expected_dice(mirrored) - expected_dice(plain)
     assert (gain >= MIN_GAIN) is kept  # the made-up cases sit on the side of the rule the case says
-    cases, lines = MadeUpCases({False: plain, True: mirrored}), Lines()
+    cases, lines = MadeUpCases({False: plain, True: mirrored}), RecordingLogger()
     record, results = decide.choose_volume_run_decision(Config(model_dir=str(tmp_path)), None, cases,
                                                         RunRecord(spec={}, class_names=CLASSES), lines)
     choice = record.decision
@@ -110,14 +99,14 @@ def test_a_volume_run_keeps_mirroring_by_the_per_case_dice_it_gains(tmp_path, mi
 
 def test_mirroring_is_not_tried_past_the_time_limit_and_a_given_tta_is_the_only_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(decide, "TTA_TRIAL_LIMIT_S", 0.0)
-    cases, lines = MadeUpCases({False: [20, 10], True: [0, 0]}), Lines()
+    cases, lines = MadeUpCases({False: [20, 10], True: [0, 0]}), RecordingLogger()
     record, results = decide.choose_volume_run_decision(Config(model_dir=str(tmp_path)), None, cases,
                                                         RunRecord(spec={}, class_names=CLASSES), lines)
     assert cases.predicted == [False] and set(results) == {False} and record.decision["tta"] is False
     assert "mirroring not tried" in lines.recipe("tta")["reason"]
     given = MadeUpCases({False: [20, 10], True: [30, 30]})
     record, _ = decide.choose_volume_run_decision(Config(model_dir=str(tmp_path), tta=True), None, given,
-                                                  RunRecord(spec={}, class_names=CLASSES), Lines())
+                                                  RunRecord(spec={}, class_names=CLASSES), RecordingLogger())
     assert given.predicted == [True] and record.decision["tta"] is True
 
 

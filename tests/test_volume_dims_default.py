@@ -16,6 +16,7 @@ from unet_medical.cli.volume_modes import prepare_training
 from unet_medical.data import synthetic_volumes as sv
 from unet_medical.data.volume_dims import AUTO, DEFAULT_DIMS, MIN_3D_SIDE, choose_dims
 from unet_medical.data.volume_training import load_volume_slices
+from tests.recording import RecordingLogger
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +24,6 @@ def small_dir(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("mr_small")
     sv.write_volume_kind(root, "mr_small", 3, seed=0)
     return root
-
-
-class Recorder:
-    """A logger stand-in keeping (step, data) records."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, dict]] = []
-
-    def log(self, step, data, verbosity=0) -> None:
-        self.records.append((step, dict(data)))
 
 
 def test_the_default_is_auto_and_one_rule_decides():
@@ -57,7 +48,7 @@ def test_flags_a_3d_run_would_refuse_keep_auto_on_2d_slices():
 def test_isotropic_volumes_get_3d_with_a_recipe_line_naming_the_anisotropy(small_dir):
     data = load_volume_slices(small_dir, dims=DEFAULT_DIMS, num_folds=3)
     assert data.dims == "3" and len(data.images) == 3 and data.images[0].shape == sv.SMALL_SHAPE + (1,)
-    logger = Recorder()
+    logger = RecordingLogger()
     prepare_training(Config(padding="same"), data, logger)
     line = next(d for step, d in logger.records if step == "RECIPE" and d["flag"] == "dims")
     assert line["value"] == "3" and line["reason"].startswith("--dims auto: median spacing anisotropy 1 <= 3")

@@ -24,6 +24,7 @@ from unet_medical.data.volume_resample import (SPACING_TOLERANCE, choose_target_
 from unet_medical.data.volume_training import (case_inputs, load_volume_slices, recorded_target, split_items,
                                                volume_record)
 from unet_medical.evaluation.volumes import score_volumes
+from tests.recording import RecordingLogger
 
 # ct-kind cases at four in-plane spacings (the kind's own is 0.8 mm); the median is the kind's 0.8 x 0.8 x 2.5
 SPACINGS = [(0.8, 0.8, 2.5), (1.2, 1.2, 2.5), (0.8, 0.8, 2.5), (0.64, 0.64, 2.5), (0.96, 0.96, 3.125)]
@@ -214,30 +215,20 @@ def test_the_synthetic_kinds_keep_one_spacing_so_auto_leaves_them_alone(tmp_path
     assert data.target_spacing is None and "largest 0.0%" in data.spacing_reason
 
 
-class Lines:
-    """A runlog.Logger stand-in that keeps what it is given."""
-
-    def __init__(self):
-        self.lines = []
-
-    def log(self, key, data):
-        self.lines.append((key, data))
-
-
 def test_training_logs_the_target_spacing_as_a_recipe_line_and_records_it_in_the_config(spacing_dir):
     from unet_medical.cli.config import Config
     from unet_medical.cli.volume_modes import prepare_training
 
     data = load_volume_slices(spacing_dir, dims="2", target_spacing="auto")
-    logger = Lines()
+    logger = RecordingLogger()
     cfg = prepare_training(Config(data_dir=str(spacing_dir)), data, logger)
-    recipe = [d for k, d in logger.lines if k == "RECIPE" and d["flag"] == "target_spacing"]
+    recipe = [d for k, d in logger.records if k == "RECIPE" and d["flag"] == "target_spacing"]
     assert recipe == [{"flag": "target_spacing", "value": "0.8,0.8,2.5", "reason": data.spacing_reason}]
     assert cfg.target_spacing == "0.8,0.8,2.5"  # config.yaml: a resume resamples to the same grid
-    logger = Lines()
+    logger = RecordingLogger()
     cfg = prepare_training(Config(), load_volume_slices(spacing_dir, dims="2", target_spacing="none"), logger)
     assert cfg.target_spacing == "none"
-    assert [d["value"] for k, d in logger.lines if k == "RECIPE" and d["flag"] == "target_spacing"] == ["none"]
+    assert [d["value"] for k, d in logger.records if k == "RECIPE" and d["flag"] == "target_spacing"] == ["none"]
 
 
 @pytest.mark.parametrize("dims", ["2", "3"])
