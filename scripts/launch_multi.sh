@@ -17,12 +17,21 @@
 #   UNET_FORCE_BACKEND=horovod|mirrored   skip the detection (horovod fails if it is not importable)
 #   UNET_LAUNCH_DRY_RUN=1                 print the backend line and the command, run nothing
 #   UNET_LAUNCH_GPUS=n                    with UNET_LAUNCH_DRY_RUN=1 only: pretend n local GPUs
+#   UNET_LAUNCH_REPLICAS=n                Horovod only: n processes instead of the recipe's N (an 8-GPU recipe
+#                                         on a 4-GPU node); --lr_scaling then scales by n
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 py="$here/scripts/python"
 [ $# -ge 1 ] && [[ "$1" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 N [main.py flags ...]" >&2; exit 2; }
 np=$1
 shift
+override=""
+if [ -n "${UNET_LAUNCH_REPLICAS:-}" ]; then
+  [[ "$UNET_LAUNCH_REPLICAS" =~ ^[1-9][0-9]*$ ]] || {
+    echo "launch_multi: UNET_LAUNCH_REPLICAS=$UNET_LAUNCH_REPLICAS: expected a positive whole number" >&2; exit 2; }
+  [ "$UNET_LAUNCH_REPLICAS" = "$np" ] || override="; UNET_LAUNCH_REPLICAS=$UNET_LAUNCH_REPLICAS overrides the recipe's $np"
+  np=$UNET_LAUNCH_REPLICAS
+fi
 force="${UNET_FORCE_BACKEND:-}"
 case "$force" in ""|horovod|mirrored) ;; *)
   echo "launch_multi: UNET_FORCE_BACKEND=$force: expected horovod or mirrored" >&2; exit 2 ;;
@@ -51,7 +60,7 @@ backend=${force:-$([ "$have_horovod" = 1 ] && echo horovod || echo mirrored)}
 if [ "$backend" = horovod ]; then
   [ "$have_horovod" = 1 ] || { echo "launch_multi: UNET_FORCE_BACKEND=horovod, but 'import horovod.tensorflow'" \
     "fails with $("$py" -c 'import sys; print(sys.executable)'): bash scripts/install_horovod.sh" >&2; exit 1; }
-  echo "launch_multi: backend=horovod replicas=$np ($np processes via horovod.runner.launch --gloo; $devices)"
+  echo "launch_multi: backend=horovod replicas=$np ($np processes via horovod.runner.launch --gloo; $devices$override)"
   cmd=("$py" -m horovod.runner.launch -np "$np" -H "localhost:$np" --gloo "$py" "$here/main.py" "$@" \
        --distribution horovod)
 else

@@ -126,16 +126,21 @@ def test_one_gpu_recipe(recipe, amp, data_dir, machine, tmp_path):
 
 @pytest.mark.slow
 # The backend choice does not depend on the precision, so the AMP recipe runs with the detected backend
-# only (a forced-mirrored AMP run cost a minute of CI and checked nothing the other three do not).
-@pytest.mark.parametrize("recipe, amp, forced", [(*EIGHT_GPU[0], None), (*EIGHT_GPU[0], "mirrored"),
-                                                 (*EIGHT_GPU[1], None)],
+# only (a forced-mirrored AMP run cost a minute of CI and checked nothing the other three do not), and
+# on 2 Horovod processes (UNET_LAUNCH_REPLICAS): the FP32 run already launches the recipe's 8, and 8 more
+# bfloat16 processes on 2 cores cost 3.5 minutes of CI.
+@pytest.mark.parametrize("recipe, amp, forced, processes", [(*EIGHT_GPU[0], None, 8), (*EIGHT_GPU[0], "mirrored", 8),
+                                                            (*EIGHT_GPU[1], None, 2)],
                          ids=["FP32-detected", "FP32-forced-mirrored", "AMP-detected"])
-def test_eight_gpu_recipe(recipe, amp, forced, data_dir, machine, tmp_path):
+def test_eight_gpu_recipe(recipe, amp, forced, processes, data_dir, machine, tmp_path):
     has_horovod, gpus = machine
     backend = forced or ("horovod" if has_horovod else "mirrored")
-    replicas = 8 if backend == "horovod" else max(gpus, 1)
+    replicas = processes if backend == "horovod" else max(gpus, 1)
     out = tmp_path / "results"
-    result, elapsed = run_recipe(recipe, data_dir, out, env={"UNET_FORCE_BACKEND": forced} if forced else None)
+    env = {"UNET_FORCE_BACKEND": forced} if forced else {}
+    if processes != 8:
+        env["UNET_LAUNCH_REPLICAS"] = str(processes)
+    result, elapsed = run_recipe(recipe, data_dir, out, env=env)
     assert result.returncode == 0, result.stdout[-5000:]
     lines = BACKEND_LINE.findall(result.stdout)
     assert lines == [(backend, str(replicas))], f"one backend line expected:\n{result.stdout[:3000]}"
@@ -150,6 +155,25 @@ def dry_run(*extra: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(EXAMPLES / "unet_FP32_8GPU.sh"), "DATA", "RESULTS", *extra],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "UNET_LAUNCH_DRY_RUN": "1", **env})
+
+
+@pytest.mark.slow  # the detection starts TensorFlow and Horovod
+def test_replica_override_changes_the_horovod_process_count_and_says_so(machine):
+    result = dry_run(env={"UNET_FORCE_BACKEND": "horovod", "UNET_LAUNCH_REPLICAS": "3"})
+    if not machine[0]:
+        assert result.returncode == 1 and "UNET_FORCE_BACKEND=horovod" in result.stderr, result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    line, command = result.stdout.splitlines()
+    assert line.startswith("launch_multi: backend=horovod replicas=3 ")
+    assert "UNET_LAUNCH_REPLICAS=3 overrides the recipe's 8" in line
+    assert " -np 3 -H localhost:3 " in command
+
+
+def test_a_replica_override_that_is_not_a_count_is_refused_in_one_line():
+    bad = dry_run(env={"UNET_LAUNCH_REPLICAS": "two"})
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "launch_multi: UNET_LAUNCH_REPLICAS=two: expected a positive whole number")
 
 
 def test_mirrored_on_eight_gpus_keeps_the_per_gpu_batch_and_scaling():
