@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet_medical.data.fingerprint import intensity_statistics, measure_fingerprint, object_statistics
+from scipy import ndimage
+
+from unet_medical.data.fingerprint import intensity_statistics, max_per_label, measure_fingerprint, object_statistics
 from unet_medical.data.normalize import CLIP_PERCENTILES, normalize_image, normalize_images_tf
 from unet_medical.data.recipe import (THIN_CLASS_WEIGHT, choose_class_weights, choose_crop_size, choose_foreground_sampling,
                                choose_normalization, choose_recipe, parse_class_weights)
@@ -62,6 +64,18 @@ def test_object_statistics_of_disks_and_lines():
     assert sorted([stats["width"]["min"], stats["width"]["max"]]) == pytest.approx([4.0, 2 * 101 ** 0.5], abs=1e-6)
     # Along the line's skeleton (most skeleton pixels) the structure is 3-4 px thick.
     assert 2.0 <= stats["thickness"]["median"] <= 4.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_max_per_label_matches_scipy_ndimage_maximum(seed):
+    rng = np.random.default_rng(seed)
+    region = ndimage.binary_opening(rng.random((97, 131)) < 0.55)
+    labels, n = ndimage.label(region, structure=np.ones((3, 3)))
+    values = rng.normal(size=labels.shape) * 5 - 3  # negative maxima too
+    assert n > 3
+    np.testing.assert_array_equal(max_per_label(values, labels, n), ndimage.maximum(values, labels, np.arange(1, n + 1)))
+    # A label past the image's largest gets 0, as ndimage does for an empty label.
+    assert max_per_label(values, labels, n + 2)[-2:].tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("w", [4, 10, 25])

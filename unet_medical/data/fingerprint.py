@@ -69,6 +69,15 @@ def distance_to_background(region: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
 
 
+def max_per_label(values: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """(count,) the largest of `values` over the pixels of each label 1..count of `labels` (same shape;
+    0 = none), 0 for a label with no pixel: ndimage.maximum(values, labels, 1..count), which sorts the
+    whole image (40x slower on a 512 x 512 slice; most of a fingerprint's time)."""
+    out = np.full(count + 1, -np.inf)
+    np.maximum.at(out, labels.ravel(), values.ravel())
+    return np.where(np.isneginf(out[1:]), 0.0, out[1:])
+
+
 def object_statistics(masks: Sequence[np.ndarray], class_id: int) -> dict[str, Any]:
     """Connected components (8-connected) of one class: count per image, area (pixels), width (pixels:
     twice the largest distance to the background inside each component: a blob's diameter, a tree's
@@ -86,10 +95,9 @@ def object_statistics(masks: Sequence[np.ndarray], class_id: int) -> dict[str, A
         counts.append(n)
         if n == 0:
             continue
-        index = np.arange(1, n + 1)
-        areas.extend(ndimage.sum_labels(region, labels, index))
+        areas.extend(np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64))
         distance = distance_to_background(region)
-        widths.extend(2.0 * ndimage.maximum(distance, labels, index))
+        widths.extend(2.0 * max_per_label(distance, labels, n))
         thickness.extend(2.0 * distance[skeletonize(region)])
     return {"per_image": _summary(counts), "area": _summary(areas), "width": _summary(widths),
             "thickness": _summary(thickness)}
