@@ -3,8 +3,9 @@
 Each recipe runs with its own flags plus TOY (appended, so they win): a 2-level, 4-filter U-Net on
 32-pixel crops of a generated 10-slice stack, 2 steps, one evaluation. The 8-GPU recipes go through
 scripts/launch_multi.sh: Horovod processes (Gloo; 2 here, UNET_LAUNCH_REPLICAS, where the recipes
-say 8) when `import horovod.tensorflow` works, else one MirroredStrategy process; the mirrored fallback is also forced (UNET_FORCE_BACKEND=mirrored)
-and, in a dry run, reached by detection with Horovod hidden. Every run must leave exactly one run's
+say 8) when `import horovod.tensorflow` works, else one MirroredStrategy process; the mirrored
+fallback is also forced (UNET_FORCE_BACKEND=mirrored) and, in a dry run, reached by detection with
+Horovod hidden. Every run must leave exactly one run's
 outputs, written by rank 0 alone: one log of one run, one TensorBoard file, no stray or partial files.
 """
 from __future__ import annotations
