@@ -144,7 +144,7 @@ def variants_to_run(results_dir: pathlib.Path, variants: Sequence[Variant], made
     pending = []
     for i, v in enumerate(variants):
         folder = variant_dir(results_dir, v.name)
-        if not folder.is_dir() or not any(folder.iterdir()):
+        if not folder.is_dir() or not _started(folder):
             pending.append(i)
             continue
         ref = v.flags.get("init_from")
@@ -161,6 +161,18 @@ def variants_to_run(results_dir: pathlib.Path, variants: Sequence[Variant], made
         if changed or not (folder / DONE).exists():
             pending.append(i)
     return pending
+
+
+def _started(folder: pathlib.Path) -> bool:
+    """Whether a variant's folder holds anything of a run. A study killed while run_variant wrote
+    made_from.json leaves the folder with only that write's temporary file (base.fileio.atomic_write: a
+    hidden ".NAME.*.tmp"): nothing ran there, so it is removed and the variant counts as not started."""
+    leftovers = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+    if len(leftovers) < sum(1 for _ in folder.iterdir()):
+        return True
+    for path in leftovers:
+        path.unlink()
+    return False
 
 
 def _old_hash(folder: pathlib.Path) -> str:
