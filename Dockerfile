@@ -30,9 +30,12 @@ FROM ${BASE_IMAGE}
 
 ARG WITH_HOROVOD=1
 ARG KEEP_TENSORFLOW=0
+# PIP_NO_CACHE_DIR: no downloaded wheels in the image's layers (docker_install.sh leaves pip's cache to its
+# environment, so outside Docker a fresh venv installs from the user's cache).
 ENV TF_USE_LEGACY_KERAS=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
 
 WORKDIR /workspace/unet
 

@@ -75,12 +75,12 @@ step_requirements() {
     reqs="$(mktemp)"
     grep -v -i -E '^[[:space:]]*(tensorflow|tf[-_]keras|tensorboard)[[:space:]]*==' "$here/requirements.txt" > "$reqs"
     say "requirements: keeping the image's TensorFlow $before (pin: $want); tf-keras and tensorboard ~= $mm"
-    "$PY" -m pip install --no-cache-dir "tf-keras~=$mm.0" "tensorboard~=$mm.0"
+    "$PY" -m pip install "tf-keras~=$mm.0" "tensorboard~=$mm.0"
   elif [ -n "$before" ] && [ "$before" != "$want" ]; then
     say "requirements: WARNING the base image has TensorFlow $before, requirements.txt pins $want: pip" \
         "replaces it (a large layer, without the image's own CUDA setup); use BASE_IMAGE=tensorflow/tensorflow:$want-gpu"
   fi
-  "$PY" -m pip install --no-cache-dir -r "$reqs"
+  "$PY" -m pip install -r "$reqs"  # the Dockerfile's PIP_NO_CACHE_DIR=1 keeps wheels out of the image
   [ "$reqs" = "$here/requirements.txt" ] || rm -f "$reqs"
   after="$(tf_version)"
   [ -n "$after" ] || die "requirements: tensorflow does not import after the install"
