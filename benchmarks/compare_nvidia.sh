@@ -65,7 +65,8 @@ if [ -n "${OURS_RUN_DIR:-}" ]; then
   [ -f "$OURS_RUN_DIR/config.yaml" ] && cp "$OURS_RUN_DIR/config.yaml" "$run/"
 else
   log "training a checkpoint for the deploy file (${OURS_TRAIN_STEPS:-100} steps, defaults)"
-  logged "$out/ours_train_checkpoint.log" "$py" "$here/main.py" --exec_mode train \
+  # --no-saved_model: the deploy file is exported from the checkpoint below; the run's SavedModel is not used
+  logged "$out/ours_train_checkpoint.log" "$py" "$here/main.py" --exec_mode train --no-saved_model \
     --max_steps "${OURS_TRAIN_STEPS:-100}" --data_dir "$data_dir" --model_dir "$run" --log_every 10 "${ours_flags[@]}"
 fi
 log "default export (every candidate, parity, fastest kept) at a 572-pixel tile"
