@@ -113,27 +113,28 @@ TOY = ("--padding same --base_filters 4 --depth 2 --batch_norm --dropout 0 --cro
 
 
 @pytest.mark.slow
-def test_toy_comparison_alternates_and_divides_medians(tmp_path, isbi_data_dir):
+def test_toy_comparison_alternates_and_divides_throughputs(tmp_path, isbi_data_dir):
     stub = tmp_path / "stub_nvidia.py"
     stub.write_text(STUB)
     out = tmp_path / "out"
+    # One round: the A B A B order within it is what the script adds; the medians over rounds are
+    # test_medians_and_ratios' (a second round cost 35 s of CI).
     env = {"NVIDIA_RUNNER": f"{sys.executable} {stub}", "STUB_TRAIN": "0.5", "STUB_PREDICT": "4.0",
-           "OURS_FLAGS": TOY, "OURS_TRAIN_STEPS": "2", "ROUNDS": "2"}
+           "OURS_FLAGS": TOY, "OURS_TRAIN_STEPS": "2", "ROUNDS": "1"}
     proc = run_script([str(tmp_path), str(isbi_data_dir), str(out)], env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split("\t") for line in (out / "results.tsv").read_text().splitlines()]
     # A B A B: per round NVIDIA train, ours train, NVIDIA predict, ours predict (Keras, then the deploy file)
     order = [("nvidia", "train"), ("ours", "train"), ("nvidia", "predict"), ("ours", "predict"),
              ("ours", "predict_deploy")]
-    assert [(r[0], r[1], r[2]) for r in rows] == [(str(k), side, mode) for k in (1, 2) for side, mode in order]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("1", side, mode) for side, mode in order]
     modes = ("train", "predict", "predict_deploy")
-    ours = {mode: [json.loads((out / f"ours_{mode}_r{k}" / "benchmark_results.json").read_text())
-                   for k in (1, 2)] for mode in modes}
+    ours = {mode: [json.loads((out / f"ours_{mode}_r1" / "benchmark_results.json").read_text())] for mode in modes}
     summary = json.loads((out / "compare_nvidia.json").read_text())
     for mode, fixed in (("train", 0.5), ("predict", 4.0), ("predict_deploy", 4.0)):
         rates = [r["img_per_s"] for r in ours[mode]]
         assert all(r["batch_size"] == 1 and r["precision_reason"] for r in ours[mode])
-        assert summary["ratio_ours_over_nvidia"][mode] == pytest.approx(sum(rates) / 2 / fixed)
+        assert summary["ratio_ours_over_nvidia"][mode] == pytest.approx(rates[0] / fixed)
     assert all(r["model_path"].startswith(str(out / "ours_run" / "export")) for r in ours["predict_deploy"])
     assert not any(r.get("model_path") for r in ours["predict"])
     assert ours["train"][0]["bench_input"] == "real"

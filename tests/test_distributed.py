@@ -44,7 +44,8 @@ TRAIN_FLAGS = ["--exec_mode", "train", "--padding", "same", "--base_filters", "4
                "--no-augment", "--max_steps", "3", "--log_every", "1", "--checkpoint_every", "100",
                "--learning_rate", "1e-2", "--seed", "3",
                # float32 whatever the CPU: the tolerances compare reduction orders, not bfloat16 rounding
-               "--precision", "fp32"]
+               "--precision", "fp32",
+               "--no-saved_model"]  # the checkpoints are compared, not the four chiefs' SavedModels
 
 # Runs main.main with a per-rank --model_dir; on rank != 0 it shifts every initial weight by 0.5
 # (after the model is built, before training) so that only a working broadcast can reconcile them.

@@ -18,9 +18,10 @@ from unet_medical.training import checkpoint as ckpt
 from unet_medical.cli.config import parse_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# --no-saved_model: these tests compare checkpoints and logs; the SavedModel has its own tests.
 TINY = ["--padding", "same", "--base_filters", "4", "--depth", "2", "--batch_norm", "--dropout", "0",
         "--crop_size", "96", "--batch_size", "2", "--learning_rate", "1e-3", "--num_folds", "10",
-        "--fold", "9", "--log_every", "1"]
+        "--fold", "9", "--log_every", "1", "--no-saved_model"]
 
 
 def run_main(args, **kwargs):
