@@ -9,5 +9,6 @@ bash scripts/install_chromium.sh  # tests/test_report.py renders a run report in
 if [ "${UNET_SKIP_HOROVOD:-0}" != 1 ] || [ "${CI:-}" = true ]; then
   bash scripts/install_horovod.sh
 fi
-# pyproject.toml adds -n auto --dist loadfile: one worker per core, each test file on one worker.
+# pyproject.toml adds -n auto --dist loadfile: one worker more than the cores (tests/conftest.py), each test
+# file on one worker.
 exec .venv/bin/python -m pytest -q tests "$@"
