@@ -145,6 +145,7 @@ def variants_to_run(results_dir: pathlib.Path, variants: Sequence[Variant], made
     for i, v in enumerate(variants):
         folder = variant_dir(results_dir, v.name)
         if not folder.is_dir() or not _started(folder):
+            _remove_interrupted_writes(folder)
             pending.append(i)
             continue
         ref = v.flags.get("init_from")
@@ -163,16 +164,21 @@ def variants_to_run(results_dir: pathlib.Path, variants: Sequence[Variant], made
     return pending
 
 
+def _interrupted_writes(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Temporary files of base.fileio.atomic_write that were never renamed (hidden ".NAME.*.tmp")."""
+    return [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+
+
 def _started(folder: pathlib.Path) -> bool:
     """Whether a variant's folder holds anything of a run. A study killed while run_variant wrote
-    made_from.json leaves the folder with only that write's temporary file (base.fileio.atomic_write: a
-    hidden ".NAME.*.tmp"): nothing ran there, so it is removed and the variant counts as not started."""
-    leftovers = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
-    if len(leftovers) < sum(1 for _ in folder.iterdir()):
-        return True
-    for path in leftovers:
-        path.unlink()
-    return False
+    made_from.json leaves the folder with only that write's temporary file: nothing ran there."""
+    return len(_interrupted_writes(folder)) < sum(1 for _ in folder.iterdir())
+
+
+def _remove_interrupted_writes(folder: pathlib.Path) -> None:
+    if folder.is_dir():
+        for path in _interrupted_writes(folder):
+            path.unlink()
 
 
 def _old_hash(folder: pathlib.Path) -> str:
