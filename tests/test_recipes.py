@@ -5,8 +5,8 @@ Each recipe runs with its own flags plus TOY (appended, so they win): a 2-level,
 scripts/launch_multi.sh: Horovod processes (Gloo; 2 here, UNET_LAUNCH_REPLICAS, where the recipes
 say 8) when `import horovod.tensorflow` works, else one MirroredStrategy process; the mirrored
 fallback is also forced (UNET_FORCE_BACKEND=mirrored) and, in a dry run, reached by detection with
-Horovod hidden. Every run must leave exactly one run's
-outputs, written by rank 0 alone: one log of one run, one TensorBoard file, no stray or partial files.
+Horovod hidden. Every run must leave exactly one run's outputs, written by rank 0 alone: one log of one
+run, one TensorBoard file, no stray or partial files.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def test_one_gpu_recipe(recipe, amp, data_dir, machine, tmp_path):
 # only (a forced-mirrored AMP run cost a minute of CI and checked nothing the other three do not).
 # Horovod runs 2 processes (UNET_LAUNCH_REPLICAS=2), not the recipe's 8: on 2 cores the two 8-process runs
 # cost 6.5 minutes of CI. The 8-process command line is checked in a dry run below; the 8-process launch
-# itself passed the same checks at 88 s when run alone (README, "Multi-GPU").
+# itself passed the same checks at 88 s when run alone (README, "Scale-out").
 @pytest.mark.parametrize("recipe, amp, forced", [(*EIGHT_GPU[0], None), (*EIGHT_GPU[0], "mirrored"),
                                                  (*EIGHT_GPU[1], None)],
                          ids=["FP32-detected", "FP32-forced-mirrored", "AMP-detected"])
