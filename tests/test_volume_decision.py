@@ -147,7 +147,8 @@ def test_a_mirroring_serving_graph_equals_numpys_mirrored_sliding_window(model):
     expected = sliding_window_predict(keras_predictor(model), normalized, PATCH, overlap=0.5, mirror=True)
     plain = sliding_window_predict(keras_predictor(model), normalized, PATCH, overlap=0.5)
     assert (expected.argmax(-1) != plain.argmax(-1)).any()
-    out = VolumeServingModule(model, PATCH, (window,), image_dtype=np.int16, mirror=True).serve(tf.constant(volume[None]))
+    module = VolumeServingModule(model, PATCH, (window,), image_dtype=np.int16, mirror=True)
+    out = module.serve(tf.constant(volume[None]), tf.constant([1.0, 1.0, 1.0], tf.float64))
     np.testing.assert_allclose(out["probabilities"].numpy()[0], expected, atol=1e-5)
     np.testing.assert_array_equal(out["labels"].numpy()[0], expected.argmax(-1))
 
@@ -289,7 +290,8 @@ def test_the_saved_model_of_a_run_that_mirrors_matches_predict_with_mirroring(mi
             assert entry["decision"] == {"threshold": None, "tta": True}
             assert entry["parity"]["serving"]["label_agreement"] >= 0.995  # against predict_mirrored's windows
         loaded = tf.saved_model.load(str(saved))
-        served = loaded.signatures[f"serving_{raw.dtype.name}"](volumes=tf.constant(raw[None]))
+        served = loaded.signatures[f"serving_{raw.dtype.name}"](volumes=tf.constant(raw[None]),
+                                                                 spacing=tf.constant(np.asarray(read_volume(image).spacing)))
         probabilities = served["probabilities"].numpy()[0]
         np.testing.assert_allclose(probabilities, expected, atol=1e-5)
         np.testing.assert_array_equal(served["labels"].numpy()[0], probabilities.argmax(-1))

@@ -22,7 +22,6 @@ from unet_medical.cli.config import Config
 from unet_medical.cli.volume_modes import SLIDING_OVERLAP, require_volume_run, volume_decision
 from unet_medical.data.folds import case_fold_split
 from unet_medical.data.normalize import normalize_image
-from unet_medical.data.volume_resample import format_spacing
 from unet_medical.data.volume_training import (case_inputs, load_volume_slices, prediction_cases, recorded_target,
                                                windows_from_record)
 from unet_medical.export.formats import EXPORT_DIR, check_export_request, check_tflite_layers
@@ -43,7 +42,7 @@ def volume_serving_module(model: Any, info: Any, image_dtype: Any, mirror: bool 
                         "does not (train it again)")
     return VolumeServingModule(model, record["patch_size"], windows_from_record(record["normalization"]),
                                image_dtype=image_dtype, overlap=SLIDING_OVERLAP, class_names=info.class_names,
-                               mirror=mirror)
+                               mirror=mirror, target_spacing=recorded_target(record))
 
 
 def volume_export_pairs(cfg: Config, model: Any, logger: runlog.Logger) -> list[tuple[str, str]]:
@@ -86,25 +85,28 @@ def volume_export_pairs(cfg: Config, model: Any, logger: runlog.Logger) -> list[
 
 
 def export_volumes(cfg: Config, info: Any) -> tuple[list[np.ndarray], list[ServingCase], list[str], str]:
-    """(calibration volumes, parity cases (raw, normalized), parity case names, their source).
+    """(calibration volumes, parity cases (raw, normalized, spacing), parity case names, their source).
 
     --input (files, a folder, a DICOM series: as predict reads them) gives both; else the run's data_dir,
-    cut and scaled as recorded: the fold's training cases calibrate, its held-out cases check parity.
-    Normalized volumes are (I, J, K, C) float32 in [0, 1].
+    cut, resampled and scaled as recorded: the fold's training cases calibrate, its held-out cases check
+    parity. Normalized volumes are (I, J, K, C) float32 in [0, 1], on the run's target grid if it has one;
+    raw volumes are as read, at their spacing in mm.
     """
     record = require_volume_run(cfg, info)
     if cfg.input:
         cases = prediction_cases(cfg.input, len(record["channel_names"]))
         normalized = [normalize_image(case_inputs(image, record)[0], info.normalization) for _, image in cases]
-        return normalized, [(image.array, n) for (_, image), n in zip(cases, normalized)], \
+        return normalized, [(image.array, n, image.spacing) for (_, image), n in zip(cases, normalized)], \
             [name for name, _ in cases], cfg.input
     data = load_volume_slices(cfg.data_dir, images_dir=cfg.images_dir, masks_dir=cfg.masks_dir,
                               num_classes=cfg.num_classes, dims=record["dims"],
                               context_slices=record["context_slices"],
-                              windows=windows_from_record(record["normalization"]))
+                              windows=windows_from_record(record["normalization"]),
+                              target_spacing=recorded_target(record))
     train_idx, val_idx = case_fold_split(data.case_of_slice, cfg.num_folds, cfg.fold)
     normalized = {int(i): normalize_image(data.images[int(i)], info.normalization) for i in (*train_idx, *val_idx)}
-    parity = [(data.volumes.cases[int(i)].image.array, normalized[int(i)]) for i in val_idx]
+    parity = [(data.volumes.cases[int(i)].image.array, normalized[int(i)], data.volumes.cases[int(i)].image.spacing)
+              for i in val_idx]
     return [normalized[int(i)] for i in train_idx], parity, [data.volumes.cases[int(i)].name for i in val_idx], \
         cfg.data_dir
 
@@ -119,16 +121,12 @@ def export_volume_run(cfg: Config, logger: runlog.Logger) -> tuple[dict[str, Any
     from unet_medical.export.select import select_fastest
 
     model, spec, info = restore_model(cfg, logger)
-    target = recorded_target(require_volume_run(cfg, info))
-    if target is not None:  # the serving graph slides over the raw grid; it has no resampling step
-        raise UNetError(f"--model_dir={cfg.model_dir}: its cases were resampled to {format_spacing(target)} mm "
-                        "(--target_spacing); exporting a resampled 3-D run is not built yet (--exec_mode predict "
-                        "resamples each input and writes it back on its own grid)")
+    require_volume_run(cfg, info)
     pairs = volume_export_pairs(cfg, model, logger)
     calibration, parity_cases, names, source = export_volumes(cfg, info)
     patch = tuple(info.volume["patch_size"])
-    parity = volume_patches([n for _, n in parity_cases], patch, PARITY_PATCHES, SLIDING_OVERLAP)
-    calibration_patches = volume_patches(calibration or [n for _, n in parity_cases], patch, CALIBRATION_PATCHES,
+    parity = volume_patches([n for _, n, _ in parity_cases], patch, PARITY_PATCHES, SLIDING_OVERLAP)
+    calibration_patches = volume_patches(calibration or [n for _, n, _ in parity_cases], patch, CALIBRATION_PATCHES,
                                          SLIDING_OVERLAP)
     decision = volume_decision(cfg.threshold, cfg.tta, info.decision)  # flags win over the run's choice
     module = volume_serving_module(model, info, parity_cases[0][0].dtype, decision.tta)

@@ -76,9 +76,6 @@ def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> 
         logger.log("RECIPE", {"flag": "volume_normalization", "value": channel, "reason": rule})
     logger.log("RECIPE", {"flag": "target_spacing", "value": format_spacing(data.target_spacing),
                           "reason": data.spacing_reason})
-    if data.target_spacing is not None and data.dims == "3":
-        logger.log("WARNING", {"message": "the run's SavedModel serves raw volumes on their own grid without "
-                                          "resampling to the target spacing; --exec_mode predict resamples"})
     cfg = cfg.replace(target_spacing=format_spacing(data.target_spacing))  # config.yaml: a resume keeps it
     if cfg.normalization == "auto":
         cfg = cfg.replace(normalization="global")

@@ -189,6 +189,16 @@ def resample_labels(labels: np.ndarray, spacing: Sequence[float], target: Sequen
                              for c in range(num_classes))
 
 
+def probabilities_on_grid(probabilities: np.ndarray, shape: Sequence[int], spacing: Sequence[float],
+                          target: Sequence[float]) -> np.ndarray:
+    """float32 (I, J, K, n) class probabilities on a case's own grid (`shape`, `spacing` mm) from (I', J', K', n)
+    predicted at `target` mm: each class linearly interpolated back (anisotropic rule above), as
+    probabilities_to_labels does before its argmax."""
+    axis = out_of_plane_axis(spacing, target)
+    return np.stack([resample_to_shape(probabilities[..., c], shape, PROBABILITY_ORDER, axis)
+                     for c in range(probabilities.shape[-1])], axis=-1)
+
+
 def probabilities_to_labels(class_maps: Iterable[np.ndarray], shape: Sequence[int], spacing: Sequence[float],
                             target: Sequence[float]) -> np.ndarray:
     """uint8 (I, J, K) label map on a case's own grid (`shape`, `spacing` mm) from its class probability

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from unet_medical.base.errors import UNetError
+from unet_medical.data.volume_resample import probabilities_on_grid
 from unet_medical.export.formats import check_export_request, record_artifact
 from unet_medical.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabilities
 from unet_medical.export.serving import TILE_INPUT, serving_signature_name
@@ -37,7 +38,8 @@ from unet_medical.inference.sliding_window import centre_padding, sliding_window
 from unet_medical.inference.tiling import keras_predictor
 
 VOLUME_FORMATS = ("savedmodel", "onnx", "openvino", "tflite")
-ServingCase = tuple[np.ndarray, np.ndarray]  # (raw (I, J, K, C) volume, its normalized float32 (I, J, K, C))
+# (raw (I, J, K, C) volume, its normalized float32 (I', J', K', C) on the run's grid, the raw volume's spacing in mm)
+ServingCase = tuple[np.ndarray, np.ndarray, Sequence[float]]
 
 
 class VolumeModule(tf.Module):
@@ -178,16 +180,21 @@ def volume_parity(model: Any, predictor: Any, patches: np.ndarray, precision: st
 def serving_parity(model: Any, module: Any, path: pathlib.Path, cases: Sequence[ServingCase]) -> ParityReport:
     """A SavedModel's serving signature on whole raw volumes vs sliding_window_predict of the Keras model on
     the same volumes normalized by the project (module.patch, module.overlap and module.mirror: with the
-    run's mirroring, the reference is predict_mirrored's mean over the 8 flips of each window)."""
+    run's mirroring, the reference is predict_mirrored's mean over the 8 flips of each window; with its
+    module.target_spacing, on the resampled volumes and put back onto each raw volume's grid, as predict does)."""
     loaded = tf.saved_model.load(str(path))
     reference, served = [], []
-    for raw, normalized in cases:
-        reference.append(sliding_window_predict(keras_predictor(model), normalized, module.patch,
-                                                overlap=module.overlap, mirror=module.mirror))
+    for raw, normalized, spacing in cases:
+        probabilities = sliding_window_predict(keras_predictor(model), normalized, module.patch,
+                                               overlap=module.overlap, mirror=module.mirror)
+        if module.target_spacing is not None and probabilities.shape[:3] != raw.shape[:3]:
+            probabilities = probabilities_on_grid(probabilities, raw.shape[:3], spacing, module.target_spacing)
+        reference.append(probabilities)
         name = serving_signature_name(raw.dtype)
         if name not in loaded.signatures:  # a voxel type without a signature of its own: float64 holds its values
             raw, name = raw.astype(np.float64), serving_signature_name(np.float64)
-        served.append(loaded.signatures[name](volumes=tf.constant(raw[None]))[PROBABILITIES].numpy()[0])
+        out = loaded.signatures[name](volumes=tf.constant(raw[None]), spacing=tf.constant(spacing, tf.float64))
+        served.append(out[PROBABILITIES].numpy()[0])
     return compare_probabilities(reference, served, PARITY_THRESHOLDS["fp32"])
 
 

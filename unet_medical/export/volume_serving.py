@@ -17,8 +17,15 @@ predict` of a --dims 3 run inside one graph, so `tf.saved_model.load` alone segm
        window's softmax is the mean over the 8 flips of its three spatial axes (tf.reverse, flipped back),
        summed in the order of inference.sliding_window.predict_mirrored, which predict --tta runs.
 
-Inputs: `volumes` (B, I, J, K, C) of one of SERVING_VOLUME_DTYPES; outputs `probabilities` (B, I, J, K, n)
-float32 and `labels` (B, I, J, K) uint8 (the argmax: volumes have no threshold).
+    4. with the run's target spacing (--target_spacing: its cases were resampled to it), step 1 runs on the
+       volumes resampled from `spacing` to the target and steps 2-3 on that grid, and the probabilities are
+       resampled back onto the input's own grid: data.volume_resample's splines and anisotropic rule, with
+       weights built in the graph (data.volume_resample_graph), as --exec_mode predict does in NumPy.
+
+Inputs: `volumes` (B, I, J, K, C) of one of SERVING_VOLUME_DTYPES and `spacing` (3,) float64, the voxel
+spacing in mm along i, j, k shared by the batch (a NIfTI's: the lengths of its affine's first three columns;
+checked positive, and read only by a resampled run's model). Outputs `probabilities` (B, I, J, K, n) float32
+and `labels` (B, I, J, K) uint8 (the argmax: volumes have no threshold), on the input's grid.
 `tile` (float32 patches -> probabilities) is export.volume.VolumeModule's, for the runtimes.
 """
 from __future__ import annotations
@@ -30,13 +37,16 @@ import numpy as np
 import tensorflow as tf
 
 from unet_medical.base.errors import UNetError
+from unet_medical.data.volume_resample import IMAGE_ORDER, PROBABILITY_ORDER
+from unet_medical.data.volume_resample_graph import (out_of_plane_axis_graph, resample_volumes_graph,
+                                                     resampled_shape_graph)
 from unet_medical.data.volume_slices import PERCENTILES, Window
 from unet_medical.export.serving import LABELS, SERVING_SIGNATURE, serving_signature_name
 from unet_medical.export.volume import VolumeModule
 from unet_medical.inference.runtimes import PROBABILITIES
 from unet_medical.inference.sliding_window import SIGMA_SCALE, axis_window_starts, centre_padding, gaussian_importance
 
-VOLUME_INPUT = "volumes"
+VOLUME_INPUT, SPACING_INPUT = "volumes", "spacing"
 # NIfTI's common voxel types: a signature each, so a volume is served in the dtype it was stored in.
 SERVING_VOLUME_DTYPES = tuple(np.dtype(d) for d in (np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64))
 UINT16_MAX = 65535.0
@@ -96,13 +106,21 @@ class VolumeServingModule(VolumeModule):
         class_names: stored as the string variable `class_names`.
         mirror: average each window over the 8 flips of its spatial axes (step 3 of the module docstring);
             `tile` stays the plain network.
+        target_spacing: (3,) mm the run's cases were resampled to (step 4), stored as the variable
+            `target_spacing_mm`; None: the network runs on each input's own grid.
     """
 
     def __init__(self, model: Any, patch: Sequence[int], windows: Sequence[Window | None], *,
                  image_dtype: Any = np.float32, overlap: float = 0.5, class_names: Sequence[str] | None = None,
-                 mirror: bool = False):
+                 mirror: bool = False, target_spacing: Sequence[float] | None = None):
         super().__init__(model)
         self.mirror = bool(mirror)
+        self.target_spacing = None if target_spacing is None else tuple(float(s) for s in target_spacing)
+        if self.target_spacing is not None:
+            if len(self.target_spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in self.target_spacing):
+                raise UNetError(f"target spacing {target_spacing!r}: expected three positive spacings in mm")
+            self.target_spacing_mm = tf.Variable(self.target_spacing, dtype=tf.float64, trainable=False,
+                                                 name="target_spacing_mm")
         self.patch = tuple(int(p) for p in patch)
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise UNetError(f"patch {patch!r}: expected three positive voxel counts")
@@ -183,14 +201,37 @@ class VolumeServingModule(VolumeModule):
             total = probs if total is None else total + probs
         return total / 8.0
 
-    def _serve(self, volumes: tf.Tensor) -> dict[str, tf.Tensor]:
-        probs = self.windowed(self.normalize(volumes))
+    def _serve(self, volumes: tf.Tensor, spacing: tf.Tensor) -> dict[str, tf.Tensor]:
+        spacing = tf.ensure_shape(tf.cast(spacing, tf.float64), [3])
+        checks = [tf.debugging.assert_positive(spacing, message="spacing: three voxel spacings in mm, each > 0"),
+                  tf.debugging.assert_all_finite(spacing, message="spacing: three finite voxel spacings in mm")]
+        with tf.control_dependencies(checks):
+            volumes = tf.identity(volumes)
+        if self.target_spacing is None:
+            probs = self.windowed(self.normalize(volumes))
+        else:
+            probs = self.resampled_probabilities(volumes, spacing)
         return {PROBABILITIES: probs, LABELS: tf.cast(tf.argmax(probs, axis=-1), self._label_dtype)}
 
+    def resampled_probabilities(self, volumes: tf.Tensor, spacing: tf.Tensor) -> tf.Tensor:
+        """Step 4 of the module docstring: (B, I, J, K, n) probabilities on the input's grid of raw volumes at
+        `spacing` mm, predicted on the target grid. A volume whose resampled shape is its own is not
+        resampled at all (data.volume_training.resample_case), so its values reach step 1 as read."""
+        shape = tf.shape(volumes)[1:4]
+        new_shape = resampled_shape_graph(shape, spacing, self.target_spacing)
+        slice_axis = out_of_plane_axis_graph(spacing, self.target_spacing)
+        unchanged = tf.reduce_all(tf.equal(shape, new_shape))
+        resampled = tf.cond(unchanged, lambda: tf.cast(volumes, tf.float64), lambda: tf.cast(resample_volumes_graph(
+            tf.cast(volumes, tf.float32), new_shape, IMAGE_ORDER, slice_axis), tf.float64))
+        probs = self.windowed(self.normalize(resampled))
+        back = tf.cond(unchanged, lambda: probs,
+                       lambda: resample_volumes_graph(probs, shape, PROBABILITY_ORDER, slice_axis))
+        return tf.ensure_shape(back, [None, None, None, None, self.n_classes])
+
     def serving_function(self, dtype: Any) -> Any:
-        """Concrete `serve` for (None, None, None, None, C) volumes of `dtype`."""
+        """Concrete `serve` for (None, None, None, None, C) volumes of `dtype` and their (3,) spacing."""
         spec = tf.TensorSpec((None, None, None, None, self.channels), tf.as_dtype(np.dtype(dtype)), name=VOLUME_INPUT)
-        return self.serve.get_concrete_function(spec)
+        return self.serve.get_concrete_function(spec, tf.TensorSpec((3,), tf.float64, name=SPACING_INPUT))
 
     def signatures(self) -> dict[str, Any]:
         """serving_default (the training volumes' dtype), serving_<dtype> for each NIfTI dtype, and tile."""
