@@ -8,7 +8,9 @@ training does (image by cubic spline, labels one-hot per class, data.volume_resa
 grid's class probabilities go back onto the case's grid as evaluate and predict do. The image step is
 also timed with a linear spline (order 1), the cheaper choice nnU-Net does not make, and as scipy's
 ndimage.zoom does it in one call per slice (per volume without a slice axis), the route the package's
-axis-by-axis sparse matrices replace. The steps alternate, so a change of CPU clock hits all alike.
+axis-by-axis sparse matrices replace. The image and probabilities steps are also timed as a resampled 3-D
+run's SavedModel runs them: data.volume_resample_graph in one traced graph of unknown shape, building its
+dense weights on every call. The steps alternate, so a change of CPU clock hits all alike.
 Prints the median and range in seconds and the ratios per repeat.
 """
 from __future__ import annotations
@@ -65,6 +67,35 @@ def timed(step: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def graph_steps(image: np.ndarray, probs: list[np.ndarray], spacing: tuple, target: tuple) -> dict[str, Callable]:
+    """The image there and the probabilities back, in the serving graph's traced resampling (warmed up here)."""
+    import tensorflow as tf
+
+    from unet_medical.data.volume_resample import IMAGE_ORDER, PROBABILITY_ORDER
+    from unet_medical.data.volume_resample_graph import (out_of_plane_axis_graph, resample_volumes_graph,
+                                                         resampled_shape_graph)
+
+    volume_spec = tf.TensorSpec((None, None, None, None, None), tf.float32)
+
+    @tf.function(input_signature=[volume_spec, tf.TensorSpec((3,), tf.float64)])
+    def there(volumes, spacing_mm):
+        shape = resampled_shape_graph(tf.shape(volumes)[1:4], spacing_mm, target)
+        return resample_volumes_graph(volumes, shape, IMAGE_ORDER, out_of_plane_axis_graph(spacing_mm, target))
+
+    @tf.function(input_signature=[volume_spec, tf.TensorSpec((3,), tf.int32), tf.TensorSpec((3,), tf.float64)])
+    def back(probabilities, shape, spacing_mm):
+        return resample_volumes_graph(probabilities, shape, PROBABILITY_ORDER, out_of_plane_axis_graph(spacing_mm, target))
+
+    x = tf.constant(image.astype(np.float32)[None, ..., None])
+    p = tf.constant(np.stack(probs, -1)[None])
+    mm, shape = tf.constant(spacing, tf.float64), tf.constant(image.shape, tf.int32)
+    steps = {"image cubic, graph": lambda: there(x, mm).numpy(),
+             "probabilities back, graph": lambda: tf.argmax(back(p, shape, mm), -1).numpy()}
+    for step in steps.values():
+        step()  # traced once, as a loaded SavedModel is
+    return steps
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=lambda t: triple(t, int), default=(512, 512, 100))
@@ -83,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         "image cubic, zoom": lambda: zoom_per_slice(image, new_shape, axis),
         "labels per class": lambda: resample_labels(labels, args.spacing, args.target, args.classes),
         "probabilities back": lambda: probabilities_to_labels(iter(probs), args.shape, args.spacing, args.target),
+        **graph_steps(image, probs, args.spacing, args.target),
     }
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
@@ -92,8 +124,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{'x'.join(map(str, new_shape))} at {'x'.join(map(str, args.target))} mm, {args.classes} classes, "
           f"slice axis {axis}")
     for name, values in times.items():
-        print(f"  {name:20s} median {statistics.median(values):7.3f} s  (min {min(values):.3f}, max {max(values):.3f})")
-    for a, b in (("image cubic", "image linear"), ("image cubic, zoom", "image cubic")):
+        print(f"  {name:25s} median {statistics.median(values):7.3f} s  (min {min(values):.3f}, max {max(values):.3f})")
+    for a, b in (("image cubic", "image linear"), ("image cubic, zoom", "image cubic"),
+                 ("image cubic, graph", "image cubic"), ("probabilities back, graph", "probabilities back")):
         ratios = [x / y for x, y in zip(times[a], times[b])]
         print(f"  {a} / {b}, per repeat: {', '.join(f'{r:.2f}' for r in ratios)}")
     same = np.abs(resample_image(image, args.spacing, args.target) - zoom_per_slice(image, new_shape, axis)).max()
