@@ -11,8 +11,9 @@ from scipy import ndimage
 
 from unet_medical.data.volume_resample import (IMAGE_ORDER, PROBABILITY_ORDER, out_of_plane_axis, resample_to_shape,
                                                resampled_shape)
-from unet_medical.data.volume_resample_graph import (axis_weights_graph, out_of_plane_axis_graph,
-                                                     resample_volumes_graph, resampled_shape_graph)
+from unet_medical.data.volume_resample_graph import (axis_weights_graph, inverse_prefilter,
+                                                     out_of_plane_axis_graph, resample_volumes_graph,
+                                                     resampled_shape_graph)
 
 
 def scipy_weights(size: int, new_size: int, order: int) -> np.ndarray:
@@ -34,6 +35,14 @@ def test_short_axes_differ_from_scipy_only_by_its_approximate_prefilter_start(si
     for order, tolerance in ((0, 0.0), (1, 1e-7), (3, 1e-3)):
         np.testing.assert_allclose(axis_weights_graph(size, new_size, order).numpy(),
                                    scipy_weights(size, new_size, order), atol=tolerance)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 6, 17, 300])
+def test_the_closed_form_prefilter_inverse_inverts_the_mirrored_spline_matrix(size):
+    mirrored = np.pad(np.eye(size), ((1, 1), (0, 0)), mode="symmetric")  # rows -1 .. size: samples -1 -> 0, size -> size-1
+    spline = (mirrored[:-2] + 4 * mirrored[1:-1] + mirrored[2:]) / 6.0  # T: (1, 4, 1) / 6 on the mirrored signal
+    np.testing.assert_allclose(inverse_prefilter(size).numpy() @ spline, np.eye(size), atol=1e-12)
+    np.testing.assert_allclose(inverse_prefilter(size).numpy(), np.linalg.inv(spline), atol=1e-12)
 
 
 def test_every_row_of_weights_sums_to_one():

@@ -107,6 +107,20 @@ def test_a_resampled_runs_graph_resamples_predicts_and_puts_back_as_numpy_does(m
     assert module.target_spacing_mm.numpy().tolist() == list(TARGET)
 
 
+@pytest.mark.parametrize("target", [None, TARGET], ids=["own_grid", "resampled"])
+def test_the_whole_volume_onnx_equals_the_serving_graph(model, volume, target, tmp_path):
+    """tf2onnx converts all of serve (percentiles, resampling weights, the while_loop of windows, the put-back)
+    and onnxruntime runs it: the nnU-Net / MONAI complaint that pre-processing and sliding window stay outside."""
+    module = VolumeServingModule(model, PATCH, (None,), image_dtype=np.int16, target_spacing=target)
+    module.write_onnx(tmp_path / "volume.onnx")
+    spacing = (1.0, 2.9, 0.6)
+    served = module.onnx_server(tmp_path / "volume.onnx")(volume, spacing)
+    expected = module.serve(tf.constant(volume[None]), tf.constant(spacing, tf.float64))["probabilities"].numpy()[0]
+    print(f"{target}: max |p_onnx - p_graph| = {np.abs(served - expected).max():.2e}")
+    assert served.shape == SHAPE[:3] + (3,)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
 def test_a_resampled_runs_graph_refuses_a_spacing_that_is_not_positive(model, volume):
     module = VolumeServingModule(model, PATCH, (CT_WINDOW,), image_dtype=np.int16, target_spacing=TARGET)
     for bad in ((0.8, 0.0, 2.5), (0.8, -1.0, 2.5), (0.8, np.nan, 2.5)):
@@ -167,6 +181,33 @@ def serve_nifti_without_project(saved_model: pathlib.Path, volume: np.ndarray, w
     return np.asarray(written.dataobj), probabilities, np.load(workdir / "weights.npy"), proc.stdout
 
 
+ONNX_ONLY_SCRIPT = '''
+import sys
+sys.modules["unet_medical"] = sys.modules["tensorflow"] = None  # neither the project nor TensorFlow
+SNIPPET
+'''
+
+
+def onnx_docs_lines(onnx_file: pathlib.Path, workdir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels written by docs/volumes.md's whole-volume ONNX lines, the int16 volume they read), run in a
+    process where TensorFlow and the project cannot be imported."""
+    import nibabel as nib
+
+    workdir.mkdir()
+    volume = np.random.default_rng(5).integers(-1000, 1500, (40, 36, 20)).astype(np.int16)
+    nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.5, 1.0])), workdir / "scan_0000.nii.gz")
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    (snippet,) = [b for b in blocks if "ort.InferenceSession" in b]
+    script = ONNX_ONLY_SCRIPT.replace("SNIPPET\n", snippet.replace('"RUN/export/model_volume.onnx"', repr(str(onnx_file))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = nib.load(workdir / "scan_labels.nii.gz")
+    assert np.allclose(written.affine, np.diag([0.8, 0.8, 2.5, 1.0]))
+    return np.asarray(written.dataobj), volume
+
+
 @pytest.mark.slow  # saving traces six signatures (~10 s) and the subprocess loads TensorFlow
 def test_saved_model_serves_a_nifti_with_tensorflow_alone(model, volume, tmp_path):
     module = VolumeServingModule(model, PATCH, (CT_WINDOW,), image_dtype=np.int16,
@@ -219,7 +260,7 @@ def test_a_3d_run_writes_its_saved_model_at_the_end_of_training(run3d):
 
 
 @pytest.mark.slow
-def test_a_3d_run_exports_one_format_into_export_json_and_refuses_tflite(run3d, capsys):
+def test_a_3d_run_exports_one_format_into_export_json_and_refuses_tflite(run3d, capsys, tmp_path):
     from unet_medical.base.artifacts import SCHEMA_KEY, SCHEMA_VERSION
 
     run = run3d["run"]
@@ -232,6 +273,15 @@ def test_a_3d_run_exports_one_format_into_export_json_and_refuses_tflite(run3d, 
     assert entry["spec"]["dims"] == 3 and entry["class_names"] == ["background", "organ", "lesion"]
     held_out = json.loads((run / "model.json").read_text())["volume"]["validation_cases"]
     assert entry["parity_cases"] == held_out and (run / "export" / "MODEL_CARD.md").is_file()
+    # fp32 ONNX also ships the whole-volume graph, checked on a raw held-out case like the SavedModel's signature
+    assert entry["volume_file"] == "model_volume.onnx" and entry["volume_size_bytes"] > 0
+    assert entry["volume_input"].startswith("volumes: int16") and entry["parity"]["serving"]["label_agreement"] >= 0.995
+    labels, volume = onnx_docs_lines(run / "export" / "model_volume.onnx", tmp_path / "onnx_alone")
+    # the same checkpoint's SavedModel (training's own saved_model/ is written from best.npz, export uses last.npz)
+    assert main.main([*export, "--export_format", "savedmodel"]) == 0
+    serving = tf.saved_model.load(str(run / "export" / "savedmodel")).signatures["serving_int16"]
+    expected = serving(volumes=tf.constant(volume[None, ..., None]), spacing=tf.constant([0.8, 0.8, 2.5], tf.float64))
+    assert np.mean(labels == expected["labels"].numpy()[0]) > 0.999  # a near-tie may flip
     capsys.readouterr()
     assert main.main([*export, "--export_format", "tflite"]) == 2
     error = [line for line in capsys.readouterr().err.splitlines() if "TFLite" in line]

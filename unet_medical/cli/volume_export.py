@@ -140,7 +140,7 @@ def export_volume_run(cfg: Config, logger: runlog.Logger) -> tuple[dict[str, Any
     def export_one(fmt: str, precision: str) -> dict[str, Any]:
         return export_volume_model(model, export_dir, fmt, precision, parity, calibration_patches,
                                    module=module if fmt == "savedmodel" else None,
-                                   serving_cases=parity_cases[:SERVING_CASES], fields=fields)
+                                   serving_cases=parity_cases[:SERVING_CASES], fields=fields, serving_module=module)
 
     sample = parity[:1]
     if cfg.export_format is None:

@@ -12,9 +12,10 @@ on the input's grid (faces aligned); sample indices outside 0..size-1 are mirror
 - order 1: (1 - t) and t on floor(x) and floor(x) + 1, t = x - floor(x);
 - order 3: the cubic B-spline beta3 at x - m for the four m around x, times the prefilter: the spline's
   coefficients c solve T c = f, T[k, k + d] = beta3(d) for d = -1, 0, 1 with the same mirroring, so the
-  weights are B T^-1 (B: beta3 at the output positions). T is solved exactly here; scipy starts its
-  recursive prefilter from a truncated sum, which agrees within 1e-6 from 5 samples on and differs by up
-  to 6e-4 of a weight on axes of 2-4 samples (tests/test_volume_resample_graph.py).
+  weights are B T^-1 (B: beta3 at the output positions). T^-1 is exact here, in closed form
+  (inverse_prefilter); scipy starts its recursive prefilter from a truncated sum, which agrees within 1e-6
+  from 5 samples on and differs by up to 6e-4 of a weight on axes of 2-4 samples
+  (tests/test_volume_resample_graph.py).
 Weights below WEIGHT_FLOOR are dropped, as axis_weights drops them.
 """
 from __future__ import annotations
@@ -29,8 +30,9 @@ SPLINE_TAPS = {0: (0,), 1: (0, 1), 3: (-1, 0, 1, 2)}  # input samples around flo
 
 
 def _mirror(index: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """int32 indices mirrored into 0..size-1 about the outer faces (scipy's "reflect": -1 -> 0)."""
-    period = tf.math.floormod(index, 2 * size)
+    """int32 indices >= -2 size mirrored into 0..size-1 about the outer faces (scipy's "reflect": -1 -> 0).
+    Shifted by two periods first: tf2onnx's FloorMod gives ONNX's remainder wrong for negative operands."""
+    period = tf.math.floormod(index + 4 * size, 2 * size)
     return tf.where(period >= size, 2 * size - 1 - period, period)
 
 
@@ -40,16 +42,42 @@ def _beta3(x: tf.Tensor) -> tf.Tensor:
     return tf.where(a < 1.0, 2.0 / 3.0 - a ** 2 + a ** 3 / 2.0, tf.where(a < 2.0, (2.0 - a) ** 3 / 6.0, 0.0))
 
 
+POLE = 3.0 ** 0.5 - 2.0  # the cubic B-spline prefilter's pole z (Unser 1999): 6 / (x + 4 + 1 / x) = 0 at x = z
+
+
+def inverse_prefilter(size: tf.Tensor) -> tf.Tensor:
+    """(size, size) float64 T^-1, T the cubic prefilter matrix of the module docstring, in closed form.
+
+    On the mirrored signal (period 2 size), T is the convolution with (1, 4, 1) / 6, whose inverse is the
+    convolution with h(d) = -6 z / (1 - z^2) z^|d|; summed over the period and both mirror images of sample l,
+    T^-1[k, l] = -6 z / (1 - z^2) (g((k - l) mod 2 size) + g((k + l + 1) mod 2 size)), with
+    g(d) = (z^d + z^(2 size - d)) / (1 - z^(2 size)) for d in [0, 2 size). Elementwise ops only (no linear
+    solve, which ONNX lacks); z^d is |z|^d with the sign of (-1)^d, as z < 0.
+    """
+    period = 2 * tf.cast(size, tf.int64)
+    k = tf.range(tf.cast(size, tf.int64))
+
+    def power(d: tf.Tensor) -> tf.Tensor:
+        sign = 1.0 - 2.0 * tf.cast(tf.math.floormod(d, 2), tf.float64)
+        return sign * tf.pow(tf.constant(abs(POLE), tf.float64), tf.cast(d, tf.float64))
+
+    def g(d: tf.Tensor) -> tf.Tensor:
+        return (power(d) + power(period - d)) / (1.0 - power(period))
+
+    direct = tf.math.floormod(k[:, None] - k[None, :] + period, period)  # non-negative operands: see _mirror
+    mirrored = tf.math.floormod(k[:, None] + k[None, :] + 1, period)
+    return -6.0 * POLE / (1.0 - POLE * POLE) * (g(direct) + g(mirrored))
+
+
 def axis_weights_graph(size: tf.Tensor, new_size: tf.Tensor, order: int) -> tf.Tensor:
     """(new_size, size) float32 weights resampling `size` samples to `new_size` by a spline of `order`
     (0, 1 or 3): data.volume_resample.axis_weights, built from int32 scalar tensors (module docstring)."""
     if order not in SPLINE_TAPS:
         raise ValueError(f"spline order {order}: the graph builds orders {sorted(SPLINE_TAPS)}")
     size, new_size = tf.cast(size, tf.int32), tf.cast(new_size, tf.int32)
-    rows = tf.range(new_size)
-    x = (tf.cast(rows, tf.float64) + 0.5) * (tf.cast(size, tf.float64) / tf.cast(new_size, tf.float64)) - 0.5
+    x = (tf.cast(tf.range(new_size), tf.float64) + 0.5) * (tf.cast(size, tf.float64) / tf.cast(new_size, tf.float64)) - 0.5
     base = tf.floor(x + 0.5) if order == 0 else tf.floor(x)
-    indices, values = [], []
+    weights = tf.zeros(tf.stack([new_size, size]), tf.float64)
     for tap in SPLINE_TAPS[order]:
         sample = base + tap
         if order == 0:
@@ -58,17 +86,13 @@ def axis_weights_graph(size: tf.Tensor, new_size: tf.Tensor, order: int) -> tf.T
             value = 1.0 - tf.abs(x - sample)
         else:
             value = _beta3(x - sample)
-        indices.append(tf.stack([rows, _mirror(tf.cast(sample, tf.int32), size)], axis=-1))
-        values.append(value)
-    # scatter_nd adds duplicates: two taps mirrored onto one sample add their weights, as in scipy
-    weights = tf.scatter_nd(tf.concat(indices, 0), tf.concat(values, 0), tf.stack([new_size, size]))
+        # one-hot rows by comparison, summed: two taps mirrored onto one sample add their weights, as in scipy.
+        # (tf.scatter_nd would add them in TensorFlow, but tf2onnx writes ScatterND, which keeps one of the
+        # duplicates, and its float64 OneHot is an invalid ONNX node.)
+        hit = tf.equal(_mirror(tf.cast(sample, tf.int32), size)[:, None], tf.range(size)[None, :])
+        weights += tf.cast(hit, tf.float64) * value[:, None]
     if order == 3:
-        k = tf.range(size)
-        taps = [tf.stack([k, _mirror(k + d, size)], axis=-1) for d in (-1, 0, 1)]
-        spline = tf.constant([1.0 / 6.0, 4.0 / 6.0, 1.0 / 6.0], tf.float64)
-        prefilter = tf.scatter_nd(tf.concat(taps, 0), tf.repeat(spline, size), tf.stack([size, size]))
-        # W = B T^-1; T is symmetric, so W^T = T^-1 B^T
-        weights = tf.transpose(tf.linalg.solve(prefilter, tf.transpose(weights)))
+        weights = tf.matmul(weights, inverse_prefilter(size))  # W = B T^-1
     weights = tf.where(tf.abs(weights) < WEIGHT_FLOOR, tf.zeros_like(weights), weights)
     return tf.cast(weights, tf.float32)
 

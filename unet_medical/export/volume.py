@@ -22,7 +22,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +38,7 @@ from unet_medical.inference.sliding_window import centre_padding, sliding_window
 from unet_medical.inference.tiling import keras_predictor
 
 VOLUME_FORMATS = ("savedmodel", "onnx", "openvino", "tflite")
+VOLUME_ONNX = "model_volume.onnx"  # beside an fp32 ONNX artefact: the whole-volume graph (serving_module.write_onnx)
 # (raw (I, J, K, C) volume, its normalized float32 (I', J', K', C) on the run's grid, the raw volume's spacing in mm)
 ServingCase = tuple[np.ndarray, np.ndarray, Sequence[float]]
 
@@ -90,8 +91,8 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
                         parity_patches: Sequence[np.ndarray] | np.ndarray,
                         calibration_patches: Sequence[np.ndarray] | np.ndarray | None = None, *,
                         check_parity: bool = True, module: VolumeModule | None = None,
-                        serving_cases: Sequence[ServingCase] = (), fields: dict[str, Any] | None = None
-                        ) -> dict[str, Any]:
+                        serving_cases: Sequence[ServingCase] = (), fields: dict[str, Any] | None = None,
+                        serving_module: Any = None) -> dict[str, Any]:
     """Write one artefact of a volume model into `export_dir` and check its parity with Keras.
 
     Args:
@@ -104,8 +105,11 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
         check_parity: compare the artefact with the Keras model (and discard it on failure).
         module: the VolumeModule to export (default: VolumeModule(model)); savedmodel needs the run's
             export.volume_serving.VolumeServingModule (its serving signatures).
-        serving_cases: (raw, normalized) whole volumes on which a SavedModel's serving signature must
-            agree with sliding_window_predict of the Keras model.
+        serving_cases: (raw, normalized, spacing) whole volumes on which a SavedModel's serving signature
+            (and the whole-volume ONNX) must agree with sliding_window_predict of the Keras model.
+        serving_module: the run's export.volume_serving.VolumeServingModule; given, an fp32 ONNX export also
+            writes its whole computation (normalization, resampling, sliding window) as VOLUME_ONNX, checked on
+            serving_cases like the SavedModel's signature.
         fields: extra export.json fields (spec, class names, checkpoint, ...); given, the entry is recorded
             in export_dir/export.json.
 
@@ -142,15 +146,24 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
                              "input": f"{TILE_INPUT}: float32 (B, D, H, W, {module.channels}) normalized patches",
                              "output": f"{PROBABILITIES}: float32 (B, D, H, W, K) softmax",
                              "calibration_patches": 0 if tiles is None else len(tiles), **(fields or {})}
+    whole_volume = serving_module is not None and export_format == "onnx" and precision == "fp32"
+    if whole_volume:
+        entry.update(volume_file=VOLUME_ONNX, volume_input=f"volumes: {serving_module.image_dtype.name} (B, I, J, K, "
+                     f"{module.channels}) raw; spacing: float64 (3,) mm; outputs {PROBABILITIES}, labels")
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=export_dir))
     try:
         staged = staging / name
         fmt.writer()(WriteRequest(model=model, module=module, spec=None, path=staged, precision=precision,
                                   tile_size=patch_shape[0], tiles=tiles))
+        if whole_volume:
+            serving_module.write_onnx(staging / VOLUME_ONNX)
         if check_parity:
             reports = {"patches": volume_parity(model, fmt.loader()(staged, entry), patches, precision)}
             if fmt.serving_signatures and serving_cases:
-                reports["serving"] = serving_parity(model, module, staged, serving_cases)
+                reports["serving"] = serving_parity(model, module, savedmodel_server(staged), serving_cases)
+            if whole_volume and serving_cases:
+                reports["serving"] = serving_parity(model, serving_module,
+                                                    serving_module.onnx_server(staging / VOLUME_ONNX), serving_cases)
             entry["parity"] = {key: dataclasses.asdict(r) for key, r in reports.items()}
             for key, report in reports.items():
                 if not report.passed:
@@ -161,6 +174,9 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(staged, target)
+        if whole_volume:
+            os.replace(staging / VOLUME_ONNX, export_dir / VOLUME_ONNX)
+            entry["volume_size_bytes"] = (export_dir / VOLUME_ONNX).stat().st_size
         entry["size_bytes"] = (target.stat().st_size if target.is_file()
                                else sum(p.stat().st_size for p in target.rglob("*") if p.is_file()))
     finally:
@@ -177,12 +193,29 @@ def volume_parity(model: Any, predictor: Any, patches: np.ndarray, precision: st
     return compare_probabilities(keras_probabilities(model, patches), predicted, threshold)
 
 
-def serving_parity(model: Any, module: Any, path: pathlib.Path, cases: Sequence[ServingCase]) -> ParityReport:
-    """A SavedModel's serving signature on whole raw volumes vs sliding_window_predict of the Keras model on
-    the same volumes normalized by the project (module.patch, module.overlap and module.mirror: with the
-    run's mirroring, the reference is predict_mirrored's mean over the 8 flips of each window; with its
-    module.target_spacing, on the resampled volumes and put back onto each raw volume's grid, as predict does)."""
+VolumeServer = Callable[[np.ndarray, Sequence[float]], np.ndarray]  # (raw (I, J, K, C), spacing mm) -> (I, J, K, n)
+
+
+def savedmodel_server(path: pathlib.Path) -> VolumeServer:
+    """The serving signature of a 3-D run's SavedModel at `path` for each raw volume's own dtype (float64 for a
+    voxel type without a signature of its own: it holds their values)."""
     loaded = tf.saved_model.load(str(path))
+
+    def serve(raw: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        name = serving_signature_name(raw.dtype)
+        if name not in loaded.signatures:
+            raw, name = raw.astype(np.float64), serving_signature_name(np.float64)
+        out = loaded.signatures[name](volumes=tf.constant(raw[None]), spacing=tf.constant(spacing, tf.float64))
+        return out[PROBABILITIES].numpy()[0]
+    return serve
+
+
+def serving_parity(model: Any, module: Any, serve: VolumeServer, cases: Sequence[ServingCase]) -> ParityReport:
+    """A whole-volume artefact (`serve`: a SavedModel's serving signature, or the whole-volume ONNX) on raw
+    volumes vs sliding_window_predict of the Keras model on the same volumes normalized by the project
+    (module.patch, module.overlap and module.mirror: with the run's mirroring, the reference is
+    predict_mirrored's mean over the 8 flips of each window; with its module.target_spacing, on the resampled
+    volumes and put back onto each raw volume's grid, as predict does)."""
     reference, served = [], []
     for raw, normalized, spacing in cases:
         probabilities = sliding_window_predict(keras_predictor(model), normalized, module.patch,
@@ -190,11 +223,7 @@ def serving_parity(model: Any, module: Any, path: pathlib.Path, cases: Sequence[
         if module.target_spacing is not None and probabilities.shape[:3] != raw.shape[:3]:
             probabilities = probabilities_on_grid(probabilities, raw.shape[:3], spacing, module.target_spacing)
         reference.append(probabilities)
-        name = serving_signature_name(raw.dtype)
-        if name not in loaded.signatures:  # a voxel type without a signature of its own: float64 holds its values
-            raw, name = raw.astype(np.float64), serving_signature_name(np.float64)
-        out = loaded.signatures[name](volumes=tf.constant(raw[None]), spacing=tf.constant(spacing, tf.float64))
-        served.append(out[PROBABILITIES].numpy()[0])
+        served.append(serve(raw, spacing))
     return compare_probabilities(reference, served, PARITY_THRESHOLDS["fp32"])
 
 
