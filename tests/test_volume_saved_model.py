@@ -107,18 +107,20 @@ def test_a_resampled_runs_graph_resamples_predicts_and_puts_back_as_numpy_does(m
     assert module.target_spacing_mm.numpy().tolist() == list(TARGET)
 
 
-@pytest.mark.parametrize("target", [None, TARGET], ids=["own_grid", "resampled"])
-def test_the_whole_volume_onnx_equals_the_serving_graph(model, volume, target, tmp_path):
+def test_the_whole_volume_onnx_equals_the_serving_graph(model, volume, tmp_path):
     """tf2onnx converts all of serve (percentiles, resampling weights, the while_loop of windows, the put-back)
-    and onnxruntime runs it: the nnU-Net / MONAI complaint that pre-processing and sliding window stay outside."""
-    module = VolumeServingModule(model, PATCH, (None,), image_dtype=np.int16, target_spacing=target)
+    and onnxruntime runs it: the nnU-Net / MONAI complaint that pre-processing and sliding window stay outside.
+    One conversion (about 10 s), both branches: a spacing that resamples and one already on the target. (A
+    run without a target spacing converts the same ops less the resampling: the slow export test runs one.)"""
+    module = VolumeServingModule(model, PATCH, (None,), image_dtype=np.int16, target_spacing=TARGET)
     module.write_onnx(tmp_path / "volume.onnx")
-    spacing = (1.0, 2.9, 0.6)
-    served = module.onnx_server(tmp_path / "volume.onnx")(volume, spacing)
-    expected = module.serve(tf.constant(volume[None]), tf.constant(spacing, tf.float64))["probabilities"].numpy()[0]
-    print(f"{target}: max |p_onnx - p_graph| = {np.abs(served - expected).max():.2e}")
-    assert served.shape == SHAPE[:3] + (3,)
-    np.testing.assert_allclose(served, expected, atol=1e-5)
+    serve = module.onnx_server(tmp_path / "volume.onnx")
+    for spacing in ((1.0, 2.9, 0.6), TARGET):
+        served = serve(volume, spacing)
+        expected = module.serve(tf.constant(volume[None]), tf.constant(spacing, tf.float64))["probabilities"].numpy()[0]
+        print(f"{spacing}: max |p_onnx - p_graph| = {np.abs(served - expected).max():.2e}")
+        assert served.shape == SHAPE[:3] + (3,)
+        np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
 def test_a_resampled_runs_graph_refuses_a_spacing_that_is_not_positive(model, volume):
@@ -276,12 +278,13 @@ def test_a_3d_run_exports_one_format_into_export_json_and_refuses_tflite(run3d, 
     # fp32 ONNX also ships the whole-volume graph, checked on a raw held-out case like the SavedModel's signature
     assert entry["volume_file"] == "model_volume.onnx" and entry["volume_size_bytes"] > 0
     assert entry["volume_input"].startswith("volumes: int16") and entry["parity"]["serving"]["label_agreement"] >= 0.995
+    # The docs' lines give the file's own labels (the file itself was checked against Keras: parity.serving)
     labels, volume = onnx_docs_lines(run / "export" / "model_volume.onnx", tmp_path / "onnx_alone")
-    # the same checkpoint's SavedModel (training's own saved_model/ is written from best.npz, export uses last.npz)
-    assert main.main([*export, "--export_format", "savedmodel"]) == 0
-    serving = tf.saved_model.load(str(run / "export" / "savedmodel")).signatures["serving_int16"]
-    expected = serving(volumes=tf.constant(volume[None, ..., None]), spacing=tf.constant([0.8, 0.8, 2.5], tf.float64))
-    assert np.mean(labels == expected["labels"].numpy()[0]) > 0.999  # a near-tie may flip
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(run / "export" / "model_volume.onnx"), providers=["CPUExecutionProvider"])
+    expected = session.run(["labels"], {"volumes": volume[None, ..., None], "spacing": np.array([0.8, 0.8, 2.5])})[0][0]
+    np.testing.assert_array_equal(labels, expected)
     capsys.readouterr()
     assert main.main([*export, "--export_format", "tflite"]) == 2
     error = [line for line in capsys.readouterr().err.splitlines() if "TFLite" in line]
