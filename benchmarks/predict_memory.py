@@ -71,8 +71,8 @@ def main() -> None:
 
 
 def volume_case(shape: tuple[int, int, int], patch: int, classes: int, base_filters: int, grid: tuple[int, ...]
-                ) -> tuple[object, np.ndarray]:
-    """(the 3-D U-Net, an int16 (I, J, K, 1) volume of `shape`), after printing the window count on `grid`."""
+                ) -> tuple[object, np.ndarray, int]:
+    """(the 3-D U-Net, an int16 (I, J, K, 1) volume of `shape`, the window count on `grid`), after printing them."""
     spec = UNetSpec(base_filters=base_filters, padding="same", depth=4, dims=3, n_classes=classes)
     model = build_unet(spec)
     volume = np.random.default_rng(0).integers(-1000, 1000, shape, dtype=np.int16)[..., None]
@@ -81,7 +81,7 @@ def volume_case(shape: tuple[int, int, int], patch: int, classes: int, base_filt
         windows *= len(window_starts(max(n, patch), patch, 0.5))
     print(f"volume {shape}, network grid {grid}, patch {patch}^3, {windows} windows; RSS before predicting "
           f"{peak_rss_mb():.0f} MB", flush=True)
-    return model, volume
+    return model, volume, windows
 
 
 def graph_memory(shape: tuple[int, int, int], patch: int, classes: int, base_filters: int,
@@ -91,7 +91,7 @@ def graph_memory(shape: tuple[int, int, int], patch: int, classes: int, base_fil
     from unet_medical.export.volume_serving import VolumeServingModule
 
     grid = shape if target is None else resampled_shape(shape, spacing, target)
-    model, volume = volume_case(shape, patch, classes, base_filters, grid)
+    model, volume, _ = volume_case(shape, patch, classes, base_filters, grid)
     module = VolumeServingModule(model, (patch,) * 3, ((-200.0, 300.0),), image_dtype=np.int16, target_spacing=target)
     serve = module.serving_function(np.int16)
     start = time.perf_counter()
@@ -104,10 +104,7 @@ def graph_memory(shape: tuple[int, int, int], patch: int, classes: int, base_fil
 
 def volume_memory(shape: tuple[int, int, int], patch: int, classes: int, base_filters: int) -> None:
     """Peak RSS of sliding-window inference on an int16 volume of `shape` (I, J, K) voxels."""
-    model, volume = volume_case(shape, patch, classes, base_filters, shape)
-    windows = 1
-    for n in shape:
-        windows *= len(window_starts(max(n, patch), patch, 0.5))
+    model, volume, windows = volume_case(shape, patch, classes, base_filters, shape)
     start = time.perf_counter()
     normalized = (volume.astype(np.float32) - 40.0) / 400.0  # a CT window's scale: memory, not accuracy
     probs = sliding_window_predict(lambda batch: tf.nn.softmax(model(batch, training=False)).numpy(), normalized,

@@ -97,19 +97,16 @@ def axis_weights_graph(size: tf.Tensor, new_size: tf.Tensor, order: int) -> tf.T
     return tf.cast(weights, tf.float32)
 
 
-def resample_axis_graph(volumes: tf.Tensor, axis: int, new_size: tf.Tensor, order: int,
-                        nearest: tf.Tensor | bool = False) -> tf.Tensor:
+def resample_axis_graph(volumes: tf.Tensor, axis: int, new_size: tf.Tensor, order: int, nearest: tf.Tensor
+                        ) -> tf.Tensor:
     """float32 (B, I, J, K, C) with spatial `axis` (0, 1 or 2) resampled to new_size samples by a spline of
-    `order`, or by nearest sample where `nearest` (a bool tensor: the anisotropic rule's slice axis is known
-    only at run time); an axis whose size does not change is returned as it is (resample_axis)."""
+    `order`, or by nearest sample where the bool tensor `nearest` holds (the anisotropic rule's slice axis is
+    known only at run time); an axis whose size does not change is returned as it is (resample_axis)."""
     size = tf.shape(volumes)[axis + 1]
 
     def resampled() -> tf.Tensor:
-        if isinstance(nearest, bool):
-            weights = axis_weights_graph(size, new_size, 0 if nearest else order)
-        else:
-            weights = tf.cond(nearest, lambda: axis_weights_graph(size, new_size, 0),
-                              lambda: axis_weights_graph(size, new_size, order))
+        weights = tf.cond(nearest, lambda: axis_weights_graph(size, new_size, 0),
+                          lambda: axis_weights_graph(size, new_size, order))
         spec = {0: "ni,bijkc->bnjkc", 1: "nj,bijkc->binkc", 2: "nk,bijkc->bijnc"}[axis]
         return tf.einsum(spec, weights, volumes)
 
