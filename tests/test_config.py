@@ -71,6 +71,26 @@ def test_augment_params_flag_and_yaml(tmp_path):
     assert aug.noise_prob == 0.0 and aug.gamma_range == (0.9, 1.1)
 
 
+def test_augment_params_of_a_3d_network_set_its_volume_augment():
+    from unet_medical.data.config import augment_config, augment_dims
+    from unet_medical.data.patches3d import VolumeAugment
+
+    text = "elastic_prob=0.5,elastic_sigma=2,affine_prob=0,zoom_range=0.9:1.1"
+    cfg = parse_config(["--dims", "3", "--padding", "same", "--augment_params", text])
+    aug = augment_config(cfg.augment_params, "3")
+    assert aug == VolumeAugment(elastic_prob=0.5, elastic_sigma=2, affine_prob=0, zoom_range=(0.9, 1.1))
+    # --dims auto reads keys only a 3D patch has as meant for it, and shared or 2-D keys as 2-D ones.
+    assert parse_config(["--augment_params", "affine_prob=0.1"]).augment_params == "affine_prob=0.1"
+    assert augment_dims("affine_prob=0.1,rot90_prob=0") == "3" and augment_dims("rot90_prob=0.1") == "2"
+    assert augment_dims("flip_h_prob=0.1") == "2"
+    with pytest.raises(UNetError, match=r"--augment_params: unknown key\(s\) flip_h_prob for a --dims 3 network"):
+        parse_config(["--dims", "3", "--padding", "same", "--augment_params", "flip_h_prob=0.5"])
+    with pytest.raises(UNetError, match="--augment_params: elastic_prob=2: expected a probability"):
+        parse_config(["--dims", "3", "--padding", "same", "--augment_params", "elastic_prob=2"])
+    with pytest.raises(UNetError, match=r"unknown key\(s\) affine_prob for 2-D images and slices"):
+        augment_config("affine_prob=0.1", "2")
+
+
 @pytest.mark.parametrize("text,needle", [("wobble=1", "unknown key"), ("elastic_prob=2", "elastic_prob"),
                                          ("elastic_prob", "not key=value"), ("noise_std=loud", "noise_std")])
 def test_bad_augment_params(text, needle):

@@ -1,8 +1,10 @@
 """Tests of data/patches3d.py: patch size parsing and recipe, padding, foreground oversampling, the
-affine cut against a direct crop, augmentation keeping image and labels aligned, and batches as a
-pure function of (seed, step). Volumes of 16-32 voxels."""
+affine cut against a direct crop and scipy's affine_transform, the elastic displacement against
+scipy's 3D zoom, augmentation keeping image and labels aligned, and batches as a pure function of
+(seed, step). Volumes of 16-32 voxels."""
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from unet_medical.base.errors import UNetError
 from unet_medical.data import patches3d as p3
@@ -67,6 +69,65 @@ def test_identity_affine_cut_equals_a_crop_and_the_labels_follow_the_image():
                                    np.random.default_rng(seed), augment=augment)
         assert img.shape == (16, 16, 16, 1) and lab.shape == (16, 16, 16) and lab.dtype == np.int32
         assert np.mean((img[..., 0] > 0.5) == (lab == 1)) > 0.97
+    elastic = p3.VolumeAugment(flip_prob=0.0, rot90_prob=0.0, intensity_prob=0.0, affine_prob=0.0,
+                               elastic_prob=1.0, elastic_sigma=4.0)
+    moved = 0
+    for seed in range(5):
+        img, lab = p3.sample_patch(block[..., None].astype(np.float32), block, (16, 16, 16),
+                                   np.random.default_rng(seed), augment=elastic)
+        assert np.mean((img[..., 0] > 0.5) == (lab == 1)) > 0.97
+        moved += not np.array_equal(lab, p3.sample_patch(block[..., None].astype(np.float32), block, (16, 16, 16),
+                                                         np.random.default_rng(seed))[1])
+    assert moved >= 4  # the deformation changed the labels, not only kept them
+
+
+def test_the_warped_cut_equals_scipy_affine_transform_and_a_shift_moves_it():
+    rng = np.random.default_rng(4)
+    image = rng.random((20, 18, 16, 1)).astype(np.float32)
+    mask = rng.integers(0, 3, (20, 18, 16)).astype(np.uint8)
+    origin, patch = np.array([4, 3, 2]), (10, 12, 8)
+    matrix = p3.affine_of(rng, p3.VolumeAugment(max_angle_deg=30.0))
+    half = (np.array(patch) - 1) / 2
+    offset = origin + half - matrix @ half  # scipy's convention: input = matrix @ output + offset
+    img, lab = p3.cut_patch(image, mask, origin, patch, matrix)
+    np.testing.assert_allclose(img[..., 0], ndimage.affine_transform(image[..., 0], matrix, offset, output_shape=patch,
+                                                                     order=1, mode="constant"), atol=1e-6)
+    np.testing.assert_array_equal(lab, ndimage.affine_transform(mask, matrix, offset, output_shape=patch, order=0,
+                                                                mode="constant"))
+    # A constant displacement of whole voxels reads the crop that far along each axis.
+    shift = np.broadcast_to(np.array([1.0, -2.0, 3.0]), patch + (3,))
+    img, lab = p3.cut_patch(image, mask, origin, patch, displacement=shift)
+    np.testing.assert_allclose(img, image[5:15, 1:13, 5:13], atol=1e-6)
+    np.testing.assert_array_equal(lab, mask[5:15, 1:13, 5:13])
+
+
+@pytest.mark.parametrize("patch,grid", [((64, 48, 32), 3), ((20, 17, 9), 4)])
+def test_the_elastic_displacement_is_scipys_cubic_zoom_of_its_lattice(patch, grid):
+    sigma = 3.0
+    field = p3.elastic_displacement(np.random.default_rng(5), patch, grid, sigma)
+    lattice = np.random.default_rng(5).normal(0.0, sigma, (grid, grid, grid, 3))
+    assert field.shape == patch + (3,)
+    for axis in range(3):
+        direct = ndimage.zoom(lattice[..., axis], [p / grid for p in patch], order=3, mode="reflect")
+        np.testing.assert_allclose(field[..., axis], direct, atol=1e-9)
+    # Smooth: neighbouring voxels move almost together (white noise would correlate about 0).
+    for axis in range(3):
+        a, b = (np.take(field, range(start, patch[axis] - 1 + start), axis=axis).ravel() for start in (0, 1))
+        assert np.corrcoef(a, b)[0, 1] > 0.8
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(elastic_prob=1.5), "elastic_prob=1.5: expected a probability"),
+    (dict(flip_prob=True), "flip_prob=True: expected a probability"),
+    (dict(zoom_range=(1.2, 0.9)), "zoom_range=(1.2, 0.9): expected low:high"),
+    (dict(zoom_range=(0.0, 1.0)), "expected zooms > 0"),
+    (dict(elastic_grid=1), "elastic_grid=1: expected an int >= 2"),
+    (dict(elastic_sigma=-1.0), "elastic_sigma=-1.0: expected >= 0 voxels"),
+    (dict(max_angle_deg=270.0), "max_angle_deg=270.0"),
+])
+def test_bad_volume_augment_settings_are_refused_in_one_line(kwargs, needle):
+    with pytest.raises(UNetError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        p3.VolumeAugment(**kwargs)
 
 
 def test_batches_are_a_pure_function_of_seed_and_step_and_split_across_workers():

@@ -30,7 +30,7 @@ import yaml
 from unet_medical.base.artifacts import CONFIG_VERSION, flatten_config
 from unet_medical.base.errors import UNetError
 from unet_medical.base.settings import Settings, at_least, field_choices, require, setting
-from unet_medical.data.config import DataConfig
+from unet_medical.data.config import DataConfig, augment_config
 from unet_medical.evaluation.config import EvaluationConfig
 from unet_medical.export.config import ExportConfig
 from unet_medical.inference.config import InferenceConfig
@@ -155,8 +155,7 @@ def check_volumetric(cfg: Config) -> None:
     """--dims 3 refuses, in one line each, the 2D-only settings that would otherwise do nothing."""
     require(cfg.padding == "same", "padding", cfg.padding, "same for --dims 3 (the 3D U-Net pads its convolutions)")
     require(cfg.crop_size is None, "crop_size", cfg.crop_size, "no --crop_size with --dims 3 (give --patch_size)")
-    require(cfg.augment_params is None, "augment_params", cfg.augment_params,
-            "none with --dims 3 (3D patches use data.patches3d.VolumeAugment: flips, rotations, intensity)")
+    augment_config(cfg.augment_params, "3")  # one line naming a key a 3D patch does not have
     require(cfg.normalization != "per_image", "normalization", cfg.normalization,
             "auto or global with --dims 3 (volumes are scaled by their intensity window)")
     require(cfg.input_scale in (None, 1.0), "input_scale", cfg.input_scale, "1 with --dims 3 (no rescaling)")

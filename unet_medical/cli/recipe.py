@@ -20,7 +20,8 @@ import numpy as np
 from unet_medical.cli.config import Config
 from unet_medical.base.artifacts import FINGERPRINT, write_json
 from unet_medical.data.fingerprint import measure_fingerprint
-from unet_medical.data.patches3d import (FOREGROUND_FRACTION, VolumeAugment, check_patch_size, choose_depth_3d,
+from unet_medical.data.config import augment_config
+from unet_medical.data.patches3d import (FOREGROUND_FRACTION, check_patch_size, choose_depth_3d,
                                          choose_patch_size, parse_patch_size)
 from unet_medical.data.volume_training import VolumeSlices
 from unet_medical.data.layouts import SegmentationData
@@ -153,7 +154,7 @@ def volume_trainer_data(cfg: Config, data: VolumeSlices, train_idx: np.ndarray, 
                      sampling=Sampling(foreground=float(cfg.foreground_sampling or 0.0),
                                        classes=tuple(range(1, n_classes))),
                      class_weights=class_weights_for(cfg, n_classes), patch_size=parse_patch_size(cfg.patch_size),
-                     volume_augment=VolumeAugment() if cfg.augment else None)
+                     volume_augment=augment_config(cfg.augment_params, "3") if cfg.augment else None)
 
 
 def sampling_for(cfg: Config, class_names: tuple[str, ...]) -> Sampling:

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from unet_medical.base.errors import UNetError
-from unet_medical.data.patches3d import parse_patch_size
+from unet_medical.data.patches3d import VolumeAugment, parse_patch_size
 from unet_medical.data.volume_dims import AUTO, DEFAULT_DIMS, dims_choices, slice_mode
 from unet_medical.data.volume_resample import parse_target_spacing
 from unet_medical.base.settings import Settings, at_least, between, require, setting
@@ -41,7 +41,8 @@ class DataConfig(Settings):
                            "intensity, noise (--no-augment: random crops only)")
     augment_params: str | None = setting(None, "augmentation probabilities/strengths as key=value pairs, e.g. "
                                         "'elastic_prob=0.8,elastic_sigma=12,scale_range=0.9:1.1' (keys: "
-                                        "utils.data.augment.AugmentConfig; in YAML also a mapping)")
+                                        "unet_medical.data.augment.AugmentConfig, with --dims 3 "
+                                        "unet_medical.data.patches3d.VolumeAugment; in YAML also a mapping)")
     dims: str = setting(DEFAULT_DIMS, "how volumes feed the network: 2 = single slices, 2.5 = a slice and its "
                         "--context_slices neighbours as channels, 3 = a 3D U-Net on patches (--patch_size), "
                         "auto (default) = 3 for near-isotropic voxels (anisotropy <= 3) with a median case of at "
@@ -72,8 +73,8 @@ class DataConfig(Settings):
                 weights = []
             require(len(weights) >= 2 and min(weights) > 0, "class_weights", self.class_weights,
                     "auto, none, or one positive weight per class separated by commas")
-        if self.augment_params is not None:
-            augment_config(self.augment_params)  # raises UNetError naming the bad key or value
+        if self.augment_params is not None:  # raises UNetError naming the bad key or value
+            augment_config(self.augment_params, self.dims if self.dims != AUTO else augment_dims(self.augment_params))
 
 
 def parse_augment_params(text: str) -> dict[str, Any]:
@@ -91,17 +92,35 @@ def parse_augment_params(text: str) -> dict[str, Any]:
     return params
 
 
-def augment_config(augment_params: str | None) -> Any:
-    """The data.augment.AugmentConfig of `--augment_params`: defaults, overridden by its key=value pairs."""
+def augment_dims(augment_params: str | None) -> str:
+    """Which network --augment_params' keys are for when --dims is auto: "3" when every key is a
+    VolumeAugment field and some key is not a 2-D one (affine_prob, rot90_prob, ...), else "2"."""
     from unet_medical.data.augment import AugmentConfig  # imports TensorFlow: only when augmentation is configured
 
+    keys = set(parse_augment_params(augment_params or ""))
+    volume_keys = {f.name for f in dataclasses.fields(VolumeAugment)}
+    image_keys = {f.name for f in dataclasses.fields(AugmentConfig)}
+    return "3" if keys <= volume_keys and not keys <= image_keys else "2"
+
+
+def augment_config(augment_params: str | None, dims: str = "2") -> Any:
+    """The augmentation settings of `--augment_params` for a `dims` network: defaults overridden by its
+    key=value pairs; data.augment.AugmentConfig for 2-D images and slices, data.patches3d.VolumeAugment
+    for --dims 3 patches."""
+    if dims == "3":
+        kind: Any = VolumeAugment
+    else:
+        from unet_medical.data.augment import AugmentConfig  # imports TensorFlow: only when augmentation is configured
+
+        kind = AugmentConfig
     params = parse_augment_params(augment_params or "")
-    known = {f.name for f in dataclasses.fields(AugmentConfig)}
+    known = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(params) - known)
     if unknown:
-        raise UNetError(f"--augment_params: unknown key(s) {', '.join(unknown)}; "
+        network = "a --dims 3 network" if dims == "3" else "2-D images and slices"
+        raise UNetError(f"--augment_params: unknown key(s) {', '.join(unknown)} for {network}; "
                         f"expected some of {', '.join(sorted(known))}")
     try:
-        return AugmentConfig(**params)
+        return kind(**params)
     except UNetError as exc:
         raise UNetError(f"--augment_params: {exc}") from None

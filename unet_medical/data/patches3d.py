@@ -12,10 +12,12 @@ are seen as often as large ones; the other patches are placed uniformly. A volum
 patch along an axis is zero-padded (image and background label) to the patch, centred.
 
 Augmentation (VolumeAugment): a flip of each axis, a 90-degree rotation in the I-J plane (only when
-the patch is square in-plane, so its shape stays), an intensity scale and shift, and with probability
-`affine_prob` a small rotation about the K axis and an isotropic scaling. The affine is applied while
-cutting the patch out of the whole volume (scipy.ndimage.affine_transform, linear for the image,
-nearest for the labels), so rotated corners hold real voxels rather than fill values.
+the patch is square in-plane, so its shape stays), an intensity scale and shift; with probability
+`affine_prob` a small rotation about the K axis and an isotropic scaling; with probability
+`elastic_prob` the U-Net paper's elastic deformation in 3D (a coarse lattice of Gaussian displacements,
+cubic-spline interpolated to every voxel). The affine and the deformation are applied while cutting
+the patch out of the whole volume (scipy.ndimage, linear for the image, nearest for the labels), so
+rotated corners hold real voxels rather than fill values, and the volume is resampled once.
 
 Every patch is a function of (seed, g) only, g the global sample number (step * global batch +
 rank * batch + position in the batch): a run resumed at step s draws the patches an uninterrupted run
@@ -137,6 +139,11 @@ class VolumeAugment:
             (in normalized units, [0, 1] spans the intensity window).
         affine_prob: probability of a rotation about K by up to `max_angle_deg` and an isotropic scaling
             in `zoom_range` (zoom > 1 magnifies).
+        elastic_prob: probability of the elastic deformation. nnU-Net's 3D trainer turns it off; it is
+            on here at nnU-Net v1's p_eldef (0.2) because it costs little next to a 3D step on a CPU
+            (benchmarks/patches3d.py measures both).
+        elastic_grid: lattice points per side of the displacement lattice (the U-Net paper: 3).
+        elastic_sigma: standard deviation of the lattice displacements, voxels of each axis.
     """
 
     flip_prob: float = 0.5
@@ -147,6 +154,28 @@ class VolumeAugment:
     affine_prob: float = 0.2
     max_angle_deg: float = 15.0
     zoom_range: tuple[float, float] = (0.85, 1.15)
+    elastic_prob: float = 0.2
+    elastic_grid: int = 3
+    elastic_sigma: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("flip_prob", "rot90_prob", "intensity_prob", "affine_prob", "elastic_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise UNetError(f"{name}={value!r}: expected a probability in [0, 1]")
+        for name in ("scale_range", "shift_range", "zoom_range"):
+            value = getattr(self, name)
+            if not (isinstance(value, tuple) and len(value) == 2 and all(map(math.isfinite, value))
+                    and value[0] <= value[1]):
+                raise UNetError(f"{name}={value!r}: expected low:high with low <= high")
+        if min(self.zoom_range) <= 0:
+            raise UNetError(f"zoom_range={self.zoom_range!r}: expected zooms > 0")
+        if not 0.0 <= self.max_angle_deg <= 180.0:
+            raise UNetError(f"max_angle_deg={self.max_angle_deg!r}: expected 0 to 180 degrees")
+        if isinstance(self.elastic_grid, bool) or not isinstance(self.elastic_grid, int) or self.elastic_grid < 2:
+            raise UNetError(f"elastic_grid={self.elastic_grid!r}: expected an int >= 2")
+        if not 0.0 <= self.elastic_sigma < math.inf:
+            raise UNetError(f"elastic_sigma={self.elastic_sigma!r}: expected >= 0 voxels")
 
 
 def affine_of(rng: np.random.Generator, augment: VolumeAugment) -> np.ndarray:
@@ -159,22 +188,48 @@ def affine_of(rng: np.random.Generator, augment: VolumeAugment) -> np.ndarray:
     return rotation / zoom
 
 
+def lattice_weights(size: int, grid: int) -> np.ndarray:
+    """(size, grid) float64 weights of cubic-spline interpolation from `grid` lattice points spread
+    over an axis of `size` samples (first and last points on the end samples): row i gives sample i as
+    a weighted sum of the lattice values, as scipy.ndimage.zoom(..., order=3) of the lattice would."""
+    from scipy import ndimage  # here, not at the top: data.config (the flags) imports this module
+
+    # One lattice point at a time in 1-D: zooming a (grid, grid) identity would also run the spline
+    # prefilter along its second axis, which scipy starts from a truncated sum on so short an axis.
+    return np.stack([ndimage.zoom(unit, size / grid, order=3, mode="reflect") for unit in np.eye(grid)], axis=1)
+
+
+def elastic_displacement(rng: np.random.Generator, patch: PatchSize, grid: int, sigma: float) -> np.ndarray:
+    """(P0, P1, P2, 3) float64 smooth random displacement, voxels along each axis: a (grid, grid, grid, 3)
+    lattice of N(0, sigma**2) draws interpolated to every voxel by cubic splines, separably (one small
+    matrix per axis, so the cost is a few matrix products, not a 3D spline fit per component)."""
+    lattice = rng.normal(0.0, sigma, (grid, grid, grid, 3))
+    w0, w1, w2 = (lattice_weights(p, grid) for p in patch)
+    return np.einsum("ia,jb,kc,abcd->ijkd", w0, w1, w2, lattice, optimize=True)
+
+
 def cut_patch(image: np.ndarray, mask: np.ndarray, origin: np.ndarray, patch: PatchSize,
-              matrix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              matrix: np.ndarray | None = None,
+              displacement: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The patch at `origin` of image (I, J, K, C) and mask (I, J, K): (P0, P1, P2, C) float32 and
-    (P0, P1, P2) int32. With `matrix` (3, 3), voxel o of the patch reads the volume at
-    centre + matrix @ (o - (patch - 1) / 2), centre the patch's centre in the volume: linear
-    interpolation for the image, nearest for the labels, zeros outside the volume."""
-    if matrix is None:
+    (P0, P1, P2) int32. With `matrix` (3, 3) and/or `displacement` (P0, P1, P2, 3) voxels, voxel o of
+    the patch reads the volume at centre + matrix @ (o - (patch - 1) / 2) + displacement[o], centre the
+    patch's centre in the volume: linear interpolation for the image, nearest for the labels, zeros
+    outside the volume."""
+    if matrix is None and displacement is None:
         window = tuple(slice(int(o), int(o) + p) for o, p in zip(origin, patch))
         return image[window].astype(np.float32), mask[window].astype(np.int32)
     from scipy import ndimage  # here, not at the top: data.config (the flags) imports this module
 
+    matrix = np.eye(3) if matrix is None else matrix
     half = (np.array(patch, np.float64) - 1.0) / 2.0
-    offset = np.asarray(origin, np.float64) + half - matrix @ half
-    channels = [ndimage.affine_transform(image[..., c], matrix, offset, output_shape=patch, order=1,
-                                         mode="constant", cval=0.0) for c in range(image.shape[-1])]
-    labels = ndimage.affine_transform(mask, matrix, offset, output_shape=patch, order=0, mode="constant", cval=0)
+    coords = np.tensordot(matrix, np.indices(patch, dtype=np.float64) - half[:, None, None, None], axes=1)
+    coords += (np.asarray(origin, np.float64) + half)[:, None, None, None]
+    if displacement is not None:
+        coords += np.moveaxis(displacement, -1, 0)
+    channels = [ndimage.map_coordinates(image[..., c], coords, order=1, mode="constant", cval=0.0)
+                for c in range(image.shape[-1])]
+    labels = ndimage.map_coordinates(mask, coords, order=0, mode="constant", cval=0)
     return np.stack(channels, axis=-1).astype(np.float32), labels.astype(np.int32)
 
 
@@ -206,7 +261,10 @@ def sample_patch(image: np.ndarray, mask: np.ndarray, patch: PatchSize, rng: np.
         centre = voxels[int(rng.integers(len(voxels)))]
     origin = patch_origin(mask.shape, patch, rng, centre)
     matrix = affine_of(rng, augment) if augment is not None and rng.random() < augment.affine_prob else None
-    image_patch, mask_patch = cut_patch(image, mask, origin, patch, matrix)
+    displacement = None
+    if augment is not None and augment.elastic_prob > 0 and rng.random() < augment.elastic_prob:
+        displacement = elastic_displacement(rng, patch, augment.elastic_grid, augment.elastic_sigma)
+    image_patch, mask_patch = cut_patch(image, mask, origin, patch, matrix, displacement)
     if augment is not None:
         image_patch, mask_patch = augment_patch(image_patch, mask_patch, rng, augment)
     return image_patch, mask_patch
