@@ -12,6 +12,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 import main
 from unet_medical.base.errors import UNetError
@@ -61,10 +64,23 @@ def test_graph_window_origins_and_padding_are_numpys(length, patch, overlap):
 
 def test_graph_percentiles_are_numpys_linear_interpolation():
     rng = np.random.default_rng(3)
+    spread = np.concatenate([[-1e300, -5e-324, 0.0, 5e-324, 1e-300, 1e300], rng.normal(size=994)])[None]
     for values in (rng.normal(size=(2, 1001)), rng.integers(-1024, 3000, (1, 777)).astype(np.float64),
-                   np.full((1, 5), 7.0), rng.normal(size=(1, 1))):
+                   np.full((1, 5), 7.0), rng.normal(size=(1, 1)), rng.integers(0, 3, (3, 400)).astype(np.float64),
+                   spread, np.array([[2.0, 1.0]])):
         got = [t.numpy() for t in percentiles_tf(tf.constant(values), PERCENTILES)]
         np.testing.assert_array_equal(np.stack(got), np.percentile(values, PERCENTILES, axis=-1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 300)),
+              elements=st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-5, 5).map(float)),
+       st.lists(st.floats(0.0, 100.0), min_size=1, max_size=3))
+def test_order_statistics_by_bisection_equal_numpys_percentiles(values, quantiles):
+    """Selection by counts (export.volume_serving.order_statistic), not a sort, gives np.percentile exactly:
+    duplicates, zeros of both signs, subnormal gaps and one-value rows included."""
+    got = [t.numpy() for t in percentiles_tf(tf.constant(values), quantiles)]
+    np.testing.assert_array_equal(np.stack(got), np.percentile(values, quantiles, axis=-1))
 
 
 @pytest.mark.parametrize("window", [CT_WINDOW, None], ids=["ct_window", "case_percentiles"])
@@ -107,18 +123,20 @@ def test_a_resampled_runs_graph_resamples_predicts_and_puts_back_as_numpy_does(m
     assert module.target_spacing_mm.numpy().tolist() == list(TARGET)
 
 
-def test_the_whole_volume_onnx_equals_the_serving_graph(model, volume, tmp_path):
-    """tf2onnx converts all of serve (percentiles, resampling weights, the while_loop of windows, the put-back)
-    and onnxruntime runs it: the nnU-Net / MONAI complaint that pre-processing and sliding window stay outside.
-    One conversion (about 10 s), both branches: a spacing that resamples and one already on the target. (A
-    run without a target spacing converts the same ops less the resampling: the slow export test runs one.)"""
+@pytest.mark.parametrize("export_format,name", [("onnx", "volume.onnx"), ("openvino", "volume.xml")])
+def test_the_whole_volume_files_equal_the_serving_graph(model, volume, tmp_path, export_format, name):
+    """tf2onnx (onnxruntime runs it) and OpenVINO's TensorFlow frontend (its CPU plugin at f32 runs it) convert all
+    of serve: percentiles by bisection, resampling weights, the while_loop of windows, the put-back. The nnU-Net /
+    MONAI complaint that pre-processing and sliding window stay outside. One conversion each (ONNX about 10 s
+    alone), both branches: a spacing that resamples and one already on the target. (A run without a target
+    spacing converts the same ops less the resampling: the slow export tests run one.)"""
     module = VolumeServingModule(model, PATCH, (None,), image_dtype=np.int16, target_spacing=TARGET)
-    module.write_onnx(tmp_path / "volume.onnx")
-    serve = module.onnx_server(tmp_path / "volume.onnx")
+    module.write_volume(export_format, tmp_path / name)
+    serve = module.volume_server(export_format, tmp_path / name)
     for spacing in ((1.0, 2.9, 0.6), TARGET):
         served = serve(volume, spacing)
         expected = module.serve(tf.constant(volume[None]), tf.constant(spacing, tf.float64))["probabilities"].numpy()[0]
-        print(f"{spacing}: max |p_onnx - p_graph| = {np.abs(served - expected).max():.2e}")
+        print(f"{export_format} {spacing}: max |p_file - p_graph| = {np.abs(served - expected).max():.2e}")
         assert served.shape == SHAPE[:3] + (3,)
         np.testing.assert_allclose(served, expected, atol=1e-5)
 
@@ -183,24 +201,31 @@ def serve_nifti_without_project(saved_model: pathlib.Path, volume: np.ndarray, w
     return np.asarray(written.dataobj), probabilities, np.load(workdir / "weights.npy"), proc.stdout
 
 
-ONNX_ONLY_SCRIPT = '''
+NO_TF_SCRIPT = '''
 import sys
 sys.modules["unet_medical"] = sys.modules["tensorflow"] = None  # neither the project nor TensorFlow
 SNIPPET
 '''
 
 
-def onnx_docs_lines(onnx_file: pathlib.Path, workdir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels written by docs/volumes.md's whole-volume ONNX lines, the int16 volume they read), run in a
-    process where TensorFlow and the project cannot be imported."""
+WHOLE_VOLUME_LINES = {"onnx": ("ort.InferenceSession", "RUN/export/model_volume.onnx"),
+                      "openvino": ("ov.Core().compile_model", "RUN/export/openvino_fp32/model_volume.xml")}
+
+
+def whole_volume_docs_lines(export_format: str, file: pathlib.Path, workdir: pathlib.Path
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels written by docs/volumes.md's five whole-volume lines of `export_format`, the int16 volume they
+    read), run in a process where TensorFlow and the project cannot be imported."""
     import nibabel as nib
 
     workdir.mkdir()
     volume = np.random.default_rng(5).integers(-1000, 1500, (40, 36, 20)).astype(np.int16)
     nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.5, 1.0])), workdir / "scan_0000.nii.gz")
+    marker, placeholder = WHOLE_VOLUME_LINES[export_format]
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
-    (snippet,) = [b for b in blocks if "ort.InferenceSession" in b]
-    script = ONNX_ONLY_SCRIPT.replace("SNIPPET\n", snippet.replace('"RUN/export/model_volume.onnx"', repr(str(onnx_file))))
+    (snippet,) = [b for b in blocks if marker in b]
+    assert len(snippet.strip().splitlines()) == 5
+    script = NO_TF_SCRIPT.replace("SNIPPET\n", snippet.replace(f'"{placeholder}"', repr(str(file))))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -279,12 +304,24 @@ def test_a_3d_run_exports_one_format_into_export_json_and_refuses_tflite(run3d, 
     assert entry["volume_file"] == "model_volume.onnx" and entry["volume_size_bytes"] > 0
     assert entry["volume_input"].startswith("volumes: int16") and entry["parity"]["serving"]["label_agreement"] >= 0.995
     # The docs' lines give the file's own labels (the file itself was checked against Keras: parity.serving)
-    labels, volume = onnx_docs_lines(run / "export" / "model_volume.onnx", tmp_path / "onnx_alone")
+    labels, volume = whole_volume_docs_lines("onnx", run / "export" / "model_volume.onnx", tmp_path / "onnx_alone")
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(run / "export" / "model_volume.onnx"), providers=["CPUExecutionProvider"])
     expected = session.run(["labels"], {"volumes": volume[None, ..., None], "spacing": np.array([0.8, 0.8, 2.5])})[0][0]
     np.testing.assert_array_equal(labels, expected)
+    # fp32 OpenVINO carries it too, inside its folder, with the precision it was checked at
+    assert main.main([*export, "--export_format", "openvino"]) == 0
+    entry = json.loads((run / "export" / "export.json").read_text())["artifacts"]["openvino_fp32"]
+    xml = run / "export" / "openvino_fp32" / "model_volume.xml"
+    assert entry["volume_file"] == "openvino_fp32/model_volume.xml" and entry["volume_inference_precision"] == "f32"
+    assert entry["volume_size_bytes"] > xml.stat().st_size and entry["parity"]["serving"]["label_agreement"] >= 0.995
+    labels, volume = whole_volume_docs_lines("openvino", xml, tmp_path / "openvino_alone")
+    import openvino
+
+    compiled = openvino.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    out = compiled({"volumes": volume[None, ..., None], "spacing": np.array([0.8, 0.8, 2.5])})
+    np.testing.assert_array_equal(labels, out[compiled.output("labels")][0])
     capsys.readouterr()
     assert main.main([*export, "--export_format", "tflite"]) == 2
     error = [line for line in capsys.readouterr().err.splitlines() if "TFLite" in line]

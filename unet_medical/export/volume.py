@@ -33,12 +33,27 @@ from unet_medical.export.formats import check_export_request, record_artifact
 from unet_medical.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabilities
 from unet_medical.export.serving import TILE_INPUT, serving_signature_name
 from unet_medical.inference.artifact_formats import WriteRequest
-from unet_medical.inference.runtimes import PROBABILITIES
+from unet_medical.inference.runtimes import OPENVINO_HINTS, PROBABILITIES
 from unet_medical.inference.sliding_window import centre_padding, sliding_window_predict, window_starts
 from unet_medical.inference.tiling import keras_predictor
 
 VOLUME_FORMATS = ("savedmodel", "onnx", "openvino", "tflite")
 VOLUME_ONNX = "model_volume.onnx"  # beside an fp32 ONNX artefact: the whole-volume graph (serving_module.write_onnx)
+VOLUME_OPENVINO = "model_volume.xml"  # inside an OpenVINO artefact's folder, with its .bin (serving_module.write_openvino)
+
+
+def whole_volume_file(export_format: str, precision: str, resamples: bool) -> str | None:
+    """The file name of the whole serving computation (normalization, resampling, sliding window) an artefact
+    also carries, or None. ONNX fp32 and OpenVINO fp32; OpenVINO bf16 (its float32 file run at bf16 inference
+    precision) only for runs that do not resample: the CPU plugin's bf16 also reaches the resampling's
+    arithmetic and returns NaN there (docs/volumes.md). int8 networks are calibrated on patches only."""
+    if (export_format, precision) == ("onnx", "fp32"):
+        return VOLUME_ONNX
+    if export_format == "openvino" and (precision == "fp32" or (precision == "bf16" and not resamples)):
+        return VOLUME_OPENVINO
+    return None
+
+
 # (raw (I, J, K, C) volume, its normalized float32 (I', J', K', C) on the run's grid, the raw volume's spacing in mm)
 ServingCase = tuple[np.ndarray, np.ndarray, Sequence[float]]
 
@@ -108,8 +123,9 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
         serving_cases: (raw, normalized, spacing) whole volumes on which a SavedModel's serving signature
             (and the whole-volume ONNX) must agree with sliding_window_predict of the Keras model.
         serving_module: the run's export.volume_serving.VolumeServingModule; given, an fp32 ONNX export also
-            writes its whole computation (normalization, resampling, sliding window) as VOLUME_ONNX, checked on
-            serving_cases like the SavedModel's signature.
+            writes its whole computation (normalization, resampling, sliding window) as VOLUME_ONNX beside it, an
+            OpenVINO export as VOLUME_OPENVINO inside its folder (whole_volume_file says which), each checked on
+            serving_cases like the SavedModel's signature, at the artefact's precision.
         fields: extra export.json fields (spec, class names, checkpoint, ...); given, the entry is recorded
             in export_dir/export.json.
 
@@ -146,24 +162,29 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
                              "input": f"{TILE_INPUT}: float32 (B, D, H, W, {module.channels}) normalized patches",
                              "output": f"{PROBABILITIES}: float32 (B, D, H, W, K) softmax",
                              "calibration_patches": 0 if tiles is None else len(tiles), **(fields or {})}
-    whole_volume = serving_module is not None and export_format == "onnx" and precision == "fp32"
-    if whole_volume:
-        entry.update(volume_file=VOLUME_ONNX, volume_input=f"volumes: {serving_module.image_dtype.name} (B, I, J, K, "
+    volume_file = None
+    if serving_module is not None:
+        volume_file = whole_volume_file(export_format, precision, serving_module.target_spacing is not None)
+    if volume_file:
+        volume_file = f"{name}/{volume_file}" if export_format == "openvino" else volume_file  # openvino: a folder
+        entry.update(volume_file=volume_file, volume_input=f"volumes: {serving_module.image_dtype.name} (B, I, J, K, "
                      f"{module.channels}) raw; spacing: float64 (3,) mm; outputs {PROBABILITIES}, labels")
+        if export_format == "openvino":  # the plugin's own default may be bf16: the file was checked at this one
+            entry["volume_inference_precision"] = OPENVINO_HINTS[precision]
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", dir=export_dir))
     try:
         staged = staging / name
         fmt.writer()(WriteRequest(model=model, module=module, spec=None, path=staged, precision=precision,
                                   tile_size=patch_shape[0], tiles=tiles))
-        if whole_volume:
-            serving_module.write_onnx(staging / VOLUME_ONNX)
+        if volume_file:
+            serving_module.write_volume(export_format, staging / volume_file)
         if check_parity:
             reports = {"patches": volume_parity(model, fmt.loader()(staged, entry), patches, precision)}
             if fmt.serving_signatures and serving_cases:
                 reports["serving"] = serving_parity(model, module, savedmodel_server(staged), serving_cases)
-            if whole_volume and serving_cases:
-                reports["serving"] = serving_parity(model, serving_module,
-                                                    serving_module.onnx_server(staging / VOLUME_ONNX), serving_cases)
+            if volume_file and serving_cases:
+                serve = serving_module.volume_server(export_format, staging / volume_file, precision)
+                reports["serving"] = serving_parity(model, serving_module, serve, serving_cases)
             entry["parity"] = {key: dataclasses.asdict(r) for key, r in reports.items()}
             for key, report in reports.items():
                 if not report.passed:
@@ -174,9 +195,12 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(staged, target)
-        if whole_volume:
-            os.replace(staging / VOLUME_ONNX, export_dir / VOLUME_ONNX)
-            entry["volume_size_bytes"] = (export_dir / VOLUME_ONNX).stat().st_size
+        if volume_file:
+            if not target.is_dir():  # inside a folder artefact it moved with it
+                os.replace(staging / volume_file, export_dir / volume_file)
+            written = export_dir / volume_file
+            entry["volume_size_bytes"] = sum(f.stat().st_size for f in (written, written.with_suffix(".bin"))
+                                             if f.is_file())
         entry["size_bytes"] = (target.stat().st_size if target.is_file()
                                else sum(p.stat().st_size for p in target.rglob("*") if p.is_file()))
     finally:
