@@ -91,7 +91,8 @@ def order_statistic(values: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
 
     Invariant: count(x <= a) <= k < count(x <= b), so the answer v lies in (a, b]. The smallest value above a
     is v as soon as it has k + 1 values at or below it (it is <= v as v > a, and >= v by the count); the loop
-    halves (a, b] until that holds, which at the latest is when a and b are adjacent float64 numbers. Exact.
+    halves (a, b] until that holds, which at the latest is when a and b are adjacent float64 numbers. Exact
+    (bar values within 2.2e-308 of each other: TensorFlow's CPU kernels flush subnormal results to zero).
     """
     k = tf.cast(k, tf.int64)
     lowest = tf.reduce_min(values, axis=-1)
@@ -219,11 +220,15 @@ class VolumeServingModule(VolumeModule):
         p0, p1, p2 = self.patch
         along_k = starts[2][:, None] + tf.range(p2)[None, :]  # (n2, P2): the K index of each window's voxels
         n2, n1 = tf.shape(starts[2])[0], tf.shape(starts[1])[0]
+        # (K, n2 P2): 1 where window voxel (w, t) lies on slice k. Overlapping windows share slices, so their sum
+        # along K is a product with this matrix, not a scatter: tf2onnx writes tensor_scatter_nd_add as ScatterND
+        # with reduction add, and onnxruntime loses updates to one index from several threads (probabilities up
+        # to 13 on a 192x192x96 volume, different slices each run).
+        onto_k = tf.cast(tf.equal(tf.range(size[2])[:, None], tf.reshape(along_k, [1, -1])), tf.float32)
         weights = tf.convert_to_tensor(self.gaussian_importance)  # (P0, P1, P2)
         # the summed Gaussian weights of a pencil, (P0, P1, K): the same for every pencil
-        pencil_weight = tf.transpose(tf.tensor_scatter_nd_add(
-            tf.zeros(tf.stack([size[2], p0, p1])), along_k[..., None],
-            tf.broadcast_to(tf.transpose(weights, [2, 0, 1])[None], tf.stack([n2, p2, p0, p1]))), [1, 2, 0])
+        pencil_weight = tf.transpose(tf.tensordot(onto_k, tf.reshape(tf.broadcast_to(
+            tf.transpose(weights, [2, 0, 1])[None], tf.stack([n2, p2, p0, p1])), tf.stack([-1, p0, p1])), 1), [1, 2, 0])
         grid = np.stack(np.meshgrid(np.arange(p0), np.arange(p1), indexing="ij"), axis=-1).astype(np.int32)
 
         def add_pencil(i: tf.Tensor, total: tf.Tensor, weight_sum: tf.Tensor) -> tuple[tf.Tensor, ...]:
@@ -233,9 +238,8 @@ class VolumeServingModule(VolumeModule):
             windows = tf.reshape(cut, tf.concat([[-1], self.patch, [self.channels]], 0))
             probs = self.window_probabilities(windows) * weights[None, ..., None]  # (n2 B, P0, P1, P2, n)
             probs = tf.reshape(probs, tf.stack([n2, batch, p0, p1, p2, self.n_classes]))
-            pencil = tf.tensor_scatter_nd_add(  # (K, B, P0, P1, n): the windows along K summed
-                tf.zeros(tf.stack([size[2], batch, p0, p1, self.n_classes])), along_k[..., None],
-                tf.transpose(probs, [0, 4, 1, 2, 3, 5]))
+            pencil = tf.tensordot(onto_k, tf.reshape(  # (K, B, P0, P1, n): the windows along K summed
+                tf.transpose(probs, [0, 4, 1, 2, 3, 5]), tf.stack([-1, batch, p0, p1, self.n_classes])), 1)
             at = tf.constant(grid) + tf.stack([s0, s1])  # (P0, P1, 2): the pencil's place in the volume
             return (i + 1, tf.tensor_scatter_nd_add(total, at, tf.transpose(pencil, [2, 3, 0, 1, 4])),
                     tf.tensor_scatter_nd_add(weight_sum, at, pencil_weight))
