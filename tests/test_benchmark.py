@@ -128,6 +128,25 @@ def test_tiny_benchmark_writes_sane_results(isbi_data_dir, tmp_path, mode_flags,
     assert results["fraction_of_ceiling"] == pytest.approx(results["achieved_gflops"] / results["ceiling_gflops"])
 
 
+@pytest.mark.parametrize("mode", ["train", "predict"])
+def test_a_3d_benchmark_times_patches_of_the_3d_unet(tmp_path, mode):
+    """--dims 3 benchmarks the 3-D U-Net on synthetic (B, P0, P1, P2, C) patches of --patch_size: the run's trainer
+    step or the Keras predictor, FLOPs of the 3-D network (3x its forward pass to train), the ceiling a Conv3D."""
+    from unet_medical.model.complexity import total_macs
+    from unet_medical.model.unet import UNetSpec, build_unet
+
+    argv = ["--exec_mode", "benchmark", "--benchmark_mode", mode, "--dims", "3", "--patch_size", "16,16,8",
+            *[f for f in TINY if f not in ("--crop_size", "64")], "--model_dir", str(tmp_path)]
+    assert main.main(argv) == 0
+    results = json.loads((tmp_path / benchmark.RESULTS_FILE).read_text())
+    assert results["spec"]["dims"] == 3 and results["sample_shape"] == [16, 16, 8] and results["img_per_s"] > 0
+    spec = UNetSpec(n_classes=2, base_filters=4, depth=2, padding="same", dropout=0.0, dims=3)
+    forward = 2 * total_macs(build_unet(spec), (16, 16, 8)) / 1e9
+    assert results["gflop_per_img"] == pytest.approx(forward * (3 if mode == "train" else 1))
+    assert results["ceiling_layer_kind"] in ("Conv3D", "Conv3DTranspose") and results["ceiling_input_shape"][0] == 2
+    assert len(results["ceiling_input_shape"]) == 5 and results["fraction_of_ceiling"] > 0
+
+
 @pytest.mark.slow
 def test_train_benchmark_times_the_runs_trainer(tmp_path, monkeypatch):
     """--bench_input real builds the trainer a training run would: on vessel-like data the recipe's

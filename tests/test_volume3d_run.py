@@ -62,8 +62,8 @@ def test_the_patch_recipe_follows_the_median_case_and_flags_win():
     (["--crop_size", "64"], "--crop_size=64: expected no --crop_size with --dims 3 (give --patch_size)"),
     (["--patch_size", "8,8"], "--patch_size=8,8: expected one positive integer (a cube) or three, e.g. 48,48,32"),
     (["--normalization", "per_image"], "--normalization='per_image': expected auto or global with --dims 3"),
-    (["--exec_mode", "benchmark"], "--exec_mode='benchmark': expected train, evaluate, predict, visualize, compress or "
-                                   "export for"),
+    (["--exec_mode", "benchmark", "--bench_input", "real"], "--bench_input='real': expected synthetic for --dims 3 "
+                                                             "benchmarks (patches of --patch_size"),
 ])
 def test_2d_only_and_malformed_flags_are_refused_in_one_line(tmp_path, flags, message):
     from unet_medical.cli.config import parse_config

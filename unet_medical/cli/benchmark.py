@@ -63,8 +63,28 @@ def resolve_mode(cfg: Config) -> str:
 
 
 def benchmark_spec(cfg: Config, in_channels: int = 1) -> UNetSpec:
+    """The network of the flags: a 3-D U-Net with --dims 3, else the 2-D one."""
     return UNetSpec(n_classes=cfg.num_classes or 2, in_channels=in_channels, base_filters=cfg.base_filters,
-                    depth=cfg.depth or DEFAULT_DEPTH, padding=cfg.padding, batch_norm=cfg.batch_norm, dropout=cfg.dropout)
+                    depth=cfg.depth or DEFAULT_DEPTH, padding=cfg.padding, batch_norm=cfg.batch_norm, dropout=cfg.dropout,
+                    dims=3 if cfg.dims == "3" else 2)
+
+
+def benchmark_patch(cfg: Config, spec: UNetSpec) -> tuple[int, ...]:
+    """The input each synthetic sample has, without its channels: (H, W) of --tile_size / --crop_size or the
+    default crop; for a 3-D U-Net the --patch_size patch, by default the largest cube the --dims 3 recipe
+    allows on this machine (cli.recipe.patch_cap: 64 on CPU), checked against the depth."""
+    if spec.dims == 3:
+        from unet_medical.cli.recipe import patch_cap
+        from unet_medical.data.patches3d import check_patch_size, parse_patch_size
+
+        patch = parse_patch_size(cfg.patch_size) or (patch_cap()[0],) * 3
+        check_patch_size(patch, spec.depth)
+        return patch
+    from unet_medical.cli.assemble import check_crop_size, default_crop_size
+
+    size = cfg.tile_size or cfg.crop_size or default_crop_size(spec)
+    check_crop_size(spec, size)
+    return (size, size)
 
 
 
@@ -83,6 +103,7 @@ def train_benchmark_step(cfg: Config, dist: Any, logger: Any = None) -> tuple[Ca
     from unet_medical.cli.assemble import check_crop_size, load_training_set
     from unet_medical.cli.recipe import class_weights_for, resolve_recipe, trainer_data
     from unet_medical.data.folds import fold_split
+    from unet_medical.data.pipeline import CropGeometry
     from unet_medical.training.loop import TrainData, build_trainer
 
     spec = benchmark_spec(cfg)
@@ -92,6 +113,10 @@ def train_benchmark_step(cfg: Config, dist: Any, logger: Any = None) -> tuple[Ca
         spec = dataclasses.replace(spec, n_classes=len(data.class_names), in_channels=int(data.images[0].shape[-1]))
         cfg = resolve_recipe(cfg, data, train_idx, spec.padding, spec.depth, logger or _Silent(), dist.is_chief)
         inputs = trainer_data(cfg, data, train_idx, check_crop_size(spec, cfg.crop_size), spec.n_classes)
+    elif spec.dims == 3:  # same padding: the patch is both input and output
+        patch = benchmark_patch(cfg, spec)
+        inputs = TrainData([], [], [], CropGeometry(max(patch), max(patch)), spec.n_classes,
+                           class_weights=class_weights_for(cfg, spec.n_classes), patch_size=patch)
     else:
         inputs = TrainData([], [], [], check_crop_size(spec, cfg.crop_size), spec.n_classes,
                            class_weights=class_weights_for(cfg, spec.n_classes))
@@ -101,19 +126,20 @@ def train_benchmark_step(cfg: Config, dist: Any, logger: Any = None) -> tuple[Ca
     trainer = build_trainer(cfg, model, inputs, dist)
     dist.broadcast_variables(list(model.variables) + list(trainer.optimizer.variables))
     total = cfg.bench_warmup_steps + cfg.bench_steps
+    sample_in = inputs.patch_size or (geometry.input_size,) * 2
+    sample_out = inputs.patch_size or (geometry.output_size,) * 2
     if cfg.bench_input == "real":
         batches = iter(trainer.batches(0, total))
         step = lambda i: float(trainer.step(*next(batches)))  # noqa: E731
     else:
         rng = np.random.default_rng(cfg.seed)
-        images = tf.constant(rng.random((cfg.batch_size, geometry.input_size, geometry.input_size,
-                                         spec.in_channels), np.float32))
-        labels = tf.constant(rng.integers(0, spec.n_classes, (cfg.batch_size, geometry.output_size,
-                                                              geometry.output_size), np.int32))
+        images = tf.constant(rng.random((cfg.batch_size, *sample_in, spec.in_channels), np.float32))
+        labels = tf.constant(rng.integers(0, spec.n_classes, (cfg.batch_size, *sample_out), np.int32))
         step = lambda i: float(trainer.step(images, labels))  # noqa: E731
-    forward = 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9
+    forward = 2 * total_macs(model, tuple(sample_in)) / 1e9
     return step, {"images_per_step": cfg.batch_size * dist.size, "latency_per": "step",
                   "input_size": geometry.input_size, "output_size": geometry.output_size,
+                  "sample_shape": list(sample_in),
                   "gflop_per_img_forward": forward, "gflop_per_img": TRAIN_FORWARD_EQUIVALENTS * forward,
                   "flop_count": f"{TRAIN_FORWARD_EQUIVALENTS} x forward", "xla": cfg.xla,
                   "normalization": cfg.normalization if cfg.bench_input == "real" else "none (synthetic)",
@@ -165,7 +191,7 @@ def predict_benchmark_step(cfg: Config) -> tuple[Callable[[int], Any], dict[str,
     from unet_medical.data.layouts import load_test_data
     from unet_medical.data.normalize import normalize_image
     from unet_medical.inference.tiling import plan_tiles, tile_starts, tiled_predict
-    from unet_medical.cli.assemble import check_crop_size, default_crop_size
+    from unet_medical.cli.assemble import check_crop_size
 
     if cfg.bench_input == "real":
         data = load_test_data(cfg.data_dir, input_path=cfg.input)
@@ -187,11 +213,12 @@ def predict_benchmark_step(cfg: Config) -> tuple[Callable[[int], Any], dict[str,
                       "image_size": list(data.images[0].shape[:2]), "tta": bool(cfg.tta), "gflop_per_img": gflop,
                       "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
     spec, predictor, model, tile_size = _predictor(cfg, 1)
-    size = tile_size or cfg.crop_size or default_crop_size(spec)
-    geometry = check_crop_size(spec, size)
-    tiles = np.random.default_rng(cfg.seed).random((cfg.batch_size, size, size, spec.in_channels), np.float32)
-    info = {"images_per_step": cfg.batch_size, "latency_per": "batch", "input_size": size,
-            "output_size": geometry.output_size, "gflop_per_img": 2 * total_macs(model, (size, size)) / 1e9,
+    sample = benchmark_patch(cfg.replace(tile_size=tile_size), spec)
+    output = sample if spec.dims == 3 else (check_crop_size(spec, sample[0]).output_size,) * 2
+    tiles = np.random.default_rng(cfg.seed).random((cfg.batch_size, *sample, spec.in_channels), np.float32)
+    info = {"images_per_step": cfg.batch_size, "latency_per": "batch", "input_size": max(sample),
+            "output_size": max(output), "sample_shape": list(sample),
+            "gflop_per_img": 2 * total_macs(model, sample) / 1e9,
             "flop_count": "forward", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
     return lambda i: predictor(tiles), info
 
@@ -245,9 +272,8 @@ def network_ceiling(cfg: Config, mode: str, results: dict[str, Any]) -> dict[str
     from unet_medical.cli.ceiling import conv_ceiling
 
     model = build_unet(UNetSpec(**results["spec"]))
-    size = int(results["input_size"])
     batch = cfg.batch_size
-    ceiling = conv_ceiling(model, (size, size), batch, train=mode == "train",
+    ceiling = conv_ceiling(model, tuple(results["sample_shape"]), batch, train=mode == "train",
                            warmup=max(1, cfg.bench_warmup_steps), steps=cfg.bench_steps)
     ceiling["fraction_of_ceiling"] = results["achieved_gflops"] / ceiling["ceiling_gflops"]
     return ceiling
