@@ -64,6 +64,8 @@ def test_the_patch_recipe_follows_the_median_case_and_flags_win():
     (["--normalization", "per_image"], "--normalization='per_image': expected auto or global with --dims 3"),
     (["--exec_mode", "benchmark", "--bench_input", "real"], "--bench_input='real': expected synthetic for --dims 3 "
                                                              "benchmarks (patches of --patch_size"),
+    (["--exec_mode", "benchmark", "--model_path", "m.onnx"], "--model_path='m.onnx': expected no exported model in "
+                                                             "--dims 3 benchmarks"),
 ])
 def test_2d_only_and_malformed_flags_are_refused_in_one_line(tmp_path, flags, message):
     from unet_medical.cli.config import parse_config
@@ -72,6 +74,14 @@ def test_2d_only_and_malformed_flags_are_refused_in_one_line(tmp_path, flags, me
         parse_config(["--exec_mode", "train", "--dims", "3", "--model_dir", str(tmp_path / "run"), *flags])  # last flag wins
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
     assert parse_config(["--dims", "3", "--model_dir", str(tmp_path / "r")]).padding == "same"  # the 3D default
+
+
+def test_exported_models_predict_3d_volumes_but_tf_trt_and_benchmarks_are_refused():
+    from unet_medical.cli.config import Config, check_volumetric
+
+    check_volumetric(Config(dims="3", padding="same", exec_mode="predict", model_path="export/openvino_fp32"))
+    with pytest.raises(UNetError, match=r"^--use_trt=True: expected no TF-TRT for --dims 3 networks"):
+        check_volumetric(Config(dims="3", padding="same", exec_mode="predict", use_trt=True))
 
 
 def test_dims_3_on_2d_images_is_refused_naming_the_folder(tmp_path):

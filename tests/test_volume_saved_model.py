@@ -333,12 +333,27 @@ def test_a_3d_run_exports_one_format_into_export_json_and_refuses_tflite(run3d, 
     xml = run / "export" / "openvino_fp32" / "model_volume.xml"
     assert entry["volume_file"] == "openvino_fp32/model_volume.xml" and entry["volume_inference_precision"] == "f32"
     assert entry["volume_size_bytes"] > xml.stat().st_size and entry["parity"]["serving"]["label_agreement"] >= 0.995
+    folder = sum(f.stat().st_size for f in (run / "export" / "openvino_fp32").iterdir())
+    assert entry["size_bytes"] + entry["volume_size_bytes"] == folder  # the patch network's size, stated apart
     labels, volume = whole_volume_docs_lines("openvino", xml, tmp_path / "openvino_alone")
     import openvino
 
     compiled = openvino.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     out = compiled({"volumes": volume[None, ..., None], "spacing": np.array([0.8, 0.8, 2.5])})
     np.testing.assert_array_equal(labels, out[compiled.output("labels")][0])
+    # predict slides the exported patch network over the test volumes as it slides the Keras one
+    import nibabel as nib
+
+    predict = ["--exec_mode", "predict", "--model_dir", str(run), "--data_dir", str(run3d["data"]), "--precision", "fp32"]
+    assert main.main([*predict, "--output_dir", str(tmp_path / "keras")]) == 0
+    assert main.main([*predict, "--model_path", str(run / "export" / "openvino_fp32"),
+                      "--output_dir", str(tmp_path / "openvino")]) == 0
+    keras_files = sorted((tmp_path / "keras").glob("*.nii.gz"))
+    assert keras_files and [f.name for f in keras_files] == sorted(f.name for f in (tmp_path / "openvino").glob("*.nii.gz"))
+    for keras_file in keras_files:
+        ours, theirs = nib.load(keras_file), nib.load(tmp_path / "openvino" / keras_file.name)
+        assert np.array_equal(ours.affine, theirs.affine) and ours.shape == theirs.shape
+        assert np.mean(np.asarray(ours.dataobj) == np.asarray(theirs.dataobj)) > 0.999
     capsys.readouterr()
     assert main.main([*export, "--export_format", "tflite"]) == 2
     error = [line for line in capsys.readouterr().err.splitlines() if "TFLite" in line]

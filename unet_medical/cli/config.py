@@ -161,15 +161,16 @@ def check_volumetric(cfg: Config) -> None:
     require(cfg.input_scale in (None, 1.0), "input_scale", cfg.input_scale, "1 with --dims 3 (no rescaling)")
     require(cfg.tile_size is None and cfg.tile_context is None, "tile_size", cfg.tile_size,
             "no --tile_size/--tile_context with --dims 3 (3D prediction slides windows of the training patch)")
-    # Not built for 3D yet (real-input benchmarks, runtimes planning 2D tiles): refused rather than run on a
-    # network they would break. Export goes through cli.volume_export; quantization and Tucker compression
-    # handle Conv3D (model.quantized_layers, model.tucker); the benchmark times synthetic patches.
-    not_yet = "--dims 3 networks (not built for 3D yet)"
+    # Not built for 3D yet (real-input benchmarks, TF-TRT): refused rather than run on a network they would
+    # break. Export goes through cli.volume_export; quantization and Tucker compression handle Conv3D
+    # (model.quantized_layers, model.tucker); the benchmark times synthetic patches; an exported patch network
+    # (--model_path) slides over volumes as the Keras one does.
     require(cfg.bench_input == "synthetic" or (cfg.exec_mode != "benchmark" and not cfg.benchmark), "bench_input",
             cfg.bench_input, "synthetic for --dims 3 benchmarks (patches of --patch_size; timing the real "
             "patch stream is not built for 3D yet)")
-    require(not cfg.use_trt and cfg.model_path is None, "model_path", cfg.model_path,
-            f"no exported model (--model_path, --use_trt) for {not_yet}")
+    require(not cfg.use_trt, "use_trt", cfg.use_trt, "no TF-TRT for --dims 3 networks (TF-TRT is 2-D only)")
+    require(cfg.model_path is None or not (cfg.exec_mode == "benchmark" or cfg.benchmark), "model_path",
+            cfg.model_path, "no exported model in --dims 3 benchmarks (they time the network of the flags)")
 
 
 def volumetric_conflict(cfg: Config) -> str:

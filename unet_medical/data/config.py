@@ -94,7 +94,7 @@ def parse_augment_params(text: str) -> dict[str, Any]:
 
 def augment_dims(augment_params: str | None) -> str:
     """Which network --augment_params' keys are for when --dims is auto: "3" when every key is a
-    VolumeAugment field and some key is not a 2-D one (affine_prob, rot90_prob, ...), else "2"."""
+    VolumeAugment field and some key is not a 2-D one (affine_prob, zoom_range, ...), else "2"."""
     from unet_medical.data.augment import AugmentConfig  # imports TensorFlow: only when augmentation is configured
 
     keys = set(parse_augment_params(augment_params or ""))

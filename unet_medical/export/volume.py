@@ -203,6 +203,8 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
                                              if f.is_file())
         entry["size_bytes"] = (target.stat().st_size if target.is_file()
                                else sum(p.stat().st_size for p in target.rglob("*") if p.is_file()))
+        if volume_file and target.is_dir():  # the artefact's own size, as other formats state it
+            entry["size_bytes"] -= entry["volume_size_bytes"]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if fields is not None:

@@ -11,10 +11,10 @@ predict` of a --dims 3 run inside one graph, so `tf.saved_model.load` alone segm
        patch is zero-padded to it (centred, `centre_padding`), windows start where `axis_window_starts`
        puts them (the same function, run on tensors), one pencil of windows per iteration of a `tf.while_loop`
        (memory: the volume's accumulators plus one pencil's activations, which grow with the windows along K:
-       9 for 300 slices and 64-voxel windows; peak 5.0 GB there, 3.7 GB in NumPy), each window's softmax weighted
+       9 for 300 slices and 64-voxel windows; peak 4.6 GB there, 3.7 GB in NumPy), each window's softmax weighted
        by `gaussian_importance` (NumPy's array, stored as the variable `gaussian_importance`) and summed,
        then divided by the summed weights and cropped back. One loop iteration runs the network on the
-       windows of one pencil (one window's I and J extent, all of K) as a batch, sums them along K into a
+       windows of one pencil (one window's I and J extent, all of K) as a batch, sums them along K (a 0/1 matrix product) into a
        pencil-sized buffer, and adds that into the volume's sums with one scatter: a scatter per window
        copied the whole accumulator each time (108 ms per window on a 512x512x300 CT against 33 ms into a
        slab, Zen 4). Same terms as NumPy's running sum in another association: float32 results agree within
