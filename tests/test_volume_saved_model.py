@@ -354,6 +354,12 @@ def test_a_3d_run_exports_one_format_into_export_json_and_refuses_tflite(run3d, 
         ours, theirs = nib.load(keras_file), nib.load(tmp_path / "openvino" / keras_file.name)
         assert np.array_equal(ours.affine, theirs.affine) and ours.shape == theirs.shape
         assert np.mean(np.asarray(ours.dataobj) == np.asarray(theirs.dataobj)) > 0.999
+    # evaluate scores the held-out case with it as with the checkpoint (its volume record read from the run folder)
+    evaluate = ["--exec_mode", "evaluate", "--model_dir", str(run), "--data_dir", str(run3d["data"]), "--precision", "fp32"]
+    assert main.main(evaluate) == 0
+    assert main.main([*evaluate, "--model_path", str(run / "export" / "openvino_fp32")]) == 0
+    scores = [json.loads((run / name).read_text()) for name in ("eval_results_last.json", "eval_results_openvino_fp32.json")]
+    assert scores[1]["mean_dice"] == pytest.approx(scores[0]["mean_dice"], abs=1e-3)
     capsys.readouterr()
     assert main.main([*export, "--export_format", "tflite"]) == 2
     error = [line for line in capsys.readouterr().err.splitlines() if "TFLite" in line]

@@ -215,10 +215,13 @@ def check_evaluation_cases(cfg: Config, run_dir: pathlib.Path, val_cases: list[s
 
 
 def require_volume_run(cfg: Config, info: RunRecord) -> dict[str, Any]:
-    if info.volume is None:
+    """The run's volume record (volume_record_of: an exported --model_path's from its run folder), or one line
+    saying the model was trained on 2D images."""
+    record = volume_record_of(cfg, info)
+    if record is None:
         raise UNetError(f"--model_dir={cfg.model_dir}: its model was trained on 2D images, not volumes; "
                         f"it cannot score or predict the volumes of {cfg.input or cfg.data_dir}")
-    return info.volume
+    return record
 
 
 def with_recorded_patch(cfg: Config, record: dict[str, Any]) -> Config:
