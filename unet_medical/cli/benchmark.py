@@ -209,6 +209,7 @@ def predict_benchmark_step(cfg: Config) -> tuple[Callable[[int], Any], dict[str,
         per_tile = {p.tile_size: 2 * total_macs(model, (p.tile_size,) * 2) / 1e9 for p in set(plans)}
         gflop = float(np.mean([n * per_tile[p.tile_size] for n, p in zip(tiles, plans)]))
         return step, {"images_per_step": 1, "latency_per": "image", "input_size": plans[0].tile_size,
+                      "sample_shape": [plans[0].tile_size] * 2,
                       "tiles_per_image": float(np.mean(tiles)), "tiles_per_call": cfg.batch_size,
                       "image_size": list(data.images[0].shape[:2]), "tta": bool(cfg.tta), "gflop_per_img": gflop,
                       "flop_count": "forward x tiles", "spec": dataclasses.asdict(spec), **_exported_fields(predictor)}
