@@ -37,8 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("results_dir", type=pathlib.Path)
     parser.add_argument("--time_budget", type=float, default=3.0, help="training minutes per dims (the same for all)")
     parser.add_argument("--dims", nargs="+", default=["2", "2.5", "3"])
-    parser.add_argument("extra", nargs="*", help="more main.py flags for every run (after --)")
-    return parser.parse_args(argv)
+    # argparse cannot hand flags after "--" to a positional once the positionals are filled: split them off first
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.extra = extra
+    return args
 
 
 def run_logged(command: list[str], log_file: pathlib.Path) -> float:

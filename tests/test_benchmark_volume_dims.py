@@ -31,3 +31,11 @@ def test_a_finished_run_becomes_one_row_of_the_table(tmp_path):
                    "mean_nsd": 0.95, "training_s": 181.5, "steps": 224, "predict_s_per_case": 0.56, "num_cases": 20}
     lines = volume_dims.table([row]).splitlines()
     assert lines[0].startswith("| dims | head_dice | tail_dice | mean_dice") and "| 3 | 0.900 | 0.800 |" in lines[2]
+
+
+def test_flags_after_a_double_dash_go_to_every_run():
+    args = volume_dims.parse_args(["DATA", "OUT", "--time_budget", "2", "--dims", "3", "--", "--augment_params",
+                                   "elastic_prob=0"])
+    assert (str(args.data_dir), args.dims, args.time_budget) == ("DATA", ["3"], 2.0)
+    assert args.extra == ["--augment_params", "elastic_prob=0"]
+    assert volume_dims.parse_args(["DATA", "OUT"]).extra == []
