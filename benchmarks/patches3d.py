@@ -6,8 +6,8 @@ Times, alternated in one process (unet_medical.base.timing.time_alternating), on
 --batch patches of --patch voxels per side cut from four CT-like volumes of 160x160x120 voxels:
 - `crop`: no augmentation (a plain crop);
 - `default`: data.patches3d.VolumeAugment() as a --dims 3 run uses it (flips, in-plane 90-degree turns,
-  intensity; a rotation and zoom on 20 % of the patches; the elastic deformation on 20 %);
-- `no elastic`: the same with elastic_prob=0;
+  intensity; a rotation and zoom on 20 % of the patches; no elastic deformation);
+- `elastic 20 %`: the same with the elastic deformation on 20 % of the patches (elastic_prob=0.2);
 - `elastic always`: elastic_prob=1 and affine_prob=1, the most a patch can cost;
 - `train step`: one optimizer step of the CPU recipe's 3-D U-Net (examples/unet_CPU_TRAIN.sh: base
   filters 16, batch norm, depth 4) on such a batch (Adam, cross-entropy; the project's CE + Dice adds a
@@ -61,7 +61,7 @@ def main() -> None:
     patch = (args.patch,) * 3
     images, masks = volumes(4, (160, 160, 120))
     source = prepare_patch_source(images, masks, ["a", "b", "c", "d"], patch, (1, 2), seed=0)
-    augments = {"crop": None, "default": VolumeAugment(), "no elastic": VolumeAugment(elastic_prob=0.0),
+    augments = {"crop": None, "default": VolumeAugment(), "elastic 20 %": VolumeAugment(elastic_prob=0.2),
                 "elastic always": VolumeAugment(elastic_prob=1.0, affine_prob=1.0)}
     step = iter(range(10**9))
 
