@@ -45,8 +45,8 @@ VOLUME_OPENVINO = "model_volume.xml"  # inside an OpenVINO artefact's folder, wi
 def whole_volume_file(export_format: str, precision: str, resamples: bool) -> str | None:
     """The file name of the whole serving computation (normalization, resampling, sliding window) an artefact
     also carries, or None. ONNX fp32 and OpenVINO fp32; OpenVINO bf16 (its float32 file run at bf16 inference
-    precision) only for runs that do not resample: the CPU plugin's bf16 also reaches the resampling's
-    arithmetic and returns NaN there (docs/volumes.md). int8 networks are calibrated on patches only."""
+    precision) only for runs that do not resample: at bf16 the CPU plugin returned NaN for a resampling run's
+    graph (docs/volumes.md). int8 networks are calibrated on patches only."""
     if (export_format, precision) == ("onnx", "fp32"):
         return VOLUME_ONNX
     if export_format == "openvino" and (precision == "fp32" or (precision == "bf16" and not resamples)):
