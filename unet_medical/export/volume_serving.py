@@ -84,6 +84,16 @@ MAX_CHECKS = 140
 the loop ends even on NaN, where no count reaches k + 1."""
 
 
+def count_at_most(values: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+    """(B,) int64 count of each row of float64 (B, N) values at or below its threshold t (B,)."""
+    return tf.reduce_sum(tf.cast(values <= t[:, None], tf.int64), axis=-1)
+
+
+def next_above(values: tf.Tensor, a: tf.Tensor) -> tf.Tensor:
+    """(B,) the smallest value of each row of float64 (B, N) values above its a (B,); +inf where none is."""
+    return tf.reduce_min(tf.where(values > a[:, None], values, tf.constant(np.inf, tf.float64)), axis=-1)
+
+
 def order_statistic(values: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
     """The k-th smallest (0-based) of float64 (B, N) values per row, (B,) float64, by bisection on the value
     with counts, never a sort: OpenVINO runs TensorFlow's sort of a whole volume as a TopK of k = N, hundreds
@@ -99,24 +109,18 @@ def order_statistic(values: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
     below = lowest - tf.maximum(tf.abs(lowest), 1.0)  # count(x <= below) = 0 <= k
     highest = tf.reduce_max(values, axis=-1)
 
-    def count_at_most(t: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_sum(tf.cast(values <= t[:, None], tf.int64), axis=-1)
-
-    def next_above(a: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_min(tf.where(values > a[:, None], values, tf.constant(np.inf, tf.float64)), axis=-1)
-
     def unresolved(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_any(count_at_most(next_above(a)) <= k)
+        return tf.reduce_any(count_at_most(values, next_above(values, a)) <= k)
 
     def bisect(a: tf.Tensor, b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         for _ in range(BISECTIONS_PER_CHECK):
             middle = a + (b - a) / 2.0
-            left = count_at_most(middle) <= k
+            left = count_at_most(values, middle) <= k
             a, b = tf.where(left, middle, a), tf.where(left, b, middle)
         return a, b
 
     a, _ = tf.while_loop(unresolved, bisect, (below, highest), maximum_iterations=MAX_CHECKS)
-    return next_above(a)
+    return next_above(values, a)
 
 
 def percentiles_tf(values: tf.Tensor, quantiles: Sequence[float]) -> list[tf.Tensor]:
@@ -131,9 +135,8 @@ def percentiles_tf(values: tf.Tensor, quantiles: Sequence[float]) -> list[tf.Ten
         gamma = index - below
         lower = order_statistic(values, tf.cast(below, tf.int64))
         # The next order statistic is lower again while lower has more than below + 1 copies at or under it.
-        repeats = tf.reduce_sum(tf.cast(values <= lower[:, None], tf.int64), axis=-1) > tf.cast(below, tf.int64) + 1
-        above = tf.reduce_min(tf.where(values > lower[:, None], values, tf.constant(np.inf, tf.float64)), axis=-1)
-        upper = tf.where(repeats | (tf.cast(below, tf.int64) + 1 >= n), lower, above)
+        repeats = count_at_most(values, lower) > tf.cast(below, tf.int64) + 1
+        upper = tf.where(repeats | (tf.cast(below, tf.int64) + 1 >= n), lower, next_above(values, lower))
         diff = upper - lower
         out.append(tf.where(gamma >= 0.5, upper - diff * (1.0 - gamma), lower + diff * gamma))
     return out
