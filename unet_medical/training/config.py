@@ -26,7 +26,8 @@ class TrainingConfig(Settings):
     lr_schedule: str = setting("constant", "after warm-up: constant or cosine decay to 0 at max_steps",
                               choices=("constant", "cosine"))
     loss: str = setting(DEFAULT_LOSS, "training loss (ce_dice: pixel-wise cross-entropy + --dice_weight x "
-                       "(1 - mean soft Dice)); plugins (--plugins) add more", choices=LOSSES.names)
+                       "(1 - mean soft Dice); ce_dice_cldice: half of that Dice term is clDice, for thin branching "
+                       "structures); plugins (--plugins) add more", choices=LOSSES.names)
     dice_weight: float = setting(1.0, "weight of the soft Dice term next to cross-entropy", rule=at_least(0, "a number"))
     time_budget: float | None = setting(None, "minutes of training, evaluations and checkpoints included: the "
                                         "run measures its step time after warm-up and fixes --max_steps from it "

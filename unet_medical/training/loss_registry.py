@@ -27,3 +27,6 @@ LOSSES: Registry[LossFn] = Registry("loss", flag="--loss")
 # Today's loss (and the default): pixel-wise cross-entropy + dice_weight * (1 - mean soft Dice).
 DEFAULT_LOSS = "ce_dice"
 LOSSES.register_lazy(DEFAULT_LOSS, "unet_medical.training.losses:cross_entropy_dice_loss")
+# For thin, branching structures (vessels, membranes): half of the Dice term becomes clDice, Dice between each
+# mask and the other's soft skeleton, which punishes a broken vessel more than a thinner one.
+LOSSES.register_lazy("ce_dice_cldice", "unet_medical.training.losses:cross_entropy_dice_cldice_loss")
