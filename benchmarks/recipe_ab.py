@@ -1,13 +1,14 @@
-"""Two or more --loss choices on one data set at the same time budget: the CPU recipe, unchanged but for --loss.
+"""Variants of the CPU recipe on one data set at the same time budget: the recipe, unchanged but for a few flags.
 
-    .venv/bin/python benchmarks/loss_ab.py [--kind vessels | --data_dir DIR] [--losses ce_dice ce_dice_cldice]
-                                           [--time_budget 3] [--seeds 0 1] [--results_dir DIR]
+    .venv/bin/python benchmarks/recipe_ab.py [--kind vessels | --data_dir DIR] [--time_budget 3] [--seeds 0 1]
+        [--results_dir DIR] [--arm NAME="FLAGS" ...]
+    e.g. --arm ce_dice="--loss ce_dice" --arm ce_dice_cldice="--loss ce_dice_cldice" (the default arms)
 
-For each seed, the losses run one after another, alternating (never in parallel: they would share the cores and
-time each other): `bash examples/unet_CPU_TRAIN.sh DATA RUN --loss L --seed S --time_budget B --no-saved_model`
-trains on fold 0 and scores its held-out block (eval_results.json). A loss that costs more per step trains fewer
+For each seed, the arms run one after another, alternating (never in parallel: they would share the cores and
+time each other): `bash examples/unet_CPU_TRAIN.sh DATA RUN FLAGS --seed S --time_budget B --no-saved_model`
+trains on fold 0 and scores its held-out block (eval_results.json). An arm that costs more per step trains fewer
 steps in the same budget, which is the comparison a CPU user lives with. Prints one line per run (steps, every
-Dice-like score of eval_results.json) and, per loss, the mean over seeds, with the CPU (unet_medical.base.cpu).
+Dice-like score of eval_results.json) and, per arm, the mean over seeds, with the CPU (unet_medical.base.cpu).
 Without --data_dir a synthetic set of --kind is generated (download_dataset.py --synthetic): it rehearses the
 comparison and says nothing about real images. A run folder that already holds eval_results.json is read, not
 retrained (delete it to measure again).
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from unet_medical.base.cpu import describe, read_cpu_info  # noqa: E402
+from unet_medical.base.runlog.backends import read_log  # noqa: E402
 
 # Scores worth comparing besides every "<class>_dice" (binary: a class's Dice is its F1).
 SCORES = ("v_rand_thinned", "v_info_thinned")
@@ -38,22 +41,33 @@ def scores_of(results: dict) -> dict[str, float]:
 
 
 def steps_of(run: pathlib.Path) -> int | None:
-    """The run's last logged training step (log.json DLLL records)."""
-    steps = [json.loads(line[5:]).get("step") for line in (run / "log.json").read_text().splitlines()
-             if line.startswith("DLLL ")]
-    numbers = [s[0] if isinstance(s, list) else s for s in steps]
-    return max((s for s in numbers if isinstance(s, int)), default=None)
+    """The steps a budgeted run trained (its RECIPE line with training_s), None when it has none."""
+    records = [r["data"] for r in read_log(run / "log.json") if r.get("step") == "RECIPE" and "training_s" in r["data"]]
+    return records[-1].get("steps") if records else None
+
+
+DEFAULT_ARMS = (("ce_dice", ["--loss", "ce_dice"]), ("ce_dice_cldice", ["--loss", "ce_dice_cldice"]))
+
+
+def parse_arm(text: str) -> tuple[str, list[str]]:
+    """'NAME=--flag value ...' -> (NAME, ["--flag", "value", ...]); NAME names the run folders."""
+    name, sep, flags = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"--arm {text!r}: expected NAME=\"FLAGS\" with NAME a plain word")
+    return name, shlex.split(flags)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", default="vessels")
     parser.add_argument("--data_dir", type=pathlib.Path)
-    parser.add_argument("--losses", nargs="+", default=["ce_dice", "ce_dice_cldice"])
+    parser.add_argument("--arm", action="append", type=parse_arm, dest="arms",
+                        help='NAME="main.py flags"; repeat for each arm (default: the two losses)')
     parser.add_argument("--time_budget", type=float, default=3.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--results_dir", type=pathlib.Path)
     args = parser.parse_args()
+    arms = dict(args.arms or DEFAULT_ARMS)
     print(f"CPU: {describe(read_cpu_info())}; load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         results_dir = args.results_dir or pathlib.Path(tmp)
@@ -63,22 +77,22 @@ def main() -> int:
             if not data.exists():
                 subprocess.run([sys.executable, str(REPO / "download_dataset.py"), "--synthetic", "--kind", args.kind,
                                 "--data_dir", str(data)], check=True, capture_output=True)
-        table: dict[str, list[dict[str, float]]] = {loss: [] for loss in args.losses}
+        table: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
         for seed in args.seeds:
-            for loss in args.losses:
-                run = results_dir / f"{loss}_seed{seed}"
+            for name, flags in arms.items():
+                run = results_dir / f"{name}_seed{seed}"
                 if not (run / "eval_results.json").exists():
                     subprocess.run(["bash", str(REPO / "examples" / "unet_CPU_TRAIN.sh"), str(data), str(run),
-                                    "--loss", loss, "--seed", str(seed), "--time_budget", str(args.time_budget),
+                                    *flags, "--seed", str(seed), "--time_budget", str(args.time_budget),
                                     "--no-saved_model"], check=True, capture_output=True,
                                    env={**os.environ, "PYTHONPATH": str(REPO)})
                 scores = scores_of(json.loads((run / "eval_results.json").read_text()))
-                table[loss].append(scores)
-                print(f"seed {seed} {loss}: {steps_of(run)} steps; "
+                table[name].append(scores)
+                print(f"seed {seed} {name} ({' '.join(flags)}): {steps_of(run)} steps; "
                       + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
-        for loss, rows in table.items():
+        for name, rows in table.items():
             keys = rows[0].keys() if rows else ()
-            print(f"mean over {len(rows)} seed(s), {loss}: "
+            print(f"mean over {len(rows)} seed(s), {name}: "
                   + ", ".join(f"{k} {sum(r[k] for r in rows) / len(rows):.4f}" for k in keys))
     return 0
 
