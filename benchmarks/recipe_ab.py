@@ -41,9 +41,14 @@ def scores_of(results: dict) -> dict[str, float]:
 
 
 def steps_of(run: pathlib.Path) -> int | None:
-    """The steps a budgeted run trained (its RECIPE line with training_s), None when it has none."""
-    records = [r["data"] for r in read_log(run / "log.json") if r.get("step") == "RECIPE" and "training_s" in r["data"]]
-    return records[-1].get("steps") if records else None
+    """The steps a run trained: its budget's RECIPE line, else (a --max_steps run) its last logged training step;
+    None when the log has neither."""
+    log = read_log(run / "log.json")
+    budget = [r["data"]["steps"] for r in log if r.get("step") == "RECIPE" and "steps" in r["data"]]
+    if budget:
+        return budget[-1]
+    steps = [r["step"] for r in log if isinstance(r.get("step"), int) and not isinstance(r.get("step"), bool)]
+    return max(steps, default=None)
 
 
 DEFAULT_ARMS = (("ce_dice", ["--loss", "ce_dice"]), ("ce_dice_cldice", ["--loss", "ce_dice_cldice"]))

@@ -36,3 +36,13 @@ def test_a_finished_run_gives_its_dice_scores_and_steps(tmp_path):
         "background_dice": 0.97, "vessel_dice": 0.81, "mean_dice": 0.89, "v_rand_thinned": 0.95}
     assert recipe_ab.steps_of(tmp_path) == 602
     assert recipe_ab.steps_of(tmp_path / "missing") is None
+
+
+def test_a_run_with_max_steps_gives_its_last_training_step(tmp_path):
+    backend = JSONStreamBackend(tmp_path / "log.json")
+    logger = Logger([backend], rank=0)
+    for step in (25, 50, 456):
+        logger.log(step, {"loss": 0.5})
+    logger.log(("eval", 456), {"mean_dice": 0.8})
+    backend.close()
+    assert recipe_ab.steps_of(tmp_path) == 456
