@@ -8,8 +8,11 @@ latency does not depend on their values) inside export.volume_serving.VolumeServ
 3-D run's SavedModel, `model_volume.onnx` and `model_volume.xml` carry: normalization (a CT window, or the
 case's own percentiles), resampling to --target_spacing and back when given, the Gaussian sliding window of
 --patch windows. Rows: the TensorFlow graph (what the SavedModel runs), OpenVINO at f32 and, where the CPU
-has bfloat16 and the run does not resample, bf16 (export.volume.whole_volume_file), and with --onnx
-onnxruntime (the conversion takes about a minute). Each row is checked against the graph's probabilities
+has bfloat16 and the run does not resample, bf16 (export.volume.whole_volume_file), with --onnx
+onnxruntime (the conversion takes about a minute), and what `--exec_mode predict` runs on a checkpoint: the
+Keras network under inference.sliding_window.sliding_window_predict (batches of --batch_size windows), in
+float32 and, where the CPU has bfloat16, in mixed bfloat16 (predict's --precision auto there); these two are
+fed the graph's own normalization, and a resampling run's predict rows leave out the resampling. Each row is checked against the graph's probabilities
 (max difference, share of equal labels) before it is timed (unet_medical.base.timing.time_alternating,
 one untimed round first). Also times the case percentiles as the graph finds them (bisection with counts,
 export.volume_serving.percentiles_tf) against a full tf.sort of the same values.
@@ -35,6 +38,8 @@ from unet_medical.base.timing import time_alternating  # noqa: E402
 from unet_medical.data.volume_slices import PERCENTILES  # noqa: E402
 from unet_medical.export.volume import whole_volume_file  # noqa: E402
 from unet_medical.export.volume_serving import VolumeServingModule, percentiles_tf  # noqa: E402
+from unet_medical.inference.sliding_window import sliding_window_predict  # noqa: E402
+from unet_medical.inference.tiling import keras_predictor  # noqa: E402
 from unet_medical.model.unet import UNetSpec, build_unet  # noqa: E402
 
 CT_WINDOW = (-200.0, 300.0)
@@ -45,6 +50,18 @@ def triple(text: str, kind: type = float) -> tuple:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"{text!r}: expected three comma-separated values")
     return values
+
+
+def bfloat16_copy(model: tf.keras.Model, spec: UNetSpec) -> tf.keras.Model:
+    """The same network and weights built under mixed_bfloat16, as predict rebuilds a checkpoint on a bf16 CPU."""
+    policy = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        copy = build_unet(spec)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def main() -> None:
@@ -58,11 +75,14 @@ def main() -> None:
     parser.add_argument("--target_spacing", type=triple, default=None)
     parser.add_argument("--onnx", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=4, help="windows per network call on predict's path "
+                        "(the CPU recipe's --batch_size)")
     args = parser.parse_args()
     cpu = read_cpu_info()
     tf.keras.utils.set_random_seed(0)
-    model = build_unet(UNetSpec(n_classes=3, base_filters=args.base_filters, depth=args.depth, padding="same",
-                                batch_norm=True, dropout=0.0, dims=3))
+    spec = UNetSpec(n_classes=3, base_filters=args.base_filters, depth=args.depth, padding="same",
+                    batch_norm=True, dropout=0.0, dims=3)
+    model = build_unet(spec)
     module = VolumeServingModule(model, (args.patch,) * 3, (None if args.window == "percentiles" else CT_WINDOW,),
                                  image_dtype=np.int16, target_spacing=args.target_spacing)
     volume = np.random.default_rng(0).integers(-1000, 1500, args.volume + (1,)).astype(np.int16)
@@ -81,6 +101,12 @@ def main() -> None:
         module.write_volume("onnx", workdir / "model_volume.onnx")
         serve = module.volume_server("onnx", workdir / "model_volume.onnx")
         rows["onnxruntime fp32"] = lambda serve=serve: serve(volume, spacing)
+    normalize = tf.function(module.normalize)
+    for precision in ["fp32"] + (["bf16"] if cpu.has_any(*BF16_FLAGS) else []):
+        predictor = keras_predictor(model if precision == "fp32" else bfloat16_copy(model, spec))
+        rows[f"predict Keras {precision}"] = lambda predictor=predictor: sliding_window_predict(
+            predictor, normalize(tf.constant(volume[None]))[0].numpy(), module.patch, overlap=module.overlap,
+            batch_size=args.batch_size)
     print(describe(cpu))
     print(f"int16 volume {'x'.join(map(str, args.volume))}, 3-D U-Net base {args.base_filters} depth {args.depth}, "
           f"{args.patch}^3 windows, {args.window}"
