@@ -11,8 +11,10 @@ case's own percentiles), resampling to --target_spacing and back when given, the
 has bfloat16 and the run does not resample, bf16 (export.volume.whole_volume_file), with --onnx
 onnxruntime (the conversion takes about a minute), and what `--exec_mode predict` runs on a checkpoint: the
 Keras network under inference.sliding_window.sliding_window_predict (batches of --batch_size windows), in
-float32 and, where the CPU has bfloat16, in mixed bfloat16 (predict's --precision auto there); these two are
-fed the graph's own normalization, and a resampling run's predict rows leave out the resampling. Each row is checked against the graph's probabilities
+float32 and, where the CPU has bfloat16, in mixed bfloat16 (predict's --precision auto there), and what
+`--exec_mode predict --model_path RUN/export/openvino_<precision>` runs: the exported patch network on OpenVINO
+under the same sliding window. The predict rows are fed the graph's own normalization, and a resampling run's
+predict rows leave out the resampling. Each row is checked against the graph's probabilities
 (max difference, share of equal labels) before it is timed (unet_medical.base.timing.time_alternating,
 one untimed round first). Also times the case percentiles as the graph finds them (bisection with counts,
 export.volume_serving.percentiles_tf) against a full tf.sort of the same values.
@@ -38,6 +40,8 @@ from unet_medical.base.timing import time_alternating  # noqa: E402
 from unet_medical.data.volume_slices import PERCENTILES  # noqa: E402
 from unet_medical.export.volume import whole_volume_file  # noqa: E402
 from unet_medical.export.volume_serving import VolumeServingModule, percentiles_tf  # noqa: E402
+from unet_medical.export.formats import write_openvino  # noqa: E402
+from unet_medical.inference.runtimes import openvino_predictor  # noqa: E402
 from unet_medical.inference.sliding_window import sliding_window_predict  # noqa: E402
 from unet_medical.inference.tiling import keras_predictor  # noqa: E402
 from unet_medical.model.unet import UNetSpec, build_unet  # noqa: E402
@@ -107,6 +111,12 @@ def main() -> None:
         rows[f"predict Keras {precision}"] = lambda predictor=predictor: sliding_window_predict(
             predictor, normalize(tf.constant(volume[None]))[0].numpy(), module.patch, overlap=module.overlap,
             batch_size=args.batch_size)
+    write_openvino(module, workdir / "openvino_patches", "fp32", None)
+    for precision in precisions:
+        predictor = openvino_predictor(workdir / "openvino_patches", precision)
+        rows[f"predict OpenVINO {precision}"] = lambda predictor=predictor: sliding_window_predict(
+            predictor, normalize(tf.constant(volume[None]))[0].numpy(), module.patch, overlap=module.overlap,
+            batch_size=args.batch_size)
     print(describe(cpu))
     print(f"int16 volume {'x'.join(map(str, args.volume))}, 3-D U-Net base {args.base_filters} depth {args.depth}, "
           f"{args.patch}^3 windows, {args.window}"
@@ -115,13 +125,13 @@ def main() -> None:
     for name, run in rows.items():
         if name != "TensorFlow graph":
             got = run()
-            print(f"{name:>18}: max |dp| {np.abs(got - reference).max():.2e}, labels equal on "
+            print(f"{name:>22}: max |dp| {np.abs(got - reference).max():.2e}, labels equal on "
                   f"{np.mean(got.argmax(-1) == reference.argmax(-1)):.4%} of voxels")
     times = time_alternating(rows, warmup=1, rounds=args.rounds)
     base = statistics.median(times["TensorFlow graph"])
     for name, seconds in times.items():
         median = statistics.median(seconds)
-        print(f"{name:>18}: median {median:8.2f} s  {base / median:5.2f}x the graph   "
+        print(f"{name:>22}: median {median:8.2f} s  {base / median:5.2f}x the graph   "
               f"rounds {', '.join(f'{s:.2f}' for s in seconds)}")
     values = tf.constant(volume.reshape(1, -1).astype(np.float64))
     bisection = tf.function(lambda v: percentiles_tf(v, PERCENTILES))
