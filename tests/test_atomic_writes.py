@@ -79,3 +79,28 @@ def test_a_crash_while_the_study_writes_its_tflite_keeps_the_previous_file(tmp_p
     with pytest.raises(Crash):
         study.export_file(build_unet(spec), info, export, "tflite", "int8", 32)
     assert folder_state(export) == {"model_int8.tflite": b"previous study's model"}
+
+
+def test_a_folder_is_written_under_a_temporary_name_and_replaces_an_older_one(tmp_path):
+    from unet_medical.base.fileio import atomic_write_folder, size_on_disk
+
+    target = tmp_path / "openvino_fp32"
+
+    def write(path: str, text: str = "graph") -> None:
+        folder = pathlib.Path(path)
+        folder.mkdir()
+        (folder / "model.xml").write_text(text)
+        (folder / "model.bin").write_bytes(b"\0" * 10)
+
+    assert atomic_write_folder(target, write) == target
+    atomic_write_folder(target, lambda p: write(p, "graph two"))
+    assert (target / "model.xml").read_text() == "graph two" and size_on_disk(target) == len("graph two") + 10
+
+    def crash(path: str) -> None:
+        write(path)
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_folder(target, crash)
+    assert (target / "model.xml").read_text() == "graph two"  # the older folder stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["openvino_fp32"]  # no staging folder left behind

@@ -154,3 +154,18 @@ def test_3d_model_json_and_packed_round_trip(int_model, volumes, tmp_path):
     path = tmp_path / "packed.npz"
     save_packed(int_model, CONFIG, path)
     np.testing.assert_array_equal(load_packed(path)(volumes).numpy(), int_model(volumes).numpy())
+
+
+def test_the_packed_writer_checks_a_3d_network_on_a_volume(tmp_path):
+    """The study ships fixed-point/INT 3-D variants as packed files: the writer's reload check takes a volume."""
+    from unet_medical.export.packed import packed_writer
+    from unet_medical.inference.artifact_formats import WriteRequest
+    from unet_medical.model.unet import UNetSpec, build_unet
+
+    spec = UNetSpec(n_classes=2, base_filters=4, depth=2, padding="same", dropout=0.0, dims=3)
+    keras.utils.set_random_seed(0)
+    model = quantize_unet(build_unet(spec), CONFIG)
+    model(np.random.default_rng(1).uniform(size=(1, 16, 16, 16, 1)).astype(np.float32), training=True)
+    fields = packed_writer(WriteRequest(model=model, module=None, spec=spec, path=tmp_path / "model_packed.npz",
+                                        precision="INT", tile_size=16, quantization=CONFIG.to_dict()))
+    assert fields["max_abs_logit_diff"] <= 1e-4 and fields["size_ratio_vs_float32"] > 2

@@ -252,3 +252,26 @@ def test_a_study_killed_while_recording_a_variant_resumes_it(tmp_path, fake_trai
     # Anything else in the folder is a started run: a record-less folder stays refused.
     (int8 / "made_from.json").unlink()
     assert run_small_study(tmp_path, data) == 2
+
+
+def test_a_3d_variant_is_timed_on_its_training_patch():
+    from types import SimpleNamespace
+
+    from unet_medical.cli.study import timing_input
+    from unet_medical.model.unet import UNetSpec
+
+    spec3 = UNetSpec(n_classes=3, base_filters=8, depth=3, padding="same", dims=3)
+    info = SimpleNamespace(volume={"patch_size": [32, 48, 32]}, variant="float")
+    assert timing_input(spec3, info, (512, 512), "fp32") == ((32, 48, 32), 32)
+    with pytest.raises(UNetError, match="without a recorded patch size"):
+        timing_input(spec3, SimpleNamespace(volume=None, variant="float"), (512, 512), "old")
+    spec2 = UNetSpec(n_classes=2, base_filters=8, depth=3, padding="same")
+    (h, w), side = timing_input(spec2, SimpleNamespace(volume=None, variant="float"), (512, 512), "fp32")
+    assert h == w == side >= 512
+
+
+def test_the_volume_study_file_loads_and_starts_every_variant_from_the_fp32_one():
+    base, variants = load_study(pathlib.Path(__file__).resolve().parents[1] / "examples" / "study_volume_cpu.yaml")
+    assert base["dims"] == "3" and base["patch_size"]
+    assert [v.name for v in variants][0] == "fp32"
+    assert all(v.flags.get("init_from") == "@fp32" for v in variants[1:])

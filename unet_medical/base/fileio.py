@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import Callable
 
@@ -28,6 +29,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> pathl
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return path
+
+
+def atomic_write_folder(path: str | os.PathLike, write: Callable[[str], None]) -> pathlib.Path:
+    """Call `write(staging_path)` to produce a folder (an OpenVINO IR, a SavedModel) under a temporary name beside
+    `path`, then move it into place, replacing an older folder there; a crash leaves no half-written `path`."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(str(staging / path.name))
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
@@ -73,3 +90,11 @@ def sha256_of(path: str | os.PathLike) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def size_on_disk(path: str | os.PathLike) -> int:
+    """Bytes of a file, or of every file below a folder (an OpenVINO IR, a SavedModel)."""
+    path = pathlib.Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -36,7 +36,7 @@ from unet_medical.base.timing import latency_stats, time_alternating
 from unet_medical.cli.config import Config, read_yaml_file
 from unet_medical.model.config import QuantizationSettings
 from unet_medical.base.errors import UNetError, run_cli
-from unet_medical.base.fileio import atomic_write, atomic_write_text
+from unet_medical.base.fileio import atomic_write, atomic_write_folder, atomic_write_text, size_on_disk
 from unet_medical.base.progress import Progress
 from unet_medical.inference.artifact_formats import WriteRequest, format_of
 from unet_medical.cli.study_record import (MadeFrom, data_files, differences, made_from_records, read_made_from,
@@ -197,7 +197,8 @@ def _free_name(path: pathlib.Path) -> pathlib.Path:
 
 def deployable(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple[pathlib.Path, str, Any]:
     """Write the file a deployment would ship and return (path, format, predictor that runs it):
-    an int8 TFLite model for QAT_INT8 (run by TFLite: its latency is the int8 kernels'), bit-packed
+    an int8 TFLite model for QAT_INT8 (run by TFLite: its latency is the int8 kernels'; a 3-D network: the
+    OpenVINO IR of the QAT graph, since TFLite cannot pool in 3-D), bit-packed
     weights for fixed-point/INT/BNN/ternary (rebuilt with dequantized float weights, as a deployment
     without integer kernels would run them), float32 weights otherwise (Keras). The first two are
     written and loaded by their registered export formats (the exporter's writers and runtimes)."""
@@ -205,6 +206,10 @@ def deployable(model: Any, info: Any, out_dir: pathlib.Path, tile: int) -> tuple
 
     export = out_dir / "export"
     export.mkdir(exist_ok=True)
+    if info.variant == "qat" and info.spec.get("dims") == 3:
+        # TFLite has no builtin MaxPool3D; OpenVINO reads the QAT graph's fake-quant nodes as int8 FakeQuantize.
+        path = export_file(model, info, export, "openvino", "fp32", tile)
+        return path, "openvino int8 (QAT)", format_of("openvino").loader()(path, {"precision": "fp32"})
     if info.variant in ("qat", "packed"):
         name, precision = ("tflite", "int8") if info.variant == "qat" else ("packed", info.quantization_config["quantization"])
         path = export_file(model, info, export, name, precision, tile)
@@ -221,38 +226,54 @@ def export_file(model: Any, info: Any, export_dir: pathlib.Path, export_format: 
                 tile: int) -> pathlib.Path:
     """Write one artefact with its registered format's writer (no calibration: QAT and packed need none)."""
     from unet_medical.export.serving import UNetServingModule
+    from unet_medical.export.volume import VolumeModule
     from unet_medical.model.unet import UNetSpec
 
     fmt = format_of(export_format)
     spec = UNetSpec(**info.spec)
-    module = UNetServingModule(model, spec)
+    module = VolumeModule(model) if spec.dims == 3 else UNetServingModule(model, spec)
 
-    def write(tmp: str) -> None:  # into a temporary file: a crash never leaves a truncated model to time
+    def write(tmp: str) -> None:  # into a temporary name: a crash never leaves a truncated model to time
         fmt.writer()(WriteRequest(model=model, module=module, spec=spec, path=pathlib.Path(tmp),
                                   precision=precision, tile_size=tile, quantization=info.quantization_config))
 
-    return atomic_write(export_dir / fmt.file_name(precision), write)
+    # OpenVINO writes a folder (model.xml + model.bin), the others one file
+    atomic = atomic_write_folder if export_format == "openvino" else atomic_write
+    return atomic(export_dir / fmt.file_name(precision), write)
+
+
+def timing_input(spec: Any, info: Any, image_hw: tuple[int, int], name: str) -> tuple[tuple[int, ...], int]:
+    """(spatial shape of the one input a variant is timed on, the fixed tile side of its exported file): the
+    tile predict plans for an image of image_hw, or for a --dims 3 run its training patch (the window its
+    sliding window runs)."""
+    from unet_medical.inference.tiling import plan_tiles
+
+    if spec.dims != 3:
+        tile = plan_tiles(spec, image_hw).tile_size
+        return (tile, tile), tile
+    patch = tuple(int(p) for p in (info.volume or {}).get("patch_size", ()))
+    if len(patch) != 3:
+        raise UNetError(f"study: variant {name!r} is a 3-D run without a recorded patch size (model.json volume)")
+    return patch, patch[0]
 
 
 def measure(results_dir: pathlib.Path, variants: Sequence[Variant], image_hw: tuple[int, int],
             rounds: int) -> dict[str, dict[str, Any]]:
-    """Load every variant in this one process; time one tile prediction round-robin; sizes."""
+    """Load every variant in this one process; time one tile (a 3-D run: one patch) round-robin; sizes."""
     import numpy as np
 
     from unet_medical.model.complexity import total_macs, total_params
-    from unet_medical.inference.tiling import plan_tiles
     from unet_medical.cli.assemble import load_trained
 
     loaded = {}
     for v in variants:
         model, spec, info, step = load_trained(variant_dir(results_dir, v.name), "last")
-        plan = plan_tiles(spec, image_hw)
-        tile = np.random.default_rng(0).random((1, plan.tile_size, plan.tile_size, spec.in_channels),
-                                               dtype=np.float32)
-        path, fmt, predictor = deployable(model, info, variant_dir(results_dir, v.name), plan.tile_size)
-        loaded[v.name] = {"predictor": predictor, "tile": tile, "stored_bytes": path.stat().st_size,
+        shape, tile_side = timing_input(spec, info, image_hw, v.name)
+        tile = np.random.default_rng(0).random((1, *shape, spec.in_channels), dtype=np.float32)
+        path, fmt, predictor = deployable(model, info, variant_dir(results_dir, v.name), tile_side)
+        loaded[v.name] = {"predictor": predictor, "tile": tile, "stored_bytes": size_on_disk(path),
                           "stored_format": fmt, "parameters": total_params(model), "step": step,
-                          "gmac_per_tile": total_macs(model, (plan.tile_size,) * 2) / 1e9}
+                          "gmac_per_tile": total_macs(model, shape) / 1e9}
     # warm-up 2: tracing and first-call allocation are not latency
     times = time_alternating({name: (lambda e=e: e["predictor"](e["tile"])) for name, e in loaded.items()}, 2, rounds)
     return {name: {**{k: v for k, v in latency_stats(times[name]).items() if k in ("latency_ms_p50", "latency_ms_p90")},
@@ -272,7 +293,7 @@ def summarize(results_dir: pathlib.Path, base: dict[str, Any], variants: Sequenc
         rows.append({"name": v.name, "quantization": flags.get("quantization", "NONE"),
                      "fixed_scheme": _fixed_scheme(flags), "weight_bits": _weight_bits(flags),
                      "rank_factor": flags.get("rank_factor"),
-                     **measured[v.name], "score": ev.get(key),
+                     **measured[v.name], "score": ev.get(key), "score_name": key,
                      **{k: ev.get(k) for k in ("membrane_dice", "interior_dice", "mean_dice", "v_rand_thinned", "v_info_thinned",
                                                 "pixel_error")},
                      "score_before_finetune": before.get(key), "train_seconds": done["train_seconds"]})
@@ -398,7 +419,9 @@ def report_study(results_dir: pathlib.Path, base: dict[str, Any], variants: Sequ
     """Time every finished variant side by side and write study.csv, study.md and pareto.png."""
     measured = measure(results_dir, variants, (args.latency_image,) * 2, args.latency_rounds)
     rows = summarize(results_dir, base, variants, measured, args.metric)
-    write_outputs(results_dir, rows, args.metric)
+    # the score the table shows: --metric, or mean_dice where the runs have no such key (volumes: no membrane)
+    names = {r["score_name"] for r in rows}
+    write_outputs(results_dir, rows, names.pop() if len(names) == 1 else args.metric)
     print((results_dir / "study.md").read_text())
 
 

@@ -49,6 +49,7 @@ import tensorflow as tf
 from unet_medical.model.unet import UNetSpec, margin as model_margin
 from unet_medical.base.artifacts import read_export_document, write_export_document
 from unet_medical.base.errors import UNetError
+from unet_medical.base.fileio import size_on_disk
 from unet_medical.base.registry import resolve
 from unet_medical.inference.runtimes import EXPORT_JSON, PROBABILITIES, TILE_SIGNATURE
 from unet_medical.export.parity import SharedExportWork, parity_reports
@@ -459,7 +460,7 @@ def export_model(model: Any, spec: UNetSpec, class_names: Sequence[str], export_
         target = export_dir / name
         _remove(target)
         os.replace(staged, target)
-        entry["size_bytes"] = _size_bytes(target)
+        entry["size_bytes"] = size_on_disk(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     record_artifact(export_dir, entry)
@@ -537,10 +538,4 @@ def _remove(path: pathlib.Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-
-
-def _size_bytes(path: pathlib.Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 

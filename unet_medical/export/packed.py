@@ -43,7 +43,8 @@ def packed_writer(request: WriteRequest) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=request.path.parent) as tmp:
         float_bytes = save_float32(request.model, pathlib.Path(tmp) / "fp32_reference.npz")
     size = smallest_valid_input(request.spec, 32)
-    tile = np.random.default_rng(0).random((1, size, size, request.spec.in_channels), dtype=np.float32)
+    tile = np.random.default_rng(0).random((1, *(size,) * request.spec.dims, request.spec.in_channels),
+                                           dtype=np.float32)  # an image, or a volume for a 3-D network
     max_diff = float(np.max(np.abs(load_packed(request.path)(tile).numpy() - request.model(tile).numpy())))
     if max_diff > MAX_LOGIT_DIFF:
         raise UNetError(f"{request.path.name}: the reloaded packed model differs from the trained one by {max_diff}")

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from unet_medical.base.errors import UNetError
+from unet_medical.base.fileio import size_on_disk
 from unet_medical.data.volume_resample import probabilities_on_grid
 from unet_medical.export.formats import check_export_request, record_artifact
 from unet_medical.export.parity import PARITY_THRESHOLDS, ParityReport, compare_probabilities
@@ -201,8 +202,7 @@ def export_volume_model(model: Any, export_dir: str | os.PathLike, export_format
             written = export_dir / volume_file
             entry["volume_size_bytes"] = sum(f.stat().st_size for f in (written, written.with_suffix(".bin"))
                                              if f.is_file())
-        entry["size_bytes"] = (target.stat().st_size if target.is_file()
-                               else sum(p.stat().st_size for p in target.rglob("*") if p.is_file()))
+        entry["size_bytes"] = size_on_disk(target)
         if volume_file and target.is_dir():  # the artefact's own size, as other formats state it
             entry["size_bytes"] -= entry["volume_size_bytes"]
     finally:
