@@ -68,12 +68,12 @@ def toy_module(tmp_path, monkeypatch):
 
 
 def test_plugin_names_become_valid_choices(toy_module, tmp_path):
-    with pytest.raises(UNetError, match=r"^--loss='toy_fast': expected one of ce_dice$"):
+    with pytest.raises(UNetError, match=r"^--loss='toy_fast': expected one of ce_dice, ce_dice_cldice$"):
         _validate_loss("toy_fast", tmp_path)  # before the plugin is loaded the name is unknown
     cfg = parse_config(["--exec_mode", "train", "--model_dir", str(tmp_path / "run"), "--plugins", toy_module,
                         "--loss", "toy_fast"])
     assert cfg.loss == "toy_fast" and cfg.plugins == toy_module
-    assert LOSSES.names() == ("ce_dice", "toy_fast") and LOSSES.get("toy_fast")(None, None, 2) == 0.0
+    assert LOSSES.names() == ("ce_dice", "ce_dice_cldice", "toy_fast") and LOSSES.get("toy_fast")(None, None, 2) == 0.0
     assert plugins.load_plugins(toy_module) == []  # a second load imports nothing again
 
 
@@ -89,7 +89,7 @@ def test_unknown_names_and_missing_modules_are_one_line_errors(tmp_path):
     assert "\n" not in str(err.value) and "--loss" in str(err.value) and "ce_dice" in str(err.value)
     with pytest.raises(UNetError) as err:
         LOSSES.get("nope")
-    assert str(err.value) == "--loss: unknown loss 'nope' (choices: ce_dice)"
+    assert str(err.value) == "--loss: unknown loss 'nope' (choices: ce_dice, ce_dice_cldice)"
     with pytest.raises(UNetError, match=r"--export_format: unknown export format 'nope' \(choices: savedmodel, "):
         EXPORT_FORMATS.get("nope")
     with pytest.raises(UNetError, match="--plugins: cannot import plugin module 'no_such_plugin_mod'"):

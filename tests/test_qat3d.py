@@ -1,6 +1,9 @@
 """TF-MOT 8-bit QAT of a 3-D network: Conv3D / Conv3DTranspose get ConvQuantizeConfig (TF-MOT's default
 registry leaves them out), the QAT model trains, round-trips through .h5, converts to int8 TFLite with the
 one exporter's converter and agrees with the Keras QAT model (same tolerance as tests/test_qat.py)."""
+import dataclasses
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -117,3 +120,25 @@ def test_max_pool_3d_is_refused_by_name():
     # Looked for through TF-MOT's wrapper: the converter's own error would be about quantization scales.
     with pytest.raises(UNetError, match=r"^layer 'quant_pool' \(MaxPooling3D\)"):
         keras_to_tflite(quantize_model_qat(float_model), (SIZE, SIZE, SIZE, 1))
+
+
+@pytest.mark.slow  # seconds of TensorFlow and OpenVINO work
+def test_the_study_ships_a_3d_qat_network_with_max_pooling_as_openvino_int8(data, tmp_path):
+    """TFLite cannot pool in 3-D, so the compression study's deployable QAT file for a volume network is the
+    OpenVINO IR of the QAT graph: its fake-quant nodes become FakeQuantize (int8), and it agrees with Keras."""
+    import openvino as ov
+
+    from unet_medical.cli.study import deployable
+    from unet_medical.model.unet import UNetSpec
+
+    keras.utils.set_random_seed(0)
+    model = quantize_model_qat(tiny_bn_unet3d(max_pool=True))
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy())
+    model.fit(*data, batch_size=1, epochs=3, verbose=0)
+    spec = UNetSpec(n_classes=2, base_filters=4, depth=1, padding="same", dims=3)
+    info = SimpleNamespace(variant="qat", spec=dataclasses.asdict(spec), quantization_config=None)
+    path, label, predictor = deployable(model, info, tmp_path, SIZE)
+    assert label == "openvino int8 (QAT)" and (path / "model.xml").is_file() and (path / "model.bin").is_file()
+    assert "FakeQuantize" in {op.get_type_name() for op in ov.Core().read_model(str(path / "model.xml")).get_ops()}
+    agreement = np.mean(predictor(data[0]).argmax(-1) == model.predict(data[0], verbose=0).argmax(-1))
+    assert agreement >= 0.99
