@@ -27,6 +27,7 @@ import pathlib
 import statistics
 import sys
 import tempfile
+from typing import Callable
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -106,17 +107,18 @@ def main() -> None:
         serve = module.volume_server("onnx", workdir / "model_volume.onnx")
         rows["onnxruntime fp32"] = lambda serve=serve: serve(volume, spacing)
     normalize = tf.function(module.normalize)
-    for precision in ["fp32"] + (["bf16"] if cpu.has_any(*BF16_FLAGS) else []):
-        predictor = keras_predictor(model if precision == "fp32" else bfloat16_copy(model, spec))
-        rows[f"predict Keras {precision}"] = lambda predictor=predictor: sliding_window_predict(
-            predictor, normalize(tf.constant(volume[None]))[0].numpy(), module.patch, overlap=module.overlap,
-            batch_size=args.batch_size)
+
+    def predict_path(predictor) -> Callable[[], np.ndarray]:
+        """What predict runs: the graph's normalization, then the NumPy sliding window over `predictor`."""
+        return lambda: sliding_window_predict(predictor, normalize(tf.constant(volume[None]))[0].numpy(),
+                                              module.patch, overlap=module.overlap, batch_size=args.batch_size)
+
     write_openvino(module, workdir / "openvino_patches", "fp32", None)
-    for precision in precisions:
-        predictor = openvino_predictor(workdir / "openvino_patches", precision)
-        rows[f"predict OpenVINO {precision}"] = lambda predictor=predictor: sliding_window_predict(
-            predictor, normalize(tf.constant(volume[None]))[0].numpy(), module.patch, overlap=module.overlap,
-            batch_size=args.batch_size)
+    # patch networks run at bf16 wherever the CPU has it (the NaN of resampled whole-volume graphs is not theirs)
+    for precision in ["fp32"] + (["bf16"] if cpu.has_any(*BF16_FLAGS) else []):
+        rows[f"predict Keras {precision}"] = predict_path(
+            keras_predictor(model if precision == "fp32" else bfloat16_copy(model, spec)))
+        rows[f"predict OpenVINO {precision}"] = predict_path(openvino_predictor(workdir / "openvino_patches", precision))
     print(describe(cpu))
     print(f"int16 volume {'x'.join(map(str, args.volume))}, 3-D U-Net base {args.base_filters} depth {args.depth}, "
           f"{args.patch}^3 windows, {args.window}"
