@@ -56,7 +56,7 @@ QUANTIZATION_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activa
                      "activation_f_width", "weight_bits", "activation_bits", "keep_first_float", "keep_last_float")
 # What a resume may not change: the checkpoint's weights were trained with these.
 RESUME_FIXED_KEYS = (*ARCHITECTURE_KEYS, *SPLIT_KEYS, *DATA_KEYS, *QUANTIZATION_KEYS, "fixed_scheme",
-                     "init_from", "rank_factor", "rank", "rank_min", *VOLUME_KEYS)
+                     "init_from", "rank_factor", "rank", "rank_min", *VOLUME_KEYS, "deep_supervision")
 # What a resume inherits but may change by flag: left out, the resume finishes the same run.
 RESUME_INHERITED_KEYS = ("crop_size", "max_steps", "num_epochs", "batch_size", "seed", "evaluate_every", "checkpoint")
 RESUME_FLAG = "--model_dir (--resume_training)"

@@ -23,7 +23,7 @@ import io
 import json
 import pathlib
 import zipfile
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import tf_keras as keras
@@ -69,22 +69,25 @@ def optimizer_state(optimizer: Any) -> list:
     return list(optimizer.variables) + loss_scale_variables(optimizer)
 
 
-def _variables(model: Any, optimizer: Any | None) -> dict[str, list]:
+def _variables(model: Any, optimizer: Any | None, aux: Sequence[Any] = ()) -> dict[str, list]:
     groups = {"model": list(model.weights)}
     if optimizer is not None:
         groups["optimizer"] = list(optimizer.variables)
         scale = loss_scale_variables(optimizer)
         if scale:
             groups["loss_scale"] = scale
+    if aux:
+        groups["aux"] = list(aux)
     return groups
 
 
 def save_checkpoint(path: str | pathlib.Path, model: Any, optimizer: Any | None = None, *,
-                    step: int, meta: dict[str, Any] | None = None) -> pathlib.Path:
-    """Write model (and optimizer) variables plus `step` and JSON-able `meta` to `path` atomically."""
+                    step: int, meta: dict[str, Any] | None = None, aux: Sequence[Any] = ()) -> pathlib.Path:
+    """Write model (and optimizer) variables plus `step` and JSON-able `meta` to `path` atomically. `aux`:
+    variables that train but do not ship (training.deep_supervision's heads), the "aux" group."""
     arrays: dict[str, np.ndarray] = {}
     names: dict[str, list[str]] = {}
-    for group, variables in _variables(model, optimizer).items():
+    for group, variables in _variables(model, optimizer, aux).items():
         names[group] = [v.name for v in variables]
         for i, v in enumerate(variables):
             arrays[f"{group}/{i:05d}"] = v.numpy()
@@ -111,8 +114,10 @@ def _open(path: str | pathlib.Path) -> Any:
         raise UNetError(f"checkpoint {path} is unreadable or corrupt ({exc})") from None
 
 
-def load_checkpoint(path: str | pathlib.Path, model: Any, optimizer: Any | None = None) -> CheckpointInfo:
-    """Restore variables saved by save_checkpoint into `model` (and `optimizer`, which must be built).
+def load_checkpoint(path: str | pathlib.Path, model: Any, optimizer: Any | None = None,
+                    aux: Sequence[Any] = ()) -> CheckpointInfo:
+    """Restore variables saved by save_checkpoint into `model` (and `optimizer`, which must be built, and
+    the `aux` variables).
 
     Raises UNetError if the checkpoint does not match the model's variables in count, name or shape.
     """
@@ -120,7 +125,7 @@ def load_checkpoint(path: str | pathlib.Path, model: Any, optimizer: Any | None 
     with _open(path) as data:
         try:
             header = json.loads(data["header"].tobytes().decode("utf-8"))
-            groups = _variables(model, optimizer)
+            groups = _variables(model, optimizer, aux)
             pending, missing = [], []
             for group, variables in groups.items():
                 saved_names = header["names"].get(group)
@@ -128,12 +133,13 @@ def load_checkpoint(path: str | pathlib.Path, model: Any, optimizer: Any | None 
                     missing.append(group)
                     continue
                 if saved_names is None:
-                    raise UNetError(f"checkpoint {path} holds no {group} state")
+                    why = " (it was written without --deep_supervision)" if group == "aux" else ""
+                    raise UNetError(f"checkpoint {path} holds no {group} state{why}")
                 if len(saved_names) != len(variables):
                     raise UNetError(
                         f"checkpoint {path} does not match the model: it holds {len(saved_names)} {group} "
                         f"variables, the model has {len(variables)} (different --base_filters/--depth/"
-                        "--batch_norm/--padding or quantization?)")
+                        "--batch_norm/--padding, quantization or --deep_supervision?)")
                 for i, v in enumerate(variables):
                     value = data[f"{group}/{i:05d}"]
                     if tuple(value.shape) != tuple(v.shape):

@@ -21,6 +21,7 @@ import tf_keras as keras
 
 from unet_medical.training import budget
 from unet_medical.training import checkpoint as ckpt
+from unet_medical.training.deep_supervision import SupervisedNetwork, supervise
 from unet_medical.base.errors import UNetError
 from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
 from unet_medical.data.patches3d import PatchSize, VolumeAugment, make_patch_dataset
@@ -49,6 +50,7 @@ class TrainSettings(Protocol):
     lr_schedule: str
     weight_decay: float
     time_budget: float | None  # minutes; None: train to max_steps (utils.training.budget)
+    deep_supervision: bool
 
 
 class TrainingDiverged(UNetError):
@@ -127,10 +129,13 @@ class TrainState:
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_classes: int,
                     dice_weight: float, dist: Any, xla: bool = False,
-                    class_weights: Sequence[float] | None = None, loss: str = DEFAULT_LOSS) -> Callable:
+                    class_weights: Sequence[float] | None = None, loss: str = DEFAULT_LOSS,
+                    supervised: SupervisedNetwork | None = None) -> Callable:
     """One compiled optimization step: forward, the --loss (default CE + soft Dice), reduced gradients, update.
 
-    `class_weights` (one per class) weigh each pixel's cross-entropy by its true class.
+    `class_weights` (one per class) weigh each pixel's cross-entropy by its true class. With `supervised`
+    (--deep_supervision) the step trains `supervised.trained` (the model and its heads) on the loss of every
+    supervised level.
 
     Under a float16 policy the optimizer is a LossScaleOptimizer: the loss is scaled before the
     gradient and the gradients unscaled after, so small float16 gradients do not flush to zero.
@@ -140,19 +145,24 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n
     weight_table = None if class_weights is None else tf.constant(class_weights, tf.float32)
     loss_fn = LOSSES.get(loss)  # looked up once, outside the traced step
 
+    network = model if supervised is None else supervised.trained
+
     def train_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            logits = model(images, training=True)
+            outputs = network(images, training=True)
             weights = None if weight_table is None else tf.gather(weight_table, labels)
-            value = loss_fn(logits, labels, n_classes, dice_weight=dice_weight, weights=weights)
-            if model.losses:
-                value += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+            if supervised is None:
+                value = loss_fn(outputs, labels, n_classes, dice_weight=dice_weight, weights=weights)
+            else:
+                value = supervised.loss(loss_fn, outputs, labels, n_classes, dice_weight, weights)
+            if network.losses:
+                value += tf.add_n([tf.cast(x, tf.float32) for x in network.losses])
             target = optimizer.get_scaled_loss(value) if scaled else value
-        grads = tape.gradient(target, model.trainable_variables)
+        grads = tape.gradient(target, network.trainable_variables)
         if scaled:
             grads = optimizer.get_unscaled_gradients(grads)
         grads = dist.reduce_gradients(grads)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        optimizer.apply_gradients(zip(grads, network.trainable_variables))
         return value
 
     return dist.compile_step(train_step, xla=xla)
@@ -199,6 +209,12 @@ class Trainer:
     seed: int
     rank: int = 0
     world_size: int = 1
+    supervised: SupervisedNetwork | None = None  # --deep_supervision's heads (trained, never shipped)
+
+    @property
+    def aux_variables(self) -> list[tf.Variable]:
+        """The deep-supervision heads' weights (last.npz's "aux" group); [] without them."""
+        return [] if self.supervised is None else self.supervised.aux_variables
 
     @property
     def schedule(self) -> WarmupSchedule:
@@ -225,11 +241,13 @@ def build_trainer(cfg: TrainSettings, model: keras.Model, data: TrainData, dist:
     """Optimizer (built, on the schedule of cfg), compiled train step (class weights, loss scaling, --xla)
     and batch stream of `model` trained on `data` by the workers of `dist`."""
     with dist.scope():
+        supervised = supervise(model, data.n_classes) if cfg.deep_supervision else None
         optimizer = make_optimizer(cfg, dist.size)
-        optimizer.build(model.trainable_variables)
+        optimizer.build((supervised.trained if supervised else model).trainable_variables)
     step = make_train_step(model, optimizer, data.n_classes, cfg.dice_weight, dist, xla=cfg.xla,
-                           class_weights=data.class_weights, loss=cfg.loss)
-    return Trainer(optimizer, step, data, cfg.batch_size, cfg.seed, rank=dist.rank, world_size=dist.size)
+                           class_weights=data.class_weights, loss=cfg.loss, supervised=supervised)
+    return Trainer(optimizer, step, data, cfg.batch_size, cfg.seed, rank=dist.rank, world_size=dist.size,
+                   supervised=supervised)
 
 
 def timed(call: Callable[[], Any]) -> float:
@@ -271,7 +289,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
                 f"{last_path} already holds a checkpoint at step {info.step}: pass --resume_training to "
                 "continue it, or choose a new --model_dir (nothing in model_dir is ever overwritten "
                 "from scratch)")
-        info = ckpt.load_checkpoint(last_path, model, optimizer)
+        info = ckpt.load_checkpoint(last_path, model, optimizer, aux=trainer.aux_variables)
         state.step, state.best_score = info.step, info.meta.get("best_score")
         # A budgeted run's fixed decay start (a resume never measures again; utils.cli.modes hands the
         # loop the recorded total); older checkpoints decay from the end of warm-up.
@@ -285,7 +303,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
         trainer.schedule.hold()
     else:
         trainer.schedule.set_total(total, decay_start)
-    dist.broadcast_variables(list(model.variables) + ckpt.optimizer_state(optimizer))
+    dist.broadcast_variables(list(model.variables) + trainer.aux_variables + ckpt.optimizer_state(optimizer))
     if on_start is not None:
         on_start(state.step)
     evaluate_every = cfg.evaluate_every if total is not None else None  # a budget's: once its total is fixed
@@ -294,6 +312,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
     def save(path: pathlib.Path, with_optimizer: bool) -> None:
         if dist.is_chief:
             ckpt.save_checkpoint(path, model, optimizer if with_optimizer else None, step=state.step,
+                                 aux=trainer.aux_variables if with_optimizer else (),
                                  meta={"best_score": state.best_score, "fold": cfg.fold, "total_steps": total,
                                        "decay_start": decay_start if total is not None else None})
 
