@@ -160,14 +160,54 @@ def test_the_serving_graph_applies_flips_and_threshold_as_predict_does():
     np.testing.assert_array_equal(out["labels"].numpy()[0], decide_labels(expected, 0.3, 0))
 
 
+DECISION_PASSES: list[bool] = []  # chosen_run's: the flips setting of each prediction its decision made
+
+
 @pytest.fixture(scope="module")
 def chosen_run(tmp_path_factory):
+    """A tiny run (DECISION_PASSES: what its end-of-training decision predicted)."""
+    from unet_medical.cli import decide
+
     data = write_tiny_data(tmp_path_factory)
     run = tmp_path_factory.mktemp("runs") / "run"
     flags = [f for f in TINY if f != "--no-saved_model"]
-    main.main(["--exec_mode", "train_and_evaluate", "--data_dir", str(data), "--model_dir", str(run),
-               "--num_folds", "5", "--fold", "0", *flags])
+    def counted(*args, tta=False, **kwargs):
+        DECISION_PASSES.append(bool(tta))
+        return predict_images(*args, tta=tta, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decide, "predict_images", counted)
+        assert main.main(["--exec_mode", "train_and_evaluate", "--data_dir", str(data), "--model_dir", str(run),
+                          "--num_folds", "5", "--fold", "0", *flags]) == 0
     return data, run
+
+
+@pytest.mark.slow  # a tiny training run
+def test_the_decision_reuses_the_final_evaluations_plain_pass(chosen_run):
+    """The final evaluation predicted the shipped weights already: the decision predicts only the flips, and
+    the plain score it takes equals a fresh prediction of the shipped model."""
+    from unet_medical.base.artifacts import load_run_record
+    from unet_medical.cli.assemble import load_training_set, restore_model
+    from unet_medical.cli.config import parse_config
+    from unet_medical.cli.decide import choose_run_decision
+    from unet_medical.data.folds import fold_split
+    from tests.recording import RecordingLogger
+
+    data, run = chosen_run
+    assert DECISION_PASSES == [True]  # the flips alone: the plain pass was the final evaluation's
+    record = json.loads((run / "model.json").read_text())["decision"]
+    assert record["first_pass"] == "the final evaluation's"
+    cfg = parse_config(["--exec_mode", "evaluate", "--model_dir", str(run), "--no-tta"])
+    shipped, spec, info = restore_model(cfg)
+    assert info.step == json.loads((run / "eval_results.json").read_text())["step"] == 4
+    training_set = load_training_set(cfg)
+    _, val_idx = fold_split(len(training_set.images), cfg.num_folds, cfg.fold)
+    (run / "fresh").mkdir()
+    fresh, _ = choose_run_decision(cfg.replace(model_dir=str(run / "fresh")), shipped, spec,
+                                   [training_set.images[i] for i in val_idx], [training_set.masks[i] for i in val_idx],
+                                   training_set.class_names, load_run_record(run), RecordingLogger())
+    assert fresh.decision["first_pass"] == "predicted"
+    assert fresh.decision["scores"]["argmax"] == pytest.approx(record["scores"]["argmax"], abs=1e-5)
 
 
 @pytest.mark.slow  # a tiny training run, a SavedModel and a predict

@@ -261,7 +261,9 @@ def test_a_run_that_mirrors_scores_eval_results_from_the_maps_it_chose_on(mirror
     run, calls = mirrored_run["run"], mirrored_run["calls"]
     decision = load_run_record(run).decision
     assert decision["tta"] is True and decision["chosen"] == "argmax_tta"
-    assert calls[calls.index(("decision", False)):] == [("decision", False), ("decision", True)]  # no third pass
+    # The decision took the final evaluation's plain pass and predicted the mirrored one alone; no third pass.
+    assert calls[-2:] == [("evaluate", False), ("decision", True)] and ("decision", False) not in calls
+    assert decision["first_pass"] == "the final evaluation's"
     results = json.loads((run / "eval_results.json").read_text())
     assert results["tta"] is True and results["decision"] == decision
     assert results["mean_dice"] == pytest.approx(decision["scores"]["argmax_tta"])

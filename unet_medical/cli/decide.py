@@ -15,6 +15,7 @@ Dice over cases and foreground classes, and climb the same ladder (evaluation.de
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 from typing import Any, Sequence
@@ -36,11 +37,29 @@ TTA_TRIAL_LIMIT_S = 180.0
 MAX_SCANNED_FOREGROUND = 2  # the issue's rule: a threshold where the data has one or two foreground classes
 
 
+@dataclasses.dataclass(frozen=True)
+class PlainPass:
+    """The validation fold as an evaluation just predicted it under the training-time rule (`tta`), at `step`:
+    `result` is the probabilities, (H, W, K) per image (2-D), or score_volumes' eval_results (volumes), and
+    `seconds` the prediction's wall time. The decision reuses it when the shipped weights are that step's."""
+
+    step: int
+    tta: bool
+    seconds: float
+    result: Any
+
+
+def reusable(latest: PlainPass | None, step: int, tta: bool) -> PlainPass | None:
+    """`latest` if it predicted the weights of checkpoint `step` under mirroring/flips `tta`, else None."""
+    return latest if latest is not None and latest.step == step and latest.tta == tta else None
+
+
 def choose_run_decision(cfg: Any, model: Any, spec: Any, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                        class_names: Sequence[str], record: RunRecord, logger: runlog.Logger
-                        ) -> tuple[RunRecord, dict[bool, list[np.ndarray]]]:
+                        class_names: Sequence[str], record: RunRecord, logger: runlog.Logger,
+                        plain: PlainPass | None = None) -> tuple[RunRecord, dict[bool, list[np.ndarray]]]:
     """Choose, log and record the decision of `model` (the weights the run ships) on the validation
-    `images` (raw, (H, W, C)) and `masks` (H, W).
+    `images` (raw, (H, W, C)) and `masks` (H, W). `plain`: the first pass (unflipped, or --tta's), already
+    predicted from these weights by the final evaluation, is taken instead of predicted again.
 
     Returns `record` with its "decision" set (also saved to model.json; record_in_results adds it to
     eval_results.json once that file scores the chosen rule) and the validation probabilities, (H, W, K)
@@ -60,8 +79,11 @@ def choose_run_decision(cfg: Any, model: Any, spec: Any, images: Sequence[np.nda
 
     start = time.perf_counter()
     allowed = [False, True] if cfg.tta is None else [bool(cfg.tta)]
-    probs_by_tta = {allowed[0]: probabilities(allowed[0])}
-    plain_seconds = time.perf_counter() - start
+    if plain is not None and plain.tta == allowed[0]:
+        probs_by_tta, plain_seconds = {allowed[0]: list(plain.result)}, plain.seconds
+    else:
+        probs_by_tta = {allowed[0]: probabilities(allowed[0])}
+        plain_seconds = time.perf_counter() - start
     tta_note = ""
     if len(allowed) == 2:
         if 8 * plain_seconds <= TTA_TRIAL_LIMIT_S:
@@ -73,7 +95,8 @@ def choose_run_decision(cfg: Any, model: Any, spec: Any, images: Sequence[np.nda
     why_threshold = ("--threshold given" if parsed != AUTO else
                      f"{foreground} foreground classes: the argmax is kept" if not scan else "chosen on validation")
     choice = {**choice, "reason": choice["reason"] + tta_note, "threshold_rule": why_threshold,
-              "validation_images": len(images), "seconds": round(time.perf_counter() - start, 1)}
+              "validation_images": len(images), "seconds": round(time.perf_counter() - start, 1),
+              "first_pass": "the final evaluation's" if plain is not None else "predicted"}
     logger.log("RECIPE", {"flag": "threshold", "value": "argmax" if choice["threshold"] is None else choice["threshold"],
                           "reason": f"{why_threshold}: {choice['reason']}"})
     logger.log("RECIPE", {"flag": "tta", "value": choice["tta"],
@@ -83,10 +106,11 @@ def choose_run_decision(cfg: Any, model: Any, spec: Any, images: Sequence[np.nda
     return record, probs_by_tta
 
 
-def choose_volume_run_decision(cfg: Any, model: Any, evaluator: Any, record: RunRecord, logger: runlog.Logger
-                               ) -> tuple[RunRecord, dict[bool, dict[str, Any]]]:
+def choose_volume_run_decision(cfg: Any, model: Any, evaluator: Any, record: RunRecord, logger: runlog.Logger,
+                               plain: PlainPass | None = None) -> tuple[RunRecord, dict[bool, dict[str, Any]]]:
     """Choose, log and record whether a volume run mirrors, with `model` (the weights the run ships) on
-    the validation cases of `evaluator` (cli.volume_modes.VolumeEvaluator: predict, score).
+    the validation cases of `evaluator` (cli.volume_modes.VolumeEvaluator: predict, score). `plain`: the
+    final evaluation's scores of these weights, taken for the pass it made instead of predicting again.
 
     Returns `record` with its "decision" set (also saved to model.json) and the eval_results of the
     validation cases (evaluation.volumes.score_volumes) without (False) and with (True) mirroring, as far
@@ -101,6 +125,9 @@ def choose_volume_run_decision(cfg: Any, model: Any, evaluator: Any, record: Run
             tta_note = (f"; mirroring not tried: 8 passes over the fold would take about {8 * seconds[False]:.0f} s "
                         f"(limit {TTA_TRIAL_LIMIT_S:g} s)")
             break
+        if plain is not None and plain.tta == tta:
+            seconds[tta], results[tta] = plain.seconds, plain.result
+            continue
         start = time.perf_counter()
         predictions = evaluator.predict(model, tta, "decision")
         seconds[tta] = time.perf_counter() - start  # the prediction alone: scoring costs both passes alike
@@ -111,7 +138,8 @@ def choose_volume_run_decision(cfg: Any, model: Any, evaluator: Any, record: Run
     why_threshold = "volumes keep the argmax (a threshold is chosen for 2-D images only)"
     choice = {**choice, "reason": f"{choice['reason']}; measured {measured}{tta_note}", "threshold_rule": why_threshold,
               "validation_cases": len(evaluator.cases), "predict_seconds": {str(t).lower(): round(s, 1)
-                                                                           for t, s in seconds.items()}}
+                                                                           for t, s in seconds.items()},
+              "first_pass": "the final evaluation's" if plain is not None else "predicted"}
     logger.log("RECIPE", {"flag": "threshold", "value": "argmax", "reason": why_threshold})
     logger.log("RECIPE", {"flag": "tta", "value": choice["tta"],
                           "reason": ("--tta given; " if cfg.tta is not None else "") + choice["reason"]})

@@ -38,6 +38,7 @@ from unet_medical.cli.recipe import recorded_input_scale
 from unet_medical.cli.assemble import (load_training_set, log_path, make_logger, make_model, quantization_config,
                               restore_model)
 from unet_medical.cli.curves import write_curves
+from unet_medical.cli.decide import PlainPass
 from unet_medical.base.runlock import run_lock
 from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, recorded_validation,
                                       refuse_overwrite, require_source, run_source, select_by_name)
@@ -68,49 +69,68 @@ def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.nda
 
 
 
-def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val_idx: np.ndarray,
-                        logger: runlog.Logger, normalization: str, input_scale: float = 1.0,
-                        origin: dict[str, Any] | None = None, results_name: str = EVAL_RESULTS,
-                        decision: Decision = Decision(), decision_record: dict[str, Any] | None = None):
+class FoldEvaluator:
     """evaluate(model, step): scores of the validation images under `decision` into model_dir/`results_name`
     with the `origin` provenance block (cli.provenance) and, when `decision` is the run's recorded choice,
     its `decision_record` (how it was chosen); the training run's own file (EVAL_RESULTS) also gets the
-    best/worst case overlays that belong to it."""
-    images = [normalize_image(data.images[i], normalization) for i in val_idx]
-    masks = [data.masks[i] for i in val_idx]
-    names = [data.names[i] for i in val_idx]
-    skip = background_class(data.class_names)
+    best/worst case overlays that belong to it. `latest` keeps the probabilities of its last prediction under
+    the default rule (cli.decide.PlainPass), which the end-of-training decision reuses."""
 
-    default = decision
+    def __init__(self, cfg: Config, spec: UNetSpec, data: SegmentationData, val_idx: np.ndarray,
+                 logger: runlog.Logger, normalization: str, input_scale: float = 1.0,
+                 origin: dict[str, Any] | None = None, results_name: str = EVAL_RESULTS,
+                 decision: Decision = Decision(), decision_record: dict[str, Any] | None = None):
+        self.cfg, self.spec, self.logger, self.input_scale = cfg, spec, logger, input_scale
+        self.origin, self.results_name, self.default, self.decision_record = origin, results_name, decision, decision_record
+        self.class_names = data.class_names
+        self.images = [normalize_image(data.images[i], normalization) for i in val_idx]
+        self.masks = [data.masks[i] for i in val_idx]
+        self.names = [data.names[i] for i in val_idx]
+        self.indices = [int(i) for i in val_idx]
+        self.skip = background_class(data.class_names)
+        self.latest: PlainPass | None = None
 
-    def evaluate(model: Any, step: int, decision: Decision = default,
+    def __call__(self, model: Any, step: int, decision: Decision | None = None,
                  probs: list[np.ndarray] | None = None) -> dict[str, Any]:
-        metrics, probs = evaluate_images(cfg, model, spec, images, masks, data.class_names, logger, input_scale,
-                                         decision, probs)
-        predicted = [decide_labels(p, decision.threshold, skip) for p in probs]
-        per_case = case_scores(predicted, masks, data.class_names, names, [int(i) for i in val_idx])
+        cfg, images, masks, skip = self.cfg, self.images, self.masks, self.skip
+        decision = self.default if decision is None else decision
+        started = time.perf_counter()
+        metrics, scored_probs = evaluate_images(cfg, model, self.spec, images, masks, self.class_names, self.logger,
+                                                self.input_scale, decision, probs)
+        if probs is None and decision == self.default:
+            self.latest = PlainPass(int(step), decision.tta, time.perf_counter() - started, scored_probs)
+        predicted = [decide_labels(p, decision.threshold, skip) for p in scored_probs]
+        per_case = case_scores(predicted, masks, self.class_names, self.names, self.indices)
         results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
                    "num_images": len(images), "tta": decision.tta, "threshold": decision.threshold,
                    "per_case": per_case}
-        if origin is not None:
-            results["provenance"] = origin
-        if decision_record is not None and decision == default:
-            results["decision"] = decision_record
-        write_eval_results(pathlib.Path(cfg.model_dir) / results_name, results)
-        if results_name == EVAL_RESULTS:
+        if self.origin is not None:
+            results["provenance"] = self.origin
+        if self.decision_record is not None and decision == self.default:
+            results["decision"] = self.decision_record
+        write_eval_results(pathlib.Path(cfg.model_dir) / self.results_name, results)
+        if self.results_name == EVAL_RESULTS:
             write_case_overlays(pathlib.Path(cfg.model_dir), per_case, images, predicted, masks, skip)
         # ("eval", step): the JSON log keeps validation records apart from training steps, and the
         # TensorBoard backend plots them as eval/<metric> at that step.
         # A re-scoring under the decision chosen at the end is a series of its own: the curves stay argmax.
-        series = "eval" if decision == default else "eval_decided"
-        logger.log((series, int(step)), {k: v for k, v in results.items() if isinstance(v, (int, float))})
-        logger.images(int(step), {
+        series = "eval" if decision == self.default else "eval_decided"
+        self.logger.log((series, int(step)), {k: v for k, v in results.items() if isinstance(v, (int, float))})
+        self.logger.images(int(step), {
             f"{series}/input_prediction_truth_{i}": comparison_panel(images[i], predicted[i], masks[i],
                                                                  skip_class=skip)[None]
             for i in range(min(OVERLAYS, len(images)))})
         return results
 
-    return evaluate
+
+def make_fold_evaluator(cfg: Config, spec: UNetSpec, data: SegmentationData, val_idx: np.ndarray,
+                        logger: runlog.Logger, normalization: str, input_scale: float = 1.0,
+                        origin: dict[str, Any] | None = None, results_name: str = EVAL_RESULTS,
+                        decision: Decision = Decision(), decision_record: dict[str, Any] | None = None
+                        ) -> FoldEvaluator:
+    """The FoldEvaluator of the validation images `val_idx`."""
+    return FoldEvaluator(cfg, spec, data, val_idx, logger, normalization, input_scale, origin, results_name,
+                         decision, decision_record)
 
 
 def write_case_overlays(model_dir: pathlib.Path, per_case: list[dict[str, Any]], images: list[np.ndarray],
@@ -250,11 +270,14 @@ def decide_on_validation(cfg: Config, data: SegmentationData, val_idx: np.ndarra
     """The run's decision (cli.decide) on its validation fold; when it is not the argmax the fold is scored
     again under it, so eval_results.json (and a later `--exec_mode evaluate`) score what the run ships."""
     from unet_medical.cli.assemble import restore_model
-    from unet_medical.cli.decide import choose_run_decision, record_in_results
+    from unet_medical.cli.decide import choose_run_decision, record_in_results, reusable
 
     shipped, spec, info = restore_model(cfg.replace(model_path=None))  # the --checkpoint weights
+    # The final evaluation predicted these very weights when it ran at the checkpoint's step.
+    plain = reusable(getattr(evaluate_fold, "latest", None), info.step, bool(cfg.tta))
     record, probs_by_tta = choose_run_decision(cfg, shipped, spec, [data.images[i] for i in val_idx],
-                                               [data.masks[i] for i in val_idx], data.class_names, record, logger)
+                                               [data.masks[i] for i in val_idx], data.class_names, record, logger,
+                                               plain)
     decision = resolve_decision("auto", None, record.decision)
     if decision != Decision(None, bool(cfg.tta)):  # scored from the probabilities the choice was made on
         evaluate_fold(shipped, info.step, decision=decision, probs=probs_by_tta[decision.tta])
@@ -267,10 +290,11 @@ def decide_volume_mirroring(cfg: Config, record: RunRecord, evaluate_fold: Any, 
     mirrors and training did not, eval_results.json is rewritten from the mirrored label maps the choice
     was made on (no third pass over the cases)."""
     from unet_medical.cli.assemble import restore_model
-    from unet_medical.cli.decide import choose_volume_run_decision, record_in_results
+    from unet_medical.cli.decide import choose_volume_run_decision, record_in_results, reusable
 
     shipped, _, info = restore_model(cfg.replace(model_path=None))  # the --checkpoint weights
-    record, results = choose_volume_run_decision(cfg, shipped, evaluate_fold, record, logger)
+    plain = reusable(getattr(evaluate_fold, "latest", None), info.step, bool(cfg.tta))
+    record, results = choose_volume_run_decision(cfg, shipped, evaluate_fold, record, logger, plain)
     tta = bool(record.decision["tta"])
     if tta != bool(cfg.tta):
         evaluate_fold(shipped, info.step, tta=tta, scored=results[tta])

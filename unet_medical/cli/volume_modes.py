@@ -31,6 +31,7 @@ from unet_medical.base.errors import UNetError
 from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance
 from unet_medical.cli.assemble import restore_model
 from unet_medical.cli.config import Config
+from unet_medical.cli.decide import PlainPass
 from unet_medical.cli.lineage import read_run_config, refuse_trained_on, run_source
 from unet_medical.data.folds import case_fold_split
 from unet_medical.data.normalize import normalize_image
@@ -123,6 +124,8 @@ class VolumeEvaluator:
     written to model_dir/`results_name` with the `origin` provenance block and logged as ("eval", step).
     `tta` is the mirroring it applies by default (training: --tta, False unset; evaluate: the run's
     decision); `decision_record`, how that rule was chosen, goes into the results it writes under it.
+    `latest` keeps the scores of its last prediction under that default (cli.decide.PlainPass), which the
+    end-of-training decision reuses.
     """
 
     def __init__(self, cfg: Config, spec: UNetSpec, data: VolumeSlices, val_idx: np.ndarray, logger: runlog.Logger,
@@ -135,6 +138,7 @@ class VolumeEvaluator:
         self.cases = [int(c) for c in np.unique(data.case_of_slice[val_idx])]
         self.inputs = {c: [normalize_image(data.images[i], normalization) for i in data.slices_of(c)]
                        for c in self.cases}
+        self.latest: PlainPass | None = None
 
     def predict(self, model: Any, tta: bool, label: str = "evaluate") -> dict[str, np.ndarray]:
         """case name -> (I, J, K) uint8 label map of each validation case, mirrored or not (`tta`)."""
@@ -157,7 +161,14 @@ class VolumeEvaluator:
         """eval_results under mirroring `tta` (None: the default); `scored` (score() of label maps already
         predicted so) is written instead of predicting again."""
         tta = self.tta if tta is None else bool(tta)
-        results = dict(scored) if scored is not None else self.score(self.predict(model, tta))
+        if scored is None:
+            started = time.perf_counter()
+            predictions = self.predict(model, tta)
+            seconds = time.perf_counter() - started
+            scored = self.score(predictions)
+            if tta == self.tta:
+                self.latest = PlainPass(int(step), tta, seconds, scored)
+        results = dict(scored)
         results.update(fold=self.cfg.fold, num_folds=self.cfg.num_folds, step=int(step), num_images=self.num_images,
                        tta=tta, dims=self.data.dims)
         if self.origin is not None:
