@@ -111,12 +111,18 @@ def tiny(depth: int = 3) -> list[str]:
     return flags
 
 
+@pytest.mark.slow  # three tiny training runs
 def test_a_supervised_run_ships_the_plain_network_and_resumes_its_heads(tmp_path, data_dir, capsys):
     from unet_medical.cli.main import main as cli_main
 
+    from unet_medical.base.runlog.backends import read_log
+
     run = tmp_path / "run"
-    base = ["train", "--data_dir", str(data_dir), "--model_dir", str(run), *tiny()]
-    assert cli_main([*base, "--deep_supervision"]) == 0
+    # Unset, the recipe turns it on for this same-padding depth-3 float network, and says so.
+    assert cli_main(["train", "--data_dir", str(data_dir), "--model_dir", str(run), *tiny()]) == 0
+    (line,) = [r["data"] for r in read_log(run / "log.json")
+               if r.get("step") == "RECIPE" and r["data"].get("flag") == "deep_supervision"]
+    assert line["value"] is True and "decoder levels 2-2" in line["reason"]
     last, best = ckpt.checkpoint_dir(run) / ckpt.LAST, ckpt.checkpoint_dir(run) / ckpt.BEST
     with np.load(last) as data:
         header = json.loads(data["header"].tobytes())
@@ -125,7 +131,8 @@ def test_a_supervised_run_ships_the_plain_network_and_resumes_its_heads(tmp_path
     with np.load(best) as data:
         assert "aux" not in json.loads(data["header"].tobytes())["names"]
     plain = tmp_path / "plain"
-    assert cli_main(["train", "--data_dir", str(data_dir), "--model_dir", str(plain), *tiny()]) == 0
+    assert cli_main(["train", "--data_dir", str(data_dir), "--model_dir", str(plain), *tiny(),
+                     "--no-deep_supervision"]) == 0
     with np.load(ckpt.checkpoint_dir(plain) / ckpt.BEST) as a, np.load(best) as b:
         assert sorted(a.files) == sorted(b.files)  # the same network's weights, nothing more
     # The resume takes --deep_supervision from the record and continues the heads it saved.
@@ -146,3 +153,29 @@ def test_a_supervised_run_ships_the_plain_network_and_resumes_its_heads(tmp_path
 
 def json_step(data) -> int:
     return json.loads(data["header"].tobytes())["step"]
+
+
+@pytest.mark.parametrize("flags, padding, depth, dims, resuming, expected, why", [
+    ([], "same", 4, 2, False, True, "decoder levels 2-3"),
+    ([], "valid", 4, 2, False, False, "valid padding"),
+    ([], "same", 2, 2, False, False, "depth 2"),
+    (["--quantization", "INT"], "same", 4, 2, False, False, "quantized"),
+    ([], "same", 4, 3, False, False, "--dims 3"),
+    ([], "same", 4, 2, True, False, "recorded before"),
+])
+def test_the_recipe_decides_an_unset_flag_and_says_why(tmp_path, flags, padding, depth, dims, resuming, expected, why):
+    from tests.recording import RecordingLogger
+    from unet_medical.cli.config import parse_config
+    from unet_medical.cli.recipe import resolve_deep_supervision
+
+    logger = RecordingLogger()
+    cfg = parse_config(["--exec_mode", "train", "--model_dir", str(tmp_path / "run"), "--padding", padding,
+                        "--depth", str(depth), *flags])
+    assert resolve_deep_supervision(cfg, padding, depth, dims, resuming, logger).deep_supervision is expected
+    line = logger.recipe("deep_supervision")
+    assert line["value"] is expected and why in line["reason"]
+    # A flag the user typed wins, and the recipe says nothing.
+    typed = parse_config(["--exec_mode", "train", "--model_dir", str(tmp_path / "run"), "--no-deep_supervision"])
+    quiet = RecordingLogger()
+    assert resolve_deep_supervision(typed, "same", 4, 2, False, quiet).deep_supervision is False
+    assert quiet.records == []

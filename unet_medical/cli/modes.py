@@ -32,7 +32,8 @@ from unet_medical.inference.outputs import (PredictionWriter, background_class, 
 from unet_medical.base.precision import configure_precision, configure_seeds
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.inference.decision import Decision, decide_labels, resolve_decision
-from unet_medical.cli.recipe import FINGERPRINT_FILE, is_volumetric, resolve_recipe, resolve_volume_recipe, trainer_data
+from unet_medical.cli.recipe import (FINGERPRINT_FILE, is_volumetric, resolve_deep_supervision, resolve_recipe,
+                                     resolve_volume_recipe, trainer_data)
 from unet_medical.data.patches3d import parse_patch_size
 from unet_medical.cli.recipe import recorded_input_scale
 from unet_medical.cli.assemble import (load_training_set, log_path, make_logger, make_model, quantization_config,
@@ -183,6 +184,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     with dist.scope():
         # A resume's Tucker report is the run's record: it is not rewritten (the ranks cannot change).
         model, spec, geometry = make_model(cfg, data, logger, write_report=not resuming)
+    cfg = resolve_deep_supervision(cfg, spec.padding, spec.depth, spec.dims, resuming, logger)
     # complexity counts 2D inputs; a 3D run states its patch instead
     sizes = ({"input_size": geometry.input_size, "output_size": geometry.output_size,
               "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9}

@@ -86,6 +86,29 @@ def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, p
                          {"fingerprint": fingerprint, "rare_classes": rare_classes(fingerprint)})
 
 
+def resolve_deep_supervision(cfg: Config, padding: str, depth: int, dims: int, resuming: bool, logger: Any) -> Config:
+    """cfg with --deep_supervision decided when the flags left it unset, logged as a RECIPE line: on for a
+    2-D same-padding float U-Net of depth 3 or more (training.deep_supervision), off otherwise. A resumed run
+    whose record predates the setting trained without it."""
+    if cfg.deep_supervision is not None:
+        return cfg
+    if resuming:
+        value, why = False, "this run was recorded before --deep_supervision: its checkpoint trained without heads"
+    elif padding != "same":
+        value, why = False, "valid padding (the paper's network): a decoder level is not a subsampling of the output"
+    elif depth < 3:
+        value, why = False, f"depth {depth}: only the output would be supervised"
+    elif cfg.quantization != "NONE" or cfg.exec_mode == "compress":
+        value, why = False, "a quantized or compressed network (its layers are renamed)"
+    elif dims == 3:
+        value, why = False, "not measured for --dims 3 networks (the synthetic volumes score near 1 either way)"
+    else:
+        value, why = True, (f"decoder levels 2-{depth - 1} also scored through 1x1 heads that ship in no file "
+                            "(nnU-Net's deep supervision; measured on the synthetic kinds, README)")
+    logger.log("RECIPE", {"flag": "deep_supervision", "value": value, "reason": why})
+    return cfg.replace(deep_supervision=value)
+
+
 PATCH_CAP_CPU, PATCH_CAP_GPU = 64, 128  # voxels per patch side: what a step can afford on each
 
 

@@ -28,9 +28,10 @@ class TrainingConfig(Settings):
     loss: str = setting(DEFAULT_LOSS, "training loss (ce_dice: pixel-wise cross-entropy + --dice_weight x "
                        "(1 - mean soft Dice); ce_dice_cldice: half of that Dice term is clDice, for thin branching "
                        "structures); plugins (--plugins) add more", choices=LOSSES.names)
-    deep_supervision: bool = setting(False, "also score decoder levels 2 to depth - 1 through 1x1 heads that exist "
-                                     "only in training (nnU-Net's deep supervision; loss weights 1/2^(level-1), "
-                                     "normalized; labels subsampled); same padding, --depth 3 or more")
+    deep_supervision: bool | None = setting(None, "also score decoder levels 2 to depth - 1 through 1x1 heads that "
+                                            "exist only in training (nnU-Net's deep supervision; loss weights "
+                                            "1/2^(level-1), normalized; labels subsampled). Default: chosen, on for "
+                                            "a 2-D same-padding float U-Net of depth 3 or more")
     dice_weight: float = setting(1.0, "weight of the soft Dice term next to cross-entropy", rule=at_least(0, "a number"))
     time_budget: float | None = setting(None, "minutes of training, evaluations and checkpoints included: the "
                                         "run measures its step time after warm-up and fixes --max_steps from it "

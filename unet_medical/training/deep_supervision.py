@@ -5,7 +5,7 @@ As nnU-Net does (Isensee et al., Nature Methods 2021): every decoder level but t
 convolution to class logits, and the loss is sum_l w_l * loss(logits_l, labels_l) with w_l proportional to
 1 / 2**(l - 1) (level 1 is the network's own head, full resolution), normalized to sum to 1. The labels of
 level l are the full-resolution labels sampled every 2**(l - 1) pixels (nearest neighbour: class ids stay
-class ids). The gradient then reaches the deep decoder directly, which speeds up early training.
+class ids). The gradient then reaches the deep decoder directly (what it gained: README, "Deep supervision").
 
 The network the run ships is unchanged: the heads are a second Keras model over the same layers
 (`SupervisedNetwork.trained`), and their weights travel only in last.npz (the "aux" group) so a resume
@@ -15,7 +15,7 @@ the output grid.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import tensorflow as tf
 import tf_keras as keras

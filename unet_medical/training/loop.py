@@ -50,7 +50,7 @@ class TrainSettings(Protocol):
     lr_schedule: str
     weight_decay: float
     time_budget: float | None  # minutes; None: train to max_steps (utils.training.budget)
-    deep_supervision: bool
+    deep_supervision: bool | None  # None (the recipe left it unset, e.g. a benchmark): off
 
 
 class TrainingDiverged(UNetError):
