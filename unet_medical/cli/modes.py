@@ -52,6 +52,15 @@ REPORT_PANEL_SIDE = 256  # longest side (pixels) of each third of the best/worst
 
 
 
+def predict_fold(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarray], logger: runlog.Logger | None,
+                 input_scale: float, tta: bool) -> list[np.ndarray]:
+    """The class probabilities (H, W, K) of each normalized image, tiled as evaluate predicts them."""
+    predictor, tile_size = as_predictor(model, cfg.tile_size)
+    return predict_images(predictor, spec, images, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
+                          context=cfg.tile_context, batch_size=cfg.batch_size, tta=tta, logger=logger,
+                          label="evaluate", input_scale=input_scale)
+
+
 def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarray],
                     masks: list[np.ndarray], class_names: tuple[str, ...], logger: runlog.Logger | None = None,
                     input_scale: float = 1.0, decision: Decision = Decision(),
@@ -61,11 +70,7 @@ def evaluate_images(cfg: Config, model: Any, spec: UNetSpec, images: list[np.nda
     at `input_scale`). `probs` given: those (already predicted so) are scored instead. With a `logger`,
     the loop shows its progress."""
     if probs is None:
-        predictor, tile_size = as_predictor(model, cfg.tile_size)
-        probs = predict_images(predictor, spec, images, tile_size=tile_size,
-                               max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                               batch_size=cfg.batch_size, tta=decision.tta, logger=logger, label="evaluate",
-                               input_scale=input_scale)
+        probs = predict_fold(cfg, model, spec, images, logger, input_scale, decision.tta)
     return segmentation_metrics(probs, masks, class_names, decision.threshold, background_class(class_names)), probs
 
 
@@ -95,12 +100,14 @@ class FoldEvaluator:
                  probs: list[np.ndarray] | None = None) -> dict[str, Any]:
         cfg, images, masks, skip = self.cfg, self.images, self.masks, self.skip
         decision = self.default if decision is None else decision
-        started = time.perf_counter()
-        metrics, scored_probs = evaluate_images(cfg, model, self.spec, images, masks, self.class_names, self.logger,
-                                                self.input_scale, decision, probs)
-        if probs is None and decision == self.default:
-            self.latest = PlainPass(int(step), decision.tta, time.perf_counter() - started, scored_probs)
-        predicted = [decide_labels(p, decision.threshold, skip) for p in scored_probs]
+        if probs is None:  # predicted here, timed alone (the decision's 8x rule reads the prediction's time)
+            started = time.perf_counter()
+            probs = predict_fold(cfg, model, self.spec, images, self.logger, self.input_scale, decision.tta)
+            if decision == self.default:
+                self.latest = PlainPass(int(step), decision.tta, time.perf_counter() - started, probs)
+        metrics, probs = evaluate_images(cfg, model, self.spec, images, masks, self.class_names, self.logger,
+                                         self.input_scale, decision, probs)
+        predicted = [decide_labels(p, decision.threshold, skip) for p in probs]
         per_case = case_scores(predicted, masks, self.class_names, self.names, self.indices)
         results = {**metrics, "fold": cfg.fold, "num_folds": cfg.num_folds, "step": int(step),
                    "num_images": len(images), "tta": decision.tta, "threshold": decision.threshold,
