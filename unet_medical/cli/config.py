@@ -35,7 +35,7 @@ from unet_medical.evaluation.config import EvaluationConfig
 from unet_medical.export.config import ExportConfig
 from unet_medical.inference.config import InferenceConfig
 from unet_medical.model.config import CompressionConfig, ModelConfig, QuantizationSettings
-from unet_medical.training.config import TrainingConfig
+from unet_medical.training.config import TrainingConfig, deep_supervision_obstacle
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
               "compress", "visualize")
@@ -143,14 +143,10 @@ def check_across(cfg: Config) -> None:
             "skip_finished", cfg.skip_finished, "a training --exec_mode (train, train_and_evaluate, ...)")
     if cfg.dims == "3":
         check_volumetric(cfg)
-    if cfg.deep_supervision:  # (training.deep_supervision: heads on same-padding decoder levels 2..depth-1)
-        require(cfg.padding == "same", "deep_supervision", True, "--padding same (a valid-padding decoder level "
-                "is not a subsampling of the output grid)")
-        require(cfg.depth is None or cfg.depth >= 3, "deep_supervision", True,
-                f"--depth 3 or more (--depth {cfg.depth} leaves only the output to supervise)")
-        require(cfg.quantization == "NONE" and cfg.exec_mode != "compress", "deep_supervision", True,
-                "a float network: quantized and Tucker-compressed layers are renamed, so the decoder levels "
-                "cannot be found")
+    if cfg.deep_supervision:
+        obstacle = deep_supervision_obstacle(cfg.padding, cfg.depth, cfg.quantization != "NONE"
+                                             or cfg.exec_mode == "compress")
+        require(obstacle is None, "deep_supervision", True, f"a network it applies to, not {obstacle}")
     if cfg.use_trt:
         require(cfg.exec_mode in ("predict", "train_and_predict") and not cfg.benchmark, "use_trt", cfg.use_trt,
                 "--exec_mode predict (TF-TRT serves predictions; export one with --exec_mode export "

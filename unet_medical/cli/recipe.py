@@ -30,6 +30,7 @@ from unet_medical.data.pipeline import CropGeometry, Sampling
 from unet_medical.data.resample import rescale_pairs
 from unet_medical.data.recipe import Choice, choose_recipe, parse_class_weights, rare_classes
 from unet_medical.base.errors import UNetError
+from unet_medical.training.config import deep_supervision_obstacle
 from unet_medical.training.loop import TrainData
 
 FINGERPRINT_FILE = FINGERPRINT
@@ -94,12 +95,8 @@ def resolve_deep_supervision(cfg: Config, padding: str, depth: int, dims: int, r
         return cfg
     if resuming:
         value, why = False, "this run was recorded before --deep_supervision: its checkpoint trained without heads"
-    elif padding != "same":
-        value, why = False, "valid padding (the paper's network): a decoder level is not a subsampling of the output"
-    elif depth < 3:
-        value, why = False, f"depth {depth}: only the output would be supervised"
-    elif cfg.quantization != "NONE" or cfg.exec_mode == "compress":
-        value, why = False, "a quantized or compressed network (its layers are renamed)"
+    elif obstacle := deep_supervision_obstacle(padding, depth, cfg.quantization != "NONE" or cfg.exec_mode == "compress"):
+        value, why = False, obstacle
     elif dims == 3:
         value, why = False, "not measured for --dims 3 networks (the synthetic volumes score near 1 either way)"
     else:

@@ -10,6 +10,19 @@ from unet_medical.training.loss_registry import DEFAULT_LOSS, LOSSES
 from unet_medical.base.settings import Settings, above, at_least, require, setting
 
 
+def deep_supervision_obstacle(padding: str, depth: int | None, quantized: bool) -> str | None:
+    """Why a U-Net cannot be deep-supervised (training.deep_supervision), or None: the one rule the flag check,
+    the recipe and the heads' builder share. `depth` None (not chosen yet) is not judged."""
+    if padding != "same":
+        return ("valid padding (the paper's network): a decoder level is not a subsampling of the output grid; "
+                "it needs --padding same")
+    if depth is not None and depth < 3:
+        return f"depth {depth}: only the output would be supervised; it needs --depth 3 or more"
+    if quantized:
+        return "a quantized or compressed network (its layers are renamed): it needs a float network"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig(Settings):
     """How the network is trained (unet_medical.training)."""

@@ -22,6 +22,7 @@ import tf_keras as keras
 
 from unet_medical.base.errors import UNetError
 from unet_medical.model.blocks import INITIALIZER, POOL_SIZE, spatial_layers
+from unet_medical.training.config import deep_supervision_obstacle
 
 LEVEL_OUTPUT = "dec{level}_relu2"  # the last layer of decoder level `level` (model.blocks.two_conv)
 
@@ -76,23 +77,21 @@ class SupervisedNetwork:
 
 
 def supervise(model: keras.Model, n_classes: int) -> SupervisedNetwork:
-    """`model` (a same-padding U-Net of model.unet, depth >= 2) with a 1x1 head on each supervised decoder level.
+    """`model` (a same-padding U-Net of model.unet, depth >= 3) with a 1x1 head on each supervised decoder level.
 
-    Raises UNetError in one line when the network cannot be deep-supervised: valid padding, depth 1 or 2
-    (nothing but the output would be supervised), or decoder layers renamed by a model variant."""
+    Raises UNetError in one line when the network cannot be deep-supervised (training.config's
+    deep_supervision_obstacle of its own layers), or its decoder layers were renamed by a model variant."""
     depth = 0
-    while _has_layer(model, LEVEL_OUTPUT.format(level=depth + 1)):
+    while _layer(model, LEVEL_OUTPUT.format(level=depth + 1)) is not None:
         depth += 1
     if depth == 0:
         raise UNetError(f"--deep_supervision: the network has no layer {LEVEL_OUTPUT.format(level=1)} (a quantized "
                         "or compressed model's layers are renamed); train without --deep_supervision")
+    first_conv = _layer(model, "dec1_conv1")
+    obstacle = deep_supervision_obstacle(getattr(first_conv, "padding", "same"), depth, quantized=False)
+    if obstacle is not None:
+        raise UNetError(f"--deep_supervision: the network has {obstacle}")
     levels = supervised_levels(depth)
-    if len(levels) < 2:
-        raise UNetError(f"--deep_supervision needs --depth 3 or more (the network has depth {depth}: only its "
-                        "output would be supervised)")
-    if any(layer.name == "dec1_conv1" and getattr(layer, "padding", "same") != "same" for layer in model.layers):
-        raise UNetError("--deep_supervision needs --padding same (a valid-padding decoder level is not a "
-                        "subsampling of the output grid)")
     image = model.inputs[0]
     conv, _, _ = spatial_layers(image.shape.rank - 2)
     heads = tuple(conv(n_classes, 1, kernel_initializer=INITIALIZER, dtype="float32", name=f"ds{level}_head")
@@ -103,6 +102,6 @@ def supervise(model: keras.Model, n_classes: int) -> SupervisedNetwork:
     return SupervisedNetwork(trained, heads, tuple(levels), tuple(level_weights(levels)))
 
 
-def _has_layer(model: keras.Model, name: str) -> bool:
-    return any(layer.name == name for layer in model.layers)
+def _layer(model: keras.Model, name: str) -> keras.layers.Layer | None:
+    return next((layer for layer in model.layers if layer.name == name), None)
 
