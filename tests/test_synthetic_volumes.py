@@ -61,13 +61,15 @@ def test_a_non_empty_destination_and_bad_counts_are_refused(tmp_path):
 
 
 def test_mr_small_writes_small_isotropic_cases_with_two_adjacent_labels(tmp_path):
-    """--kind mr_small: 36 x 48 x 36 voxels of 1 mm (anisotropy 1), labels head and tail touching."""
+    """--kind mr_small: crops of 1 mm voxels (anisotropy 1) whose shapes differ per case, labels head and tail
+    touching."""
     sv.write_volume_kind(tmp_path, "mr_small", 2, seed=3)
     meta = json.loads((tmp_path / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "head": 1, "tail": 2} and meta["channel_names"] == {"0": "MRI"}
     image = volumes.read_volume(tmp_path / "imagesTr" / "case_001_0000.nii.gz")
     labels = volumes.read_volume(tmp_path / "labelsTr" / "case_001.nii.gz")
-    assert image.shape == labels.shape == sv.SMALL_SHAPE and image.array.dtype == np.float32
+    assert image.shape == labels.shape and image.array.dtype == np.float32
+    assert all(low <= n <= high for n, (low, high) in zip(image.shape, sv.SMALL_SHAPE_RANGE))
     np.testing.assert_allclose(labels.affine, image.affine, atol=1e-6)
     assert image.spacing == pytest.approx((1.0, 1.0, 1.0), rel=1e-5)
     for index in range(4):
@@ -82,3 +84,13 @@ def test_mr_small_writes_small_isotropic_cases_with_two_adjacent_labels(tmp_path
         tissue = image[labels == 0].mean()
         assert tissue < image[head].mean() and tissue < image[tail].mean()
     assert sv.dataset_json("mr_small", 5)["numTraining"] == 5
+
+
+def test_mr_small_case_shapes_vary_around_the_median_and_some_are_thinner_than_a_patch():
+    """Real crops differ in shape; a 32-voxel patch must be padded on some cases (K from 26)."""
+    shapes = np.array([sv.small_case_shape(np.random.default_rng(index)) for index in range(200)])
+    assert [len(np.unique(shapes[:, axis])) > 5 for axis in range(3)] == [True] * 3
+    low, high = np.array(sv.SMALL_SHAPE_RANGE).T
+    assert (shapes >= low).all() and (shapes <= high).all()
+    np.testing.assert_allclose(np.median(shapes, axis=0), sv.SMALL_SHAPE, atol=2)
+    assert (shapes[:, 2] < 32).any()

@@ -16,6 +16,7 @@ from unet_medical.cli.volume_modes import prepare_training
 from unet_medical.data import synthetic_volumes as sv
 from unet_medical.data.volume_dims import AUTO, DEFAULT_DIMS, MIN_3D_SIDE, choose_dims
 from unet_medical.data.volume_training import load_volume_slices
+from unet_medical.data.volumes import read_volume
 from tests.recording import RecordingLogger
 
 
@@ -47,7 +48,8 @@ def test_flags_a_3d_run_would_refuse_keep_auto_on_2d_slices():
 
 def test_isotropic_volumes_get_3d_with_a_recipe_line_naming_the_anisotropy(small_dir):
     data = load_volume_slices(small_dir, dims=DEFAULT_DIMS, num_folds=3)
-    assert data.dims == "3" and len(data.images) == 3 and data.images[0].shape == sv.SMALL_SHAPE + (1,)
+    first = read_volume(small_dir / "labelsTr" / "case_000.nii.gz")
+    assert data.dims == "3" and len(data.images) == 3 and data.images[0].shape == first.shape + (1,)
     logger = RecordingLogger()
     prepare_training(Config(padding="same"), data, logger)
     line = next(d for step, d in logger.records if step == "RECIPE" and d["flag"] == "dims")

@@ -12,8 +12,9 @@ pipeline must keep. CT intensities are Hounsfield-like int16 (air -1000, fat -10
 Gaussian noise sd 12); MR intensities are float32 arbitrary units with a smooth bias field and Rician
 noise, the reason MR is z-scored per image rather than clipped like CT.
 
---kind mr_small is the other common MR shape: many small near-isotropic crops (36 x 48 x 36 voxels of
-1 mm, hippocampus-like) holding one elongated structure split into two adjacent labels, "head" and "tail",
+--kind mr_small is the other common MR shape: many small near-isotropic crops of 1 mm voxels, each its own
+shape (SMALL_SHAPE_RANGE: 31-42 x 40-58 x 26-46, median about 36 x 49 x 36, some shorter than a 32-voxel
+patch; hippocampus-like) holding one elongated structure split into two adjacent labels, "head" and "tail",
 of nearly the same intensity (position along the long axis, not contrast, tells them apart), next to a
 dark CSF-like cavity, with the mr kind's bias field and Rician noise. It rehearses the choice between
 2D slices and a 3D network on isotropic data (benchmarks/volume_dims.py).
@@ -42,7 +43,10 @@ LABELS = {"background": 0, "organ": 1, "lesion": 2}
 CHANNEL_NAMES = {"ct": "CT", "mr": "MRI", "mr_small": "MRI"}
 DEFAULT_NUM_TRAINING = 12
 NUM_TEST = 4
-SMALL_SHAPE = (36, 48, 36)  # (I, J, K) voxels of 1 mm: a crop around a small structure
+SMALL_SHAPE = (36, 48, 36)  # (I, J, K) voxels of 1 mm: a crop around a small structure (the median case)
+# Per-axis inclusive ranges of a case's shape: public crops around a small structure differ in shape from
+# case to case, and a set of equal shapes would hide every padding and windowing path a real set takes.
+SMALL_SHAPE_RANGE = ((31, 42), (40, 58), (26, 46))
 SMALL_VOXEL_MM = (1.0, 1.0, 1.0)
 SMALL_LABELS = {"background": 0, "head": 1, "tail": 2}
 SMALL_MR_MEANS = (300.0, 500.0, 540.0)  # tissue, head, tail: nearly equal, position separates the labels
@@ -113,16 +117,23 @@ def ct_intensities(rng: np.random.Generator, body: np.ndarray, labels: np.ndarra
     return np.clip(np.round(hu), -1024, 3071).astype(np.int16)
 
 
+def small_case_shape(rng: np.random.Generator) -> tuple[int, int, int]:
+    """(I, J, K) voxels of one mr_small case, each axis uniform over SMALL_SHAPE_RANGE."""
+    return tuple(int(rng.integers(low, high + 1)) for low, high in SMALL_SHAPE_RANGE)
+
+
 def small_case_labels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tissue bool, labels uint8, csf bool), all SMALL_SHAPE (I, J, K), for a mr_small case.
+    """(tissue bool, labels uint8, csf bool), all of one shape (I, J, K) from small_case_shape, for a
+    mr_small case.
 
     One structure elongated along J (a head ellipsoid and a thinner tail ellipsoid overlapping it),
     turned by up to 15 degrees per axis; voxels in the head are label 1, the rest of the structure 2,
     so the two labels touch along a surface. A dark cavity lies beside it, as CSF lies beside the
     hippocampus. Tissue fills the crop (the scan was cropped around the structure).
     """
-    mm = voxel_mm_grid(SMALL_SHAPE, SMALL_VOXEL_MM)
-    centre = np.asarray(SMALL_SHAPE) * SMALL_VOXEL_MM / 2 + rng.uniform(-3, 3, size=3)
+    shape = small_case_shape(rng)
+    mm = voxel_mm_grid(shape, SMALL_VOXEL_MM)
+    centre = np.asarray(shape) * SMALL_VOXEL_MM / 2 + rng.uniform(-3, 3, size=3)
     # the structure's own frame: rotating the offsets turns every ellipsoid about `centre` together
     turn = Rotation.from_euler("xyz", rng.uniform(-15, 15, size=3), degrees=True).as_matrix()
     local = (mm - centre) @ turn
@@ -131,10 +142,10 @@ def small_case_labels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray,
     tail = _ellipsoid(local, np.r_[0, tail_length * 0.7, 0], np.r_[rng.uniform(3.5, 4.5), tail_length, rng.uniform(3, 4)])
     side = rng.choice([-1.0, 1.0])  # the cavity sits on either side, so "beside the cavity" is no label cue
     csf = _ellipsoid(local, np.r_[side * rng.uniform(7, 9), 0, 0], np.r_[rng.uniform(1.5, 2.5), 14, 3]) & ~(head | tail)
-    labels = np.zeros(SMALL_SHAPE, np.uint8)
+    labels = np.zeros(shape, np.uint8)
     labels[tail] = SMALL_LABELS["tail"]
     labels[head] = SMALL_LABELS["head"]
-    return np.ones(SMALL_SHAPE, bool), labels, csf
+    return np.ones(shape, bool), labels, csf
 
 
 def mr_intensities(rng: np.random.Generator, body: np.ndarray, labels: np.ndarray,
@@ -154,7 +165,8 @@ def mr_intensities(rng: np.random.Generator, body: np.ndarray, labels: np.ndarra
 
 
 def make_case(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image, labels uint8, affine (4, 4)) of one case; arrays KIND_GEOMETRY[kind].shape in (I, J, K) order."""
+    """(image, labels uint8, affine (4, 4)) of one case; arrays (I, J, K): KIND_GEOMETRY[kind].shape, or for
+    mr_small the case's own shape (small_case_shape)."""
     if kind == "mr_small":
         tissue, labels, csf = small_case_labels(rng)
         image = mr_intensities(rng, tissue, labels, SMALL_MR_MEANS, dark=csf)
