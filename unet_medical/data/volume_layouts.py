@@ -122,7 +122,7 @@ def _label_volume(path: pathlib.Path, image: Volume, num_classes: int) -> Volume
     return dataclasses.replace(labels, array=labels.array.astype(np.uint8))
 
 
-def _volume_files(folder: pathlib.Path, ending: str | None = None) -> dict[str, pathlib.Path]:
+def volume_files(folder: pathlib.Path, ending: str | None = None) -> dict[str, pathlib.Path]:
     """{name without ending: path} of the volume files in folder (only `ending` if given)."""
     if not folder.is_dir():
         raise UNetError(f"{folder}: folder does not exist")
@@ -140,7 +140,7 @@ def _volume_files(folder: pathlib.Path, ending: str | None = None) -> dict[str, 
 def _msd_channel_files(folder: pathlib.Path, ending: str, num_channels: int) -> dict[str, list[pathlib.Path]]:
     """{case: [channel 0 path, ...]} of an images folder; a file without _XXXX is a 4D MSD v1 case."""
     by_case: dict[str, dict[int, pathlib.Path]] = {}
-    for stem, path in _volume_files(folder, ending).items():
+    for stem, path in volume_files(folder, ending).items():
         match = _CHANNEL.match(stem)
         case, channel = (match["case"], int(match["channel"])) if match else (stem, -1)
         by_case.setdefault(case, {})[channel] = path
@@ -180,7 +180,7 @@ def load_volume_folders(data_dir: str | os.PathLike, images_dir: str = "images",
                         num_classes: int | None = None) -> VolumeDataSet:
     """Load images/CASE.nii.gz + masks/CASE.nii.gz (num_classes None: the largest label value + 1, at least 2)."""
     root = pathlib.Path(data_dir)
-    images, masks = _volume_files(root / images_dir), _volume_files(root / masks_dir)
+    images, masks = volume_files(root / images_dir), volume_files(root / masks_dir)
     unpaired = sorted(set(images) ^ set(masks))
     if unpaired:
         raise UNetError(f"{root}: unpaired cases {', '.join(unpaired[:5])}; {images_dir}/ and {masks_dir}/ "

@@ -28,7 +28,7 @@ from unet_medical.data.folds import case_fold_split, fold_split
 from unet_medical.data.layouts import SegmentationData
 from unet_medical.data.volume_dims import AUTO, choose_dims, slice_mode, volume_inputs
 # the layout module's own channel-file rules, reused so prediction groups files exactly as training did
-from unet_medical.data.volume_layouts import (_CHANNEL, VolumeCase, VolumeDataSet, _volume_files, _with_channels,
+from unet_medical.data.volume_layouts import (_CHANNEL, VolumeCase, VolumeDataSet, volume_files, _with_channels,
                                               load_volume_data)
 from unet_medical.data.volume_resample import (Spacing, choose_target_spacing,
                                                resample_image, resample_labels, resampled_shape)
@@ -281,7 +281,7 @@ def prediction_cases(path: str | os.PathLike, channels: int) -> list[tuple[str, 
     if (path / "dataset.json").is_file():
         path = path / "imagesTs"
     if path.is_dir() and any(volume_ending(p) for p in path.iterdir()):
-        groups = _channel_groups(_volume_files(path), channels, path)
+        groups = _channel_groups(volume_files(path), channels, path)
         return [(case, _with_channels([read_volume(p) for p in files])) for case, files in groups.items()]
     image = read_dicom_series(path)  # raises one line naming the folder if it holds no series
     return [(path.name, _with_channels([image]))]

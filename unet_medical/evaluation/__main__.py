@@ -1,4 +1,6 @@
 """``python -m unet_medical.evaluation LABELS.tif PROBABILITIES.tif``: print the official ISBI 2012 scores as JSON.
+``python -m unet_medical.evaluation LABELS_DIR PREDICTIONS_DIR [--nsd_tolerance MM]``: score predicted label
+volumes per case (Dice, HD95 mm, NSD; evaluation.volume_folders) and print them as JSON.
 
 LABELS: ISBI train-labels style ground truth (255 = cell interior, 0 = membrane), 2-D or (N, H, W).
 PROBABILITIES: same shape, 1 = cell interior; float in [0, 1] or uint8 0..255 (divided by 255).
@@ -21,8 +23,10 @@ import tifffile
 
 from unet_medical.base.errors import UNetError
 from unet_medical.evaluation.isbi import as_stack, labels_as_float32, probabilities_as_float32, score_stack
+from unet_medical.evaluation.volume_folders import score_folders
 
-USAGE = "usage: python -m unet_medical.evaluation LABELS.tif PROBABILITIES.tif"
+USAGE = ("usage: python -m unet_medical.evaluation LABELS.tif PROBABILITIES.tif | LABELS_DIR PREDICTIONS_DIR "
+         "[--nsd_tolerance MM]")
 
 
 def _read_tiff(path: str):
@@ -45,6 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__.strip())
         return 0
+    if args and pathlib.Path(args[0]).is_dir():
+        return _score_folders(args)
     if len(args) != 2:
         print(f"score: expected 2 arguments, got {len(args)} ({USAGE})", file=sys.stderr)
         return 2
@@ -59,6 +65,29 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"score: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(scores.as_dict()))
+    return 0
+
+
+def _score_folders(args: List[str]) -> int:
+    """LABELS_DIR PREDICTIONS_DIR [--nsd_tolerance MM]: volume scores as JSON, per-case scores included."""
+    tolerance = 2.0
+    if len(args) == 4 and args[2] == "--nsd_tolerance":
+        try:
+            tolerance = float(args[3])
+        except ValueError:
+            print(f"score: --nsd_tolerance={args[3]}: expected a distance in mm", file=sys.stderr)
+            return 2
+        args = args[:2]
+    if len(args) != 2:
+        print(f"score: expected LABELS_DIR PREDICTIONS_DIR [--nsd_tolerance MM], got {args} ({USAGE})",
+              file=sys.stderr)
+        return 2
+    try:
+        scores = score_folders(args[0], args[1], tolerance)
+    except UNetError as exc:
+        print(f"score: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(scores, indent=1))
     return 0
 
 
