@@ -59,6 +59,11 @@ def test_receptive_field_is_9_times_2_to_the_depth_minus_4():
     (384, 2000, (1.0, 6, 512)),   # 384 px still fits 3/4 of a 512 crop at full resolution
     (600, 700, (0.5, 6, 320)),    # 600 > 384: at 0.5 objects are 300 px (depth 6) in 350 px images (crop 320)
     (900, 2000, (0.25, 5, 480)),  # 0.5 leaves 450 > 384; at 0.25: 225 px objects, crop 450 -> 480
+    (10, 64, (1.0, 4, 64)),       # 64 px images: depth 4 leaves a 4 px map, still the least depth
+    (10, 63, (1.0, 3, 56)),       # one px less: 3 poolings, crop 56 (7 px map), not 48 at depth 4 (3 px)
+    (10, 36, (1.0, 3, 32)),       # slices of a 36 px MR crop: crop 32, map 4 px
+    (10, 31, (1.0, 2, 28)),       # 31 px: depth 2 and crop 28 (map 7 px), not depth 4 and crop 16 (1 px)
+    (10, 9, (1.0, 1, 8)),         # a single pooling is the least
 ])
 def test_depth_scale_and_crop_against_hand_worked_values(width, smallest, expected):
     assert rules(fingerprint(width, smallest)) == expected
@@ -76,12 +81,21 @@ def test_objects_wider_than_the_crop_need_only_cover_the_crop():
 def test_the_deepest_map_of_the_chosen_crop_is_at_least_4_px():
     """The property choose_depth's docstring derives (no cap needed): every width and image side."""
     for width in range(1, 2000, 7):
-        for smallest in (64, 100, 200, 256, 333, 512, 700, 4000):
+        for smallest in (8, 20, 31, 47, 63, 64, 100, 200, 256, 333, 512, 700, 4000):
             scale, depth, crop = rules(fingerprint(width, smallest))
-            assert recipe.MIN_DEPTH <= depth <= recipe.MAX_DEPTH
-            assert crop % 2 ** depth == 0
-            if depth > recipe.MIN_DEPTH:
+            assert 1 <= depth <= recipe.MAX_DEPTH and (depth >= recipe.MIN_DEPTH or smallest * scale < 64)
+            assert crop % 2 ** depth == 0 and crop <= max(recipe.scaled_side(smallest, scale), 8)
+            if depth != recipe.MIN_DEPTH and smallest * scale >= 2 * recipe.DEEPEST_MAP:  # 1 pooling is the least
                 assert crop // 2 ** depth >= recipe.DEEPEST_MAP, (width, smallest, depth, crop)
+
+
+def test_poolings_for_small_sides_against_a_search():
+    """poolings_for_side: the largest d <= 4 whose aligned crop keeps a 4 px map, by brute force."""
+    for side in range(8, 300):
+        best = max(d for d in range(1, recipe.MIN_DEPTH + 1) if (side // 2 ** d * 2 ** d) // 2 ** d >= 4)
+        assert recipe.poolings_for_side(side) == best, side
+    reason = choose(fingerprint(10, 31))["depth"].reason
+    assert "smallest image side is 31 px" in reason and "28 px crop a 7 px deepest map" in reason
 
 
 def test_typed_flags_win_and_valid_padding_keeps_depth_4():

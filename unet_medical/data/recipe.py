@@ -16,7 +16,9 @@ a value given on the command line always wins (and is reported as such). The rul
 - depth: the smallest depth from 4 to 7 whose bottleneck receptive field (9 * 2^depth - 4 px: 140, 284,
   572, 1148) covers the 90th-percentile object width (or the whole crop, if objects are wider), while the
   deepest feature map stays at least 4 px wide (nnU-Net pools until the map is 4-8 px). Small objects keep
-  depth 4 (ISBI EM, nuclei, vessels: widths 16-51 px).
+  depth 4 (ISBI EM, nuclei, vessels: widths 16-51 px). Images under 64 px on a side (slices of small MR
+  crops) get fewer poolings, as many as leave the crop's deepest map 4 px wide, rather than a crop cut down
+  to a multiple of 16 (a 31 px side: depth 2 and a 28 px crop, not depth 4 and 16 px).
 - foreground sampling: a third of the crops centred on a pixel of a rare class (under 15 % of pixels),
   as nnU-Net oversamples foreground, so crops that hold no object do not dominate the gradient.
 - class weights: a thin minority class (under 15 % of pixels, median thickness along its skeleton at
@@ -104,15 +106,29 @@ def _crop_target(fingerprint: dict[str, Any], scale: float) -> tuple[float, int,
     return widest, min(max(MIN_CROP, math.ceil(2 * widest)), MAX_CROP, smallest), smallest
 
 
+def poolings_for_side(side: int) -> int:
+    """The most poolings, 1 to MIN_DEPTH, after which a crop of `side` px (aligned down to 2^d) is still
+    DEEPEST_MAP px wide: floor(log2(side / DEEPEST_MAP)), so MIN_DEPTH for any side of 64 px or more."""
+    if side < 2 * DEEPEST_MAP:
+        return 1
+    return min(MIN_DEPTH, int(math.floor(math.log2(side / DEEPEST_MAP))))
+
+
 def choose_depth(fingerprint: dict[str, Any], scale: float = 1.0) -> Choice:
     """Smallest depth in [MIN_DEPTH, MAX_DEPTH] whose receptive field covers the scaled widest object, or
-    the crop if objects are wider.
+    the crop if objects are wider; fewer (poolings_for_side) when the smallest image side is under 64 px.
 
     Covering at most the crop also keeps the deepest map of the crop at least DEEPEST_MAP px wide, with no
     cap of its own: depth d > MIN_DEPTH is chosen only when receptive_field(d - 1) = 9 * 2^(d-1) - 4 < crop,
     so crop / 2^d > 4.5 - 2 / 2^d, i.e. at least 4 px after aligning the crop to 2^d (nnU-Net: 4-8 px).
     """
-    widest, crop, _ = _crop_target(fingerprint, scale)
+    widest, crop, smallest = _crop_target(fingerprint, scale)
+    few = poolings_for_side(smallest)
+    if few < MIN_DEPTH:
+        final_crop = choose_crop_size(fingerprint, few, scale).value
+        return Choice("depth", few, f"the smallest image side is {smallest} px (at scale {scale:g}), under "
+                      f"{DEEPEST_MAP * 2 ** MIN_DEPTH}: {few} poolings leave its {final_crop} px crop a "
+                      f"{final_crop // 2 ** few} px deepest map (nnU-Net pools until 4-8 px)")
     needed = min(widest, crop)
     depth = next((d for d in range(MIN_DEPTH, MAX_DEPTH + 1) if receptive_field(d) >= needed), MAX_DEPTH)
     target = (f"{needed:.0f} px (the 90th-percentile object width{', or the crop,' if widest > crop else ''} "
