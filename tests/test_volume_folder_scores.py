@@ -82,5 +82,7 @@ def test_the_command_line_prints_json_or_one_line(folders, capsys):
     assert main([str(labels_dir), str(predictions_dir / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("score: ") and "nowhere: folder does not exist" in err
+    assert main([str(labels_dir), str(predictions_dir), "--nsd_tolerance=1.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["nsd_tolerance_mm"] == 1.5
     assert main([str(labels_dir), str(predictions_dir), "--nsd_tolerance", "x"]) == 2
     assert "--nsd_tolerance=x" in capsys.readouterr().err

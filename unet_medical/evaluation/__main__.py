@@ -71,6 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _score_folders(args: List[str]) -> int:
     """LABELS_DIR PREDICTIONS_DIR [--nsd_tolerance MM]: volume scores as JSON, per-case scores included."""
     tolerance = 2.0
+    args = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--nsd_tolerance=") else [arg])]
     if len(args) == 4 and args[2] == "--nsd_tolerance":
         try:
             tolerance = float(args[3])
