@@ -94,17 +94,17 @@ def same_grid(a: Volume, b: Volume, tolerance_mm: float = GRID_TOLERANCE_MM) -> 
     return a.shape == b.shape and bool(np.abs(a.affine - b.affine).max() <= tolerance_mm)
 
 
-def _require_same_grid(a: Volume, b: Volume) -> None:
+def require_same_grid(a: Volume, b: Volume, remedy: str = "resample it to its image first") -> None:
+    """UNetError naming b and a (and `remedy`) unless b lies on a's voxel grid (same_grid)."""
     if not same_grid(a, b):
         raise UNetError(f"{b.path} does not lie on the voxel grid of {a.path} (shape {b.shape} vs {a.shape}, "
-                        f"affine differs by up to {np.abs(a.affine - b.affine).max():.4g} mm); resample it "
-                        "to its image first")
+                        f"affine differs by up to {np.abs(a.affine - b.affine).max():.4g} mm); {remedy}")
 
 
 def _with_channels(channels: list[Volume]) -> Volume:
     """One Volume (I, J, K, C) from single-channel volumes on one grid (a 4D file passes through)."""
     for other in channels[1:]:
-        _require_same_grid(channels[0], other)
+        require_same_grid(channels[0], other)
     arrays = [v.array if v.array.ndim == 4 else v.array[..., None] for v in channels]
     return dataclasses.replace(channels[0], array=np.concatenate(arrays, axis=-1))
 
@@ -113,7 +113,7 @@ def _label_volume(path: pathlib.Path, image: Volume, num_classes: int) -> Volume
     labels = read_volume(path)
     if labels.array.ndim != 3:
         raise UNetError(f"{path}: a label map must be 3D, got shape {labels.array.shape}")
-    _require_same_grid(image, labels)
+    require_same_grid(image, labels)
     values = np.unique(labels.array)
     bad = [v for v in values.tolist() if v != int(v) or not 0 <= v < num_classes]
     if bad:

@@ -5,7 +5,7 @@
 LABELS_DIR holds CASE.nii.gz label maps (an MSD labelsTr/ or labelsTs/ folder, or masks/); PREDICTIONS_DIR the
 CASE.nii.gz files `--exec_mode predict` wrote. Cases pair by file name without ending, and every label needs
 its prediction (a missing case would otherwise raise the mean silently). A prediction must lie on its label's
-voxel grid (shape and affine, data.volume_layouts.same_grid): a file that a viewer would overlay shifted or
+voxel grid (shape and affine, data.volume_layouts.require_same_grid): a file that a viewer would overlay shifted or
 flipped is refused naming both files, not scored. (Header codes are not compared: label files of public sets
 do not always carry their image's.) Class names come from a
 dataset.json beside LABELS_DIR (MSD layout), else class1, class2, ...; spacing from the label's affine.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from unet_medical.base.errors import UNetError
-from unet_medical.data.volume_layouts import read_dataset_json, same_grid, volume_files
+from unet_medical.data.volume_layouts import read_dataset_json, require_same_grid, volume_files
 from unet_medical.data.volumes import Volume, read_volume
 from unet_medical.evaluation.volumes import score_volumes
 
@@ -35,13 +35,6 @@ def _class_map(volume: Volume) -> np.ndarray:
     if (values < 0).any() or (values != np.round(values)).any():
         raise UNetError(f"{volume.path}: values {values[:8].tolist()} are not class indices 0, 1, ...")
     return array.astype(np.int32)
-
-
-def _check_geometry(label: Volume, prediction: Volume) -> None:
-    if not same_grid(label, prediction):
-        raise UNetError(f"{prediction.path} does not lie on the voxel grid of {label.path} (shape "
-                        f"{prediction.shape} vs {label.shape}, affine differs by up to "
-                        f"{np.abs(label.affine - prediction.affine).max():.4g} mm): it would not overlay its scan")
 
 
 def class_names_for(labels_dir: pathlib.Path, largest_class: int) -> tuple[str, ...]:
@@ -76,7 +69,7 @@ def score_folders(labels_dir: str | os.PathLike, predictions_dir: str | os.PathL
     predictions, labels, spacings = {}, {}, {}
     for case, path in label_files.items():
         label, prediction = read_volume(path), read_volume(prediction_files[case])
-        _check_geometry(label, prediction)
+        require_same_grid(label, prediction, "it would not overlay its scan")
         labels[case], predictions[case] = _class_map(label), _class_map(prediction)
         spacings[case] = label.spacing
     largest = max(int(max(labels[c].max(), predictions[c].max())) for c in labels)
