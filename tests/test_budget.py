@@ -17,8 +17,8 @@ from unet_medical.training.budget import (BudgetCosts, StepMeter, budget_evaluat
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def costs(step_s=1.0, evaluation_s=0.0, checkpoint_s=0.0, checkpoint_every=1000, evaluate_every=None):
-    return BudgetCosts(step_s, evaluation_s, checkpoint_s, checkpoint_every, evaluate_every)
+def costs(step_s=1.0, evaluation_s=0.0, checkpoint_s=0.0, checkpoint_every=1000, evaluate_every=None, after_s=0.0):
+    return BudgetCosts(step_s, evaluation_s, checkpoint_s, checkpoint_every, evaluate_every, after_s)
 
 
 # ---------------------------------------------------------------------------------------- arithmetic
@@ -79,6 +79,21 @@ def test_a_recheck_counts_the_evaluations_as_slow_as_they_have_become():
     # 14.5 s. At 3 s (and 0.3 s per checkpoint) it takes 22.6 s: the total must come down.
     assert recheck_total(current_costs(fixed, [0.1], {}), 100, 200, 14.5, 30.0) is None
     assert recheck_total(slowed, 100, 200, 14.5, 30.0) < 200
+
+
+def test_the_work_after_training_is_paid_for_once():
+    # 100 steps of 1 s and the decision's flipped pass (40 s) after them: 140 s, whatever the total.
+    c = costs(step_s=1.0, after_s=40.0)
+    assert remaining_cost_s(c, 0, 100) == pytest.approx(140.0)
+    assert remaining_cost_s(c, 0, 101) == pytest.approx(141.0)
+    assert steps_within_budget(c, done=0, remaining_s=600.0) == 560
+    # A recheck projects the latest estimate (the evaluations slowed, so the decision will too) ...
+    fixed = costs(step_s=0.1, after_s=8.0)
+    assert current_costs(fixed, [0.1], {}).after_s == 8.0
+    assert current_costs(fixed, [0.1], {"after": 16.0}).after_s == 16.0
+    # ... and with 100 steps (10 s) left and 18.5 s to go, 8 s after training fits, 16 s does not.
+    assert recheck_total(current_costs(fixed, [0.1], {}), 100, 200, 18.5, 60.0) is None
+    assert recheck_total(current_costs(fixed, [0.1], {"after": 16.0}), 100, 200, 18.5, 60.0) == 125
 
 
 def test_checkpoint_count_by_hand():

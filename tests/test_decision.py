@@ -234,3 +234,15 @@ def test_training_records_the_decision_and_predict_applies_it(chosen_run, tmp_pa
     served = loaded.signatures["serving_default"](images=tf.constant(image))
     p = served["probabilities"].numpy()[0]
     np.testing.assert_array_equal(served["labels"].numpy()[0], decide_labels(p, record["threshold"], 1))
+
+
+def test_the_budget_reserves_the_flipped_pass_only_when_the_decision_will_make_it():
+    from unet_medical.cli.decide import TTA_TRIAL_LIMIT_S, PlainPass, decision_cost_s
+
+    latest = PlainPass(step=100, tta=False, seconds=5.0, result=None)
+    assert decision_cost_s(None, latest) == 40.0  # --tta unset: 8 flipped passes of 5 s
+    assert decision_cost_s(True, latest) == 0.0 and decision_cost_s(False, latest) == 0.0  # --tta/--no-tta given
+    assert decision_cost_s(None, None) == 0.0  # nothing evaluated yet
+    at_limit = TTA_TRIAL_LIMIT_S / 8
+    assert decision_cost_s(None, PlainPass(100, False, at_limit, None)) == TTA_TRIAL_LIMIT_S
+    assert decision_cost_s(None, PlainPass(100, False, at_limit + 0.1, None)) == 0.0  # not tried: no cost

@@ -197,6 +197,16 @@ def test_budgeted_run_records_its_recipe_and_a_resume_keeps_it(tmp_path):
     assert config["evaluate_every"] == max(1, recorded["max_steps"] // 4)
     assert json.loads((run / "eval_results.json").read_text())["step"] == recorded["max_steps"]
     assert json.loads((run / "model.json").read_text())["normalization"] == "per_image"
+    # The budget covers the decision too: the fix reserved its flipped pass (8 x the plain one), which the
+    # decision then ran, and the run says what training and the decision spent together.
+    records = [json.loads(line[5:])["data"] for line in (run / "log.json").read_text().splitlines()
+               if line.startswith("DLLL ") and json.loads(line[5:])["step"] == "RECIPE"]
+    fixed = next(r for r in records if r.get("flag") == "max_steps")
+    assert fixed["after_training_s"] > 0 and "for the decision on validation" in fixed["reason"]
+    assert "argmax_tta" in json.loads((run / "model.json").read_text())["decision"]["scores"]
+    spent = next(r for r in records if "budget_spent_s" in r)
+    assert spent["time_budget_s"] == pytest.approx(0.02 * 60)
+    assert spent["budget_spent_s"] >= next(r for r in records if "training_s" in r)["training_s"]
     # A resume measures nothing: the recorded steps stand, so the run is already complete.
     assert main.main(flags + ["--resume_training"]) == 0
     assert json.loads((run / "dataset_fingerprint.json").read_text())["max_steps"] == recorded["max_steps"]

@@ -49,6 +49,21 @@ class PlainPass:
     result: Any
 
 
+def flips_affordable(plain_seconds: float) -> bool:
+    """Is the flipped (mirrored) pass worth trying, at 8 x the plain pass's `plain_seconds`?"""
+    return 8 * plain_seconds <= TTA_TRIAL_LIMIT_S
+
+
+def decision_cost_s(tta: bool | None, latest: PlainPass | None) -> float:
+    """Seconds the end-of-run decision will add to a run whose latest evaluation predicted `latest`: its
+    flipped (mirrored) pass, 8 x the plain one, when --tta is unset (`tta` None) and that is affordable;
+    0 otherwise (the plain pass is the final evaluation's). A --time_budget reserves it
+    (training.budget.BudgetCosts.after_s), so the budget covers the decision as well as training."""
+    if tta is not None or latest is None or not flips_affordable(latest.seconds):
+        return 0.0
+    return 8 * latest.seconds
+
+
 def reusable(latest: PlainPass | None, step: int, tta: bool) -> PlainPass | None:
     """`latest` if it predicted the weights of checkpoint `step` under mirroring/flips `tta`, else None."""
     return latest if latest is not None and latest.step == step and latest.tta == tta else None
@@ -86,7 +101,7 @@ def choose_run_decision(cfg: Any, model: Any, spec: Any, images: Sequence[np.nda
         plain_seconds = time.perf_counter() - start
     tta_note = ""
     if len(allowed) == 2:
-        if 8 * plain_seconds <= TTA_TRIAL_LIMIT_S:
+        if flips_affordable(plain_seconds):
             probs_by_tta[True] = probabilities(True)
         else:
             tta_note = (f"; flips not tried: 8 passes over the fold would take about {8 * plain_seconds:.0f} s "
@@ -121,7 +136,7 @@ def choose_volume_run_decision(cfg: Any, model: Any, evaluator: Any, record: Run
     seconds: dict[bool, float] = {}
     tta_note = ""
     for tta in allowed:
-        if tta and False in seconds and 8 * seconds[False] > TTA_TRIAL_LIMIT_S:
+        if tta and False in seconds and not flips_affordable(seconds[False]):
             tta_note = (f"; mirroring not tried: 8 passes over the fold would take about {8 * seconds[False]:.0f} s "
                         f"(limit {TTA_TRIAL_LIMIT_S:g} s)")
             break

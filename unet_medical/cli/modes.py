@@ -39,7 +39,7 @@ from unet_medical.cli.recipe import recorded_input_scale
 from unet_medical.cli.assemble import (load_training_set, log_path, make_logger, make_model, quantization_config,
                               restore_model)
 from unet_medical.cli.curves import write_curves
-from unet_medical.cli.decide import PlainPass
+from unet_medical.cli.decide import PlainPass, decision_cost_s
 from unet_medical.base.runlock import run_lock
 from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, recorded_validation,
                                       refuse_overwrite, require_source, run_source, select_by_name)
@@ -248,21 +248,27 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
             write_eval_results(pathlib.Path(cfg.model_dir) / "eval_before_finetune.json", before)
     # A resumed budget's total is recorded: the loop trains to it (cfg.max_steps) and measures nothing.
     loop_cfg = cfg if measure_budget else cfg.replace(time_budget=None)
+    decides = dist.is_chief and evaluate is not None and len(val_idx) > 0
     started = time.perf_counter()
     state = train(loop_cfg, model, trainer_data(cfg, data, train_idx, geometry, spec.n_classes), logger=logger,
                   dist=dist, evaluate=evaluate, on_start=write_records,
-                  on_total_fixed=lambda total, every: record_budget_total(cfg, total, every))
+                  on_total_fixed=lambda total, every: record_budget_total(cfg, total, every),
+                  after_training_s=(lambda: decision_cost_s(cfg.tta, getattr(evaluate_fold, "latest", None)))
+                  if decides else None)
     # Wall time of this session's train() (evaluations included); a resumed run logs one per session.
     logger.log("TRAINING", {"step": state.step, "seconds": round(time.perf_counter() - started, 3),
                             "batch_size": cfg.batch_size, "replicas": dist.size, "peak_memory_mb": peak_memory_mb()})
     if dist.is_chief:
         logger.flush()
         plot()
-    if dist.is_chief and evaluate is not None and len(val_idx):
+    if decides:
         if volumes:
             decide_volume_mirroring(cfg, record, evaluate_fold, logger)
         else:
             decide_on_validation(cfg, data, val_idx, record, evaluate_fold, logger)
+    if measure_budget and dist.is_chief:  # what the budget covered: training, its evaluations, the decision
+        logger.log("RECIPE", {"time_budget_s": cfg.time_budget * 60.0,
+                              "budget_spent_s": round(time.perf_counter() - started, 2)})
     if cfg.saved_model and dist.is_chief:  # after the final checkpoint: every weight file is on disk
         from unet_medical.cli.export_mode import write_run_savedmodel
 

@@ -5,7 +5,9 @@ A run with a budget starts on a provisional total. `StepMeter` records the wall 
 times: the first steps of each shape pay for tracing, kernel selection and memory set-up, and timing
 them made the old 8-step probe read 0.90 s/step for a run that then went at 0.36-0.43 s/step. When the
 warm-up is over (`warmup_done`), `steps_within_budget` fixes the total from the steady rate, leaving
-time for the planned evaluations and checkpoints; the loop then sets the learning-rate schedule against
+time for the planned evaluations and checkpoints and for the work the run does once training ends (the
+decision on validation: its flipped or mirrored pass, BudgetCosts.after_s), so the budget is the run's
+and not only its training loop's; the loop then sets the learning-rate schedule against
 that total and records it in every checkpoint, so a resume reuses it and never measures again.
 """
 from __future__ import annotations
@@ -96,15 +98,17 @@ class BudgetCosts:
     checkpoint_s: float
     checkpoint_every: int
     evaluate_every: int | None  # --evaluate_every; None: budget_evaluate_every of the total
+    after_s: float = 0.0  # once, after the last step: the end-of-run decision's extra pass (0: none planned)
 
 
 def remaining_cost_s(costs: BudgetCosts, done: int, total: int) -> float:
-    """Seconds from step `done` to the end of a run of `total` steps: steps, evaluations, checkpoints."""
+    """Seconds from step `done` to the end of a run of `total` steps: steps, evaluations, checkpoints and
+    the work after training (after_s)."""
     evaluations = 0
     if costs.evaluation_s > 0:
         evaluations = evaluations_after(done, total, budget_evaluate_every(total, costs.evaluate_every))
     return ((total - done) * costs.step_s + evaluations * costs.evaluation_s
-            + checkpoints_after(done, total, costs.checkpoint_every) * costs.checkpoint_s)
+            + checkpoints_after(done, total, costs.checkpoint_every) * costs.checkpoint_s + costs.after_s)
 
 
 def steps_within_budget(costs: BudgetCosts, done: int, remaining_s: float) -> int:
@@ -127,12 +131,13 @@ def steps_within_budget(costs: BudgetCosts, done: int, remaining_s: float) -> in
 
 def current_costs(fixed: BudgetCosts, recent_steps_s: list[float], latest_s: dict[str, float]) -> BudgetCosts:
     """The costs a recheck projects with: the mean of the steps since the last check, and the latest
-    evaluation and checkpoint timed since the fix (`latest_s` keys "evaluation", "checkpoint"), else the
-    fix's. Evaluations slow down with the steps when another job shares the cores (a 3-minute run under
+    evaluation and checkpoint timed since the fix and the after-training estimate made from that evaluation
+    (`latest_s` keys "evaluation", "checkpoint", "after"), else the fix's. Evaluations slow down with the steps when another job shares the cores (a 3-minute run under
     a rising load ended 15 % late with the fix's evaluation time)."""
     return dataclasses.replace(fixed, step_s=sum(recent_steps_s) / len(recent_steps_s),
                                evaluation_s=latest_s.get("evaluation", fixed.evaluation_s),
-                               checkpoint_s=latest_s.get("checkpoint", fixed.checkpoint_s))
+                               checkpoint_s=latest_s.get("checkpoint", fixed.checkpoint_s),
+                               after_s=latest_s.get("after", fixed.after_s))
 
 
 def recheck_total(costs: BudgetCosts, done: int, total: int, remaining_s: float, budget_s: float) -> int | None:
@@ -156,12 +161,13 @@ def describe_fix(costs: BudgetCosts, meter: StepMeter, done: int, total: int, bu
     reason = (f"--time_budget {minutes:g} min = {budget_s:.0f} s: {costs.step_s:.3f} s/step measured over "
               f"{len(meter.steady_s)} steady steps after {len(meter.warmup_s)} warm-up steps ({warm:.3f} s/step); "
               f"{spent_s:.1f} s spent by step {done}; {evaluations} evaluations x {costs.evaluation_s:.2f} s and "
-              f"{checkpoints} checkpoints x {costs.checkpoint_s:.2f} s to come")
+              f"{checkpoints} checkpoints x {costs.checkpoint_s:.2f} s to come"
+              + (f", then {costs.after_s:.1f} s for the decision on validation" if costs.after_s > 0 else ""))
     return {"flag": "max_steps", "value": int(total), "reason": reason, "s_per_step": round(costs.step_s, 5),
             "warmup_s_per_step": round(warm, 5), "warmup_steps_timed": len(meter.warmup_s),
             "steady_steps_timed": len(meter.steady_s), "budget_s": budget_s, "spent_s": round(spent_s, 3),
             "at_step": int(done), "evaluation_s": round(costs.evaluation_s, 3),
-            "checkpoint_s": round(costs.checkpoint_s, 3)}
+            "checkpoint_s": round(costs.checkpoint_s, 3), "after_training_s": round(costs.after_s, 3)}
 
 
 def describe_recheck(costs: BudgetCosts, fixed_s_per_step: float, steps_timed: int, done: int, old_total: int,

@@ -260,7 +260,8 @@ def timed(call: Callable[[], Any]) -> float:
 def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: Any, dist: Any,
           evaluate: Callable[[keras.Model, int], dict[str, Any]] | None, score_key: str = "mean_dice",
           on_total_fixed: Callable[[int, int | None], None] | None = None,
-          on_start: Callable[[int], None] | None = None) -> TrainState:
+          on_start: Callable[[int], None] | None = None,
+          after_training_s: Callable[[], float] | None = None) -> TrainState:
     """Train `model` to cfg.max_steps (or for cfg.time_budget minutes), evaluating every cfg.evaluate_every
     steps and at the end.
 
@@ -270,6 +271,8 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
     is then called before the checkpoint that records it, so the run's files can say it too.
     `on_start(step)` runs once the checkpoint of a resume has loaded (step 0 for a new run), before any
     training: the caller writes the run's records there, so a refused or failed resume leaves them as they were.
+    `after_training_s()`: the seconds the caller will spend once train() returns (its decision on validation),
+    which a budget also covers; asked after the evaluation that fixes the total and after every later one.
     """
     started = time.perf_counter()  # the budget counts from here: steps, evaluations, checkpoints
     budget_s = cfg.time_budget * 60.0 if cfg.time_budget else None
@@ -333,7 +336,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
         evaluation_s = timed(run_evaluation) if evaluate is not None else 0.0
         checkpoint_s = timed(lambda: save(last_path, with_optimizer=True))
         costs = budget.BudgetCosts(meter.seconds_per_step(), evaluation_s, checkpoint_s, cfg.checkpoint_every,
-                                   cfg.evaluate_every)
+                                   cfg.evaluate_every, after_s=after_training_s() if after_training_s else 0.0)
         spent = time.perf_counter() - started
         # One more checkpoint right now records the total: its time comes off the remainder.
         total = budget.steps_within_budget(costs, state.step, budget_s - spent - checkpoint_s)
@@ -432,6 +435,8 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
             if total is not None and not fixed_now:  # (fix_total has just evaluated and saved)
                 if evaluate_every and state.step % evaluate_every == 0 and state.step < total:
                     latest_s["evaluation"] = timed(run_evaluation)
+                    if after_training_s is not None:
+                        latest_s["after"] = after_training_s()
                 if state.step % cfg.checkpoint_every == 0 or state.step == total:
                     latest_s["checkpoint"] = timed(lambda: save(last_path, with_optimizer=True))
             elif total is None and state.step % cfg.checkpoint_every == 0:
