@@ -219,7 +219,7 @@ def vessels(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cpu_recipe_with_max_steps_trains_exactly_that_many(vessels, tmp_path):
-    """The recipe passes --time_budget 10; the user's --max_steps 4 after it wins (the issue: 16,410 steps)."""
+    """The recipe passes --time_budget 15; the user's --max_steps 4 after it wins (the issue: 16,410 steps)."""
     from unet_medical.training import checkpoint as ckpt
 
     run = tmp_path / "run"
@@ -230,7 +230,7 @@ def test_cpu_recipe_with_max_steps_trains_exactly_that_many(vessels, tmp_path):
     assert ckpt.read_header(run / "checkpoints" / "last.npz").step == 4
     assert json.loads((run / "eval_results.json").read_text())["step"] == 4
     said = [r for r in recipe_records(run / "log.json") if r.get("flag") == "max_steps"]
-    assert said == [{"flag": "max_steps", "value": 4, "reason": "--max_steps given: --time_budget 10 ignored"}]
+    assert said == [{"flag": "max_steps", "value": 4, "reason": "--max_steps given: --time_budget 15 ignored"}]
 
 
 @pytest.mark.slow
