@@ -46,7 +46,8 @@ class TrainingConfig(Settings):
                                             "1/2^(level-1), normalized; labels subsampled). Default: chosen, on for "
                                             "a 2-D same-padding float U-Net of depth 3 or more")
     dice_weight: float = setting(1.0, "weight of the soft Dice term next to cross-entropy", rule=at_least(0, "a number"))
-    time_budget: float | None = setting(None, "minutes of training, evaluations and checkpoints included: the "
+    time_budget: float | None = setting(None, "minutes of training, evaluations, checkpoints and the decision on "
+                                        "validation included: the "
                                         "run measures its step time after warm-up and fixes --max_steps from it "
                                         "(0 or default: use --max_steps). A --max_steps typed on the command "
                                         "line (or in --config) wins: the budget is then ignored",
