@@ -129,11 +129,13 @@ def steps_within_budget(costs: BudgetCosts, done: int, remaining_s: float) -> in
             too_many = middle
     return fits
 
+
 def current_costs(fixed: BudgetCosts, recent_steps_s: list[float], latest_s: dict[str, float]) -> BudgetCosts:
     """The costs a recheck projects with: the mean of the steps since the last check, and the latest
     evaluation and checkpoint timed since the fix and the after-training estimate made from that evaluation
-    (`latest_s` keys "evaluation", "checkpoint", "after"), else the fix's. Evaluations slow down with the steps when another job shares the cores (a 3-minute run under
-    a rising load ended 15 % late with the fix's evaluation time)."""
+    (`latest_s` keys "evaluation", "checkpoint", "after"), else the fix's. Evaluations slow down with the
+    steps when another job shares the cores (a 3-minute run under a rising load ended 15 % late with the
+    fix's evaluation time)."""
     return dataclasses.replace(fixed, step_s=sum(recent_steps_s) / len(recent_steps_s),
                                evaluation_s=latest_s.get("evaluation", fixed.evaluation_s),
                                checkpoint_s=latest_s.get("checkpoint", fixed.checkpoint_s),
