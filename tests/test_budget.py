@@ -11,7 +11,7 @@ import pytest
 
 from unet_medical.cli.config import parse_config
 from unet_medical.training.budget import (BudgetCosts, StepMeter, budget_evaluate_every, checkpoints_after, current_costs,
-                                          evaluations_after, recheck_total, remaining_cost_s, steps_within_budget,
+                                          evaluation_due, evaluations_after, recheck_total, remaining_cost_s, steps_within_budget,
                                           warmup_done)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -36,25 +36,50 @@ def test_checkpoints_are_paid_for():
 
 
 def test_budget_evaluations_follow_the_total():
-    # Without --evaluate_every, 4 evaluations of 10 s: T = 160 costs 160 + 40; T = 161 evaluates at
-    # 40, 80, 120, 160 and at the end, 211 s.
+    # Without --evaluate_every, 4 evaluations of 10 s: T = 160 costs 160 + 40. T = 161 (every 40) would
+    # evaluate at 160 too, 1 step before the final one: that one is skipped, 201 s.
     c = costs(step_s=1.0, evaluation_s=10.0)
     assert budget_evaluate_every(160, None) == 40
     assert remaining_cost_s(c, 0, 160) == pytest.approx(200.0)
-    assert remaining_cost_s(c, 0, 161) == pytest.approx(211.0)
-    # 157-159 evaluate 5 times too (every 39: at 39, 78, 117, 156 and the end) and do not fit; the
-    # bisection stops below that pocket, at 156 (196 s): 4 steps short of the best, never over budget.
-    assert remaining_cost_s(c, 0, 159) == pytest.approx(209.0)
-    assert steps_within_budget(c, done=0, remaining_s=200.0) == 156
+    assert remaining_cost_s(c, 0, 161) == pytest.approx(201.0)
+    assert remaining_cost_s(c, 0, 180) == pytest.approx(220.0)  # 160 is 20 steps (half of 45) before 180
+    assert remaining_cost_s(c, 0, 183) == pytest.approx(223.0)
+    # 157-159 (every 39): 156 is under half an interval before the end, so 4 evaluations, no pocket of
+    # totals that cost more than a larger one; the bisection finds the best total, 160 (200 s).
+    assert remaining_cost_s(c, 0, 159) == pytest.approx(199.0)
+    assert steps_within_budget(c, done=0, remaining_s=200.0) == 160
 
 
 def test_given_evaluate_every_counts_evaluations_after_the_fixed_step():
     # From step 100 with --evaluate_every 25: T = 200 evaluates at 125, 150, 175 and at the end
-    # (50 + 4 x 2 = 58 s); T = 201 at 200 too (50.5 + 10 = 60.5 s > 60).
+    # (50 + 4 x 2 = 58 s). T = 201 skips 200, 1 step before the final one (under half an interval),
+    # T = 213 too; T = 225 evaluates at 200 (25 steps before the end).
     c = costs(step_s=0.5, evaluation_s=2.0, evaluate_every=25)
     assert evaluations_after(100, 200, 25) == 4
-    assert evaluations_after(100, 201, 25) == 5
-    assert steps_within_budget(c, done=100, remaining_s=60.0) == 200
+    assert evaluations_after(100, 201, 25) == 4
+    assert evaluations_after(100, 212, 25) == 4
+    assert evaluations_after(100, 213, 25) == 5
+    assert steps_within_budget(c, done=100, remaining_s=60.0) == 204  # 52 + 4 x 2 = 60 s; 205 is 60.5
+
+
+@pytest.mark.parametrize("every", [1, 2, 3, 7, 25, 243])
+@pytest.mark.parametrize("done", [0, 5, 24, 100])
+def test_evaluations_after_counts_the_steps_the_loop_evaluates_at(every, done):
+    # Independent count: walk the steps as the loop does, with the rule written out here.
+    for total in range(done + 1, done + 4 * every + 3):
+        walked = sum(1 for s in range(done + 1, total + 1)
+                     if s % every == 0 and s < total and total - s >= every / 2) + 1
+        assert evaluations_after(done, total, every) == walked, (done, total, every)
+        assert walked - 1 == sum(evaluation_due(s, total, every) for s in range(done + 1, total + 1))
+
+
+def test_no_periodic_evaluation_right_before_the_final_one():
+    # The run refixed to 997 steps with evaluations every 243 evaluated at 972 and at 997 (6 s each).
+    assert not evaluation_due(972, 997, 243)
+    assert evaluation_due(729, 997, 243)
+    assert not evaluation_due(264, 265, 66)
+    assert evaluation_due(2, 4, 2) and not evaluation_due(4, 4, 2)
+    assert evaluation_due(9, 10, 1)
 
 
 def test_a_recheck_keeps_a_total_that_still_fits_and_refits_one_that_does_not():

@@ -121,3 +121,21 @@ def test_foreground_centres_are_subsampled_and_indexed_per_image():
     centres, first, count = foreground_centres(masks, (1,), seed=0)
     assert list(count) == [MAX_CENTRES_PER_IMAGE, 0] and list(first) == [0, MAX_CENTRES_PER_IMAGE]
     assert len(np.unique(centres[:MAX_CENTRES_PER_IMAGE], axis=0)) == MAX_CENTRES_PER_IMAGE
+
+
+def test_the_training_streams_run_without_the_autotune_thread():
+    # TF 2.21 joins tf.data's autotuning thread when an iterator is deleted, and that thread wakes only
+    # at its next optimization (up to 60 s away): the loop's end then stalled before the final evaluation.
+    from unet_medical.data.patches3d import make_patch_dataset
+
+    images, masks, names = toy_data()
+    two_d = make_train_dataset(images, masks, names, CropGeometry(16, 16), batch_size=2, seed=0, start_step=0,
+                               max_steps=10**9)
+    volumes = [np.zeros((12, 12, 8, 1), np.float32)] * 2
+    three_d = make_patch_dataset(volumes, [np.zeros((12, 12, 8), np.uint8)] * 2, ["a", "b"], (8, 8, 8),
+                                 batch_size=2, seed=1, start_step=0, max_steps=10**9, classes=(1,))
+    for stream in (two_d, three_d):
+        assert stream.options().autotune.enabled is False
+        iterator = iter(stream)
+        next(iterator)  # an endless stream, stopped by the loop, deletes cleanly
+        del iterator

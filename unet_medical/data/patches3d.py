@@ -337,6 +337,8 @@ def make_patch_dataset(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     and SciPy; prefetching overlaps them with the training step)."""
     import tensorflow as tf
 
+    from unet_medical.data.pipeline import without_autotune_thread  # (TensorFlow only when a stream is built)
+
     source = prepare_patch_source(images, masks, names, patch, classes, seed)
     channels = int(source.images[0].shape[-1])
 
@@ -351,4 +353,4 @@ def make_patch_dataset(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
 
     dataset = tf.data.Dataset.range(start_step, max_steps)
     dataset = dataset.map(as_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(2)
+    return without_autotune_thread(dataset.prefetch(2))

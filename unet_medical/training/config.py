@@ -57,8 +57,9 @@ class TrainingConfig(Settings):
     seed: int = setting(0, "seed of weights, batches, crops and augmentation")
     resume_training: bool = setting(False, "continue from model_dir/checkpoints/last.npz")
     log_every: int = setting(10, "log loss and throughput every N steps", rule=at_least(1))
-    evaluate_every: int | None = setting(None, "evaluate on the held-out fold every N steps (default: at the end "
-                                        "only; with --time_budget 4 times in all)", rule=at_least(0))
+    evaluate_every: int | None = setting(None, "evaluate on the held-out fold every N steps, and at the end (one "
+                                        "due within N/2 steps of the end is left to the final one); default: at the "
+                                        "end only; with --time_budget 4 times in all", rule=at_least(0))
     checkpoint_every: int = setting(50, "write the resumable checkpoint every N steps", rule=at_least(1))
     deterministic: bool = setting(False, "deterministic TF ops: two runs give bit-identical weights")
     precision: str = setting("auto", "compute precision: auto = bfloat16 mixed precision on CPUs with "

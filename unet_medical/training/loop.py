@@ -433,7 +433,7 @@ def train(cfg: TrainSettings, model: keras.Model, data: TrainData, *, logger: An
                 progress.log(loss=float(np.mean(losses)), img_per_s=window_images / elapsed, learning_rate=lr)
                 window_start, window_images, losses = time.perf_counter(), 0, []
             if total is not None and not fixed_now:  # (fix_total has just evaluated and saved)
-                if evaluate_every and state.step % evaluate_every == 0 and state.step < total:
+                if evaluate_every and budget.evaluation_due(state.step, total, evaluate_every):
                     latest_s["evaluation"] = timed(run_evaluation)
                     if after_training_s is not None:
                         latest_s["after"] = after_training_s()
