@@ -41,3 +41,38 @@ def write_series(folder: pathlib.Path, planes: list[np.ndarray], positions: list
         ds.PixelData = np.ascontiguousarray(plane.astype(np.int16)).tobytes()
         ds.save_as(folder / name, enforce_file_format=True)
     return series_uid
+
+
+# Lossless transfer syntaxes a series may come in, each encoded here by imagecodecs (JPEG family) or by
+# pydicom itself (RLE): independent of GDCM, which the reader decodes them with.
+COMPRESSED_SYNTAXES = {
+    "JPEG Lossless SV1": "1.2.840.10008.1.2.4.70",
+    "JPEG-LS Lossless": "1.2.840.10008.1.2.4.80",
+    "JPEG 2000 Lossless": "1.2.840.10008.1.2.4.90",
+    "RLE Lossless": "1.2.840.10008.1.2.5",
+}
+
+
+def compress_series(folder: pathlib.Path, syntax: str) -> None:
+    """Rewrite every file of a series written by write_series in the transfer syntax `syntax` (a key of
+    COMPRESSED_SYNTAXES), one fragment per frame; the stored 16-bit patterns are kept exactly."""
+    import imagecodecs
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    uid = COMPRESSED_SYNTAXES[syntax]
+    for path in sorted(folder.iterdir()):
+        ds = dcmread(path)
+        if uid == RLELossless:
+            ds.compress(RLELossless, encoding_plugin="pydicom")
+        else:
+            stored = ds.pixel_array.view(np.uint16)  # two's complement bit patterns, as DICOM stores them
+            frame = {"1.2.840.10008.1.2.4.70": lambda a: imagecodecs.ljpeg_encode(a, bitspersample=16),
+                     "1.2.840.10008.1.2.4.80": lambda a: imagecodecs.jpegls_encode(a, level=0),
+                     "1.2.840.10008.1.2.4.90": lambda a: imagecodecs.jpeg2k_encode(a, level=0, codecformat="J2K",
+                                                                                   reversible=True)}[uid](stored)
+            ds.PixelData = encapsulate([frame])
+            ds["PixelData"].VR = "OB"
+            ds.file_meta.TransferSyntaxUID = uid
+        ds.save_as(path, enforce_file_format=True)

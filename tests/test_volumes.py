@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tests.dicom_fixtures import write_series
+from tests.dicom_fixtures import COMPRESSED_SYNTAXES, compress_series, write_series
 from unet_medical.base.errors import UNetError
 from unet_medical.data import volumes
 from unet_medical.data.volumes.dicom import read_dicom_series
@@ -172,3 +172,36 @@ def test_a_missing_slice_and_an_empty_folder_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UNetError, match="no DICOM image files"):
         volumes.read_volume(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("syntax", sorted(COMPRESSED_SYNTAXES))
+def test_a_compressed_series_reads_as_its_uncompressed_self(tmp_path, syntax):
+    # Archives and PACS exports store series compressed; each lossless syntax must give the same voxels
+    # (negative stored values included) and the same geometry.
+    write_oblique_series(tmp_path / "s", slope=1.0, intercept=-1024.0)
+    plain = volumes.read_volume(tmp_path / "s")
+    compress_series(tmp_path / "s", syntax)
+    from pydicom import dcmread
+    assert dcmread(tmp_path / "s" / "IM000.dcm").file_meta.TransferSyntaxUID == COMPRESSED_SYNTAXES[syntax]
+    compressed = volumes.read_volume(tmp_path / "s")
+    assert compressed.array.dtype == plain.array.dtype and plain.array.min() < 0
+    np.testing.assert_array_equal(compressed.array, plain.array)
+    np.testing.assert_allclose(compressed.affine, plain.affine)
+
+
+def test_an_undecodable_slice_is_refused_in_one_line_naming_the_file_and_its_syntax(tmp_path):
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate, generate_frames
+
+    write_oblique_series(tmp_path / "s")
+    compress_series(tmp_path / "s", "JPEG-LS Lossless")
+    path = tmp_path / "s" / "IM001.dcm"
+    ds = dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) // 3]])  # a truncated transfer
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(UNetError) as info:
+        volumes.read_volume(tmp_path / "s")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: pixel data in JPEG-LS Lossless")
+    assert "could not be decoded" in message

@@ -8,7 +8,8 @@ InstanceNumber may count in either direction. The affine is built the way dcm2ni
 
 with F_row, F_col the ImageOrientationPatient direction cosines, (d_row, d_col) = PixelSpacing and P
 the ImagePositionPatient of the first and last slice after sorting; then RAS = diag(-1, -1, 1) LPS.
-Pixel values get RescaleSlope and RescaleIntercept (CT: Hounsfield units).
+Pixel values get RescaleSlope and RescaleIntercept (CT: Hounsfield units). Compressed series (JPEG lossless
+and baseline, JPEG-LS, JPEG 2000, RLE), as archives and PACS exports often are, are decoded through GDCM.
 """
 from __future__ import annotations
 
@@ -81,6 +82,19 @@ def _sorted_by_normal(folder: pathlib.Path, datasets: list, normal: np.ndarray) 
     return [datasets[i] for i in order], positions[order]
 
 
+def _pixels(ds) -> np.ndarray:
+    """The stored pixels (rows, columns) of one slice file. Compressed transfer syntaxes (JPEG lossless and
+    baseline, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom through GDCM (python-gdcm)."""
+    try:
+        return ds.pixel_array
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError) as exc:
+        syntax = ds.file_meta.get("TransferSyntaxUID", "an unknown transfer syntax")
+        name = getattr(syntax, "name", str(syntax))
+        cause = " ".join(str(exc).split())[:300] or type(exc).__name__  # pydicom lists each plugin's reason
+        raise UNetError(f"{ds.filename}: pixel data in {name} could not be decoded ({cause}); "
+                        "convert the series to uncompressed DICOM or to NIfTI") from exc
+
+
 def _voxels(folder: pathlib.Path, datasets: list) -> np.ndarray:
     """(columns, rows, slices) modality values: stored pixels times RescaleSlope plus RescaleIntercept."""
     shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
@@ -88,7 +102,7 @@ def _voxels(folder: pathlib.Path, datasets: list) -> np.ndarray:
         raise UNetError(f"{folder}: slices have different sizes {sorted(shapes)}; not one volume")
     planes, scaled = [], False
     for ds in datasets:
-        plane = ds.pixel_array
+        plane = _pixels(ds)
         slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
         if slope != 1 or intercept != 0:
             plane = plane * slope + intercept
