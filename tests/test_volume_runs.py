@@ -292,3 +292,24 @@ def test_cv_summary_takes_the_volume_scores_and_not_their_bookkeeping():
     assert not {"num_cases", "nsd_tolerance_mm", "per_case", "fold"} & set(names)
     summary = summarize(folds)
     assert summary["organ_hd95"]["mean"] == pytest.approx((folds[0]["organ_hd95"] + folds[1]["organ_hd95"]) / 2)
+
+
+def test_a_folder_of_series_folders_is_predicted_case_by_case(tmp_path):
+    # Exports come as one folder per series (CASE/, or PATIENT/STUDY/SERIES/); a report beside them and a
+    # hidden folder are not cases.
+    from unet_medical.cli.volume_modes import run_volume_prediction
+    from unet_medical.data.volumes import read_dicom_series
+
+    root = tmp_path / "export"
+    write_oblique_series(root / "case01")
+    write_oblique_series(root / "P2" / "study" / "CT")
+    (root / "P2" / "report.txt").write_text("not DICOM")
+    write_oblique_series(root / ".trash" / "old")
+    record = {"dims": "2", "context_slices": 0, "channel_names": ["CT"],
+              "normalization": normalization_record(((-200.0, 400.0),), ("CT",))}
+    cfg, model, spec, info, logger = tiny_run(tmp_path, record)
+    written = run_volume_prediction(cfg.replace(input=str(root)), logger, model, spec, info, record)
+    assert [p.name for p in written] == ["P2_study_CT.nii.gz", "case01.nii.gz"]
+    for path, series in zip(written, ("P2/study/CT", "case01")):
+        source = read_dicom_series(root / series)
+        assert nib.load(path).shape == source.shape and np.allclose(nib.load(path).affine, source.affine, atol=1e-4)

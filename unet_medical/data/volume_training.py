@@ -33,7 +33,7 @@ from unet_medical.data.volume_layouts import (_CHANNEL, VolumeCase, VolumeDataSe
 from unet_medical.data.volume_resample import (Spacing, choose_target_spacing,
                                                resample_image, resample_labels, resampled_shape)
 from unet_medical.data.volume_slices import PERCENTILES, Window, case_image_uint16, set_windows, volume_slices
-from unet_medical.data.volumes import Volume, read_dicom_series, read_volume, volume_ending
+from unet_medical.data.volumes import Volume, read_dicom_series, read_volume, series_folders, volume_ending
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -265,8 +265,9 @@ def prediction_cases(path: str | os.PathLike, channels: int) -> list[tuple[str, 
 
     path is one .nii/.nii.gz file (its name without ending and channel suffix is the case), an MSD /
     nnU-Net folder (dataset.json: its imagesTs/), a folder of volume files (nnU-Net channel files
-    CASE_0000 ... are grouped into one case), or a folder holding one DICOM series (the case is the
-    folder's name).
+    CASE_0000 ... are grouped into one case), a folder holding one DICOM series (the case is the
+    folder's name), or a folder of DICOM series folders at any depth (each a case, named by its path
+    below `path` joined with "_": CASE/ -> CASE, P1/STUDY/CT/ -> P1_STUDY_CT).
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -283,5 +284,8 @@ def prediction_cases(path: str | os.PathLike, channels: int) -> list[tuple[str, 
     if path.is_dir() and any(volume_ending(p) for p in path.iterdir()):
         groups = _channel_groups(volume_files(path), channels, path)
         return [(case, _with_channels([read_volume(p) for p in files])) for case, files in groups.items()]
+    folders = series_folders(path) if path.is_dir() else []
+    if folders and folders[0] != path:  # slices only below `path`: one folder per series (CASE/, P/STUDY/SERIES/)
+        return [("_".join(f.relative_to(path).parts), _with_channels([read_dicom_series(f)])) for f in folders]
     image = read_dicom_series(path)  # raises one line naming the folder if it holds no series
     return [(path.name, _with_channels([image]))]

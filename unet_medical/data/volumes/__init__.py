@@ -20,12 +20,12 @@ import pathlib
 from typing import Callable
 
 from unet_medical.base.errors import UNetError
-from unet_medical.data.volumes.dicom import read_dicom_series
+from unet_medical.data.volumes.dicom import read_dicom_series, series_folders
 from unet_medical.data.volumes.nifti import read_nifti, write_nifti, write_nifti_image
 from unet_medical.data.volumes.record import Volume, spacing_of
 
 __all__ = ["READERS", "Volume", "is_volume_file", "read_dicom_series", "read_nifti", "read_volume",
-           "spacing_of", "volume_ending", "write_nifti",
+           "series_folders", "spacing_of", "volume_ending", "write_nifti",
            "write_nifti_image"]
 
 # File ending -> reader. The longest matching ending wins (".nii.gz" before ".gz").

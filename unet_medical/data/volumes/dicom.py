@@ -138,6 +138,32 @@ def series_affine(row_cosine: np.ndarray, column_cosine: np.ndarray, pixel_spaci
     return affine
 
 
+def _holds_image_file(folder: pathlib.Path) -> bool:
+    """Does `folder` itself hold a DICOM image slice? Headers only, stopping at the first one found."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
+        except (InvalidDicomError, OSError, EOFError):
+            continue
+        if "ImagePositionPatient" in ds:
+            return True
+    return False
+
+
+def series_folders(root: str | os.PathLike) -> list[pathlib.Path]:
+    """The folders at or under `root` that themselves hold DICOM image slices, in path order (hidden
+    folders skipped): an export laid out as one folder per series (CASE/, or PATIENT/STUDY/SERIES/)."""
+    root = pathlib.Path(root)
+    found = []
+    for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
+        if not any(part.startswith(".") for part in folder.relative_to(root).parts) and _holds_image_file(folder):
+            found.append(folder)
+    return found
+
+
 def read_dicom_series(folder: str | os.PathLike) -> Volume:
     """Read the one DICOM series in `folder` as a Volume (I = columns, J = rows, K = slices; RAS mm).
 
