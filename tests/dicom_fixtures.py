@@ -76,3 +76,50 @@ def compress_series(folder: pathlib.Path, syntax: str) -> None:
             ds["PixelData"].VR = "OB"
             ds.file_meta.TransferSyntaxUID = uid
         ds.save_as(path, enforce_file_format=True)
+
+
+def write_enhanced(path: pathlib.Path, planes: list[np.ndarray], positions: list[np.ndarray],
+                   orientation: np.ndarray, pixel_spacing: tuple[float, float], order: list[int],
+                   slope: float = 1.0, intercept: float = 0.0, series_uid: str | None = None) -> None:
+    """One Enhanced CT file holding planes[order[0]], planes[order[1]], ... as its frames: each frame's
+    ImagePositionPatient in its per-frame functional group, orientation, pixel measures and rescale in the
+    shared group (DICOM PS3.3 C.7.6.16), as scanners that export enhanced objects write them."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    enhanced_ct = "1.2.840.10008.5.1.4.1.1.2.1"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = enhanced_ct, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = enhanced_ct, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesDescription = "CT", series_uid or generate_uid(), "enhanced"
+    ds.StudyInstanceUID, ds.PatientID = "1.2.3", "TEST"
+    ds.NumberOfFrames = len(order)
+    ds.Rows, ds.Columns = planes[0].shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+
+    def item(**values) -> Dataset:
+        entry = Dataset()
+        for key, value in values.items():
+            setattr(entry, key, value)
+        return entry
+
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([item(ImageOrientationPatient=[float(v) for v in np.ravel(orientation)])])
+    shared.PixelMeasuresSequence = Sequence([item(PixelSpacing=[float(v) for v in pixel_spacing], SliceThickness=1.0)])
+    shared.PixelValueTransformationSequence = Sequence([item(RescaleSlope=slope, RescaleIntercept=intercept,
+                                                             RescaleType="HU")])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for k in order:
+        group = Dataset()
+        group.PlanePositionSequence = Sequence([item(ImagePositionPatient=[float(v) for v in positions[k]])])
+        per_frame.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.PixelData = np.ascontiguousarray(np.stack([planes[k] for k in order]).astype(np.int16)).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)

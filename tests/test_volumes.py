@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tests.dicom_fixtures import COMPRESSED_SYNTAXES, compress_series, write_series
+from tests.dicom_fixtures import COMPRESSED_SYNTAXES, compress_series, write_enhanced, write_series
 from unet_medical.base.errors import UNetError
 from unet_medical.data import volumes
 from unet_medical.data.volumes.dicom import read_dicom_series
@@ -205,3 +205,27 @@ def test_an_undecodable_slice_is_refused_in_one_line_naming_the_file_and_its_syn
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{path}: pixel data in JPEG-LS Lossless")
     assert "could not be decoded" in message
+
+
+def test_an_enhanced_multi_frame_file_reads_as_the_same_series_of_single_files(tmp_path):
+    # Recent scanners export one Enhanced CT/MR file per series: the frames come in any order, their
+    # positions in per-frame functional groups, orientation, spacing and rescale in the shared group.
+    planes, positions, _ = write_oblique_series(tmp_path / "classic", slope=1.0, intercept=-1024.0)
+    row, col, _, pixel_spacing = dicom_geometry()
+    write_enhanced(tmp_path / "enhanced" / "series.dcm", planes, positions, np.stack([row, col]), pixel_spacing,
+                   order=[3, 0, 5, 1, 4, 2], intercept=-1024.0)
+    classic, enhanced = volumes.read_volume(tmp_path / "classic"), volumes.read_volume(tmp_path / "enhanced")
+    assert enhanced.shape == classic.shape == (12, 10, 6) and enhanced.array.dtype == classic.array.dtype
+    np.testing.assert_array_equal(enhanced.array, classic.array)
+    np.testing.assert_allclose(enhanced.affine, classic.affine, atol=1e-9)
+    (tmp_path / "notes").mkdir()
+    assert volumes.series_folders(tmp_path) == [tmp_path / "classic", tmp_path / "enhanced"]
+
+
+def test_an_enhanced_file_with_two_frames_at_one_position_is_refused(tmp_path):
+    planes, positions, _ = write_oblique_series(tmp_path / "classic")
+    row, col, _, pixel_spacing = dicom_geometry()
+    write_enhanced(tmp_path / "enhanced" / "echoes.dcm", planes, positions, np.stack([row, col]), pixel_spacing,
+                   order=[0, 1, 2, 3, 4, 5, 0])  # a second echo of the first position
+    with pytest.raises(UNetError, match="several slices share one position"):
+        volumes.read_volume(tmp_path / "enhanced")

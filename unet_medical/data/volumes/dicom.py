@@ -1,4 +1,5 @@
-"""Read one DICOM series (a folder of single-slice files) as a Volume (conventions: data.volumes).
+"""Read one DICOM series (a folder of single-slice files, or of enhanced multi-frame files) as a Volume
+(conventions: data.volumes).
 
 Slices are ordered by their position along the slice normal (ImagePositionPatient projected on
 row x column direction), never by file name or InstanceNumber: exporters name files arbitrarily and
@@ -10,12 +11,17 @@ with F_row, F_col the ImageOrientationPatient direction cosines, (d_row, d_col) 
 the ImagePositionPatient of the first and last slice after sorting; then RAS = diag(-1, -1, 1) LPS.
 Pixel values get RescaleSlope and RescaleIntercept (CT: Hounsfield units). Compressed series (JPEG lossless
 and baseline, JPEG-LS, JPEG 2000, RLE), as archives and PACS exports often are, are decoded through GDCM.
+An enhanced multi-frame file (Enhanced CT / MR: NumberOfFrames with per-frame functional groups, the default
+export of recent scanners) contributes one plane per frame, each with its own position, orientation,
+spacing and rescale from its per-frame group or else the shared one (DICOM PS3.3 C.7.6.16).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from collections import defaultdict
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,64 +33,26 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _STEP_TOLERANCE = 0.01
 
 
-def _read_headers(folder: pathlib.Path) -> list:
-    """Every DICOM file in `folder` that holds image pixels (DICOMDIR, reports and non-DICOM files skipped)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+@dataclasses.dataclass(frozen=True)
+class Plane:
+    """One image plane of a series: a classic single-frame file, or one frame of a multi-frame file."""
 
-    found = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        try:
-            ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, EOFError):
-            continue
-        if "PixelData" in ds and "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            found.append(ds)
-    return found
-
-
-def _one_series(folder: pathlib.Path, datasets: list) -> list:
-    """The files of the folder's only series; several series are refused, naming each."""
-    if not datasets:
-        raise UNetError(f"{folder}: no DICOM image files (with pixel data and ImagePositionPatient) found")
-    by_series: dict[str, list] = defaultdict(list)
-    for ds in datasets:
-        by_series[str(ds.get("SeriesInstanceUID", ""))].append(ds)
-    if len(by_series) > 1:
-        listed = "; ".join(f"{uid} '{group[0].get('SeriesDescription', '')}' ({len(group)} files)"
-                           for uid, group in sorted(by_series.items()))
-        raise UNetError(f"{folder}: holds {len(by_series)} DICOM series, expected one per folder: {listed}")
-    return datasets
+    file: str  # the file it was read from
+    series: str  # SeriesInstanceUID
+    description: str  # SeriesDescription
+    position: np.ndarray  # (3,) ImagePositionPatient, LPS mm
+    orientation: np.ndarray  # (6,) ImageOrientationPatient direction cosines
+    spacing: tuple[float, float]  # PixelSpacing (row spacing, column spacing), mm
+    thickness: float  # SliceThickness, mm
+    size: tuple[int, int]  # (Rows, Columns)
+    slope: float
+    intercept: float
+    pixels: Callable[[], np.ndarray]  # the stored pixels (rows, columns), decoded on demand
 
 
-def _orientation(folder: pathlib.Path, datasets: list) -> np.ndarray:
-    """(2, 3) row and column direction cosines, the same for every slice."""
-    cosines = np.asarray([np.asarray(ds.ImageOrientationPatient, dtype=np.float64) for ds in datasets])
-    if np.abs(cosines - cosines[0]).max() > 1e-4:
-        raise UNetError(f"{folder}: slices have different ImageOrientationPatient; not one volume")
-    return cosines[0].reshape(2, 3)
-
-
-def _sorted_by_normal(folder: pathlib.Path, datasets: list, normal: np.ndarray) -> tuple[list, np.ndarray]:
-    """Slices sorted by position along `normal`, and their positions P (N, 3) in LPS mm."""
-    positions = np.asarray([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for ds in datasets])
-    depth = positions @ normal
-    order = np.argsort(depth, kind="stable")
-    depth = depth[order]
-    if len(depth) > 1:
-        steps = np.diff(depth)
-        if steps.min() <= 1e-6 * max(1.0, abs(steps).max()):
-            raise UNetError(f"{folder}: several files share one slice position (echoes, phases or a "
-                            "duplicated file?); expected one slice per position")
-        if np.abs(steps - steps.mean()).max() > _STEP_TOLERANCE * steps.mean():
-            raise UNetError(f"{folder}: slice spacing varies from {steps.min():.3f} to {steps.max():.3f} mm "
-                            "(missing slices?); expected evenly spaced slices")
-    return [datasets[i] for i in order], positions[order]
-
-
-def _pixels(ds) -> np.ndarray:
-    """The stored pixels (rows, columns) of one slice file. Compressed transfer syntaxes (JPEG lossless and
-    baseline, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom through GDCM (python-gdcm)."""
+def _decoded(ds: Any) -> np.ndarray:
+    """The stored pixels of one file: (rows, columns), or (frames, rows, columns) for a multi-frame file.
+    Compressed transfer syntaxes are decoded by pydicom through GDCM (python-gdcm)."""
     try:
         return ds.pixel_array
     except (RuntimeError, ValueError, NotImplementedError, AttributeError) as exc:
@@ -95,20 +63,133 @@ def _pixels(ds) -> np.ndarray:
                         "convert the series to uncompressed DICOM or to NIfTI") from exc
 
 
-def _voxels(folder: pathlib.Path, datasets: list) -> np.ndarray:
+def _classic_plane(ds: Any) -> Plane:
+    return Plane(str(ds.filename), str(ds.get("SeriesInstanceUID", "")), str(ds.get("SeriesDescription", "")),
+                 np.asarray(ds.ImagePositionPatient, np.float64), np.asarray(ds.ImageOrientationPatient, np.float64),
+                 tuple(float(v) for v in ds.get("PixelSpacing", (1.0, 1.0))),
+                 float(ds.get("SliceThickness", 1.0) or 1.0), (int(ds.Rows), int(ds.Columns)),
+                 float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0),
+                 lambda: _decoded(ds))
+
+
+def _group_item(groups: list[Any], sequence: str) -> Any | None:
+    """The first item of functional group macro `sequence` in the first of `groups` that has it."""
+    for group in groups:
+        items = group.get(sequence) if group is not None else None
+        if items:
+            return items[0]
+    return None
+
+
+def _frame_planes(ds: Any) -> list[Plane]:
+    """The planes of an enhanced multi-frame file, one per frame, from its per-frame functional groups
+    (falling back to the shared ones); the file's pixels are decoded once, when the first is read."""
+    frames = int(ds.NumberOfFrames)
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    if len(per_frame) != frames:
+        raise UNetError(f"{ds.filename}: {frames} frames but {len(per_frame)} per-frame functional groups")
+    cache: list[np.ndarray] = []
+
+    def frame(index: int) -> np.ndarray:
+        if not cache:
+            decoded = _decoded(ds)
+            cache.append(decoded.reshape(frames, *decoded.shape[-2:]))
+        return cache[0][index]
+
+    planes = []
+    for index in range(frames):
+        groups = [per_frame[index], shared]
+        position = _group_item(groups, "PlanePositionSequence")
+        orientation = _group_item(groups, "PlaneOrientationSequence")
+        if position is None or orientation is None or "ImagePositionPatient" not in position:
+            raise UNetError(f"{ds.filename}: frame {index + 1} has no plane position or orientation; not a volume")
+        measures = _group_item(groups, "PixelMeasuresSequence")
+        rescale = _group_item(groups, "PixelValueTransformationSequence")
+        planes.append(Plane(
+            str(ds.filename), str(ds.get("SeriesInstanceUID", "")),
+            str(ds.get("SeriesDescription", "")), np.asarray(position.ImagePositionPatient, np.float64),
+            np.asarray(orientation.ImageOrientationPatient, np.float64),
+            tuple(float(v) for v in (measures.get("PixelSpacing", (1.0, 1.0)) if measures else (1.0, 1.0))),
+            float((measures.get("SliceThickness", 1.0) if measures else 1.0) or 1.0), (int(ds.Rows), int(ds.Columns)),
+            float((rescale.get("RescaleSlope", 1) if rescale else 1) or 1),
+            float((rescale.get("RescaleIntercept", 0) if rescale else 0) or 0),
+            lambda index=index: frame(index)))
+    return planes
+
+
+def _read_planes(folder: pathlib.Path) -> list[Plane]:
+    """Every image plane of the DICOM files in `folder` (DICOMDIR, reports and non-DICOM files skipped)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    found: list[Plane] = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError, EOFError):
+            continue
+        if "PixelData" not in ds:
+            continue
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+            found.extend(_frame_planes(ds))
+        elif "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            found.append(_classic_plane(ds))
+    return found
+
+
+def _one_series(folder: pathlib.Path, planes: list[Plane]) -> list[Plane]:
+    """The planes of the folder's only series; several series are refused, naming each."""
+    if not planes:
+        raise UNetError(f"{folder}: no DICOM image files (with pixel data and a plane position) found")
+    by_series: dict[str, list[Plane]] = defaultdict(list)
+    for plane in planes:
+        by_series[plane.series].append(plane)
+    if len(by_series) > 1:
+        listed = "; ".join(f"{uid} '{group[0].description}' ({len({plane.file for plane in group})} files)"
+                           for uid, group in sorted(by_series.items()))
+        raise UNetError(f"{folder}: holds {len(by_series)} DICOM series, expected one per folder: {listed}")
+    return planes
+
+
+def _orientation(folder: pathlib.Path, planes: list[Plane]) -> np.ndarray:
+    """(2, 3) row and column direction cosines, the same for every slice."""
+    cosines = np.asarray([plane.orientation for plane in planes])
+    if np.abs(cosines - cosines[0]).max() > 1e-4:
+        raise UNetError(f"{folder}: slices have different ImageOrientationPatient; not one volume")
+    return cosines[0].reshape(2, 3)
+
+
+def _sorted_by_normal(folder: pathlib.Path, planes: list[Plane], normal: np.ndarray) -> tuple[list[Plane], np.ndarray]:
+    """Slices sorted by position along `normal`, and their positions P (N, 3) in LPS mm."""
+    positions = np.asarray([plane.position for plane in planes])
+    depth = positions @ normal
+    order = np.argsort(depth, kind="stable")
+    depth = depth[order]
+    if len(depth) > 1:
+        steps = np.diff(depth)
+        if steps.min() <= 1e-6 * max(1.0, abs(steps).max()):
+            raise UNetError(f"{folder}: several slices share one position (echoes, phases or a "
+                            "duplicated file?); expected one slice per position")
+        if np.abs(steps - steps.mean()).max() > _STEP_TOLERANCE * steps.mean():
+            raise UNetError(f"{folder}: slice spacing varies from {steps.min():.3f} to {steps.max():.3f} mm "
+                            "(missing slices?); expected evenly spaced slices")
+    return [planes[i] for i in order], positions[order]
+
+
+def _voxels(folder: pathlib.Path, planes: list[Plane]) -> np.ndarray:
     """(columns, rows, slices) modality values: stored pixels times RescaleSlope plus RescaleIntercept."""
-    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    shapes = {plane.size for plane in planes}
     if len(shapes) > 1:
         raise UNetError(f"{folder}: slices have different sizes {sorted(shapes)}; not one volume")
-    planes, scaled = [], False
-    for ds in datasets:
-        plane = _pixels(ds)
-        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-        if slope != 1 or intercept != 0:
-            plane = plane * slope + intercept
+    values, scaled = [], False
+    for plane in planes:
+        pixels = plane.pixels()
+        if plane.slope != 1 or plane.intercept != 0:
+            pixels = pixels * plane.slope + plane.intercept
             scaled = True
-        planes.append(plane)
-    stack = np.stack(planes, axis=-1)  # (rows, columns, slices)
+        values.append(pixels)
+    stack = np.stack(values, axis=-1)  # (rows, columns, slices)
     if scaled and np.all(np.mod(stack, 1) == 0) and stack.min() >= -32768 and stack.max() <= 32767:
         stack = stack.astype(np.int16)  # integer HU: keep the compact type CT is stored in
     elif scaled:
@@ -145,10 +226,10 @@ def _holds_image_file(folder: pathlib.Path) -> bool:
 
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError):
             continue
-        if "ImagePositionPatient" in ds:
+        if "ImagePositionPatient" in ds or "PerFrameFunctionalGroupsSequence" in ds:
             return True
     return False
 
@@ -174,11 +255,9 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise UNetError(f"{folder}: not a folder (a DICOM series is read from a folder of slice files)")
-    datasets = _one_series(folder, _read_headers(folder))
-    cosines = _orientation(folder, datasets)
+    planes = _one_series(folder, _read_planes(folder))
+    cosines = _orientation(folder, planes)
     normal = np.cross(cosines[0], cosines[1])
-    datasets, positions = _sorted_by_normal(folder, datasets, normal)
-    spacing = tuple(float(v) for v in datasets[0].get("PixelSpacing", (1.0, 1.0)))
-    thickness = float(datasets[0].get("SliceThickness", 1.0) or 1.0)
-    affine = LPS_TO_RAS @ series_affine(cosines[0], cosines[1], spacing, positions, thickness)
-    return Volume(array=_voxels(folder, datasets), affine=affine, spacing=spacing_of(affine), path=str(folder))
+    planes, positions = _sorted_by_normal(folder, planes, normal)
+    affine = LPS_TO_RAS @ series_affine(cosines[0], cosines[1], planes[0].spacing, positions, planes[0].thickness)
+    return Volume(array=_voxels(folder, planes), affine=affine, spacing=spacing_of(affine), path=str(folder))
