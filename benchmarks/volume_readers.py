@@ -13,11 +13,15 @@ from __future__ import annotations
 import argparse
 import pathlib
 import statistics
+import sys
 import tempfile
 import time
 from typing import Callable
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from tests.dicom_fixtures import write_series  # noqa: E402
 
 
 def write_nifti(path: pathlib.Path, volume: np.ndarray) -> None:
@@ -28,30 +32,10 @@ def write_nifti(path: pathlib.Path, volume: np.ndarray) -> None:
 
 def write_dicom_series(folder: pathlib.Path, volume: np.ndarray) -> None:
     """One CT slice file per z with ImagePositionPatient along z; file names shuffled against z order."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    series, study = generate_uid(), generate_uid()
     order = np.random.default_rng(0).permutation(volume.shape[0])
-    for z, plane in enumerate(volume):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series, study
-        ds.PatientID = "BENCH"
-        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * z]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing, ds.SliceThickness = [0.8, 0.8], 2.5
-        ds.InstanceNumber = z + 1
-        ds.Rows, ds.Columns = plane.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-        ds.PixelData = np.ascontiguousarray(plane).tobytes()
-        ds.save_as(folder / f"IM{order[z]:04d}.dcm", enforce_file_format=True)
+    write_series(folder, list(volume), [np.array([0.0, 0.0, 2.5 * z]) for z in range(volume.shape[0])],
+                 np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (0.8, 0.8),
+                 [f"IM{order[z]:04d}.dcm" for z in range(volume.shape[0])])
 
 
 def load_nibabel(path: pathlib.Path) -> np.ndarray:

@@ -6,6 +6,23 @@ import pathlib
 import numpy as np
 
 
+def ct_dataset(sop_class: str, series_uid: str, description: str):
+    """An uncompressed (explicit VR little endian) CT dataset of `sop_class` in series `series_uid`, with its
+    file meta and identifiers; the caller adds geometry and pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.SeriesDescription = "CT", series_uid, description
+    ds.StudyInstanceUID, ds.PatientID = "1.2.3", "TEST"
+    return ds
+
+
 def write_series(folder: pathlib.Path, planes: list[np.ndarray], positions: list[np.ndarray],
                  orientation: np.ndarray, pixel_spacing: tuple[float, float], names: list[str],
                  series_uid: str | None = None, description: str = "test", slope: float = 1.0,
@@ -15,20 +32,12 @@ def write_series(folder: pathlib.Path, planes: list[np.ndarray], positions: list
     InstanceNumber counts against the position order so that a reader sorting by it would fail.
     Returns the SeriesInstanceUID.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage, generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
     for n, (plane, position, name) in enumerate(zip(planes, positions, names)):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.SeriesDescription = "CT", series_uid, description
-        ds.StudyInstanceUID, ds.PatientID = "1.2.3", "TEST"
+        ds = ct_dataset(CTImageStorage, series_uid, description)
         ds.ImagePositionPatient = [float(v) for v in position]
         ds.ImageOrientationPatient = [float(v) for v in np.ravel(orientation)]
         ds.PixelSpacing = [float(v) for v in pixel_spacing]
@@ -84,19 +93,11 @@ def write_enhanced(path: pathlib.Path, planes: list[np.ndarray], positions: list
     """One Enhanced CT file holding planes[order[0]], planes[order[1]], ... as its frames: each frame's
     ImagePositionPatient in its per-frame functional group, orientation, pixel measures and rescale in the
     shared group (DICOM PS3.3 C.7.6.16), as scanners that export enhanced objects write them."""
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import EnhancedCTImageStorage, generate_uid
 
-    enhanced_ct = "1.2.840.10008.5.1.4.1.1.2.1"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = enhanced_ct, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = enhanced_ct, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesDescription = "CT", series_uid or generate_uid(), "enhanced"
-    ds.StudyInstanceUID, ds.PatientID = "1.2.3", "TEST"
+    ds = ct_dataset(EnhancedCTImageStorage, series_uid or generate_uid(), "enhanced")
     ds.NumberOfFrames = len(order)
     ds.Rows, ds.Columns = planes[0].shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
