@@ -129,3 +129,15 @@ def test_mistakes_are_refused_naming_the_file(tmp_path):
         {"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole": [1, 2]}}))
     with pytest.raises(UNetError, match="region labels"):
         vl.load_msd(tmp_path / "regions")
+
+
+def test_float_labels_and_a_trailing_axis_of_one_are_read_as_class_ids(tmp_path):
+    # Tools save label maps as float32 0.0/1.0/2.0, or with a time axis of length 1 (I, J, K, 1).
+    write_nnunet(tmp_path)
+    plain = vl.load_msd(tmp_path)
+    save(tmp_path / "labelsTr" / "a.nii.gz", labels_for(0).astype(np.float32))
+    save(tmp_path / "labelsTr" / "b.nii.gz", labels_for(1)[..., None])
+    data = vl.load_msd(tmp_path)
+    for case, reference in zip(data.cases, plain.cases):
+        assert case.labels.array.dtype == np.uint8 and case.labels.array.shape == SHAPE
+        np.testing.assert_array_equal(case.labels.array, reference.labels.array)

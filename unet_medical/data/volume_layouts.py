@@ -111,6 +111,8 @@ def _with_channels(channels: list[Volume]) -> Volume:
 
 def _label_volume(path: pathlib.Path, image: Volume, num_classes: int) -> Volume:
     labels = read_volume(path)
+    if labels.array.ndim == 4 and labels.array.shape[-1] == 1:  # some tools write a trailing time axis of 1
+        labels = dataclasses.replace(labels, array=labels.array[..., 0])
     if labels.array.ndim != 3:
         raise UNetError(f"{path}: a label map must be 3D, got shape {labels.array.shape}")
     require_same_grid(image, labels)
