@@ -313,3 +313,32 @@ def test_a_folder_of_series_folders_is_predicted_case_by_case(tmp_path):
     for path, series in zip(written, ("P2/study/CT", "case01")):
         source = read_dicom_series(root / series)
         assert nib.load(path).shape == source.shape and np.allclose(nib.load(path).affine, source.affine, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", [None, (1.6, 1.6, 2.5)])
+def test_saved_probabilities_sit_on_the_inputs_grid_and_agree_with_the_labels(tmp_path, target):
+    # --save_probabilities: probabilities/CASE.nii.gz (I, J, K, classes), uint8 read back as 0..1 through
+    # scl_slope; the label map is their argmax (up to the 1/255 rounding), with or without resampling.
+    from unet_medical.cli.volume_modes import PROBABILITIES_DIR, run_volume_prediction
+    from unet_medical.data.volume_layouts import volume_files
+
+    write_oblique_series(tmp_path / "series")
+    record = {"dims": "2", "context_slices": 0, "channel_names": ["CT"],
+              "normalization": normalization_record(((-200.0, 400.0),), ("CT",))}
+    if target is not None:
+        record["target_spacing_mm"] = list(target)
+    cfg, model, spec, info, logger = tiny_run(tmp_path, record)
+    written = run_volume_prediction(cfg.replace(input=str(tmp_path / "series"), save_probabilities=True), logger,
+                                    model, spec, info, record)
+    labels_file = nib.load(written[0])
+    probabilities_file = nib.load(tmp_path / "out" / PROBABILITIES_DIR / "series.nii.gz")
+    assert probabilities_file.shape == labels_file.shape + (3,) and probabilities_file.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(probabilities_file.affine, labels_file.affine)
+    probabilities, labels = probabilities_file.get_fdata(), np.asarray(labels_file.dataobj)
+    assert probabilities.min() >= 0 and probabilities.max() <= 1
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=2 / 255)
+    ordered = np.sort(probabilities, axis=-1)
+    clear = ordered[..., -1] - ordered[..., -2] > 1.5 / 255  # no tie left by the rounding
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(probabilities.argmax(-1)[clear], labels[clear])
+    assert list(volume_files(tmp_path / "out")) == ["series"]  # a scorer of the folder sees the labels only

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import pathlib
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from unet_medical.data.folds import case_fold_split
 from unet_medical.data.normalize import normalize_image
 from unet_medical.data.volume_dims import DIMS
 from unet_medical.data.volume_layouts import is_volume_layout
-from unet_medical.data.volume_resample import Spacing, format_spacing, probabilities_to_labels
+from unet_medical.data.volume_resample import Spacing, class_maps_on_grid, format_spacing, most_likely_class
 from unet_medical.data.volume_training import (VolumeSlices, case_inputs, cases_of, geometry_summary,
                                                load_volume_slices, prediction_cases, recorded_target,
                                                windows_from_record)
@@ -87,12 +87,15 @@ def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> 
 
 def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: UNetSpec, inputs: list[np.ndarray],
                       logger: runlog.Logger | None, label: str, grid: Volume | None = None,
-                      target: Spacing | None = None) -> np.ndarray:
+                      target: Spacing | None = None, keep: Callable[[int, np.ndarray], None] | None = None
+                      ) -> np.ndarray:
     """(I, J, K) uint8 class map of one case from its normalized slice inputs k = 0..K-1 (predict_images),
     or for a 3D network from its one (I, J, K, C) input, by sliding windows of --patch_size (--tta: mirrored).
 
     target: the spacing (mm) the inputs were resampled to; the class probabilities then go back onto
     `grid` (the case as read: its shape and spacing) before the argmax. None: inputs on the case's grid.
+    keep(c, probabilities): given each class's probability map (I, J, K) on the case's grid, in class order
+    (predict's --save_probabilities).
     """
     if spec.dims == 3:
         patch = parse_patch_size(cfg.patch_size)
@@ -100,20 +103,30 @@ def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: 
             raise UNetError(f"--model_dir={cfg.model_dir}: a 3D model needs its patch size (model.json volume record)")
         probs = sliding_window_predict(predictor, inputs[0], patch, overlap=SLIDING_OVERLAP,
                                        batch_size=cfg.batch_size, mirror=bool(cfg.tta))
-        if target is None:
+        if target is None and keep is None:
             return probs.argmax(-1).astype(np.uint8)
         class_maps = (probs[..., c] for c in range(probs.shape[-1]))
     else:
         slices = predict_images(predictor, spec, inputs, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
                                 context=cfg.tile_context, batch_size=cfg.batch_size, tta=bool(cfg.tta), logger=logger,
                                 label=label)
-        if target is None:
+        if target is None and keep is None:
             return np.stack([p.argmax(-1) for p in slices], axis=-1).astype(np.uint8)
         # one class at a time: a CT's stacked probabilities of every class would double the memory
         class_maps = (np.stack([p[..., c] for p in slices], axis=-1) for c in range(slices[0].shape[-1]))
-    if grid is None:
-        raise UNetError(f"{label}: resampled inputs need the case's own grid to predict onto")
-    return probabilities_to_labels(class_maps, grid.shape, grid.spacing, target)
+    if target is not None:
+        if grid is None:
+            raise UNetError(f"{label}: resampled inputs need the case's own grid to predict onto")
+        class_maps = class_maps_on_grid(class_maps, grid.shape, grid.spacing, target)
+    if keep is not None:
+        class_maps = _kept(class_maps, keep)
+    return most_likely_class(class_maps)
+
+
+def _kept(class_maps: Iterator[np.ndarray], keep: Callable[[int, np.ndarray], None]) -> Iterator[np.ndarray]:
+    for c, values in enumerate(class_maps):
+        keep(c, values)
+        yield values
 
 
 class VolumeEvaluator:
@@ -310,10 +323,19 @@ def prediction_dir(cfg: Config) -> pathlib.Path:
     return out
 
 
+PROBABILITIES_DIR = "probabilities"  # --save_probabilities: beside the label maps, where no scorer looks for cases
+
+
+def quantized_probability(values: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as uint8 0..255 (the nearest 1/255; a NIfTI scl_slope of 1/255 reads them back)."""
+    return np.clip(np.rint(np.asarray(values, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
 def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: UNetSpec, info: RunRecord,
                           record: dict[str, Any]) -> list[pathlib.Path]:
     """Predict every volume of --input (default: --data_dir's imagesTs/) into output_dir/CASE.nii.gz,
-    each with its input's voxel grid, affine, qform/sform and codes (data.volumes.write_nifti)."""
+    each with its input's voxel grid, affine, qform/sform and codes (data.volumes.write_nifti); with
+    --save_probabilities also output_dir/probabilities/CASE.nii.gz, (I, J, K, classes) on that grid."""
     cfg = with_recorded_patch(cfg, record)
     log_recorded_dims(record, logger)
     decision = volume_decision(cfg.threshold, cfg.tta, info.decision)  # flags win over the run's choice
@@ -329,9 +351,14 @@ def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: 
         if inputs[0].shape[-1] != spec.in_channels:
             raise UNetError(f"{image.path}: slices of {inputs[0].shape[-1]} channels, the model expects "
                             f"{spec.in_channels}")
+        kept: list[np.ndarray] = []  # --save_probabilities: per class, 0..255 for 0..1
         labels = predict_label_map(cfg, predictor, tile_size, spec, inputs, logger, f"predict {name}", image,
-                                   recorded_target(record))
+                                   recorded_target(record),
+                                   keep=(lambda c, p: kept.append(quantized_probability(p))) if cfg.save_probabilities else None)
         written.append(write_nifti(labels, image, out / f"{name}.nii.gz"))
+        if kept:
+            (out / PROBABILITIES_DIR).mkdir(exist_ok=True)
+            write_nifti(np.stack(kept, axis=-1), image, out / PROBABILITIES_DIR / f"{name}.nii.gz", scale=1 / 255)
         seconds.append(time.perf_counter() - start)
     logger.log("PREDICT", {"cases": len(written), "output": str(out), "seconds_per_case": round(float(np.mean(seconds)), 3),
                            "dims": record["dims"], "step": info.step, "peak_memory_mb": peak_memory_mb()})

@@ -20,7 +20,7 @@ applied only when some case's spacing differs from it by more than SPACING_TOLER
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -194,15 +194,20 @@ def probabilities_on_grid(probabilities: np.ndarray, shape: Sequence[int], spaci
     """float32 (I, J, K, n) class probabilities on a case's own grid (`shape`, `spacing` mm) from (I', J', K', n)
     predicted at `target` mm: each class linearly interpolated back (anisotropic rule above), as
     probabilities_to_labels does before its argmax."""
+    classes = (probabilities[..., c] for c in range(probabilities.shape[-1]))
+    return np.stack(list(class_maps_on_grid(classes, shape, spacing, target)), axis=-1)
+
+
+def class_maps_on_grid(class_maps: Iterable[np.ndarray], shape: Sequence[int], spacing: Sequence[float],
+                       target: Sequence[float]) -> Iterator[np.ndarray]:
+    """A case's class probability maps (I', J', K') predicted at `target` mm, each linearly interpolated
+    back onto the case's own grid (`shape`, `spacing` mm; anisotropic rule above), one at a time."""
     axis = out_of_plane_axis(spacing, target)
-    return np.stack([resample_to_shape(probabilities[..., c], shape, PROBABILITY_ORDER, axis)
-                     for c in range(probabilities.shape[-1])], axis=-1)
+    return (resample_to_shape(p, shape, PROBABILITY_ORDER, axis) for p in class_maps)
 
 
 def probabilities_to_labels(class_maps: Iterable[np.ndarray], shape: Sequence[int], spacing: Sequence[float],
                             target: Sequence[float]) -> np.ndarray:
-    """uint8 (I, J, K) label map on a case's own grid (`shape`, `spacing` mm) from its class probability
-    maps (I', J', K') predicted at `target` mm: each linearly interpolated back (anisotropic rule
-    above), then the most likely class."""
-    axis = out_of_plane_axis(spacing, target)
-    return most_likely_class(resample_to_shape(p, shape, PROBABILITY_ORDER, axis) for p in class_maps)
+    """uint8 (I, J, K) label map on a case's own grid from its class probability maps predicted at
+    `target` mm (class_maps_on_grid), then the most likely class."""
+    return most_likely_class(class_maps_on_grid(class_maps, shape, spacing, target))

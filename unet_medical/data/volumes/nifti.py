@@ -72,12 +72,13 @@ def _label_array(labels: np.ndarray, like: Volume, path: pathlib.Path) -> np.nda
     return labels
 
 
-def write_nifti(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> pathlib.Path:
+def write_nifti(labels: np.ndarray, like: Volume, path: str | os.PathLike, scale: float | None = None) -> pathlib.Path:
     """Write `labels` (I, J, K[, ...]) as NIfTI with exactly the geometry of `like`.
 
     The file gets like's qform and sform with their codes (for a DICOM `like`, which has neither, the
     affine as both, code 1 = scanner), spacing in mm and no intensity scaling: the image header is
     not copied whole, because its scl_slope/scl_inter (common in CT) would rescale the class indices.
+    `scale`: an scl_slope of the file's own (probabilities stored as 0..255 with scale 1/255).
     Written atomically; ".nii.gz" is gzip-compressed, ".nii" not.
 
     Raises:
@@ -99,6 +100,8 @@ def write_nifti(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> pa
         image.set_qform(like.qform if like.qform is not None else like.affine, code=like.qform_code)
         image.set_sform(like.sform if like.sform is not None else like.affine, code=like.sform_code)
     image.header.set_xyzt_units("mm", "sec")
+    if scale is not None:
+        image.header.set_slope_inter(scale, 0.0)
     data = image.to_bytes()
     if ending == ".nii.gz":
         data = gzip.compress(data, compresslevel=6, mtime=0)  # mtime 0: same labels, same bytes
