@@ -229,3 +229,25 @@ def test_an_enhanced_file_with_two_frames_at_one_position_is_refused(tmp_path):
                    order=[0, 1, 2, 3, 4, 5, 0])  # a second echo of the first position
     with pytest.raises(UNetError, match="several slices share one position"):
         volumes.read_volume(tmp_path / "enhanced")
+
+
+def test_a_nifti_placed_by_its_voxel_sizes_alone_is_written_back_the_same_way(tmp_path):
+    # Both codes 0 (NIfTI method 1): ITK and Slicer place voxel (0, 0, 0) at the origin by pixdim alone, while
+    # nibabel's affine for it is centred and flipped. A prediction written with that affine and code 1 would
+    # not overlay its input there; it must keep codes 0 and the voxel sizes.
+    image = nib.Nifti1Image(np.zeros((5, 6, 7), np.int16), None)
+    image.header.set_zooms((0.8, 0.9, 2.5))
+    image.set_qform(None, code=0)
+    image.set_sform(None, code=0)
+    nib.save(image, tmp_path / "scan.nii.gz")
+    volume = volumes.read_volume(tmp_path / "scan.nii.gz")
+    volumes.write_nifti(np.ones(volume.shape, np.uint8), volume, tmp_path / "pred.nii.gz")
+    volumes.write_nifti(np.full(volume.shape + (2,), 255, np.uint8), volume, tmp_path / "prob.nii.gz", scale=1 / 255)
+    for name in ("pred", "prob"):
+        written = nib.load(tmp_path / f"{name}.nii.gz")
+        header = written.header
+        assert (int(header["qform_code"]), int(header["sform_code"])) == (0, 0)
+        assert header.get_zooms()[:3] == pytest.approx((0.8, 0.9, 2.5))
+        assert [float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x")] == [0, 0, 0, 0]
+        np.testing.assert_allclose(written.affine, volume.affine)
+    assert nib.load(tmp_path / "prob.nii.gz").get_fdata().max() == pytest.approx(1.0)

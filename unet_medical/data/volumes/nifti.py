@@ -47,7 +47,8 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     return Volume(array=array, affine=affine, spacing=spacing_of(affine), path=str(path),
                   qform=None if qform is None else np.asarray(qform, np.float64),
                   sform=None if sform is None else np.asarray(sform, np.float64),
-                  qform_code=int(qcode or 0), sform_code=int(scode or 0))
+                  qform_code=int(qcode or 0), sform_code=int(scode or 0),
+                  zooms=tuple(float(z) for z in header.get_zooms()[:3]))
 
 
 def write_nifti_image(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> pathlib.Path:
@@ -76,7 +77,8 @@ def write_nifti(labels: np.ndarray, like: Volume, path: str | os.PathLike, scale
     """Write `labels` (I, J, K[, ...]) as NIfTI with exactly the geometry of `like`.
 
     The file gets like's qform and sform with their codes (for a DICOM `like`, which has neither, the
-    affine as both, code 1 = scanner), spacing in mm and no intensity scaling: the image header is
+    affine as both, code 1 = scanner; for a NIfTI `like` with both codes 0, its voxel sizes and codes 0),
+    spacing in mm and no intensity scaling: the image header is
     not copied whole, because its scl_slope/scl_inter (common in CT) would rescale the class indices.
     `scale`: an scl_slope of the file's own (probabilities stored as 0..255 with scale 1/255).
     Written atomically; ".nii.gz" is gzip-compressed, ".nii" not.
@@ -91,11 +93,21 @@ def write_nifti(labels: np.ndarray, like: Volume, path: str | os.PathLike, scale
     if ending is None:
         raise UNetError(f"{path}: a NIfTI prediction must end in .nii.gz or .nii")
     array = _label_array(labels, like, path)
-    image = nib.Nifti1Image(array, None)
-    if like.qform_code == 0 and like.sform_code == 0:
+    uncoded = like.qform_code == 0 and like.sform_code == 0
+    if uncoded and like.zooms is not None:
+        # A NIfTI input placed by its voxel sizes alone (method 1): ITK and Slicer put its voxel (0, 0, 0) at
+        # the origin, where nibabel's affine is centred and flipped; the same uncoded header overlays it in each.
+        header = nib.Nifti1Header()
+        header.set_data_shape(array.shape)
+        header.set_data_dtype(array.dtype)
+        header.set_zooms(like.zooms + (1.0,) * (array.ndim - 3))
+        image = nib.Nifti1Image(array, None, header=header)
+    elif uncoded:  # DICOM: its affine, as scanner coordinates
+        image = nib.Nifti1Image(array, None)
         image.set_qform(like.affine, code=1)
         image.set_sform(like.affine, code=1)
     else:
+        image = nib.Nifti1Image(array, None)
         # an uncoded transform is written as code 0 (its matrix is then ignored by readers)
         image.set_qform(like.qform if like.qform is not None else like.affine, code=like.qform_code)
         image.set_sform(like.sform if like.sform is not None else like.affine, code=like.sform_code)

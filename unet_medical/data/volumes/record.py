@@ -17,6 +17,8 @@ class Volume:
         path: the file or folder read.
         qform, sform: NIfTI only, the header's two transforms (4, 4), None when the code is 0.
         qform_code, sform_code: NIfTI header codes (0 = unset); for DICOM both 0.
+        zooms: NIfTI only, the header's voxel sizes (pixdim 1-3): a file with both codes 0 is placed by
+            them alone (the standard's method 1), and a prediction must keep them.
     """
 
     array: np.ndarray
@@ -27,6 +29,7 @@ class Volume:
     sform: np.ndarray | None = None
     qform_code: int = 0
     sform_code: int = 0
+    zooms: tuple[float, float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
