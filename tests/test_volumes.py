@@ -220,6 +220,11 @@ def test_an_enhanced_multi_frame_file_reads_as_the_same_series_of_single_files(t
     np.testing.assert_allclose(enhanced.affine, classic.affine, atol=1e-9)
     (tmp_path / "notes").mkdir()
     assert volumes.series_folders(tmp_path) == [tmp_path / "classic", tmp_path / "enhanced"]
+    write_enhanced(tmp_path / "one" / "frame.dcm", planes, positions, np.stack([row, col]), pixel_spacing, order=[2],
+                   intercept=-1024.0)  # an enhanced object of one frame is still read by its functional groups
+    single = volumes.read_volume(tmp_path / "one")
+    assert single.shape == (12, 10, 1)
+    np.testing.assert_array_equal(single.array[..., 0], classic.array[..., 2])
 
 
 def test_an_enhanced_file_with_two_frames_at_one_position_is_refused(tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import pathlib
 from typing import Iterator
@@ -137,6 +138,14 @@ def _check_complete(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries",
     strip table is checked against the file size before decoding.
     """
     size = tif.filehandle.size
+    for index, page in enumerate(tif.pages):
+        # An uncompressed page must hold its declared pixels: a flipped bit in ImageLength declared 285 million
+        # rows in a 288-byte file, and decoding them strip by strip ran for minutes.
+        if page is not None and page.compression == 1:
+            declared = math.prod(page.shape) * page.bitspersample // 8
+            if declared > size:
+                raise UNetError(f"{path}: damaged or truncated TIFF: page {index} declares {page.shape} pixels "
+                                f"({declared} bytes uncompressed) but the file has only {size} bytes")
     ends = [(i, int(np.max(np.add(page.dataoffsets, page.databytecounts))))
             for i, page in enumerate(tif.pages) if page is not None and len(page.dataoffsets)]
     if series.dataoffset is not None:  # contiguous stacks (ImageJ) may list only their first page
@@ -168,6 +177,8 @@ def _read_tiff(path: pathlib.Path) -> np.ndarray | None:
                 _check_codecs(tif.pages.first, path)
                 series = tif.series[0]
                 _check_complete(tif, series, path)
+                if problems:  # a damaged header can declare millions of strips: refuse before decoding them
+                    raise UNetError(f"{path}: damaged or truncated TIFF ({problems[0]})")
                 array, axes = series.asarray(), series.axes
         except UNetError:
             raise

@@ -81,10 +81,17 @@ def _group_item(groups: list[Any], sequence: str) -> Any | None:
     return None
 
 
+def _value(item: Any | None, keyword: str, default: Any) -> Any:
+    """item's `keyword`, or `default` when the item, the attribute or its value is missing (empty values
+    occur: an unset SliceThickness is written as an empty string)."""
+    value = item.get(keyword) if item is not None else None
+    return default if value in (None, "") else value
+
+
 def _frame_planes(ds: Any) -> list[Plane]:
     """The planes of an enhanced multi-frame file, one per frame, from its per-frame functional groups
     (falling back to the shared ones); the file's pixels are decoded once, when the first is read."""
-    frames = int(ds.NumberOfFrames)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
     per_frame = ds.PerFrameFunctionalGroupsSequence
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
     if len(per_frame) != frames:
@@ -110,10 +117,9 @@ def _frame_planes(ds: Any) -> list[Plane]:
             str(ds.filename), str(ds.get("SeriesInstanceUID", "")),
             str(ds.get("SeriesDescription", "")), np.asarray(position.ImagePositionPatient, np.float64),
             np.asarray(orientation.ImageOrientationPatient, np.float64),
-            tuple(float(v) for v in (measures.get("PixelSpacing", (1.0, 1.0)) if measures else (1.0, 1.0))),
-            float((measures.get("SliceThickness", 1.0) if measures else 1.0) or 1.0), (int(ds.Rows), int(ds.Columns)),
-            float((rescale.get("RescaleSlope", 1) if rescale else 1) or 1),
-            float((rescale.get("RescaleIntercept", 0) if rescale else 0) or 0),
+            tuple(float(v) for v in _value(measures, "PixelSpacing", (1.0, 1.0))),
+            float(_value(measures, "SliceThickness", 1.0)), (int(ds.Rows), int(ds.Columns)),
+            float(_value(rescale, "RescaleSlope", 1.0)), float(_value(rescale, "RescaleIntercept", 0.0)),
             lambda index=index: frame(index)))
     return planes
 
@@ -131,7 +137,7 @@ def _read_planes(folder: pathlib.Path) -> list[Plane]:
             continue
         if "PixelData" not in ds:
             continue
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+        if "PerFrameFunctionalGroupsSequence" in ds:  # an enhanced object, even of one frame
             found.extend(_frame_planes(ds))
         elif "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
             found.append(_classic_plane(ds))
