@@ -132,28 +132,31 @@ def _is_missing_codec(exc: BaseException) -> bool:
 
 
 def _check_complete(tif: "tifffile.TiffFile", series: "tifffile.TiffPageSeries", path: pathlib.Path) -> None:
-    """Raise UNetError if pixel data is declared beyond the end of the file (a truncated copy).
+    """Raise UNetError if pixel data is declared beyond the end of the file (a truncated copy), or an
+    uncompressed page declares more pixels than the file holds (a damaged header).
 
-    Some decoders (libjpeg) return a partly grey image for a cut strip instead of failing, so the
-    strip table is checked against the file size before decoding.
+    Some decoders (libjpeg) return a partly grey image for a cut strip instead of failing, and a flipped
+    bit in ImageLength declared 285 million rows in a 288-byte file, which tifffile then decoded strip by
+    strip for minutes; so the page table is checked against the file size before decoding.
     """
     size = tif.filehandle.size
     for index, page in enumerate(tif.pages):
-        # An uncompressed page must hold its declared pixels: a flipped bit in ImageLength declared 285 million
-        # rows in a 288-byte file, and decoding them strip by strip ran for minutes.
-        if page is not None and page.compression == 1:
-            declared = math.prod(page.shape) * page.bitspersample // 8
-            if declared > size:
-                raise UNetError(f"{path}: damaged or truncated TIFF: page {index} declares {page.shape} pixels "
-                                f"({declared} bytes uncompressed) but the file has only {size} bytes")
-    ends = [(i, int(np.max(np.add(page.dataoffsets, page.databytecounts))))
-            for i, page in enumerate(tif.pages) if page is not None and len(page.dataoffsets)]
+        if page is None:
+            continue
+        declared = math.prod(page.shape) * page.bitspersample // 8
+        if page.compression == 1 and declared > size:
+            raise UNetError(f"{path}: damaged or truncated TIFF: page {index} declares {page.shape} pixels "
+                            f"({declared} bytes uncompressed) but the file has only {size} bytes")
+        if len(page.dataoffsets):
+            _check_end(index, int(np.max(np.add(page.dataoffsets, page.databytecounts))), size, path)
     if series.dataoffset is not None:  # contiguous stacks (ImageJ) may list only their first page
-        ends.append((0, int(series.dataoffset) + int(series.nbytes)))
-    for index, end in ends:
-        if end > size:
-            raise UNetError(f"{path}: damaged or truncated TIFF: the data of page {index} ends at byte {end} "
-                            f"but the file has only {size} bytes")
+        _check_end(0, int(series.dataoffset) + int(series.nbytes), size, path)
+
+
+def _check_end(index: int, end: int, size: int, path: pathlib.Path) -> None:
+    if end > size:
+        raise UNetError(f"{path}: damaged or truncated TIFF: the data of page {index} ends at byte {end} "
+                        f"but the file has only {size} bytes")
 
 
 def _read_tiff(path: pathlib.Path) -> np.ndarray | None:
