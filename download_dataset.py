@@ -21,7 +21,8 @@ images/NN.png + masks/NN.png; --kind lesions dermoscopy-like images with lesions
 the image (the large-object case), in the same folders; --kind ct and --kind mr 3D volumes with two foreground classes (organ,
 lesion), anisotropic voxels and oblique affines in the MSD / nnU-Net raw layout (imagesTr/CASE_0000.nii.gz,
 labelsTr/CASE.nii.gz, imagesTs/, dataset.json; data.synthetic_volumes); --kind mr_small small 1 mm isotropic MR crops
-with two adjacent labels (head, tail). They rehearse data shapes, they do not replace real data.
+with two adjacent labels (head, tail), and --kind mr_faint the same made hard (a structure nearly as bright as
+its neighbours). They rehearse data shapes, they do not replace real data.
 
 Data: Cardona et al. 2010 (serial-section TEM of the Drosophila first-instar larva ventral nerve
 cord), published for the ISBI 2012 challenge by Arganda-Carreras et al., Front. Neuroanat. 2015.
@@ -369,7 +370,9 @@ def _check_synthetic_flags(args: argparse.Namespace) -> None:
     if kind not in synthetic_kinds.KINDS:
         raise UNetError(f"--kind {kind}: unknown kind; expected one of {', '.join(synthetic_kinds.KINDS)}")
     if kind == "em" and args.num_images is not None:
-        raise UNetError("--num_images is for --kind vessels, nuclei, lesions, ct, mr or mr_small; --kind em uses --num_slices and --size")
+        others = [k for k in synthetic_kinds.KINDS if k != "em"]
+        raise UNetError(f"--num_images is for --kind {', '.join(others[:-1])} or {others[-1]}; "
+                        "--kind em uses --num_slices and --size")
     if kind != "em":
         for flag in ("num_slices", "size"):
             if getattr(args, flag) is not None:
@@ -386,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--synthetic", action="store_true",
                       help="write a synthetic data set instead of downloading (see --kind)")
     parser.add_argument("--kind", help=f"synthetic: {' | '.join(synthetic_kinds.KINDS)} (default em: EM stacks "
-                        "in the ISBI layout; vessels, nuclei, lesions: images/ + masks/ PNG folders; ct, mr, mr_small: NIfTI volumes "
+                        "in the ISBI layout; vessels, nuclei, lesions: images/ + masks/ PNG folders; ct, mr, mr_small, mr_faint: NIfTI volumes "
                         "in the MSD layout)")
     parser.add_argument("--num_slices", type=int, help="synthetic em: slices per stack (default 30)")
     parser.add_argument("--size", type=int, help="synthetic em: slice height and width in px (default 512)")

@@ -231,7 +231,7 @@ def test_cli_writes_a_folder_kind(tmp_path, capsys):
     (["--kind", "vessels"], "error: --kind needs --synthetic"),
     (["--synthetic", "--kind", "vessels", "--size", "64"], "error: --size is for --kind em"),
     (["--synthetic", "--kind", "nuclei", "--num_slices", "3"], "error: --num_slices is for --kind em"),
-    (["--synthetic", "--num_images", "3"], "error: --num_images is for --kind vessels, nuclei, lesions, ct, mr or mr_small"),
+    (["--synthetic", "--num_images", "3"], "error: --num_images is for --kind vessels, nuclei, lesions, ct, mr, mr_small or mr_faint"),
     (["--synthetic", "--kind", "nuclei", "--num_images", "0"], "error: num_images=0"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, start):

@@ -86,6 +86,40 @@ def test_mr_small_writes_small_isotropic_cases_with_two_adjacent_labels(tmp_path
     assert sv.dataset_json("mr_small", 5)["numTraining"] == 5
 
 
+def _contrast_to_noise(image: np.ndarray, labels: np.ndarray) -> float:
+    """|mean inside the structure - mean of a shell 1-3 voxels outside it| / sd inside it."""
+    inside = labels > 0
+    shell = ndimage.binary_dilation(inside, iterations=3) & ~ndimage.binary_dilation(inside)
+    return float(abs(image[inside].mean() - image[shell].mean()) / image[inside].std())
+
+
+def test_mr_faint_is_mr_small_geometry_with_a_structure_as_bright_as_its_neighbours(tmp_path):
+    """--kind mr_faint: mr_small's shapes, spacing and labels (head larger than tail, touching, one structure),
+    but a contrast-to-noise ratio against the voxels around it under 1, where mr_small's is over 3."""
+    sv.write_volume_kind(tmp_path, "mr_faint", 2, seed=5)
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "head": 1, "tail": 2} and meta["channel_names"] == {"0": "MRI"}
+    image = volumes.read_volume(tmp_path / "imagesTr" / "case_001_0000.nii.gz")
+    assert image.spacing == pytest.approx((1.0, 1.0, 1.0), rel=1e-5)
+    assert all(low <= n <= high for n, (low, high) in zip(image.shape, sv.SMALL_SHAPE_RANGE))
+    faint, plain, levels = [], [], []
+    for index in range(8):
+        first = sv.make_case("mr_faint", np.random.default_rng(index))
+        again = sv.make_case("mr_faint", np.random.default_rng(index))
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+        image, labels = first[0], first[1]
+        head, tail = labels == 1, labels == 2
+        assert 300 < tail.sum() < head.sum() < 0.05 * labels.size
+        assert (ndimage.binary_dilation(head) & tail).any()
+        assert ndimage.label(head | tail)[1] == 1
+        faint.append(_contrast_to_noise(image, labels))
+        levels.append(float(np.median(image)))
+        small_image, small_labels, _ = sv.make_case("mr_small", np.random.default_rng(index))
+        plain.append(_contrast_to_noise(small_image, small_labels))
+    assert max(faint) < 1.0 < 3.0 < min(plain)
+    assert max(levels) > 1.5 * min(levels)  # the intensity scale differs per case, as MR units do
+
+
 def test_mr_small_case_shapes_vary_around_the_median_and_some_are_thinner_than_a_patch():
     """Real crops differ in shape; a 32-voxel patch must be padded on some cases (K from 26)."""
     shapes = np.array([sv.small_case_shape(np.random.default_rng(index)) for index in range(200)])
