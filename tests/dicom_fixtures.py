@@ -87,6 +87,41 @@ def compress_series(folder: pathlib.Path, syntax: str) -> None:
         ds.save_as(path, enforce_file_format=True)
 
 
+# Lossy JPEG syntaxes (ISO 10918-1 process 1, 8-bit, and process 2/4, 12-bit) with the stored bits each takes.
+LOSSY_SYNTAXES = {"JPEG Baseline": ("1.2.840.10008.1.2.4.50", 8), "JPEG Extended": ("1.2.840.10008.1.2.4.51", 12)}
+
+
+def lossy_series(folder: pathlib.Path, syntax: str, quality: int = 90, signed: bool = False) -> None:
+    """Rewrite a series written by write_series as `syntax` (a key of LOSSY_SYNTAXES), encoded by imagecodecs
+    at JPEG `quality`: stored values become unsigned (8 or 12 bits, shifted by the series' minimum) and the
+    rescale intercept moves by the same shift, so the values a reader returns are unchanged but for JPEG's
+    loss. `signed`: the values stay as they are, stored as two's complement in the syntax's bits
+    (PixelRepresentation 1). The caller's values must fit the syntax's bits. LossyImageCompression is set, as
+    the standard asks."""
+    import imagecodecs
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+
+    uid, bits = LOSSY_SYNTAXES[syntax]
+    paths = sorted(folder.iterdir())
+    shift = 0 if signed else -min(int(dcmread(path).pixel_array.min()) for path in paths)
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if signed else (0, 2 ** bits)
+    for path in paths:
+        ds = dcmread(path)
+        stored = ds.pixel_array.astype(np.int32) + shift
+        if stored.min() < low or stored.max() >= high:
+            raise ValueError(f"{path}: values {stored.min()}..{stored.max()} do not fit {bits} bits")
+        stored = (stored & (2 ** bits - 1)).astype(np.uint8 if bits == 8 else np.uint16)  # the bit pattern
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = (8 if bits == 8 else 16), bits, bits - 1
+        ds.PixelRepresentation = int(signed)
+        ds.RescaleIntercept = float(ds.RescaleIntercept) - shift * float(ds.RescaleSlope)
+        ds.PixelData = encapsulate([imagecodecs.jpeg8_encode(stored, level=quality, bitspersample=bits)])
+        ds["PixelData"].VR = "OB"
+        ds.LossyImageCompression = "01"
+        ds.file_meta.TransferSyntaxUID = uid
+        ds.save_as(path, enforce_file_format=True)
+
+
 def write_enhanced(path: pathlib.Path, planes: list[np.ndarray], positions: list[np.ndarray],
                    orientation: np.ndarray, pixel_spacing: tuple[float, float], order: list[int],
                    slope: float = 1.0, intercept: float = 0.0, series_uid: str | None = None) -> None:

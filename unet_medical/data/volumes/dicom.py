@@ -50,17 +50,45 @@ class Plane:
     pixels: Callable[[], np.ndarray]  # the stored pixels (rows, columns), decoded on demand
 
 
+# ISO 10918-1 JPEG (baseline 8-bit, extended 12-bit): the python-gdcm wheel's plugin in pydicom refuses 12-bit
+# extended frames, which older CT archives hold, and imagecodecs' libjpeg-turbo decodes both.
+_IMAGECODECS_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+def _jpeg_frames(ds: Any) -> np.ndarray:
+    """The stored pixels of a JPEG baseline / extended file decoded frame by frame with imagecodecs, shaped
+    as pydicom's pixel_array: (rows, columns) or (frames, rows, columns); signed data (PixelRepresentation 1)
+    read as two's complement in BitsStored bits, as PS3.5 8.2.1 asks."""
+    import imagecodecs
+    from pydicom.encaps import generate_frames
+
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = np.stack([imagecodecs.jpeg8_decode(frame) for frame in generate_frames(ds.PixelData, number_of_frames=count)])
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        bits = int(ds.BitsStored)
+        frames = frames.astype(np.int32)
+        frames = np.where(frames >= 2 ** (bits - 1), frames - 2 ** bits, frames).astype(np.int16)
+    return frames if count > 1 else frames[0]
+
+
 def _decoded(ds: Any) -> np.ndarray:
     """The stored pixels of one file: (rows, columns), or (frames, rows, columns) for a multi-frame file.
-    Compressed transfer syntaxes are decoded by pydicom through GDCM (python-gdcm)."""
+    Compressed transfer syntaxes are decoded by pydicom through GDCM (python-gdcm), JPEG baseline and
+    extended that it refuses by imagecodecs."""
     try:
         return ds.pixel_array
     except (RuntimeError, ValueError, NotImplementedError, AttributeError) as exc:
-        syntax = ds.file_meta.get("TransferSyntaxUID", "an unknown transfer syntax")
-        name = getattr(syntax, "name", str(syntax))
-        cause = " ".join(str(exc).split())[:300] or type(exc).__name__  # pydicom lists each plugin's reason
-        raise UNetError(f"{ds.filename}: pixel data in {name} could not be decoded ({cause}); "
-                        "convert the series to uncompressed DICOM or to NIfTI") from exc
+        failure: Exception = exc
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) in _IMAGECODECS_JPEG:
+        try:
+            return _jpeg_frames(ds)
+        except (RuntimeError, ValueError) as exc:  # imagecodecs' Jpeg8Error and DelayedImportError are these
+            failure = exc
+    syntax = ds.file_meta.get("TransferSyntaxUID", "an unknown transfer syntax")
+    name = getattr(syntax, "name", str(syntax))
+    cause = " ".join(str(failure).split())[:300] or type(failure).__name__  # pydicom lists each plugin's reason
+    raise UNetError(f"{ds.filename}: pixel data in {name} could not be decoded ({cause}); "
+                    "convert the series to uncompressed DICOM or to NIfTI") from failure
 
 
 def _classic_plane(ds: Any) -> Plane:
