@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--synthetic", action="store_true",
                       help="write a synthetic data set instead of downloading (see --kind)")
     parser.add_argument("--kind", help=f"synthetic: {' | '.join(synthetic_kinds.KINDS)} (default em: EM stacks "
-                        "in the ISBI layout; vessels, nuclei, lesions: images/ + masks/ PNG folders; ct, mr, mr_small, mr_faint: NIfTI volumes "
+                        "in the ISBI layout; vessels, nuclei, lesions: images/ + masks/ PNG folders; ct, mr, mr_small, "
+                        "mr_faint: NIfTI volumes "
                         "in the MSD layout)")
     parser.add_argument("--num_slices", type=int, help="synthetic em: slices per stack (default 30)")
     parser.add_argument("--size", type=int, help="synthetic em: slice height and width in px (default 512)")

@@ -122,7 +122,7 @@ def test_a_supervised_run_ships_the_plain_network_and_resumes_its_heads(tmp_path
     assert cli_main(["train", "--data_dir", str(data_dir), "--model_dir", str(run), *tiny()]) == 0
     (line,) = [r["data"] for r in read_log(run / "log.json")
                if r.get("step") == "RECIPE" and r["data"].get("flag") == "deep_supervision"]
-    assert line["value"] is True and "decoder levels 2-2" in line["reason"]
+    assert line["value"] is True and "decoder level 2 also" in line["reason"]
     last, best = ckpt.checkpoint_dir(run) / ckpt.LAST, ckpt.checkpoint_dir(run) / ckpt.BEST
     with np.load(last) as data:
         header = json.loads(data["header"].tobytes())
@@ -156,11 +156,12 @@ def json_step(data) -> int:
 
 
 @pytest.mark.parametrize("flags, padding, depth, dims, resuming, expected, why", [
-    ([], "same", 4, 2, False, True, "decoder levels 2-3"),
+    ([], "same", 4, 2, False, True, "decoder levels 2-3 also scored through 1x1 heads"),
     ([], "valid", 4, 2, False, False, "valid padding"),
     ([], "same", 2, 2, False, False, "depth 2"),
     (["--quantization", "INT"], "same", 4, 2, False, False, "quantized"),
-    ([], "same", 4, 3, False, False, "--dims 3"),
+    ([], "same", 3, 3, False, True, "decoder level 2 also scored through 1x1x1 heads"),
+    ([], "same", 2, 3, False, False, "depth 2"),
     ([], "same", 4, 2, True, False, "recorded before"),
 ])
 def test_the_recipe_decides_an_unset_flag_and_says_why(tmp_path, flags, padding, depth, dims, resuming, expected, why):

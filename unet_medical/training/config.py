@@ -44,7 +44,7 @@ class TrainingConfig(Settings):
     deep_supervision: bool | None = setting(None, "also score decoder levels 2 to depth - 1 through 1x1 heads that "
                                             "exist only in training (nnU-Net's deep supervision; loss weights "
                                             "1/2^(level-1), normalized; labels subsampled). Default: chosen, on for "
-                                            "a 2-D same-padding float U-Net of depth 3 or more")
+                                            "a same-padding float U-Net (2-D or 3-D) of depth 3 or more")
     dice_weight: float = setting(1.0, "weight of the soft Dice term next to cross-entropy", rule=at_least(0, "a number"))
     time_budget: float | None = setting(None, "minutes of training, evaluations, checkpoints and the decision on "
                                         "validation included: the "
