@@ -60,6 +60,21 @@ def test_a_non_empty_destination_and_bad_counts_are_refused(tmp_path):
         sv.write_volume_kind(tmp_path / "new", "ct", 0)
 
 
+def checked_small_cases(kind: str, count: int):
+    """(image, labels) of cases 0 .. count - 1 of a small-crop kind, each checked: the same generator gives the
+    same case, and it holds one small structure split into a head larger than its tail, the two touching."""
+    for index in range(count):
+        first = sv.make_case(kind, np.random.default_rng(index))
+        again = sv.make_case(kind, np.random.default_rng(index))
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+        image, labels = first[0], first[1]
+        head, tail = labels == 1, labels == 2
+        assert 300 < tail.sum() < head.sum() < 0.05 * labels.size  # small structures, as in hippocampus crops
+        assert (ndimage.binary_dilation(head) & tail).any()  # adjacent: the labels share a surface
+        assert ndimage.label(head | tail)[1] == 1  # one structure split in two, not two blobs
+        yield image, labels
+
+
 def test_mr_small_writes_small_isotropic_cases_with_two_adjacent_labels(tmp_path):
     """--kind mr_small: crops of 1 mm voxels (anisotropy 1) whose shapes differ per case, labels head and tail
     touching."""
@@ -72,15 +87,8 @@ def test_mr_small_writes_small_isotropic_cases_with_two_adjacent_labels(tmp_path
     assert all(low <= n <= high for n, (low, high) in zip(image.shape, sv.SMALL_SHAPE_RANGE))
     np.testing.assert_allclose(labels.affine, image.affine, atol=1e-6)
     assert image.spacing == pytest.approx((1.0, 1.0, 1.0), rel=1e-5)
-    for index in range(4):
-        first = sv.make_case("mr_small", np.random.default_rng(index))
-        again = sv.make_case("mr_small", np.random.default_rng(index))
-        assert all(np.array_equal(a, b) for a, b in zip(first, again))
-        image, labels = first[0], first[1]
+    for image, labels in checked_small_cases("mr_small", 4):
         head, tail = labels == 1, labels == 2
-        assert 300 < tail.sum() < head.sum() < 0.05 * labels.size  # small structures, as in hippocampus crops
-        assert (ndimage.binary_dilation(head) & tail).any()  # adjacent: the labels share a surface
-        assert ndimage.label(head | tail)[1] == 1  # one structure split in two, not two blobs
         tissue = image[labels == 0].mean()
         assert tissue < image[head].mean() and tissue < image[tail].mean()
     assert sv.dataset_json("mr_small", 5)["numTraining"] == 5
@@ -103,15 +111,7 @@ def test_mr_faint_is_mr_small_geometry_with_a_structure_as_bright_as_its_neighbo
     assert image.spacing == pytest.approx((1.0, 1.0, 1.0), rel=1e-5)
     assert all(low <= n <= high for n, (low, high) in zip(image.shape, sv.SMALL_SHAPE_RANGE))
     faint, plain, levels = [], [], []
-    for index in range(8):
-        first = sv.make_case("mr_faint", np.random.default_rng(index))
-        again = sv.make_case("mr_faint", np.random.default_rng(index))
-        assert all(np.array_equal(a, b) for a, b in zip(first, again))
-        image, labels = first[0], first[1]
-        head, tail = labels == 1, labels == 2
-        assert 300 < tail.sum() < head.sum() < 0.05 * labels.size
-        assert (ndimage.binary_dilation(head) & tail).any()
-        assert ndimage.label(head | tail)[1] == 1
+    for index, (image, labels) in enumerate(checked_small_cases("mr_faint", 8)):
         faint.append(_contrast_to_noise(image, labels))
         levels.append(float(np.median(image)))
         small_image, small_labels, _ = sv.make_case("mr_small", np.random.default_rng(index))

@@ -99,8 +99,8 @@ def resolve_deep_supervision(cfg: Config, padding: str, depth: int, dims: int, r
         value, why = False, obstacle
     else:
         levels = "level 2" if depth == 3 else f"levels 2-{depth - 1}"
-        evidence = ("on the synthetic mr_faint set (structures as bright as their neighbours) at the recipe's 15 "
-                    "minutes, test mean Dice +0.1 and +0.8 points (two seeds) for a step 3-8 % slower" if dims == 3 else
+        evidence = ("on the synthetic mr_faint set, structures as bright as their neighbours, at the recipe's 15 "
+                    "minutes: test mean Dice +0.1 and +0.8 points (two seeds) for a step 3-8 % slower" if dims == 3 else
                     "nnU-Net's deep supervision; measured on the synthetic kinds")
         value, why = True, (f"decoder {levels} also scored through {'1x1x1' if dims == 3 else '1x1'} heads "
                             f"that ship in no file ({evidence}, README)")
