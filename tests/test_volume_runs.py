@@ -315,6 +315,18 @@ def test_a_folder_of_series_folders_is_predicted_case_by_case(tmp_path):
         assert nib.load(path).shape == source.shape and np.allclose(nib.load(path).affine, source.affine, atol=1e-4)
 
 
+def test_a_stored_255_reads_back_as_at_most_one_through_the_float32_slope(tmp_path):
+    # Found by a CI run: with scl_slope 1/255 (float32 in the header) a certain voxel read back as 1.00000006.
+    from unet_medical.cli.volume_modes import PROBABILITY_SLOPE
+
+    path = tmp_path / "p.nii.gz"
+    image = nib.Nifti1Image(np.array([[[0, 128, 255]]], np.uint8), np.eye(4))
+    image.header.set_slope_inter(PROBABILITY_SLOPE, 0.0)
+    nib.save(image, path)
+    values = nib.load(path).get_fdata()
+    assert values.max() <= 1.0 and values.max() == pytest.approx(1.0, abs=1e-6) and values.min() == 0.0
+
+
 @pytest.mark.parametrize("target", [None, (1.6, 1.6, 2.5)])
 def test_saved_probabilities_sit_on_the_inputs_grid_and_agree_with_the_labels(tmp_path, target):
     # --save_probabilities: probabilities/CASE.nii.gz (I, J, K, classes), uint8 read back as 0..1 through

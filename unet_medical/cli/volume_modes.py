@@ -324,6 +324,9 @@ def prediction_dir(cfg: Config) -> pathlib.Path:
 
 
 PROBABILITIES_DIR = "probabilities"  # --save_probabilities: beside the label maps, where no scorer looks for cases
+# The scl_slope of a probability file: NIfTI stores it as float32, and float32(1/255) lies above 1/255, so a
+# stored 255 would read back as 1.00000006; the float32 just below keeps every probability within [0, 1].
+PROBABILITY_SLOPE = float(np.nextafter(np.float32(1 / 255), np.float32(0)))
 
 
 def quantized_probability(values: np.ndarray) -> np.ndarray:
@@ -358,7 +361,7 @@ def run_volume_prediction(cfg: Config, logger: runlog.Logger, model: Any, spec: 
         written.append(write_nifti(labels, image, out / f"{name}.nii.gz"))
         if kept:
             (out / PROBABILITIES_DIR).mkdir(exist_ok=True)
-            write_nifti(np.stack(kept, axis=-1), image, out / PROBABILITIES_DIR / f"{name}.nii.gz", scale=1 / 255)
+            write_nifti(np.stack(kept, axis=-1), image, out / PROBABILITIES_DIR / f"{name}.nii.gz", scale=PROBABILITY_SLOPE)
         seconds.append(time.perf_counter() - start)
     logger.log("PREDICT", {"cases": len(written), "output": str(out), "seconds_per_case": round(float(np.mean(seconds)), 3),
                            "dims": record["dims"], "step": info.step, "peak_memory_mb": peak_memory_mb()})

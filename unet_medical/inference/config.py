@@ -45,6 +45,6 @@ class InferenceConfig(Settings):
     output_dir: str | None = setting(None, "predict: an empty or new folder for the predictions (default: fresh model_dir/predictions/NNN)")
     save_probabilities: bool = setting(False, "predict on volumes: also write each case's class probabilities, "
                                        "probabilities/CASE.nii.gz (I, J, K, classes) on the input's grid, uint8 "
-                                       "with scl_slope 1/255 (readers see 0..1)")
+                                       "with scl_slope just under 1/255 (readers see 0..1)")
     use_trt: bool = setting(False, "predict through a TF-TRT export of the run (made on first use; needs "
                            "TensorFlow built with TensorRT and a GPU, e.g. NVIDIA's NGC container)")
