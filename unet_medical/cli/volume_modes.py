@@ -330,7 +330,7 @@ PROBABILITY_SLOPE = float(np.nextafter(np.float32(1 / 255), np.float32(0)))
 
 
 def quantized_probability(values: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] as uint8 0..255 (the nearest 1/255; a NIfTI scl_slope of 1/255 reads them back)."""
+    """Probabilities in [0, 1] as uint8 0..255 (the nearest 1/255; PROBABILITY_SLOPE as scl_slope reads them back)."""
     return np.clip(np.rint(np.asarray(values, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
