@@ -67,7 +67,7 @@ def spec_for(cfg: Config, data: SegmentationData) -> UNetSpec:
     dims = 3 if getattr(data, "dims", "2") == "3" else 2
     return UNetSpec(n_classes=len(data.class_names), in_channels=int(data.images[0].shape[-1]),
                     base_filters=cfg.base_filters, depth=cfg.depth or DEFAULT_DEPTH, padding=cfg.padding,
-                    batch_norm=cfg.batch_norm, dropout=cfg.dropout, dims=dims)
+                    batch_norm=cfg.batch_norm, instance_norm=cfg.instance_norm, dropout=cfg.dropout, dims=dims)
 
 
 def patch_geometry(spec: UNetSpec, patch_size: str | None) -> CropGeometry:

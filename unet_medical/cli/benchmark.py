@@ -65,7 +65,8 @@ def resolve_mode(cfg: Config) -> str:
 def benchmark_spec(cfg: Config, in_channels: int = 1) -> UNetSpec:
     """The network of the flags: a 3-D U-Net with --dims 3, else the 2-D one."""
     return UNetSpec(n_classes=cfg.num_classes or 2, in_channels=in_channels, base_filters=cfg.base_filters,
-                    depth=cfg.depth or DEFAULT_DEPTH, padding=cfg.padding, batch_norm=cfg.batch_norm, dropout=cfg.dropout,
+                    depth=cfg.depth or DEFAULT_DEPTH, padding=cfg.padding, batch_norm=cfg.batch_norm,
+                    instance_norm=cfg.instance_norm, dropout=cfg.dropout,
                     dims=3 if cfg.dims == "3" else 2)
 
 

@@ -34,7 +34,7 @@ from unet_medical.data.config import DataConfig, augment_config
 from unet_medical.evaluation.config import EvaluationConfig
 from unet_medical.export.config import ExportConfig
 from unet_medical.inference.config import InferenceConfig
-from unet_medical.model.config import CompressionConfig, ModelConfig, QuantizationSettings
+from unet_medical.model.config import CompressionConfig, ModelConfig, QuantizationSettings, instance_over_batch_norm
 from unet_medical.training.config import TrainingConfig, deep_supervision_obstacle
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
@@ -305,6 +305,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         values["exec_mode"] = OPERATION_MODES[mode]
     if values.get("experiment_name"):
         values["model_dir"] = str(pathlib.Path(values.get("model_dir", Config.model_dir)) / values["experiment_name"])
+    values.update(instance_over_batch_norm(values))
     explicit = set(values)
     values = with_run_defaults(values, {f.name: f.default for f in dataclasses.fields(Config)})
     if str(values.get("dims")) in ("3", "auto"):

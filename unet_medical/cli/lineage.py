@@ -10,7 +10,7 @@ What is inherited, unless the flag was given explicitly (command line or --confi
         checkpoint (the weights the run's SavedModel holds), dims, context_slices, patch_size (how volumes
         were cut; fixed for a resume like the data)
     from RUN/model.json (the weights fix it, so this is the authority):
-        padding, base_filters, depth, batch_norm, dropout; for --model_dir modes also the quantization
+        padding, base_filters, depth, batch_norm, instance_norm, dropout; for --model_dir modes also the quantization
         settings (shown in the PARAMETER line; the model itself is always rebuilt from model.json)
 An explicit architecture flag that contradicts model.json is refused: it could not take effect.
 
@@ -51,7 +51,7 @@ SPLIT_KEYS = ("fold", "num_folds")
 # dims, context_slices, patch_size, target_spacing: how volumes were cut (and resampled) for the network
 VOLUME_KEYS = ("dims", "context_slices", "patch_size", "target_spacing")
 CONFIG_KEYS = (*DATA_KEYS, *SPLIT_KEYS, "crop_size", "checkpoint", *VOLUME_KEYS)
-ARCHITECTURE_KEYS = ("padding", "base_filters", "depth", "batch_norm", "dropout")
+ARCHITECTURE_KEYS = ("padding", "base_filters", "depth", "batch_norm", "instance_norm", "dropout")
 QUANTIZATION_KEYS = ("quantization", "weight_i_width", "weight_f_width", "activation_i_width",
                      "activation_f_width", "weight_bits", "activation_bits", "keep_first_float", "keep_last_float")
 # What a resume may not change: the checkpoint's weights were trained with these.

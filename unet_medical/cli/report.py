@@ -279,7 +279,7 @@ def run_page(run_dir: pathlib.Path) -> str:
     exports = export_section(run_dir, records)
     if exports:
         sections.append(("Exports", exports))
-    network = ", ".join(f"{k} {spec[k]}" for k in ("padding", "base_filters", "depth", "batch_norm", "dropout")
+    network = ", ".join(f"{k} {spec[k]}" for k in ("padding", "base_filters", "depth", "batch_norm", "instance_norm", "dropout")
                         if k in spec)
     subtitle = (f"data {parameters.get('data_dir', '?')}; classes {', '.join(class_names) or '?'}; "
                 f"U-Net {network or '?'}; sessions: {', '.join(session_modes(records)) or '?'}")

@@ -101,7 +101,8 @@ def write_model_card(model_dir: str | os.PathLike, export_dir: str | os.PathLike
     spec = record.spec if record else {}
     quantization = (record.quantization_config or {"quantization": record.quantization}) if record else {}
     lines += [f"- Architecture: {spec.get('padding', '?')}-padding U-Net, {spec.get('base_filters', '?')} base "
-              f"filters, depth {spec.get('depth', '?')}, batch norm {spec.get('batch_norm', '?')}, dropout "
+              f"filters, depth {spec.get('depth', '?')}, batch norm {spec.get('batch_norm', '?')}, instance norm "
+              f"{spec.get('instance_norm', False)}, dropout "
               f"{spec.get('dropout', '?')}; input channels {spec.get('in_channels', '?')}; classes "
               f"{', '.join(record.class_names if record else [])}.",
               f"- Quantization: {json.dumps(quantization)}.",

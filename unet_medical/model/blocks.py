@@ -1,7 +1,7 @@
 """U-Net building blocks as small functions on the Keras functional graph (MONAI basic_unet style).
 
-Each block adds standard Keras layers only (Conv2D, BatchNormalization, ReLU, MaxPooling2D,
-Conv2DTranspose, Concatenate, plus the project's CenterCropToMatch for valid padding), named
+Each block adds standard Keras layers (Conv2D, BatchNormalization, ReLU, MaxPooling2D, Conv2DTranspose,
+Concatenate) plus the project's CenterCropToMatch for valid padding and InstanceNormalization, named
 `{name}_{part}{index}`, so TF-MOT quantization and Tucker layer surgery can find every conv.
 All tensors are channels-last: NHWC for `dims=2`, NDHWC for `dims=3` (Conv3D, MaxPooling3D,
 Conv3DTranspose with the same names; the 3D U-Net of Cicek et al. 2016, arXiv:1606.06650, is this
@@ -12,7 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from unet_medical.model.layers import CenterCropToMatch
+from unet_medical.model.layers import CenterCropToMatch, InstanceNormalization
 
 KERNEL_SIZE = 3
 """Spatial size of the convolutions in every block (paper: 3x3)."""
@@ -22,6 +22,10 @@ POOL_SIZE = 2
 """Down-sampling factor of max-pooling and up-sampling factor of the up-convolution (paper: 2)."""
 
 INITIALIZER = "he_normal"
+
+NORMS = ("none", "batch", "instance")
+"""What sits between a 3x3 convolution and its ReLU: nothing, BatchNormalization ({name}_bn{index}) or
+InstanceNormalization ({name}_in{index})."""
 
 SPATIAL_DIMS = (2, 3)
 """Spatial dimensions a block can be built in: 2 (images, NHWC) or 3 (volumes, NDHWC)."""
@@ -40,45 +44,49 @@ def spatial_layers(dims: int) -> tuple[type, type, type]:
 
 
 def conv_bn_relu(
-    x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str, index: int, dims: int = 2
+    x: tf.Tensor, filters: int, padding: str, norm: str, name: str, index: int, dims: int = 2
 ) -> tf.Tensor:
-    """One 3x3 (3x3x3 for dims 3) convolution -> [BatchNormalization] -> ReLU.
+    """One 3x3 (3x3x3 for dims 3) convolution -> [normalization] -> ReLU.
 
     x: (N, H, W, C) or (N, D, H, W, C). Returns (N, H', W', filters) with H' = H - 2 for padding
     "valid", H for "same" (likewise every spatial axis in 3D).
-    With batch_norm the convolution has no bias: BatchNormalization's beta replaces it. The ReLU is
-    a separate layer so that BatchNormalization can sit between convolution and activation.
+    `norm` is one of NORMS. With a normalization the convolution has no bias: its beta replaces it. The
+    ReLU is a separate layer so that the normalization can sit between convolution and activation.
     """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     conv, _, _ = spatial_layers(dims)
     x = conv(
         filters,
         KERNEL_SIZE,
         padding=padding,
-        use_bias=not batch_norm,
+        use_bias=norm == "none",
         kernel_initializer=INITIALIZER,
         name=f"{name}_conv{index}",
     )(x)
-    if batch_norm:
+    if norm == "batch":
         x = keras.layers.BatchNormalization(name=f"{name}_bn{index}")(x)
+    elif norm == "instance":
+        x = InstanceNormalization(name=f"{name}_in{index}")(x)
     return keras.layers.ReLU(name=f"{name}_relu{index}")(x)
 
 
 def two_conv(
-    x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str, dims: int = 2
+    x: tf.Tensor, filters: int, padding: str, norm: str, name: str, dims: int = 2
 ) -> tf.Tensor:
-    """Two (3x3 conv -> [BN] -> ReLU) layers: one U-Net level.
+    """Two (3x3 conv -> [normalization] -> ReLU) layers: one U-Net level.
 
     x: (N, H, W, C) (or NDHWC). Returns (N, H - 4, W - 4, filters) for "valid", (N, H, W, filters)
-    for "same". Layers: {name}_conv1, [{name}_bn1], {name}_relu1, {name}_conv2, [{name}_bn2],
-    {name}_relu2.
+    for "same". Layers: {name}_conv1, [{name}_bn1 or {name}_in1], {name}_relu1, {name}_conv2,
+    [{name}_bn2 or {name}_in2], {name}_relu2.
     """
     for index in range(1, CONVS_PER_BLOCK + 1):
-        x = conv_bn_relu(x, filters, padding, batch_norm, name, index, dims)
+        x = conv_bn_relu(x, filters, padding, norm, name, index, dims)
     return x
 
 
 def down(
-    x: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str, dims: int = 2
+    x: tf.Tensor, filters: int, padding: str, norm: str, name: str, dims: int = 2
 ) -> tf.Tensor:
     """2x2 (2x2x2) max-pool with stride 2, then `two_conv`: one step down the contracting path.
 
@@ -88,11 +96,11 @@ def down(
     """
     _, pool, _ = spatial_layers(dims)
     x = pool(POOL_SIZE, strides=POOL_SIZE, name=f"{name}_pool")(x)
-    return two_conv(x, filters, padding, batch_norm, name, dims)
+    return two_conv(x, filters, padding, norm, name, dims)
 
 
 def up_cat(
-    x: tf.Tensor, skip: tf.Tensor, filters: int, padding: str, batch_norm: bool, name: str,
+    x: tf.Tensor, skip: tf.Tensor, filters: int, padding: str, norm: str, name: str,
     dims: int = 2,
 ) -> tf.Tensor:
     """2x2 up-convolution (stride 2) to `filters` channels, concatenate the skip map, `two_conv`.
@@ -118,4 +126,4 @@ def up_cat(
     if padding == "valid":
         skip = CenterCropToMatch(name=f"{name}_crop")([skip, up])
     x = keras.layers.Concatenate(axis=-1, name=f"{name}_concat")([skip, up])
-    return two_conv(x, filters, padding, batch_norm, name, dims)
+    return two_conv(x, filters, padding, norm, name, dims)

@@ -37,11 +37,20 @@ class ModelConfig(Settings):
     depth: int | None = setting(None, "number of 2x2 poolings (default: chosen from the data's object widths "
                                 "for same padding, 4 to 7; 4 = paper, and for valid padding)", rule=between(1, 8))
     batch_norm: bool = setting(False, "Conv -> BatchNorm -> ReLU blocks")
+    instance_norm: bool = setting(False, "Conv -> InstanceNorm -> ReLU blocks: per sample and channel, no moving "
+                                  "statistics (nnU-Net's 3-D choice); replaces --batch_norm, which the CPU recipe passes")
     dropout: float = setting(0.5, "dropout rate at the bottleneck (0 disables)", rule=between(0, 1, "a rate", high_open=True))
     input_scale: float | None = setting(None, "resample images by this factor before the network and the "
                                         "prediction back to the input size, e.g. 0.5 (default: chosen from the "
                                         "data: below 1 only for objects wider than 384 px)",
                                         rule=between(0.05, 1, "a factor"))
+
+
+def instance_over_batch_norm(values: dict) -> dict:
+    """--instance_norm replaces --batch_norm: {"batch_norm": False} when the flags ask for instance
+    normalization, else {}. A recipe types --batch_norm before the user's flags, so the more specific
+    request wins instead of refusing the pair (UNetSpec allows one normalization)."""
+    return {"batch_norm": False} if values.get("instance_norm") else {}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@
 encoder maps, dropout 0.5 at the end of the contracting path and a 1x1 convolution to class logits:
 572x572 in, 388x388 out, 31,030,658 parameters for 2 classes (the "31.0M" usually quoted).
 `UNetSpec` also describes a same-padding variant (output size = input size) with a chosen width,
-depth, BatchNormalization and dropout rate.
+depth, batch or instance normalization and dropout rate.
 
 Example:
     spec = UNetSpec(padding="same", base_filters=16, depth=3, batch_norm=True)
@@ -59,6 +59,8 @@ class UNetSpec:
         depth: number of 2x2 max-pooling steps, >= 1. Default 4 (five resolution levels).
         padding: "valid" (paper; output smaller than input) or "same" (output size = input size).
         batch_norm: put BatchNormalization between each 3x3 convolution and its ReLU. Default False.
+        instance_norm: put InstanceNormalization there instead (per sample and channel, no moving
+            statistics). Default False; at most one of the two.
         dropout: dropout rate after the bottleneck's two convolutions, in [0, 1); 0 removes the
             layer. Default 0.5.
         dims: spatial dimensions, 2 (images, NHWC; default) or 3 (volumes, NDHWC, Conv3D layers with
@@ -76,6 +78,7 @@ class UNetSpec:
     batch_norm: bool = False
     dropout: float = 0.5
     dims: int = 2
+    instance_norm: bool = False
 
     def __post_init__(self) -> None:
         for field in ("n_classes", "in_channels", "base_filters", "depth"):
@@ -84,8 +87,11 @@ class UNetSpec:
                 raise UNetError(f"UNetSpec.{field} must be an integer >= 1, got {value!r}")
         if self.padding not in PADDINGS:
             raise UNetError(f"UNetSpec.padding must be one of {PADDINGS}, got {self.padding!r}")
-        if not isinstance(self.batch_norm, bool):
-            raise UNetError(f"UNetSpec.batch_norm must be True or False, got {self.batch_norm!r}")
+        for field in ("batch_norm", "instance_norm"):
+            if not isinstance(getattr(self, field), bool):
+                raise UNetError(f"UNetSpec.{field} must be True or False, got {getattr(self, field)!r}")
+        if self.batch_norm and self.instance_norm:
+            raise UNetError("UNetSpec: batch_norm and instance_norm are both True; a block has one normalization")
         if (
             isinstance(self.dropout, bool)
             or not isinstance(self.dropout, (int, float))
@@ -98,6 +104,11 @@ class UNetSpec:
             # Copy-and-crop (CenterCropToMatch) is 2D; 3D volumes are tiled with same padding.
             raise UNetError("UNetSpec.padding must be 'same' for dims 3 (a 3D U-Net), got "
                             f"{self.padding!r}")
+
+    @property
+    def norm(self) -> str:
+        """The blocks' normalization, one of model.blocks.NORMS."""
+        return "batch" if self.batch_norm else "instance" if self.instance_norm else "none"
 
     def level_filters(self, level: int) -> int:
         """Filters of encoder/decoder level `level` (1-based); level depth + 1 is the bottleneck."""
@@ -123,21 +134,21 @@ def build_unet(spec: UNetSpec, name: str = "unet") -> keras.Model:
     """
     if not isinstance(spec, UNetSpec):
         raise UNetError(f"build_unet expects a UNetSpec, got {type(spec).__name__}")
-    pad, bn, dims = spec.padding, spec.batch_norm, spec.dims
+    pad, norm, dims = spec.padding, spec.norm, spec.dims
     image = keras.Input(shape=(None,) * dims + (spec.in_channels,), dtype="float32", name="image")
 
     # Contracting path: keep each level's output for the skip connections.
-    skips = [two_conv(image, spec.level_filters(1), pad, bn, name="enc1", dims=dims)]
+    skips = [two_conv(image, spec.level_filters(1), pad, norm, name="enc1", dims=dims)]
     for level in range(2, spec.depth + 1):
-        skips.append(down(skips[-1], spec.level_filters(level), pad, bn, name=f"enc{level}", dims=dims))
-    x = down(skips[-1], spec.level_filters(spec.depth + 1), pad, bn, name="bottleneck", dims=dims)
+        skips.append(down(skips[-1], spec.level_filters(level), pad, norm, name=f"enc{level}", dims=dims))
+    x = down(skips[-1], spec.level_filters(spec.depth + 1), pad, norm, name="bottleneck", dims=dims)
     if spec.dropout > 0:
         # Paper Sec. 3: "Drop-out layers at the end of the contracting path".
         x = SeededDropout(spec.dropout, name="bottleneck_dropout")(x)
 
     # Expansive path.
     for level in range(spec.depth, 0, -1):
-        x = up_cat(x, skips[level - 1], spec.level_filters(level), pad, bn, name=f"dec{level}", dims=dims)
+        x = up_cat(x, skips[level - 1], spec.level_filters(level), pad, norm, name=f"dec{level}", dims=dims)
 
     conv, _, _ = spatial_layers(dims)
     logits = conv(
