@@ -175,7 +175,10 @@ SPEC = UNetSpec(base_filters=4, depth=2, padding="same", dropout=0.0)
 
 
 def tiny_models():
-    """The same weights as a float32 model and as one rebuilt under mixed_bfloat16 (as export_mode does)."""
+    """The same weights as a float32 model and as one rebuilt under mixed_bfloat16 (as export_mode does).
+    Seeded: an untrained network's bfloat16 argmax agrees with float32 on 99.4-99.99 % of pixels depending on
+    its weights, around the 99.5 % parity bar, so unseeded weights made the bf16 export fail at random."""
+    keras.utils.set_random_seed(0)
     fp32 = build_unet(SPEC)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
