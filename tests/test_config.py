@@ -175,3 +175,27 @@ def test_help_groups_flags_by_stage(capsys):
     text = build_parser().format_help()
     positions = [text.index(f"\n{cls.title}:") for cls in STAGES]
     assert positions == sorted(positions)
+
+
+def test_the_batch_is_left_to_a_training_run_and_is_nvidias_one_elsewhere(tmp_path):
+    from unet_medical.cli.recipe import resolve_batch_size
+    from unet_medical.training.config import choose_batch_size
+
+    from unet_medical.cli.config import batch_or_default
+
+    assert parse_config(["--exec_mode", "train", "--model_dir", str(tmp_path / "a")]).batch_size is None
+    assert batch_or_default(parse_config(["--exec_mode", "benchmark", "--model_dir", str(tmp_path / "b")])) == 1
+    assert batch_or_default(parse_config(["--exec_mode", "benchmark", "--batch_size", "3",
+                                          "--model_dir", str(tmp_path / "d")])) == 3
+    assert [choose_batch_size(*args)[0] for args in ((3, "same"), (2, "same"), (2, "valid"))] == [2, 4, 1]
+    records = []
+
+    class Recorder:
+        def log(self, step, data):
+            records.append((step, data))
+
+    logger = Recorder()
+    assert resolve_batch_size(Config(padding="same"), 3, "same", logger).batch_size == 2
+    assert records[0][0] == "RECIPE" and records[0][1]["flag"] == "batch_size" and "nnU-Net" in records[0][1]["reason"]
+    assert resolve_batch_size(Config(padding="same", batch_size=6), 3, "same", logger).batch_size == 6
+    assert len(records) == 1  # a given batch is not a choice

@@ -135,16 +135,21 @@ def test_quantized_networks_keep_it_in_float(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_3d_run_trains_resumes_and_evaluates_with_instance_norm(tmp_path):
+def test_a_3d_run_with_instance_norm_chooses_its_batch_trains_resumes_and_evaluates(tmp_path):
     data, run = tmp_path / "ct", tmp_path / "run"
     sv.write_volume_kind(data, "ct", 3, seed=0)
     flags = ["--exec_mode", "train_and_evaluate", "--data_dir", str(data), "--model_dir", str(run), "--dims", "3",
-             "--base_filters", "4", "--depth", "2", "--batch_norm", "--instance_norm", "--batch_size", "2",
+             "--base_filters", "4", "--depth", "2", "--batch_norm", "--instance_norm",
              "--patch_size", "32,32,16", "--num_folds", "3", "--learning_rate", "3e-3", "--no-saved_model",
              "--dropout", "0", "--checkpoint_every", "10", "--log_every", "10"]
     assert main.main([*flags, "--max_steps", "10"]) == 0
     spec = json.loads((run / "model.json").read_text())["spec"]
     assert spec["instance_norm"] is True and spec["batch_norm"] is False
+    # No --batch_size: the 3-D recipe chose 2 patches, said so, and recorded it for the resume.
+    recipe = [json.loads(line[5:])["data"] for line in (run / "log.json").read_text().splitlines() if '"RECIPE"' in line]
+    assert {"flag": "batch_size", "value": 2} == {k: v for r in recipe if r["flag"] == "batch_size" for k, v in r.items()
+                                                   if k != "reason"}
+    assert "batch_size: 2" in (run / "config.yaml").read_text()
     # The recipe's --batch_norm typed again on a resume does not contradict the recorded network.
     assert main.main([*flags, "--max_steps", "30", "--resume_training"]) == 0
     results = json.loads((run / "eval_results.json").read_text())

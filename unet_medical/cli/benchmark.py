@@ -36,7 +36,7 @@ import tensorflow as tf
 from unet_medical.model.complexity import total_macs
 from unet_medical.model.unet import UNetSpec, build_unet
 from unet_medical.base.artifacts import write_json
-from unet_medical.cli.config import Config
+from unet_medical.cli.config import Config, batch_or_default
 from unet_medical.model.config import DEFAULT_DEPTH
 from unet_medical.base.errors import UNetError
 from unet_medical.base.timing import latency_stats, throughput, time_steps
@@ -231,6 +231,7 @@ def run_benchmark(cfg: Config, logger: Any, dist: Any) -> dict[str, Any]:
     from unet_medical.base.precision import configure_precision, configure_seeds, gpu_available
 
     mode = resolve_mode(cfg)
+    cfg = cfg.replace(batch_size=batch_or_default(cfg))
     if cfg.model_path and mode == "train":
         raise UNetError(f"--model_path={cfg.model_path}: an exported model can be benchmarked for predict "
                         "only (--benchmark_mode predict); training benchmarks build the network from the flags")

@@ -35,7 +35,7 @@ from unet_medical.evaluation.config import EvaluationConfig
 from unet_medical.export.config import ExportConfig
 from unet_medical.inference.config import InferenceConfig
 from unet_medical.model.config import CompressionConfig, ModelConfig, QuantizationSettings, instance_over_batch_norm
-from unet_medical.training.config import TrainingConfig, deep_supervision_obstacle
+from unet_medical.training.config import NVIDIA_BATCH, TrainingConfig, deep_supervision_obstacle
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict", "train_and_predict", "benchmark", "export",
               "compress", "visualize")
@@ -315,6 +315,14 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     values.update(nvidia_benchmark_steps(values))
     values.update(steps_over_budget(values, explicit))
     return Config(**values)
+
+
+def batch_or_default(cfg: Config) -> int:
+    """Images (2-D tiles, 3-D windows) per step or call outside a training run's own loop: --batch_size when
+    given, else NVIDIA's 1. A training run chooses its batch once it knows its network
+    (cli.recipe.resolve_batch_size); predict, evaluate, export, the benchmarks and train_and_predict's
+    prediction take this."""
+    return cfg.batch_size or NVIDIA_BATCH
 
 
 def steps_over_budget(values: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unet_medical.base import runlog
+from unet_medical.cli.config import batch_or_default
 from unet_medical.base.artifacts import EVAL_RESULTS, RunRecord, read_eval_results, save_run_record, write_eval_results
 from unet_medical.data.normalize import normalize_image
 from unet_medical.evaluation.decision import choose_decision, choose_mirroring
@@ -89,7 +90,7 @@ def choose_run_decision(cfg: Any, model: Any, spec: Any, images: Sequence[np.nda
 
     def probabilities(tta: bool) -> list[np.ndarray]:
         return predict_images(predictor, spec, normalized, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
-                              context=cfg.tile_context, batch_size=cfg.batch_size, tta=tta, logger=logger,
+                              context=cfg.tile_context, batch_size=batch_or_default(cfg), tta=tta, logger=logger,
                               label="decision", input_scale=record.input_scale)
 
     start = time.perf_counter()

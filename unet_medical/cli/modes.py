@@ -19,7 +19,7 @@ from unet_medical.training import distributed
 from unet_medical.training.budget import budget_evaluate_every
 from unet_medical.base.artifacts import (EVAL_RESULTS, OVERLAY_BEST, OVERLAY_WORST, RUN_CONFIG,
                                        RunRecord, load_run_record, save_run_record, write_eval_results, write_json)
-from unet_medical.cli.config import Config, save_config
+from unet_medical.cli.config import Config, batch_or_default, save_config
 from unet_medical.data.layouts import SegmentationData, load_test_data
 from unet_medical.data.folds import fold_split
 from unet_medical.data.normalize import normalize_image
@@ -32,8 +32,8 @@ from unet_medical.inference.outputs import (PredictionWriter, background_class, 
 from unet_medical.base.precision import configure_precision, configure_seeds
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.inference.decision import Decision, decide_labels, resolve_decision
-from unet_medical.cli.recipe import (FINGERPRINT_FILE, is_volumetric, resolve_deep_supervision, resolve_recipe,
-                                     resolve_volume_recipe, trainer_data)
+from unet_medical.cli.recipe import (FINGERPRINT_FILE, is_volumetric, resolve_batch_size, resolve_deep_supervision,
+                                     resolve_recipe, resolve_volume_recipe, trainer_data)
 from unet_medical.data.patches3d import parse_patch_size
 from unet_medical.cli.recipe import recorded_input_scale
 from unet_medical.cli.assemble import (load_training_set, log_path, make_logger, make_model, quantization_config,
@@ -57,7 +57,7 @@ def predict_fold(cfg: Config, model: Any, spec: UNetSpec, images: list[np.ndarra
     """The class probabilities (H, W, K) of each normalized image, tiled as evaluate predicts them."""
     predictor, tile_size = as_predictor(model, cfg.tile_size)
     return predict_images(predictor, spec, images, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
-                          context=cfg.tile_context, batch_size=cfg.batch_size, tta=tta, logger=logger,
+                          context=cfg.tile_context, batch_size=batch_or_default(cfg), tta=tta, logger=logger,
                           label="evaluate", input_scale=input_scale)
 
 
@@ -172,8 +172,6 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     volumes = isinstance(data, VolumeSlices)
     if volumes and cfg.dims != data.dims:  # --dims auto: the data's choice is the run's (and is checked)
         cfg = cfg.replace(dims=data.dims)
-    if cfg.num_epochs is not None:  # an epoch = one pass over the training images, one crop each
-        cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))
     configure_seeds(cfg.seed, cfg.deterministic)
     policy, reason = configure_precision(cfg.precision, cfg.amp, cfg.quantization)
     padding, depth = cfg.padding, cfg.depth
@@ -186,6 +184,9 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         cfg = resolve_volume_recipe(cfg, data, train_idx, depth, logger, dist.is_chief)
     else:
         cfg = resolve_recipe(cfg, data, train_idx, padding, depth, logger, dist.is_chief)
+    cfg = resolve_batch_size(cfg, 3 if is_volumetric(data) else 2, padding, logger)
+    if cfg.num_epochs is not None:  # an epoch = one pass over the training images, one crop each
+        cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))
     cfg, measure_budget = steps_of_budget(cfg, logger)
     resuming = is_resume(cfg.exec_mode, cfg.model_dir, cfg.resume_training)
     with dist.scope():
@@ -197,7 +198,7 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
               "gflop_per_image": 2 * total_macs(model, (geometry.input_size,) * 2) / 1e9}
              if spec.dims == 2 else {"patch_size": cfg.patch_size})
     logger.log("PARAMETER", {"precision": policy, "precision_reason": reason, "cpu": describe(read_cpu_info()),
-                             "parameters": total_params(model), **sizes,
+                             "parameters": total_params(model), **sizes, "batch_size": cfg.batch_size,
                              "train_images": len(train_idx), "validation_images": len(val_idx),
                              "classes": ",".join(data.class_names), "masks": data.mask_format})
     record = RunRecord(
@@ -420,7 +421,7 @@ def run_prediction(cfg: Config, logger: runlog.Logger) -> list[pathlib.Path]:
     logger.log("PARAMETER", {"decision": decision.describe()})
     probs = iter_predictions(predictor, spec, images, tile_size=tile_size,
                              max_tile_size=cfg.max_tile_size, context=cfg.tile_context,
-                             batch_size=cfg.batch_size, tta=decision.tta, logger=logger, label="predict",
+                             batch_size=batch_or_default(cfg), tta=decision.tta, logger=logger, label="predict",
                              input_scale=recorded_input_scale(cfg, info.input_scale))
     # Each map is written as it is made: a predict that stops half-way keeps the images it finished.
     out = volume_modes.prediction_dir(cfg)

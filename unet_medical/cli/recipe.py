@@ -30,7 +30,7 @@ from unet_medical.data.pipeline import CropGeometry, Sampling
 from unet_medical.data.resample import rescale_pairs
 from unet_medical.data.recipe import Choice, choose_recipe, parse_class_weights, rare_classes
 from unet_medical.base.errors import UNetError
-from unet_medical.training.config import deep_supervision_obstacle
+from unet_medical.training.config import choose_batch_size, deep_supervision_obstacle
 from unet_medical.training.loop import TrainData
 
 FINGERPRINT_FILE = FINGERPRINT
@@ -106,6 +106,16 @@ def resolve_deep_supervision(cfg: Config, padding: str, depth: int, dims: int, r
                             f"that ship in no file ({evidence}, README)")
     logger.log("RECIPE", {"flag": "deep_supervision", "value": value, "reason": why})
     return cfg.replace(deep_supervision=value)
+
+
+def resolve_batch_size(cfg: Config, dims: int, padding: str, logger: Any) -> Config:
+    """cfg with --batch_size decided when the flags (or a resumed run's config.yaml) left it open, logged as a
+    RECIPE line (training.config.choose_batch_size)."""
+    if cfg.batch_size is not None:
+        return cfg
+    value, why = choose_batch_size(dims, padding)
+    logger.log("RECIPE", {"flag": "batch_size", "value": value, "reason": why})
+    return cfg.replace(batch_size=value)
 
 
 PATCH_CAP_CPU, PATCH_CAP_GPU = 64, 128  # voxels per patch side: what a step can afford on each

@@ -30,7 +30,7 @@ from unet_medical.base.cpu import peak_memory_mb
 from unet_medical.base.errors import UNetError
 from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance
 from unet_medical.cli.assemble import restore_model
-from unet_medical.cli.config import Config
+from unet_medical.cli.config import Config, batch_or_default
 from unet_medical.cli.decide import PlainPass
 from unet_medical.cli.lineage import read_run_config, refuse_trained_on, run_source
 from unet_medical.data.folds import case_fold_split
@@ -102,13 +102,13 @@ def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: 
         if patch is None:
             raise UNetError(f"--model_dir={cfg.model_dir}: a 3D model needs its patch size (model.json volume record)")
         probs = sliding_window_predict(predictor, inputs[0], patch, overlap=SLIDING_OVERLAP,
-                                       batch_size=cfg.batch_size, mirror=bool(cfg.tta))
+                                       batch_size=batch_or_default(cfg), mirror=bool(cfg.tta))
         if target is None and keep is None:
             return probs.argmax(-1).astype(np.uint8)
         class_maps = (probs[..., c] for c in range(probs.shape[-1]))
     else:
         slices = predict_images(predictor, spec, inputs, tile_size=tile_size, max_tile_size=cfg.max_tile_size,
-                                context=cfg.tile_context, batch_size=cfg.batch_size, tta=bool(cfg.tta), logger=logger,
+                                context=cfg.tile_context, batch_size=batch_or_default(cfg), tta=bool(cfg.tta), logger=logger,
                                 label=label)
         if target is None and keep is None:
             return np.stack([p.argmax(-1) for p in slices], axis=-1).astype(np.uint8)
