@@ -80,7 +80,8 @@ def choose_depth_3d(median_shape: Sequence[int], cap: int) -> int:
 def choose_patch_size(median_shape: Sequence[int], depth: int, cap: int = 64) -> tuple[PatchSize, str]:
     """(patch, reason): the median case shape, each side clipped to `cap` voxels (compute on CPU) and
     rounded to a multiple of 2**depth (down, unless that would leave nothing, then up: the volume is
-    padded). nnU-Net starts from the median shape too and shrinks it to fit the GPU's memory."""
+    padded). nnU-Net starts from the median shape too, pads it up to the multiple and shrinks it to fit the
+    GPU's memory; on a CPU budget rounding down measured better (more steps in the same time)."""
     step = 2 ** depth
     sides = []
     for side in median_shape:
@@ -88,7 +89,8 @@ def choose_patch_size(median_shape: Sequence[int], depth: int, cap: int = 64) ->
         sides.append(max(step, clipped // step * step))
     patch = (sides[0], sides[1], sides[2])
     reason = (f"median case shape {'x'.join(str(int(s)) for s in median_shape)} voxels, each side clipped to "
-              f"{cap} and rounded down to a multiple of 2**depth = {step}")
+              f"{cap} and rounded down to a multiple of 2**depth = {step} (rounded up, as nnU-Net pads it, the patch "
+              "trained 0.7x the steps in the same time and scored 1.9 Dice points lower on synthetic mr_faint, README)")
     return patch, reason
 
 
