@@ -247,6 +247,12 @@ def test_synthetic_ct_trains_evaluates_and_predicts_nifti_with_the_input_geometr
     assert results["mean_dice"] == pytest.approx(decision["scores"][decision["chosen"]])
     log = (run / "log.json").read_text()
     assert '"flag": "target_spacing", "value": "none"' in log and '"anisotropy": 3.125' in log
+    # The volume rule set the slices' normalization and said why, once; the 2-D recipe records that reason too.
+    normalization = [line for line in log.splitlines() if '"RECIPE"' in line and '"flag": "normalization"' in line]
+    assert len(normalization) == 1 and "intensity window" in normalization[0]
+    recorded = json.loads((run / "dataset_fingerprint.json").read_text())["choices"]
+    assert [c["reason"] for c in recorded if c["flag"] == "normalization"] == ["volumes are already scaled by their "
+                                                                              "intensity window"]
     for case in ("case_012", "case_013", "case_014", "case_015"):
         source, out = nib.load(data / "imagesTs" / f"{case}_0000.nii.gz"), nib.load(run / "predictions" / "001" / f"{case}.nii.gz")
         assert out.shape == source.shape and np.array_equal(out.affine, source.affine)

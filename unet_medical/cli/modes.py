@@ -178,12 +178,14 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     if cfg.init_from:  # the architecture is the trained run's: its padding and depth bound the crop
         record = load_run_record(cfg.init_from)
         padding, depth = record.spec["padding"], record.spec["depth"]
+    preset = {}  # values the volume rules set and logged before the 2-D recipe
     if volumes:
+        preset = {"normalization": volume_modes.VOLUME_NORMALIZATION} if cfg.normalization == "auto" else {}
         cfg = volume_modes.prepare_training(cfg, data, logger)
     if is_volumetric(data):  # --dims 3: patch size and depth from the case shapes
         cfg = resolve_volume_recipe(cfg, data, train_idx, depth, logger, dist.is_chief)
     else:
-        cfg = resolve_recipe(cfg, data, train_idx, padding, depth, logger, dist.is_chief)
+        cfg = resolve_recipe(cfg, data, train_idx, padding, depth, logger, dist.is_chief, preset)
     cfg = resolve_batch_size(cfg, 3 if is_volumetric(data) else 2, padding, logger)
     if cfg.num_epochs is not None:  # an epoch = one pass over the training images, one crop each
         cfg = cfg.replace(max_steps=-(-cfg.num_epochs * len(train_idx) // (cfg.batch_size * dist.size)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -47,11 +47,13 @@ def recorded_recipe(cfg: Config, path: pathlib.Path) -> tuple[dict[str, Any], li
 
 
 def apply_choices(cfg: Config, choices: list[Choice], class_names: Sequence[str], logger: Any,
-                  record_path: pathlib.Path | None, record: dict[str, Any]) -> Config:
-    """cfg with the recipe's choices: each logged as a RECIPE line, --class_weights checked against the
-    classes, and (record_path given: a new run's chief) `record` plus the choices saved there."""
+                  record_path: pathlib.Path | None, record: dict[str, Any], logged: Sequence[str] = ()) -> Config:
+    """cfg with the recipe's choices: each logged as a RECIPE line (but the flags in `logged`, which an earlier
+    step logged), --class_weights checked against the classes, and (record_path given: a new run's chief)
+    `record` plus the choices saved there."""
     for choice in choices:
-        logger.log("RECIPE", {"flag": choice.flag, "value": choice.value, "reason": choice.reason})
+        if choice.flag not in logged:
+            logger.log("RECIPE", {"flag": choice.flag, "value": choice.value, "reason": choice.reason})
     cfg = cfg.replace(**{c.flag: c.value for c in choices})
     if cfg.class_weights not in ("none", "auto"):
         try:
@@ -65,9 +67,11 @@ def apply_choices(cfg: Config, choices: list[Choice], class_names: Sequence[str]
 
 
 def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, padding: str, depth: int | None,
-                   logger: Any, is_chief: bool) -> Config:
+                   logger: Any, is_chief: bool, preset: Mapping[str, str] | None = None) -> Config:
     """cfg with normalization, input_scale, depth, crop_size, foreground_sampling and class_weights decided
-    (flags win; `depth` None lets the recipe choose it)."""
+    (flags win; `depth` None lets the recipe choose it). `preset`: {flag: reason} of values an earlier rule set
+    and logged (volumes: the normalization), recorded with that reason instead of "given on the command line"."""
+    preset = dict(preset or {})
     path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
     recorded = recorded_recipe(cfg, path)
     if recorded is not None:
@@ -76,7 +80,8 @@ def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, p
         fingerprint = measure_fingerprint([data.images[i] for i in train_idx], [data.masks[i] for i in train_idx],
                                           data.class_names)
         requested = {flag: getattr(cfg, flag) for flag in RECIPE_FLAGS}
-        choices = choose_recipe(fingerprint, requested, depth, crop_is_free=padding == "same")
+        choices = [Choice(c.flag, c.value, preset.get(c.flag, c.reason))
+                   for c in choose_recipe(fingerprint, requested, depth, crop_is_free=padding == "same")]
     if not any(c.flag == "input_scale" for c in choices):  # recorded before the scale rule: full resolution
         choices.append(Choice("input_scale", 1.0, "recorded when this run started (before --input_scale)"))
     logger.log("FINGERPRINT", {"images": fingerprint["images"], "channels": fingerprint["channels"],
@@ -84,7 +89,7 @@ def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, p
                                "smallest_side": fingerprint["smallest_side"],
                                **{f"fraction_{k}": round(v, 4) for k, v in fingerprint["class_fraction"].items()}})
     return apply_choices(cfg, choices, data.class_names, logger, path if is_chief and recorded is None else None,
-                         {"fingerprint": fingerprint, "rare_classes": rare_classes(fingerprint)})
+                         {"fingerprint": fingerprint, "rare_classes": rare_classes(fingerprint)}, logged=tuple(preset))
 
 
 def resolve_deep_supervision(cfg: Config, padding: str, depth: int, dims: int, resuming: bool, logger: Any) -> Config:

@@ -58,6 +58,9 @@ def is_volume_data(cfg: Config) -> bool:
     return cfg.image_stack is None and os.path.isdir(cfg.data_dir) and is_volume_layout(cfg.data_dir, cfg.images_dir)
 
 
+VOLUME_NORMALIZATION = "volumes are already scaled by their intensity window"
+
+
 def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> Config:
     """Log the volume fingerprint and the volume-only recipe choices; the windows normalize, so the 2D
     normalization is fixed to global (per_image would rescale each slice and undo the CT window). A numeric
@@ -80,8 +83,7 @@ def prepare_training(cfg: Config, data: VolumeSlices, logger: runlog.Logger) -> 
     cfg = cfg.replace(target_spacing=format_spacing(data.target_spacing))  # config.yaml: a resume keeps it
     if cfg.normalization == "auto":
         cfg = cfg.replace(normalization="global")
-        logger.log("RECIPE", {"flag": "normalization", "value": "global",
-                              "reason": "volumes are already scaled by their intensity window"})
+        logger.log("RECIPE", {"flag": "normalization", "value": "global", "reason": VOLUME_NORMALIZATION})
     return cfg
 
 
