@@ -178,10 +178,9 @@ def test_help_groups_flags_by_stage(capsys):
 
 
 def test_the_batch_is_left_to_a_training_run_and_is_nvidias_one_elsewhere(tmp_path):
+    from unet_medical.cli.config import batch_or_default
     from unet_medical.cli.recipe import resolve_batch_size
     from unet_medical.training.config import choose_batch_size
-
-    from unet_medical.cli.config import batch_or_default
 
     assert parse_config(["--exec_mode", "train", "--model_dir", str(tmp_path / "a")]).batch_size is None
     assert batch_or_default(parse_config(["--exec_mode", "benchmark", "--model_dir", str(tmp_path / "b")])) == 1
