@@ -119,6 +119,8 @@ def test_the_elastic_displacement_is_scipys_cubic_zoom_of_its_lattice(patch, gri
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(elastic_prob=1.5), "elastic_prob=1.5: expected a probability"),
     (dict(flip_prob=True), "flip_prob=True: expected a probability"),
+    (dict(flip_prob=(0.5, 1.5, 0.5)), "flip_prob=(0.5, 1.5, 0.5): expected a probability"),
+    (dict(flip_prob=(0.5, 0.5)), "flip_prob=(0.5, 0.5): expected a probability"),
     (dict(zoom_range=(1.2, 0.9)), "zoom_range=(1.2, 0.9): expected low:high"),
     (dict(zoom_range=(0.0, 1.0)), "expected zooms > 0"),
     (dict(elastic_grid=1), "elastic_grid=1: expected an int >= 2"),
@@ -158,3 +160,16 @@ def test_the_tf_dataset_resumes_at_a_step_with_the_same_batches():
     assert len(full) == 4 and len(resumed) == 2
     np.testing.assert_array_equal(full[2][0].numpy(), resumed[0][0].numpy())
     assert full[0][1].shape == (2, 8, 8, 8)
+
+
+def test_per_axis_flip_probabilities_flip_only_their_axes():
+    # A ramp along each axis tells which axes were reversed: flip_prob (0, 1, 0) reverses J in every draw,
+    # never I or K; the scalar form is the same probability on every axis.
+    ramp = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in (6, 7, 8)), indexing="ij"), axis=-1)
+    mask = np.zeros((6, 7, 8), np.uint8)
+    augment = p3.VolumeAugment(flip_prob=(0.0, 1.0, 0.0), rot90_prob=0.0, intensity_prob=0.0)
+    assert augment.axis_flip_probs() == (0.0, 1.0, 0.0)
+    assert p3.VolumeAugment(flip_prob=0.25).axis_flip_probs() == (0.25, 0.25, 0.25)
+    for seed in range(4):
+        image, _ = p3.augment_patch(ramp, mask, np.random.default_rng(seed), augment)
+        np.testing.assert_array_equal(image, ramp[:, ::-1, :])

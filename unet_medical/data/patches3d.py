@@ -135,7 +135,8 @@ class VolumeAugment:
     nnU-Net ranges for intensities, 15 degrees and 0.85-1.15 for the affine.
 
     Args:
-        flip_prob: probability of flipping each of the three axes.
+        flip_prob: probability of flipping each of the three axes, or one per axis (I, J, K), e.g.
+            `flip_prob=0.5:0:0.5` keeps the J axis's direction (an anatomy whose order along J is fixed).
         rot90_prob: probability of a 90, 180 or 270 degree rotation in the I-J plane.
         intensity_prob: probability of x * scale + shift with scale in `scale_range`, shift in `shift_range`
             (in normalized units, [0, 1] spans the intensity window).
@@ -149,7 +150,7 @@ class VolumeAugment:
         elastic_sigma: standard deviation of the lattice displacements, voxels of each axis.
     """
 
-    flip_prob: float = 0.5
+    flip_prob: float | tuple[float, float, float] = 0.5
     rot90_prob: float = 0.5
     intensity_prob: float = 0.5
     scale_range: tuple[float, float] = (0.9, 1.1)
@@ -164,8 +165,10 @@ class VolumeAugment:
     def __post_init__(self) -> None:
         for name in ("flip_prob", "rot90_prob", "intensity_prob", "affine_prob", "elastic_prob"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise UNetError(f"{name}={value!r}: expected a probability in [0, 1]")
+            if not (_is_probability(value) or (name == "flip_prob" and isinstance(value, tuple) and len(value) == 3
+                                               and all(map(_is_probability, value)))):
+                expected = "a probability in [0, 1]" + (", or three (I:J:K)" if name == "flip_prob" else "")
+                raise UNetError(f"{name}={value!r}: expected {expected}")
         for name in ("scale_range", "shift_range", "zoom_range"):
             value = getattr(self, name)
             if not (isinstance(value, tuple) and len(value) == 2 and all(map(math.isfinite, value))
@@ -179,6 +182,16 @@ class VolumeAugment:
             raise UNetError(f"elastic_grid={self.elastic_grid!r}: expected an int >= 2")
         if not 0.0 <= self.elastic_sigma < math.inf:
             raise UNetError(f"elastic_sigma={self.elastic_sigma!r}: expected >= 0 voxels")
+
+
+    def axis_flip_probs(self) -> tuple[float, float, float]:
+        """The flip probability of the I, J and K axes."""
+        flip = self.flip_prob
+        return tuple(map(float, flip)) if isinstance(flip, tuple) else (float(flip),) * 3  # type: ignore[return-value]
+
+
+def _is_probability(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= 1.0
 
 
 def affine_of(rng: np.random.Generator, augment: VolumeAugment) -> np.ndarray:
@@ -240,8 +253,8 @@ def augment_patch(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                   augment: VolumeAugment) -> tuple[np.ndarray, np.ndarray]:
     """Flips, in-plane 90-degree rotation and intensity scale/shift of a patch (P0, P1, P2, C) and its
     labels (P0, P1, P2); the shapes stay."""
-    for axis in range(3):
-        if rng.random() < augment.flip_prob:
+    for axis, flip_prob in enumerate(augment.axis_flip_probs()):
+        if rng.random() < flip_prob:
             image, mask = np.flip(image, axis), np.flip(mask, axis)
     if image.shape[0] == image.shape[1] and rng.random() < augment.rot90_prob:
         k = int(rng.integers(1, 4))
