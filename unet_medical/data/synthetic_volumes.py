@@ -35,6 +35,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -59,24 +60,6 @@ SMALL_VOXEL_MM = (1.0, 1.0, 1.0)
 SMALL_LABELS = {"background": 0, "head": 1, "tail": 2}
 SMALL_MR_MEANS = (300.0, 500.0, 540.0)  # tissue, head, tail: nearly equal, position separates the labels
 CSF_MEAN = 80.0  # the dark cavity next to the structure
-
-
-@dataclasses.dataclass(frozen=True)
-class VolumeKind:
-    """The geometry of one volume kind: voxel grid, spacing in mm and the label names."""
-
-    shape: tuple[int, int, int]
-    voxel_mm: tuple[float, float, float]
-    labels: dict[str, int]
-    default_num_training: int
-
-
-KIND_GEOMETRY: dict[str, VolumeKind] = {
-    "ct": VolumeKind(SHAPE, VOXEL_MM, LABELS, DEFAULT_NUM_TRAINING),
-    "mr": VolumeKind(SHAPE, VOXEL_MM, LABELS, DEFAULT_NUM_TRAINING),
-    "mr_small": VolumeKind(SMALL_SHAPE, SMALL_VOXEL_MM, SMALL_LABELS, 100),
-    "mr_faint": VolumeKind(SMALL_SHAPE, SMALL_VOXEL_MM, SMALL_LABELS, 100),
-}
 
 
 def case_affine(rng: np.random.Generator, voxel_mm: tuple[float, float, float] = VOXEL_MM) -> np.ndarray:
@@ -219,19 +202,43 @@ def faint_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return np.hypot(tissue * level + noise[0], noise[1]).astype(np.float32), labels
 
 
+@dataclasses.dataclass(frozen=True)
+class VolumeKind:
+    """One volume kind: voxel grid, spacing in mm, the label names, and `make`, which draws one case's
+    (image float32, labels uint8), both (I, J, K), from a generator."""
+
+    shape: tuple[int, int, int]
+    voxel_mm: tuple[float, float, float]
+    labels: dict[str, int]
+    default_num_training: int
+    make: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def _body_case(rng: np.random.Generator, ct: bool) -> tuple[np.ndarray, np.ndarray]:
+    body, labels = case_labels(rng)
+    return (ct_intensities if ct else mr_intensities)(rng, body, labels), labels
+
+
+def _small_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    tissue, labels, csf = small_case_labels(rng)
+    return mr_intensities(rng, tissue, labels, SMALL_MR_MEANS, dark=csf), labels
+
+
+# The kinds `--kind` offers: a new kind is one entry here and its case function.
+KIND_GEOMETRY: dict[str, VolumeKind] = {
+    "ct": VolumeKind(SHAPE, VOXEL_MM, LABELS, DEFAULT_NUM_TRAINING, lambda rng: _body_case(rng, ct=True)),
+    "mr": VolumeKind(SHAPE, VOXEL_MM, LABELS, DEFAULT_NUM_TRAINING, lambda rng: _body_case(rng, ct=False)),
+    "mr_small": VolumeKind(SMALL_SHAPE, SMALL_VOXEL_MM, SMALL_LABELS, 100, _small_case),
+    "mr_faint": VolumeKind(SMALL_SHAPE, SMALL_VOXEL_MM, SMALL_LABELS, 100, faint_case),
+}
+
+
 def make_case(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image, labels uint8, affine (4, 4)) of one case; arrays (I, J, K): KIND_GEOMETRY[kind].shape, or for
     mr_small and mr_faint the case's own shape (small_case_shape)."""
-    if kind == "mr_faint":
-        image, labels = faint_case(rng)
-        return image, labels, case_affine(rng, SMALL_VOXEL_MM)
-    if kind == "mr_small":
-        tissue, labels, csf = small_case_labels(rng)
-        image = mr_intensities(rng, tissue, labels, SMALL_MR_MEANS, dark=csf)
-        return image, labels, case_affine(rng, SMALL_VOXEL_MM)
-    body, labels = case_labels(rng)
-    image = ct_intensities(rng, body, labels) if kind == "ct" else mr_intensities(rng, body, labels)
-    return image, labels, case_affine(rng)
+    geometry = KIND_GEOMETRY[kind]
+    image, labels = geometry.make(rng)
+    return image, labels, case_affine(rng, geometry.voxel_mm)
 
 
 def dataset_json(kind: str, num_training: int) -> dict:
