@@ -173,3 +173,10 @@ def test_per_axis_flip_probabilities_flip_only_their_axes():
     for seed in range(4):
         image, _ = p3.augment_patch(ramp, mask, np.random.default_rng(seed), augment)
         np.testing.assert_array_equal(image, ramp[:, ::-1, :])
+
+
+def test_flipping_only_some_axes_zeroes_the_others():
+    augment = p3.VolumeAugment(flip_prob=(0.5, 0.25, 1.0))
+    assert augment.flipping_only((0, 2)).axis_flip_probs() == (0.5, 0.0, 1.0)
+    assert augment.flipping_only(()).axis_flip_probs() == (0.0, 0.0, 0.0)
+    assert augment.flipping_only((0, 1, 2)) is augment

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from unet_medical.base.errors import UNetError
-from unet_medical.inference.sliding_window import (gaussian_importance, predict_mirrored, sliding_window_predict,
+from unet_medical.inference.sliding_window import (gaussian_importance, mirror_flips, predict_mirrored,
+                                                   sliding_window_predict,
                                                    window_starts)
 
 
@@ -79,6 +80,21 @@ def test_gaussian_weights_peak_in_the_centre_with_sigma_an_eighth_of_the_patch()
     assert weights.shape == (16, 8, 8) and weights.max() == pytest.approx(1.0) and weights.min() > 0
     centre = weights[:, 3, 3]  # along axis 0: exp(-x^2 / (2 sigma^2)), sigma = 2, x from the centre 7.5
     assert centre[7] / centre[5] == pytest.approx(math.exp(-0.5 * ((0.5 / 2) ** 2 - (2.5 / 2) ** 2)), rel=1e-5)
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), (0, 2), (1,), ()])
+def test_mirroring_over_some_axes_is_the_mean_over_their_flips(axes):
+    # Independent reference: every subset of `axes`, flipped in and back out by explicit slicing.
+    batch = np.random.default_rng(3).random((2, 4, 5, 6, 1)).astype(np.float32)
+    weights = np.random.default_rng(4).random((1, 4, 5, 6, 1)).astype(np.float32)
+    predict = lambda b: b * weights  # noqa: E731  (position-dependent: a flip changes the result)
+    expected = np.zeros_like(batch)
+    subsets = [s for n in range(len(axes) + 1) for s in itertools.combinations(axes, n)]
+    for subset in subsets:
+        index = tuple(slice(None, None, -1) if axis - 1 in subset else slice(None) for axis in range(5))
+        expected += predict(batch[index])[index]
+    np.testing.assert_allclose(predict_mirrored(predict, batch, axes), expected / len(subsets), rtol=1e-6)
+    assert len(mirror_flips(axes)) == 2 ** len(axes) and mirror_flips(axes)[0] == ()
 
 
 def test_mirroring_undoes_its_flips_and_bad_inputs_are_refused():

@@ -60,8 +60,9 @@ class MadeUpCases:
     """A VolumeEvaluator's predict/score over made-up cases: label maps whose per-case Dice is known, scored
     by evaluation.volumes.score_volumes (what the run's evaluator scores with)."""
 
-    def __init__(self, missed: dict[bool, list[int]]):
+    def __init__(self, missed: dict[bool, list[int]], mirror_passes: int = 8):
         self.missed, self.cases, self.predicted = missed, [f"case_{i}" for i in range(len(missed[False]))], []
+        self.mirror_passes = mirror_passes
 
     def predict(self, model, tta: bool, label: str) -> dict[str, np.ndarray]:
         self.predicted.append(tta)
@@ -104,6 +105,16 @@ def test_mirroring_is_not_tried_past_the_time_limit_and_a_given_tta_is_the_only_
                                                         RunRecord(spec={}, class_names=CLASSES), lines)
     assert cases.predicted == [False] and set(results) == {False} and record.decision["tta"] is False
     assert "mirroring not tried" in lines.recipe("tta")["reason"]
+    # A run that mirrors no axis has no mirrored pass to try, however fast; the budget reserves nothing for it.
+    monkeypatch.setattr(decide, "TTA_TRIAL_LIMIT_S", 180.0)
+    unmirrored, lines = MadeUpCases({False: [20, 10], True: [0, 0]}, mirror_passes=1), RecordingLogger()
+    record, _ = decide.choose_volume_run_decision(Config(model_dir=str(tmp_path)), None, unmirrored,
+                                                  RunRecord(spec={}, class_names=CLASSES), lines)
+    assert unmirrored.predicted == [False] and record.decision["tta"] is False
+    assert "the run mirrors no axis" in lines.recipe("tta")["reason"]
+    latest = decide.PlainPass(step=5, tta=False, seconds=10.0, result=None)
+    assert decide.decision_cost_s(None, latest, 1) == 0.0
+    assert decide.decision_cost_s(None, latest, 4) == 40.0 and decide.decision_cost_s(None, latest) == 80.0
     given = MadeUpCases({False: [20, 10], True: [30, 30]})
     record, _ = decide.choose_volume_run_decision(Config(model_dir=str(tmp_path), tta=True), None, given,
                                                   RunRecord(spec={}, class_names=CLASSES), RecordingLogger())
@@ -131,10 +142,12 @@ def model():
     return build_unet(UNetSpec(n_classes=3, base_filters=4, depth=2, padding="same", dropout=0.0, dims=3))
 
 
-def test_in_graph_mirroring_of_a_window_batch_is_predict_mirrored(model):
+@pytest.mark.parametrize("axes", [(0, 1, 2), (0, 2)])
+def test_in_graph_mirroring_of_a_window_batch_is_predict_mirrored(model, axes):
     windows = np.random.default_rng(0).random((2, *PATCH, 1)).astype(np.float32)
-    mirrored = VolumeServingModule(model, PATCH, (None,), mirror=True).window_probabilities(tf.constant(windows))
-    expected = predict_mirrored(keras_predictor(model), windows)
+    module = VolumeServingModule(model, PATCH, (None,), mirror=True, mirror_axes=axes)
+    mirrored = module.window_probabilities(tf.constant(windows))
+    expected = predict_mirrored(keras_predictor(model), windows, axes)
     plain = keras_predictor(model)(windows)
     assert np.abs(expected - plain).max() > 1e-3  # the flips do change the probabilities
     np.testing.assert_allclose(mirrored.numpy(), expected, atol=1e-5)
@@ -168,9 +181,9 @@ def ct_data(tmp_path_factory) -> pathlib.Path:
     return data
 
 
-def train(data: pathlib.Path, run: pathlib.Path) -> None:
+def train(data: pathlib.Path, run: pathlib.Path, *flags: str) -> None:
     assert main.main(["--exec_mode", "train_and_evaluate", "--data_dir", str(data), "--model_dir", str(run),
-                      *TINY_3D]) == 0
+                      *TINY_3D, *flags]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +197,8 @@ def run3d(ct_data, tmp_path_factory) -> dict[str, pathlib.Path]:
 @pytest.fixture(scope="module")
 def mirrored_run(ct_data, tmp_path_factory) -> dict:
     """The same run made to choose mirroring (the toy network's own choice is the plain argmax): the chooser
-    gets min_gain = -1, and every validation prediction of the evaluator is counted as (label, tta)."""
+    gets min_gain = -1, and every validation prediction of the evaluator is counted as (label, tta). It
+    mirrors I and K only (--mirror_axes 0,2), which predict, evaluate and the SavedModel must follow."""
     from unet_medical.cli.volume_modes import VolumeEvaluator
 
     run, calls = tmp_path_factory.mktemp("mirrors") / "run", []
@@ -197,20 +211,23 @@ def mirrored_run(ct_data, tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(decide, "choose_mirroring", lambda scores: choose_mirroring(scores, min_gain=-1.0))
         patch.setattr(VolumeEvaluator, "predict", counted)
-        train(ct_data, run)
+        train(ct_data, run, "--mirror_axes", "0,2")
     return {"data": ct_data, "run": run, "calls": calls}
 
 
-def reference_probabilities(run: pathlib.Path, image_path: pathlib.Path, mirror: bool) -> np.ndarray:
-    """What predict should give for one raw NIfTI: the run's Keras model by NumPy sliding windows."""
+def reference_probabilities(run: pathlib.Path, image_path: pathlib.Path, mirror: bool,
+                            mirror_axes: tuple[int, ...] | None = None) -> np.ndarray:
+    """What predict should give for one raw NIfTI: the run's Keras model by NumPy sliding windows, mirrored
+    over `mirror_axes` (default: the run's recorded ones)."""
     from unet_medical.cli.assemble import load_trained
     from unet_medical.data.volume_training import case_inputs
 
     model = load_trained(str(run), "last")[0]
     record = load_run_record(run).volume
     normalized = normalize_image(case_inputs(read_volume(image_path), record)[0])
+    axes = tuple(record["mirror_axes"]) if mirror_axes is None else mirror_axes
     return sliding_window_predict(keras_predictor(model), normalized, tuple(record["patch_size"]), overlap=0.5,
-                                  mirror=mirror)
+                                  mirror=mirror, mirror_axes=axes)
 
 
 @pytest.mark.slow
@@ -226,6 +243,9 @@ def test_a_3d_run_records_its_mirroring_and_scores_the_chosen_rule(run3d):
     assert results["mean_dice"] == pytest.approx(scores[decision["chosen"]])  # eval_results scores the chosen rule
     recipe = {r["data"]["flag"]: r["data"] for r in read_log(run / "log.json") if r.get("step") == "RECIPE"}
     assert recipe["threshold"]["value"] == "argmax" and recipe["tta"]["value"] is decision["tta"]
+    # 2 training cases, too few to show an order: every axis is mirrored, in training and at test time
+    assert recipe["mirror_axes"]["value"] == "0,1,2" and "every axis is mirrored" in recipe["mirror_axes"]["reason"]
+    assert load_run_record(run).volume["mirror_axes"] == [0, 1, 2]
 
 
 def assert_labels_of(labels: np.ndarray, probabilities: np.ndarray, tie: float = 1e-6) -> None:
@@ -282,7 +302,11 @@ def test_the_saved_model_of_a_run_that_mirrors_matches_predict_with_mirroring(mi
     run, data = mirrored_run["run"], mirrored_run["data"]
     image = data / "imagesTs" / "case_003_0000.nii.gz"
     raw = read_volume(image).array[..., None]  # the volume as predict reads it
+    assert load_run_record(run).volume["mirror_axes"] == [0, 2]
+    assert not any(r.get("step") == "RECIPE" and r["data"]["flag"] == "mirror_axes" for r in read_log(run / "log.json"))
     expected = reference_probabilities(run, image, mirror=True)
+    every_axis = reference_probabilities(run, image, mirror=True, mirror_axes=(0, 1, 2))
+    assert np.abs(expected - every_axis).max() > 1e-3  # the recorded axes are what tells them apart
     predicted = predicted_labels(run, data, tmp_path / "pred")  # flags unset: the run's choice, mirrored
     for saved in (run / "saved_model", run / "export" / "savedmodel"):  # written by training, by export
         if not saved.exists():

@@ -32,9 +32,11 @@ from unet_medical.inference.outputs import background_class
 from unet_medical.inference.runtimes import as_predictor
 from unet_medical.inference.tiling import predict_images
 
-# Flips (or a volume's mirroring) cost 8 passes over the fold (the choice's only large cost: the chosen rule is then scored from the
-# probabilities already made); past this many seconds the choice is not worth the wait.
+# Flips (or a volume's mirroring) cost FLIP_PASSES passes over the fold, or 2 ** (mirror axes) for a 3-D network (the
+# choice's only large cost: the chosen rule is then scored from the probabilities already made); past this many seconds
+# the choice is not worth the wait.
 TTA_TRIAL_LIMIT_S = 180.0
+FLIP_PASSES = 8  # the 8 flips and rotations of a 2-D image, or the mirrors of a volume's three axes
 MAX_SCANNED_FOREGROUND = 2  # the issue's rule: a threshold where the data has one or two foreground classes
 
 
@@ -50,19 +52,20 @@ class PlainPass:
     result: Any
 
 
-def flips_affordable(plain_seconds: float) -> bool:
-    """Is the flipped (mirrored) pass worth trying, at 8 x the plain pass's `plain_seconds`?"""
-    return 8 * plain_seconds <= TTA_TRIAL_LIMIT_S
+def flips_affordable(plain_seconds: float, passes: int = FLIP_PASSES) -> bool:
+    """Is the flipped (mirrored) pass worth trying, at `passes` x the plain pass's `plain_seconds`? A volume
+    run without mirror axes (`passes` 1) has nothing to try."""
+    return passes > 1 and passes * plain_seconds <= TTA_TRIAL_LIMIT_S
 
 
-def decision_cost_s(tta: bool | None, latest: PlainPass | None) -> float:
+def decision_cost_s(tta: bool | None, latest: PlainPass | None, passes: int = FLIP_PASSES) -> float:
     """Seconds the end-of-run decision will add to a run whose latest evaluation predicted `latest`: its
-    flipped (mirrored) pass, 8 x the plain one, when --tta is unset (`tta` None) and that is affordable;
-    0 otherwise (the plain pass is the final evaluation's). A --time_budget reserves it
+    flipped (mirrored) pass, `passes` x the plain one, when --tta is unset (`tta` None) and that is
+    affordable; 0 otherwise (the plain pass is the final evaluation's). A --time_budget reserves it
     (training.budget.BudgetCosts.after_s), so the budget covers the decision as well as training."""
-    if tta is not None or latest is None or not flips_affordable(latest.seconds):
+    if tta is not None or latest is None or not flips_affordable(latest.seconds, passes):
         return 0.0
-    return 8 * latest.seconds
+    return passes * latest.seconds
 
 
 def reusable(latest: PlainPass | None, step: int, tta: bool) -> PlainPass | None:
@@ -136,10 +139,14 @@ def choose_volume_run_decision(cfg: Any, model: Any, evaluator: Any, record: Run
     results: dict[bool, dict[str, Any]] = {}
     seconds: dict[bool, float] = {}
     tta_note = ""
+    passes = evaluator.mirror_passes
     for tta in allowed:
-        if tta and False in seconds and not flips_affordable(seconds[False]):
-            tta_note = (f"; mirroring not tried: 8 passes over the fold would take about {8 * seconds[False]:.0f} s "
-                        f"(limit {TTA_TRIAL_LIMIT_S:g} s)")
+        if tta and passes == 1 and cfg.tta is None:
+            tta_note = "; mirroring not tried: the run mirrors no axis (--mirror_axes none)"
+            break
+        if tta and False in seconds and not flips_affordable(seconds[False], passes):
+            tta_note = (f"; mirroring not tried: {passes} passes over the fold would take about "
+                        f"{passes * seconds[False]:.0f} s (limit {TTA_TRIAL_LIMIT_S:g} s)")
             break
         if plain is not None and plain.tta == tta:
             seconds[tta], results[tta] = plain.seconds, plain.result

@@ -39,12 +39,13 @@ from unet_medical.cli.recipe import recorded_input_scale
 from unet_medical.cli.assemble import (load_training_set, log_path, make_logger, make_model, quantization_config,
                               restore_model)
 from unet_medical.cli.curves import write_curves
-from unet_medical.cli.decide import PlainPass, decision_cost_s
+from unet_medical.cli.decide import FLIP_PASSES, PlainPass, decision_cost_s
 from unet_medical.base.runlock import run_lock
 from unet_medical.cli.lineage import (TRAINING_MODES, check_evaluation_slices, is_resume, recorded_validation,
                                       refuse_overwrite, require_source, run_source, select_by_name)
 from unet_medical.cli import volume_modes
 from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance, training_provenance
+from unet_medical.data.mirror_axes import mirror_axes_in_effect
 from unet_medical.data.volume_training import VolumeSlices, split_items, volume_record
 
 OVERLAYS = 3  # validation images whose input | prediction | truth panel goes to TensorBoard at each evaluation
@@ -209,8 +210,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
         quantization=cfg.quantization, quantization_config=quantization_config(cfg).to_dict(),
         normalization=cfg.normalization, image_dtype=data.images[0].dtype.name, precision=policy,
         input_scale=cfg.input_scale,
-        volume=volume_record(data, train_idx, val_idx, parse_patch_size(cfg.patch_size) if spec.dims == 3 else None)
-        if volumes else None,
+        volume=volume_record(data, train_idx, val_idx, *((parse_patch_size(cfg.patch_size), mirror_axes_in_effect(cfg.mirror_axes))
+                                                         if spec.dims == 3 else ())) if volumes else None,
         train_files=None if volumes else [data.names[i] for i in train_idx],
         validation_files=None if volumes else [data.names[i] for i in val_idx])
     logger.hparams({k: v for k, v in cfg.to_dict().items() if v is not None})
@@ -256,7 +257,8 @@ def run_training(cfg: Config, logger: runlog.Logger, dist: Any) -> dict[str, Any
     state = train(loop_cfg, model, trainer_data(cfg, data, train_idx, geometry, spec.n_classes), logger=logger,
                   dist=dist, evaluate=evaluate, on_start=write_records,
                   on_total_fixed=lambda total, every: record_budget_total(cfg, total, every),
-                  after_training_s=(lambda: decision_cost_s(cfg.tta, getattr(evaluate_fold, "latest", None)))
+                  after_training_s=(lambda: decision_cost_s(cfg.tta, getattr(evaluate_fold, "latest", None),
+                                                            getattr(evaluate_fold, "mirror_passes", FLIP_PASSES)))
                   if decides else None)
     # Wall time of this session's train() (evaluations included); a resumed run logs one per session.
     logger.log("TRAINING", {"step": state.step, "seconds": round(time.perf_counter() - started, 3),

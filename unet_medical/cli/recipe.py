@@ -25,6 +25,8 @@ from unet_medical.data.patches3d import (FOREGROUND_FRACTION, check_patch_size, 
                                          choose_patch_size, parse_patch_size)
 from unet_medical.data.volume_training import VolumeSlices
 from unet_medical.data.layouts import SegmentationData
+from unet_medical.data.mirror_axes import (axis_order_agreement, choose_mirror_axes, format_mirror_axes,
+                                          mirror_axes_in_effect)
 from unet_medical.data.normalize import normalize_image
 from unet_medical.data.pipeline import CropGeometry, Sampling
 from unet_medical.data.resample import rescale_pairs
@@ -166,9 +168,9 @@ def volume_choices(cfg: Config, median_shape: list[int], depth: int | None) -> l
 
 def resolve_volume_recipe(cfg: Config, data: VolumeSlices, train_idx: np.ndarray, depth: int | None, logger: Any,
                           is_chief: bool) -> Config:
-    """resolve_recipe for --dims 3: cfg with depth, patch_size, foreground_sampling, class_weights and
-    input_scale decided, each logged as a RECIPE line; recorded in dataset_fingerprint.json, which a
-    resume reads back."""
+    """resolve_recipe for --dims 3: cfg with depth, patch_size, foreground_sampling, class_weights,
+    input_scale and mirror_axes (data.mirror_axes) decided, each logged as a RECIPE line; recorded in
+    dataset_fingerprint.json, which a resume reads back."""
     path = pathlib.Path(cfg.model_dir) / FINGERPRINT_FILE
     recorded = recorded_recipe(cfg, path)
     if recorded is not None:
@@ -177,6 +179,11 @@ def resolve_volume_recipe(cfg: Config, data: VolumeSlices, train_idx: np.ndarray
         shapes = np.array([data.images[i].shape[:3] for i in train_idx], np.float64)
         fingerprint = {"cases": len(train_idx), "shape_median": [int(s) for s in np.median(shapes, axis=0)]}
         choices = volume_choices(cfg, fingerprint["shape_median"], depth)
+        if cfg.mirror_axes == "auto":
+            fingerprint["class_order"] = axis_order_agreement([data.masks[i] for i in train_idx],
+                                                              range(1, len(data.class_names)))
+            axes, reason = choose_mirror_axes(fingerprint["class_order"], data.class_names)
+            choices.append(Choice("mirror_axes", format_mirror_axes(axes), reason))
     return apply_choices(cfg, choices, data.class_names, logger, path if is_chief and recorded is None else None,
                          {"fingerprint": fingerprint, "rare_classes": []})
 
@@ -184,14 +191,16 @@ def resolve_volume_recipe(cfg: Config, data: VolumeSlices, train_idx: np.ndarray
 def volume_trainer_data(cfg: Config, data: VolumeSlices, train_idx: np.ndarray, geometry: CropGeometry,
                         n_classes: int) -> TrainData:
     """trainer_data for --dims 3: the training volumes (I, J, K, C) normalized, cut into --patch_size
-    patches, a --foreground_sampling share centred on a foreground class (every class but background)."""
+    patches, a --foreground_sampling share centred on a foreground class (every class but background),
+    flipped only along the run's mirror axes."""
     images = [normalize_image(data.images[i], cfg.normalization) for i in train_idx]
     return TrainData(images=images, masks=[data.masks[i] for i in train_idx], names=[data.names[i] for i in train_idx],
                      geometry=geometry, n_classes=n_classes,
                      sampling=Sampling(foreground=float(cfg.foreground_sampling or 0.0),
                                        classes=tuple(range(1, n_classes))),
                      class_weights=class_weights_for(cfg, n_classes), patch_size=parse_patch_size(cfg.patch_size),
-                     volume_augment=augment_config(cfg.augment_params, "3") if cfg.augment else None)
+                     volume_augment=augment_config(cfg.augment_params, "3").flipping_only(
+                         mirror_axes_in_effect(cfg.mirror_axes)) if cfg.augment else None)
 
 
 def sampling_for(cfg: Config, class_names: tuple[str, ...]) -> Sampling:

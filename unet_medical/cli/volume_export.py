@@ -21,6 +21,7 @@ from unet_medical.base.errors import UNetError
 from unet_medical.cli.config import Config
 from unet_medical.cli.volume_modes import SLIDING_OVERLAP, require_volume_run, volume_decision
 from unet_medical.data.folds import case_fold_split
+from unet_medical.data.mirror_axes import AXES as MIRROR_AXES
 from unet_medical.data.normalize import normalize_image
 from unet_medical.data.volume_training import (case_inputs, load_volume_slices, prediction_cases, recorded_target,
                                                windows_from_record)
@@ -35,14 +36,15 @@ SERVING_CASES = 1         # whole held-out volumes the SavedModel's serving sign
 
 def volume_serving_module(model: Any, info: Any, image_dtype: Any, mirror: bool = False) -> VolumeServingModule:
     """The SavedModel computation of a 3-D run (info: its RunRecord): its patch, windows and class names, and
-    `mirror` (the decision in effect: cli.volume_modes.volume_decision)."""
+    `mirror` (the decision in effect: cli.volume_modes.volume_decision) over its recorded mirror axes."""
     record = info.volume
     if not record or "patch_size" not in record:
         raise UNetError("model.json: a --dims 3 run records its volume normalization and patch_size; this one "
                         "does not (train it again)")
     return VolumeServingModule(model, record["patch_size"], windows_from_record(record["normalization"]),
                                image_dtype=image_dtype, overlap=SLIDING_OVERLAP, class_names=info.class_names,
-                               mirror=mirror, target_spacing=recorded_target(record))
+                               mirror=mirror, mirror_axes=record.get("mirror_axes", MIRROR_AXES),
+                               target_spacing=recorded_target(record))
 
 
 def volume_export_pairs(cfg: Config, model: Any, logger: runlog.Logger) -> list[tuple[str, str]]:

@@ -31,13 +31,14 @@ from unet_medical.base.errors import UNetError
 from unet_medical.cli.provenance import PROVENANCE, evaluation_results_name, provenance
 from unet_medical.cli.assemble import restore_model
 from unet_medical.cli.config import Config, batch_or_default
-from unet_medical.cli.decide import PlainPass
+from unet_medical.cli.decide import FLIP_PASSES, PlainPass
 from unet_medical.cli.lineage import read_run_config, refuse_trained_on, run_source
 from unet_medical.data.folds import case_fold_split
 from unet_medical.data.normalize import normalize_image
 from unet_medical.data.volume_dims import DIMS
 from unet_medical.data.volume_layouts import is_volume_layout
 from unet_medical.data.volume_resample import Spacing, class_maps_on_grid, format_spacing, most_likely_class
+from unet_medical.data.mirror_axes import AXES, format_mirror_axes, mirror_axes_in_effect
 from unet_medical.data.volume_training import (VolumeSlices, case_inputs, cases_of, geometry_summary,
                                                load_volume_slices, prediction_cases, recorded_target,
                                                windows_from_record)
@@ -45,7 +46,7 @@ from unet_medical.data.volumes import Volume, write_nifti
 from unet_medical.evaluation.volumes import score_volumes
 from unet_medical.inference.decision import ARGMAX, AUTO, Decision, parse_threshold, resolve_decision
 from unet_medical.inference.runtimes import as_predictor
-from unet_medical.inference.sliding_window import sliding_window_predict
+from unet_medical.inference.sliding_window import mirror_flips, sliding_window_predict
 from unet_medical.data.patches3d import parse_patch_size
 from unet_medical.inference.tiling import predict_images
 from unet_medical.model.unet import UNetSpec
@@ -104,7 +105,8 @@ def predict_label_map(cfg: Config, predictor: Any, tile_size: int | None, spec: 
         if patch is None:
             raise UNetError(f"--model_dir={cfg.model_dir}: a 3D model needs its patch size (model.json volume record)")
         probs = sliding_window_predict(predictor, inputs[0], patch, overlap=SLIDING_OVERLAP,
-                                       batch_size=batch_or_default(cfg), mirror=bool(cfg.tta))
+                                       batch_size=batch_or_default(cfg), mirror=bool(cfg.tta),
+                                       mirror_axes=mirror_axes_in_effect(cfg.mirror_axes))
         if target is None and keep is None:
             return probs.argmax(-1).astype(np.uint8)
         class_maps = (probs[..., c] for c in range(probs.shape[-1]))
@@ -154,6 +156,9 @@ class VolumeEvaluator:
         self.inputs = {c: [normalize_image(data.images[i], normalization) for i in data.slices_of(c)]
                        for c in self.cases}
         self.latest: PlainPass | None = None
+        # Passes of a mirrored prediction: 2 ** (mirror axes) for a 3-D network, a slice's 8 flips otherwise.
+        self.mirror_passes = (len(mirror_flips(mirror_axes_in_effect(cfg.mirror_axes))) if spec.dims == 3
+                              else FLIP_PASSES)
 
     def predict(self, model: Any, tta: bool, label: str = "evaluate") -> dict[str, np.ndarray]:
         """case name -> (I, J, K) uint8 label map of each validation case, mirrored or not (`tta`)."""
@@ -251,15 +256,17 @@ def require_volume_run(cfg: Config, info: RunRecord) -> dict[str, Any]:
 
 
 def with_recorded_patch(cfg: Config, record: dict[str, Any]) -> Config:
-    """cfg with the 3D run's training patch (its sliding window); other runs unchanged. A different
-    --patch_size is refused: the windows are the patches the network learned on."""
+    """cfg with the 3D run's training patch (its sliding window) and mirror axes (all three for runs recorded
+    before they were chosen); other runs unchanged. A different --patch_size is refused: the windows are the
+    patches the network learned on. A --mirror_axes given here wins, as --tta does."""
     if "patch_size" not in record:
         return cfg
     recorded = ",".join(str(int(p)) for p in record["patch_size"])
     if cfg.patch_size is not None and parse_patch_size(cfg.patch_size) != tuple(record["patch_size"]):
         raise UNetError(f"--patch_size={cfg.patch_size}: the model in {cfg.model_dir} was trained on {recorded} "
                         "patches; drop the flag")
-    return cfg.replace(patch_size=recorded)
+    mirror = cfg.mirror_axes if cfg.mirror_axes != "auto" else format_mirror_axes(record.get("mirror_axes", AXES))
+    return cfg.replace(patch_size=recorded, mirror_axes=mirror)
 
 
 def run_volume_evaluation(cfg: Config, logger: runlog.Logger) -> dict[str, Any]:

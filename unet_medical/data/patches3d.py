@@ -190,6 +190,12 @@ class VolumeAugment:
         return tuple(map(float, flip)) if isinstance(flip, tuple) else (float(flip),) * 3  # type: ignore[return-value]
 
 
+    def flipping_only(self, axes: Sequence[int]) -> "VolumeAugment":
+        """These settings with no flip along the axes not in `axes` (data.mirror_axes: an ordered axis)."""
+        kept = tuple(p if axis in axes else 0.0 for axis, p in enumerate(self.axis_flip_probs()))
+        return self if kept == self.axis_flip_probs() else dataclasses.replace(self, flip_prob=kept)
+
+
 def _is_probability(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= 1.0
 

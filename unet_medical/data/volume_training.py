@@ -206,9 +206,10 @@ def geometry_summary(volumes: VolumeDataSet) -> dict[str, Any]:
 
 
 def volume_record(data: VolumeSlices, train_idx: np.ndarray, val_idx: np.ndarray,
-                  patch_size: Sequence[int] | None = None) -> dict[str, Any]:
+                  patch_size: Sequence[int] | None = None, mirror_axes: Sequence[int] | None = None) -> dict[str, Any]:
     """model.json's "volume" entry: how to cut and scale volumes as this run did, and which cases it saw;
-    for --dims 3 also the training patch (voxels), the sliding window of prediction."""
+    for --dims 3 also the training patch (voxels), the sliding window of prediction, and the axes its
+    training flipped (`mirror_axes`), the only ones test-time mirroring flips."""
     record = {"dims": data.dims, "context_slices": data.context,
               "target_spacing_mm": None if data.target_spacing is None else [float(s) for s in data.target_spacing],
               "channel_names": list(data.volumes.channel_names),
@@ -217,6 +218,8 @@ def volume_record(data: VolumeSlices, train_idx: np.ndarray, val_idx: np.ndarray
               **geometry_summary(data.volumes)}
     if patch_size is not None:
         record["patch_size"] = [int(p) for p in patch_size]
+    if mirror_axes is not None:
+        record["mirror_axes"] = [int(a) for a in mirror_axes]
     return record
 
 

@@ -239,13 +239,14 @@ def savedmodel_server(path: pathlib.Path) -> VolumeServer:
 def serving_parity(model: Any, module: Any, serve: VolumeServer, cases: Sequence[ServingCase]) -> ParityReport:
     """A whole-volume artefact (`serve`: a SavedModel's serving signature, or the whole-volume ONNX) on raw
     volumes vs sliding_window_predict of the Keras model on the same volumes normalized by the project
-    (module.patch, module.overlap and module.mirror: with the run's mirroring, the reference is
-    predict_mirrored's mean over the 8 flips of each window; with its module.target_spacing, on the resampled
+    (module.patch, module.overlap, module.mirror and module.mirror_axes: with the run's mirroring, the reference
+    is predict_mirrored's mean over the flips of each window; with its module.target_spacing, on the resampled
     volumes and put back onto each raw volume's grid, as predict does)."""
     reference, served = [], []
     for raw, normalized, spacing in cases:
         probabilities = sliding_window_predict(keras_predictor(model), normalized, module.patch,
-                                               overlap=module.overlap, mirror=module.mirror)
+                                               overlap=module.overlap, mirror=module.mirror,
+                                               mirror_axes=module.mirror_axes)
         if module.target_spacing is not None and probabilities.shape[:3] != raw.shape[:3]:
             probabilities = probabilities_on_grid(probabilities, raw.shape[:3], spacing, module.target_spacing)
         reference.append(probabilities)

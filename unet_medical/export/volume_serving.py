@@ -20,8 +20,9 @@ predict` of a --dims 3 run inside one graph, so `tf.saved_model.load` alone segm
        slab, Zen 4). Same terms as NumPy's running sum in another association: float32 results agree within
        about 1e-7;
     3. with the run's decision to mirror (`mirror`, cli.decide: chosen on the validation cases), each
-       window's softmax is the mean over the 8 flips of its three spatial axes (tf.reverse, flipped back),
-       summed in the order of inference.sliding_window.predict_mirrored, which predict --tta runs.
+       window's softmax is the mean over the flips of the run's mirror axes (`mirror_axes`, all three by
+       default: 8 passes; tf.reverse, flipped back), summed in the order of
+       inference.sliding_window.predict_mirrored, which predict --tta runs.
 
     4. with the run's target spacing (--target_spacing: its cases were resampled to it), step 1 runs on the
        volumes resampled from `spacing` to the target and steps 2-3 on that grid, and the probabilities are
@@ -36,7 +37,6 @@ and `labels` (B, I, J, K) uint8 (the argmax: volumes have no threshold), on the 
 """
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any, Callable, Sequence
 
@@ -52,7 +52,8 @@ from unet_medical.export.formats import ONNX_OPSET
 from unet_medical.export.serving import LABELS, SERVING_SIGNATURE, serving_signature_name
 from unet_medical.export.volume import VolumeModule
 from unet_medical.inference.runtimes import OPENVINO_HINTS, PROBABILITIES
-from unet_medical.inference.sliding_window import SIGMA_SCALE, axis_window_starts, centre_padding, gaussian_importance
+from unet_medical.inference.sliding_window import (MIRROR_AXES, SIGMA_SCALE, axis_window_starts, centre_padding,
+                                                   gaussian_importance, mirror_flips)
 
 VOLUME_INPUT, SPACING_INPUT = "volumes", "spacing"
 # NIfTI's common voxel types: a signature each, so a volume is served in the dtype it was stored in.
@@ -161,17 +162,22 @@ class VolumeServingModule(VolumeModule):
         image_dtype: dtype of `serving_default` (the training volumes'; float32 if not a NIfTI type here).
         overlap: fraction of a window shared with its neighbour per axis (predict's 0.5).
         class_names: stored as the string variable `class_names`.
-        mirror: average each window over the 8 flips of its spatial axes (step 3 of the module docstring);
-            `tile` stays the plain network.
+        mirror: average each window over the flips of its spatial axes `mirror_axes` (step 3 of the module
+            docstring); `tile` stays the plain network.
+        mirror_axes: the spatial axes (0 = I) mirroring flips (model.json's volume record names them).
         target_spacing: (3,) mm the run's cases were resampled to (step 4), stored as the variable
             `target_spacing_mm`; None: the network runs on each input's own grid.
     """
 
     def __init__(self, model: Any, patch: Sequence[int], windows: Sequence[Window | None], *,
                  image_dtype: Any = np.float32, overlap: float = 0.5, class_names: Sequence[str] | None = None,
-                 mirror: bool = False, target_spacing: Sequence[float] | None = None):
+                 mirror: bool = False, mirror_axes: Sequence[int] = MIRROR_AXES,
+                 target_spacing: Sequence[float] | None = None):
         super().__init__(model)
         self.mirror = bool(mirror)
+        self.mirror_axes = tuple(sorted(int(a) for a in mirror_axes))
+        if not set(self.mirror_axes) <= set(MIRROR_AXES):
+            raise UNetError(f"mirror axes {mirror_axes!r}: expected some of 0, 1, 2")
         self.target_spacing = None if target_spacing is None else tuple(float(s) for s in target_spacing)
         if self.target_spacing is not None:
             if len(self.target_spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in self.target_spacing):
@@ -258,16 +264,14 @@ class VolumeServingModule(VolumeModule):
 
     def window_probabilities(self, window: tf.Tensor) -> tf.Tensor:
         """(B, P0, P1, P2, C) windows -> (B, P0, P1, P2, n) softmax: the network, or with `mirror` the mean
-        over the 8 flips of axes 1-3 (predict_mirrored's order, so the float32 sums match NumPy's)."""
-        if not self.mirror:
-            return self.tile(window)[PROBABILITIES]
+        over the flips of `mirror_axes` (predict_mirrored's order, so the float32 sums match NumPy's)."""
+        flips = mirror_flips(self.mirror_axes) if self.mirror else [()]
         total = None
-        for flips in itertools.product((False, True), repeat=3):
-            axes = [axis + 1 for axis, flip in enumerate(flips) if flip]
-            probs = self.tile(tf.reverse(window, axes) if axes else window)[PROBABILITIES]
-            probs = tf.reverse(probs, axes) if axes else probs
+        for axes in flips:
+            probs = self.tile(tf.reverse(window, list(axes)) if axes else window)[PROBABILITIES]
+            probs = tf.reverse(probs, list(axes)) if axes else probs
             total = probs if total is None else total + probs
-        return total / 8.0
+        return total if len(flips) == 1 else total / float(len(flips))
 
     def _serve(self, volumes: tf.Tensor, spacing: tf.Tensor) -> dict[str, tf.Tensor]:
         spacing = tf.ensure_shape(tf.cast(spacing, tf.float64), [3])

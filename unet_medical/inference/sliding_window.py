@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from unet_medical.base.errors import UNetError
+from unet_medical.data.mirror_axes import AXES as MIRROR_AXES
 
 PatchPredictor = Callable[[np.ndarray], np.ndarray]
 
@@ -70,7 +71,7 @@ def window_starts(length: int, patch: int, overlap: float) -> list[int]:
 
 def sliding_window_predict(predict: PatchPredictor, volume: np.ndarray, patch: Sequence[int], *,
                            overlap: float = 0.5, batch_size: int = 1, gaussian: bool = True,
-                           mirror: bool = False) -> np.ndarray:
+                           mirror: bool = False, mirror_axes: Sequence[int] = MIRROR_AXES) -> np.ndarray:
     """Class probabilities (I, J, K, n_classes) float32 of a volume (I, J, K, C) float32.
 
     Args:
@@ -79,7 +80,8 @@ def sliding_window_predict(predict: PatchPredictor, volume: np.ndarray, patch: S
         overlap: fraction of a window shared with its neighbour along each axis, in [0, 1).
         batch_size: windows per `predict` call.
         gaussian: weight each window by gaussian_importance (else uniformly: a plain average).
-        mirror: test-time augmentation, the mean over the 8 flips of the three axes (nnU-Net's mirroring).
+        mirror: test-time augmentation, the mean over the flips of `mirror_axes` (nnU-Net's mirroring: all
+            three axes, 8 passes; data.mirror_axes keeps an axis whose anatomy has an order).
     """
     if volume.ndim != 4:
         raise UNetError(f"sliding-window inference expects a volume (I, J, K, C), got shape {volume.shape}")
@@ -96,7 +98,8 @@ def sliding_window_predict(predict: PatchPredictor, volume: np.ndarray, patch: S
     for first in range(0, len(starts), batch_size):
         chunk = starts[first:first + batch_size]
         windows = np.stack([padded[a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in chunk])
-        probs = predict_mirrored(predict, windows) if mirror else np.asarray(predict(windows), np.float32)
+        probs = (predict_mirrored(predict, windows, mirror_axes) if mirror
+                 else np.asarray(predict(windows), np.float32))
         if total is None:
             total = np.zeros(padded.shape[:3] + (probs.shape[-1],), np.float32)
         for (a, b, c), p in zip(chunk, probs):
@@ -109,12 +112,22 @@ def sliding_window_predict(predict: PatchPredictor, volume: np.ndarray, patch: S
     return np.ascontiguousarray(result[crop])
 
 
-def predict_mirrored(predict: PatchPredictor, windows: np.ndarray) -> np.ndarray:
-    """Mean probabilities over the 8 combinations of flipping axes 1, 2, 3 of a batch (B, P0, P1, P2, C)."""
+def mirror_flips(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """The batch axes (1-3) each mirrored pass reverses, in the order every implementation sums them: all
+    2 ** len(mirror_axes) subsets of the spatial axes `mirror_axes` (0 = I), the plain pass first."""
+    axes = sorted(int(a) for a in mirror_axes)
+    return [tuple(axis + 1 for axis, flip in zip(axes, flips) if flip)
+            for flips in itertools.product((False, True), repeat=len(axes))]
+
+
+def predict_mirrored(predict: PatchPredictor, windows: np.ndarray,
+                     mirror_axes: Sequence[int] = MIRROR_AXES) -> np.ndarray:
+    """Mean probabilities over the flips of the spatial axes `mirror_axes` (all three: 8 passes) of a batch
+    (B, P0, P1, P2, C)."""
     total = None
-    for flips in itertools.product((False, True), repeat=3):
-        axes = tuple(axis + 1 for axis, flip in enumerate(flips) if flip)
+    flips = mirror_flips(mirror_axes)
+    for axes in flips:
         probs = np.asarray(predict(np.ascontiguousarray(np.flip(windows, axes))), np.float32)
         probs = np.flip(probs, axes)
         total = probs if total is None else total + probs
-    return total / 8.0
+    return total / float(len(flips))
