@@ -175,8 +175,10 @@ def test_per_axis_flip_probabilities_flip_only_their_axes():
         np.testing.assert_array_equal(image, ramp[:, ::-1, :])
 
 
-def test_flipping_only_some_axes_zeroes_the_others():
-    augment = p3.VolumeAugment(flip_prob=(0.5, 0.25, 1.0))
+def test_flipping_only_some_axes_zeroes_the_others_and_the_in_plane_turns():
+    augment = p3.VolumeAugment(flip_prob=(0.5, 0.25, 1.0), rot90_prob=0.5)
     assert augment.flipping_only((0, 2)).axis_flip_probs() == (0.5, 0.0, 1.0)
+    assert augment.flipping_only((0, 2)).rot90_prob == 0.0  # a turn would carry J's order onto I
+    assert augment.flipping_only((0, 1)).rot90_prob == 0.5 and augment.flipping_only((0, 1)).axis_flip_probs()[2] == 0
     assert augment.flipping_only(()).axis_flip_probs() == (0.0, 0.0, 0.0)
     assert augment.flipping_only((0, 1, 2)) is augment

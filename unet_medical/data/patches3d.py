@@ -191,9 +191,14 @@ class VolumeAugment:
 
 
     def flipping_only(self, axes: Sequence[int]) -> "VolumeAugment":
-        """These settings with no flip along the axes not in `axes` (data.mirror_axes: an ordered axis)."""
+        """These settings with no flip along the axes not in `axes` (data.mirror_axes: an ordered axis), and no
+        in-plane 90-degree rotation unless I and J are both in `axes` (a quarter turn carries J's order onto I,
+        a half turn flips both)."""
         kept = tuple(p if axis in axes else 0.0 for axis, p in enumerate(self.axis_flip_probs()))
-        return self if kept == self.axis_flip_probs() else dataclasses.replace(self, flip_prob=kept)
+        rot90 = self.rot90_prob if {0, 1} <= set(axes) else 0.0
+        if kept == self.axis_flip_probs() and rot90 == self.rot90_prob:
+            return self
+        return dataclasses.replace(self, flip_prob=kept, rot90_prob=rot90)
 
 
 def _is_probability(value: object) -> bool:
