@@ -1,4 +1,6 @@
 """Which axes a volume set may mirror (data.mirror_axes): measured from the order of its labelled classes."""
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -64,3 +66,59 @@ def test_mirror_axes_flag_parses_and_refuses_in_one_line():
     for bad in ("3", "x", "", "0,,1"):
         with pytest.raises(UNetError, match="--mirror_axes"):
             ma.parse_mirror_axes(bad)
+
+
+# ---- the recipe's choice on a set whose head always lies before its tail along J -------------------------
+
+@pytest.fixture(scope="module")
+def ordered_set(tmp_path_factory):
+    """14 synthetic mr_small cases: head before tail along J in every case, random in I and K."""
+    from unet_medical.data import synthetic_volumes as sv
+
+    root = tmp_path_factory.mktemp("ordered")
+    sv.write_volume_kind(root, "mr_small", 14, seed=0)
+    return root
+
+
+@pytest.mark.parametrize("dims", ["3", "2"])
+def test_the_recipe_keeps_the_ordered_axis_for_3d_and_for_slices(ordered_set, tmp_path, dims):
+    from unet_medical.cli.config import Config
+    from unet_medical.cli.recipe import resolve_recipe, resolve_volume_recipe
+    from unet_medical.data.volume_training import load_volume_slices, split_items
+    from tests.recording import RecordingLogger
+
+    data = load_volume_slices(ordered_set, dims=dims, num_folds=7)
+    train_idx, _ = split_items(data, 7, 0)
+    cfg, logger = Config(model_dir=str(tmp_path), padding="same", dims=dims), RecordingLogger()
+    if dims == "3":
+        cfg = resolve_volume_recipe(cfg, data, train_idx, None, logger, True)
+    else:
+        cfg = resolve_recipe(cfg.replace(normalization="global"), data, train_idx, "same", None, logger, True)
+    line = next(d for step, d in logger.records if step == "RECIPE" and d["flag"] == "mirror_axes")
+    assert cfg.mirror_axes == line["value"] == "0,2"
+    assert line["reason"].startswith("J: tail lies") and "in 100% of 12 cases" in line["reason"]
+    assert ("training flips slices only along I, without quarter turns" in line["reason"]) is (dims == "2")
+    recorded = json.loads((tmp_path / "dataset_fingerprint.json").read_text())
+    assert recorded["fingerprint"]["class_order"][1]["agreement"] == 1.0  # a resume reads the choice back
+    assert {"flag": "mirror_axes", "value": "0,2", "reason": line["reason"]} in recorded["choices"]
+    # A typed --mirror_axes wins: no measurement, no RECIPE line.
+    typed = Config(model_dir=str(tmp_path / "typed"), padding="same", dims=dims, mirror_axes="none")
+    (tmp_path / "typed").mkdir()
+    logger = RecordingLogger()
+    if dims == "3":
+        typed = resolve_volume_recipe(typed, data, train_idx, None, logger, True)
+    else:
+        typed = resolve_recipe(typed.replace(normalization="global"), data, train_idx, "same", None, logger, True)
+    assert typed.mirror_axes == "none" and not any(d.get("flag") == "mirror_axes" for _, d in logger.records)
+
+
+def test_slices_flip_only_along_their_mirror_axes():
+    from unet_medical.data.augment import AugmentConfig
+
+    base = AugmentConfig()
+    kept = base.flipping_only((0, 2))  # J ordered: no left-right flip (columns are J), no quarter turns
+    assert (kept.flip_v_prob, kept.flip_h_prob, kept.rot90_prob) == (base.flip_v_prob, 0.0, 0.0)
+    assert kept.rotate_prob == base.rotate_prob  # a turn under 90 degrees keeps the order's sign
+    assert base.flipping_only((0, 1, 2)) == base
+    free_plane = base.flipping_only((0, 1))
+    assert free_plane.rot90_prob == base.rot90_prob and free_plane.flip_h_prob == base.flip_h_prob

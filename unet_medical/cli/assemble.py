@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 
 from unet_medical.base import runlog
@@ -52,13 +52,15 @@ def load_training_set(cfg: Config) -> SegmentationData:
 
 
 
-def make_augment(cfg: Config) -> Any:
-    """The training augmentation (utils.data.augment, set by --augment_params), or None with --no-augment."""
+def make_augment(cfg: Config, mirror_axes: Sequence[int] | None = None) -> Any:
+    """The training augmentation (utils.data.augment, set by --augment_params), or None with --no-augment;
+    for slices of volumes flipped only along `mirror_axes` (AugmentConfig.flipping_only)."""
     if not cfg.augment:
         return None
     from unet_medical.data.augment import build_augment_fn
 
-    return build_augment_fn(augment_config(cfg.augment_params))
+    config = augment_config(cfg.augment_params)
+    return build_augment_fn(config if mirror_axes is None else config.flipping_only(mirror_axes))
 
 
 

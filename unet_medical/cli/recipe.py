@@ -84,6 +84,12 @@ def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, p
         requested = {flag: getattr(cfg, flag) for flag in RECIPE_FLAGS}
         choices = [Choice(c.flag, c.value, preset.get(c.flag, c.reason))
                    for c in choose_recipe(fingerprint, requested, depth, crop_is_free=padding == "same")]
+        if isinstance(data, VolumeSlices) and data.volumes is not None and cfg.mirror_axes == "auto":  # --dims 2, 2.5
+            cases = np.unique(data.case_of_slice[train_idx])
+            fingerprint["class_order"] = axis_order_agreement([data.volumes.cases[int(c)].labels.array for c in cases],
+                                                              range(1, len(data.class_names)))
+            axes, reason = choose_mirror_axes(fingerprint["class_order"], data.class_names, slices=True)
+            choices.append(Choice("mirror_axes", format_mirror_axes(axes), reason))
     if not any(c.flag == "input_scale" for c in choices):  # recorded before the scale rule: full resolution
         choices.append(Choice("input_scale", 1.0, "recorded when this run started (before --input_scale)"))
     logger.log("FINGERPRINT", {"images": fingerprint["images"], "channels": fingerprint["channels"],
@@ -232,8 +238,10 @@ def trainer_data(cfg: Config, data: SegmentationData, train_idx: np.ndarray, geo
     images = [normalize_image(data.images[i], cfg.normalization) for i in train_idx]
     # The network trains on images seen at the input scale; validation is scored at the input's size.
     images, masks = rescale_pairs(images, [data.masks[i] for i in train_idx], cfg.input_scale or 1.0, n_classes)
+    # Slices of volumes flip only along their mirror axes (data.mirror_axes); 2-D images along both.
+    mirror = mirror_axes_in_effect(cfg.mirror_axes) if isinstance(data, VolumeSlices) else None
     return TrainData(images=images, masks=masks, names=[data.names[i] for i in train_idx],
-                     geometry=geometry, n_classes=n_classes, augment=make_augment(cfg),
+                     geometry=geometry, n_classes=n_classes, augment=make_augment(cfg, mirror),
                      sampling=sampling_for(cfg, data.class_names), class_weights=class_weights_for(cfg, n_classes))
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import tensorflow as tf
 
@@ -132,6 +132,14 @@ class AugmentConfig:
     def flips_only(cls) -> "AugmentConfig":
         """Left-right and up-down flips at probability 0.5; everything else off."""
         return dataclasses.replace(cls.off(), flip_h_prob=0.5, flip_v_prob=0.5)
+
+    def flipping_only(self, axes: Sequence[int]) -> "AugmentConfig":
+        """These settings for slices (I, J) of volumes whose mirror axes are `axes` (data.mirror_axes): no
+        up-down flip unless I (rows) is in them, no left-right flip unless J (columns) is, and no quarter turn
+        unless both are (a turn carries one axis's order onto the other)."""
+        return dataclasses.replace(self, flip_v_prob=self.flip_v_prob if 0 in axes else 0.0,
+                                   flip_h_prob=self.flip_h_prob if 1 in axes else 0.0,
+                                   rot90_prob=self.rot90_prob if {0, 1} <= set(axes) else 0.0)
 
     @classmethod
     def all_on(cls) -> "AugmentConfig":

@@ -54,10 +54,10 @@ class DataConfig(Settings):
     patch_size: str | None = setting(None, "--dims 3: training patch in voxels, one side (a cube) or I,J,K, "
                                     "each a multiple of 2**depth (default: chosen from the median case shape, at "
                                     "most 64 per side)")
-    mirror_axes: str = setting("auto", "--dims 3: the voxel axes (0 = I, 1 = J, 2 = K) that training flips and test-time "
-                               "mirroring averages over, e.g. 0,2, or none (default: auto, every axis except one along "
-                               "which two foreground classes keep one order in 95 percent of the training cases; a "
-                               "RECIPE line says why)")
+    mirror_axes: str = setting("auto", "volumes: the voxel axes (0 = I, 1 = J, 2 = K) that training flips (and, with --dims "
+                               "3, test-time mirroring averages over), e.g. 0,2, or none (default: auto, every axis "
+                               "except one along which two foreground classes keep one order in 95 percent of the "
+                               "training cases; a RECIPE line says why); 2-D images ignore it")
     target_spacing: str = setting("auto", "volumes: voxel spacing in mm the cases are resampled to before training "
                                   "(I,J,K, e.g. 1,1,2.5), none (each case on its own grid) or auto (default: the "
                                   "median spacing, only when some case is more than 10 percent off it on some axis; a "

@@ -57,9 +57,11 @@ def axis_order_agreement(label_maps: Sequence[np.ndarray], classes: Sequence[int
     return result
 
 
-def choose_mirror_axes(agreement: Sequence[dict[str, Any]], class_names: Sequence[str]) -> tuple[tuple[int, ...], str]:
+def choose_mirror_axes(agreement: Sequence[dict[str, Any]], class_names: Sequence[str],
+                       slices: bool = False) -> tuple[tuple[int, ...], str]:
     """(axes to mirror, the reason) from axis_order_agreement: every axis whose order agreement is below
-    ORDER_AGREEMENT."""
+    ORDER_AGREEMENT. `slices`: for a network on (I, J) slices, whose training flips follow the axes while its
+    test-time flips stay the 2-D ones (kept only where they gain on validation)."""
     ordered = [axis for axis in AXES if agreement[axis]["agreement"] >= ORDER_AGREEMENT]
     axes = tuple(axis for axis in AXES if axis not in ordered)
     if not ordered:
@@ -72,6 +74,10 @@ def choose_mirror_axes(agreement: Sequence[dict[str, Any]], class_names: Sequenc
                          f"{'after' if agreement[axis]['offset_voxels'] > 0 else 'before'} {class_names[a]} in "
                          f"{agreement[axis]['agreement']:.0%} of {agreement[axis]['cases']} cases")
     kept = ", ".join("IJK"[axis] for axis in axes) or "none"
+    if slices:
+        in_plane = ", ".join("IJ"[axis] for axis in axes if axis < 2) or "neither in-plane axis"
+        return axes, (f"{'; '.join(described)}: a mirror there shows cases that never occur, so training flips "
+                      f"slices only along {in_plane}, without quarter turns")
     return axes, (f"{'; '.join(described)}: a mirror there shows cases that never occur, so training and "
                   f"test-time mirroring flip only {kept}")
 
