@@ -86,10 +86,8 @@ def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, p
                    for c in choose_recipe(fingerprint, requested, depth, crop_is_free=padding == "same")]
         if isinstance(data, VolumeSlices) and data.volumes is not None and cfg.mirror_axes == "auto":  # --dims 2, 2.5
             cases = np.unique(data.case_of_slice[train_idx])
-            fingerprint["class_order"] = axis_order_agreement([data.volumes.cases[int(c)].labels.array for c in cases],
-                                                              range(1, len(data.class_names)))
-            axes, reason = choose_mirror_axes(fingerprint["class_order"], data.class_names, slices=True)
-            choices.append(Choice("mirror_axes", format_mirror_axes(axes), reason))
+            choices.append(mirror_axes_choice([data.volumes.cases[int(c)].labels.array for c in cases],
+                                              data.class_names, fingerprint, slices=True))
     if not any(c.flag == "input_scale" for c in choices):  # recorded before the scale rule: full resolution
         choices.append(Choice("input_scale", 1.0, "recorded when this run started (before --input_scale)"))
     logger.log("FINGERPRINT", {"images": fingerprint["images"], "channels": fingerprint["channels"],
@@ -98,6 +96,15 @@ def resolve_recipe(cfg: Config, data: SegmentationData, train_idx: np.ndarray, p
                                **{f"fraction_{k}": round(v, 4) for k, v in fingerprint["class_fraction"].items()}})
     return apply_choices(cfg, choices, data.class_names, logger, path if is_chief and recorded is None else None,
                          {"fingerprint": fingerprint, "rare_classes": rare_classes(fingerprint)}, logged=tuple(preset))
+
+
+def mirror_axes_choice(label_maps: Sequence[np.ndarray], class_names: Sequence[str], fingerprint: dict[str, Any],
+                       slices: bool = False) -> Choice:
+    """The --mirror_axes choice (data.mirror_axes) from the training cases' (I, J, K) label maps; the measured
+    class order goes into `fingerprint` (recorded with the choices)."""
+    fingerprint["class_order"] = axis_order_agreement(label_maps, range(1, len(class_names)))
+    axes, reason = choose_mirror_axes(fingerprint["class_order"], class_names, slices=slices)
+    return Choice("mirror_axes", format_mirror_axes(axes), reason)
 
 
 def resolve_deep_supervision(cfg: Config, padding: str, depth: int, dims: int, resuming: bool, logger: Any) -> Config:
@@ -186,10 +193,7 @@ def resolve_volume_recipe(cfg: Config, data: VolumeSlices, train_idx: np.ndarray
         fingerprint = {"cases": len(train_idx), "shape_median": [int(s) for s in np.median(shapes, axis=0)]}
         choices = volume_choices(cfg, fingerprint["shape_median"], depth)
         if cfg.mirror_axes == "auto":
-            fingerprint["class_order"] = axis_order_agreement([data.masks[i] for i in train_idx],
-                                                              range(1, len(data.class_names)))
-            axes, reason = choose_mirror_axes(fingerprint["class_order"], data.class_names)
-            choices.append(Choice("mirror_axes", format_mirror_axes(axes), reason))
+            choices.append(mirror_axes_choice([data.masks[i] for i in train_idx], data.class_names, fingerprint))
     return apply_choices(cfg, choices, data.class_names, logger, path if is_chief and recorded is None else None,
                          {"fingerprint": fingerprint, "rare_classes": []})
 
